@@ -1,0 +1,33 @@
+"""Test-wide setup.
+
+Eight simulated CPU devices must exist before jax is first imported, so the sharded code paths
+(shard_map, all_gather, NamedSharding) run in tests exactly as they would on an 8-chip host.
+"""
+import os
+import pathlib
+
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+SHARED_DATA = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir():
+    if not FIXTURES.is_dir():
+        pytest.skip("../shared/fixtures is absent")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir():
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
