@@ -1,0 +1,547 @@
+"""Import CLIP weights from open_clip / OpenAI and Hugging Face checkpoints.
+
+    python -m emocap_jax.convert --source {auto,open_clip,openai,hf} --input PATH --output DIR
+
+reads the weights (safetensors always; torch `.pt`/`.bin` when torch is installed), infers the
+architecture from the tensor shapes and the config file beside the weights, maps every tensor onto
+the Flax parameter tree and writes an exported-model folder (`emocap_jax.params_io`).
+
+Layout facts this module encodes: torch Linear weights are [out, in] (Flax kernels are [in, out]);
+attention `in_proj_weight` fuses q, k, v along its first axis (Hugging Face keeps three Linears);
+conv weights are [out, in, kh, kw] (Flax: [kh, kw, in, out]); open_clip's `visual.proj` and
+`text_projection` are already [in, out] while Hugging Face's projections are Linears; CLIP's ViT has
+no patch-conv bias. Every mismatch names the parameter path and both shapes; every tensor of the
+checkpoint must be used, so an unsupported architecture fails loudly instead of loading partially.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import pathlib
+import re
+import sys
+from typing import Callable, Optional
+
+import numpy as np
+
+from emocap_jax.models.config import CLIPConfig, TextConfig, VisionConfig
+
+log = logging.getLogger(__name__)
+
+OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
+                          "open_clip_pytorch_model.pt")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Tensors that carry no learned state: buffers some exports include.
+_IGNORED_KEYS = re.compile(
+    r"^(attn_mask|input_resolution|context_length|vocab_size|"
+    r"(vision_model|text_model)\.embeddings\.position_ids)$")
+
+
+class ConversionError(ValueError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading weights
+
+
+def read_state_dict(path) -> dict[str, np.ndarray]:
+    """Tensors of a safetensors, torch or TorchScript (OpenAI `.pt`) file as float32 NumPy arrays."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+        try:
+            tensors = load_file(str(path))
+        except Exception as e:  # bf16 safetensors need torch or ml_dtypes-aware loading
+            tensors = _load_safetensors_any_dtype(path, e)
+    else:
+        tensors = _read_torch_file(path)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()
+            if not _IGNORED_KEYS.match(k)}
+
+
+def _load_safetensors_any_dtype(path, first_error):
+    # safetensors.numpy cannot represent bfloat16; read the raw buffers with ml_dtypes instead.
+    import ml_dtypes
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    raw = path.read_bytes()
+    header = json.loads(raw[8:8 + header_len])
+    dtypes = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+              "F64": np.float64, "I64": np.int64, "I32": np.int32}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in dtypes:
+            raise ConversionError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}") \
+                from first_error
+        start, end = info["data_offsets"]
+        buf = raw[8 + header_len + start: 8 + header_len + end]
+        out[name] = np.frombuffer(buf, dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def _read_torch_file(path):
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(
+            f"{path} is a torch file, and reading it needs torch, which is not installed. Either "
+            f"`pip install torch` (CPU build: pip install torch --index-url "
+            f"https://download.pytorch.org/whl/cpu), or convert it to safetensors once on a machine "
+            f"that has torch: python -c \"import torch, safetensors.torch as st; "
+            f"sd = torch.load('{path.name}', map_location='cpu'); "
+            f"st.save_file({{k: v.contiguous() for k, v in sd.get('state_dict', sd).items()}}, "
+            f"'model.safetensors')\"") from None
+    try:
+        # OpenAI's original checkpoints are TorchScript archives.
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except RuntimeError:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        if "state_dict" in state:
+            state = state["state_dict"]
+    out = {}
+    for k, v in state.items():
+        k = k[len("module."):] if k.startswith("module.") else k
+        if hasattr(v, "float"):
+            out[k] = v.float().numpy()
+    return out
+
+
+def detect_layout(state: dict) -> str:
+    if "visual.conv1.weight" in state:
+        return "open_clip"
+    if "vision_model.embeddings.patch_embedding.weight" in state:
+        return "hf"
+    sample = ", ".join(sorted(state)[:8])
+    raise ConversionError(
+        "cannot tell the checkpoint layout: neither open_clip/OpenAI keys (visual.conv1.weight) nor "
+        f"Hugging Face CLIPModel keys (vision_model.embeddings.patch_embedding.weight); first keys: "
+        f"{sample}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Architecture inference
+
+
+def _num_layers(state, prefix):
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    ids = {int(m.group(1)) for k in state if (m := pattern.match(k))}
+    if not ids:
+        raise ConversionError(f"no transformer layers found under {prefix}*")
+    if ids != set(range(len(ids))):
+        raise ConversionError(f"layers under {prefix}* are not numbered 0..{len(ids) - 1}: "
+                              f"{sorted(ids)}")
+    return len(ids)
+
+
+def _heads(width, head_width, what):
+    # Attention heads are invisible in the tensor shapes; every OpenAI/open_clip standard CLIP uses
+    # 64-wide heads, so that is the fallback when no config says otherwise.
+    if head_width <= 0 or width % head_width:
+        raise ConversionError(
+            f"{what}: cannot infer the number of attention heads for width {width} (head width "
+            f"{head_width}); put the checkpoint's config (open_clip_config.json / config.json) "
+            f"beside the weights")
+    return width // head_width
+
+
+def _grid(num_positions, what):
+    grid = math.isqrt(num_positions - 1)
+    if grid * grid != num_positions - 1:
+        raise ConversionError(f"{what} has {num_positions} positions, not 1 + a square grid")
+    return grid
+
+
+_OPEN_CLIP_SUPPORTED_VISION = {"image_size", "patch_size", "width", "layers", "head_width",
+                               "mlp_ratio", "heads"}
+_OPEN_CLIP_SUPPORTED_TEXT = {"context_length", "vocab_size", "width", "heads", "layers",
+                             "mlp_ratio", "hf_tokenizer_name", "tokenizer_kwargs"}
+_OPEN_CLIP_DEFAULT_OK = {"ls_init_value": None, "patch_dropout": 0.0, "attentional_pool": False,
+                         "no_ln_pre": False, "pool_type": ("tok", "argmax"),
+                         "final_ln_after_pool": False, "output_tokens": False,
+                         "proj_bias": False, "embed_cls": False, "pad_id": 0,
+                         "norm_kwargs": {}, "act_kwargs": {}, "proj_type": "linear",
+                         "pos_embed_type": "learnable", "global_average_pool": False,
+                         "input_patchnorm": False, "eps": 1e-5}
+
+
+def _check_open_clip_tower_cfg(cfg: dict, supported: set, tower: str):
+    for key, value in cfg.items():
+        if key in supported:
+            continue
+        if key in _OPEN_CLIP_DEFAULT_OK:
+            ok = _OPEN_CLIP_DEFAULT_OK[key]
+            if value == ok or (isinstance(ok, tuple) and value in ok):
+                continue
+            raise ConversionError(
+                f"open_clip config {tower}_cfg.{key}={value!r} describes an architecture emocap_jax "
+                f"does not implement (only standard CLIP ViTs are supported)")
+        if key.startswith("timm_") or key.startswith("hf_model"):
+            raise ConversionError(f"open_clip config {tower}_cfg.{key}: timm/Hugging Face towers "
+                                  f"are not supported, only standard CLIP ViTs")
+        log.warning("open_clip config %s_cfg.%s=%r ignored", tower, key, value)
+
+
+def infer_open_clip_config(state: dict, oc_cfg: Optional[dict] = None,
+                           activation: Optional[str] = None) -> CLIPConfig:
+    """Architecture of an open_clip/OpenAI state dict. `oc_cfg` is open_clip's `model_cfg` (from
+    `open_clip_config.json`); without it the attention heads default to width/64 (all OpenAI CLIPs)
+    and the activation must be given."""
+    vcfg = dict((oc_cfg or {}).get("vision_cfg", {}))
+    tcfg = dict((oc_cfg or {}).get("text_cfg", {}))
+    if oc_cfg:
+        _check_open_clip_tower_cfg(vcfg, _OPEN_CLIP_SUPPORTED_VISION, "vision")
+        _check_open_clip_tower_cfg(tcfg, _OPEN_CLIP_SUPPORTED_TEXT, "text")
+    if activation is None:
+        if oc_cfg is None:
+            raise ConversionError(
+                "the activation cannot be read off the weights: pass --activation quick_gelu "
+                "(OpenAI weights, open_clip '-quickgelu' models) or --activation gelu (most other "
+                "open_clip weights), or put open_clip_config.json beside the weights")
+        activation = "quick_gelu" if oc_cfg.get("quick_gelu", False) else "gelu"
+    conv = state["visual.conv1.weight"]
+    v_width, _, patch, _ = conv.shape
+    grid = _grid(state["visual.positional_embedding"].shape[0], "visual.positional_embedding")
+    v_layers = _num_layers(state, "visual.transformer.resblocks.")
+    v_heads = int(vcfg["heads"]) if "heads" in vcfg else _heads(
+        v_width, int(vcfg.get("head_width", 64)), "image tower")
+    vision = VisionConfig(
+        image_size=grid * patch, patch_size=patch, width=v_width, layers=v_layers, heads=v_heads,
+        mlp_dim=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0])
+    vocab, t_width = state["token_embedding.weight"].shape
+    text = TextConfig(
+        context_length=state["positional_embedding"].shape[0], vocab_size=vocab, width=t_width,
+        layers=_num_layers(state, "transformer.resblocks."),
+        heads=int(tcfg["heads"]) if "heads" in tcfg else _heads(t_width, 64, "text tower"),
+        mlp_dim=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0])
+    return CLIPConfig(embed_dim=state["visual.proj"].shape[1], vision=vision, text=text,
+                      activation=activation)
+
+
+_HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+
+
+def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
+                    activation: Optional[str] = None) -> CLIPConfig:
+    vcfg = dict((hf_cfg or {}).get("vision_config", {}))
+    tcfg = dict((hf_cfg or {}).get("text_config", {}))
+    conv = state["vision_model.embeddings.patch_embedding.weight"]
+    v_width, _, patch, _ = conv.shape
+    grid = _grid(state["vision_model.embeddings.position_embedding.weight"].shape[0],
+                 "vision_model.embeddings.position_embedding.weight")
+    vision = VisionConfig(
+        image_size=grid * patch, patch_size=patch, width=v_width,
+        layers=_num_layers(state, "vision_model.encoder.layers."),
+        heads=int(vcfg.get("num_attention_heads", 0)) or _heads(v_width, 64, "image tower"),
+        mlp_dim=state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0])
+    vocab, t_width = state["text_model.embeddings.token_embedding.weight"].shape
+    eos = tcfg.get("eos_token_id", 2)
+    text = TextConfig(
+        context_length=state["text_model.embeddings.position_embedding.weight"].shape[0],
+        vocab_size=vocab, width=t_width, layers=_num_layers(state, "text_model.encoder.layers."),
+        heads=int(tcfg.get("num_attention_heads", 0)) or _heads(t_width, 64, "text tower"),
+        mlp_dim=state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        # transformers pools at argmax(ids) when eos_token_id == 2 (configs written before it knew
+        # the real end token), else at the first end token.
+        eot_token_id=None if eos == 2 else int(eos))
+    if activation is None:
+        acts = {vcfg.get("hidden_act", "quick_gelu"), tcfg.get("hidden_act", "quick_gelu")}
+        if len(acts) != 1 or next(iter(acts)) not in _HF_ACT:
+            raise ConversionError(f"Hugging Face config activations {sorted(acts)} unsupported: "
+                                  f"both towers must use quick_gelu or gelu")
+        activation = _HF_ACT[acts.pop()]
+        eps = {vcfg.get("layer_norm_eps", 1e-5), tcfg.get("layer_norm_eps", 1e-5)}
+        if eps != {1e-5}:
+            raise ConversionError(f"Hugging Face config layer_norm_eps {sorted(eps)}: only 1e-5 "
+                                  f"is supported")
+    return CLIPConfig(embed_dim=state["visual_projection.weight"].shape[0], vision=vision,
+                      text=text, activation=activation)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensor mapping
+
+_T = lambda w: w.T  # torch Linear [out, in] -> Flax kernel [in, out]
+_ID = lambda w: w
+_CONV = lambda w: w.transpose(2, 3, 1, 0)  # [out, in, kh, kw] -> [kh, kw, in, out]
+
+
+def _block_rules_open_clip(prefix):
+    """(flax sub-path, torch key suffix(es), transform) for one residual block."""
+    return [
+        ("ln_1/scale", "ln_1.weight", _ID), ("ln_1/bias", "ln_1.bias", _ID),
+        ("ln_2/scale", "ln_2.weight", _ID), ("ln_2/bias", "ln_2.bias", _ID),
+        ("attn/qkv/kernel", "attn.in_proj_weight", _T), ("attn/qkv/bias", "attn.in_proj_bias", _ID),
+        ("attn/out/kernel", "attn.out_proj.weight", _T), ("attn/out/bias", "attn.out_proj.bias", _ID),
+        ("mlp/fc/kernel", "mlp.c_fc.weight", _T), ("mlp/fc/bias", "mlp.c_fc.bias", _ID),
+        ("mlp/proj/kernel", "mlp.c_proj.weight", _T), ("mlp/proj/bias", "mlp.c_proj.bias", _ID),
+    ]
+
+
+def _block_rules_hf(prefix):
+    qkv = ("self_attn.q_proj.{}", "self_attn.k_proj.{}", "self_attn.v_proj.{}")
+    return [
+        ("ln_1/scale", "layer_norm1.weight", _ID), ("ln_1/bias", "layer_norm1.bias", _ID),
+        ("ln_2/scale", "layer_norm2.weight", _ID), ("ln_2/bias", "layer_norm2.bias", _ID),
+        # q, k, v Linears fused in the order the Flax kernel's columns expect: [q | k | v].
+        ("attn/qkv/kernel", tuple(k.format("weight") for k in qkv),
+         lambda *ws: np.concatenate(ws, axis=0).T),
+        ("attn/qkv/bias", tuple(k.format("bias") for k in qkv),
+         lambda *bs: np.concatenate(bs, axis=0)),
+        ("attn/out/kernel", "self_attn.out_proj.weight", _T),
+        ("attn/out/bias", "self_attn.out_proj.bias", _ID),
+        ("mlp/fc/kernel", "mlp.fc1.weight", _T), ("mlp/fc/bias", "mlp.fc1.bias", _ID),
+        ("mlp/proj/kernel", "mlp.fc2.weight", _T), ("mlp/proj/bias", "mlp.fc2.bias", _ID),
+    ]
+
+
+def _rules(layout: str, config: CLIPConfig):
+    """Yields (flax path, torch keys, transform) for every parameter; block rules are stacked over
+    layers because the Flax transformer scans over a leading layer axis."""
+    if layout == "open_clip":
+        top = [
+            ("visual/patch_embed/kernel", "visual.conv1.weight", _CONV),
+            ("visual/class_embedding", "visual.class_embedding", _ID),
+            ("visual/pos_embedding", "visual.positional_embedding", _ID),
+            ("visual/ln_pre/scale", "visual.ln_pre.weight", _ID),
+            ("visual/ln_pre/bias", "visual.ln_pre.bias", _ID),
+            ("visual/ln_post/scale", "visual.ln_post.weight", _ID),
+            ("visual/ln_post/bias", "visual.ln_post.bias", _ID),
+            ("visual/proj", "visual.proj", _ID),
+            ("text/token_embedding/embedding", "token_embedding.weight", _ID),
+            ("text/pos_embedding", "positional_embedding", _ID),
+            ("text/ln_final/scale", "ln_final.weight", _ID),
+            ("text/ln_final/bias", "ln_final.bias", _ID),
+            ("text/proj", "text_projection", _ID),
+            ("logit_scale", "logit_scale", lambda w: w.reshape(())),
+        ]
+        towers = [("visual", "visual.transformer.resblocks.", config.vision.layers),
+                  ("text", "transformer.resblocks.", config.text.layers)]
+        block_rules = _block_rules_open_clip
+    else:
+        top = [
+            ("visual/patch_embed/kernel", "vision_model.embeddings.patch_embedding.weight", _CONV),
+            ("visual/class_embedding", "vision_model.embeddings.class_embedding", _ID),
+            ("visual/pos_embedding", "vision_model.embeddings.position_embedding.weight", _ID),
+            ("visual/ln_pre/scale", "vision_model.pre_layrnorm.weight", _ID),
+            ("visual/ln_pre/bias", "vision_model.pre_layrnorm.bias", _ID),
+            ("visual/ln_post/scale", "vision_model.post_layernorm.weight", _ID),
+            ("visual/ln_post/bias", "vision_model.post_layernorm.bias", _ID),
+            ("visual/proj", "visual_projection.weight", _T),
+            ("text/token_embedding/embedding", "text_model.embeddings.token_embedding.weight", _ID),
+            ("text/pos_embedding", "text_model.embeddings.position_embedding.weight", _ID),
+            ("text/ln_final/scale", "text_model.final_layer_norm.weight", _ID),
+            ("text/ln_final/bias", "text_model.final_layer_norm.bias", _ID),
+            ("text/proj", "text_projection.weight", _T),
+            ("logit_scale", "logit_scale", lambda w: w.reshape(())),
+        ]
+        towers = [("visual", "vision_model.encoder.layers.", config.vision.layers),
+                  ("text", "text_model.encoder.layers.", config.text.layers)]
+        block_rules = _block_rules_hf
+    for path, key, fn in top:
+        yield path, [(key,)], fn, False
+    for tower, prefix, layers in towers:
+        for sub, suffix, fn in block_rules(prefix):
+            suffixes = suffix if isinstance(suffix, tuple) else (suffix,)
+            per_layer = [tuple(f"{prefix}{i}.{s}" for s in suffixes) for i in range(layers)]
+            yield f"{tower}/transformer/blocks/{sub}", per_layer, fn, True
+
+
+def _set(tree, path, value):
+    *parents, leaf = path.split("/")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def _get(tree, path):
+    for p in path.split("/"):
+        tree = tree[p]
+    return tree
+
+
+def _flatten_paths(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flatten_paths(v, f"{prefix}{k}/")
+    else:
+        yield prefix[:-1], tree
+
+
+def state_dict_to_params(state: dict, layout: str, config: CLIPConfig) -> dict:
+    """Maps a torch state dict onto the Flax parameter tree of `config`, checking every shape
+    against the model's own parameter shapes and that no tensor is left over."""
+    from emocap_jax.models.clip import param_shapes
+
+    expected = param_shapes(config)
+    params, used = {}, set()
+    for path, key_groups, fn, stacked in _rules(layout, config):
+        want = tuple(_get(expected, path))
+        item_shape = want[1:] if stacked else want
+        values = []
+        for keys in key_groups:
+            missing = [k for k in keys if k not in state]
+            if missing:
+                raise ConversionError(f"parameter {path}: checkpoint has no tensor {missing[0]}")
+            try:
+                value = np.array(fn(*(state[k] for k in keys)), dtype=np.float32, order="C")
+            except ValueError as e:  # e.g. q/k/v parts that cannot be concatenated
+                shapes = [tuple(state[k].shape) for k in keys]
+                raise ConversionError(f"parameter {path} (from {keys}): tensors of shapes "
+                                      f"{shapes} do not combine: {e}") from None
+            if value.shape != item_shape:
+                raise ConversionError(
+                    f"parameter {path} (from {keys[0]}): checkpoint shape {value.shape} != model "
+                    f"shape {item_shape}" + (f" (per layer of {want})" if stacked else ""))
+            values.append(value)
+            used.update(keys)
+        _set(params, path, np.stack(values) if stacked else values[0])
+    unused = sorted(set(state) - used)
+    if unused:
+        raise ConversionError(
+            f"{len(unused)} checkpoint tensors have no place in a standard CLIP ViT, e.g. "
+            f"{unused[:5]}: this architecture is not supported")
+    wanted = {p for p, _ in _flatten_paths(expected)}
+    got = {p for p, _ in _flatten_paths(params)}
+    assert wanted == got, f"converter rules do not cover {sorted(wanted - got)}"
+    return params
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolution change
+
+
+def resize_pos_embedding(pos: np.ndarray, new_grid: int) -> np.ndarray:
+    """Resizes a ViT position table [1 + g*g, w] to [1 + new_grid**2, w]: the class-token row is
+    kept, the grid is resampled bicubically (as open_clip's `resize_pos_embed` does)."""
+    import jax
+    import jax.numpy as jnp
+
+    old_grid = math.isqrt(pos.shape[0] - 1)
+    if old_grid == new_grid:
+        return pos
+    grid = jnp.asarray(pos[1:]).reshape(old_grid, old_grid, -1)
+    grid = jax.image.resize(grid, (new_grid, new_grid, grid.shape[-1]), method="bicubic",
+                            antialias=False)
+    return np.concatenate([pos[:1], np.asarray(grid).reshape(new_grid * new_grid, -1)], axis=0)
+
+
+def with_image_size(params: dict, config: CLIPConfig, image_size: int) -> tuple[dict, CLIPConfig]:
+    """Adapts parameters trained at one resolution to `image_size` (a multiple of the patch)."""
+    if image_size == config.vision.image_size:
+        return params, config
+    vision = VisionConfig(**{**config.vision.__dict__, "image_size": image_size})
+    config = config.replace(vision=vision)  # validates divisibility by the patch size
+    params = dict(params)
+    params["visual"] = dict(params["visual"])
+    params["visual"]["pos_embedding"] = resize_pos_embedding(
+        np.asarray(params["visual"]["pos_embedding"]), vision.grid_size)
+    return params, config
+
+
+# ----------------------------------------------------------------------------------------------
+# Locating a checkpoint and its config
+
+
+def locate(path, source: str = "auto") -> tuple[str, pathlib.Path, Optional[dict]]:
+    """Returns (layout, weights file, config dict or None) for a file or a model folder."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        for name in OPEN_CLIP_WEIGHT_FILES:
+            if (path / name).is_file() and source in ("auto", "open_clip", "openai"):
+                return "open_clip", path / name, _read_json(path / "open_clip_config.json")
+        for name in HF_WEIGHT_FILES:
+            if (path / name).is_file() and source in ("auto", "hf"):
+                return "hf", path / name, _read_json(path / "config.json")
+        raise ConversionError(
+            f"{path}: no weights found for source={source!r}; expected one of "
+            f"{OPEN_CLIP_WEIGHT_FILES + HF_WEIGHT_FILES}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    config = None
+    if (path.parent / "open_clip_config.json").is_file() and source != "hf":
+        config = _read_json(path.parent / "open_clip_config.json")
+    elif (path.parent / "config.json").is_file() and source != "open_clip":
+        cfg = _read_json(path.parent / "config.json")
+        config = cfg if cfg.get("model_type") == "clip" else None
+    layout = {"open_clip": "open_clip", "openai": "open_clip", "hf": "hf"}.get(source)
+    return layout or "auto", path, config
+
+
+def _read_json(path):
+    path = pathlib.Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def convert(path, source: str = "auto", activation: Optional[str] = None,
+            image_size: Optional[int] = None) -> tuple[dict, CLIPConfig, dict]:
+    """Reads a CLIP checkpoint into (params, config, source description)."""
+    layout, weights, cfg = locate(path, source)
+    state = read_state_dict(weights)
+    detected = detect_layout(state)
+    if layout not in ("auto", detected):
+        raise ConversionError(f"{weights}: --source {source} but the keys are in {detected} layout")
+    if detected == "open_clip":
+        oc_cfg = cfg.get("model_cfg", cfg) if cfg else None
+        if source == "openai" and activation is None:
+            activation = "quick_gelu"
+        config = infer_open_clip_config(state, oc_cfg, activation)
+    else:
+        config = infer_hf_config(state, cfg, activation)
+    params = state_dict_to_params(state, detected, config)
+    if image_size:
+        params, config = with_image_size(params, config, image_size)
+    return params, config, {"layout": detected, "weights": str(weights.absolute())}
+
+
+def default_tokenizer_config(config: CLIPConfig) -> Optional[dict]:
+    """CLIP BPE for models with its 49408-token vocabulary; None (unknown) otherwise."""
+    if config.text.vocab_size == 49408:
+        return {"type": "clip_bpe", "context_length": config.text.context_length}
+    return None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m emocap_jax.convert",
+        description="Convert open_clip / OpenAI / Hugging Face CLIP weights to an emocap_jax params "
+                    "folder (Orbax params + model_config.json).")
+    parser.add_argument("--source", choices=("auto", "open_clip", "openai", "hf"), default="auto",
+                        help="checkpoint layout (auto: read off the tensor names)")
+    parser.add_argument("--input", required=True,
+                        help="weights file (.safetensors, .bin, .pt) or a model folder holding one "
+                             "and its config (open_clip_config.json or config.json)")
+    parser.add_argument("--output", required=True, help="output folder (must not hold params)")
+    parser.add_argument("--activation", choices=("quick_gelu", "gelu"),
+                        help="override the activation (needed for open_clip weights without config)")
+    parser.add_argument("--image-size", type=int,
+                        help="adapt to this input resolution (position embeddings are resized)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        params, config, source = convert(args.input, args.source, args.activation, args.image_size)
+        from emocap_jax.models.clip import count_params
+        from emocap_jax.params_io import save_params
+        out = save_params(args.output, params, config, default_tokenizer_config(config), source)
+    except (ConversionError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    v, t = config.vision, config.text
+    print(f"converted {source['layout']} checkpoint {source['weights']}\n"
+          f"  image tower: ViT {v.image_size}px patch {v.patch_size} width {v.width} "
+          f"layers {v.layers} heads {v.heads}\n"
+          f"  text tower: context {t.context_length} vocab {t.vocab_size} width {t.width} "
+          f"layers {t.layers} heads {t.heads}\n"
+          f"  embed dim {config.embed_dim}, activation {config.activation}, "
+          f"{count_params(params):,} parameters\n"
+          f"  written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Architecture description of the two CLIP towers, shared by the model, the weight converter and
+checkpoints.
+
+A `CLIPConfig` is plain data (JSON round-trips through `to_dict`/`from_dict`) so that a checkpoint
+folder can carry the exact architecture that produced its parameters, and so that `ml_collections`
+configs can describe it field by field (`--config.model.vision.image_size=336`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Optional
+
+ACTIVATIONS = ("quick_gelu", "gelu")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    layers: int = 12
+    heads: int = 8
+    mlp_dim: int = 2048
+    # Pooling token: None pools at the argmax of the ids (open_clip's default, correct for CLIP BPE
+    # where end-of-text has the largest id); an int pools at the first occurrence of that id, which
+    # tokenizers whose end token is not the largest id (sentencepiece, Hugging Face) need.
+    eot_token_id: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+    embed_dim: int = 512
+    vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
+    # OpenAI's weights were trained with QuickGELU; open_clip's LAION weights and most others with
+    # exact (erf) GELU. Using the wrong one costs percent-level accuracy, not an error.
+    activation: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    # Parameters are always float32; this is the dtype of activations and matmuls.
+    dtype: str = "float32"
+    # Rematerialise each transformer block in the backward pass (memory for compute).
+    remat: bool = False
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = math.log(100.0)
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation={self.activation!r}: expected one of {ACTIVATIONS}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r}: expected one of {DTYPES}")
+        v, t = self.vision, self.text
+        if v.image_size % v.patch_size:
+            raise ValueError(
+                f"model.vision.image_size={v.image_size} is not a multiple of "
+                f"model.vision.patch_size={v.patch_size}")
+        for name, tower in (("vision", v), ("text", t)):
+            if tower.width % tower.heads:
+                raise ValueError(
+                    f"model.{name}.width={tower.width} is not divisible by "
+                    f"model.{name}.heads={tower.heads}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CLIPConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        vision = VisionConfig(**dict(d.pop("vision", {})))
+        text = TextConfig(**dict(d.pop("text", {})))
+        return cls(vision=vision, text=text, **d)
+
+    def replace(self, **changes) -> "CLIPConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _clip(embed_dim, vision, text, activation="quick_gelu") -> CLIPConfig:
+    return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text, activation=activation)
+
+
+_TEXT_B = TextConfig(width=512, layers=12, heads=8, mlp_dim=2048)
+_TEXT_L = TextConfig(width=768, layers=12, heads=12, mlp_dim=3072)
+
+# Standard OpenAI CLIP architectures (open_clip names) and tiny variants for tests and demos.
+VARIANTS: dict[str, CLIPConfig] = {
+    "ViT-B-32": _clip(512, VisionConfig(224, 32, 768, 12, 12, 3072), _TEXT_B),
+    "ViT-B-16": _clip(512, VisionConfig(224, 16, 768, 12, 12, 3072), _TEXT_B),
+    "ViT-L-14": _clip(768, VisionConfig(224, 14, 1024, 24, 16, 4096), _TEXT_L),
+    "ViT-L-14-336": _clip(768, VisionConfig(336, 14, 1024, 24, 16, 4096), _TEXT_L),
+    # The architecture of the peers' tiny fixtures: 32 px images, 8 px patches, 1000-token vocab.
+    "tiny": _clip(24, VisionConfig(32, 8, 64, 2, 2, 256), TextConfig(16, 1000, 32, 2, 2, 128)),
+    # Small enough to train on a 2-core CPU in minutes, with the real CLIP BPE vocabulary.
+    "demo": _clip(128, VisionConfig(64, 8, 192, 4, 3, 768),
+                  TextConfig(32, 49408, 128, 4, 2, 512)),
+}
+# open_clip also spells them with slashes ("ViT-B/16"), as OpenAI and big_vision do.
+_ALIASES = {
+    "ViT-B/32": "ViT-B-32", "ViT-B/16": "ViT-B-16", "ViT-L/14": "ViT-L-14",
+    "ViT-L/14@336px": "ViT-L-14-336", "ViT-L/14-336": "ViT-L-14-336",
+}
+
+
+def variant(name: str) -> CLIPConfig:
+    """Returns the architecture registered under `name` ("ViT-B-16", "ViT-B/16", "tiny", ...)."""
+    key = name if name in VARIANTS else _ALIASES.get(name)
+    if key is None:
+        key = {k.lower(): k for k in VARIANTS}.get(name.lower())
+    if key is None:
+        raise ValueError(f"unknown model variant {name!r}; known: {sorted(VARIANTS)}")
+    return VARIANTS[key]

@@ -1,0 +1,114 @@
+"""The pre-LayerNorm transformer shared by CLIP's image and text towers.
+
+Layers are stacked with `nn.scan`, so every block parameter has a leading layer axis
+(`blocks/attn/qkv/kernel` is [layers, width, 3*width]). One traced block instead of L copies keeps
+compile time flat in depth (ViT-L/14 compiles as fast as ViT-B/32), and the weight converter stacks
+the per-layer torch tensors along that axis.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+
+def quick_gelu(x):
+    # OpenAI CLIP's activation: x * sigmoid(1.702 x).
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def exact_gelu(x):
+    # torch.nn.GELU() is the erf form; flax's nn.gelu defaults to the tanh approximation.
+    return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATION_FNS = {"quick_gelu": quick_gelu, "gelu": exact_gelu}
+
+
+def _normal(std):
+    return nn.initializers.normal(stddev=std)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with a fused q/k/v projection (torch's `in_proj_weight` layout)."""
+    width: int
+    heads: int
+    layers: int  # depth of the stack, for open_clip's output-projection init scale
+    is_causal: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, t, _ = x.shape
+        head_dim = self.width // self.heads
+        qkv = nn.Dense(3 * self.width, dtype=self.dtype, name="qkv",
+                       kernel_init=_normal(self.width ** -0.5))(x)
+        q, k, v = jnp.split(qkv.reshape(b, t, 3, self.heads, head_dim), 3, axis=2)
+        q, k, v = (a.squeeze(2) for a in (q, k, v))
+        # The backend picks fused attention (cuDNN flash attention on GPU) where it has one.
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=self.is_causal)
+        out = out.reshape(b, t, self.width)
+        proj_std = (self.width ** -0.5) * ((2 * self.layers) ** -0.5)
+        return nn.Dense(self.width, dtype=self.dtype, name="out", kernel_init=_normal(proj_std))(out)
+
+
+class MLP(nn.Module):
+    width: int
+    mlp_dim: int
+    layers: int
+    activation: str
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc",
+                     kernel_init=_normal((2 * self.width) ** -0.5))(x)
+        x = ACTIVATION_FNS[self.activation](x)
+        proj_std = (self.width ** -0.5) * ((2 * self.layers) ** -0.5)
+        return nn.Dense(self.width, dtype=self.dtype, name="proj", kernel_init=_normal(proj_std))(x)
+
+
+class ResidualBlock(nn.Module):
+    width: int
+    heads: int
+    mlp_dim: int
+    layers: int
+    activation: str
+    layer_norm_eps: float
+    is_causal: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, _=None):
+        ln = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
+        x = x + MultiHeadAttention(self.width, self.heads, self.layers, self.is_causal,
+                                   self.dtype, name="attn")(ln("ln_1")(x))
+        x = x + MLP(self.width, self.mlp_dim, self.layers, self.activation, self.dtype,
+                    name="mlp")(ln("ln_2")(x))
+        return x, None
+
+
+class Transformer(nn.Module):
+    width: int
+    layers: int
+    heads: int
+    mlp_dim: int
+    activation: str
+    layer_norm_eps: float
+    is_causal: bool = False
+    remat: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        block = ResidualBlock
+        if self.remat:
+            # Save nothing inside a block: the backward pass recomputes it from the block input,
+            # so activation memory is one [B, T, width] per layer.
+            block = nn.remat(block, prevent_cse=False,
+                             policy=jax.checkpoint_policies.nothing_saveable)
+        stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                        length=self.layers)
+        x, _ = stack(self.width, self.heads, self.mlp_dim, self.layers, self.activation,
+                     self.layer_norm_eps, self.is_causal, self.dtype, name="blocks")(x, None)
+        return x

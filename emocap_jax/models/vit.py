@@ -1,0 +1,46 @@
+"""CLIP's image tower: a ViT with a class token, `ln_pre`, no patch-embedding bias, and a linear
+projection applied to the pooled class token and (for the local loss) to every patch token."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from emocap_jax.models.config import VisionConfig
+from emocap_jax.models.transformer import Transformer
+
+
+class VisionTransformer(nn.Module):
+    config: VisionConfig
+    embed_dim: int
+    activation: str
+    layer_norm_eps: float = 1e-5
+    remat: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images):
+        """images: [B, H, W, 3] CLIP-normalised. Returns (pooled [B, D], patch tokens [B, P, D])."""
+        cfg = self.config
+        if images.shape[1:3] != (cfg.image_size, cfg.image_size):
+            raise ValueError(
+                f"image tower expects {cfg.image_size}x{cfg.image_size} images, got "
+                f"{images.shape[1]}x{images.shape[2]} (input shape {images.shape})")
+        scale = cfg.width ** -0.5
+        x = nn.Conv(cfg.width, (cfg.patch_size, cfg.patch_size), strides=cfg.patch_size,
+                    padding="VALID", use_bias=False, dtype=self.dtype, name="patch_embed")(
+                        images.astype(self.dtype))
+        b = x.shape[0]
+        x = x.reshape(b, -1, cfg.width)
+        cls = self.param("class_embedding", nn.initializers.normal(scale), (cfg.width,))
+        pos = self.param("pos_embedding", nn.initializers.normal(scale),
+                         (cfg.num_patches + 1, cfg.width))
+        cls = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, cfg.width))
+        x = jnp.concatenate([cls, x], axis=1) + pos.astype(self.dtype)
+        x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="ln_pre")(x)
+        x = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_dim, self.activation,
+                        self.layer_norm_eps, is_causal=False, remat=self.remat, dtype=self.dtype,
+                        name="transformer")(x)
+        x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="ln_post")(x)
+        proj = self.param("proj", nn.initializers.normal(scale), (cfg.width, self.embed_dim))
+        x = x @ proj.astype(self.dtype)
+        return x[:, 0], x[:, 1:]

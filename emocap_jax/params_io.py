@@ -1,0 +1,73 @@
+"""The exported-model folder: parameters as an Orbax checkpoint plus the JSON that says what they are.
+
+    DIR/model_config.json   {"format": "emocap_jax.params", "model": CLIPConfig.to_dict(),
+                             "tokenizer": tokenizer config or null, "source": where they came from}
+    DIR/params/             Orbax StandardCheckpointer tree of float32 arrays
+
+`emocap_jax.convert` writes it, training exports it, `emocap_jax.load` and the trainer's
+`init_from` read it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Optional
+
+import numpy as np
+
+from emocap_jax.models.config import CLIPConfig
+
+FORMAT = "emocap_jax.params"
+CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+
+
+def is_params_dir(path) -> bool:
+    path = pathlib.Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
+
+
+def save_params(path, params, model_config: CLIPConfig, tokenizer: Optional[dict] = None,
+                source: Optional[dict] = None) -> pathlib.Path:
+    """Writes `params` and their description to the folder `path` (created; must not hold params)."""
+    import orbax.checkpoint as ocp
+
+    path = pathlib.Path(path).absolute()
+    if (path / PARAMS_DIR).exists():
+        raise FileExistsError(f"{path / PARAMS_DIR} already exists; choose an empty output folder")
+    path.mkdir(parents=True, exist_ok=True)
+    params = _to_numpy(params)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path / PARAMS_DIR, params)
+    checkpointer.wait_until_finished()
+    description = {"format": FORMAT, "model": model_config.to_dict(), "tokenizer": tokenizer,
+                   "source": source or {}}
+    tmp = path / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(description, indent=1))
+    os.replace(tmp, path / CONFIG_FILE)  # the config appears only once the params are complete
+    return path
+
+
+def read_description(path) -> dict[str, Any]:
+    path = pathlib.Path(path)
+    description = json.loads((path / CONFIG_FILE).read_text())
+    if description.get("format") != FORMAT:
+        raise ValueError(f"{path / CONFIG_FILE}: not an emocap_jax params description "
+                         f"(format={description.get('format')!r})")
+    return description
+
+
+def load_params(path) -> tuple[dict, CLIPConfig, dict]:
+    """Returns (params as NumPy arrays, model config, the full description)."""
+    import orbax.checkpoint as ocp
+
+    path = pathlib.Path(path).absolute()
+    description = read_description(path)
+    params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR)
+    return params, CLIPConfig.from_dict(description["model"]), description
+
+
+def _to_numpy(tree):
+    import jax
+    return jax.tree_util.tree_map(lambda x: np.asarray(x), tree)

@@ -1,0 +1,224 @@
+"""Weight import: parity with the peers' outputs, full-size shape logic, errors, resolution change."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import emocap_jax
+from emocap_jax import convert
+from emocap_jax.models.config import variant
+from tests import clip_numpy_reference as ref
+
+PEERS = ["openclip_tiny_quickgelu", "openclip_tiny_gelu", "hf_clip_tiny"]
+
+
+def _peer_io(folder):
+    inputs, outputs = np.load(folder / "inputs.npz"), np.load(folder / "outputs.npz")
+    return inputs["images_nchw"].transpose(0, 2, 3, 1), inputs["tokens"], outputs
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_load_matches_peer_outputs(fixtures_dir, name):
+    model = emocap_jax.load(fixtures_dir / name)
+    images, tokens, out = _peer_io(fixtures_dir / name)
+    np.testing.assert_allclose(model.encode_image(images), out["image_features"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(model.encode_text(tokens), out["text_features"], atol=1e-4, rtol=0)
+    if "logit_scale_log" in out:
+        assert model.logit_scale == pytest.approx(float(np.exp(out["logit_scale_log"])), rel=1e-6)
+
+
+def test_activation_is_read_from_config(fixtures_dir):
+    assert emocap_jax.load(fixtures_dir / "openclip_tiny_quickgelu").config.activation == "quick_gelu"
+    assert emocap_jax.load(fixtures_dir / "openclip_tiny_gelu").config.activation == "gelu"
+    hf = emocap_jax.load(fixtures_dir / "hf_clip_tiny").config
+    assert hf.activation == "quick_gelu" and hf.text.eot_token_id == 999 and hf.vision.heads == 2
+
+
+@pytest.mark.parametrize("name,source", [("openclip_tiny_gelu", "open_clip"), ("hf_clip_tiny", "hf")])
+def test_convert_cli_then_load_matches_peer(fixtures_dir, tmp_path, name, source):
+    out_dir = tmp_path / "converted"
+    subprocess.run([sys.executable, "-m", "emocap_jax.convert", "--source", source,
+                    "--input", str(fixtures_dir / name), "--output", str(out_dir)], check=True,
+                   capture_output=True)
+    description = json.loads((out_dir / "model_config.json").read_text())
+    assert description["model"]["embed_dim"] == 24
+    model = emocap_jax.load(out_dir)
+    images, tokens, out = _peer_io(fixtures_dir / name)
+    np.testing.assert_allclose(model.encode_image(images), out["image_features"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(model.encode_text(tokens), out["text_features"], atol=1e-4, rtol=0)
+
+
+def test_safetensors_file_path_is_recognised(fixtures_dir, tmp_path):
+    # A bare weights file with its config beside it, as downloaded from a hub.
+    for f in ("open_clip_model.safetensors", "open_clip_config.json"):
+        shutil.copy(fixtures_dir / "openclip_tiny_gelu" / f, tmp_path / f)
+    model = emocap_jax.load(tmp_path / "open_clip_model.safetensors")
+    assert model.config.activation == "gelu"
+
+
+def test_numpy_reference_matches_peers(fixtures_dir):
+    # The reference used for full-size checks below must itself agree with open_clip.
+    for name, quick in (("openclip_tiny_quickgelu", True), ("openclip_tiny_gelu", False)):
+        sd = load_file(str(fixtures_dir / name / "open_clip_model.safetensors"))
+        images, tokens, out = _peer_io(fixtures_dir / name)
+        img = ref.encode_image(sd, images[0].transpose(2, 0, 1), heads=2, quick_gelu=quick)
+        txt = ref.encode_text(sd, tokens[1], heads=2, quick_gelu=quick)
+        np.testing.assert_allclose(img, out["image_features"][0], atol=1e-4)
+        np.testing.assert_allclose(txt, out["text_features"][1], atol=1e-4)
+
+
+def _random_state_dict(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for k, s in shapes.items():
+        fan = s[-1] if len(s) > 1 else 1
+        scale = 1.0 / np.sqrt(fan) if len(s) > 1 else 0.1
+        sd[k] = (rng.standard_normal(s, dtype=np.float32) * scale).astype(np.float32)
+        if k.endswith("ln_1.weight") or k.endswith("ln_2.weight") or ".ln_" in k and "weight" in k:
+            sd[k] = 1.0 + sd[k]
+    sd["logit_scale"] = np.array(np.log(1 / 0.07), np.float32)
+    return sd
+
+
+B16_SHAPES = dict(image_size=224, patch=16, v_width=768, v_layers=12, v_mlp=3072, embed_dim=512,
+                  ctx=77, vocab=49408, t_width=512, t_layers=12, t_mlp=2048)
+
+
+@pytest.fixture(scope="module")
+def b16_state_dict():
+    return _random_state_dict(ref.open_clip_shapes(**B16_SHAPES))
+
+
+@pytest.mark.slow
+def test_full_size_vit_b16_open_clip_layout(b16_state_dict, tmp_path):
+    """A ViT-B/16 open_clip checkpoint converts to exactly the standard architecture and computes
+    what open_clip's architecture computes (the NumPy reference) on random weights."""
+    save_file(b16_state_dict, str(tmp_path / "open_clip_model.safetensors"))
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
+        "embed_dim": 512, "quick_gelu": True,
+        "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8,
+                     "layers": 12}}}))
+    model = emocap_jax.load(tmp_path)
+    assert model.config == variant("ViT-B-16")
+    rng = np.random.default_rng(1)
+    image = rng.standard_normal((1, 224, 224, 3), dtype=np.float32)
+    tokens = model.tokenize(["a photo of a face with an expression of contempt."])
+    np.testing.assert_allclose(
+        model.encode_image(image)[0],
+        ref.encode_image(b16_state_dict, image[0].transpose(2, 0, 1), 12, True), atol=1e-3, rtol=1e-3)
+    np.testing.assert_allclose(
+        model.encode_text(tokens)[0],
+        ref.encode_text(b16_state_dict, tokens[0], 8, True), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_full_size_hf_layout_gives_same_params(b16_state_dict):
+    params_oc = convert.state_dict_to_params(b16_state_dict, "open_clip", variant("ViT-B-16"))
+    hf = ref.open_clip_to_hf_names(b16_state_dict)
+    config = convert.infer_hf_config(hf, {"vision_config": {"num_attention_heads": 12},
+                                          "text_config": {"num_attention_heads": 8,
+                                                          "eos_token_id": 2}})
+    assert config == variant("ViT-B-16")
+    params_hf = convert.state_dict_to_params(hf, "hf", config)
+    for (pa, a), (pb, b) in zip(convert._flatten_paths(params_oc), convert._flatten_paths(params_hf)):
+        assert pa == pb
+        np.testing.assert_array_equal(a, b, err_msg=pa)
+
+
+def test_standard_shapes_infer_standard_architectures():
+    for name, shapes in {
+        "ViT-B-32": dict(B16_SHAPES, patch=32),
+        "ViT-L-14": dict(image_size=224, patch=14, v_width=1024, v_layers=24, v_mlp=4096,
+                         embed_dim=768, ctx=77, vocab=49408, t_width=768, t_layers=12, t_mlp=3072),
+        "ViT-L-14-336": dict(image_size=336, patch=14, v_width=1024, v_layers=24, v_mlp=4096,
+                             embed_dim=768, ctx=77, vocab=49408, t_width=768, t_layers=12,
+                             t_mlp=3072),
+    }.items():
+        # Only shapes matter for inference: zero-size-free stand-ins via np.broadcast_to.
+        sd = {k: np.broadcast_to(np.float32(0), s) for k, s in ref.open_clip_shapes(**shapes).items()}
+        assert convert.infer_open_clip_config(sd, activation="quick_gelu") == variant(name), name
+
+
+def test_shape_mismatch_names_parameter_and_both_shapes(fixtures_dir):
+    sd = load_file(str(fixtures_dir / "openclip_tiny_gelu" / "open_clip_model.safetensors"))
+    sd["transformer.resblocks.1.mlp.c_fc.weight"] = np.zeros((100, 32), np.float32)
+    config = variant("tiny").replace(activation="gelu")
+    with pytest.raises(convert.ConversionError,
+                       match=r"text/transformer/blocks/mlp/fc/kernel \(from transformer.resblocks.1.mlp.c_fc"
+                             r".weight\): checkpoint shape \(32, 100\) != model shape \(32, 128\)"):
+        convert.state_dict_to_params(sd, "open_clip", config)
+
+
+def test_unknown_tensors_fail_loudly(fixtures_dir):
+    sd = load_file(str(fixtures_dir / "openclip_tiny_gelu" / "open_clip_model.safetensors"))
+    sd["visual.attn_pool.query"] = np.zeros((4, 64), np.float32)
+    with pytest.raises(convert.ConversionError, match="visual.attn_pool.query"):
+        convert.state_dict_to_params(sd, "open_clip", variant("tiny").replace(activation="gelu"))
+
+
+def test_missing_config_requires_activation_and_standard_heads(fixtures_dir, tmp_path):
+    shutil.copy(fixtures_dir / "openclip_tiny_gelu" / "open_clip_model.safetensors",
+                tmp_path / "weights.safetensors")
+    with pytest.raises(convert.ConversionError, match="--activation"):
+        emocap_jax.load(tmp_path / "weights.safetensors")
+    # The tiny model's 32-wide heads differ from the standard 64: without its config, say so.
+    with pytest.raises(convert.ConversionError, match="attention heads.*config"):
+        emocap_jax.load(tmp_path / "weights.safetensors", activation="gelu")
+
+
+def test_unsupported_open_clip_architecture_is_refused(fixtures_dir, tmp_path):
+    cfg = json.loads((fixtures_dir / "openclip_tiny_gelu" / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["vision_cfg"]["attentional_pool"] = True
+    shutil.copy(fixtures_dir / "openclip_tiny_gelu" / "open_clip_model.safetensors", tmp_path)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(convert.ConversionError, match="attentional_pool"):
+        emocap_jax.load(tmp_path)
+
+
+@pytest.mark.skipif("torch" in sys.modules, reason="only meaningful without torch")
+def test_torch_file_without_torch_explains_safetensors(tmp_path):
+    try:
+        import torch  # noqa: F401
+        pytest.skip("torch is installed")
+    except ImportError:
+        pass
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    path.write_bytes(b"not really a torch file")
+    with pytest.raises(convert.ConversionError, match="safetensors"):
+        convert.read_state_dict(path)
+
+
+def test_load_at_another_image_size(fixtures_dir):
+    base = emocap_jax.load(fixtures_dir / "openclip_tiny_gelu")
+    bigger = emocap_jax.load(fixtures_dir / "openclip_tiny_gelu", image_size=48)
+    assert bigger.config.vision.image_size == 48
+    pos = np.asarray(bigger.params["visual"]["pos_embedding"])
+    assert pos.shape == (1 + 6 * 6, 64)
+    # The class-token row is kept as it was.
+    np.testing.assert_array_equal(pos[0], np.asarray(base.params["visual"]["pos_embedding"])[0])
+    images = np.random.default_rng(0).standard_normal((2, 48, 48, 3), dtype=np.float32)
+    feats = bigger.encode_image(images)
+    assert feats.shape == (2, 24) and np.all(np.isfinite(feats))
+    with pytest.raises(ValueError, match="32x32"):
+        base.encode_image(images)
+    with pytest.raises(ValueError, match="multiple"):
+        emocap_jax.load(fixtures_dir / "openclip_tiny_gelu", image_size=50)
+
+
+def test_resize_pos_embedding_interpolates_smooth_tables():
+    # A table that is linear in the grid coordinates must stay linear (away from the border,
+    # where bicubic resampling clamps) and keep its range; same size is the identity.
+    g, w = 8, 3
+    yy, xx = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+    grid = np.stack([xx, yy, xx + yy], -1).reshape(g * g, w).astype(np.float32)
+    pos = np.concatenate([np.full((1, w), 7.0, np.float32), grid])
+    np.testing.assert_array_equal(convert.resize_pos_embedding(pos, g), pos)
+    big = convert.resize_pos_embedding(pos, 16)[1:].reshape(16, 16, w)
+    row = big[8, 5:11, 0]
+    np.testing.assert_allclose(np.diff(row), np.full(5, 0.5), atol=1e-5)
+    assert big[..., 0].min() >= -0.3 and big[..., 0].max() <= 7.3
