@@ -1,0 +1,191 @@
+"""The on-disk record schema: a face sample <-> a serialised `tf.train.Example`.
+
+Every TFRecord shard of the project (caption corpus, benchmarks, synthetic faces) holds
+`tf.train.Example` protos with these features (SCHEMA_VERSION 1; text is UTF-8):
+
+| key               | kind        | content                                                    |
+|-------------------|-------------|------------------------------------------------------------|
+| `id`              | bytes [1]   | unique sample id                                           |
+| `image`           | bytes [K]   | encoded images: K=1 for a still, K frames for a video clip |
+| `image/format`    | bytes [1]   | codec of `image`, e.g. "jpeg", "png"                       |
+| `caption/global`  | bytes [1]   | global sentence (overall affective state); may be empty    |
+| `caption/local`   | bytes [R]   | local sentences, one per region / action unit; R may be 0  |
+| `caption/summary` | bytes [1]   | summary sentence; may be empty                             |
+| `label`           | bytes [1]   | class name or free-text emotion label; may be empty        |
+| `label_id`        | int64 [1]   | class index in the dataset's recorded class order, -1 none |
+| `au/names`        | bytes [A]   | action-unit names, e.g. "AU12"                             |
+| `au/intensity`    | float [A]   | intensities, aligned with `au/names` (stored as float32)   |
+| `group`           | bytes [1]   | source group (movie, subject) that must stay in one split  |
+
+Decoding tolerates missing optional features (older or foreign files) but requires `id` and
+`image`. The schema version lives in each dataset's `metadata.json`.
+
+TensorFlow is not needed: the `Example` proto is the wire-compatible copy that
+tensorflow-datasets ships (`tensorflow_datasets.proto.tf_example_generated_pb2`). Importing it
+the ordinary way runs all of `tensorflow_datasets/__init__` (~0.8 s and ~650 modules, though
+never TensorFlow), so `_load_example_proto` loads just the two generated files under their
+canonical module names; a later `import tensorflow_datasets` reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+import types
+
+SCHEMA_VERSION = 1
+
+_PROTO_PACKAGE = "tensorflow_datasets.proto"
+_PROTO_MODULES = ("tf_feature_generated_pb2", "tf_example_generated_pb2")
+
+
+def _load_example_proto() -> types.ModuleType:
+    """Returns tensorflow-datasets' tf_example_generated_pb2 without importing all of tfds."""
+    example_name = f"{_PROTO_PACKAGE}.tf_example_generated_pb2"
+    if example_name in sys.modules:
+        return sys.modules[example_name]
+    if "tensorflow_datasets" in sys.modules:  # tfds already paid for: import normally
+        from tensorflow_datasets.proto import tf_example_generated_pb2
+        return tf_example_generated_pb2
+    package_spec = importlib.util.find_spec("tensorflow_datasets")  # locates, does not execute
+    if package_spec is None or not package_spec.submodule_search_locations:
+        raise ImportError("tensorflow-datasets is required for the tf.train.Example proto")
+    proto_dir = f"{package_spec.submodule_search_locations[0]}/proto"
+    # The generated example module does `from tensorflow_datasets.proto import
+    # tf_feature_generated_pb2`; empty stand-in packages satisfy that without running the real
+    # package __init__ files. They are removed afterwards so a later real import works.
+    placeholders = {}
+    for name in ("tensorflow_datasets", _PROTO_PACKAGE):
+        placeholder = types.ModuleType(name)
+        placeholders[name] = placeholder
+        sys.modules[name] = placeholder
+    try:
+        for short_name in _PROTO_MODULES:
+            full_name = f"{_PROTO_PACKAGE}.{short_name}"
+            spec = importlib.util.spec_from_file_location(full_name, f"{proto_dir}/{short_name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[full_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[full_name]
+                raise
+            setattr(placeholders[_PROTO_PACKAGE], short_name, module)
+    finally:
+        for name, placeholder in placeholders.items():
+            if sys.modules.get(name) is placeholder:
+                del sys.modules[name]
+    return sys.modules[example_name]
+
+
+_pb2 = _load_example_proto()
+Example = _pb2.Example
+
+
+@dataclasses.dataclass
+class FaceRecord:
+    """One sample: a face image (or K video frames) with its caption parts and labels."""
+
+    id: str
+    images: list[bytes]
+    image_format: str = "jpeg"
+    global_caption: str = ""
+    local_captions: list[str] = dataclasses.field(default_factory=list)
+    summary: str = ""
+    label: str = ""
+    label_id: int = -1
+    aus: dict[str, float] = dataclasses.field(default_factory=dict)
+    group: str = ""
+
+
+def _check_text(rec_id: str, field: str, value) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError(f"record {rec_id!r}: {field} must be str, got {type(value).__name__}")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"record {rec_id!r}: {field} is not valid Unicode ({e.reason})") from e
+
+
+def encode_record(rec: FaceRecord) -> bytes:
+    """Serialises a FaceRecord as a tf.train.Example (see the module docstring for the keys)."""
+    rec_id = rec.id
+    id_bytes = _check_text(rec_id, "id", rec_id)
+    if not id_bytes:
+        raise ValueError("record id must be a non-empty string")
+    if not rec.images:
+        raise ValueError(f"record {rec_id!r}: needs at least one image")
+    for i, image in enumerate(rec.images):
+        if not isinstance(image, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"record {rec_id!r}: images[{i}] must be encoded bytes, got {type(image).__name__}")
+    if isinstance(rec.local_captions, str):
+        raise TypeError(f"record {rec_id!r}: local_captions must be a list of str, not a str")
+    if isinstance(rec.label_id, bool) or not isinstance(rec.label_id, int):
+        raise TypeError(
+            f"record {rec_id!r}: label_id must be int, got {type(rec.label_id).__name__}")
+
+    example = Example()
+    feature = example.features.feature
+    feature["id"].bytes_list.value.append(id_bytes)
+    feature["image"].bytes_list.value.extend(bytes(image) for image in rec.images)
+    feature["image/format"].bytes_list.value.append(
+        _check_text(rec_id, "image_format", rec.image_format))
+    feature["caption/global"].bytes_list.value.append(
+        _check_text(rec_id, "global_caption", rec.global_caption))
+    feature["caption/local"].bytes_list.value.extend(
+        _check_text(rec_id, f"local_captions[{i}]", s) for i, s in enumerate(rec.local_captions))
+    feature["caption/summary"].bytes_list.value.append(
+        _check_text(rec_id, "summary", rec.summary))
+    feature["label"].bytes_list.value.append(_check_text(rec_id, "label", rec.label))
+    feature["label_id"].int64_list.value.append(rec.label_id)
+    names = list(rec.aus)
+    feature["au/names"].bytes_list.value.extend(
+        _check_text(rec_id, "au name", name) for name in names)
+    feature["au/intensity"].float_list.value.extend(float(rec.aus[name]) for name in names)
+    feature["group"].bytes_list.value.append(_check_text(rec_id, "group", rec.group))
+    # Deterministic: the same record always gives the same bytes (map keys sorted).
+    return example.SerializeToString(deterministic=True)
+
+
+def _first_text(feature, key: str) -> str:
+    if key not in feature:
+        return ""
+    values = feature[key].bytes_list.value
+    return values[0].decode("utf-8") if values else ""
+
+
+def decode_record(data: bytes) -> FaceRecord:
+    """Parses a serialised tf.train.Example written by `encode_record` back into a FaceRecord."""
+    example = Example.FromString(data)
+    feature = example.features.feature
+    if "id" not in feature or not feature["id"].bytes_list.value:
+        raise ValueError(f"tf.train.Example has no 'id' feature (keys: {sorted(feature)})")
+    rec_id = feature["id"].bytes_list.value[0].decode("utf-8")
+    if "image" not in feature or not feature["image"].bytes_list.value:
+        raise ValueError(f"record {rec_id!r}: tf.train.Example has no 'image' feature")
+    try:
+        names = [n.decode("utf-8") for n in feature["au/names"].bytes_list.value] \
+            if "au/names" in feature else []
+        intensities = list(feature["au/intensity"].float_list.value) \
+            if "au/intensity" in feature else []
+        if len(names) != len(intensities):
+            raise ValueError(
+                f"record {rec_id!r}: {len(names)} au/names but {len(intensities)} au/intensity")
+        label_ids = feature["label_id"].int64_list.value if "label_id" in feature else []
+        return FaceRecord(
+            id=rec_id,
+            images=list(feature["image"].bytes_list.value),
+            image_format=_first_text(feature, "image/format") or "jpeg",
+            global_caption=_first_text(feature, "caption/global"),
+            local_captions=[s.decode("utf-8") for s in feature["caption/local"].bytes_list.value]
+            if "caption/local" in feature else [],
+            summary=_first_text(feature, "caption/summary"),
+            label=_first_text(feature, "label"),
+            label_id=int(label_ids[0]) if label_ids else -1,
+            aus=dict(zip(names, intensities)),
+            group=_first_text(feature, "group"),
+        )
+    except UnicodeDecodeError as e:
+        raise ValueError(f"record {rec_id!r}: a text feature is not valid UTF-8 ({e})") from e

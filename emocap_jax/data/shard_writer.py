@@ -1,0 +1,260 @@
+"""A dataset directory of TFRecord shards, written atomically and described by metadata.json.
+
+Layout of a finished dataset directory:
+
+    data-00000-of-00016.tfrecord          tf.train.Example records (see example_codec)
+    data-00000-of-00016.tfrecord.index    record byte offsets, little-endian uint64
+    ...
+    rejected.jsonl                        one {"line", "id", "reason"} per input not written
+    metadata.json                         schema_version, counts, shard list, labels, extras
+
+Records go to shards round-robin in input order, so converting the same input twice gives
+byte-identical shards. Every file is written under a temporary name and renamed into place;
+`metadata.json` is written last and is the commit point: a directory without it is an
+unfinished conversion and `load_metadata` refuses it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import resource
+from collections.abc import Sequence
+from typing import Any
+
+from emocap_jax.data import example_codec
+from emocap_jax.data import tfrecord
+
+METADATA_FILE = "metadata.json"
+REJECTED_FILE = "rejected.jsonl"
+_RESERVED_KEYS = frozenset({
+    "schema_version", "created_by", "num_records", "num_rejected", "shards", "classes",
+    "label_counts",
+})
+
+
+def shard_name(prefix: str, index: int, num_shards: int) -> str:
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def _write_text_atomically(path: str, text: str) -> None:
+    tmp_path = f"{path}.tmp-{os.getpid()}"
+    with open(tmp_path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp_path, path)
+
+
+def _ensure_open_file_limit(needed: int) -> None:
+    """All shards stay open at once; raise the soft descriptor limit if it is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+class ShardedRecordWriter:
+    """Writes FaceRecords round-robin into `num_shards` TFRecord files plus metadata.
+
+    Args:
+      output_dir: created if missing.
+      num_shards: number of shard files (use many more than hosts x data workers).
+      prefix: shard file name prefix.
+      metadata: extra JSON-serialisable entries for metadata.json (must not use reserved keys).
+      classes: the class order of `label_id`, recorded in metadata.json; when given, every
+        record with label_id >= 0 must satisfy classes[label_id] == label.
+      created_by: recorded in metadata.json (the tool that made the dataset).
+      overwrite: allow replacing an existing dataset in `output_dir`; otherwise an existing
+        one is an error. Stale shards of the old dataset are removed on close.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, num_shards: int, prefix: str = "data",
+                 metadata: dict[str, Any] | None = None, *,
+                 classes: Sequence[str] | None = None,
+                 created_by: str = "emocap_jax.data.shard_writer",
+                 overwrite: bool = False):
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", prefix):
+            raise ValueError(f"shard prefix {prefix!r} must be a plain file-name stem")
+        extra = dict(metadata or {})
+        clashes = sorted(_RESERVED_KEYS & set(extra))
+        if clashes:
+            raise ValueError(f"metadata keys {clashes} are reserved by the shard writer")
+        json.dumps(extra)  # fail now, not after hours of conversion
+        self.output_dir = os.fspath(output_dir)
+        self.num_shards = num_shards
+        self.prefix = prefix
+        self.classes = list(classes) if classes is not None else None
+        self.created_by = created_by
+        self._extra = extra
+        self._label_counts: collections.Counter[str] = collections.Counter()
+        self._rejected: list[dict[str, Any]] = []
+        self._num_records = 0
+        self._closed = False
+
+        os.makedirs(self.output_dir, exist_ok=True)
+        existing = self._existing_dataset_files()
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"{self.output_dir} already holds a dataset ({', '.join(existing[:3])}"
+                f"{', ...' if len(existing) > 3 else ''}); choose another directory or overwrite")
+        # Un-commit the old dataset first, so a crash below never leaves old metadata that
+        # describes a mix of old and new shards.
+        metadata_path = os.path.join(self.output_dir, METADATA_FILE)
+        if os.path.exists(metadata_path):
+            os.remove(metadata_path)
+
+        _ensure_open_file_limit(num_shards + 64)
+        self.shard_files = [shard_name(prefix, i, num_shards) for i in range(num_shards)]
+        self._writers: list[tfrecord.TFRecordWriter] = []
+        try:
+            for name in self.shard_files:
+                self._writers.append(tfrecord.TFRecordWriter(os.path.join(self.output_dir, name)))
+        except BaseException:
+            self.abort()
+            raise
+
+    def _existing_dataset_files(self) -> list[str]:
+        pattern = re.compile(rf"{re.escape(self.prefix)}-\d{{5}}-of-\d{{5}}\.tfrecord(\.index)?")
+        return sorted(name for name in os.listdir(self.output_dir)
+                      if name == METADATA_FILE or pattern.fullmatch(name))
+
+    def _remove_stale_files(self) -> None:
+        """Deletes shards of an overwritten dataset and temporary files of crashed runs."""
+        stale = re.compile(
+            rf"{re.escape(self.prefix)}-\d{{5}}-of-\d{{5}}\.tfrecord(\.index)?\.tmp-(\d+)")
+        for name in self._existing_dataset_files():
+            if name != METADATA_FILE and \
+                    name.removesuffix(tfrecord.INDEX_SUFFIX) not in self.shard_files:
+                os.remove(os.path.join(self.output_dir, name))
+        for name in os.listdir(self.output_dir):
+            match = stale.fullmatch(name)
+            if match and int(match.group(2)) != os.getpid():
+                os.remove(os.path.join(self.output_dir, name))
+
+    @property
+    def num_records(self) -> int:
+        return self._num_records
+
+    @property
+    def num_rejected(self) -> int:
+        return len(self._rejected)
+
+    def _check_label(self, record: example_codec.FaceRecord) -> None:
+        if self.classes is None or record.label_id < 0:
+            return
+        if record.label_id >= len(self.classes):
+            raise ValueError(
+                f"record {record.id!r}: label_id {record.label_id} is out of range for "
+                f"{len(self.classes)} classes")
+        if record.label and self.classes[record.label_id] != record.label:
+            raise ValueError(
+                f"record {record.id!r}: label {record.label!r} does not match "
+                f"classes[{record.label_id}] = {self.classes[record.label_id]!r}")
+
+    def add(self, record: example_codec.FaceRecord) -> None:
+        """Encodes and writes one record to the next shard in round-robin order."""
+        if self._closed:
+            raise ValueError(f"ShardedRecordWriter for {self.output_dir} is closed")
+        self._check_label(record)
+        data = example_codec.encode_record(record)
+        self._writers[self._num_records % self.num_shards].write(data)
+        self._num_records += 1
+        if record.label:
+            self._label_counts[record.label] += 1
+
+    def reject(self, line: int | None, id: str | None,  # pylint: disable=redefined-builtin
+               reason: str) -> None:
+        """Records an input entry that was not written (its line number, id if known, why)."""
+        if self._closed:
+            raise ValueError(f"ShardedRecordWriter for {self.output_dir} is closed")
+        self._rejected.append({"line": line, "id": id, "reason": reason})
+
+    def update_metadata(self, entries: dict[str, Any]) -> None:
+        """Adds extra metadata.json entries known only during writing (e.g. rejection stats)."""
+        clashes = sorted(_RESERVED_KEYS & set(entries))
+        if clashes:
+            raise ValueError(f"metadata keys {clashes} are reserved by the shard writer")
+        json.dumps(entries)
+        self._extra.update(entries)
+
+    def close(self) -> dict[str, Any]:
+        """Finishes all shards, writes rejected.jsonl and (last) metadata.json; returns metadata."""
+        if self._closed:
+            raise ValueError(f"ShardedRecordWriter for {self.output_dir} is already closed")
+        shards = []
+        for name, writer in zip(self.shard_files, self._writers):
+            writer.close()
+            tfrecord.write_index(writer.path, writer.offsets)
+            shards.append({"file": name, "num_records": writer.num_records})
+        self._closed = True
+        self._remove_stale_files()
+
+        rejected_text = "".join(
+            json.dumps(entry, ensure_ascii=False) + "\n" for entry in self._rejected)
+        _write_text_atomically(os.path.join(self.output_dir, REJECTED_FILE), rejected_text)
+
+        metadata: dict[str, Any] = {
+            "schema_version": example_codec.SCHEMA_VERSION,
+            "created_by": self.created_by,
+            "num_records": self._num_records,
+            "num_rejected": len(self._rejected),
+            "shards": shards,
+            "label_counts": dict(sorted(self._label_counts.items())),
+        }
+        if self.classes is not None:
+            metadata["classes"] = self.classes
+        metadata.update(self._extra)
+        _write_text_atomically(os.path.join(self.output_dir, METADATA_FILE),
+                               json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
+        return metadata
+
+    def abort(self) -> None:
+        """Removes every temporary shard file; writes no metadata."""
+        for writer in self._writers:
+            writer.abort()
+        self._closed = True
+
+    def __enter__(self) -> ShardedRecordWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.close()
+
+
+def load_metadata(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """Reads a finished dataset's metadata.json (refuses unfinished or newer-schema datasets)."""
+    path = os.path.join(os.fspath(dataset_dir), METADATA_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: {os.fspath(dataset_dir)} is not a finished dataset directory "
+            "(wrong path, or the conversion did not complete)")
+    with open(path, encoding="utf-8") as f:
+        metadata = json.load(f)
+    version = metadata.get("schema_version")
+    if not isinstance(version, int) or version > example_codec.SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: schema_version {version!r} is not supported by this code "
+            f"(it reads up to {example_codec.SCHEMA_VERSION})")
+    return metadata
+
+
+def shard_paths(dataset_dir: str | os.PathLike) -> list[str]:
+    """Full paths of a dataset's shards, in order; every listed shard must exist."""
+    dataset_dir = os.fspath(dataset_dir)
+    metadata = load_metadata(dataset_dir)
+    paths = [os.path.join(dataset_dir, shard["file"]) for shard in metadata["shards"]]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(paths)} shards listed in "
+            f"{os.path.join(dataset_dir, METADATA_FILE)} are missing: "
+            f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+    return paths

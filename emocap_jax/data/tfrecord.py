@@ -1,0 +1,342 @@
+"""TFRecord files in pure Python: framing, checksums, atomic writing, random access.
+
+The on-disk format is TensorFlow's, byte for byte, so files written here are read by
+`tf.data.TFRecordDataset` and vice versa. Each record is
+
+        uint64 length            (little endian)
+        uint32 masked_crc32c(length bytes)
+        bytes  data[length]
+        uint32 masked_crc32c(data)
+
+TensorFlow is never imported: CRC-32C comes from `google_crc32c`. Unlike Grain's own
+TFRecord reader, every reader here checks the checksums (unless asked not to) and names the
+file and byte offset of the first bad record, so a corrupt shard fails loudly instead of
+feeding garbage to training.
+
+`TFRecordFile` gives random access (`len`, `[i]`) for a Grain `MapDataset` data source: it
+indexes the file once by reading only the 12-byte record headers, and reads records with
+`os.pread`, which keeps no shared file position, so it is safe to call from several threads
+and survives pickling into Grain worker processes (the handle is reopened lazily there).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
+
+import google_crc32c
+import numpy as np
+
+_MASK_DELTA = 0xA282EAD8
+_HEADER = struct.Struct("<QI")  # length, masked crc of the length bytes
+_LENGTH = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+HEADER_SIZE = _HEADER.size  # 12
+FOOTER_SIZE = _CRC.size  # 4
+INDEX_SUFFIX = ".index"
+
+
+class CorruptRecordError(ValueError):
+    """A TFRecord file is damaged: bad length CRC, bad data CRC or a truncated record."""
+
+    def __init__(self, path: str, offset: int, reason: str):
+        self.path = os.fspath(path)
+        self.offset = int(offset)
+        self.reason = reason
+        super().__init__(
+            f"corrupt TFRecord file {self.path} at byte offset {self.offset}: {reason}")
+
+    def __reduce__(self):
+        # Grain workers send exceptions back to the main process by pickling them.
+        return (type(self), (self.path, self.offset, self.reason))
+
+
+def crc32c(data: bytes) -> int:
+    """Plain (unmasked) CRC-32C (Castagnoli) of `data`."""
+    return google_crc32c.value(data)
+
+
+def mask_crc(crc: int) -> int:
+    """TensorFlow's CRC masking: rotate right by 15 bits and add a constant (mod 2**32)."""
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC-32C stored in TFRecord files."""
+    return mask_crc(google_crc32c.value(data))
+
+
+def frame_record(data: bytes) -> bytes:
+    """One record's complete bytes on disk (header, payload, footer)."""
+    length_bytes = _LENGTH.pack(len(data))
+    return b"".join((
+        length_bytes,
+        _CRC.pack(masked_crc32c(length_bytes)),
+        data,
+        _CRC.pack(masked_crc32c(data)),
+    ))
+
+
+class TFRecordWriter:
+    """Writes a TFRecord file atomically.
+
+    Records go to `path + ".tmp-<pid>"`; `close()` flushes, fsyncs and renames it to `path`, so a
+    file at `path` is always complete. Used as a context manager, an exception inside the block
+    deletes the temporary file and leaves no file at `path`.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = True):
+        self.path = os.fspath(path)
+        self.tmp_path = f"{self.path}.tmp-{os.getpid()}"
+        self._fsync = fsync
+        self._file: BinaryIO | None = open(self.tmp_path, "wb")
+        self._position = 0
+        self.offsets: list[int] = []  # byte offset of every record written, for a precomputed index
+
+    @property
+    def num_records(self) -> int:
+        return len(self.offsets)
+
+    def write(self, data: bytes) -> int:
+        """Appends one record; returns its byte offset in the file."""
+        if self._file is None:
+            raise ValueError(f"TFRecordWriter for {self.path} is already closed")
+        record = frame_record(bytes(data))
+        self._file.write(record)
+        offset = self._position
+        self.offsets.append(offset)
+        self._position += len(record)
+        return offset
+
+    def close(self) -> None:
+        """Finishes the file and moves it into place. Idempotent."""
+        if self._file is None:
+            return
+        self._file.flush()
+        if self._fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        os.replace(self.tmp_path, self.path)
+
+    def abort(self) -> None:
+        """Drops everything written; leaves no file at `path`. Idempotent."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        try:
+            os.remove(self.tmp_path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> TFRecordWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _read_exact(fd: int, size: int, offset: int) -> bytes:
+    """pread that loops over short reads; returns fewer bytes only at end of file."""
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _parse_header(path: str, offset: int, header: bytes, verify: bool) -> int:
+    """Checks a 12-byte header and returns the payload length."""
+    if len(header) < HEADER_SIZE:
+        raise CorruptRecordError(
+            path, offset, f"truncated record header ({len(header)} of {HEADER_SIZE} bytes)")
+    length, length_crc = _HEADER.unpack(header)
+    if verify and masked_crc32c(header[:8]) != length_crc:
+        raise CorruptRecordError(path, offset, "length checksum mismatch")
+    return length
+
+
+def _check_payload(path: str, offset: int, length: int, body: bytes, verify: bool) -> bytes:
+    """Checks payload + footer bytes read after a header and returns the payload."""
+    if len(body) < length + FOOTER_SIZE:
+        raise CorruptRecordError(
+            path, offset,
+            f"truncated record (payload of {length} bytes + {FOOTER_SIZE}-byte checksum "
+            f"expected, {len(body)} bytes left in file)")
+    data = body[:length]
+    if verify:
+        (data_crc,) = _CRC.unpack_from(body, length)
+        if masked_crc32c(data) != data_crc:
+            raise CorruptRecordError(path, offset, "data checksum mismatch")
+    return data
+
+
+def iter_records(path: str | os.PathLike, verify: bool = True) -> Iterator[tuple[int, bytes]]:
+    """Yields (byte offset, payload) for every record of a TFRecord file, in order."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while True:
+            header = f.read(HEADER_SIZE)
+            if not header:
+                return
+            length = _parse_header(path, offset, header, verify)
+            # Without verification a garbage length could ask for exabytes: bound it first.
+            body_size = min(length + FOOTER_SIZE, file_size - offset - HEADER_SIZE)
+            body = f.read(body_size)
+            yield offset, _check_payload(path, offset, length, body, verify)
+            offset += HEADER_SIZE + length + FOOTER_SIZE
+
+
+def build_index(path: str | os.PathLike, verify: bool = True) -> np.ndarray:
+    """Byte offsets of all records, found by reading only the record headers.
+
+    Raises CorruptRecordError on a bad length checksum (when `verify`) or when a record runs past
+    the end of the file, so truncation is caught before training starts.
+    """
+    path = os.fspath(path)
+    offsets = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        file_size = os.fstat(fd).st_size
+        offset = 0
+        while offset < file_size:
+            header = _read_exact(fd, HEADER_SIZE, offset)
+            length = _parse_header(path, offset, header, verify)
+            end = offset + HEADER_SIZE + length + FOOTER_SIZE
+            if end > file_size:
+                raise CorruptRecordError(
+                    path, offset,
+                    f"truncated record (needs {end - offset} bytes, "
+                    f"{file_size - offset} left in file)")
+            offsets.append(offset)
+            offset = end
+    finally:
+        os.close(fd)
+    return np.asarray(offsets, dtype=np.int64)
+
+
+def index_path_for(path: str | os.PathLike) -> str:
+    """Where the precomputed offset index of a TFRecord file lives (beside it)."""
+    return os.fspath(path) + INDEX_SUFFIX
+
+
+def write_index(path: str | os.PathLike, offsets: Sequence[int]) -> str:
+    """Writes the record offsets of TFRecord file `path` to its sidecar index, atomically.
+
+    The index is raw little-endian uint64, one per record. Readers on slow storage (network
+    file systems) use it to skip the header scan.
+    """
+    index_path = index_path_for(path)
+    tmp_path = f"{index_path}.tmp-{os.getpid()}"
+    with open(tmp_path, "wb") as f:
+        f.write(np.asarray(offsets, dtype="<u8").tobytes())
+    os.replace(tmp_path, index_path)
+    return index_path
+
+
+def read_index(path: str | os.PathLike) -> np.ndarray:
+    """Reads the sidecar index written by `write_index` for TFRecord file `path`."""
+    index_path = index_path_for(path)
+    with open(index_path, "rb") as f:
+        raw = f.read()
+    if len(raw) % 8:
+        raise ValueError(f"index file {index_path} has {len(raw)} bytes, not a multiple of 8")
+    return np.frombuffer(raw, dtype="<u8").astype(np.int64)
+
+
+class TFRecordFile:
+    """Random access to the records of one TFRecord file (a Grain-style data source).
+
+    Args:
+        path: the TFRecord file.
+        verify: check checksums (length CRCs while indexing, data CRC on every read).
+        offsets: a precomputed index (e.g. from `read_index` or `TFRecordWriter.offsets`); when
+            given the file is not scanned, and every read still checks its record's header.
+    """
+
+    def __init__(self, path: str | os.PathLike, verify: bool = True,
+                 offsets: Sequence[int] | np.ndarray | None = None):
+        self.path = os.fspath(path)
+        self.verify = verify
+        if offsets is None:
+            self._offsets = build_index(self.path, verify=verify)
+        else:
+            self._offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        self._fd: int | None = None
+        self._fd_pid: int | None = None
+        self._file_size = 0
+        self._lock = threading.Lock()
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self._offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def _file_descriptor(self) -> int:
+        # Reopen after fork/unpickle: a descriptor must not be shared with a parent process.
+        pid = os.getpid()
+        if self._fd is None or self._fd_pid != pid:
+            with self._lock:
+                if self._fd is None or self._fd_pid != pid:
+                    self._fd = os.open(self.path, os.O_RDONLY)
+                    self._file_size = os.fstat(self._fd).st_size
+                    self._fd_pid = pid
+        return self._fd
+
+    def read_at(self, offset: int) -> bytes:
+        """Reads and checks the record that starts at byte `offset`."""
+        fd = self._file_descriptor()
+        header = _read_exact(fd, HEADER_SIZE, offset)
+        length = _parse_header(self.path, offset, header, self.verify)
+        body_size = min(length + FOOTER_SIZE, max(0, self._file_size - offset - HEADER_SIZE))
+        body = _read_exact(fd, body_size, offset + HEADER_SIZE)
+        return _check_payload(self.path, offset, length, body, self.verify)
+
+    def __getitem__(self, index: int) -> bytes:
+        n = len(self._offsets)
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"record index {index} out of range for {self.path} ({n} records)")
+        return self.read_at(int(self._offsets[i]))
+
+    def close(self) -> None:
+        if self._fd is not None and self._fd_pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+        self._fd_pid = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fd"] = None
+        state["_fd_pid"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pylint: disable=broad-except  # interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        return f"TFRecordFile({self.path!r}, records={len(self)}, verify={self.verify})"

@@ -1,0 +1,302 @@
+"""The caption-corpus converter on a fabricated manifest mixing good lines with every kind of
+bad line: good ones written intact, bad ones rejected with the right reason, output
+deterministic and atomic."""
+import io
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep import captions
+from emocap_jax.data import example_codec, shard_writer, tfrecord
+
+
+def _save(img, path, fmt, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt, **kwargs)
+    return path
+
+
+def _gradient(size, mode="RGB"):
+    w, h = size
+    x = np.linspace(0, 255, w, dtype=np.uint8)[None, :].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.uint8)[:, None].repeat(w, 1)
+    rgb = np.stack([x, y, 255 - x], axis=-1)
+    return Image.fromarray(rgb, "RGB").convert(mode) if mode != "RGB" else \
+        Image.fromarray(rgb, "RGB")
+
+
+def _caption(i):
+    return {"global": f"Face {i} portrays a mild expression of contentment.",
+            "local": [f"The cheeks of face {i} are slightly raised.",
+                      "The lip corners are pulled up with low intensity."],
+            "summary": f"Face {i} looks content, shown by raised cheeks."}
+
+
+class Corpus:
+    """A manifest plus images in tmp_path; remembers what each line should become."""
+
+    def __init__(self, root: pathlib.Path):
+        self.root = root
+        self.lines: list[bytes] = []
+        self.good: dict[str, dict] = {}  # id -> manifest object, in input order
+        self.expected_rejections: dict[int, str] = {}  # line -> reason code
+
+    def add_good(self, obj):
+        self.lines.append(json.dumps(obj, ensure_ascii=False).encode("utf-8"))
+        self.good[obj["id"]] = obj
+
+    def add_bad(self, line, code):
+        self.lines.append(line if isinstance(line, bytes) else
+                          json.dumps(line, ensure_ascii=False).encode("utf-8"))
+        self.expected_rejections[len(self.lines)] = code
+
+    def write(self, name="manifest.jsonl"):
+        path = self.root / name
+        path.write_bytes(b"\n".join(self.lines) + b"\n")
+        return path
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    root = tmp_path / "corpus"
+    img_dir = root / "images"
+    c = Corpus(root)
+    _save(_gradient((40, 30)), img_dir / "rgb.png", "PNG")
+    _save(_gradient((64, 48)), img_dir / "rgb.jpg", "JPEG", quality=90)
+    _save(_gradient((36, 36), "L"), img_dir / "gray.png", "PNG")
+    _save(_gradient((32, 40), "CMYK"), img_dir / "cmyk.jpg", "JPEG")
+    rgba = _gradient((30, 30), "RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.array([0, 255], np.uint8).repeat(15), (30, 1))))
+    _save(rgba, img_dir / "rgba.png", "PNG")  # left half fully transparent
+    _save(_gradient((24, 24), "P"), img_dir / "palette.gif", "GIF")
+    _save(_gradient((120, 60)), img_dir / "wide.jpg", "JPEG")
+    full_jpeg = (img_dir / "rgb.jpg").read_bytes()
+    (img_dir / "truncated.jpg").write_bytes(full_jpeg[:len(full_jpeg) // 2])
+    (img_dir / "notes.jpg").write_text("this is a text file, not an image\n")
+
+    c.add_good({"id": "png", "image": "images/rgb.png", **_caption(0)})
+    c.add_good({"id": "jpeg", "image": "images/rgb.jpg", **_caption(1), "label": "content",
+                "aus": {"AU6": 0.5, "AU12": 0.25}, "group": "movie_1"})
+    c.add_bad(b'{"id": "broken", "image": "images/rgb.png", "global": ', captions.MALFORMED_JSON)
+    c.add_good({"id": "gray", "image": "images/gray.png", **_caption(2)})
+    c.add_bad({"id": "trunc", "image": "images/truncated.jpg", **_caption(3)}, captions.BAD_IMAGE)
+    c.add_good({"id": "cmyk", "image": "images/cmyk.jpg", **_caption(4)})
+    c.add_bad({"id": "text", "image": "images/notes.jpg", **_caption(5)}, captions.BAD_IMAGE)
+    c.add_bad('{"id": "latin1", "image": "images/rgb.png", "global": "caf\xe9"}'.encode("latin-1"),
+              captions.NOT_UTF8)
+    c.add_good({"id": "rgba", "image": "images/rgba.png", **_caption(6)})
+    c.add_bad({"id": "png", "image": "images/gray.png", **_caption(7)}, captions.DUPLICATE_ID)
+    c.add_bad({"id": "nosum", "image": "images/rgb.png", **_caption(8), "summary": "  "},
+              captions.EMPTY_CAPTION)
+    c.add_good({"id": "palette", "image": "images/palette.gif", **_caption(9)})
+    c.add_bad({"id": "long", "image": "images/rgb.png", **_caption(10),
+               "local": ["The brows are raised.", " ".join(["word"] * 1000)]},
+              captions.SENTENCE_TOO_LONG)
+    c.add_bad({"id": "noimgfield", **_caption(11)}, captions.MISSING_IMAGE)
+    c.add_bad({"id": "nofile", "image": "images/absent.jpg", **_caption(12)},
+              captions.IMAGE_NOT_FOUND)
+    c.add_bad({"image": "images/rgb.png", **_caption(13)}, captions.MISSING_ID)
+    c.add_good({"id": "unicode_é", "image": "images/wide.jpg", "global": "Ça sourit 😊 fort.",
+                "local": [], "summary": "  Heureux: joues relevées.  ", "label": "joie"})
+    c.add_bad({"id": 17, "image": "images/rgb.png", **_caption(14)}, captions.BAD_TYPE)
+    c.add_bad({"id": "localstr", "image": "images/rgb.png", **_caption(15), "local": "one"},
+              captions.BAD_TYPE)
+    c.add_bad({"id": "emptylocal", "image": "images/rgb.png", **_caption(16),
+               "local": ["fine", ""]}, captions.EMPTY_CAPTION)
+    c.add_bad({"id": "noglobal", "image": "images/rgb.png", "local": [], "summary": "s."},
+              captions.MISSING_CAPTION)
+    c.add_bad({"id": "badau", "image": "images/rgb.png", **_caption(17), "aus": {"AU1": "hi"}},
+              captions.BAD_TYPE)
+    c.add_bad(b'{"id": "surrogate", "image": "images/rgb.png", "global": "bad \\ud800",'
+              b' "local": [], "summary": "s."}', captions.NOT_UTF8)
+    c.add_bad(b"[1, 2, 3]", captions.NOT_AN_OBJECT)
+    c.add_bad(b"   ", captions.BLANK_LINE)
+    c.add_bad({"id": "numcap", "image": "images/rgb.png", **_caption(18), "summary": 5},
+              captions.BAD_TYPE)
+    return c
+
+
+def read_records(dataset_dir):
+    """Records of all shards, in input order (shards hold records round-robin)."""
+    shards = [[example_codec.decode_record(payload) for _, payload in tfrecord.iter_records(p)]
+              for p in shard_writer.shard_paths(dataset_dir)]
+    ordered = []
+    for i in range(max(len(s) for s in shards)):
+        ordered.extend(s[i] for s in shards if i < len(s))
+    return ordered
+
+
+def read_rejected(dataset_dir):
+    return [json.loads(line) for line in
+            (pathlib.Path(dataset_dir) / "rejected.jsonl").read_text("utf-8").splitlines()]
+
+
+def test_good_lines_written_bad_lines_rejected_with_reasons(corpus, tmp_path):
+    manifest = corpus.write()
+    out = tmp_path / "out"
+    summary = captions.convert_manifest(manifest, corpus.root, out, num_shards=3, workers=1,
+                                        progress=False)
+
+    records = read_records(out)
+    assert [r.id for r in records] == list(corpus.good)
+    for record in records:
+        source = corpus.good[record.id]
+        assert record.global_caption == source["global"].strip()
+        assert record.local_captions == [s.strip() for s in source["local"]]
+        assert record.summary == source["summary"].strip()
+        assert record.label == source.get("label", "") and record.label_id == -1
+        assert record.aus == source.get("aus", {})
+        assert record.group == source.get("group", "")
+        assert record.image_format == "jpeg" and len(record.images) == 1
+        image = Image.open(io.BytesIO(record.images[0]))
+        assert image.format == "JPEG" and image.mode == "RGB"
+        assert image.size == Image.open(corpus.root / source["image"]).size
+
+    by_id = {r.id: r for r in records}
+    # An RGB JPEG that needs no change is stored as is, not recompressed.
+    assert by_id["jpeg"].images[0] == (corpus.root / "images/rgb.jpg").read_bytes()
+    # Transparent pixels become white; opaque ones keep their colour.
+    rgba_out = np.asarray(Image.open(io.BytesIO(by_id["rgba"].images[0])), dtype=int)
+    assert (rgba_out[:, :12] > 240).all()
+    opaque_source = np.asarray(Image.open(corpus.root / "images/rgba.png").convert("RGB"), int)
+    assert np.abs(rgba_out[:, 18:] - opaque_source[:, 18:]).mean() < 6
+
+    rejected = read_rejected(out)
+    assert {entry["line"]: entry["reason"].split(":")[0] for entry in rejected} == \
+        corpus.expected_rejections
+    assert [entry["line"] for entry in rejected] == sorted(corpus.expected_rejections)
+    reasons = {entry["id"]: entry["reason"] for entry in rejected if entry["id"]}
+    assert reasons["png"] == "duplicate_id: id first seen on line 1"
+    assert "'local'[1] has 1000 words (max 200)" in reasons["long"]
+    assert "truncated.jpg" in reasons["trunc"] and "notes.jpg" in reasons["text"]
+    assert "'summary' is empty" in reasons["nosum"]
+    assert reasons["localstr"] == "bad_type: 'local' must be a list of strings, got str"
+    latin1_line = next(e for e in rejected if e["reason"].startswith("not_utf8: byte"))
+    assert latin1_line["id"] is None
+
+    num_lines = len(corpus.lines)
+    assert summary["num_lines"] == num_lines
+    assert summary["num_written"] == len(corpus.good)
+    assert summary["num_rejected"] == len(corpus.expected_rejections)
+    assert summary["num_written"] + summary["num_rejected"] == num_lines
+    metadata = shard_writer.load_metadata(out)
+    assert metadata["num_records"] == len(corpus.good)
+    assert metadata["num_rejected"] == len(corpus.expected_rejections)
+    assert metadata["num_input_lines"] == num_lines
+    assert metadata["created_by"] == "data_prep.captions"
+    assert sum(metadata["rejected_by_reason"].values()) == len(corpus.expected_rejections)
+    assert metadata["label_counts"] == {"content": 1, "joie": 1}
+
+
+def test_rerun_is_byte_identical_whatever_the_worker_count(corpus, tmp_path):
+    manifest = corpus.write()
+    captions.convert_manifest(manifest, corpus.root, tmp_path / "a", num_shards=4, workers=1,
+                              progress=False)
+    captions.convert_manifest(manifest, corpus.root, tmp_path / "b", num_shards=4, workers=2,
+                              progress=False)
+    files_a = shard_writer.shard_paths(tmp_path / "a")
+    files_b = shard_writer.shard_paths(tmp_path / "b")
+    assert [pathlib.Path(p).name for p in files_a] == [pathlib.Path(p).name for p in files_b]
+    for a, b in zip(files_a, files_b):
+        assert pathlib.Path(a).read_bytes() == pathlib.Path(b).read_bytes()
+    assert (tmp_path / "a" / "rejected.jsonl").read_bytes() == \
+        (tmp_path / "b" / "rejected.jsonl").read_bytes()
+
+
+def test_max_side_resizes_keeping_aspect(corpus, tmp_path):
+    manifest = corpus.write()
+    out = tmp_path / "small"
+    captions.convert_manifest(manifest, corpus.root, out, num_shards=2, max_side=32,
+                              workers=1, progress=False)
+    sizes = {r.id: Image.open(io.BytesIO(r.images[0])).size for r in read_records(out)}
+    assert sizes["jpeg"] == (32, 24)  # 64x48
+    assert sizes["unicode_é"] == (32, 16)  # 120x60
+    assert sizes["png"] == (32, 24)  # 40x30
+    assert sizes["gray"] == (32, 32)  # 36x36
+    assert sizes["palette"] == (24, 24)  # already small: untouched
+    assert shard_writer.load_metadata(out)["conversion"]["max_side"] == 32
+
+
+def test_captions_from_labels(tmp_path):
+    root = tmp_path / "root"
+    _save(_gradient((20, 20)), root / "a.png", "PNG")
+    lines = [{"id": "s1", "image": "a.png", "label": "sad"},
+             {"id": "h1", "image": "a.png", "label": "happy"},
+             {"id": "h2", "image": "a.png", "label": "happy"},
+             {"id": "nolabel", "image": "a.png"},
+             {"id": "s2", "image": "missing.png", "label": "surprised"}]
+    manifest = root / "labels.jsonl"
+    manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "out"
+    summary = captions.convert_manifest(manifest, root, out, num_shards=2, workers=1,
+                                        captions_from_labels=True, progress=False)
+    assert summary["num_written"] == 3 and summary["num_rejected"] == 2
+
+    metadata = shard_writer.load_metadata(out)
+    # The class list comes from the lines' text; a class may lose all images to rejections.
+    assert metadata["classes"] == ["happy", "sad", "surprised"]
+    records = read_records(out)
+    assert [(r.id, r.label, r.label_id) for r in records] == [
+        ("s1", "sad", 1), ("h1", "happy", 0), ("h2", "happy", 0)]
+    for record in records:
+        assert record.local_captions == []
+        assert record.global_caption in [t.format(label=record.label)
+                                         for t in captions.GLOBAL_TEMPLATES]
+        assert record.summary in [t.format(label=record.label)
+                                  for t in captions.SUMMARY_TEMPLATES]
+        assert (record.global_caption, record.summary) == \
+            captions.template_captions(record.id, record.label)
+    codes = {e["id"]: e["reason"].split(":")[0] for e in read_rejected(out)}
+    assert codes == {"nolabel": captions.MISSING_LABEL, "s2": captions.IMAGE_NOT_FOUND}
+    # Templates vary across ids (a single template for all would teach the model nothing).
+    variants = {captions.template_captions(f"id{i}", "x") for i in range(50)}
+    assert len({g for g, _ in variants}) == len(captions.GLOBAL_TEMPLATES)
+    assert len({s for _, s in variants}) == len(captions.SUMMARY_TEMPLATES)
+
+
+def test_crash_mid_conversion_leaves_no_dataset(corpus, tmp_path, monkeypatch):
+    manifest = corpus.write()
+    real = captions.process_entry
+
+    def failing(item, options):
+        if getattr(item, "id", None) == "cmyk":
+            raise RuntimeError("worker died")
+        return real(item, options)
+
+    monkeypatch.setattr(captions, "process_entry", failing)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="worker died"):
+        captions.convert_manifest(manifest, corpus.root, out, num_shards=2, workers=1,
+                                  progress=False)
+    assert list(out.iterdir()) == []
+
+
+def test_cli_summary_exit_codes_and_overwrite(corpus, tmp_path, capsys):
+    manifest = corpus.write()
+    out = tmp_path / "cli"
+    argv = ["--manifest", str(manifest), "--root", str(corpus.root), "--output", str(out),
+            "--num-shards", "2", "--workers", "1"]
+    assert captions.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(corpus.good)} written to {out}" in printed
+    assert f"{len(corpus.expected_rejections)} rejected" in printed
+    assert "duplicate_id: 1" in printed
+
+    assert captions.main(argv) == 2  # refuses to replace an existing dataset
+    assert "--overwrite" in capsys.readouterr().err
+    assert captions.main(argv + ["--overwrite"]) == 0
+
+    with pytest.raises(SystemExit) as info:
+        captions.main(["--manifest", str(tmp_path / "nope.jsonl"), "--root", str(corpus.root),
+                       "--output", str(tmp_path / "x")])
+    assert info.value.code == 2
+    assert "nope.jsonl is not a file" in capsys.readouterr().err
+
+    only_bad = tmp_path / "bad.jsonl"
+    only_bad.write_text("not json\n")
+    assert captions.main(["--manifest", str(only_bad), "--root", str(corpus.root),
+                          "--output", str(tmp_path / "empty"), "--workers", "1"]) == 1
+    assert "no record was written" in capsys.readouterr().err
