@@ -1,0 +1,96 @@
+"""Base configuration: every field of a run, with the values the variants start from.
+
+Variants call `get_config()` here and override a few fields; any field can also be overridden on
+the command line: `--config.train.global_batch_size=4096 --config.loss.mining.mode=both`.
+"""
+import ml_collections
+
+from emocap_jax.models.config import variant
+
+
+def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
+    """The architecture `name` ("ViT-B-16", "tiny", ...) as a ConfigDict, so each of its fields is
+    overridable (`--config.model.vision.image_size=336`)."""
+    cfg = variant(name).to_dict()
+    cfg.update(overrides)
+    # eot_token_id is None (argmax pooling) for CLIP BPE; -1 stands for None in a ConfigDict, whose
+    # None fields could not later be set to an int.
+    cfg["text"]["eot_token_id"] = -1 if cfg["text"]["eot_token_id"] is None else cfg["text"]["eot_token_id"]
+    return ml_collections.ConfigDict(cfg)
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.model_name = "ViT-B-16"
+    config.model = model_config("ViT-B-16")
+    # "clip" (CLIP BPE, OpenAI vocabulary) or a sentencepiece `.model` path.
+    config.tokenizer = "clip"
+
+    # Initialisation: "" for random, or any checkpoint emocap_jax.load understands (open_clip or
+    # Hugging Face weights, a `python -m emocap_jax.convert` folder, a training workdir).
+    config.init_from = ""
+    # Regexes over parameter paths ("visual/proj", "text/.*") to keep at their random init.
+    config.init_exclude = ()
+
+    # ----- data
+    config.data = ml_collections.ConfigDict()
+    config.data.train_dir = ""        # a dataset folder written by data_prep.captions
+    config.data.max_local_sentences = 8       # R: local sentence slots per face
+    config.data.local_sentences_per_step = 4  # K of the R sampled each step
+    config.data.worker_count = 2              # Grain worker processes (0: in-process)
+    config.data.prefetch_buffer_size = 4
+    config.data.on_corrupt = "raise"          # or "skip": skip corrupt records and count them
+    config.data.crop_scale = (0.6, 1.0)
+    config.data.flip = True
+    config.data.color_jitter = 0.2
+    config.data.grayscale_prob = 0.1
+    config.data.shuffle_seed = 0
+    # Synthetic-faces corpus generated into the workdir when train_dir is empty (demo, tests).
+    config.data.synthetic = ml_collections.ConfigDict(
+        dict(num=0, seed=0, size=96, eval_per_class=40))
+
+    # ----- losses (DESIGN section 2)
+    config.loss = ml_collections.ConfigDict()
+    config.loss.impl = "sharded"      # "single" | "sharded" | "chunked"
+    config.loss.chunk_size = 0        # columns per chunk for impl=chunked (0: whole batch)
+    config.loss.summary_weight = 1.0
+    config.loss.local_weight = 1.0
+    config.loss.local_pool_temperature = 0.1
+    config.loss.mining = ml_collections.ConfigDict(dict(
+        mode="text", guide="summary", threshold=0.9, top_k=0, weight=1.0, warmup_steps=0))
+
+    # ----- optimisation
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 5e-4
+    config.optim.warmup_steps = 2000
+    config.optim.end_learning_rate_fraction = 0.0
+    config.optim.weight_decay = 0.2
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.98
+    config.optim.eps = 1e-6
+    config.optim.grad_clip_norm = 1.0
+    # Per-parameter learning-rate multipliers: ((regex, multiplier), ...), first match wins;
+    # multiplier 0 freezes (e.g. (("visual/.*", 0.0),) trains only the text tower).
+    config.optim.lr_multipliers = ()
+    config.optim.grad_accum_steps = 1
+
+    # ----- training loop
+    config.train = ml_collections.ConfigDict()
+    config.train.num_steps = 10_000
+    config.train.global_batch_size = 1024
+    config.train.seed = 0
+    config.train.log_every = 50
+    config.train.checkpoint_every = 1000
+    config.train.keep_checkpoints = 3
+    config.train.on_nonfinite = "error"   # or "skip": drop the step's update and go on
+    config.train.eval_every = 0           # periodic zero-shot eval (0: only at the end)
+
+    # ----- devices
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
+
+    # ----- evaluation
+    config.eval = ml_collections.ConfigDict()
+    config.eval.zero_shot_dir = ""       # a labelled dataset folder (benchmark converter output)
+    config.eval.batch_size = 256
+    config.eval.classes = ()             # class names in label_id order ("" -> from metadata)
+    return config

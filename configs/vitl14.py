@@ -1,0 +1,18 @@
+"""ViT-L-14 EmoCapCLIP on a TPU VM / GPU host: OpenAI CLIP initialisation, EmoCap-style caption corpus.
+
+    python -m emocap_jax.main --config=configs/vitl14.py --workdir=gs://bucket/runs/vitl14 \
+        --config.data.train_dir=/data/emocap100k --config.init_from=/ckpt/ViT-L-14
+"""
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model_name = "ViT-L-14"
+    config.model = default.model_config("ViT-L-14", dtype="bfloat16")
+    config.train.global_batch_size = 512
+    config.train.num_steps = 4000
+    config.optim.learning_rate = 1e-5
+    config.optim.warmup_steps = 300
+    config.optim.weight_decay = 0.1
+    return config

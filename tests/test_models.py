@@ -1,0 +1,116 @@
+"""The Flax towers' own behaviour: precision options, remat, pooling, configs, the info command."""
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emocap_jax.models.clip import CLIP, init_params, normalize_images, CLIP_MEAN, CLIP_STD
+from emocap_jax.models.config import CLIPConfig, variant
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = variant("tiny")
+    return config, init_params(config, jax.random.PRNGKey(0))
+
+
+def _inputs(config, b=3, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((b, 32, 32, 3)).astype(np.float32)
+    tokens = np.zeros((b, config.text.context_length), np.int32)
+    tokens[:, 0] = 998
+    tokens[:, 1:6] = rng.integers(1, 900, (b, 5))
+    tokens[:, 6] = 999
+    return images, tokens
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny):
+    config, params = tiny
+    images, tokens = _inputs(config)
+    f32 = CLIP(config).apply({"params": params}, images, tokens)
+    bf16 = CLIP(config.replace(dtype="bfloat16")).apply({"params": params}, images, tokens)
+    assert bf16["image_emb"].dtype == jnp.float32  # outputs are always float32
+    for k in ("image_emb", "text_emb"):
+        cos = np.sum(f32[k] * bf16[k], -1) / (np.linalg.norm(f32[k], axis=-1)
+                                              * np.linalg.norm(bf16[k], axis=-1))
+        assert np.all(cos > 0.99), (k, cos)
+    # Parameters stay float32 whatever the compute dtype.
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
+
+
+def test_remat_changes_memory_not_gradients(tiny):
+    config, params = tiny
+    images, tokens = _inputs(config)
+
+    def loss(p, cfg):
+        out = CLIP(cfg).apply({"params": p}, images, tokens)
+        return jnp.sum(out["image_emb"] * out["text_emb"]) + jnp.sum(out["patch_tokens"] ** 2)
+
+    g1 = jax.grad(loss)(params, config)
+    g2 = jax.grad(loss)(params, config.replace(remat=True))
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_text_pooling_ignores_tokens_after_end_of_text(tiny):
+    config, params = tiny
+    _, tokens = _inputs(config)
+    garbage = tokens.copy()
+    garbage[:, 7:] = 123  # causal attention: positions after EOT cannot influence the EOT token
+    enc = lambda t: CLIP(config).apply({"params": params}, t, method=CLIP.encode_text)
+    np.testing.assert_allclose(enc(tokens), enc(garbage), atol=1e-6)
+    # ...but a change before EOT does.
+    changed = tokens.copy()
+    changed[:, 2] = 5
+    assert np.abs(enc(tokens) - enc(changed)).max() > 1e-4
+
+
+def test_first_eot_pooling_equals_argmax_when_eot_is_largest(tiny):
+    config, params = tiny
+    _, tokens = _inputs(config)
+    by_argmax = CLIP(config).apply({"params": params}, tokens, method=CLIP.encode_text)
+    cfg_eot = config.replace(text=config.text.__class__(**{**config.text.__dict__,
+                                                           "eot_token_id": 999}))
+    by_eot = CLIP(cfg_eot).apply({"params": params}, tokens, method=CLIP.encode_text)
+    np.testing.assert_allclose(by_argmax, by_eot, atol=1e-6)
+
+
+def test_uint8_images_are_normalised_on_device(tiny):
+    config, params = tiny
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    manual = (raw / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+    np.testing.assert_allclose(normalize_images(raw), manual, atol=1e-6)
+    enc = lambda x: CLIP(config).apply({"params": params}, x, method=CLIP.encode_image)
+    np.testing.assert_allclose(enc(raw), enc(manual.astype(np.float32)), atol=1e-5)
+
+
+def test_logit_scale_is_clipped_at_100(tiny):
+    config, params = tiny
+    p = dict(params, logit_scale=jnp.asarray(10.0))
+    assert float(CLIP(config).apply({"params": p}, method=CLIP.logit_scale)) == pytest.approx(100.0)
+    assert float(CLIP(config).apply({"params": params}, method=CLIP.logit_scale)) == \
+        pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_config_round_trip_and_validation():
+    for name in ("ViT-B-32", "ViT-B/16", "ViT-L-14", "ViT-L-14-336", "tiny", "demo"):
+        c = variant(name)
+        assert CLIPConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="image_size=225.*patch_size=16"):
+        variant("ViT-B-16").replace(vision=variant("ViT-B-16").vision.__class__(image_size=225))
+    with pytest.raises(ValueError, match="activation"):
+        variant("tiny").replace(activation="relu")
+    with pytest.raises(ValueError, match="unknown model variant"):
+        variant("ViT-H-99")
+
+
+def test_main_info_prints_summary_with_overrides():
+    out = subprocess.run(
+        [sys.executable, "-m", "emocap_jax.main", "--config=configs/vitb16.py", "--mode=info",
+         "--config.model.vision.image_size=336"], capture_output=True, text=True, check=True)
+    assert "ViT 336px, patch 16 (441 patches)" in out.stdout
+    assert "total: 149,8" in out.stdout  # 149.6M at 224 px plus 245 more position rows
