@@ -1,0 +1,573 @@
+"""Contrastive losses for EmoCapCLIP as pure functions: single-device, sharded and chunked forms.
+
+What is here (DESIGN sections 2 and 3):
+
+* `global_contrastive_loss`: symmetric CLIP InfoNCE (open_clip `ClipLoss`), optionally with soft
+  targets. The summary term of the total loss is this same function applied to
+  (image embeddings, summary-sentence embeddings); nothing special is needed for it.
+* `mined_positive_targets`: cross-modal guided positive mining. Row i's targets become
+  `normalize_L1(onehot_i + weight * mined_i)`, where `mined_ij` says that samples i and j != i are
+  similar according to stop-gradient guide embeddings (summary/global sentences, images, or both).
+  The same target row is used for both directions: image_i -> texts and text_i -> images.
+* `local_region_sentence_loss`: region-sentence alignment; each local sentence pools every image's
+  patch tokens with itself as the attention query, then InfoNCE sentence->image and multi-positive
+  image->sentence over the batch.
+* Sharded forms inside `jax.shard_map` over a data axis: each device holds n = N / D rows,
+  all-gathers the other modality and computes [n, N] logits (open_clip's "local loss with gathered
+  gradients"; the transpose of all_gather is a reduce-scatter, so gradients need no extra code).
+  The chunked form walks the N gathered columns in chunks of c with an online logsumexp, so the
+  per-device memory is O(n * c) plus the gathered embeddings O(N * D) instead of O(n * N).
+  Mined targets are computed blockwise with the logits: no [N, N] array exists in either form.
+* `contrastive_loss` and `local_loss`: the entry points the trainer calls, choosing the form by `impl`.
+
+Memory (bench/loss_memory.py, value_and_grad, D=512, 8 devices): the single form needs about
+4 x N^2 floats, the sharded form about 6.5 x n*N per device, the chunked form about 4 x N*D per device
+(the two gathered modalities and their cotangents) plus O(n*c). The chunked form therefore pays off
+once the per-device batch n is large compared with D; below that the sharded form is as small.
+
+Conventions the caller must follow:
+
+* Embeddings passed to the global loss are already L2-normalised (the model owns normalisation).
+  Gradients are taken with respect to those normalised features, exactly as in open_clip, whose
+  `ClipLoss` fixture (../shared/fixtures/clip_loss: unit-norm features, logit_scale = 14.2857 = 1/0.07)
+  this module reproduces in value and gradient.
+* `logit_scale` is the already-exponentiated scale (exp of the learnable log-temperature, clipped by
+  the model), a scalar.
+* Guide embeddings for mining need not be normalised: they are L2-normalised here, under
+  stop_gradient, so thresholds are cosine similarities.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+AxisName = str | tuple[str, ...]
+
+MINING_MODES = ("off", "text", "image", "both")
+GLOBAL_IMPLS = ("single", "sharded", "chunked")
+LOCAL_IMPLS = ("single", "sharded")
+
+# Finite stand-in for -inf on masked logits: exp() of it underflows to exactly 0, yet a row with
+# every entry masked still has a finite logsumexp, so no NaN reaches the gradients.
+_MASKED_LOGIT = -1e9
+_NORM_EPS = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class MiningConfig:
+    """Cross-modal guided positive mining (DESIGN section 2).
+
+    mode: "text" (guide = summary or global sentence embeddings), "image" (image-image similarity),
+      "both" (a pair must pass both guides) or "off".
+    threshold: cosine similarity a pair must reach to be a mined positive.
+    top_k: if > 0, a mined positive must also be within its row's k most similar off-diagonal
+      columns (per guide; ties at the k-th value are all kept).
+    weight: weight of each mined positive relative to the true pair before L1 normalisation.
+    warmup_steps: mining is inactive while step < warmup_steps.
+    image_threshold: threshold for the image guide; None uses `threshold`. Image-image and
+      sentence-sentence cosine similarities have different ranges, so "both" may need two values.
+    """
+
+    mode: str = "text"
+    threshold: float = 0.9
+    top_k: int = 0
+    weight: float = 1.0
+    warmup_steps: int = 0
+    image_threshold: float | None = None
+
+    def __post_init__(self):
+        if self.mode not in MINING_MODES:
+            raise ValueError(f"MiningConfig.mode={self.mode!r} is not one of {MINING_MODES}")
+        if self.top_k < 0:
+            raise ValueError(f"MiningConfig.top_k={self.top_k} must be >= 0 (0 disables top-k)")
+        if self.weight < 0:
+            raise ValueError(f"MiningConfig.weight={self.weight} must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def uses_text(self) -> bool:
+        return self.mode in ("text", "both")
+
+    @property
+    def uses_image(self) -> bool:
+        return self.mode in ("image", "both")
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------------------------------
+
+
+def _scaled_logits(rows: jax.Array, cols: jax.Array, logit_scale) -> jax.Array:
+    # Float32 accumulation so bf16 embeddings still give float32 logits and softmax.
+    return logit_scale * jnp.einsum("nd,md->nm", rows, cols, preferred_element_type=jnp.float32)
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + _NORM_EPS)
+
+
+def _guide_similarity(rows: jax.Array, cols: jax.Array) -> jax.Array:
+    rows = _l2_normalize(jax.lax.stop_gradient(rows))
+    cols = _l2_normalize(jax.lax.stop_gradient(cols))
+    return rows @ cols.T
+
+
+@dataclasses.dataclass(frozen=True)
+class _Guide:
+    """One guide modality: its row block, its columns, and the threshold that applies to it."""
+
+    rows: jax.Array
+    cols: jax.Array
+    threshold: float
+
+
+def _active_guides(config: MiningConfig, text_rows, text_cols, image_rows, image_cols) -> list[_Guide]:
+    guides = []
+    if config.uses_text:
+        if text_rows is None or text_cols is None:
+            raise ValueError(f"mining mode {config.mode!r} needs text guide embeddings (guide_text); got None")
+        guides.append(_Guide(text_rows, text_cols, config.threshold))
+    if config.uses_image:
+        if image_rows is None or image_cols is None:
+            raise ValueError(f"mining mode {config.mode!r} needs image guide embeddings; got None")
+        thr = config.threshold if config.image_threshold is None else config.image_threshold
+        guides.append(_Guide(image_rows, image_cols, thr))
+    for g in guides:
+        if g.rows.ndim != 2 or g.cols.ndim != 2 or g.rows.shape[1] != g.cols.shape[1]:
+            raise ValueError(f"guide rows {g.rows.shape} and columns {g.cols.shape} must be [n, D] and [N, D]")
+    return guides
+
+
+def _effective_top_k(config: MiningConfig, num_cols: int) -> int:
+    """0 when top-k cannot restrict anything (k covers every off-diagonal column)."""
+    if config.top_k <= 0 or config.top_k >= num_cols - 1:
+        return 0
+    return config.top_k
+
+
+def _row_kth_similarity(guide: _Guide, row_offset, k: int) -> jax.Array:
+    """k-th largest off-diagonal guide similarity of each row, over all columns at once: [n]."""
+    sim = _guide_similarity(guide.rows, guide.cols)
+    row_ids = row_offset + jnp.arange(sim.shape[0])
+    sim = jnp.where(row_ids[:, None] == jnp.arange(sim.shape[1])[None, :], -jnp.inf, sim)
+    return jax.lax.top_k(sim, k)[0][:, -1]
+
+
+def _row_kth_similarity_chunked(guide: _Guide, row_offset, k: int, chunk_size: int, axis) -> jax.Array:
+    """Same as `_row_kth_similarity` with a running top-k over column chunks: O(n * (k + c))."""
+    n = guide.rows.shape[0]
+    num_cols, dim = guide.cols.shape
+    row_ids = row_offset + jnp.arange(n)
+    col_chunks = guide.cols.reshape(num_cols // chunk_size, chunk_size, dim)
+    offsets = jnp.arange(num_cols // chunk_size) * chunk_size
+
+    def body(best, xs):
+        cols, offset = xs
+        sim = _guide_similarity(guide.rows, cols)
+        sim = jnp.where(row_ids[:, None] == offset + jnp.arange(chunk_size)[None, :], -jnp.inf, sim)
+        return jax.lax.top_k(jnp.concatenate([best, sim], axis=1), k)[0], None
+
+    # Inside shard_map the scan carry must be typed device-varying from the start.
+    init = jax.lax.pcast(jnp.full((n, k), -jnp.inf, jnp.float32), axis, to="varying")
+    best, _ = jax.lax.scan(body, init, (col_chunks, offsets))
+    return best[:, -1]
+
+
+def _mined_mask(guides: Sequence[_Guide], guide_cols: Sequence[jax.Array], kths, row_ids, col_ids,
+                active) -> jax.Array:
+    """Boolean [n, c]: pair (row, col) is a mined positive under every active guide."""
+    mask = jnp.logical_and(active, row_ids[:, None] != col_ids[None, :])
+    for guide, cols, kth in zip(guides, guide_cols, kths):
+        sim = _guide_similarity(guide.rows, cols)
+        passes = sim >= guide.threshold
+        if kth is not None:
+            passes = jnp.logical_and(passes, sim >= kth[:, None])
+        mask = jnp.logical_and(mask, passes)
+    return mask
+
+
+def _mining_active(config: MiningConfig, step) -> jax.Array:
+    # jnp comparison so a traced step works under jit.
+    return jnp.asarray(step) >= config.warmup_steps
+
+
+def _ce_from_parts(lse, pos_logit, mined_logit_sum, mined_count, weight: float) -> jax.Array:
+    """CE with targets normalize_L1(onehot + w * mined): the targets sum to 1, so
+    -sum_j t_j log softmax_j = lse - sum_j t_j s_j = lse - (s_pos + w * sum_mined s) / (1 + w * count)."""
+    return lse - (pos_logit + weight * mined_logit_sum) / (1.0 + weight * mined_count)
+
+
+# --------------------------------------------------------------------------------------------------
+# Single-device forms
+# --------------------------------------------------------------------------------------------------
+
+
+def mined_positive_targets(config: MiningConfig, *, text_rows=None, text_cols=None, image_rows=None,
+                           image_cols=None, row_offset=0, step=0) -> jax.Array:
+    """Soft InfoNCE targets [n, N] for rows row_offset .. row_offset+n-1 against all N columns.
+
+    Row i is `normalize_L1(onehot_i + config.weight * mined_i)`; mined_ij holds when j != i and the
+    stop-gradient guide similarity passes the threshold (and the row's top-k when top_k > 0) for
+    every guide the mode uses. Before `config.warmup_steps` (or with mode "off") it is one-hot.
+    Used for both directions: image_i -> texts and text_i -> images share target row i.
+    text_rows/text_cols: guide sentence embeddings [n, D'] / [N, D']; image_*: the same for images.
+    """
+    given = [(r, c) for r, c in ((text_rows, text_cols), (image_rows, image_cols)) if r is not None]
+    if not given or given[0][1] is None:
+        raise ValueError("mined_positive_targets needs guide rows and columns (text_* or image_*)")
+    n, num_cols = given[0][0].shape[0], given[0][1].shape[0]
+    row_ids = row_offset + jnp.arange(n)
+    col_ids = jnp.arange(num_cols)
+    onehot = (row_ids[:, None] == col_ids[None, :]).astype(jnp.float32)
+    if not config.enabled:
+        return onehot
+    guides = _active_guides(config, text_rows, text_cols, image_rows, image_cols)
+    k = _effective_top_k(config, num_cols)
+    kths = [_row_kth_similarity(g, row_offset, k) if k else None for g in guides]
+    mined = _mined_mask(guides, [g.cols for g in guides], kths, row_ids, col_ids,
+                        _mining_active(config, step))
+    targets = onehot + config.weight * mined.astype(jnp.float32)
+    return targets / jnp.sum(targets, axis=1, keepdims=True)
+
+
+def _soft_ce_rows(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=1), axis=1)
+
+
+def global_contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale,
+                            targets: jax.Array | None = None) -> jax.Array:
+    """Symmetric InfoNCE (open_clip ClipLoss) over a batch held on one device; returns a scalar.
+
+    image_emb, text_emb: [N, D], already L2-normalised. logit_scale: exponentiated scale (scalar).
+    targets: optional soft targets [N, N] (rows sum to 1), row i used for image_i -> texts and for
+    text_i -> images; None means the diagonal (plain CLIP).
+    """
+    if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
+        raise ValueError(f"image_emb {image_emb.shape} and text_emb {text_emb.shape} must both be [N, D]")
+    logits = _scaled_logits(image_emb, text_emb, logit_scale)
+    if targets is None:
+        pos = jnp.diagonal(logits)
+        image_to_text = jax.nn.logsumexp(logits, axis=1) - pos
+        text_to_image = jax.nn.logsumexp(logits, axis=0) - pos
+    else:
+        if targets.shape != logits.shape:
+            raise ValueError(f"targets {targets.shape} must be [N, N] = {logits.shape}")
+        image_to_text = _soft_ce_rows(logits, targets)
+        text_to_image = _soft_ce_rows(logits.T, targets)
+    return 0.5 * (jnp.mean(image_to_text) + jnp.mean(text_to_image))
+
+
+def mined_global_contrastive_loss(image_emb, text_emb, logit_scale, mining: MiningConfig | None, *,
+                                  guide_text=None, guide_image=None, step=0) -> jax.Array:
+    """`global_contrastive_loss` with mined targets built over the whole batch ([N, N] in memory).
+
+    guide_image defaults to the image embeddings themselves (under stop_gradient).
+    """
+    if mining is None or not mining.enabled:
+        return global_contrastive_loss(image_emb, text_emb, logit_scale)
+    if guide_image is None:
+        guide_image = image_emb
+    targets = mined_positive_targets(mining, text_rows=guide_text, text_cols=guide_text,
+                                     image_rows=guide_image, image_cols=guide_image, step=step)
+    return global_contrastive_loss(image_emb, text_emb, logit_scale, targets)
+
+
+def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
+                               sentence_mask: jax.Array, logit_scale, tau_pool) -> jax.Array:
+    """Region-sentence alignment loss over one batch (DESIGN section 2); returns a scalar.
+
+    patch_tokens: [B, Np, D] projected patch tokens (not normalised).
+    sentence_emb: [B, R, D] L2-normalised local sentence embeddings; slot r of image i is valid
+      where sentence_mask[i, r] (bool [B, R]). Padded slots are zeroed before use, so their content
+      (even NaN) changes neither value nor gradient.
+    For sentence u of image i and every image j: v_j(u) = sum_p softmax_p(<P_jp, u> / tau_pool) P_jp
+    and s(j, u) = logit_scale * <normalize(v_j(u)), u>. The loss is the mean of
+      sentence->image CE (positive: own image), averaged over valid sentences, and
+      image->sentence CE over all valid sentences of the batch with the image's own valid
+      sentences as equally weighted positives, averaged over images with >= 1 valid sentence.
+    A batch with no valid sentence gives 0.
+    """
+    if patch_tokens.ndim != 3 or sentence_emb.ndim != 3:
+        raise ValueError(f"patch_tokens {patch_tokens.shape} must be [B, Np, D] and sentence_emb "
+                         f"{sentence_emb.shape} [B, R, D]")
+    batch, _, dim = patch_tokens.shape
+    if sentence_emb.shape[0] != batch or sentence_emb.shape[2] != dim:
+        raise ValueError(f"sentence_emb {sentence_emb.shape} does not match patch_tokens {patch_tokens.shape}")
+    if sentence_mask.shape != sentence_emb.shape[:2]:
+        raise ValueError(f"sentence_mask {sentence_mask.shape} must be [B, R] = {sentence_emb.shape[:2]}")
+    num_slots = sentence_emb.shape[1]
+    valid = sentence_mask.reshape(batch * num_slots).astype(bool)
+    sentences = jnp.where(valid[:, None], sentence_emb.reshape(batch * num_slots, dim), 0)
+    sentences = sentences.astype(jnp.float32)
+    patches = patch_tokens.astype(jnp.float32)
+
+    scores = jnp.einsum("jpd,sd->jsp", patches, sentences) / tau_pool  # [B images, S sentences, Np]
+    pooled = jnp.einsum("jsp,jpd->jsd", jax.nn.softmax(scores, axis=-1), patches)
+    pooled = pooled * jax.lax.rsqrt(jnp.sum(pooled * pooled, axis=-1, keepdims=True) + _NORM_EPS)
+    logits = logit_scale * jnp.einsum("jsd,sd->js", pooled, sentences)  # [B, S]
+
+    owner = jnp.repeat(jnp.arange(batch), num_slots)  # image index of each sentence slot
+    own = owner[None, :] == jnp.arange(batch)[:, None]  # [B, S]
+    pos = jnp.sum(jnp.where(own, logits, 0.0), axis=0)  # s(owner(u), u)
+    sentence_to_image = jax.nn.logsumexp(logits, axis=0) - pos
+    num_valid = jnp.sum(valid)
+    sentence_term = jnp.sum(jnp.where(valid, sentence_to_image, 0.0)) / jnp.maximum(num_valid, 1)
+
+    masked = jnp.where(valid[None, :], logits, _MASKED_LOGIT)
+    own_valid = jnp.logical_and(own, valid[None, :])
+    own_count = jnp.sum(own_valid, axis=1)
+    own_mean = jnp.sum(jnp.where(own_valid, logits, 0.0), axis=1) / jnp.maximum(own_count, 1)
+    image_to_sentence = jax.nn.logsumexp(masked, axis=1) - own_mean
+    has_sentences = own_count > 0
+    image_term = (jnp.sum(jnp.where(has_sentences, image_to_sentence, 0.0))
+                  / jnp.maximum(jnp.sum(has_sentences), 1))
+    return 0.5 * (sentence_term + image_term)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sharded and chunked forms
+# --------------------------------------------------------------------------------------------------
+
+
+def _axis_names(axis: AxisName) -> tuple[str, ...]:
+    return (axis,) if isinstance(axis, str) else tuple(axis)
+
+
+def _axis_size(mesh: Mesh, axis: AxisName) -> int:
+    names = _axis_names(axis)
+    for name in names:
+        if name not in mesh.shape:
+            raise ValueError(f"axis {name!r} is not in the mesh axes {tuple(mesh.shape)}")
+    return math.prod(mesh.shape[name] for name in names)
+
+
+def _check_batch(name: str, batch: int, num_shards: int, axis: AxisName):
+    if batch % num_shards:
+        raise ValueError(f"{name}: global batch {batch} is not divisible by the {num_shards} devices "
+                         f"of mesh axis {axis!r}")
+
+
+def _sharded_global_body(image_rows, text_rows, logit_scale, step, guide_rows, *, axis, config,
+                         chunk_size, global_batch):
+    """Per-device body: this device's n anchors of each modality against all N gathered columns."""
+    n = image_rows.shape[0]
+    row_offset = jax.lax.axis_index(axis) * n
+    row_ids = row_offset + jnp.arange(n)
+    all_text = jax.lax.all_gather(text_rows, axis, tiled=True)
+    all_image = jax.lax.all_gather(image_rows, axis, tiled=True)
+
+    guides, guide_cols, kths, active = [], [], [], None
+    mining = config is not None and config.enabled
+    if mining:
+        # stop_gradient before the gather keeps the guides out of the backward pass entirely.
+        gather = lambda g: jax.lax.all_gather(jax.lax.stop_gradient(g), axis, tiled=True)
+        text_g = guide_rows.get("text")
+        text_cols = gather(text_g) if config.uses_text and text_g is not None else None
+        # The image guide is the image embeddings themselves unless the caller gave one.
+        if "image" in guide_rows:
+            image_g = guide_rows["image"]
+            image_cols = gather(image_g) if config.uses_image else None
+        else:
+            image_g, image_cols = image_rows, jax.lax.stop_gradient(all_image)
+        guides = _active_guides(config, text_g, text_cols, image_g, image_cols)
+        guide_cols = [g.cols for g in guides]
+        active = _mining_active(config, step)
+        k = _effective_top_k(config, global_batch)
+        if k and chunk_size is None:
+            kths = [_row_kth_similarity(g, row_offset, k) for g in guides]
+        elif k:
+            kths = [_row_kth_similarity_chunked(g, row_offset, k, chunk_size, axis) for g in guides]
+        else:
+            kths = [None] * len(guides)
+    weight = config.weight if mining else 0.0
+
+    if chunk_size is None:
+        col_ids = jnp.arange(global_batch)
+        is_pos = row_ids[:, None] == col_ids[None, :]
+        mask = _mined_mask(guides, guide_cols, kths, row_ids, col_ids, active) if mining else None
+        ce_sum = 0.0
+        for rows, cols in ((image_rows, all_text), (text_rows, all_image)):
+            logits = _scaled_logits(rows, cols, logit_scale)
+            pos = jnp.sum(jnp.where(is_pos, logits, 0.0), axis=1)
+            if mining:
+                mined_sum = jnp.sum(jnp.where(mask, logits, 0.0), axis=1)
+                mined_count = jnp.sum(mask, axis=1)
+            else:
+                mined_sum = mined_count = 0.0
+            lse = jax.nn.logsumexp(logits, axis=1)
+            ce_sum = ce_sum + jnp.sum(_ce_from_parts(lse, pos, mined_sum, mined_count, weight))
+    else:
+        ce_sum = _chunked_ce_sum(image_rows, text_rows, all_image, all_text, logit_scale, row_ids,
+                                 guides, guide_cols, kths, active, weight,
+                                 chunk_size, axis)
+    return jax.lax.psum(ce_sum, axis) / (2 * global_batch)
+
+
+def _chunked_ce_sum(image_rows, text_rows, all_image, all_text, logit_scale, row_ids, guides,
+                    guide_cols, kths, active, weight, chunk_size, axis):
+    """Sum over this device's rows of both CE directions, walking columns in chunks.
+
+    Both directions share the column chunk index, so the mined mask of a chunk is computed once.
+    Per row and direction the scan carries the running max m, the running sum of exp(s - m), the
+    positive logit, the sum of mined logits and the mined count; all are [n] vectors.
+    """
+    n = image_rows.shape[0]
+    global_batch = all_text.shape[0]
+    num_chunks = global_batch // chunk_size
+    mining = active is not None
+    to_chunks = lambda x: x.reshape(num_chunks, chunk_size, x.shape[-1])
+    xs = (to_chunks(all_text), to_chunks(all_image), [to_chunks(c) for c in guide_cols],
+          jnp.arange(num_chunks) * chunk_size)
+
+    def direction_update(carry, rows, cols, is_pos, mask):
+        run_max, run_sum, pos, mined_sum, mined_count = carry
+        logits = _scaled_logits(rows, cols, logit_scale)
+        # The logsumexp does not depend on the shift, so the shift needs no gradient.
+        new_max = jnp.maximum(run_max, jax.lax.stop_gradient(jnp.max(logits, axis=1)))
+        run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=1)
+        pos = pos + jnp.sum(jnp.where(is_pos, logits, 0.0), axis=1)
+        if mask is not None:
+            mined_sum = mined_sum + jnp.sum(jnp.where(mask, logits, 0.0), axis=1)
+            mined_count = mined_count + jnp.sum(mask, axis=1)
+        return new_max, run_sum, pos, mined_sum, mined_count
+
+    # Recompute each chunk's logits in the backward pass instead of storing all of them, which
+    # would bring back the O(n * N) memory the chunking removes.
+    @jax.checkpoint
+    def body(carry, chunk):
+        text_cols, image_cols, guide_chunks, offset = chunk
+        col_ids = offset + jnp.arange(chunk_size)
+        is_pos = row_ids[:, None] == col_ids[None, :]
+        mask = _mined_mask(guides, guide_chunks, kths, row_ids, col_ids, active) if mining else None
+        image_to_text = direction_update(carry[0], image_rows, text_cols, is_pos, mask)
+        text_to_image = direction_update(carry[1], text_rows, image_cols, is_pos, mask)
+        return (image_to_text, text_to_image), None
+
+    # The carry becomes device-varying inside the loop, so it must start out typed as varying.
+    zeros = jax.lax.pcast(jnp.zeros((n,), jnp.float32), axis, to="varying")
+    start = (zeros - jnp.inf, zeros, zeros, zeros, zeros)
+    (image_to_text, text_to_image), _ = jax.lax.scan(body, (start, start), xs)
+    ce_sum = 0.0
+    for run_max, run_sum, pos, mined_sum, mined_count in (image_to_text, text_to_image):
+        lse = run_max + jnp.log(run_sum)
+        ce_sum = ce_sum + jnp.sum(_ce_from_parts(lse, pos, mined_sum, mined_count, weight))
+    return ce_sum
+
+
+def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh, axis: AxisName = "data",
+                                    mining: MiningConfig | None = None, guide_text=None,
+                                    guide_image=None, step=0, chunk_size: int | None = None) -> jax.Array:
+    """Same scalar as `mined_global_contrastive_loss`, with the batch sharded over `axis` of `mesh`.
+
+    Takes global [N, D] arrays (sharded or not; shard_map reshards them as needed). Each device
+    computes [n, N] logits against the all-gathered other modality, and its [n, N] block of mined
+    targets from its own guide rows and the gathered guide columns. With chunk_size, columns are
+    processed c at a time (see `chunked_global_contrastive_loss`).
+    """
+    if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
+        raise ValueError(f"image_emb {image_emb.shape} and text_emb {text_emb.shape} must both be [N, D]")
+    global_batch = image_emb.shape[0]
+    num_shards = _axis_size(mesh, axis)
+    _check_batch("global contrastive loss", global_batch, num_shards, axis)
+    if chunk_size is not None and (chunk_size <= 0 or global_batch % chunk_size):
+        raise ValueError(f"chunk_size={chunk_size} does not divide the global batch N={global_batch}")
+    if mining is not None and not mining.enabled:
+        mining = None
+    guides = {}
+    if mining is not None:
+        if mining.uses_text:
+            if guide_text is None:
+                raise ValueError(f"mining mode {mining.mode!r} needs guide_text; got None")
+            guides["text"] = guide_text
+        if mining.uses_image and guide_image is not None:
+            guides["image"] = guide_image
+        for name, g in guides.items():
+            if g.ndim != 2 or g.shape[0] != global_batch:
+                raise ValueError(f"guide_{name} {g.shape} must be [N, D'] with N={global_batch}")
+
+    body = lambda img, txt, scale, st, g: _sharded_global_body(
+        img, txt, scale, st, g, axis=axis, config=mining, chunk_size=chunk_size, global_batch=global_batch)
+    batch_spec = P(axis)
+    fn = jax.shard_map(body, mesh=mesh,
+                       in_specs=(batch_spec, batch_spec, P(), P(), {k: batch_spec for k in guides}),
+                       out_specs=P())
+    return fn(image_emb, text_emb, jnp.asarray(logit_scale, jnp.float32), jnp.asarray(step, jnp.int32), guides)
+
+
+def chunked_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh, chunk_size: int,
+                                    axis: AxisName = "data", mining: MiningConfig | None = None,
+                                    guide_text=None, guide_image=None, step=0) -> jax.Array:
+    """`sharded_global_contrastive_loss` with an online logsumexp over column chunks of size
+    chunk_size (must divide N): per-device memory O(n * chunk_size) plus the gathered O(N * D)."""
+    return sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh, axis, mining,
+                                           guide_text, guide_image, step, chunk_size=chunk_size)
+
+
+def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh: Mesh,
+                       axis: AxisName = "data") -> jax.Array:
+    """Local loss on each device's own batch of B / D images, averaged over devices.
+
+    This is NOT the local loss of the global batch: negatives are only the images and sentences on
+    the same device (DESIGN allows this; the cost is B x B*R x P x D per device). It equals the mean
+    over the D contiguous batch blocks of `local_region_sentence_loss` on each block.
+    """
+    batch = patch_tokens.shape[0]
+    _check_batch("local loss", batch, _axis_size(mesh, axis), axis)
+
+    def body(patches, sentences, mask, scale, tau):
+        return jax.lax.pmean(local_region_sentence_loss(patches, sentences, mask, scale, tau), axis)
+
+    fn = jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P()), out_specs=P())
+    return fn(patch_tokens, sentence_emb, sentence_mask, jnp.asarray(logit_scale, jnp.float32),
+              jnp.asarray(tau_pool, jnp.float32))
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points for the trainer
+# --------------------------------------------------------------------------------------------------
+
+
+def contrastive_loss(image_emb, text_emb, logit_scale, *, mesh: Mesh | None = None, axis: AxisName = "data",
+                     impl: str = "single", chunk_size: int | None = None,
+                     mining: MiningConfig | None = None, guide_text=None, guide_image=None,
+                     step=0) -> jax.Array:
+    """Global (or summary) contrastive term; every impl returns the same scalar.
+
+    impl: "single" (whole [N, N] logits, any placement), "sharded" ([n, N] per device; needs mesh),
+    "chunked" ([n, chunk_size] per device; needs mesh and chunk_size dividing N).
+    For the summary term pass the summary-sentence embeddings as text_emb.
+    """
+    if impl not in GLOBAL_IMPLS:
+        raise ValueError(f"impl={impl!r} is not one of {GLOBAL_IMPLS}")
+    if impl == "single":
+        return mined_global_contrastive_loss(image_emb, text_emb, logit_scale, mining,
+                                             guide_text=guide_text, guide_image=guide_image, step=step)
+    if mesh is None:
+        raise ValueError(f"impl={impl!r} needs a mesh")
+    if impl == "chunked" and chunk_size is None:
+        raise ValueError("impl='chunked' needs chunk_size")
+    return sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh, axis, mining, guide_text,
+                                           guide_image, step, chunk_size if impl == "chunked" else None)
+
+
+def local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, *, mesh: Mesh | None = None,
+               axis: AxisName = "data", impl: str = "single") -> jax.Array:
+    """Local region-sentence term. impl "single": over the whole batch; "sharded": per-device
+    batches averaged over devices (a different, cheaper loss; see `sharded_local_loss`)."""
+    if impl not in LOCAL_IMPLS:
+        raise ValueError(f"impl={impl!r} is not one of {LOCAL_IMPLS}")
+    if impl == "single":
+        return local_region_sentence_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool)
+    if mesh is None:
+        raise ValueError("impl='sharded' needs a mesh")
+    return sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh, axis)

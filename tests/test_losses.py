@@ -1,0 +1,319 @@
+"""Losses against independent references: open_clip's ClipLoss fixture, NumPy loops for mined
+targets and the local loss, and sharded / chunked forms against the single-device form on the
+8 simulated CPU devices set up by conftest.py (value and gradient)."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from emocap_jax import losses
+
+N, DIM, GUIDE_DIM, CHUNK = 32, 16, 6, 8
+SCALE = 10.0
+RTOL, ATOL = 1e-5, 1e-6
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    assert len(jax.devices()) == 8, "conftest.py should provide 8 simulated devices"
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    return dict(image=_unit(rng.normal(size=(N, DIM))), text=_unit(rng.normal(size=(N, DIM))),
+                guide=_unit(rng.normal(size=(N, GUIDE_DIM))))
+
+
+def _assert_close(actual, expected, rtol=RTOL, atol=ATOL):
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=rtol, atol=atol)
+
+
+# ------------------------------------------------------------------------------------------------
+# NumPy references, written as plainly as possible
+# ------------------------------------------------------------------------------------------------
+
+
+def _np_mined_targets(text_guide, image_guide, mode, threshold, top_k, weight, image_threshold=None):
+    n = (text_guide if text_guide is not None else image_guide).shape[0]
+    guides = []
+    if mode in ("text", "both"):
+        guides.append((_unit(text_guide.astype(np.float64)), threshold))
+    if mode in ("image", "both"):
+        guides.append((_unit(image_guide.astype(np.float64)),
+                       threshold if image_threshold is None else image_threshold))
+    targets = np.zeros((n, n))
+    for i in range(n):
+        targets[i, i] = 1.0
+        if mode == "off":
+            continue
+        kth = [sorted((float(g[i] @ g[m]) for m in range(n) if m != i), reverse=True)[top_k - 1]
+               if 0 < top_k < n - 1 else -np.inf for g, _ in guides]
+        for j in range(n):
+            if j == i:
+                continue
+            ok = True
+            for (g, thr), kth_value in zip(guides, kth):
+                s = float(g[i] @ g[j])
+                if s < thr or s < kth_value:
+                    ok = False
+            if ok:
+                targets[i, j] += weight
+        targets[i] /= targets[i].sum()
+    return targets
+
+
+def _np_global_loss(image, text, scale, targets):
+    logits = scale * image.astype(np.float64) @ text.astype(np.float64).T
+    total = 0.0
+    for mat in (logits, logits.T):
+        for i in range(mat.shape[0]):
+            row = mat[i]
+            log_softmax = row - (row.max() + np.log(np.exp(row - row.max()).sum()))
+            total -= (targets[i] * log_softmax).sum()
+    return total / (2 * logits.shape[0])
+
+
+def _np_local_loss(patches, sentences, mask, scale, tau):
+    patches, sentences = patches.astype(np.float64), sentences.astype(np.float64)
+    batch, num_slots = mask.shape
+    valid = [(i, r) for i in range(batch) for r in range(num_slots) if mask[i, r]]
+    score = {}
+    for (i, r) in valid:
+        u = sentences[i, r]
+        for j in range(batch):
+            a = patches[j] @ u / tau
+            w = np.exp(a - a.max())
+            w /= w.sum()
+            v = w @ patches[j]
+            score[j, (i, r)] = scale * float(v @ u) / np.linalg.norm(v)
+    sentence_terms = []
+    for (i, r) in valid:
+        col = np.array([score[j, (i, r)] for j in range(batch)])
+        sentence_terms.append(np.log(np.exp(col).sum()) - col[i])
+    image_terms = []
+    for j in range(batch):
+        own = [(i, r) for (i, r) in valid if i == j]
+        if not own:
+            continue
+        row = np.array([score[j, s] for s in valid])
+        lse = np.log(np.exp(row).sum())
+        image_terms.append(np.mean([lse - score[j, s] for s in own]))
+    mean = lambda xs: float(np.mean(xs)) if xs else 0.0
+    return 0.5 * (mean(sentence_terms) + mean(image_terms))
+
+
+# ------------------------------------------------------------------------------------------------
+# Global loss
+# ------------------------------------------------------------------------------------------------
+
+
+def test_matches_open_clip_clip_loss_fixture(fixtures_dir):
+    ref = np.load(fixtures_dir / "clip_loss" / "clip_loss.npz")
+    image, text, scale = ref["image_features"], ref["text_features"], ref["logit_scale"]
+    # The fixture's convention, which global_contrastive_loss documents: unit-norm features and
+    # an already-exponentiated scale (1 / 0.07), gradients w.r.t. the normalised features.
+    _assert_close(np.linalg.norm(image, axis=1), 1.0, atol=1e-6)
+    _assert_close(scale, 1 / 0.07)
+    value, (g_image, g_text) = jax.jit(jax.value_and_grad(losses.global_contrastive_loss, (0, 1)))(
+        image, text, scale)
+    _assert_close(value, ref["loss"])
+    _assert_close(g_image, ref["grad_image"])
+    _assert_close(g_text, ref["grad_text"])
+
+
+@pytest.mark.parametrize("mode,top_k", [("text", 0), ("image", 0), ("both", 0), ("text", 3), ("both", 4)])
+def test_mined_targets_match_numpy_reference(batch, mode, top_k):
+    cfg = losses.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5, image_threshold=0.1)
+    expected = _np_mined_targets(batch["guide"], batch["image"], mode, 0.2, top_k, 0.5, 0.1)
+    assert (expected > 0).sum() > N + 8, "the threshold should mine a fair number of pairs"
+    targets = jax.jit(losses.mined_positive_targets, static_argnums=0, static_argnames="row_offset")
+    full = targets(cfg, text_rows=batch["guide"], text_cols=batch["guide"],
+                   image_rows=batch["image"], image_cols=batch["image"])
+    _assert_close(full, expected)
+    # A row block with its offset is the matching slice of the full matrix (what one device builds).
+    block = targets(cfg, text_rows=batch["guide"][8:12], text_cols=batch["guide"],
+                    image_rows=batch["image"][8:12], image_cols=batch["image"], row_offset=8)
+    _assert_close(block, expected[8:12])
+    if top_k:
+        assert ((expected > 0).sum(axis=1) <= top_k + 1).all()
+
+
+def test_soft_target_loss_matches_numpy_reference(batch):
+    targets = _np_mined_targets(batch["guide"], None, "text", 0.2, 0, 0.7)
+    value = jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE,
+                                                    targets.astype(np.float32))
+    _assert_close(value, _np_global_loss(batch["image"], batch["text"], SCALE, targets))
+
+
+def _value_and_grads(loss_fn):
+    return jax.jit(jax.value_and_grad(loss_fn, (0, 1, 2)))
+
+
+# Mode "text" is covered by the summary-term test below; top-k logic does not depend on the guide.
+@pytest.mark.parametrize("mode,top_k", [("off", 0), ("both", 0), ("image", 3)])
+def test_sharded_and_chunked_equal_single_device(mesh, batch, mode, top_k):
+    cfg = losses.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5)
+    results = {}
+    for impl in ("single", "sharded", "chunked"):
+        fn = _value_and_grads(lambda a, b, s: losses.contrastive_loss(
+            a, b, s, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=cfg, guide_text=batch["guide"], step=1))
+        results[impl] = fn(batch["image"], batch["text"], jnp.float32(SCALE))
+    plain = jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE)
+    if mode != "off":
+        assert abs(float(results["single"][0]) - float(plain)) > 1e-3, "mining should change the loss"
+    for impl in ("sharded", "chunked"):
+        value, grads = results[impl]
+        _assert_close(value, results["single"][0])
+        for g, g_ref in zip(grads, results["single"][1]):
+            _assert_close(g, g_ref)
+
+
+def test_summary_term_guided_by_its_own_embeddings(mesh, batch):
+    """The summary term mines with the summary embeddings that are also its text side: the guide
+    must be stop-gradient, so gradients equal those with constant targets."""
+    cfg = losses.MiningConfig(mode="text", threshold=0.15, weight=1.0)
+    image, summary = batch["image"], batch["text"]
+    targets = _np_mined_targets(summary, None, "text", 0.15, 0, 1.0).astype(np.float32)
+    ref_value, ref_grads = _value_and_grads(
+        lambda a, b, s: losses.global_contrastive_loss(a, b, s, targets))(image, summary, jnp.float32(SCALE))
+    _assert_close(ref_value, _np_global_loss(image, summary, SCALE, targets))
+    for impl in ("single", "sharded", "chunked"):
+        value, grads = _value_and_grads(lambda a, b, s: losses.contrastive_loss(
+            a, b, s, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=cfg, guide_text=b))(
+                image, summary, jnp.float32(SCALE))
+        _assert_close(value, ref_value)
+        for g, g_ref in zip(grads, ref_grads):
+            _assert_close(g, g_ref)
+
+
+def test_mining_that_cannot_fire_equals_plain_infonce(mesh, batch):
+    plain = float(jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE))
+    warm = losses.MiningConfig(mode="text", threshold=0.2, warmup_steps=100)
+    configs = [losses.MiningConfig(mode="off"), losses.MiningConfig(mode="both", threshold=2.0), warm]
+    for impl in ("single", "chunked"):
+        fn = jax.jit(lambda a, b, step, cfg, impl=impl: losses.contrastive_loss(
+            a, b, SCALE, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=cfg, guide_text=batch["guide"],
+            step=step), static_argnums=3)
+        for cfg in configs:
+            _assert_close(fn(batch["image"], batch["text"], 99, cfg), plain)
+        # The step is traced: the same compiled function switches mining on at warmup_steps.
+        assert abs(float(fn(batch["image"], batch["text"], 100, warm)) - plain) > 1e-3
+
+
+def test_chunk_size_must_divide_global_batch(mesh, batch):
+    with pytest.raises(ValueError, match=r"chunk_size=12 .*N=32"):
+        losses.contrastive_loss(batch["image"], batch["text"], SCALE, mesh=mesh, impl="chunked", chunk_size=12)
+    with pytest.raises(ValueError, match=r"global batch 12 .*8 devices"):
+        losses.contrastive_loss(batch["image"][:12], batch["text"][:12], SCALE, mesh=mesh, impl="sharded")
+    with pytest.raises(ValueError, match="guide_text"):
+        losses.contrastive_loss(batch["image"], batch["text"], SCALE, mesh=mesh, impl="sharded",
+                                mining=losses.MiningConfig(mode="text"))
+
+
+def test_no_global_batch_squared_arrays_per_device(mesh):
+    """Per device, the sharded form holds [n, N] logits and mined targets, the chunked form only
+    [n, c]; neither builds [N, N]. Checked on the compiled per-device program (N=64, n=8, c=8)."""
+    big_n = 64
+    image = jax.ShapeDtypeStruct((big_n, DIM), jnp.float32)
+    guide = jax.ShapeDtypeStruct((big_n, GUIDE_DIM), jnp.float32)
+    cfg = losses.MiningConfig(mode="both", threshold=0.2, top_k=3)
+    shapes = {}
+    for impl in ("sharded", "chunked"):
+        fn = jax.value_and_grad(lambda a, b, g, impl=impl: losses.contrastive_loss(
+            a, b, SCALE, mesh=mesh, impl=impl, chunk_size=8, mining=cfg, guide_text=g), (0, 1))
+        hlo = jax.jit(fn).lower(image, image, guide).compile().as_text()
+        shapes[impl] = set(re.findall(r"\[(\d+),(\d+)\]", hlo))
+    assert ("8", "64") in shapes["sharded"]
+    assert ("64", "64") not in shapes["sharded"]
+    # In the chunked form the only arrays with a global-batch dimension are the gathered embeddings.
+    with_global_dim = {s for s in shapes["chunked"] if "64" in s}
+    assert with_global_dim <= {("64", str(DIM)), ("64", str(GUIDE_DIM))}, with_global_dim
+
+
+# ------------------------------------------------------------------------------------------------
+# Local loss
+# ------------------------------------------------------------------------------------------------
+
+LOCAL_B, SLOTS, PATCHES, TAU = 16, 3, 5, 0.5
+
+
+@pytest.fixture(scope="module")
+def local_batch():
+    rng = np.random.default_rng(1)
+    patches = rng.normal(size=(LOCAL_B, PATCHES, DIM)).astype(np.float32)
+    sentences = _unit(rng.normal(size=(LOCAL_B, SLOTS, DIM)))
+    mask = rng.random((LOCAL_B, SLOTS)) < 0.6
+    mask[0] = False  # an image without any valid sentence
+    mask[1] = True
+    return patches, sentences, mask
+
+
+def test_local_loss_matches_numpy_reference(local_batch):
+    patches, sentences, mask = local_batch
+    value = jax.jit(losses.local_region_sentence_loss)(patches, sentences, mask, SCALE, TAU)
+    _assert_close(value, _np_local_loss(patches, sentences, mask, SCALE, TAU))
+
+
+def test_local_loss_gradient_matches_finite_differences(local_batch):
+    patches, sentences, mask = local_batch
+    rng = np.random.default_rng(2)
+    grads = jax.jit(jax.grad(losses.local_region_sentence_loss, (0, 1, 3, 4)))(
+        patches, sentences, mask, SCALE, TAU)
+    directions = [rng.normal(size=patches.shape), rng.normal(size=sentences.shape), 1.0, 1.0]
+    eps = 1e-4
+    for arg, (grad, direction) in enumerate(zip(grads, directions)):
+        args = [patches, sentences, SCALE, TAU]
+        plus, minus = list(args), list(args)
+        plus[arg] = args[arg] + eps * direction
+        minus[arg] = args[arg] - eps * direction
+        numeric = (_np_local_loss(plus[0], plus[1], mask, plus[2], plus[3])
+                   - _np_local_loss(minus[0], minus[1], mask, minus[2], minus[3])) / (2 * eps)
+        analytic = float(np.sum(np.asarray(grad) * direction))
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-3, atol=1e-5)
+
+
+def test_padded_sentence_slots_do_not_matter(local_batch):
+    patches, sentences, mask = local_batch
+    rng = np.random.default_rng(3)
+    garbage = np.where(mask[..., None], sentences, 1e3 * rng.normal(size=sentences.shape)).astype(np.float32)
+    garbage[~mask & (rng.random(mask.shape) < 0.5)] = np.nan
+    fn = jax.jit(jax.value_and_grad(losses.local_region_sentence_loss, (0, 1)))
+    value, (g_patches, g_sentences) = fn(patches, sentences, mask, SCALE, TAU)
+    value_g, (g_patches_g, g_sentences_g) = fn(patches, garbage, mask, SCALE, TAU)
+    _assert_close(value_g, value)
+    _assert_close(g_patches_g, g_patches)
+    _assert_close(g_sentences_g, g_sentences)
+    assert np.all(np.asarray(g_sentences_g)[~mask] == 0)
+
+
+def test_sharded_local_loss_is_mean_of_per_device_block_losses(mesh, local_batch):
+    patches, sentences, mask = local_batch
+    block = LOCAL_B // 8
+
+    def blockwise(p, s, scale, tau):
+        split = lambda x: x.reshape(8, block, *x.shape[1:])
+        per_block = jax.vmap(losses.local_region_sentence_loss, (0, 0, 0, None, None))(
+            split(p), split(s), split(mask), scale, tau)
+        return jnp.mean(per_block)
+
+    def sharded(p, s, scale, tau):
+        return losses.local_loss(p, s, mask, scale, tau, mesh=mesh, impl="sharded")
+
+    args = (patches, sentences, jnp.float32(SCALE), jnp.float32(TAU))
+    ref_value, ref_grads = jax.jit(jax.value_and_grad(blockwise, (0, 1, 2, 3)))(*args)
+    value, grads = jax.jit(jax.value_and_grad(sharded, (0, 1, 2, 3)))(*args)
+    _assert_close(value, ref_value)
+    for g, g_ref in zip(grads, ref_grads):
+        _assert_close(g, g_ref)
+    # Per-device negatives make it a different loss from the global-batch one.
+    whole = jax.jit(losses.local_loss)(patches, sentences, mask, SCALE, TAU)
+    assert abs(float(whole) - float(value)) > 1e-3
