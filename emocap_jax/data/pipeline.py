@@ -1,0 +1,494 @@
+"""Grain input pipelines: training (shuffled, augmented, resumable) and evaluation (exact, padded).
+
+Training, per process::
+
+    ShardedTFRecordSource (all shards, one global index; checksums verified)
+      -> shuffle (a new global permutation every epoch) -> repeat (num_epochs or forever)
+      -> random_map: parse Example, decode, augment, sample local sentences, tokenize
+      -> take every process_count-th element, starting at process_index
+      -> to_iter_dataset (reader threads; drops records skipped as corrupt)
+      -> batch(global_batch_size // process_count, drop_remainder=True)
+      -> mp_prefetch(worker_count worker processes), unless worker_count == 0
+
+All randomness (the epoch permutations, the crop, flip, jitter and which local sentences are
+used this step) comes from Grain: the shuffle seed and the per-record RNG of `random_map`,
+which Grain seeds from (seed, position in the repeated stream). The position, not the wall clock
+or the worker that happens to process it, decides a record's augmentation, so an iterator
+restored from `get_state()` replays the same batches, and all processes together see every record
+of an epoch exactly once. The per-record work runs before the process split, yet it is lazy:
+each process only computes the elements it takes.
+
+A batch is a dict of NumPy arrays for this process's rows (b = global_batch_size /
+process_count): `image` uint8 [b, S, S, 3] (normalised on the device, inside the jitted step),
+`global_tokens` / `summary_tokens` int32 [b, L], `local_tokens` int32 [b, K, L], `local_mask` bool
+[b, K] and `label_id` int32 [b]. `to_global_batch` turns it into jax.Arrays sharded over the mesh.
+
+Restoring a state needs the same data, seed, batch size, worker_count and process_count as the
+run that saved it (worker processes each batch their own slice of the stream, so the state's shape
+and the batch contents depend on worker_count). Save it with the trainer's other state through
+Orbax (`iterator_checkpoint_handler`, `iterator_save_args`, `iterator_restore_args`).
+
+Data wait: time `next(iterator)` in the training loop; the fraction of each step spent there is
+the share of time the accelerator waits for input (near 0 when the pipeline keeps up).
+
+Evaluation (`make_eval_iterator`) has no randomness: shorter side to S + centre crop, records in
+file order, each process a contiguous block of records, every record exactly once; every process
+yields the same number of batches (padded rows have `valid` False, zero images and label_id -1), so
+a collective eval step never waits on a process that ran out.
+
+Worker processes are started with "spawn": scripts that use worker_count > 0 need an
+`if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import numpy as np
+
+from emocap_jax.data import augment
+from emocap_jax.data import example_codec
+from emocap_jax.data import shard_writer
+from emocap_jax.data.source import ON_CORRUPT_CHOICES, ShardedTFRecordSource
+
+# Distinct streams for the shuffle and the per-record RNG, both derived from one user seed.
+_SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPipelineConfig:
+    """Settings of the training input pipeline.
+
+    data_dir: dataset directory (metadata.json + TFRecord shards).
+    image_size: S, the side of the square output images.
+    context_length: L, tokens per sentence (each sentence is tokenized on its own).
+    max_local_sentences: R, local-sentence slots per record; a record's first R non-empty local
+        sentences are valid, the rest of the slots are padding.
+    local_sentences_per_step: K, how many of the valid slots are sampled (without replacement)
+        for each step; with fewer valid sentences the remaining slots are masked out.
+    crop_scale, crop_ratio, flip_prob, brightness, contrast, saturation, grayscale_prob:
+        augmentation, see `augment.AugmentParams`.
+    seed: seeds the epoch shuffles and the per-record augmentation / sentence sampling.
+    num_epochs: None repeats forever; an int ends the iterator after that many epochs.
+    worker_count: data worker processes; 0 runs everything in the calling process.
+    worker_buffer_size: batches each worker process prepares ahead.
+    read_threads: threads decoding records in each process (the calling one or each worker);
+        decoding and resizing release the GIL, so threads help even in one process.
+    prefetch_buffer_size: records read ahead by those threads.
+    on_corrupt: "raise" or "skip" a record whose checksum fails (see `source`). Skipping keeps
+        batches full by drawing the next records, so with several processes and a finite
+        num_epochs the processes that skipped records may end one batch earlier than the others.
+    verify_checksums: check TFRecord CRCs on every read.
+    """
+
+    data_dir: str
+    image_size: int = 224
+    context_length: int = 77
+    max_local_sentences: int = 8
+    local_sentences_per_step: int = 4
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    grayscale_prob: float = 0.1
+    seed: int = 0
+    num_epochs: int | None = None
+    worker_count: int = 0
+    worker_buffer_size: int = 2
+    read_threads: int = 2
+    prefetch_buffer_size: int = 128
+    on_corrupt: str = "raise"
+    verify_checksums: bool = True
+
+    def __post_init__(self):
+        problems = []
+        for name in ("image_size", "context_length", "max_local_sentences",
+                     "local_sentences_per_step", "worker_buffer_size", "read_threads",
+                     "prefetch_buffer_size"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.local_sentences_per_step > self.max_local_sentences:
+            problems.append(f"local_sentences_per_step ({self.local_sentences_per_step}) must not "
+                            f"exceed max_local_sentences ({self.max_local_sentences})")
+        if self.worker_count < 0:
+            problems.append(f"worker_count must be >= 0, got {self.worker_count}")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            problems.append(f"num_epochs must be None or >= 1, got {self.num_epochs}")
+        if self.on_corrupt not in ON_CORRUPT_CHOICES:
+            problems.append(f"on_corrupt must be one of {ON_CORRUPT_CHOICES}, got "
+                            f"{self.on_corrupt!r}")
+        if not 0 <= int(self.seed) < 2**32:
+            problems.append(f"seed must lie in [0, 2**32), got {self.seed}")
+        if problems:
+            raise ValueError("invalid TrainPipelineConfig: " + "; ".join(problems))
+        self.augment_params()  # validates the augmentation fields
+
+    def augment_params(self) -> augment.AugmentParams:
+        return augment.AugmentParams(
+            crop_scale=tuple(self.crop_scale), crop_ratio=tuple(self.crop_ratio),
+            flip_prob=self.flip_prob, brightness=self.brightness, contrast=self.contrast,
+            saturation=self.saturation, grayscale_prob=self.grayscale_prob)
+
+    @classmethod
+    def from_config(cls, config: Any) -> TrainPipelineConfig:
+        """Builds the config from a TrainPipelineConfig, an ml_collections ConfigDict or a dict.
+
+        Unknown keys are an error (a typo would otherwise silently keep a default).
+        """
+        if isinstance(config, cls):
+            return config
+        if hasattr(config, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
+            config = config.to_dict()
+        if not isinstance(config, Mapping):
+            raise TypeError(f"expected a TrainPipelineConfig, ConfigDict or dict, got "
+                            f"{type(config).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown input pipeline settings {unknown}; known: {sorted(known)}")
+        values = dict(config)
+        for key in ("crop_scale", "crop_ratio"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+def _derived_seed(seed: int, stream: int) -> int:
+    return int(np.random.SeedSequence([int(seed), stream]).generate_state(1)[0])
+
+
+def _resolve_processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax  # pylint: disable=g-import-not-at-top  # workers never need jax
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, process_count = "
+                         f"{process_count})")
+    return int(process_index), int(process_count)
+
+
+def _open_dataset(data_dir: str, verify: bool, on_corrupt: str) -> ShardedTFRecordSource:
+    metadata = shard_writer.load_metadata(data_dir)
+    source = ShardedTFRecordSource(shard_writer.shard_paths(data_dir), verify=verify,
+                                   on_corrupt=on_corrupt)
+    expected = metadata.get("num_records")
+    if expected is not None and expected != len(source):
+        raise ValueError(
+            f"{os.path.join(data_dir, shard_writer.METADATA_FILE)} lists {expected} records but "
+            f"the shards hold {len(source)} ({source.shard_sizes})")
+    if len(source) == 0:
+        raise ValueError(f"dataset {data_dir} has no records")
+    return source
+
+
+def _mark_absl_flags_parsed() -> None:
+    # grain 0.2.18 worker processes read absl flags and crash when they are unparsed (fixed
+    # upstream later): a library caller (notebook, pytest) never parses them.
+    try:
+        from absl import flags  # pylint: disable=g-import-not-at-top
+    except ImportError:
+        return
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _decode_frames(record: example_codec.FaceRecord, frame_indices, min_side: int
+                   ) -> list[np.ndarray]:
+    frames = []
+    for i in frame_indices:
+        try:
+            frames.append(augment.decode_image(record.images[i], record.image_format, min_side))
+        except Exception as e:  # pylint: disable=broad-except  # re-raised with the record named
+            raise ValueError(f"record {record.id!r}: cannot decode {record.image_format} image "
+                             f"{i} of {len(record.images)}: {e}") from e
+    return frames
+
+
+def valid_local_sentences(record: example_codec.FaceRecord, max_local_sentences: int
+                          ) -> list[str]:
+    """The sentences that fill a record's R local slots: its first R non-empty local sentences."""
+    sentences = [s for s in record.local_captions if s.strip()]
+    return sentences[:max_local_sentences]
+
+
+class _TrainExample(grain.transforms.RandomMap):
+    """Serialised record -> augmented uint8 image, tokenized sentences and sampled local slots."""
+
+    def __init__(self, tokenizer, config: TrainPipelineConfig):
+        self._tokenizer = tokenizer
+        self._size = config.image_size
+        self._context_length = config.context_length
+        self._max_local = config.max_local_sentences
+        self._local_per_step = config.local_sentences_per_step
+        self._params = config.augment_params()
+        self._min_side = self._params.decode_min_side(config.image_size)
+
+    def random_map(self, data: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        record = example_codec.decode_record(data)
+        # A multi-frame (video) record contributes one random frame per step.
+        frame = int(rng.integers(len(record.images))) if len(record.images) > 1 else 0
+        (pixels,) = _decode_frames(record, [frame], self._min_side)
+        image = augment.augment_image(pixels, self._size, rng, self._params)
+
+        sentences = valid_local_sentences(record, self._max_local)
+        count = min(self._local_per_step, len(sentences))
+        chosen = np.sort(rng.choice(len(sentences), size=count, replace=False)) if count else []
+        texts = [record.global_caption, record.summary] + [sentences[i] for i in chosen]
+        tokens = self._tokenizer(texts, context_length=self._context_length)
+        local_tokens = np.zeros((self._local_per_step, self._context_length), np.int32)
+        local_tokens[:count] = tokens[2:]
+        local_mask = np.zeros((self._local_per_step,), bool)
+        local_mask[:count] = True
+        return {
+            "image": image,
+            "global_tokens": tokens[0],
+            "summary_tokens": tokens[1],
+            "local_tokens": local_tokens,
+            "local_mask": local_mask,
+            "label_id": np.int32(record.label_id),
+        }
+
+
+def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batch_size: int,
+                       process_index: int | None = None, process_count: int | None = None,
+                       seed: int | None = None
+                       ) -> tuple[grain.IterDataset, ShardedTFRecordSource]:
+    """The training `IterDataset` of this process and its data source (for `num_skipped`).
+
+    `seed`, when given, replaces `config.seed`. process_index / process_count default to JAX's.
+    """
+    config = TrainPipelineConfig.from_config(config)
+    if seed is not None:
+        config = dataclasses.replace(config, seed=seed)
+    process_index, process_count = _resolve_processes(process_index, process_count)
+    if global_batch_size < 1 or global_batch_size % process_count:
+        raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of "
+                         f"process_count {process_count}")
+    local_batch_size = global_batch_size // process_count
+    source = _open_dataset(config.data_dir, config.verify_checksums, config.on_corrupt)
+
+    ds = grain.MapDataset.source(source)
+    ds = ds.shuffle(seed=_derived_seed(config.seed, _SHUFFLE_STREAM))
+    ds = ds.repeat(config.num_epochs)  # reseeds the shuffle (and nothing upstream) each epoch
+    ds = ds.random_map(_TrainExample(tokenizer, config),
+                       seed=_derived_seed(config.seed, _AUGMENT_STREAM))
+    if config.num_epochs is None:
+        ds = ds[process_index::process_count]
+    else:
+        # Equal shares, so every process runs the same number of steps (a multi-host step is a
+        # collective); the at most process_count - 1 elements left over are dropped.
+        per_process = len(source) * config.num_epochs // process_count
+        ds = ds[process_index:per_process * process_count:process_count]
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
+                                              prefetch_buffer_size=config.prefetch_buffer_size))
+    ds = ds.batch(local_batch_size, drop_remainder=True)
+    if config.worker_count > 0:
+        _mark_absl_flags_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+    return ds, source
+
+
+def make_train_iterator(config: TrainPipelineConfig | Any, tokenizer, global_batch_size: int,
+                        process_index: int | None = None, process_count: int | None = None,
+                        seed: int | None = None) -> grain.DatasetIterator:
+    """Iterator over this process's training batches (see the module docstring for the fields).
+
+    config: a TrainPipelineConfig, or an ml_collections ConfigDict / dict of its fields.
+    tokenizer: a picklable callable `tok(list_of_str, context_length) -> int32 [n, L]`.
+    global_batch_size: rows per step over all processes; this process gets 1/process_count.
+    seed: overrides config.seed when given.
+    The iterator supports `get_state()` / `set_state()`; close it (`.close()` if present) to stop
+    worker processes early.
+    """
+    ds, _ = make_train_dataset(config, tokenizer, global_batch_size, process_index,
+                               process_count, seed)
+    return iter(ds)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def uniform_frame_indices(num_available: int, num_frames: int) -> list[int]:
+    """`num_frames` indices spread evenly over `num_available` frames (centre of each segment);
+    indices repeat when there are fewer frames than asked for."""
+    return [min(num_available - 1, int((i + 0.5) * num_available / num_frames))
+            for i in range(num_frames)]
+
+
+class _EvalExample(grain.transforms.Map):
+    """Row `i` of this process's eval block -> preprocessed record, or a padding row."""
+
+    def __init__(self, source: ShardedTFRecordSource, start: int, stop: int, tokenizer,
+                 image_size: int, context_length: int, max_local_sentences: int,
+                 num_frames: int | None):
+        self._source = source
+        self._start, self._stop = start, stop
+        self._tokenizer = tokenizer
+        self._size = image_size
+        self._context_length = context_length
+        self._max_local = max_local_sentences
+        self._num_frames = num_frames
+
+    def _image_shape(self) -> tuple[int, ...]:
+        still = (self._size, self._size, 3)
+        return still if self._num_frames is None else (self._num_frames, *still)
+
+    def map(self, row: int) -> dict[str, np.ndarray]:
+        index = self._start + int(row)
+        if index >= self._stop:
+            return self._padding()
+        record = example_codec.decode_record(self._source[index])
+        if self._num_frames is None:
+            frame_indices = [0]
+        else:
+            frame_indices = uniform_frame_indices(len(record.images), self._num_frames)
+        # Decode each distinct frame once even when short clips repeat frames.
+        unique = sorted(set(frame_indices))
+        # Full-resolution decode (no DCT downscaling) to match open_clip's preprocessing.
+        decoded = dict(zip(unique, _decode_frames(record, unique, 0)))
+        frames = {i: augment.resize_center_crop(decoded[i], self._size) for i in unique}
+        image = np.stack([frames[i] for i in frame_indices])
+        if self._num_frames is None:
+            image = image[0]
+        element = {
+            "image": image,
+            "label_id": np.int32(record.label_id),
+            "valid": np.bool_(True),
+            "id": np.array(record.id, dtype=object),
+        }
+        if self._tokenizer is not None:
+            sentences = valid_local_sentences(record, self._max_local)
+            tokens = self._tokenizer([record.global_caption, record.summary] + sentences,
+                                     context_length=self._context_length)
+            local_tokens = np.zeros((self._max_local, self._context_length), np.int32)
+            local_tokens[:len(sentences)] = tokens[2:]
+            local_mask = np.zeros((self._max_local,), bool)
+            local_mask[:len(sentences)] = True
+            element.update(global_tokens=tokens[0], summary_tokens=tokens[1],
+                           local_tokens=local_tokens, local_mask=local_mask)
+        return element
+
+    def _padding(self) -> dict[str, np.ndarray]:
+        element = {
+            "image": np.zeros(self._image_shape(), np.uint8),
+            "label_id": np.int32(-1),
+            "valid": np.bool_(False),
+            "id": np.array("", dtype=object),
+        }
+        if self._tokenizer is not None:
+            length = self._context_length
+            element.update(global_tokens=np.zeros((length,), np.int32),
+                           summary_tokens=np.zeros((length,), np.int32),
+                           local_tokens=np.zeros((self._max_local, length), np.int32),
+                           local_mask=np.zeros((self._max_local,), bool))
+        return element
+
+
+def eval_blocks(num_records: int, batch_size: int, process_count: int
+                ) -> tuple[list[tuple[int, int]], int]:
+    """Each process's contiguous [start, stop) block of records and the common batch count."""
+    blocks = [(p * num_records // process_count, (p + 1) * num_records // process_count)
+              for p in range(process_count)]
+    largest = max(stop - start for start, stop in blocks)
+    return blocks, max(1, math.ceil(largest / batch_size))
+
+
+def make_eval_iterator(data_dir: str, tokenizer, batch_size: int, image_size: int,
+                       process_index: int | None = None, process_count: int | None = None, *,
+                       context_length: int | None = None, max_local_sentences: int = 8,
+                       num_frames: int | None = None, worker_count: int = 0,
+                       read_threads: int = 2, verify_checksums: bool = True
+                       ) -> grain.DatasetIterator:
+    """Deterministic evaluation batches of this process; every record exactly once overall.
+
+    Fields: `image` uint8 [b, S, S, 3] ([b, F, S, S, 3] with num_frames=F: F frames spread
+    evenly over each record's frames), `label_id` int32 [b] (-1 on padding), `valid` bool [b],
+    `id` object [b] of str ("" on padding); with a tokenizer also `global_tokens`,
+    `summary_tokens` int32 [b, L], `local_tokens` int32 [b, R, L] and `local_mask` bool [b, R]
+    (R = max_local_sentences, all valid sentences, no sampling). L = context_length, default the
+    tokenizer's. A corrupt record always raises: an eval number computed on silently fewer
+    records would be wrong.
+    """
+    process_index, process_count = _resolve_processes(process_index, process_count)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_frames is not None and num_frames < 1:
+        raise ValueError(f"num_frames must be None or >= 1, got {num_frames}")
+    if context_length is None and tokenizer is not None:
+        context_length = tokenizer.context_length
+    source = _open_dataset(data_dir, verify_checksums, "raise")
+    blocks, num_batches = eval_blocks(len(source), batch_size, process_count)
+    start, stop = blocks[process_index]
+    ds = grain.MapDataset.range(num_batches * batch_size)
+    ds = ds.map(_EvalExample(source, start, stop, tokenizer, image_size, context_length,
+                             max_local_sentences, num_frames))
+    # Batching before the worker split keeps the batch order independent of worker_count.
+    ds = ds.batch(batch_size, drop_remainder=False)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                              prefetch_buffer_size=2 * read_threads))
+    if worker_count > 0:
+        _mark_absl_flags_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(ds)
+
+
+# ------------------------------------------------------------------------------------------------
+# Device transfer and checkpointing
+# ------------------------------------------------------------------------------------------------
+
+
+def to_global_batch(local_batch: Mapping[str, Any], mesh, axis: str | tuple[str, ...] = "data"
+                    ) -> dict[str, Any]:
+    """Global jax.Arrays, sharded along their first axis over `axis` of `mesh`.
+
+    Every process passes its own rows (as from `make_train_iterator`); the result has
+    process_count times as many rows. Non-numeric fields (e.g. `id` strings) cannot live on a
+    device and are left out: read them from the local batch.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+
+    sharding = NamedSharding(mesh, PartitionSpec(axis))
+    out = {}
+    for name, value in local_batch.items():
+        array = np.asarray(value)
+        if array.dtype.kind not in "biuf":
+            continue
+        out[name] = jax.make_array_from_process_local_data(sharding, array)
+    return out
+
+
+ITERATOR_CHECKPOINT_ITEM = "data"
+
+
+def iterator_checkpoint_handler():
+    """The Orbax handler for Grain iterator state: pass it as
+    `ocp.CheckpointManager(dir, item_handlers={ITERATOR_CHECKPOINT_ITEM: handler, ...})`.
+
+    It writes one small JSON file per process (`process_<i>-of-<n>.json`)."""
+    import grain.checkpoint  # pylint: disable=g-import-not-at-top  # imports orbax: keep lazy
+    return grain.checkpoint.CheckpointHandler()
+
+
+def iterator_save_args(iterator: grain.DatasetIterator):
+    """Orbax save args for the iterator: `ocp.args.Composite(data=iterator_save_args(it), ...)`."""
+    import grain.checkpoint  # pylint: disable=g-import-not-at-top
+    return grain.checkpoint.CheckpointSave(iterator)
+
+
+def iterator_restore_args(iterator: grain.DatasetIterator):
+    """Orbax restore args: restores the saved state into `iterator` (a fresh one built with the
+    same settings) in place; `manager.restore(...)[ITERATOR_CHECKPOINT_ITEM]` is that iterator."""
+    import grain.checkpoint  # pylint: disable=g-import-not-at-top
+    return grain.checkpoint.CheckpointRestore(iterator)

@@ -1,0 +1,419 @@
+"""The Grain input pipelines: epoch coverage, exact resume, corruption handling, local-sentence
+slots, padded evaluation and global batches, on a small dataset made by data_prep.captions."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep.captions import convert_manifest
+from emocap_jax.data import augment, pipeline, tfrecord
+from emocap_jax.data.example_codec import FaceRecord
+from emocap_jax.data.shard_writer import ShardedRecordWriter, shard_paths
+from emocap_jax.data.source import ShardedTFRecordSource
+from emocap_jax.data.tfrecord import CorruptRecordError
+from emocap_jax.tokenizers import get_tokenizer
+
+NUM_RECORDS = 48
+NUM_SHARDS = 4
+IMAGE_SIZE = 32
+CONTEXT = 16
+R, K = 8, 4
+
+
+def _local_sentences(i):
+    return [f"region {j} of face {i}" for j in range(i % 11)]  # 0..10: below, at and above R
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "img").mkdir()
+    rng = np.random.default_rng(0)
+    records = {}
+    with open(root / "manifest.jsonl", "w") as f:
+        for i in range(NUM_RECORDS):
+            pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)  # not square: crops differ
+            Image.fromarray(pixels).save(root / "img" / f"{i}.jpg", quality=90)
+            entry = {"id": f"face{i:03d}", "image": f"img/{i}.jpg",
+                     "global": f"face number {i} looks happy", "local": _local_sentences(i),
+                     "summary": f"summary of face {i}", "label": "happy"}
+            records[entry["id"]] = entry
+            f.write(json.dumps(entry) + "\n")
+    out = root / "ds"
+    convert_manifest(root / "manifest.jsonl", root, out, num_shards=NUM_SHARDS, workers=1,
+                     progress=False)
+    return {"dir": str(out), "records": records}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return get_tokenizer("clip", CONTEXT)
+
+
+@pytest.fixture(scope="module")
+def id_of_tokens(dataset, tok):
+    """Global-sentence token row -> record id (the training batches carry no ids)."""
+    ids = list(dataset["records"])
+    rows = tok([dataset["records"][i]["global"] for i in ids], context_length=CONTEXT)
+    table = {row.tobytes(): rec_id for row, rec_id in zip(rows, ids)}
+    assert len(table) == NUM_RECORDS
+    return lambda row: table[np.asarray(row, np.int32).tobytes()]
+
+
+def _config(data_dir, **overrides):
+    values = dict(data_dir=data_dir, image_size=IMAGE_SIZE, context_length=CONTEXT,
+                  max_local_sentences=R, local_sentences_per_step=K, read_threads=2)
+    values.update(overrides)
+    return pipeline.TrainPipelineConfig(**values)
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def _assert_batches_equal(expected, actual):
+    assert len(expected) == len(actual)
+    for step, (a, b) in enumerate(zip(expected, actual)):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"step {step} field {key}")
+
+
+def _close(iterator):
+    if hasattr(iterator, "close"):
+        iterator.close()
+
+
+def test_train_batches_have_the_documented_fields(dataset, tok):
+    batch = next(pipeline.make_train_iterator(_config(dataset["dir"]), tok, 8, 0, 1))
+    expected = {"image": ((8, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
+                "global_tokens": ((8, CONTEXT), np.int32),
+                "summary_tokens": ((8, CONTEXT), np.int32),
+                "local_tokens": ((8, K, CONTEXT), np.int32),
+                "local_mask": ((8, K), np.bool_),
+                "label_id": ((8,), np.int32)}
+    assert set(batch) == set(expected)
+    for key, (shape, dtype) in expected.items():
+        assert batch[key].shape == shape and batch[key].dtype == dtype, key
+    assert batch["image"].std() > 10  # real pixels, not zeros
+
+
+def test_each_epoch_yields_every_record_once(dataset, tok, id_of_tokens):
+    it = pipeline.make_train_iterator(_config(dataset["dir"], num_epochs=2), tok, 8, 0, 1)
+    ids = [id_of_tokens(row) for batch in it for row in batch["global_tokens"]]
+    assert len(ids) == 2 * NUM_RECORDS
+    first, second = ids[:NUM_RECORDS], ids[NUM_RECORDS:]
+    assert sorted(first) == sorted(second) == sorted(dataset["records"])
+    assert first != second  # each epoch has its own permutation
+
+
+def test_processes_split_an_epoch_into_disjoint_shares(dataset, tok, id_of_tokens):
+    shares = []
+    for process_index in range(2):
+        it = pipeline.make_train_iterator(_config(dataset["dir"], num_epochs=1), tok, 8,
+                                          process_index, 2)
+        batches = list(it)
+        assert len(batches) == NUM_RECORDS // 8 and batches[0]["image"].shape[0] == 4
+        shares.append({id_of_tokens(row) for b in batches for row in b["global_tokens"]})
+    assert len(shares[0]) == len(shares[1]) == NUM_RECORDS // 2
+    assert not shares[0] & shares[1]
+    assert shares[0] | shares[1] == set(dataset["records"])
+
+
+def test_restored_state_replays_the_same_batches(dataset, tok):
+    config = _config(dataset["dir"])
+    it = pipeline.make_train_iterator(config, tok, 8, 0, 1)
+    _take(it, 3)
+    state = it.get_state()
+    expected = _take(it, 5)  # crosses the epoch boundary (6 batches per epoch)
+    fresh = pipeline.make_train_iterator(config, tok, 8, 0, 1)
+    fresh.set_state(state)
+    _assert_batches_equal(expected, _take(fresh, 5))
+    # A different seed gives different augmentations and order: the test above can fail.
+    other = pipeline.make_train_iterator(config, tok, 8, 0, 1, seed=1)
+    other.set_state(state)
+    assert not np.array_equal(next(other)["image"], expected[0]["image"])
+
+
+def test_iterator_state_round_trips_through_orbax(dataset, tok, tmp_path):
+    import orbax.checkpoint as ocp
+
+    config = _config(dataset["dir"])
+    item = pipeline.ITERATOR_CHECKPOINT_ITEM
+    it = pipeline.make_train_iterator(config, tok, 8, 0, 1)
+    _take(it, 2)
+    manager = ocp.CheckpointManager(
+        tmp_path / "ckpt", item_handlers={item: pipeline.iterator_checkpoint_handler()})
+    manager.save(2, args=ocp.args.Composite(**{item: pipeline.iterator_save_args(it)}))
+    manager.wait_until_finished()
+    expected = _take(it, 3)
+
+    fresh = pipeline.make_train_iterator(config, tok, 8, 0, 1)
+    restored = ocp.CheckpointManager(
+        tmp_path / "ckpt", item_handlers={item: pipeline.iterator_checkpoint_handler()})
+    assert restored.latest_step() == 2
+    result = restored.restore(2, args=ocp.args.Composite(
+        **{item: pipeline.iterator_restore_args(fresh)}))
+    _assert_batches_equal(expected, _take(result[item], 3))
+
+
+def test_worker_processes_cover_the_epoch_and_resume_exactly(dataset, tok, id_of_tokens):
+    config = _config(dataset["dir"], num_epochs=1, worker_count=2)
+    it = pipeline.make_train_iterator(config, tok, 8, 0, 1)
+    try:
+        head = _take(it, 2)
+        state = it.get_state()
+        tail = list(it)
+    finally:
+        _close(it)
+    ids = [id_of_tokens(row) for b in head + tail for row in b["global_tokens"]]
+    assert sorted(ids) == sorted(dataset["records"])
+
+    fresh = pipeline.make_train_iterator(config, tok, 8, 0, 1)
+    try:
+        fresh.set_state(state)
+        _assert_batches_equal(tail, list(fresh))
+    finally:
+        _close(fresh)
+
+
+def test_local_sentence_slots(dataset, tok, id_of_tokens):
+    it = pipeline.make_train_iterator(_config(dataset["dir"], num_epochs=3), tok, 8, 0, 1)
+    sampled_slots = {rec_id: set() for rec_id in dataset["records"]}
+    for batch in it:
+        for row in range(batch["image"].shape[0]):
+            rec_id = id_of_tokens(batch["global_tokens"][row])
+            sentences = dataset["records"][rec_id]["local"][:R]
+            reference = [t.tobytes() for t in tok(sentences, context_length=CONTEXT)] \
+                if sentences else []
+            mask = batch["local_mask"][row]
+            count = min(K, len(sentences))
+            np.testing.assert_array_equal(mask, np.arange(K) < count, err_msg=rec_id)
+            tokens = batch["local_tokens"][row]
+            slots = [reference.index(t.tobytes()) for t in tokens[:count]]  # ValueError: foreign
+            assert len(set(slots)) == count, f"{rec_id}: sampled with replacement {slots}"
+            sampled_slots[rec_id].update(slots)
+            assert not tokens[count:].any(), f"{rec_id}: padded slots are not zero"
+            np.testing.assert_array_equal(
+                batch["summary_tokens"][row],
+                tok([dataset["records"][rec_id]["summary"]], context_length=CONTEXT)[0])
+    # Records with more than K valid sentences get different subsets on different epochs.
+    for rec_id, slots in sampled_slots.items():
+        if len(dataset["records"][rec_id]["local"]) >= R:
+            assert len(slots) > K, f"{rec_id} always got the same sentences {sorted(slots)}"
+
+
+@pytest.fixture(scope="module")
+def corrupt(dataset, tmp_path_factory):
+    """A copy of the dataset with one payload byte flipped in record 5 of shard 2."""
+    out = tmp_path_factory.mktemp("corrupt") / "ds"
+    shutil.copytree(dataset["dir"], out)
+    path = shard_paths(out)[2]
+    offset = int(tfrecord.read_index(path)[5])
+    with open(path, "r+b") as f:
+        f.seek(offset + tfrecord.HEADER_SIZE + 7)
+        byte = f.read(1)
+        f.seek(offset + tfrecord.HEADER_SIZE + 7)
+        f.write(bytes([byte[0] ^ 0x40]))
+    return {"dir": str(out), "path": path, "offset": offset}
+
+
+def test_corrupt_record_raises_naming_file_and_offset(corrupt, tok):
+    it = pipeline.make_train_iterator(_config(corrupt["dir"], num_epochs=1), tok, 8, 0, 1)
+    with pytest.raises(CorruptRecordError) as info:
+        list(it)
+    assert corrupt["path"] in str(info.value)
+    assert f"offset {corrupt['offset']}" in str(info.value)
+    assert "data checksum" in str(info.value)
+
+
+def test_corrupt_record_error_crosses_worker_processes(corrupt, tok):
+    it = pipeline.make_train_iterator(
+        _config(corrupt["dir"], num_epochs=1, worker_count=1), tok, 8, 0, 1)
+    try:
+        with pytest.raises(CorruptRecordError, match=f"offset {corrupt['offset']}") as info:
+            list(it)
+        assert info.value.path == corrupt["path"]
+    finally:
+        _close(it)
+
+
+def test_skipping_corrupt_records_counts_them(corrupt, tok, id_of_tokens):
+    ds, source = pipeline.make_train_dataset(
+        _config(corrupt["dir"], num_epochs=1, on_corrupt="skip"), tok, 1, 0, 1)
+    ids = [id_of_tokens(b["global_tokens"][0]) for b in ds]
+    assert len(ids) == len(set(ids)) == NUM_RECORDS - 1
+    assert source.num_skipped == 1
+    assert source.skipped[0][:2] == (corrupt["path"], corrupt["offset"])
+
+
+def test_source_maps_global_indices_across_shards(dataset, tmp_path):
+    source = ShardedTFRecordSource(shard_paths(dataset["dir"]))
+    assert len(source) == NUM_RECORDS and source.shard_sizes == [12] * NUM_SHARDS
+    path, local, offset = source.locate(12 * 2 + 5)
+    assert (path, local) == (shard_paths(dataset["dir"])[2], 5)
+    assert offset == tfrecord.read_index(path)[5]
+    assert source[29] == tfrecord.TFRecordFile(path)[5]
+    with pytest.raises(IndexError, match="out of range"):
+        source[NUM_RECORDS]
+    # Without the .index side files the shards are scanned: same records, same order.
+    copy = tmp_path / "no_index"
+    shutil.copytree(dataset["dir"], copy, ignore=shutil.ignore_patterns("*.index"))
+    scanned = ShardedTFRecordSource(shard_paths(copy))
+    assert [scanned[i] for i in range(NUM_RECORDS)] == [source[i] for i in range(NUM_RECORDS)]
+
+
+def test_eval_iterator_pads_and_covers_every_record_once(dataset, tok):
+    batch_size = 5  # 48 records: 9 full batches and one with 2 padded rows
+
+    def run(process_index=0, process_count=1):
+        it = pipeline.make_eval_iterator(dataset["dir"], tok, batch_size, IMAGE_SIZE,
+                                         process_index, process_count)
+        return list(it)
+
+    batches = run()
+    assert len(batches) == 10
+    ids = [i for b in batches for i, v in zip(b["id"], b["valid"]) if v]
+    in_order = sorted(dataset["records"])  # manifest order; shards were filled round robin
+    assert ids == [in_order[j] for shard in range(NUM_SHARDS)
+                   for j in range(shard, NUM_RECORDS, NUM_SHARDS)]
+    last = batches[-1]
+    np.testing.assert_array_equal(last["valid"], [True, True, True, False, False])
+    assert not last["image"][3:].any() and (last["label_id"][3:] == -1).all()
+    assert list(last["id"][3:]) == ["", ""]
+    assert last["image"].dtype == np.uint8
+    assert last["image"].shape == (5, IMAGE_SIZE, IMAGE_SIZE, 3)
+    rec = dataset["records"][ids[7]]
+    row = batches[1]
+    np.testing.assert_array_equal(row["global_tokens"][2], tok([rec["global"]], CONTEXT)[0])
+    assert row["local_mask"][2].sum() == min(R, len(rec["local"]))
+    assert row["local_tokens"].shape == (5, R, CONTEXT)
+    _assert_batches_equal(batches, run())  # deterministic
+
+    per_process = [run(p, 2) for p in range(2)]
+    assert len(per_process[0]) == len(per_process[1])  # same step count on every process
+    ids2 = [i for run_batches in per_process for b in run_batches
+            for i, v in zip(b["id"], b["valid"]) if v]
+    assert ids2 == ids
+
+
+def test_eval_blocks_give_every_process_the_same_batch_count():
+    blocks, num_batches = pipeline.eval_blocks(47, 5, 2)
+    assert blocks == [(0, 23), (23, 47)] and num_batches == 5
+    blocks, num_batches = pipeline.eval_blocks(2, 4, 3)
+    assert blocks == [(0, 0), (0, 1), (1, 2)] and num_batches == 1
+
+
+def test_eval_video_records_sample_frames_uniformly(tmp_path):
+    import io
+
+    def png(value):
+        out = io.BytesIO()
+        Image.fromarray(np.full((20, 24, 3), value, np.uint8)).save(out, format="PNG")
+        return out.getvalue()
+
+    frame_counts = [1, 3, 6]
+    with ShardedRecordWriter(tmp_path / "video", num_shards=1) as writer:
+        for n, count in enumerate(frame_counts):
+            writer.add(FaceRecord(id=f"clip{n}", images=[png(10 * k + 5) for k in range(count)],
+                                  image_format="png", label_id=n))
+    batches = list(pipeline.make_eval_iterator(str(tmp_path / "video"), None, 4, 16, 0, 1,
+                                               num_frames=4))
+    assert len(batches) == 1
+    batch = batches[0]
+    assert batch["image"].shape == (4, 4, 16, 16, 3) and "global_tokens" not in batch
+    # Centre of each of 4 equal segments: 1 frame -> 0000, 3 -> 0112, 6 -> 0235.
+    expected_frames = {"clip0": [0, 0, 0, 0], "clip1": [0, 1, 1, 2], "clip2": [0, 2, 3, 5]}
+    for row, rec_id in enumerate(batch["id"][:3]):
+        values = batch["image"][row].reshape(4, -1)
+        assert (values == values[:, :1]).all()
+        np.testing.assert_array_equal(values[:, 0], [10 * k + 5 for k in expected_frames[rec_id]])
+    np.testing.assert_array_equal(batch["label_id"], [0, 1, 2, -1])
+
+
+def test_to_global_batch_shards_numeric_fields_over_the_mesh():
+    import jax
+    from jax.sharding import Mesh, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    local = {"image": np.arange(8 * 4 * 4 * 3, dtype=np.uint8).reshape(8, 4, 4, 3),
+             "label_id": np.arange(8, dtype=np.int32),
+             "valid": np.ones(8, bool),
+             "id": np.array([f"x{i}" for i in range(8)], dtype=object)}
+    out = pipeline.to_global_batch(local, mesh)
+    assert set(out) == {"image", "label_id", "valid"}
+    for key, value in out.items():
+        assert value.sharding.spec == PartitionSpec("data")
+        assert len(value.addressable_shards) == 8
+        np.testing.assert_array_equal(np.asarray(value), local[key])
+
+
+def test_augmentation_is_a_function_of_the_rng():
+    image = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    params = augment.AugmentParams(grayscale_prob=0.5)
+    a = augment.augment_image(image, 24, np.random.default_rng(7), params)
+    b = augment.augment_image(image, 24, np.random.default_rng(7), params)
+    c = augment.augment_image(image, 24, np.random.default_rng(8), params)
+    assert a.shape == (24, 24, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        left, top, w, h = augment.random_resized_crop_box(40, 50, rng, (0.6, 1.0), (0.75, 4 / 3))
+        assert 0 <= left and left + w <= 50 and 0 <= top and top + h <= 40
+        assert 0.55 <= w * h / 2000 <= 1.0 and 0.7 <= w / h <= 1.4
+
+
+def test_colour_jitter_matches_pillow_image_enhance():
+    from PIL import ImageEnhance
+
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    for factor in (0.6, 1.0, 1.4):
+        for ours, reference in ((augment._adjust_brightness, ImageEnhance.Brightness),
+                                (augment._adjust_contrast, ImageEnhance.Contrast)):
+            got = np.asarray(ours(img, factor)).astype(int)
+            want = np.asarray(reference(img).enhance(factor)).astype(int)
+            assert np.abs(got - want).max() <= 1, (ours.__name__, factor)  # rounding only
+
+
+def test_config_from_config_dict_rejects_unknown_keys(dataset):
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict({"data_dir": dataset["dir"], "image_size": 32,
+                                     "crop_scale": [0.5, 1.0]})
+    config = pipeline.TrainPipelineConfig.from_config(cfg)
+    assert config.image_size == 32 and config.crop_scale == (0.5, 1.0)
+    cfg.unknown_field = 1
+    with pytest.raises(ValueError, match="unknown_field"):
+        pipeline.TrainPipelineConfig.from_config(cfg)
+    with pytest.raises(ValueError, match="local_sentences_per_step"):
+        pipeline.TrainPipelineConfig(data_dir="x", max_local_sentences=2,
+                                     local_sentences_per_step=3)
+    with pytest.raises(ValueError, match="multiple of process_count"):
+        pipeline.make_train_iterator(config, None, 7, 0, 2)
+
+
+def test_training_runtime_never_imports_tensorflow(dataset):
+    code = (
+        "import sys\n"
+        "from emocap_jax.data import pipeline\n"
+        "from emocap_jax.tokenizers import get_tokenizer\n"
+        f"cfg = pipeline.TrainPipelineConfig(data_dir={dataset['dir']!r}, image_size=32, "
+        "context_length=16)\n"
+        "it = pipeline.make_train_iterator(cfg, get_tokenizer('clip', 16), 4, 0, 1)\n"
+        "batches = [next(it) for _ in range(3)]\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m == 'tensorflow' or m.startswith('tensorflow.')))\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=repo, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
