@@ -1,0 +1,20 @@
+"""Layout readers for the evaluation benchmarks, one module per family; see BENCHMARKS.
+
+`data_prep.benchmarks` drives them: it lists a split with `Benchmark.list_split`, decodes the
+entries in worker processes (`decode.py`) and writes the records with ShardedRecordWriter.
+"""
+
+from data_prep.benchmark_formats import acted_video, affectnet, ckplus, fer, folders, rafdb
+from data_prep.benchmark_formats import video_lists
+from data_prep.benchmark_formats.common import Benchmark, LayoutError, ReaderOptions
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    rafdb.RAFDB, rafdb.RAFDB_COMPOUND,
+    affectnet.AFFECTNET_7, affectnet.AFFECTNET_8,
+    fer.FERPLUS, fer.FER2013, fer.FER2013_FOLDERS,
+    folders.SFEW, ckplus.CKPLUS, folders.CKPLUS48, ckplus.JAFFE, folders.IMAGEFOLDER,
+    video_lists.DFEW, video_lists.FERV39K, video_lists.MAFW, video_lists.MAFW_COMPOUND,
+    folders.AFEW, acted_video.CREMA_D, acted_video.RAVDESS, acted_video.ENTERFACE05,
+)}
+
+__all__ = ["BENCHMARKS", "Benchmark", "LayoutError", "ReaderOptions"]

@@ -1,0 +1,220 @@
+"""Shared vocabulary of the benchmark converters: what a layout reader produces.
+
+A layout reader (one per benchmark family) turns a dataset root into a `SplitListing`: the
+class order plus one item per input entry, each either an `Entry` (a file, frame folder or
+pixel row to decode, with its label) or a `Rejection` (an entry that is already known to be
+unusable: label out of range, file listed but missing, unknown class folder ...). Decoding
+happens later, in worker processes (see `decode.py`), so readers only touch the file system
+and label files.
+
+Rejection reasons have the form "<code>: <detail>"; the codes are the constants below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from data_prep.captions import BAD_IMAGE, IMAGE_NOT_FOUND, Rejection
+
+__all__ = [
+    "BAD_IMAGE", "IMAGE_NOT_FOUND", "Rejection", "Entry", "SplitListing", "Benchmark",
+    "LayoutError", "ReaderOptions",
+]
+
+# Rejection codes (BAD_IMAGE and IMAGE_NOT_FOUND are shared with the caption converter).
+VIDEO_NOT_FOUND = "video_not_found"
+BAD_VIDEO = "bad_video"
+NO_FRAMES = "no_frames"
+BAD_PIXELS = "bad_pixels"
+LABEL_OUT_OF_RANGE = "label_out_of_range"
+BAD_LABEL = "bad_label"
+UNKNOWN_CLASS = "unknown_class"
+EXCLUDED_CLASS = "excluded_class"
+NO_MAJORITY = "no_majority"
+MISSING_ANNOTATION = "missing_annotation"
+MALFORMED_LINE = "malformed_line"
+BAD_FILE_NAME = "bad_file_name"
+NOT_AN_IMAGE_FILE = "not_an_image_file"
+NOT_A_VIDEO_FILE = "not_a_video_file"
+DUPLICATE_ID = "duplicate_id"
+DUPLICATE_VIDEO = "duplicate_video"
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".flv", ".mov", ".mkv", ".webm", ".mpg", ".mpeg"})
+
+# Entry kinds: how the worker turns `source` into images.
+IMAGE = "image"      # one image file
+VIDEO = "video"      # a video file, K frames sampled uniformly
+FRAMES = "frames"    # a folder of frame images, K sampled uniformly
+PIXELS = "pixels"    # FER2013-style 48x48 grayscale pixel string in `pixels`
+
+
+class LayoutError(ValueError):
+    """The root does not hold the layout a benchmark expects (names what was expected)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One labelled input to decode: an image, a video, a frame folder or a pixel row."""
+    id: str
+    label: str
+    label_id: int
+    source: str
+    kind: str = IMAGE
+    group: str = ""
+    line: int | None = None
+    pixels: str | None = None
+
+
+@dataclasses.dataclass
+class SplitListing:
+    """The class order and every input item of one split (of one fold)."""
+    classes: list[str]
+    items: list[Entry | Rejection]
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReaderOptions:
+    """Options that change what a layout reader lists.
+
+    classes: imagefolder only, the class order (folders not in it are rejected).
+    with_neutral: CK+ sequences only, also emit the first frame of each labelled sequence
+      as "neutral".
+    """
+    classes: tuple[str, ...] | None = None
+    with_neutral: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """A supported benchmark layout.
+
+    list_split(root, split, fold, options) -> SplitListing; raises LayoutError when `root`
+    does not match. `splits` are the split names the owners define; single-split sets use
+    "all". `folds` is empty for sets without official folds.
+    """
+    name: str
+    description: str
+    splits: tuple[str, ...]
+    list_split: Callable[[str, str, int | None, ReaderOptions], SplitListing]
+    folds: tuple[int, ...] = ()
+    video: bool = False
+
+
+def reject(code: str, detail: str, id: str | None = None,  # pylint: disable=redefined-builtin
+           line: int | None = None) -> Rejection:
+    return Rejection(line=line, id=id, reason=f"{code}: {detail}")
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders "frame2" before "frame10"."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def relative_id(path: str, root: str) -> str:
+    """Record id of a file found by scanning: its path under root, '/'-separated, no suffix."""
+    rel = os.path.relpath(path, root)
+    return os.path.splitext(rel)[0].replace(os.sep, "/")
+
+
+def require_dir(path: str, benchmark: str, what: str, root: str) -> str:
+    if not os.path.isdir(path):
+        raise LayoutError(f"{benchmark}: expected {what} under {root} (no directory {path})")
+    return path
+
+
+def require_file(path: str, benchmark: str, what: str, root: str) -> str:
+    if not os.path.isfile(path):
+        raise LayoutError(f"{benchmark}: expected {what} under {root} (no file {path})")
+    return path
+
+
+def first_existing(paths: Iterable[str], is_dir: bool = False) -> str | None:
+    check = os.path.isdir if is_dir else os.path.isfile
+    for path in paths:
+        if check(path):
+            return path
+    return None
+
+
+def files_under(directory: str) -> list[str]:
+    """Every non-hidden file below `directory`, in natural order of the relative path."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
+    return sorted(found, key=lambda p: natural_key(os.path.relpath(p, directory)))
+
+
+def subdirectories(directory: str) -> list[str]:
+    return sorted((d for d in os.listdir(directory)
+                   if not d.startswith(".") and os.path.isdir(os.path.join(directory, d))),
+                  key=natural_key)
+
+
+def scan_class_folders(split_dir: str, id_root: str, classes: Sequence[str],
+                       class_of_folder: Callable[[str], str | None], *, kind: str = IMAGE,
+                       group_of: Callable[[str], str | Rejection] | None = None
+                       ) -> list[Entry | Rejection]:
+    """Lists `<split_dir>/<class folder>/**/<file>` as entries.
+
+    Every file inside a recognised class folder becomes an entry (or a rejection when its
+    extension is not an image/video one, or `group_of` rejects its name). A folder that is not
+    a class is rejected as a whole, as one item naming how many files it holds, so a stray
+    folder of thousands of files does not flood rejected.jsonl. Files directly in `split_dir`
+    (READMEs, licences) are not inputs and are ignored.
+    """
+    extensions = IMAGE_EXTENSIONS if kind == IMAGE else VIDEO_EXTENSIONS
+    wrong_type = NOT_AN_IMAGE_FILE if kind == IMAGE else NOT_A_VIDEO_FILE
+    class_ids = {name: i for i, name in enumerate(classes)}
+    items: list[Entry | Rejection] = []
+    for folder in subdirectories(split_dir):
+        folder_path = os.path.join(split_dir, folder)
+        label = class_of_folder(folder)
+        if label is None:
+            count = len(files_under(folder_path))
+            items.append(reject(
+                UNKNOWN_CLASS, f"folder {folder_path} is not one of the classes "
+                f"{list(classes)}; its {count} files were not read",
+                id=os.path.relpath(folder_path, id_root).replace(os.sep, "/")))
+            continue
+        for path in files_under(folder_path):
+            record_id = relative_id(path, id_root)
+            if os.path.splitext(path)[1].lower() not in extensions:
+                items.append(reject(wrong_type, f"{path} does not have a "
+                                    f"{'n image' if kind == IMAGE else ' video'} extension",
+                                    id=record_id))
+                continue
+            group = ""
+            if group_of is not None:
+                group = group_of(os.path.basename(path))
+                if isinstance(group, Rejection):
+                    items.append(dataclasses.replace(group, id=record_id))
+                    continue
+            items.append(Entry(id=record_id, label=label, label_id=class_ids[label],
+                               source=path, kind=kind, group=group))
+    return items
+
+
+def case_insensitive_lookup(names: Sequence[str], aliases: dict[str, str] | None = None
+                            ) -> Callable[[str], str | None]:
+    """Maps a folder/label spelling to the canonical class name (case-insensitive)."""
+    table = {name.lower(): name for name in names}
+    for alias, name in (aliases or {}).items():
+        table[alias.lower()] = name
+    return lambda text: table.get(text.strip().lower())
+
+
+def iter_text_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, stripped text) of non-blank lines; tolerates a UTF-8 BOM."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for line_no, text in enumerate(f, start=1):
+            text = text.strip()
+            if text:
+                yield line_no, text

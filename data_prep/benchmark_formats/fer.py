@@ -1,0 +1,187 @@
+"""FER2013 (Kaggle ICML 2013 challenge) and FERPlus (Microsoft's re-labelling of it).
+
+fer2013 — ROOT holds `fer2013.csv` (or `fer2013/fer2013.csv`) with columns emotion, pixels,
+Usage (header required; column order free). `pixels` is 48*48 space-separated grayscale values.
+Classes (emotion 0..6): angry, disgust, fear, happy, sad, surprise, neutral. Splits by Usage:
+train = Training, val = PublicTest, test = PrivateTest. Record id: fer<row:07d>, the 0-based
+data row, which is also the name FERPlus gives the image.
+
+ferplus — ROOT holds `fer2013new.csv` (columns Usage, Image name, neutral, happiness, surprise,
+sadness, anger, disgust, fear, contempt, unknown, NF: ten vote counts) and the original
+`fer2013.csv`, row-aligned with it (same number of rows; pixels come from fer2013.csv).
+Classes: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt. The label is
+the FERPlus reference "majority" rule (microsoft/FERPlus, `_process_data`): votes of 1 are
+dropped as outliers, then the top class must hold more than half of the remaining votes. Rows
+with no such majority are rejected as no_majority; rows whose majority is unknown or NF, and
+rows FERPlus left without an image name, are rejected as excluded_class. Splits by the Usage
+of fer2013new.csv, as for fer2013. Record id: the image name without .png.
+
+fer2013-folders — the image-folder repackaging: ROOT/train/<class>/*.png and
+ROOT/test/<class>/*.png with class folders angry disgust fear happy neutral sad surprise
+(any case); class order as fer2013. Record id: <split>/<class>/<file stem>.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+from data_prep.benchmark_formats import common
+
+FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+                   "contempt")
+FERPLUS_VOTE_COLUMNS = FERPLUS_CLASSES + ("unknown", "NF")
+USAGE_OF_SPLIT = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+_SPLIT_OF_USAGE = {usage: split for split, usage in USAGE_OF_SPLIT.items()}
+
+
+def _fer2013_csv(root: str, benchmark: str) -> str:
+    path = common.first_existing([os.path.join(root, "fer2013.csv"),
+                                  os.path.join(root, "fer2013", "fer2013.csv")])
+    if path is None:
+        raise common.LayoutError(f"{benchmark}: expected fer2013.csv (or fer2013/fer2013.csv) "
+                                 f"under {root}")
+    return path
+
+
+def _fer2013_rows(path: str, benchmark: str) -> list[tuple[int, dict[str, str]]]:
+    """(1-based line number, row with lower-cased keys) of every data row."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [name.strip().lower() for name in next(reader, [])]
+        missing = [c for c in ("emotion", "pixels", "usage") if c not in header]
+        if missing:
+            raise common.LayoutError(f"{benchmark}: {path} lacks columns {missing} "
+                                     f"(header: {header})")
+        return [(reader.line_num, dict(zip(header, row))) for row in reader]
+
+
+def _fer2013_split(root, split, fold, options) -> common.SplitListing:
+    del fold, options
+    path = _fer2013_csv(root, "fer2013")
+    items: list[common.Entry | common.Rejection] = []
+    for row_index, (line_no, row) in enumerate(_fer2013_rows(path, "fer2013")):
+        record_id = f"fer{row_index:07d}"
+        usage = row.get("usage", "").strip()
+        if usage not in _SPLIT_OF_USAGE:
+            items.append(common.reject(common.MALFORMED_LINE, f"Usage {usage!r} on line "
+                                       f"{line_no} of {path} is none of "
+                                       f"{sorted(_SPLIT_OF_USAGE)}", id=record_id, line=line_no))
+            continue
+        if _SPLIT_OF_USAGE[usage] != split:
+            continue
+        raw = row.get("emotion", "").strip()
+        if not raw.lstrip("-").isdigit():
+            items.append(common.reject(common.BAD_LABEL, f"emotion {raw!r} on line {line_no} "
+                                       "is not an integer", id=record_id, line=line_no))
+            continue
+        emotion = int(raw)
+        if not 0 <= emotion < len(FER2013_CLASSES):
+            items.append(common.reject(common.LABEL_OUT_OF_RANGE, f"emotion {emotion} on line "
+                                       f"{line_no} (expected 0..{len(FER2013_CLASSES) - 1})",
+                                       id=record_id, line=line_no))
+            continue
+        items.append(common.Entry(id=record_id, label=FER2013_CLASSES[emotion],
+                                  label_id=emotion, source=f"{path}:{line_no}",
+                                  kind=common.PIXELS, line=line_no, pixels=row.get("pixels")))
+    return common.SplitListing(classes=list(FER2013_CLASSES), items=items)
+
+
+def ferplus_majority(votes: list[float]) -> int | None:
+    """Index into FERPLUS_VOTE_COLUMNS of the majority class, or None without a majority.
+
+    The FERPlus reference rule: single votes are outliers and dropped; the top count must then
+    exceed half of the remaining votes.
+    """
+    kept = [v if v > 1.0 else 0.0 for v in votes]
+    top = max(kept)
+    if top > 0.5 * sum(kept):
+        return kept.index(top)
+    return None
+
+
+def _ferplus_split(root, split, fold, options) -> common.SplitListing:
+    del fold, options
+    new_path = common.require_file(os.path.join(root, "fer2013new.csv"), "ferplus",
+                                   "fer2013new.csv", root)
+    pixel_rows = _fer2013_rows(_fer2013_csv(root, "ferplus"), "ferplus")
+    with open(new_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        label_rows = [(reader.line_num, row) for row in reader]
+    if len(label_rows) != len(pixel_rows):
+        raise common.LayoutError(
+            f"ferplus: {new_path} has {len(label_rows)} data rows but fer2013.csv has "
+            f"{len(pixel_rows)}; the two files must be row-aligned")
+    items: list[common.Entry | common.Rejection] = []
+    for row_index, ((line_no, row), (_, pixel_row)) in enumerate(zip(label_rows, pixel_rows)):
+        fallback_id = f"fer{row_index:07d}"
+        if len(row) < 2 + len(FERPLUS_VOTE_COLUMNS):
+            items.append(common.reject(common.MALFORMED_LINE, f"line {line_no} of {new_path} "
+                                       f"has {len(row)} columns, expected "
+                                       f"{2 + len(FERPLUS_VOTE_COLUMNS)}", id=fallback_id,
+                                       line=line_no))
+            continue
+        usage, image_name = row[0].strip(), row[1].strip()
+        record_id = os.path.splitext(image_name)[0] or fallback_id
+        if usage not in _SPLIT_OF_USAGE:
+            items.append(common.reject(common.MALFORMED_LINE, f"Usage {usage!r} on line "
+                                       f"{line_no} of {new_path}", id=record_id, line=line_no))
+            continue
+        if _SPLIT_OF_USAGE[usage] != split:
+            continue
+        if not image_name:
+            items.append(common.reject(common.EXCLUDED_CLASS, f"line {line_no} of {new_path} "
+                                       "has no image name (FERPlus dropped this image)",
+                                       id=record_id, line=line_no))
+            continue
+        try:
+            votes = [float(v) for v in row[2:2 + len(FERPLUS_VOTE_COLUMNS)]]
+        except ValueError:
+            items.append(common.reject(common.BAD_LABEL, f"vote counts on line {line_no} of "
+                                       f"{new_path} are not numbers", id=record_id,
+                                       line=line_no))
+            continue
+        winner = ferplus_majority(votes)
+        if winner is None:
+            items.append(common.reject(common.NO_MAJORITY, f"votes {votes} on line {line_no} "
+                                       "have no majority after dropping single votes",
+                                       id=record_id, line=line_no))
+            continue
+        if winner >= len(FERPLUS_CLASSES):
+            items.append(common.reject(common.EXCLUDED_CLASS, f"majority vote on line {line_no}"
+                                       f" is {FERPLUS_VOTE_COLUMNS[winner]}", id=record_id,
+                                       line=line_no))
+            continue
+        items.append(common.Entry(id=record_id, label=FERPLUS_CLASSES[winner], label_id=winner,
+                                  source=f"{new_path}:{line_no}", kind=common.PIXELS,
+                                  line=line_no, pixels=pixel_row.get("pixels")))
+    return common.SplitListing(classes=list(FERPLUS_CLASSES), items=items)
+
+
+def _fer_folders_split(root, split, fold, options) -> common.SplitListing:
+    del fold, options
+    split_dir = common.require_dir(os.path.join(root, split), "fer2013-folders",
+                                   f"{split}/<class>/*.png", root)
+    items = common.scan_class_folders(
+        split_dir, root, FER2013_CLASSES, common.case_insensitive_lookup(FER2013_CLASSES))
+    return common.SplitListing(classes=list(FER2013_CLASSES), items=items)
+
+
+FER2013 = common.Benchmark(
+    name="fer2013",
+    description="FER2013: fer2013.csv (emotion,pixels,Usage); Training/PublicTest/"
+                "PrivateTest -> train/val/test; 7 classes",
+    splits=("train", "val", "test"), list_split=_fer2013_split)
+
+FERPLUS = common.Benchmark(
+    name="ferplus",
+    description="FERPlus: fer2013new.csv (10 vote columns, majority rule) + the row-aligned "
+                "fer2013.csv pixels; 8 classes",
+    splits=("train", "val", "test"), list_split=_ferplus_split)
+
+FER2013_FOLDERS = common.Benchmark(
+    name="fer2013-folders",
+    description="FER2013 image folders: train/<class>/*.png, test/<class>/*.png; 7 classes",
+    splits=("train", "test"), list_split=_fer_folders_split)

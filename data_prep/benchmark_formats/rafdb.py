@@ -1,0 +1,94 @@
+"""RAF-DB (Real-world Affective Faces), basic and compound subsets, as the owners distribute it.
+
+Layout (ROOT is the folder holding `basic/` and/or `compound/`):
+
+    basic/EmoLabel/list_patition_label.txt     "train_00001.jpg 5" per line (labels 1..7)
+    basic/Image/aligned/train_00001_aligned.jpg   100x100 aligned faces (preferred), or
+    basic/Image/original/train_00001.jpg          the original photos when aligned/ is absent
+    compound/EmoLabel/list_patition_label.txt  "train_0001.jpg 3" per line (labels 1..11)
+    compound/Image/aligned/train_0001_aligned.jpg  (or compound/Image/original/)
+
+The split is the file-name prefix (train_ / test_). Label k maps to classes[k - 1]:
+basic: surprise, fear, disgust, happiness, sadness, anger, neutral;
+compound: happily surprised, happily disgusted, sadly fearful, sadly angry, sadly surprised,
+sadly disgusted, fearfully angry, fearfully surprised, angrily surprised, angrily disgusted,
+disgustedly surprised. When aligned/ exists every image is taken from it (a missing aligned
+file is rejected, never silently replaced by the original photo). No subject groups.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from data_prep.benchmark_formats import common
+
+BASIC_CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
+COMPOUND_CLASSES = (
+    "happily surprised", "happily disgusted", "sadly fearful", "sadly angry",
+    "sadly surprised", "sadly disgusted", "fearfully angry", "fearfully surprised",
+    "angrily surprised", "angrily disgusted", "disgustedly surprised")
+LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: the owners' spelling
+
+
+def _list_split(subset: str, classes: tuple[str, ...], benchmark: str, root: str, split: str,
+                fold: int | None, options: common.ReaderOptions) -> common.SplitListing:
+    del fold, options
+    label_path = common.require_file(os.path.join(root, subset, LABEL_FILE), benchmark,
+                                     f"{subset}/{LABEL_FILE}", root)
+    image_root = os.path.join(root, subset, "Image")
+    aligned = os.path.isdir(os.path.join(image_root, "aligned"))
+    if not aligned:
+        common.require_dir(os.path.join(image_root, "original"), benchmark,
+                           f"{subset}/Image/aligned/ or {subset}/Image/original/", root)
+    where = f"{subset}/{LABEL_FILE}"
+    items: list[common.Entry | common.Rejection] = []
+    for line_no, text in common.iter_text_lines(label_path):
+        parts = text.split()
+        if len(parts) != 2:
+            items.append(common.reject(common.MALFORMED_LINE, f"line {line_no} of {where} is "
+                                       f"{text!r}, expected '<image name> <label>'",
+                                       line=line_no))
+            continue
+        name, raw_label = parts
+        stem = os.path.splitext(name)[0]
+        if not stem.startswith(("train_", "test_")):
+            items.append(common.reject(common.MALFORMED_LINE, f"{name} on line {line_no} of "
+                                       f"{where} starts with neither train_ nor test_",
+                                       id=stem, line=line_no))
+            continue
+        if not stem.startswith(f"{split}_"):
+            continue
+        try:
+            label = int(raw_label)
+        except ValueError:
+            items.append(common.reject(common.BAD_LABEL, f"label {raw_label!r} on line "
+                                       f"{line_no} of {where} is not an integer",
+                                       id=stem, line=line_no))
+            continue
+        if not 1 <= label <= len(classes):
+            items.append(common.reject(common.LABEL_OUT_OF_RANGE, f"label {label} on line "
+                                       f"{line_no} of {where} (expected 1..{len(classes)})",
+                                       id=stem, line=line_no))
+            continue
+        image = (os.path.join(image_root, "aligned", f"{stem}_aligned.jpg") if aligned
+                 else os.path.join(image_root, "original", name))
+        items.append(common.Entry(id=stem, label=classes[label - 1], label_id=label - 1,
+                                  source=image, line=line_no))
+    return common.SplitListing(classes=list(classes), items=items,
+                               info={"image_variant": "aligned" if aligned else "original"})
+
+
+RAFDB = common.Benchmark(
+    name="rafdb",
+    description="RAF-DB basic: basic/EmoLabel/list_patition_label.txt + "
+                "basic/Image/aligned/<name>_aligned.jpg (or Image/original/); 7 classes",
+    splits=("train", "test"),
+    list_split=functools.partial(_list_split, "basic", BASIC_CLASSES, "rafdb"))
+
+RAFDB_COMPOUND = common.Benchmark(
+    name="rafdb-compound",
+    description="RAF-DB compound: compound/EmoLabel/list_patition_label.txt + "
+                "compound/Image/aligned/ (or Image/original/); 11 compound classes",
+    splits=("train", "test"),
+    list_split=functools.partial(_list_split, "compound", COMPOUND_CLASSES, "rafdb-compound"))

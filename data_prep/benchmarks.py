@@ -1,0 +1,307 @@
+"""Convert evaluation benchmarks, in the layouts their owners distribute, into TFRecord datasets.
+
+    python -m data_prep.benchmarks --name NAME --root DIR --output OUT \\
+        [--split train|test|val|all] [--fold K] [--frames 16] [--num-shards N] [--workers N] \\
+        [--classes a,b,c] [--with-neutral] [--max-side PX] [--overwrite]
+    python -m data_prep.benchmarks --list
+
+Each split becomes one dataset directory written by ShardedRecordWriter: OUT/<split>/, or
+OUT/fold<k>/<split>/ for benchmarks with official folds (DFEW, MAFW). Benchmarks without an
+official split have the single split "all" (OUT/all/). `--split all` (the default) converts
+every split, and every fold unless `--fold` picks one.
+
+Records carry the label (class name), label_id (index into metadata.json's `classes`, the
+class order the dataset defines), group (subject / actor / identity where the layout gives
+it) and empty captions. Still images are stored as one RGB JPEG; clips as K = --frames JPEG
+frames sampled uniformly over the decoded frames. Every input entry (a label-file line, an
+image file, a clip) is either written or listed in rejected.jsonl as "<code>: <detail>".
+metadata.json also records the benchmark, split, fold, per-class counts and rejection counts.
+
+The layouts, one per converter, are documented in data_prep/benchmark_formats/*.py and listed
+briefly by --list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import multiprocessing
+import os
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from data_prep.benchmark_formats import BENCHMARKS, Benchmark, LayoutError, ReaderOptions
+from data_prep.benchmark_formats import common
+from data_prep.benchmark_formats.decode import DecodeEntry
+from data_prep.captions import JPEG_QUALITY
+from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
+
+RECORDS_PER_SHARD = {"image": 1000, "video": 100}
+MAX_AUTO_SHARDS = 256
+
+
+def _plan(benchmark: Benchmark, split: str, fold: int | None) -> list[tuple[int | None, str]]:
+    """The (fold, split) pairs to convert, validated against what the benchmark defines."""
+    if split == "all":
+        splits = list(benchmark.splits)
+    elif split in benchmark.splits:
+        splits = [split]
+    else:
+        raise ValueError(f"{benchmark.name} has splits {list(benchmark.splits)}, not {split!r}")
+    if benchmark.folds:
+        if fold is not None and fold not in benchmark.folds:
+            raise ValueError(f"{benchmark.name} has folds {list(benchmark.folds)}, not {fold}")
+        folds = [fold] if fold is not None else list(benchmark.folds)
+    else:
+        if fold is not None:
+            raise ValueError(f"{benchmark.name} has no official folds; do not pass a fold")
+        folds = [None]
+    return [(f, s) for f in folds for s in splits]
+
+
+def _output_dir(output: str, fold: int | None, split: str) -> str:
+    return os.path.join(output, f"fold{fold}", split) if fold is not None \
+        else os.path.join(output, split)
+
+
+def _reject_duplicate_ids(items: list) -> list:
+    """Later entries reusing an id become rejections (the first one keeps it)."""
+    first_source: dict[str, str] = {}
+    result = []
+    for item in items:
+        if isinstance(item, common.Entry):
+            if item.id in first_source:
+                item = common.reject(common.DUPLICATE_ID, f"{item.source} has the id of "
+                                     f"{first_source[item.id]}", id=item.id, line=item.line)
+            else:
+                first_source[item.id] = item.source
+        result.append(item)
+    return result
+
+
+def _auto_num_shards(num_items: int, video: bool) -> int:
+    per_shard = RECORDS_PER_SHARD["video" if video else "image"]
+    return max(1, min(MAX_AUTO_SHARDS, math.ceil(num_items / per_shard)))
+
+
+def _convert_listing(benchmark: Benchmark, listing: common.SplitListing, out_dir: str, *,
+                     split: str, fold: int | None, root: str, frames: int,
+                     max_side: int | None, num_shards: int | None, pool, workers: int,
+                     overwrite: bool, progress: bool) -> dict[str, Any]:
+    items = _reject_duplicate_ids(listing.items)
+    shards = num_shards or _auto_num_shards(len(items), benchmark.video)
+    metadata = {
+        "benchmark": benchmark.name,
+        "split": split,
+        "fold": fold,
+        "source": {"root": os.path.abspath(root), "layout": benchmark.description},
+        "frames_per_record": frames if benchmark.video else 1,
+        "conversion": {"max_side": max_side, "jpeg_quality": JPEG_QUALITY},
+        "layout_info": listing.info,
+    }
+    decode = DecodeEntry(frames, max_side)
+    if pool is None:
+        results = map(decode, items)
+    else:
+        chunksize = 1 if benchmark.video else max(1, min(32, len(items) // (workers * 8)))
+        results = pool.imap(decode, items, chunksize)
+    rejected_by_reason: collections.Counter[str] = collections.Counter()
+    class_counts = {name: 0 for name in listing.classes}
+    desc = f"{benchmark.name} {'' if fold is None else f'fold{fold}/'}{split}"
+    with ShardedRecordWriter(out_dir, shards, metadata=metadata, classes=listing.classes,
+                             created_by="data_prep.benchmarks", overwrite=overwrite) as writer:
+        for result in tqdm(results, total=len(items), desc=desc,
+                           unit="clip" if benchmark.video else "image", disable=not progress):
+            if isinstance(result, common.Rejection):
+                writer.reject(result.line, result.id, result.reason)
+                rejected_by_reason[result.code] += 1
+            else:
+                writer.add(result)
+                class_counts[result.label] += 1
+        if writer.num_records + writer.num_rejected != len(items):
+            raise AssertionError(f"{len(items)} inputs but {writer.num_records} written + "
+                                 f"{writer.num_rejected} rejected")
+        writer.update_metadata({
+            "num_inputs": len(items),
+            "class_counts": class_counts,
+            "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
+        })
+        written = writer.close()
+    return {"split": split, "fold": fold, "output": out_dir, "classes": listing.classes,
+            "num_inputs": len(items), "num_written": written["num_records"],
+            "num_rejected": written["num_rejected"],
+            "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
+            "class_counts": class_counts, "num_shards": shards}
+
+
+def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathLike,
+                      split: str = "all", fold: int | None = None, frames: int = 16,
+                      num_shards: int | None = None, workers: int | None = None,
+                      classes: list[str] | None = None, *, with_neutral: bool = False,
+                      max_side: int | None = None, overwrite: bool = False,
+                      progress: bool = True) -> dict[str, Any]:
+    """Converts one benchmark into dataset directories under `output`; returns a summary.
+
+    Args:
+      name: a key of BENCHMARKS (see `--list`).
+      root: the benchmark as distributed (layout in its converter's docstring).
+      output: OUT; datasets go to OUT/<split>/ or OUT/fold<k>/<split>/.
+      split: one split or "all"; fold: one fold of a 5-fold benchmark, or None for all.
+      frames: K frames sampled per clip (video benchmarks).
+      num_shards: shards per dataset; None picks ceil(records / 1000) (/ 100 for video).
+      workers: decoding processes; None uses every core.
+      classes: imagefolder only: class order; folders not listed are rejected.
+      with_neutral: ckplus only: add each labelled sequence's first frame as neutral.
+      max_side: downscale so the longer side is at most this many pixels (None keeps size).
+      overwrite: replace datasets already in the output folders.
+
+    Returns {"benchmark", "root", "output", "datasets": [per-dataset summary with split,
+    fold, output, classes, num_inputs, num_written, num_rejected, rejected_by_reason,
+    class_counts, num_shards]}.
+
+    Raises ValueError for an unknown name, split or fold, LayoutError when root does not have
+    the expected layout (before anything is written), FileExistsError for an existing dataset
+    without overwrite.
+    """
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; supported: {', '.join(BENCHMARKS)}")
+    benchmark = BENCHMARKS[name]
+    if classes is not None and name != "imagefolder":
+        raise ValueError(f"classes can only be given for imagefolder, not {name} (its class "
+                         "order is fixed by the dataset)")
+    if with_neutral and name != "ckplus":
+        raise ValueError("with_neutral applies to ckplus only")
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if num_shards is not None and num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if max_side is not None and max_side <= 0:
+        max_side = None
+    root, output = os.fspath(root), os.fspath(output)
+    if not os.path.isdir(root):
+        raise LayoutError(f"{name}: root {root} is not a directory")
+    options = ReaderOptions(classes=tuple(classes) if classes is not None else None,
+                            with_neutral=with_neutral)
+    # List every split first: a layout problem surfaces before any dataset is written.
+    listings = [(f, s, benchmark.list_split(root, s, f, options))
+                for f, s in _plan(benchmark, split, fold)]
+    workers = workers or os.cpu_count() or 1
+    pool = multiprocessing.get_context().Pool(workers) if workers > 1 else None
+    try:
+        datasets = [
+            _convert_listing(benchmark, listing, _output_dir(output, f, s), split=s, fold=f,
+                             root=root, frames=frames, max_side=max_side,
+                             num_shards=num_shards, pool=pool, workers=workers,
+                             overwrite=overwrite, progress=progress)
+            for f, s, listing in listings]
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return {"benchmark": name, "root": root, "output": output, "datasets": datasets}
+
+
+def list_benchmarks() -> str:
+    width = max(len(n) for n in BENCHMARKS)
+    lines = []
+    for benchmark in BENCHMARKS.values():
+        folds = f"; folds {benchmark.folds[0]}..{benchmark.folds[-1]}" if benchmark.folds else ""
+        lines.append(f"{benchmark.name:<{width}}  {benchmark.description} "
+                     f"[splits: {', '.join(benchmark.splits)}{folds}]")
+    return "\n".join(lines)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.benchmarks",
+        description="Convert an evaluation benchmark, in its owners' layout, into TFRecord "
+                    "datasets (one per split / fold) with metadata.json and rejected.jsonl.",
+        epilog="Run with --list to see the supported benchmarks and the layout each expects.")
+    parser.add_argument("--list", action="store_true",
+                        help="print the supported benchmark names and expected layouts, then exit")
+    parser.add_argument("--name", choices=list(BENCHMARKS), metavar="NAME",
+                        help="benchmark to convert (see --list)")
+    parser.add_argument("--root", help="the benchmark's directory, as distributed")
+    parser.add_argument("--output", help="output folder: datasets go to OUT/<split>/ or "
+                                         "OUT/fold<k>/<split>/")
+    parser.add_argument("--split", default="all", choices=["train", "test", "val", "all"],
+                        help="split to convert (default: all splits the benchmark defines)")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="fold of a 5-fold benchmark (DFEW, MAFW); default: all folds")
+    parser.add_argument("--frames", type=int, default=16,
+                        help="frames sampled uniformly per video clip (default 16)")
+    parser.add_argument("--num-shards", type=int, default=None,
+                        help="TFRecord shards per dataset (default: about 1000 images or 100 "
+                             "clips per shard)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="decoding processes (default: all cores)")
+    parser.add_argument("--classes", default=None,
+                        help="imagefolder only: comma-separated class order; other folders "
+                             "are rejected")
+    parser.add_argument("--with-neutral", action="store_true",
+                        help="ckplus only: also take each labelled sequence's first frame as "
+                             "neutral")
+    parser.add_argument("--max-side", type=int, default=0,
+                        help="downscale so the longer side is at most this many pixels "
+                             "(default 0: keep the size)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace datasets already in the output folders")
+    args = parser.parse_args(argv)
+    if args.list:
+        return args
+    for flag in ("name", "root", "output"):
+        if getattr(args, flag) is None:
+            parser.error(f"--{flag} is required (or use --list)")
+    if args.frames < 1:
+        parser.error(f"--frames must be >= 1, got {args.frames}")
+    if args.num_shards is not None and args.num_shards < 1:
+        parser.error(f"--num-shards must be >= 1, got {args.num_shards}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.max_side < 0:
+        parser.error(f"--max-side must be >= 0, got {args.max_side}")
+    if args.classes is not None:
+        args.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        if not args.classes:
+            parser.error("--classes is empty")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.list:
+        print(list_benchmarks())
+        return 0
+    try:
+        summary = convert_benchmark(
+            args.name, args.root, args.output, split=args.split, fold=args.fold,
+            frames=args.frames, num_shards=args.num_shards, workers=args.workers,
+            classes=args.classes, with_neutral=args.with_neutral,
+            max_side=args.max_side or None, overwrite=args.overwrite)
+    except FileExistsError as e:
+        print(f"error: {e} (pass --overwrite to replace it)", file=sys.stderr)
+        return 2
+    except (LayoutError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    empty = []
+    for dataset in summary["datasets"]:
+        print(f"{dataset['output']}: {dataset['num_written']} of {dataset['num_inputs']} "
+              f"written ({dataset['num_shards']} shards), {dataset['num_rejected']} rejected")
+        for code, count in dataset["rejected_by_reason"].items():
+            print(f"  {code}: {count}")
+        if dataset["num_rejected"]:
+            print(f"  reasons: {os.path.join(dataset['output'], REJECTED_FILE)}")
+        if dataset["num_written"] == 0:
+            empty.append(dataset["output"])
+    if empty:
+        print(f"error: no record was written to {', '.join(empty)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
