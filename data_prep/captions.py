@@ -43,7 +43,7 @@ import math
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -68,6 +68,7 @@ MISSING_CAPTION = "missing_caption"
 EMPTY_CAPTION = "empty_caption"
 SENTENCE_TOO_LONG = "sentence_too_long"
 MISSING_LABEL = "missing_label"
+UNKNOWN_LABEL = "unknown_label"
 
 JPEG_QUALITY = 95
 GLOBAL_TEMPLATES = (
@@ -242,6 +243,9 @@ def _validate_fields(obj: dict, record_id: str, line: int, options: ConvertOptio
 
     label_id = -1
     if options.label_to_id is not None and label:
+        if label not in options.label_to_id:
+            raise _Invalid(UNKNOWN_LABEL, f"label {label!r} is not one of the classes "
+                                          f"{sorted(options.label_to_id)}")
         label_id = options.label_to_id[label]
     return ManifestEntry(line=line, id=record_id, image_path=image_path,
                          global_caption=global_caption, local_captions=local, summary=summary,
@@ -395,8 +399,13 @@ def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
                      output: str | os.PathLike, num_shards: int = 16,
                      max_side: int | None = None, workers: int | None = None,
                      captions_from_labels: bool = False, max_sentence_words: int = 200,
-                     overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                     overwrite: bool = False, progress: bool = True,
+                     classes: Sequence[str] | None = None) -> dict[str, Any]:
     """Converts a manifest into a dataset directory; returns a summary.
+
+    `classes` fixes the class order (label_id = position of the record's label; a label outside
+    it is rejected); without it, --captions-from-labels numbers the sorted labels it finds and
+    other manifests get label_id -1.
 
     The summary holds `output`, `num_lines`, `num_written`, `num_rejected`,
     `rejected_by_reason` ({code: count}) and the written `metadata`.
@@ -410,9 +419,13 @@ def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
     options = ConvertOptions(root=root, max_side=max_side,
                              captions_from_labels=captions_from_labels,
                              max_sentence_words=max_sentence_words)
-    classes = None
-    if captions_from_labels:
+    if classes is not None:
+        classes = list(classes)
+        if len(set(classes)) != len(classes) or not all(classes):
+            raise ValueError(f"classes must be distinct non-empty names, got {classes}")
+    elif captions_from_labels:
         classes = _collect_labels(manifest, options)
+    if classes is not None:
         options = dataclasses.replace(
             options, label_to_id={label: i for i, label in enumerate(classes)})
 
@@ -487,6 +500,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-sentence-words", type=int, default=200,
                         help="reject lines with a caption sentence longer than this "
                              "(default 200 words)")
+    parser.add_argument("--classes", default="",
+                        help="comma-separated class names in label_id order (records whose label "
+                             "is not among them are rejected); default: the sorted labels with "
+                             "--captions-from-labels, none otherwise")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already in --output")
     args = parser.parse_args(argv)
@@ -512,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
             args.manifest, args.root, args.output, num_shards=args.num_shards,
             max_side=args.max_side or None, workers=args.workers,
             captions_from_labels=args.captions_from_labels,
-            max_sentence_words=args.max_sentence_words, overwrite=args.overwrite)
+            max_sentence_words=args.max_sentence_words, overwrite=args.overwrite,
+            classes=[c.strip() for c in args.classes.split(",")] if args.classes else None)
     except FileExistsError as e:
         print(f"error: {e} (pass --overwrite to replace it)", file=sys.stderr)
         return 2

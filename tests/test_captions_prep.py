@@ -300,3 +300,31 @@ def test_cli_summary_exit_codes_and_overwrite(corpus, tmp_path, capsys):
     assert captions.main(["--manifest", str(only_bad), "--root", str(corpus.root),
                           "--output", str(tmp_path / "empty"), "--workers", "1"]) == 1
     assert "no record was written" in capsys.readouterr().err
+
+
+def test_fixed_class_order_numbers_labels_and_rejects_unknown(tmp_path):
+    from PIL import Image
+
+    from data_prep.captions import convert_manifest
+    from emocap_jax.data.example_codec import decode_record
+    from emocap_jax.data.shard_writer import load_metadata, shard_paths
+    from emocap_jax.data.tfrecord import iter_records
+
+    lines = []
+    for i, label in enumerate(["sad", "happy", "angry", "sad"]):
+        Image.new("RGB", (16, 16), (i * 40, 80, 120)).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"id": f"r{i}", "image": f"{i}.png", "global": "g.",
+                                 "local": [], "summary": "s.", "label": label}))
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    summary = convert_manifest(tmp_path / "m.jsonl", tmp_path, tmp_path / "out", num_shards=2,
+                               workers=1, progress=False, classes=["happy", "sad"])
+    assert summary["num_written"] == 3 and summary["num_rejected"] == 1
+    assert load_metadata(tmp_path / "out")["classes"] == ["happy", "sad"]
+    got = {}
+    for path in shard_paths(tmp_path / "out"):
+        for _, data in iter_records(path):
+            rec = decode_record(data)
+            got[rec.id] = rec.label_id
+    assert got == {"r0": 1, "r1": 0, "r3": 1}
+    rejected = [json.loads(l) for l in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected[0]["id"] == "r2" and rejected[0]["reason"].startswith("unknown_label")
