@@ -1,0 +1,314 @@
+"""The synthetic-faces corpus: determinism, caption/AU agreement, layout, and that the drawn
+expressions carry signal a trivial classifier can learn."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep import synthetic
+from data_prep.synthetic_captions import _ADJECTIVES, _ADVERBS, _LEVEL_NOUNS, REGION_OF_AU, intensity_level, write_caption
+from data_prep.synthetic_faces import (
+    AU_CODES,
+    BASIC_CLASSES,
+    FACE_CENTER,
+    FACE_UNIT,
+    PROTOTYPES,
+    VISIBILITY_THRESHOLD,
+    render_face,
+    sample_aus,
+    sample_face_spec,
+)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+AU_PATTERN = re.compile(r"\bAU(\d+)\b")
+
+SEED = 11
+NUM_TRAIN = 400
+EVAL_PER_CLASS = 15
+SIZE = 64
+
+
+def _read_jsonl(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _tree_bytes(root: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    summary = synthetic.generate_corpus(out, NUM_TRAIN, seed=SEED, size=SIZE, eval_per_class=EVAL_PER_CLASS, workers=2, progress=False)
+    return out, summary, _read_jsonl(out / "manifest.jsonl"), _read_jsonl(out / "eval" / "manifest.jsonl")
+
+
+def test_same_arguments_give_identical_bytes_whatever_the_worker_count(tmp_path):
+    args = dict(num=20, seed=3, size=48, eval_per_class=2, progress=False)
+    synthetic.generate_corpus(tmp_path / "a", workers=1, **args)
+    synthetic.generate_corpus(tmp_path / "b", workers=2, **args)
+    first, second = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
+    assert len(first) == 20 + 16 + 4  # images, two manifests, preview, corpus.json
+    assert first.keys() == second.keys()
+    assert [name for name in first if first[name] != second[name]] == []
+
+    synthetic.generate_corpus(tmp_path / "c", workers=1, **{**args, "seed": 4})
+    other = _tree_bytes(tmp_path / "c")
+    assert other["images/syn_000000.jpg"] != first["images/syn_000000.jpg"]
+    assert other["manifest.jsonl"] != first["manifest.jsonl"]
+
+
+def test_manifest_records_have_the_corpus_schema(corpus):
+    out, summary, train, evaluation = corpus
+    assert len(train) == NUM_TRAIN and len(evaluation) == EVAL_PER_CLASS * len(BASIC_CLASSES)
+    for record in train + evaluation:
+        assert list(record) == ["id", "image", "global", "local", "summary", "label", "aus", "group"]
+        assert record["global"] and record["summary"] and record["local"]
+        assert all(isinstance(s, str) and s[0].isupper() and s.endswith(".") for s in [record["global"], record["summary"], *record["local"]])
+        assert all(VISIBILITY_THRESHOLD < value <= 1.0 for value in record["aus"].values())
+    assert all(record["image"].startswith("images/") for record in train)
+    assert len({record["id"] for record in train + evaluation}) == len(train) + len(evaluation)
+    labels = collections.Counter(record["label"] for record in train)
+    assert set(labels) == set(PROTOTYPES)  # basic and compound classes both appear in training
+    meta = json.loads((out / "corpus.json").read_text())
+    assert meta["classes"] == list(BASIC_CLASSES)
+    assert meta["counts"]["train"] == dict(labels) and meta["num_eval"] == len(evaluation)
+    assert summary["counts"] == meta["counts"]
+
+
+def test_captions_mention_exactly_the_drawn_aus(corpus):
+    _, _, train, evaluation = corpus
+    train_tasks, eval_tasks = synthetic.plan_corpus(NUM_TRAIN, SEED, EVAL_PER_CLASS)
+    by_id = {record["id"]: record for record in train + evaluation}
+    for task in train_tasks + eval_tasks:
+        record = by_id[task.record_id]
+        spec = sample_face_spec(SEED, task.split, task.index, task.label, task.identity_index)
+        drawn = {f"AU{AU_CODES[i]}" for i in np.flatnonzero(spec.au_vector())}
+        assert record["aus"] == {f"AU{code}": value for code, value in spec.aus.items()}, task.record_id
+        mentioned = [f"AU{code}" for sentence in record["local"] for code in AU_PATTERN.findall(sentence)]
+        assert collections.Counter(mentioned) == collections.Counter(drawn), (task.record_id, record["local"])
+        # One sentence per active region, each naming only its own region's AUs.
+        regions = [{REGION_OF_AU[int(code)] for code in AU_PATTERN.findall(sentence)} for sentence in record["local"]]
+        if drawn:
+            assert all(len(r) == 1 for r in regions) and len(regions) == len({REGION_OF_AU[int(c[2:])] for c in drawn})
+        else:
+            assert regions == [set()]
+        assert not AU_PATTERN.search(record["global"]) and not AU_PATTERN.search(record["summary"])
+
+
+def test_intensity_words_match_the_drawn_intensity(corpus):
+    _, _, train, _ = corpus
+    level_words = [set(_ADVERBS[k]) | set(_ADJECTIVES[k]) | {_LEVEL_NOUNS[k]} for k in range(3)]
+    level_words = [{w for phrase in words for w in re.split(r"[^a-z]+", phrase) if w and w != "strength"} for words in level_words]
+    checked = 0
+    for record in train:
+        for sentence in record["local"]:
+            # The clause of an AU is the text between the previous AU code and its own.
+            pieces = re.split(r"\bAU\d+\b", sentence)
+            for clause, code in zip(pieces, AU_PATTERN.findall(sentence)):
+                words = set(re.split(r"[^a-z]+", clause.lower()))
+                expected = intensity_level(record["aus"][f"AU{code}"])
+                assert words & level_words[expected], (record["id"], clause)
+                for other in {0, 1, 2} - {expected}:
+                    assert not words & (level_words[other] - level_words[expected]), (record["id"], clause)
+                checked += 1
+    assert checked > NUM_TRAIN
+
+
+def test_eval_folders_hold_every_basic_class_with_the_requested_count(corpus):
+    out, _, _, evaluation = corpus
+    for label in BASIC_CLASSES:
+        files = sorted((out / "eval" / label).iterdir())
+        assert len(files) == EVAL_PER_CLASS, label
+    assert collections.Counter(r["label"] for r in evaluation) == {label: EVAL_PER_CLASS for label in BASIC_CLASSES}
+    for record in evaluation:
+        assert record["image"].split("/")[0] == record["label"]
+        assert (out / "eval" / record["image"]).is_file()
+
+
+def test_eval_identities_are_disjoint_from_training(corpus):
+    _, _, train, evaluation = corpus
+    train_groups = {r["group"] for r in train}
+    eval_groups = {r["group"] for r in evaluation}
+    assert train_groups.isdisjoint(eval_groups)
+    # Identities repeat within a split (several expressions per person).
+    assert len(train_groups) < len(train) and len(eval_groups) < len(evaluation)
+    # Different people, not only different names: eval identity 0 is not train identity 0.
+    assert sample_face_spec(SEED, "eval", 0, "neutral", 0).identity != sample_face_spec(SEED, "train", 0, "neutral", 0).identity
+
+
+def test_images_decode_at_the_requested_size(corpus):
+    out, _, train, evaluation = corpus
+    for root, records in ((out, train), (out / "eval", evaluation)):
+        for record in records:
+            with Image.open(root / record["image"]) as image:
+                assert image.format == "JPEG" and image.mode == "RGB" and image.size == (SIZE, SIZE)
+
+
+def _plain_spec(label: str, aus: dict[int, float]):
+    """A spec without pose, lighting or noise so pixel differences come from AUs alone."""
+    spec = sample_face_spec(5, "train", 0, "neutral", 2)
+    unilateral = PROTOTYPES[label].unilateral
+    return dataclasses.replace(
+        spec, label=label, aus=aus, unilateral_side=1 if unilateral else 0, unilateral_aus=unilateral,
+        rotation_deg=0.0, offset=(0.0, 0.0), scale=1.0, light_strength=0.0, brightness=1.0,
+        color_cast=(1.0, 1.0, 1.0), noise_sigma=0.0, background_kind=0,
+    )
+
+
+def _gray(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L"), dtype=np.float32)
+
+
+def _rows_of(v_low: float, v_high: float, size: int) -> slice:
+    # Image rows of a band of face units, for a face at scale 1 with no offset or rotation.
+    return slice(int(size * (FACE_CENTER[1] + FACE_UNIT * v_low)), int(size * (FACE_CENTER[1] + FACE_UNIT * v_high)) + 1)
+
+
+def test_happy_and_neutral_differ_in_the_mouth_region():
+    size = 96
+    neutral = _gray(render_face(_plain_spec("neutral", {}), size))
+    happy = _gray(render_face(_plain_spec("happy", {6: 0.8, 12: 0.9}), size))
+    diff = np.abs(happy - neutral)
+    mouth = diff[_rows_of(0.5, 1.0, size), int(size * 0.3) : int(size * 0.7)]
+    forehead = diff[_rows_of(-0.9, -0.6, size), int(size * 0.3) : int(size * 0.7)]
+    assert mouth.mean() > 8.0
+    assert forehead.max() == 0.0
+
+
+# Face-unit vertical band where each AU must change the drawing.
+_AU_BANDS = {
+    1: (-0.95, -0.1), 2: (-0.95, -0.1), 4: (-0.5, 0.0), 5: (-0.25, 0.15), 6: (-0.1, 0.5), 7: (-0.2, 0.2),
+    9: (-0.35, 0.8), 12: (0.4, 1.0), 14: (0.5, 1.0), 15: (0.5, 1.2), 16: (0.6, 1.2), 20: (0.5, 1.0),
+    23: (0.5, 1.2), 26: (0.5, 1.6),
+}
+
+
+@pytest.mark.parametrize("code", AU_CODES)
+def test_every_au_visibly_deforms_its_region(code):
+    size = 96
+    neutral = _gray(render_face(_plain_spec("neutral", {}), size))
+    moved = _gray(render_face(_plain_spec("neutral", {code: 1.0}), size))
+    diff = np.abs(moved - neutral)
+    band = diff[_rows_of(*_AU_BANDS[code], size)]
+    assert band.sum() > 0.6 * diff.sum(), f"AU{code} changes pixels mostly outside its region"
+    assert (band > 25).sum() >= 25, f"AU{code} barely changes the drawing"
+
+
+def test_contempt_is_one_sided():
+    size = 96
+    neutral = _gray(render_face(_plain_spec("contempt", {}), size))
+    smirk = _gray(render_face(_plain_spec("contempt", {12: 0.9, 14: 0.9}), size))
+    diff = np.abs(smirk - neutral)[_rows_of(0.4, 1.1, size)]
+    # The spec lifts the image-right corner: nearly all change lies right of the face's midline.
+    assert diff[:, size // 2 + 2 :].sum() > 5 * diff[:, : size // 2 - 2].sum()
+
+
+def test_sampled_aus_follow_the_facs_prototypes():
+    rng = np.random.default_rng(0)
+    for label, proto in PROTOTYPES.items():
+        frequency = collections.Counter()
+        for _ in range(300):
+            aus, side = sample_aus(label, rng)
+            assert all(VISIBILITY_THRESHOLD < v <= 1.0 for v in aus.values())
+            assert all(aus.get(code, 0) >= 0.4 for code in proto.key), (label, aus)
+            assert side in ((-1, 1) if proto.unilateral else (0,))
+            if label == "neutral":
+                assert len(aus) <= 1 and all(v < 0.4 for v in aus.values())
+            frequency.update(aus.keys())
+        common = {code for code, count in frequency.items() if count > 150}
+        assert common == set(proto.weights), label
+
+
+def test_captions_fit_the_clip_context():
+    tokenizers = pytest.importorskip("emocap_jax.tokenizers")
+    tokenizer = tokenizers.ClipBpeTokenizer()
+    longest = 0
+    for i in range(1500):
+        label = list(PROTOTYPES)[i % len(PROTOTYPES)]
+        spec = sample_face_spec(1, "train", i, label, i)
+        caption = write_caption(label, spec.aus, spec.unilateral_aus, np.random.default_rng(i))
+        for sentence in (caption.global_, caption.summary, *caption.local):
+            longest = max(longest, len(tokenizer.encode(sentence)) + 2)
+    assert longest <= tokenizers.DEFAULT_CONTEXT_LENGTH
+
+
+def test_captions_vary_in_wording(corpus):
+    _, _, train, _ = corpus
+    happy = [r for r in train if r["label"] == "happy"]
+    assert len({r["global"] for r in happy}) >= 5
+    assert len({r["summary"] for r in happy}) >= 5
+    assert any("happiness" in r["global"] or "happy" in r["global"] for r in happy)
+    compound = [r for r in train if r["label"] == "happily surprised"]
+    assert compound and all("happily surprised" in r["global"] for r in compound)
+
+
+def test_a_linear_classifier_learns_the_expressions(corpus):
+    from sklearn.linear_model import LogisticRegression
+
+    out, _, train, evaluation = corpus
+
+    def features(root, records):
+        rows = []
+        for record in records:
+            with Image.open(root / record["image"]) as image:
+                pixels = np.asarray(image.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32)
+            rows.append(((pixels - pixels.mean()) / (pixels.std() + 1e-6)).ravel())
+        return np.stack(rows), np.array([BASIC_CLASSES.index(r["label"]) for r in records])
+
+    basic_train = [r for r in train if r["label"] in BASIC_CLASSES]
+    x_train, y_train = features(out, basic_train)
+    x_eval, y_eval = features(out / "eval", evaluation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lbfgs stops before full convergence; accuracy is what counts
+        model = LogisticRegression(max_iter=100, C=0.05).fit(x_train, y_train)
+    accuracy = (model.predict(x_eval) == y_eval).mean()
+    assert accuracy > 0.3, f"accuracy {accuracy:.2f} on held-out identities (chance {1 / len(BASIC_CLASSES):.2f})"
+
+
+def test_cli_writes_the_corpus_and_preview(tmp_path):
+    out = tmp_path / "cli"
+    command = [sys.executable, "-m", "data_prep.synthetic", "--output", str(out), "--num", "12", "--seed", "2", "--size", "48", "--eval-per-class", "2", "--workers", "1", "--format", "png", "--no-progress"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "12 training and 16 eval faces" in result.stdout
+    with Image.open(out / "preview.png") as preview:
+        assert preview.size == (8 * 96, 2 * (96 + 14))
+    assert len(list((out / "images").glob("*.png"))) == 12
+    assert len(_read_jsonl(out / "eval" / "manifest.jsonl")) == 16
+
+    # Regenerating into a previous corpus replaces it; stale files do not survive.
+    rerun = subprocess.run(command[:6] + ["6"] + command[7:], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(list((out / "images").glob("*.png"))) == 6
+
+
+def test_cli_rejects_bad_input(tmp_path):
+    base = [sys.executable, "-m", "data_prep.synthetic", "--no-progress"]
+    bad = subprocess.run(base + ["--output", str(tmp_path / "x"), "--num", "-3"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "num must be a non-negative integer" in bad.stderr
+    foreign = tmp_path / "user_data"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    refused = subprocess.run(base + ["--output", str(foreign), "--num", "4"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "not empty" in refused.stderr
+    assert (foreign / "keep.txt").read_text() == "mine"
+
+
+def test_api_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="image_format"):
+        synthetic.generate_corpus(tmp_path / "a", 4, image_format="gif")
+    with pytest.raises(ValueError, match="size"):
+        synthetic.generate_corpus(tmp_path / "b", 4, size=8)
+    with pytest.raises(ValueError, match="unknown expression label 'smug'"):
+        sample_aus("smug", np.random.default_rng(0))
