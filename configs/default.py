@@ -38,11 +38,13 @@ def get_config():
     config.data.max_local_sentences = 8       # R: local sentence slots per face
     config.data.local_sentences_per_step = 4  # K of the R sampled each step
     config.data.worker_count = 2              # Grain worker processes (0: in-process)
-    config.data.prefetch_buffer_size = 4
+    config.data.worker_buffer_size = 2        # batches each worker prepares ahead
+    config.data.read_threads = 2              # decoding threads per process
     config.data.on_corrupt = "raise"          # or "skip": skip corrupt records and count them
+    # Augmentation: random resized crop, horizontal flip, colour jitter, random grayscale.
     config.data.crop_scale = (0.6, 1.0)
-    config.data.flip = True
-    config.data.color_jitter = 0.2
+    config.data.flip_prob = 0.5
+    config.data.color_jitter = 0.2            # brightness, contrast and saturation strength
     config.data.grayscale_prob = 0.1
     config.data.shuffle_seed = 0
     # Synthetic-faces corpus generated into the workdir when train_dir is empty (demo, tests).
@@ -56,8 +58,11 @@ def get_config():
     config.loss.summary_weight = 1.0
     config.loss.local_weight = 1.0
     config.loss.local_pool_temperature = 0.1
+    # Mined positives (DESIGN section 2). guide: which sentence embeddings judge similarity
+    # ("summary" or "global"). Warm-up matters from random init, where all guide embeddings are
+    # alike and every pair would pass the threshold.
     config.loss.mining = ml_collections.ConfigDict(dict(
-        mode="text", guide="summary", threshold=0.9, top_k=0, weight=1.0, warmup_steps=0))
+        mode="text", guide="summary", threshold=0.9, top_k=0, weight=1.0, warmup_steps=500))
 
     # ----- optimisation
     config.optim = ml_collections.ConfigDict()
@@ -84,6 +89,11 @@ def get_config():
     config.train.keep_checkpoints = 3
     config.train.on_nonfinite = "error"   # or "skip": drop the step's update and go on
     config.train.eval_every = 0           # periodic zero-shot eval (0: only at the end)
+    # XLA's persistent compilation cache ("none" disables it); repeated and resumed runs start fast.
+    config.train.compilation_cache_dir = "~/.cache/emocap_jax/jax_cache"
+    # Orbax replica-parallel saving of replicated arrays: faster saves of big models on many hosts,
+    # at the cost of compiling a slicing program per parameter shape.
+    config.train.checkpoint_replica_parallel = False
 
     # ----- devices
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices

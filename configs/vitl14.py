@@ -15,4 +15,6 @@ def get_config():
     config.optim.learning_rate = 1e-5
     config.optim.warmup_steps = 300
     config.optim.weight_decay = 0.1
+    # Initialised from CLIP, caption embeddings are meaningful from the start: mine right away.
+    config.loss.mining.warmup_steps = 0
     return config

@@ -1,0 +1,64 @@
+"""The optimiser: AdamW with warm-up and cosine decay, no weight decay on biases, norms,
+embeddings and the temperature, global-norm clipping, and per-parameter learning-rate multipliers
+(multiplier 0 freezes) chosen by regexes over parameter paths such as "visual/transformer/.*".
+"""
+from __future__ import annotations
+
+import re
+
+import jax
+import optax
+
+# Parameters that must not be decayed: shrinking biases, LayerNorm gains, embedding tables or the
+# temperature towards zero has no regularising meaning (CLIP and open_clip exclude them too).
+_NO_DECAY = re.compile(r"(bias|scale|embedding|logit_scale)$")
+
+
+def param_paths(tree):
+    """The same tree with each leaf replaced by its "a/b/c" path (leaves may be arrays, shape
+    structs or shape tuples)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path), tree,
+        is_leaf=lambda x: isinstance(x, tuple))
+
+
+def learning_rate_schedule(optim_config, num_steps: int):
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=optim_config.learning_rate,
+        warmup_steps=min(optim_config.warmup_steps, max(num_steps - 1, 0)),
+        decay_steps=max(num_steps, 1),
+        end_value=optim_config.learning_rate * optim_config.end_learning_rate_fraction)
+
+
+def multiplier_for(path: str, rules) -> float:
+    for pattern, mult in rules:
+        if re.fullmatch(pattern, path):
+            return float(mult)
+    return 1.0
+
+
+def make_optimizer(optim_config, num_steps: int, params):
+    """Returns (optax transformation, schedule)."""
+    schedule = learning_rate_schedule(optim_config, num_steps)
+    rules = tuple(tuple(r) for r in optim_config.lr_multipliers)
+    for pattern, _ in rules:
+        re.compile(pattern)  # fail early on a malformed regex, naming it
+    paths = param_paths(params)
+    decay_mask = jax.tree_util.tree_map(lambda p: not _NO_DECAY.search(p), paths)
+
+    def adamw(mult):
+        return optax.adamw(lambda step: schedule(step) * mult, b1=optim_config.b1,
+                           b2=optim_config.b2, eps=optim_config.eps,
+                           weight_decay=optim_config.weight_decay, mask=decay_mask)
+
+    mults = sorted({multiplier_for(p, rules) for p in jax.tree_util.tree_leaves(paths)})
+    if mults == [1.0]:
+        inner = adamw(1.0)
+    else:
+        labels = jax.tree_util.tree_map(lambda p: str(multiplier_for(p, rules)), paths)
+        inner = optax.multi_transform(
+            {str(m): (optax.set_to_zero() if m == 0 else adamw(m)) for m in mults}, labels)
+    chain = [inner]
+    if optim_config.grad_clip_norm and optim_config.grad_clip_norm > 0:
+        chain.insert(0, optax.clip_by_global_norm(optim_config.grad_clip_norm))
+    return optax.chain(*chain), schedule

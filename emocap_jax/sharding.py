@@ -1,0 +1,73 @@
+"""Device mesh and shardings. Rules are data: the batch is split over every mesh axis, parameters
+are replicated, or split over `fsdp` along their largest divisible dimension when that axis exists.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# Parameters smaller than this stay replicated under FSDP: sharding them saves nothing and costs
+# an all-gather each.
+FSDP_MIN_SIZE = 2 ** 16
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins a multi-process run (a TPU pod slice, or a GPU cluster with a coordinator), and does
+    nothing on a single host, so single-host runs need no flag."""
+    if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
+        return
+    multi_host_tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get(
+        "EMOCAP_COORDINATOR_ADDRESS")
+    if multi_host_tpu or coordinator or os.environ.get("EMOCAP_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+
+
+def make_mesh(mesh_config) -> Mesh:
+    """Mesh with axes ("data", "fsdp") from config sizes; -1 takes the remaining devices."""
+    devices = jax.devices()
+    data, fsdp = int(mesh_config.data), int(mesh_config.fsdp)
+    if data == -1 and fsdp == -1:
+        raise ValueError("mesh.data and mesh.fsdp cannot both be -1")
+    if data == -1:
+        data = len(devices) // fsdp
+    if fsdp == -1:
+        fsdp = len(devices) // data
+    if data * fsdp != len(devices):
+        raise ValueError(f"mesh.data={data} x mesh.fsdp={fsdp} != {len(devices)} devices")
+    return Mesh(np.asarray(devices).reshape(data, fsdp), ("data", "fsdp"))
+
+
+def batch_axes(mesh: Mesh):
+    """Mesh axes the batch is split over: all of them (FSDP also splits the batch)."""
+    return tuple(name for name in mesh.axis_names if mesh.shape[name] > 1) or ("data",)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(batch_axes(mesh)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def param_sharding(shape_tree, mesh: Mesh):
+    """A NamedSharding per parameter (a tree of shapes or arrays)."""
+    fsdp = mesh.shape.get("fsdp", 1)
+
+    def rule(x):
+        shape = tuple(getattr(x, "shape", x))
+        if fsdp <= 1 or int(np.prod(shape)) < FSDP_MIN_SIZE:
+            return NamedSharding(mesh, P())
+        for dim in np.argsort(shape)[::-1]:
+            if shape[dim] % fsdp == 0:
+                spec = [None] * len(shape)
+                spec[dim] = "fsdp"
+                return NamedSharding(mesh, P(*spec))
+        return NamedSharding(mesh, P())
+
+    return jax.tree_util.tree_map(rule, shape_tree,
+                                  is_leaf=lambda x: isinstance(x, tuple) or hasattr(x, "shape"))

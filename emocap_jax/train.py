@@ -1,0 +1,481 @@
+"""train_and_evaluate(config, workdir): the EmoCapCLIP training run.
+
+Sections: setup (devices, data, tokenizer) / model and optimiser / state (resume, or init from a
+CLIP checkpoint) / the loop (logging, checkpoints, SIGTERM) / export and evaluation.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import re
+import signal
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emocap_jax import sharding
+from emocap_jax.config_utils import clip_config
+from emocap_jax.models.clip import CLIP, init_params
+
+log = logging.getLogger("emocap_jax.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
+    """Returns (train dataset folder, zero-shot eval dataset folder or ""). With no train_dir and
+    `data.synthetic.num > 0`, generates the synthetic-faces corpus into the workdir and converts it
+    (once: later runs and resumes reuse it)."""
+    train_dir, eval_dir = config.data.train_dir, config.eval.zero_shot_dir
+    if train_dir:
+        return train_dir, eval_dir
+    syn = config.data.synthetic
+    if syn.num <= 0:
+        raise ValueError("config.data.train_dir is empty and config.data.synthetic.num is 0: "
+                         "give a dataset folder written by `python -m data_prep.captions`")
+    if jax.distributed.is_initialized():
+        raise ValueError("the synthetic corpus is for single-host runs; set config.data.train_dir")
+    from data_prep.captions import convert_manifest
+    from data_prep.synthetic import generate_corpus
+    from emocap_jax.data.shard_writer import load_metadata
+
+    corpus = workdir / "synthetic"
+    if not (corpus / "corpus.json").exists():
+        log.info("generating %d synthetic faces into %s", syn.num, corpus)
+        generate_corpus(corpus, num=syn.num, seed=syn.seed, size=syn.size,
+                        eval_per_class=syn.eval_per_class)
+    data = workdir / "data"
+    classes = json.loads((corpus / "corpus.json").read_text())["classes"]
+    # The held-out split keeps the generator's class order (label_id) for zero-shot scoring.
+    for split, manifest, split_classes in (
+            ("train", corpus / "manifest.jsonl", None),
+            ("eval", corpus / "eval" / "manifest.jsonl", classes)):
+        out = data / split
+        try:
+            load_metadata(out)
+        except (FileNotFoundError, ValueError):
+            log.info("converting %s into TFRecords at %s", manifest, out)
+            convert_manifest(manifest, manifest.parent, out, num_shards=8, overwrite=True,
+                             progress=False, classes=split_classes)
+    return str(data / "train"), eval_dir or str(data / "eval")
+
+
+def make_train_iterator(config, tokenizer, data_dir: str):
+    from emocap_jax.data import pipeline
+
+    d = config.data
+    pipe = pipeline.TrainPipelineConfig(
+        data_dir=data_dir, image_size=config.model.vision.image_size,
+        context_length=config.model.text.context_length,
+        max_local_sentences=d.max_local_sentences,
+        local_sentences_per_step=d.local_sentences_per_step, crop_scale=tuple(d.crop_scale),
+        flip_prob=d.flip_prob, brightness=d.color_jitter, contrast=d.color_jitter,
+        saturation=d.color_jitter, grayscale_prob=d.grayscale_prob, seed=d.shuffle_seed,
+        worker_count=d.worker_count, worker_buffer_size=d.worker_buffer_size,
+        read_threads=d.read_threads, on_corrupt=d.on_corrupt)
+    return pipeline.make_train_iterator(
+        pipe, tokenizer, config.train.global_batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters
+
+
+def load_init_params(config, model_config, shapes) -> dict:
+    """Parameters from `config.init_from`, adapted to the run's image size, with the paths matching
+    `config.init_exclude` left to random init (returned as None leaves to fill)."""
+    from emocap_jax import api, convert
+    from emocap_jax.optim import param_paths
+
+    source = api.load(config.init_from)
+    params, loaded_cfg = source.params, source.config
+    params = jax.tree_util.tree_map(np.asarray, params)
+    if loaded_cfg.vision.image_size != model_config.vision.image_size:
+        params, loaded_cfg = convert.with_image_size(params, loaded_cfg,
+                                                     model_config.vision.image_size)
+    excluded = [re.compile(p) for p in config.init_exclude]
+    paths = param_paths(shapes)
+    flat_paths = jax.tree_util.tree_leaves(paths)
+    loaded = {}
+    for path, value in zip(jax.tree_util.tree_leaves(param_paths(params)),
+                           jax.tree_util.tree_leaves(params)):
+        loaded[path] = value
+    out = {}
+    for path, shape in zip(flat_paths, jax.tree_util.tree_leaves(
+            shapes, is_leaf=lambda x: isinstance(x, tuple))):
+        if any(p.fullmatch(path) for p in excluded):
+            continue
+        if path not in loaded:
+            raise ValueError(f"init_from {config.init_from}: no parameter {path}")
+        if tuple(loaded[path].shape) != tuple(shape):
+            raise ValueError(f"init_from {config.init_from}: parameter {path} has shape "
+                             f"{tuple(loaded[path].shape)}, the run's model needs {tuple(shape)} "
+                             f"(exclude it with config.init_exclude)")
+        out[path] = loaded[path]
+    return out
+
+
+def _merge(random_params, loaded: dict):
+    from emocap_jax.optim import param_paths
+    return jax.tree_util.tree_map(lambda p, x: loaded.get(p, x), param_paths(random_params),
+                                  random_params)
+
+
+# --------------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsLogger:
+    """Console lines, metrics.jsonl (one line per logged step) and TensorBoard, on process 0."""
+
+    def __init__(self, workdir: pathlib.Path, enabled: bool):
+        self.enabled = enabled
+        self.jsonl = (workdir / "metrics.jsonl").open("a") if enabled else None
+        self.tb = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+                self.tb = SummaryWriter(str(workdir / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboardX not installed: no TensorBoard events")
+
+    def write(self, step: int, scalars: dict, prefix: str = "train"):
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, "kind": prefix, **scalars}) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in scalars.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
+            self.tb.flush()
+
+    def close(self):
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Trains (resuming from `workdir` when it holds a checkpoint), exports the final parameters to
+    `workdir/export` and runs the zero-shot evaluation. Returns the final metrics."""
+    from emocap_jax.checkpoint import TrainCheckpointer, abstract_like
+    from emocap_jax.data.pipeline import to_global_batch
+    from emocap_jax.optim import make_optimizer
+    from emocap_jax.tokenizers import get_tokenizer
+    from emocap_jax.train_step import initial_state, make_train_step
+
+    _setup_logging()
+    sharding.maybe_initialize_distributed()
+    _enable_compilation_cache(config)
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Before the JAX backend starts: data preparation forks worker processes.
+    train_dir, eval_dir = prepare_data(config, workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+
+    # ----- devices, data, tokenizer
+    mesh = sharding.make_mesh(config.mesh)
+    axes = sharding.batch_axes(mesh)
+    num_batch_shards = int(np.prod([mesh.shape[a] for a in axes]))
+    gbs = config.train.global_batch_size
+    if gbs % num_batch_shards or (gbs // num_batch_shards) % config.optim.grad_accum_steps:
+        raise ValueError(f"train.global_batch_size={gbs} must divide into {num_batch_shards} "
+                         f"devices x optim.grad_accum_steps={config.optim.grad_accum_steps}")
+    model_config = clip_config(config)
+    tokenizer = get_tokenizer(config.tokenizer, model_config.text.context_length)
+    if tokenizer.vocab_size > model_config.text.vocab_size:
+        raise ValueError(f"tokenizer {config.tokenizer!r} has {tokenizer.vocab_size} ids but "
+                         f"model.text.vocab_size={model_config.text.vocab_size}")
+    data_iter = make_train_iterator(config, tokenizer, train_dir)
+
+    # ----- model, optimiser, shardings
+    model = CLIP(model_config)
+    shapes = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0)))
+    num_steps = config.train.num_steps
+    optimizer, schedule = make_optimizer(config.optim, num_steps, shapes)
+    param_shardings = sharding.param_sharding(shapes, mesh)
+    state_shapes = jax.eval_shape(lambda p: initial_state(p, optimizer), shapes)
+    state_shardings = jax.tree_util.tree_map(lambda _: sharding.replicated(mesh), state_shapes)
+    state_shardings["params"] = param_shardings
+    # Optimiser moments follow their parameter's sharding; scalars stay replicated.
+    state_shardings["opt_state"] = _opt_state_shardings(state_shapes["opt_state"], shapes,
+                                                        param_shardings, mesh)
+
+    # ----- state: resume, else init (random or from a CLIP checkpoint)
+    checkpointer = TrainCheckpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
+                                     replica_parallel=config.train.checkpoint_replica_parallel)
+    latest = checkpointer.latest_step()
+    make_state = jax.jit(lambda p: initial_state(p, optimizer), out_shardings=state_shardings,
+                         donate_argnums=0)
+    if latest is not None:
+        abstract = abstract_like(jax.tree_util.tree_map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shapes,
+            state_shardings))
+        state = checkpointer.restore(latest, abstract, data_iter)
+        log.info("resumed from %s at step %d", checkpointer.directory, latest)
+    else:
+        rng = jax.random.PRNGKey(config.train.seed)
+        params = jax.jit(lambda r: init_params(model_config, r), out_shardings=param_shardings)(rng)
+        if config.init_from:
+            loaded = load_init_params(config, model_config, jax.tree_util.tree_map(
+                lambda s: tuple(s.shape), shapes))
+            params = _merge(params, {k: v for k, v in loaded.items()})
+            params = jax.device_put(params, param_shardings)
+            log.info("initialised %d of %d parameter arrays from %s", len(loaded),
+                     len(jax.tree_util.tree_leaves(params)), config.init_from)
+        state = make_state(params)
+
+    batch_shardings = sharding.batch_sharding(mesh)
+    step_fn = make_train_step(model, optimizer, schedule, config.loss, mesh=mesh, batch_axes=axes,
+                              grad_accum_steps=config.optim.grad_accum_steps)
+    train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                         out_shardings=(state_shardings, sharding.replicated(mesh)),
+                         donate_argnums=0)
+
+    # ----- the loop
+    logger = MetricsLogger(workdir, is_main)
+    stop = _SigtermFlag()
+    start_step = int(jax.device_get(state["step"]))
+    config_json = config.to_json_best_effort()
+    pending: list = []
+    wait_time, t_last, steps_since = 0.0, time.perf_counter(), 0
+    t_start = time.perf_counter()
+    step = start_step
+    log.info("training steps %d..%d, global batch %d on %d devices (%s)", start_step, num_steps,
+             gbs, jax.device_count(), jax.devices()[0].platform)
+    try:
+        while step < num_steps:
+            t0 = time.perf_counter()
+            local_batch = next(data_iter)
+            wait_time += time.perf_counter() - t0
+            batch = to_global_batch(local_batch, mesh, axes)
+            state, metrics = train_step(state, batch)
+            step += 1
+            steps_since += 1
+            if step == start_step + 1:
+                # The first step includes compilation: keep it out of throughput and ETA.
+                jax.block_until_ready(metrics)
+                log.info("first step done (compiled) in %.1f s", time.perf_counter() - t0)
+                wait_time, t_last, steps_since = 0.0, time.perf_counter(), 0
+            pending.append((step, metrics))
+            last = step == num_steps
+            if step % config.train.log_every == 0 or last or stop.requested:
+                jax.block_until_ready(metrics)
+                elapsed = max(time.perf_counter() - t_last, 1e-9)
+                per_step = elapsed / max(steps_since, 1)
+                _log_pending(pending, logger, config, gbs / per_step if steps_since else 0.0,
+                             wait_time / elapsed, (num_steps - step) * per_step)
+                pending, wait_time, t_last, steps_since = [], 0.0, time.perf_counter(), 0
+            if step % config.train.checkpoint_every == 0 or last or stop.requested:
+                _check_finite(state, config)
+                checkpointer.save(step, state, data_iter, config_json, force=True)
+                _fault_injection_after_checkpoint(step, checkpointer)
+            if config.train.eval_every and step % config.train.eval_every == 0 and not last \
+                    and eval_dir:
+                _periodic_eval(state, model_config, tokenizer, eval_dir, config, mesh, logger, step)
+            if stop.requested:
+                log.info("SIGTERM: checkpoint at step %d written; exiting", step)
+                break
+    finally:
+        checkpointer.close()
+        stop.restore()
+    total_time = time.perf_counter() - t_start
+    results = {"step": step, "train_seconds": total_time}
+    if stop.requested:
+        logger.close()
+        return results
+
+    # ----- export and evaluation
+    export_dir = _export(state, model_config, tokenizer, workdir) if is_main else None
+    if eval_dir:
+        report = evaluate_zero_shot(state["params"], model_config, tokenizer, eval_dir, config,
+                                    mesh)
+        _print_zero_shot(report)
+        logger.write(step, {"uar": report["uar"], "war": report["war"],
+                            "macro_f1": report["macro_f1"]}, prefix="zero_shot")
+        if is_main:
+            (workdir / "zero_shot.json").write_text(json.dumps(report, indent=1))
+        results["zero_shot"] = report
+    logger.close()
+    results["export"] = str(export_dir) if export_dir else None
+    return results
+
+
+def _opt_state_shardings(opt_shapes, param_shapes, param_shardings, mesh):
+    """Leaves of the optimiser state that have a parameter's shape take its sharding."""
+    by_shape = {}
+    for s, sh in zip(jax.tree_util.tree_leaves(param_shapes),
+                     jax.tree_util.tree_leaves(param_shardings)):
+        by_shape.setdefault(tuple(s.shape), sh)
+    return jax.tree_util.tree_map(
+        lambda s: by_shape.get(tuple(s.shape), sharding.replicated(mesh)) if s.ndim else
+        sharding.replicated(mesh), opt_shapes)
+
+
+def _log_pending(pending, logger, config, images_per_s, wait_fraction, eta_s):
+    """Fetches the metrics of the steps since the last log (one host sync per log interval)."""
+    fetched = jax.device_get([m for _, m in pending])
+    for (step, _), m in zip(pending, fetched):
+        scalars = {k: float(v) for k, v in m.items()}
+        logger.write(step, scalars)
+    step, m = pending[-1][0], fetched[-1]
+    terms = " ".join(f"{k} {float(m[k]):.4f}" for k in ("global", "summary", "local") if k in m)
+    log.info("step %d/%d | loss %.4f (%s) | lr %.2e | T %.1f | %.0f img/s | data wait %.0f%% | "
+             "eta %s", step, config.train.num_steps, float(m["loss"]), terms,
+             float(m["learning_rate"]), float(m["logit_scale"]), images_per_s,
+             100 * wait_fraction, _format_eta(eta_s))
+    logger.write(step, {"images_per_s": images_per_s, "data_wait_fraction": wait_fraction},
+                 prefix="perf")
+
+
+def _enable_compilation_cache(config):
+    """XLA's persistent cache: a resumed or repeated run skips recompiling the train step."""
+    import os
+
+    cache = config.train.compilation_cache_dir
+    if cache and cache.lower() != "none":
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _fault_injection_after_checkpoint(step: int, checkpointer):
+    """Test hook: EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT=N kills this process with SIGKILL right
+    after checkpoint N is complete, to test that a hard-killed run resumes exactly."""
+    import os
+
+    target = os.environ.get("EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT")
+    if target and int(target) == step:
+        checkpointer.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _check_finite(state, config):
+    nonfinite = jax.device_get(state["nonfinite"])
+    if int(nonfinite["count"]) and config.train.on_nonfinite == "error":
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at step {int(nonfinite['first_step']) + 1} "
+            f"({int(nonfinite['count'])} bad steps so far); their updates were not applied and no "
+            f"checkpoint holds them. Lower the learning rate, or set "
+            f"--config.train.on_nonfinite=skip to skip such steps")
+    if int(nonfinite["count"]):
+        log.warning("%d steps with non-finite loss skipped so far (first at step %d)",
+                    int(nonfinite["count"]), int(nonfinite["first_step"]) + 1)
+
+
+class _SigtermFlag:
+    """TPU preemption sends SIGTERM: finish the current step, checkpoint, exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside some notebook runners)
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint after this step")
+        self.requested = True
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _export(state, model_config, tokenizer, workdir: pathlib.Path) -> pathlib.Path:
+    """Writes the final parameters as an export folder (what `emocap_jax.load(workdir)` reads);
+    replaces an older export only once the new one is complete."""
+    import shutil
+
+    from emocap_jax import params_io
+
+    params = jax.device_get(state["params"])
+    tmp = workdir / "export.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    params_io.save_params(tmp, params, model_config, tokenizer.to_config(),
+                          {"layout": "emocap_jax.train", "step": int(jax.device_get(state["step"]))})
+    final = workdir / "export"
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    log.info("exported parameters to %s", final)
+    return final
+
+
+def evaluate_zero_shot(params, model_config, tokenizer, eval_dir, config, mesh) -> dict:
+    from emocap_jax.evaluate.zero_shot import zero_shot_classification
+
+    classes = tuple(config.eval.classes) or None
+    return zero_shot_classification(params, model_config, tokenizer, eval_dir, classes=classes,
+                                    batch_size=config.eval.batch_size, mesh=mesh)
+
+
+def _periodic_eval(state, model_config, tokenizer, eval_dir, config, mesh, logger, step):
+    report = evaluate_zero_shot(state["params"], model_config, tokenizer, eval_dir, config, mesh)
+    log.info("step %d zero-shot: UAR %.2f%% WAR %.2f%%", step, 100 * report["uar"],
+             100 * report["war"])
+    logger.write(step, {"uar": report["uar"], "war": report["war"],
+                        "macro_f1": report["macro_f1"]}, prefix="zero_shot")
+
+
+def _print_zero_shot(report):
+    chance = 100.0 / len(report["classes"])
+    print(f"zero-shot on {report['dataset']} ({report['num_examples']} faces, "
+          f"{len(report['classes'])} classes, chance {chance:.1f}%): "
+          f"UAR {100 * report['uar']:.1f}%  WAR {100 * report['war']:.1f}%  "
+          f"macro-F1 {100 * report['macro_f1']:.1f}%", flush=True)
+
+
+def evaluate_workdir(config, workdir) -> dict:
+    """--mode=eval: zero-shot evaluation of the workdir's exported parameters."""
+    from emocap_jax import params_io
+    from emocap_jax.tokenizers import tokenizer_from_config
+
+    _setup_logging()
+    workdir = pathlib.Path(workdir)
+    export = workdir / "export"
+    if not params_io.is_params_dir(export):
+        raise FileNotFoundError(f"{export}: no exported parameters; train first "
+                                f"(--mode=train) or give the workdir of a finished run")
+    params, model_config, description = params_io.load_params(export)
+    tokenizer = tokenizer_from_config(description["tokenizer"])
+    _, eval_dir = prepare_data(config, workdir)
+    mesh = sharding.make_mesh(config.mesh)
+    report = evaluate_zero_shot(params, model_config, tokenizer, eval_dir, config, mesh)
+    _print_zero_shot(report)
+    (workdir / "zero_shot.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _setup_logging():
+    root = logging.getLogger()
+    if not any(getattr(h, "_emocap", False) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler._emocap = True
+        logging.getLogger("emocap_jax").addHandler(handler)
+        logging.getLogger("emocap_jax").setLevel(logging.INFO)
+        logging.getLogger("emocap_jax").propagate = False

@@ -1,0 +1,156 @@
+"""The jitted training step: the EmoCapCLIP objective, gradients, and one optimiser update.
+
+    L = L_global + summary_weight * L_summary + local_weight * L_local      (DESIGN section 2)
+
+All text (global, summary and the K sampled local sentences of every face) goes through the text
+tower in one call, laid out per face ([B, 2 + K, L] -> [B * (2 + K), L]) so each device encodes
+only its own faces' sentences and no resharding happens.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from emocap_jax import losses
+from emocap_jax.models.clip import CLIP, l2_normalize
+
+
+def mining_config(loss_config) -> losses.MiningConfig:
+    m = loss_config.mining
+    return losses.MiningConfig(mode=m.mode, threshold=m.threshold, top_k=m.top_k,
+                               weight=m.weight, warmup_steps=m.warmup_steps)
+
+
+def uses_summary(loss_config) -> bool:
+    return loss_config.summary_weight > 0 or (
+        loss_config.mining.mode in ("text", "both") and loss_config.mining.guide == "summary")
+
+
+def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch_axes):
+    """Returns (total loss, dict of terms) for one batch of uint8 images and token ids."""
+    image_emb, patch_tokens = model.apply({"params": params}, batch["image"], True,
+                                          method=CLIP.encode_image)
+    logit_scale = model.apply({"params": params}, method=CLIP.logit_scale)
+    b = image_emb.shape[0]
+    parts = [batch["global_tokens"][:, None]]
+    with_summary = uses_summary(loss_config)
+    with_local = loss_config.local_weight > 0
+    if with_summary:
+        parts.append(batch["summary_tokens"][:, None])
+    if with_local:
+        parts.append(batch["local_tokens"])
+    tokens = jnp.concatenate(parts, axis=1)
+    per_face = tokens.shape[1]
+    text_emb = model.apply({"params": params}, tokens.reshape(b * per_face, -1),
+                           method=CLIP.encode_text).reshape(b, per_face, -1)
+    text_emb = l2_normalize(text_emb)
+    img = l2_normalize(image_emb)
+    global_emb = text_emb[:, 0]
+    summary_emb = text_emb[:, 1] if with_summary else None
+
+    mining = mining_config(loss_config)
+    guide_text = None
+    if mining.uses_text:
+        guide_text = summary_emb if loss_config.mining.guide == "summary" else global_emb
+    impl = loss_config.impl
+    chunk = loss_config.chunk_size or None
+    if impl != "single" and mesh is None:
+        impl = "single"
+    contrastive = functools.partial(
+        losses.contrastive_loss, logit_scale=logit_scale, mesh=mesh, axis=batch_axes, impl=impl,
+        chunk_size=chunk if impl == "chunked" else None, mining=mining,
+        guide_text=guide_text, guide_image=img, step=step)
+    terms = {"global": contrastive(img, global_emb)}
+    total = terms["global"]
+    if loss_config.summary_weight > 0:
+        terms["summary"] = contrastive(img, summary_emb)
+        total = total + loss_config.summary_weight * terms["summary"]
+    if with_local:
+        local_emb = text_emb[:, per_face - batch["local_tokens"].shape[1]:]
+        terms["local"] = losses.local_loss(
+            patch_tokens, local_emb, batch["local_mask"], logit_scale,
+            loss_config.local_pool_temperature, mesh=mesh, axis=batch_axes,
+            impl="sharded" if mesh is not None else "single")
+        total = total + loss_config.local_weight * terms["local"]
+    terms["logit_scale"] = logit_scale
+    return total, terms
+
+
+TRAIN_FIELDS = ("image", "global_tokens", "summary_tokens", "local_tokens", "local_mask")
+
+
+def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None, batch_axes=None,
+                    grad_accum_steps: int = 1):
+    """Returns step(state, batch) -> (state, metrics). state = {"step", "params", "opt_state",
+    "nonfinite": {"count", "first_step"}}.
+
+    A step whose loss or gradient is not finite never changes the parameters or optimiser state;
+    it is counted in state["nonfinite"], so the loop can stop (or go on) without a host sync per
+    step and no checkpoint ever holds a bad update."""
+    loss_fn = functools.partial(compute_losses, model=model, loss_config=loss_config, mesh=mesh,
+                                batch_axes=batch_axes)
+
+    def grads_of(params, batch, step):
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, step)
+        return loss, terms, grads
+
+    def accumulated(params, batch, step):
+        # Micro-batch j takes every k-th face, so each device keeps contributing rows of its own
+        # shard to every micro-batch (contiguous splits would idle most devices). Negatives of the
+        # contrastive terms span one micro-batch.
+        k = grad_accum_steps
+        micro = jax.tree_util.tree_map(
+            lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
+
+        def body(carry, mb):
+            loss, terms, grads = grads_of(params, mb, step)
+            acc = jax.tree_util.tree_map(jnp.add, carry, (loss, terms, grads))
+            return acc, None
+
+        zeros = jax.tree_util.tree_map(
+            jnp.zeros_like, jax.eval_shape(grads_of, params,
+                                           jax.tree_util.tree_map(lambda x: x[0], micro), step))
+        (loss, terms, grads), _ = jax.lax.scan(body, zeros, micro)
+        return jax.tree_util.tree_map(lambda x: x / k, (loss, terms, grads))
+
+    def step_fn(state, batch):
+        batch = {k: batch[k] for k in TRAIN_FIELDS if k in batch}
+        step = state["step"]
+        if grad_accum_steps > 1:
+            loss, terms, grads = accumulated(state["params"], batch, step)
+        else:
+            loss, terms, grads = grads_of(state["params"], batch, step)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        new_params = optax.apply_updates(state["params"], updates)
+        keep = lambda new, old: jax.tree_util.tree_map(
+            lambda a, b: jnp.where(finite, a, b), new, old)
+        nonfinite = state["nonfinite"]
+        new_state = {
+            "step": step + 1,
+            "params": keep(new_params, state["params"]),
+            "opt_state": keep(new_opt_state, state["opt_state"]),
+            "nonfinite": {
+                "count": nonfinite["count"] + (~finite).astype(jnp.int32),
+                "first_step": jnp.where((nonfinite["first_step"] < 0) & ~finite, step,
+                                        nonfinite["first_step"]),
+            },
+        }
+        metrics = {"loss": loss, **terms, "grad_norm": grad_norm,
+                   "learning_rate": schedule(step), "finite": finite}
+        return new_state, metrics
+
+    return step_fn
+
+
+def initial_state(params, optimizer):
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "nonfinite": {"count": jnp.zeros((), jnp.int32), "first_step": -jnp.ones((), jnp.int32)},
+    }

@@ -1,0 +1,263 @@
+"""The training run end to end (as a user runs it: `python -m emocap_jax.main`, 8 CPU devices),
+exact resume after SIGKILL, clean stop on SIGTERM, and the step's own guarantees."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """A small synthetic corpus as TFRecords: (train dir, eval dir)."""
+    from data_prep.captions import convert_manifest
+    from data_prep.synthetic import generate_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    corpus = generate_corpus(root / "synthetic", num=96, seed=0, size=40, eval_per_class=2,
+                             workers=1)
+    classes = json.loads((root / "synthetic" / "corpus.json").read_text())["classes"]
+    convert_manifest(root / "synthetic" / "manifest.jsonl", root / "synthetic", root / "train",
+                     num_shards=4, workers=1, progress=False)
+    convert_manifest(root / "synthetic" / "eval" / "manifest.jsonl", root / "synthetic" / "eval",
+                     root / "eval", num_shards=2, workers=1, progress=False, classes=classes)
+    return str(root / "train"), str(root / "eval")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    # Runs of the same program share compiled executables, as a user's resumed run does.
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def _command(workdir, datasets, cache_dir, *overrides):
+    train_dir, eval_dir = datasets
+    return [sys.executable, "-m", "emocap_jax.main", "--config=configs/tiny.py",
+            f"--workdir={workdir}", f"--config.data.train_dir={train_dir}",
+            f"--config.eval.zero_shot_dir={eval_dir}", "--config.model.vision.image_size=32",
+            f"--config.train.compilation_cache_dir={cache_dir}", "--config.train.log_every=1",
+            *overrides]
+
+
+def _env(**extra):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu", **extra)
+    return env
+
+
+def _run(cmd, **extra_env):
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=_env(**extra_env), capture_output=True,
+                          text=True, timeout=600)
+
+
+def _train_losses(workdir):
+    losses = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "train":
+            losses[rec["step"]] = rec["loss"]  # a resumed run's lines replace the killed run's
+    return losses
+
+
+@pytest.mark.slow
+def test_training_lowers_loss_and_resumes_exactly_after_sigkill(tmp_path, datasets, cache_dir):
+    from emocap_jax import params_io
+
+    steps = ["--config.train.num_steps=16", "--config.train.checkpoint_every=8"]
+    straight = tmp_path / "straight"
+    result = _run(_command(straight, datasets, cache_dir, *steps))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "zero-shot on" in result.stdout and "UAR" in result.stdout
+    losses = _train_losses(straight)
+    assert sorted(losses) == list(range(1, 17))
+    first, last = np.mean([losses[s] for s in range(1, 5)]), np.mean(
+        [losses[s] for s in range(13, 17)])
+    assert last < first - 0.2, (first, last)
+
+    killed = tmp_path / "killed"
+    result = _run(_command(killed, datasets, cache_dir, *steps),
+                  EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT="8")
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    assert not (killed / "export").exists()
+    result = _run(_command(killed, datasets, cache_dir, *steps))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stderr and "at step 8" in result.stderr
+
+    resumed = _train_losses(killed)
+    assert sorted(resumed) == list(range(1, 17))
+    np.testing.assert_allclose([resumed[s] for s in range(9, 17)],
+                               [losses[s] for s in range(9, 17)], rtol=0, atol=1e-6)
+    a, _, _ = params_io.load_params(straight / "export")
+    b, _, _ = params_io.load_params(killed / "export")
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path, datasets, cache_dir):
+    workdir = tmp_path / "preempted"
+    cmd = _command(workdir, datasets, cache_dir, "--config.train.num_steps=400",
+                   "--config.train.checkpoint_every=1000")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        metrics = workdir / "metrics.jsonl"
+        while time.time() < deadline:
+            if metrics.exists() and len(_train_losses(workdir)) >= 3:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training ended early: {proc.stderr.read()[-3000:]}")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "SIGTERM" in stderr
+    last_step = max(_train_losses(workdir))
+    assert last_step < 400
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [last_step]
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process checks of the step and its helpers (single device, tiny model).
+
+
+def _tiny_setup(**loss_overrides):
+    from configs import tiny
+    from emocap_jax.config_utils import clip_config
+    from emocap_jax.models.clip import CLIP, init_params
+    from emocap_jax.optim import make_optimizer
+    from emocap_jax.train_step import initial_state, make_train_step
+
+    config = tiny.get_config()
+    config.model.vision.image_size = 32
+    for k, v in loss_overrides.items():
+        config.loss[k] = v
+    model_config = clip_config(config)
+    params = init_params(model_config, jax.random.PRNGKey(0))
+    optimizer, schedule = make_optimizer(config.optim, 10, params)
+    step = jax.jit(make_train_step(CLIP(model_config), optimizer, schedule, config.loss))
+    rng = np.random.default_rng(0)
+    b, length = 8, model_config.text.context_length
+    batch = {
+        "image": rng.integers(0, 255, (b, 32, 32, 3), dtype=np.uint8),
+        "global_tokens": rng.integers(1, 49000, (b, length)).astype(np.int32),
+        "summary_tokens": rng.integers(1, 49000, (b, length)).astype(np.int32),
+        "local_tokens": rng.integers(1, 49000, (b, 4, length)).astype(np.int32),
+        "local_mask": np.ones((b, 4), bool),
+    }
+    return config, params, optimizer, step, batch, initial_state
+
+
+def test_nonfinite_step_changes_nothing_and_is_reported():
+    from emocap_jax.train import NonFiniteLossError, _check_finite
+
+    config, params, optimizer, step, batch, initial_state = _tiny_setup()
+    bad = dict(params, logit_scale=jnp.asarray(jnp.nan))
+    state = initial_state(bad, optimizer)
+    new_state, metrics = step(state, batch)
+    assert not bool(metrics["finite"])
+    for a, b in zip(jax.tree_util.tree_leaves(state["params"]),
+                    jax.tree_util.tree_leaves(new_state["params"])):
+        np.testing.assert_array_equal(a, b)
+    assert int(new_state["nonfinite"]["count"]) == 1
+    assert int(new_state["nonfinite"]["first_step"]) == 0
+    with pytest.raises(NonFiniteLossError, match="at step 1"):
+        _check_finite(new_state, config)
+    config.train.on_nonfinite = "skip"
+    _check_finite(new_state, config)  # warns, does not raise
+
+
+def test_frozen_tower_and_weight_decay_mask():
+    from emocap_jax.optim import make_optimizer, param_paths
+
+    config, params, _, _, _, _ = _tiny_setup()
+    config.optim.lr_multipliers = (("visual/.*", 0.0),)
+    config.optim.warmup_steps = 0
+    optimizer, _ = make_optimizer(config.optim, 10, params)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    for path, u in zip(jax.tree_util.tree_leaves(param_paths(params)),
+                       jax.tree_util.tree_leaves(updates)):
+        if path.startswith("visual/"):
+            assert not np.any(np.asarray(u)), path
+        else:
+            assert np.any(np.asarray(u)), path
+    # With zero gradients only weight decay moves parameters: kernels yes; biases, LayerNorm
+    # gains, embeddings and the temperature no.
+    config.optim.lr_multipliers = ()
+    optimizer, _ = make_optimizer(config.optim, 10, params)
+    state = optimizer.init(params)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    _, state = optimizer.update(zeros, state, params)  # past the first (lr 0) step
+    updates, _ = optimizer.update(zeros, state, params)
+    moved = {p: bool(np.any(np.asarray(u))) for p, u in zip(
+        jax.tree_util.tree_leaves(param_paths(params)), jax.tree_util.tree_leaves(updates))}
+    assert moved["visual/transformer/blocks/attn/qkv/kernel"]
+    assert moved["text/proj"]
+    for p in ("visual/transformer/blocks/attn/qkv/bias", "visual/ln_pre/scale",
+              "text/token_embedding/embedding", "visual/pos_embedding", "logit_scale"):
+        assert not moved[p], p
+
+
+def test_init_from_converted_clip_with_exclusions_and_new_resolution(fixtures_dir):
+    from configs import default
+    from emocap_jax import api
+    from emocap_jax.config_utils import clip_config
+    from emocap_jax.optim import param_paths
+    from emocap_jax.train import load_init_params
+    from emocap_jax.models.clip import param_shapes
+
+    config = default.get_config()
+    config.model = default.model_config("tiny")
+    config.model.vision.image_size = 48
+    config.init_from = str(fixtures_dir / "openclip_tiny_quickgelu")
+    config.init_exclude = ("visual/proj", "text/proj")
+    model_config = clip_config(config)
+    loaded = load_init_params(config, model_config, param_shapes(model_config))
+    source = api.load(config.init_from)
+    src = dict(zip(jax.tree_util.tree_leaves(param_paths(source.params)),
+                   jax.tree_util.tree_leaves(source.params)))
+    assert "visual/proj" not in loaded and "text/proj" not in loaded
+    assert loaded["visual/pos_embedding"].shape == (1 + 36, 64)
+    np.testing.assert_array_equal(loaded["text/transformer/blocks/mlp/fc/kernel"],
+                                  src["text/transformer/blocks/mlp/fc/kernel"])
+    config.init_exclude = ()
+    config.model.embed_dim = 32
+    with pytest.raises(ValueError, match=r"(text|visual)/proj.*init_exclude"):
+        load_init_params(config, clip_config(config), param_shapes(clip_config(config)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,terms", [
+    # The full objective with text mining runs end to end above; these are the other shapes.
+    ("global_only", {"global"}), ("mining_both", {"global", "summary", "local"})])
+def test_ablation_configs_run(name, terms):
+    from configs import ablations
+    from emocap_jax.config_utils import clip_config
+    from emocap_jax.models.clip import CLIP, init_params
+    from emocap_jax.optim import make_optimizer
+    from emocap_jax.train_step import initial_state, make_train_step
+
+    config = ablations.get_config(f"{name},tiny")
+    config.model.vision.image_size = 32
+    config.loss.mining.warmup_steps = 0  # mining active in the step that runs
+    _, _, _, _, batch, _ = _tiny_setup()
+    model_config = clip_config(config)
+    params = init_params(model_config, jax.random.PRNGKey(0))
+    optimizer, schedule = make_optimizer(config.optim, 10, params)
+    step = jax.jit(make_train_step(CLIP(model_config), optimizer, schedule, config.loss))
+    _, metrics = step(initial_state(params, optimizer), batch)
+    assert terms == {k for k in ("global", "summary", "local") if k in metrics}
+    assert bool(metrics["finite"])
