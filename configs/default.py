@@ -104,3 +104,20 @@ def get_config():
     config.eval.batch_size = 256
     config.eval.classes = ()             # class names in label_id order ("" -> from metadata)
     return config
+
+
+def clip_finetune_config(model_name: str, global_batch_size: int, num_steps: int,
+                         learning_rate: float):
+    """EmoCapCLIP training from pretrained CLIP weights on an accelerator (the paper's setting):
+    bf16 compute, short warm-up, mining from the first step (CLIP's caption embeddings are already
+    meaningful, so the warm-up that training from scratch needs is not)."""
+    config = get_config()
+    config.model_name = model_name
+    config.model = model_config(model_name, dtype="bfloat16")
+    config.train.global_batch_size = global_batch_size
+    config.train.num_steps = num_steps
+    config.optim.learning_rate = learning_rate
+    config.optim.warmup_steps = 300
+    config.optim.weight_decay = 0.1
+    config.loss.mining.warmup_steps = 0
+    return config

@@ -1,20 +1,13 @@
-"""ViT-B-16 EmoCapCLIP on a TPU VM / GPU host: OpenAI CLIP initialisation, EmoCap-style caption corpus.
+"""ViT-B-16 EmoCapCLIP on a TPU VM / GPU host, initialised from CLIP weights converted with
+`python -m emocap_jax.convert`:
 
     python -m emocap_jax.main --config=configs/vitb16.py --workdir=gs://bucket/runs/vitb16 \
-        --config.data.train_dir=/data/emocap100k --config.init_from=/ckpt/ViT-B-16
+        --config.data.train_dir=/data/emocap_tfrecords --config.init_from=ckpt/ViT-B-16 \
+        --config.eval.zero_shot_dir=/data/rafdb_tfrecords/test
 """
 from configs import default
 
 
 def get_config():
-    config = default.get_config()
-    config.model_name = "ViT-B-16"
-    config.model = default.model_config("ViT-B-16", dtype="bfloat16")
-    config.train.global_batch_size = 1024
-    config.train.num_steps = 3000
-    config.optim.learning_rate = 2e-5
-    config.optim.warmup_steps = 300
-    config.optim.weight_decay = 0.1
-    # Initialised from CLIP, caption embeddings are meaningful from the start: mine right away.
-    config.loss.mining.warmup_steps = 0
-    return config
+    return default.clip_finetune_config("ViT-B-16", global_batch_size=1024, num_steps=3000,
+                                        learning_rate=2e-5)

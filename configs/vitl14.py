@@ -1,20 +1,13 @@
-"""ViT-L-14 EmoCapCLIP on a TPU VM / GPU host: OpenAI CLIP initialisation, EmoCap-style caption corpus.
+"""ViT-L-14 EmoCapCLIP on a TPU VM / GPU host, initialised from CLIP weights converted with
+`python -m emocap_jax.convert`:
 
     python -m emocap_jax.main --config=configs/vitl14.py --workdir=gs://bucket/runs/vitl14 \
-        --config.data.train_dir=/data/emocap100k --config.init_from=/ckpt/ViT-L-14
+        --config.data.train_dir=/data/emocap_tfrecords --config.init_from=ckpt/ViT-L-14 \
+        --config.eval.zero_shot_dir=/data/rafdb_tfrecords/test
 """
 from configs import default
 
 
 def get_config():
-    config = default.get_config()
-    config.model_name = "ViT-L-14"
-    config.model = default.model_config("ViT-L-14", dtype="bfloat16")
-    config.train.global_batch_size = 512
-    config.train.num_steps = 4000
-    config.optim.learning_rate = 1e-5
-    config.optim.warmup_steps = 300
-    config.optim.weight_decay = 0.1
-    # Initialised from CLIP, caption embeddings are meaningful from the start: mine right away.
-    config.loss.mining.warmup_steps = 0
-    return config
+    return default.clip_finetune_config("ViT-L-14", global_batch_size=512, num_steps=4000,
+                                        learning_rate=1e-5)

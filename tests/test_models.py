@@ -114,3 +114,15 @@ def test_main_info_prints_summary_with_overrides():
          "--config.model.vision.image_size=336"], capture_output=True, text=True, check=True)
     assert "ViT 336px, patch 16 (441 patches)" in out.stdout
     assert "total: 149,8" in out.stdout  # 149.6M at 224 px plus 245 more position rows
+
+
+@pytest.mark.parametrize("name", ["default", "demo", "tiny", "vitb32", "vitb16", "vitl14"])
+def test_every_config_describes_a_valid_model(name):
+    import importlib
+
+    from emocap_jax.config_utils import clip_config
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    model = clip_config(config)
+    assert model.vision.image_size % model.vision.patch_size == 0
+    assert config.train.global_batch_size > 0 and config.train.num_steps > 0
