@@ -145,7 +145,8 @@ def _tiny_setup(**loss_overrides):
     for k, v in loss_overrides.items():
         config.loss[k] = v
     model_config = clip_config(config)
-    params = init_params(model_config, jax.random.PRNGKey(0))
+    # Jitted init: eager Flax init dispatches (and compiles) every op separately.
+    params = jax.jit(lambda r: init_params(model_config, r))(jax.random.PRNGKey(0))
     optimizer, schedule = make_optimizer(config.optim, 10, params)
     step = jax.jit(make_train_step(CLIP(model_config), optimizer, schedule, config.loss))
     rng = np.random.default_rng(0)
@@ -165,7 +166,7 @@ def test_nonfinite_step_changes_nothing_and_is_reported():
 
     config, params, optimizer, step, batch, initial_state = _tiny_setup()
     bad = dict(params, logit_scale=jnp.asarray(jnp.nan))
-    state = initial_state(bad, optimizer)
+    state = jax.jit(lambda p: initial_state(p, optimizer))(bad)
     new_state, metrics = step(state, batch)
     assert not bool(metrics["finite"])
     for a, b in zip(jax.tree_util.tree_leaves(state["params"]),
@@ -187,7 +188,7 @@ def test_frozen_tower_and_weight_decay_mask():
     config.optim.warmup_steps = 0
     optimizer, _ = make_optimizer(config.optim, 10, params)
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
-    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
     for path, u in zip(jax.tree_util.tree_leaves(param_paths(params)),
                        jax.tree_util.tree_leaves(updates)):
         if path.startswith("visual/"):
@@ -200,8 +201,9 @@ def test_frozen_tower_and_weight_decay_mask():
     optimizer, _ = make_optimizer(config.optim, 10, params)
     state = optimizer.init(params)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    _, state = optimizer.update(zeros, state, params)  # past the first (lr 0) step
-    updates, _ = optimizer.update(zeros, state, params)
+    update = jax.jit(optimizer.update)
+    _, state = update(zeros, state, params)  # past the first (lr 0) step
+    updates, _ = update(zeros, state, params)
     moved = {p: bool(np.any(np.asarray(u))) for p, u in zip(
         jax.tree_util.tree_leaves(param_paths(params)), jax.tree_util.tree_leaves(updates))}
     assert moved["visual/transformer/blocks/attn/qkv/kernel"]
@@ -255,7 +257,7 @@ def test_ablation_configs_run(name, terms):
     config.loss.mining.warmup_steps = 0  # mining active in the step that runs
     _, _, _, _, batch, _ = _tiny_setup()
     model_config = clip_config(config)
-    params = init_params(model_config, jax.random.PRNGKey(0))
+    params = jax.jit(lambda r: init_params(model_config, r))(jax.random.PRNGKey(0))
     optimizer, schedule = make_optimizer(config.optim, 10, params)
     step = jax.jit(make_train_step(CLIP(model_config), optimizer, schedule, config.loss))
     _, metrics = step(initial_state(params, optimizer), batch)
