@@ -17,7 +17,7 @@ FSDP_MIN_SIZE = 2 ** 16
 def maybe_initialize_distributed() -> None:
     """Joins a multi-process run (a TPU pod slice, or a GPU cluster with a coordinator), and does
     nothing on a single host, so single-host runs need no flag."""
-    if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
+    if jax.distributed.is_initialized():
         return
     multi_host_tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
     coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get(
