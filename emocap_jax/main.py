@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -49,6 +50,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    # Orbax and JAX log every checkpoint file operation at INFO through absl; our own progress
+    # lines (logger "emocap_jax") stay visible. --verbosity=0 brings the library logs back.
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
     if _MODE.value == "info":
         print_info(config)
         return 0
