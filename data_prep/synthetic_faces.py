@@ -692,7 +692,6 @@ def _mouth_geometry(spec: FaceSpec) -> dict[str, np.ndarray]:
 
 def _draw_mouth(canvas: _Canvas, spec: FaceSpec) -> None:
     ident = spec.identity
-    skin = ident.skin
     a = spec.aus
     geo = _mouth_geometry(spec)
     u = geo["u"]

@@ -22,7 +22,7 @@ import math
 import pathlib
 import re
 import sys
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import sys
 
 from absl import app, flags
 from absl import logging as absl_logging

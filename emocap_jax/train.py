@@ -11,10 +11,8 @@ import pathlib
 import re
 import signal
 import time
-from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from emocap_jax import sharding

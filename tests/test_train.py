@@ -22,8 +22,8 @@ def datasets(tmp_path_factory):
     from data_prep.synthetic import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")
-    corpus = generate_corpus(root / "synthetic", num=96, seed=0, size=40, eval_per_class=2,
-                             workers=1)
+    generate_corpus(root / "synthetic", num=96, seed=0, size=40, eval_per_class=2,
+                    workers=1)
     classes = json.loads((root / "synthetic" / "corpus.json").read_text())["classes"]
     convert_manifest(root / "synthetic" / "manifest.jsonl", root / "synthetic", root / "train",
                      num_shards=4, workers=1, progress=False)
