@@ -50,9 +50,39 @@ def test_remat_changes_memory_not_gradients(tiny):
         return jnp.sum(out["image_emb"] * out["text_emb"]) + jnp.sum(out["patch_tokens"] ** 2)
 
     g1 = jax.grad(loss)(params, config)
-    g2 = jax.grad(loss)(params, config.replace(remat=True))
-    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for policy in ("full", "dots"):
+        g2 = jax.grad(loss)(params, config.replace(remat=True, remat_policy=policy))
+        for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("field,value", [("remat_policy", "most"), ("attention", "flash")])
+def test_unknown_remat_policy_or_attention_is_refused(tiny, field, value):
+    config, _ = tiny
+    with pytest.raises(ValueError, match=field):
+        config.replace(**{field: value})
+
+
+@pytest.mark.parametrize("t,causal", [(197, False), (77, True), (16, True)])
+def test_padded_attention_equals_unpadded(t, causal):
+    # The cuDNN path pads odd sequence lengths and masks the padding; the same padding through
+    # XLA's kernel must give the unpadded attention, values and gradients.
+    from emocap_jax.models.transformer import padded_attention
+
+    q, k, v, g = (jax.random.normal(key, (2, t, 3, 8))
+                  for key in jax.random.split(jax.random.PRNGKey(t), 4))
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v) * g)
+
+    plain = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                                         implementation="xla")
+    padded = lambda q, k, v: padded_attention(q, k, v, causal, "xla")
+    np.testing.assert_allclose(padded(q, k, v), plain(q, k, v), atol=1e-5)
+    g_plain = jax.grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2))(q, k, v)
+    g_padded = jax.grad(lambda *a: loss(padded, *a), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g_padded, g_plain):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_text_pooling_ignores_tokens_after_end_of_text(tiny):

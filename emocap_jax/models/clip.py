@@ -34,7 +34,9 @@ class CLIP(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         common = dict(embed_dim=cfg.embed_dim, activation=cfg.activation,
-                      layer_norm_eps=cfg.layer_norm_eps, remat=cfg.remat, dtype=dtype)
+                      layer_norm_eps=cfg.layer_norm_eps, remat=cfg.remat,
+                      remat_policy=cfg.remat_policy, attention=cfg.attention,
+                      dtype=dtype)
         self.visual = VisionTransformer(cfg.vision, **common)
         self.text = TextTransformer(cfg.text, **common)
         self.log_logit_scale = self.param(

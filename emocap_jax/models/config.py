@@ -12,6 +12,8 @@ import math
 from typing import Any, Mapping, Optional
 
 ACTIVATIONS = ("quick_gelu", "gelu")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+REMAT_POLICIES = ("full", "dots")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -60,6 +62,13 @@ class CLIPConfig:
     dtype: str = "float32"
     # Rematerialise each transformer block in the backward pass (memory for compute).
     remat: bool = False
+    # What a remat'ed block keeps for the backward pass: "full" keeps only the block input (least
+    # memory), "dots" also keeps the outputs of its weight matmuls (recomputes only the cheap
+    # element-wise ops and attention).
+    remat_policy: str = "full"
+    # Attention kernel: "auto" (cuDNN's fused flash attention on GPU in bf16, XLA's otherwise),
+    # "xla" or "cudnn".
+    attention: str = "auto"
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100.0)
 
@@ -68,6 +77,12 @@ class CLIPConfig:
             raise ValueError(f"model.activation={self.activation!r}: expected one of {ACTIVATIONS}")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r}: expected one of {DTYPES}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"model.attention={self.attention!r}: expected one of "
+                             f"{ATTENTION_IMPLS}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"model.remat_policy={self.remat_policy!r}: expected one of "
+                             f"{REMAT_POLICIES}")
         v, t = self.vision, self.text
         if v.image_size % v.patch_size:
             raise ValueError(

@@ -22,6 +22,8 @@ class TextTransformer(nn.Module):
     activation: str
     layer_norm_eps: float = 1e-5
     remat: bool = False
+    remat_policy: str = "full"
+    attention: str = "auto"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -40,7 +42,9 @@ class TextTransformer(nn.Module):
         # A causal mask alone suffices: padding comes after end-of-text, so no token at or before
         # the pooling position ever attends to it.
         x = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_dim, self.activation,
-                        self.layer_norm_eps, is_causal=True, remat=self.remat, dtype=self.dtype,
+                        self.layer_norm_eps, is_causal=True, remat=self.remat,
+                        remat_policy=self.remat_policy, attention=self.attention,
+                        dtype=self.dtype,
                         name="transformer")(x)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="ln_final")(x)
         idx = end_of_text_index(token_ids, cfg.eot_token_id)

@@ -22,6 +22,47 @@ def exact_gelu(x):
     return jax.nn.gelu(x, approximate=False)
 
 
+# "full": save nothing inside a block, so the backward pass recomputes it from the block input and
+# activation memory is one [B, T, width] per layer. "dots": also save the weight matmuls' outputs
+# (matmuls without batch dimensions), recomputing only element-wise ops and attention.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def dot_product_attention(q, k, v, is_causal: bool, impl: str = "auto"):
+    """[B, T, heads, head_dim] attention. jax.nn.dot_product_attention's own default is XLA's
+    unfused kernel on every backend, so "auto" asks for cuDNN's fused flash attention where it
+    applies (GPU, 16-bit inputs, head size a multiple of 8 up to 128) and XLA's elsewhere."""
+    if impl == "auto":
+        head_dim = q.shape[-1]
+        use_cudnn = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+                     and head_dim % 8 == 0 and head_dim <= 128)
+        impl = "cudnn" if use_cudnn else "xla"
+    if impl == "cudnn":
+        return padded_attention(q, k, v, is_causal, "cudnn")
+    return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation="xla")
+
+
+def padded_attention(q, k, v, is_causal: bool, implementation: str, multiple: int = 8):
+    """Attention over the sequence padded to a multiple of `multiple`, with the true length passed
+    so the padded keys are masked and the padded query rows dropped. cuDNN's training kernels
+    refuse odd sequence lengths (ViT's 197 tokens, CLIP text's 77)."""
+    b, t = q.shape[:2]
+    pad = (-t) % multiple
+    if not pad:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal,
+                                            implementation=implementation)
+    widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+    q, k, v = (jnp.pad(a, widths) for a in (q, k, v))
+    lengths = jnp.full((b,), t, jnp.int32)
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, query_seq_lengths=lengths,
+                                       key_value_seq_lengths=lengths,
+                                       implementation=implementation)
+    return out[:, :t]
+
+
 ACTIVATION_FNS = {"quick_gelu": quick_gelu, "gelu": exact_gelu}
 
 
@@ -36,6 +77,7 @@ class MultiHeadAttention(nn.Module):
     layers: int  # depth of the stack, for open_clip's output-projection init scale
     is_causal: bool = False
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x):
@@ -45,8 +87,7 @@ class MultiHeadAttention(nn.Module):
                        kernel_init=_normal(self.width ** -0.5))(x)
         q, k, v = jnp.split(qkv.reshape(b, t, 3, self.heads, head_dim), 3, axis=2)
         q, k, v = (a.squeeze(2) for a in (q, k, v))
-        # The backend picks fused attention (cuDNN flash attention on GPU) where it has one.
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=self.is_causal)
+        out = dot_product_attention(q, k, v, self.is_causal, self.attention)
         out = out.reshape(b, t, self.width)
         proj_std = (self.width ** -0.5) * ((2 * self.layers) ** -0.5)
         return nn.Dense(self.width, dtype=self.dtype, name="out", kernel_init=_normal(proj_std))(out)
@@ -77,12 +118,13 @@ class ResidualBlock(nn.Module):
     layer_norm_eps: float
     is_causal: bool = False
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x, _=None):
         ln = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
         x = x + MultiHeadAttention(self.width, self.heads, self.layers, self.is_causal,
-                                   self.dtype, name="attn")(ln("ln_1")(x))
+                                   self.dtype, self.attention, name="attn")(ln("ln_1")(x))
         x = x + MLP(self.width, self.mlp_dim, self.layers, self.activation, self.dtype,
                     name="mlp")(ln("ln_2")(x))
         return x, None
@@ -97,18 +139,18 @@ class Transformer(nn.Module):
     layer_norm_eps: float
     is_causal: bool = False
     remat: bool = False
+    remat_policy: str = "full"
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         block = ResidualBlock
         if self.remat:
-            # Save nothing inside a block: the backward pass recomputes it from the block input,
-            # so activation memory is one [B, T, width] per layer.
-            block = nn.remat(block, prevent_cse=False,
-                             policy=jax.checkpoint_policies.nothing_saveable)
+            block = nn.remat(block, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])
         stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                         length=self.layers)
         x, _ = stack(self.width, self.heads, self.mlp_dim, self.layers, self.activation,
-                     self.layer_norm_eps, self.is_causal, self.dtype, name="blocks")(x, None)
+                     self.layer_norm_eps, self.is_causal, self.dtype, self.attention,
+                     name="blocks")(x, None)
         return x

@@ -15,6 +15,8 @@ class VisionTransformer(nn.Module):
     activation: str
     layer_norm_eps: float = 1e-5
     remat: bool = False
+    remat_policy: str = "full"
+    attention: str = "auto"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -38,7 +40,9 @@ class VisionTransformer(nn.Module):
         x = jnp.concatenate([cls, x], axis=1) + pos.astype(self.dtype)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="ln_pre")(x)
         x = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_dim, self.activation,
-                        self.layer_norm_eps, is_causal=False, remat=self.remat, dtype=self.dtype,
+                        self.layer_norm_eps, is_causal=False, remat=self.remat,
+                        remat_policy=self.remat_policy, attention=self.attention,
+                        dtype=self.dtype,
                         name="transformer")(x)
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="ln_post")(x)
         proj = self.param("proj", nn.initializers.normal(scale), (cfg.width, self.embed_dim))

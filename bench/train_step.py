@@ -1,0 +1,400 @@
+"""Training-step time, peak memory, FLOPs and MFU: emocap_jax and open_clip side by side.
+
+    python bench/train_step.py                                   # ViT-B-16, batch 32, fp32, this machine
+    python bench/train_step.py --precision bf16 --batch 256      # on a GPU
+    python bench/train_step.py --impls emocap --remat none,full  # emocap_jax variants only
+
+Both sides train the same full CLIP (image and text towers, symmetric InfoNCE with the learnable
+temperature, AdamW with decoupled weight decay, no gradient clipping) on the same batch shape and
+precision ("bf16" = bf16 compute with float32 master weights: open_clip's `--precision amp_bf16`).
+Each implementation runs in its own subprocess, one after the other, so its peak memory is its own;
+open_clip (and torch) are used only when installed and are never dependencies of emocap_jax:
+
+    python -m venv --system-site-packages /tmp/benchenv
+    /tmp/benchenv/bin/pip install torch==2.13.0 && /tmp/benchenv/bin/pip install --no-deps open_clip_torch
+    /tmp/benchenv/bin/python bench/train_step.py
+
+Figures printed per implementation:
+- step time: median (and min/max) over --steps timed steps after --warmup untimed ones, each step
+  waited for (block_until_ready / cuda synchronize);
+- peak memory: on CPU the process's peak resident set (whole process, and during the timed steps
+  alone: the kernel's high-water mark is reset after warm-up); on GPU the allocator's peak;
+- model FLOPs per step: 3x the forward matmul FLOPs of both towers, from the architecture (the MFU
+  convention: remat recomputation and optimiser arithmetic are not counted; XLA's cost analysis is
+  not used because it counts a scanned layer stack's body once);
+- MFU: model FLOPs per second over the device's peak (bf16 dense tensor-core peak for H100/H200,
+  TF32 for fp32 there); on CPU, over a measured large fp32 matmul rate on the same cores (printed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Dense peak throughput per GPU (NVIDIA datasheets, SXM parts), by precision.
+GPU_PEAK_FLOPS = {
+    "H100": {"bf16": 989e12, "fp32": 494e12},   # fp32 matmuls run as TF32 on tensor cores
+    "H200": {"bf16": 989e12, "fp32": 494e12},
+    "A100": {"bf16": 312e12, "fp32": 156e12},
+}
+
+# open_clip's text tower for these architectures (OpenAI CLIP): width 512, 12 layers, context 77.
+
+
+def forward_flops(cfg, batch: int) -> float:
+    """Matmul FLOPs of one forward pass of both towers (2 per multiply-add), from the config."""
+    def tower(tokens, width, layers, mlp_dim):
+        per_layer = 2 * tokens * (3 * width * width + width * width + 2 * width * mlp_dim)
+        attention = 2 * 2 * tokens * tokens * width          # q.k^T and probs.v
+        return layers * (per_layer + attention)
+
+    v, t = cfg.vision, cfg.text
+    patches = (v.image_size // v.patch_size) ** 2
+    vision = tower(patches + 1, v.width, v.layers, v.mlp_dim)
+    vision += 2 * patches * (3 * v.patch_size ** 2) * v.width     # patch embedding
+    vision += 2 * v.width * cfg.embed_dim                          # projection (pooled token)
+    text = tower(t.context_length, t.width, t.layers, t.mlp_dim)
+    text += 2 * t.width * cfg.embed_dim
+    logits = 2 * 2 * batch * cfg.embed_dim                         # per example, both directions
+    return batch * (vision + text) + batch * logits
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak_rss():
+    # Writing 5 to clear_refs resets the kernel's peak-RSS mark (Linux >= 4.0).
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_matmul_flops(jax, jnp) -> float:
+    """Measured fp32 matmul rate of this CPU through XLA: the attainable peak MFU is quoted against."""
+    n = 2048
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / min(times)
+
+
+def _gpu_peak(kind: str, precision: str):
+    for name, peaks in GPU_PEAK_FLOPS.items():
+        if name in kind:
+            return peaks[precision]
+    return None
+
+
+def _summary(times):
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "steps": len(times)}
+
+
+# ---------------------------------------------------------------------------------- emocap_jax
+
+def run_emocap(args, remat: str, attention: str) -> dict:
+    import types
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    sys.path.insert(0, REPO)
+    from emocap_jax.models.clip import CLIP, init_params
+    from emocap_jax.models.config import variant
+    from emocap_jax.train_step import initial_state, make_train_step
+
+    cfg = variant(args.model).replace(
+        dtype="bfloat16" if args.precision == "bf16" else "float32",
+        remat=remat != "none", remat_policy="full" if remat == "none" else remat,
+        attention=attention)
+    model = CLIP(cfg)
+    params = jax.jit(lambda k: init_params(cfg, k))(jax.random.PRNGKey(0))
+    optimizer = optax.adamw(args.lr, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2)
+    loss_config = types.SimpleNamespace(
+        summary_weight=0.0, local_weight=0.0, impl="single", chunk_size=0,
+        mining=types.SimpleNamespace(mode="off", threshold=1.0, top_k=0, weight=1.0,
+                                     warmup_steps=0, guide="summary"))
+    step_fn = jax.jit(make_train_step(model, optimizer, lambda s: args.lr, loss_config),
+                      donate_argnums=0)
+    state = initial_state(params, optimizer)
+    rng = np.random.default_rng(0)
+    b, s, ctx = args.batch, cfg.vision.image_size, cfg.text.context_length
+    tokens = rng.integers(1, cfg.text.vocab_size - 1, (b, ctx)).astype(np.int32)
+    tokens[np.arange(b), rng.integers(5, ctx, b)] = cfg.text.vocab_size - 1  # end-of-text
+    batch = jax.device_put({
+        "image": rng.integers(0, 256, (b, s, s, 3)).astype(np.uint8),
+        "global_tokens": tokens})
+    jax.block_until_ready(batch)
+
+    t = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t
+    mem = compiled.memory_analysis()
+    peak_after_compile = _peak_rss_bytes()
+
+    for _ in range(args.warmup):
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(state)
+    reset = _reset_peak_rss()
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t)
+    loss = float(metrics["loss"])
+
+    device = jax.devices()[0]
+    result = {"impl": f"emocap_jax (remat {remat}, attn {attention})", "device": device.device_kind,
+              "platform": device.platform, "compile_s": compile_s, **_summary(times),
+              "loss": loss, "model_flops": 3 * forward_flops(cfg, b)}
+    if device.platform == "cpu":
+        result["peak_bytes"] = _peak_rss_bytes() if not reset else max(
+            peak_after_compile, _peak_rss_bytes())
+        result["peak_bytes_steps"] = _peak_rss_bytes() if reset else None
+        result["cpu_matmul_flops"] = _cpu_matmul_flops(jax, jnp)
+    else:
+        stats = device.memory_stats() or {}
+        result["peak_bytes"] = stats.get("peak_bytes_in_use")
+    if mem is not None:
+        result["compiled_temp_bytes"] = int(mem.temp_size_in_bytes)
+        result["compiled_argument_bytes"] = int(mem.argument_size_in_bytes)
+    return result
+
+
+# ------------------------------------------------------------------------------------ open_clip
+
+def run_open_clip(args) -> dict:
+    import numpy as np
+    import open_clip
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    model = open_clip.create_model(args.model, precision="fp32", device=device)
+    model.train()
+    loss_fn = open_clip.ClipLoss()
+    # open_clip's main.py grouping: no weight decay on gains, biases, embeddings, logit scale.
+    exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or \
+        "logit_scale" in n
+    named = list(model.named_parameters())
+    groups = [{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+              {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": 0.2}]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    b = args.batch
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    ctx = model.context_length
+    vocab = model.vocab_size
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, vocab - 1, (b, ctx))
+    tokens[np.arange(b), rng.integers(5, ctx, b)] = vocab - 1
+    images = torch.randn(b, 3, size, size, device=device)
+    text = torch.as_tensor(tokens, device=device)
+    autocast = (torch.autocast(device, dtype=torch.bfloat16) if args.precision == "bf16"
+                else torch.autocast(device, enabled=False))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            image_features, text_features, logit_scale = model(images, text)[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+        sync()
+    reset = _reset_peak_rss()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        loss = step()
+        sync()
+        times.append(time.perf_counter() - t)
+    import types
+    cfg = _open_clip_shapes(model, args.model)
+    result = {"impl": f"open_clip {open_clip.__version__} (torch {torch.__version__})",
+              "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+              "platform": "gpu" if device == "cuda" else "cpu", "compile_s": None,
+              **_summary(times), "loss": float(loss),
+              "model_flops": 3 * forward_flops(types.SimpleNamespace(**cfg), b)}
+    if device == "cpu":
+        result["peak_bytes"] = _peak_rss_bytes() if not reset else None
+        result["peak_bytes_steps"] = _peak_rss_bytes() if reset else None
+        if reset:
+            # The whole-process peak is the larger of before and during the steps; re-read the
+            # kernel's lifetime figure from rusage, which clear_refs does not reset.
+            result["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    else:
+        result["peak_bytes"] = torch.cuda.max_memory_allocated()
+    return result
+
+
+def _open_clip_shapes(model, name):
+    import types
+    cfg_v = model.visual
+    size = cfg_v.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    patch = cfg_v.patch_size
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    vis_width = cfg_v.conv1.out_channels
+    vis_layers = len(cfg_v.transformer.resblocks)
+    vis_mlp = cfg_v.transformer.resblocks[0].mlp.c_fc.out_features
+    txt_width = model.transformer.width
+    txt_layers = len(model.transformer.resblocks)
+    txt_mlp = model.transformer.resblocks[0].mlp.c_fc.out_features
+    return dict(
+        embed_dim=model.text_projection.shape[1],
+        vision=types.SimpleNamespace(image_size=size, patch_size=patch, width=vis_width,
+                                     layers=vis_layers, mlp_dim=vis_mlp),
+        text=types.SimpleNamespace(context_length=model.context_length, width=txt_width,
+                                   layers=txt_layers, mlp_dim=txt_mlp))
+
+
+# ----------------------------------------------------------------------------------- reporting
+
+def _fmt_gb(x):
+    return "-" if x is None else f"{x / 1e9:.2f} GB"
+
+
+def _mfu(r, precision):
+    seconds = r["median_s"]
+    achieved = r["model_flops"] / seconds
+    if r["platform"] == "cpu":
+        peak = r.get("cpu_matmul_flops")
+        return achieved, (achieved / peak if peak else None), "measured XLA fp32 matmul rate"
+    peak = _gpu_peak(r["device"], precision)
+    return achieved, (achieved / peak if peak else None), "datasheet dense peak"
+
+
+def report(results, args):
+    print(f"\n{args.model}, batch {args.batch}, {args.precision}; median of {args.steps} steps "
+          f"after {args.warmup} warm-up")
+    header = (f"{'implementation':44s} {'step (s)':>9s} {'min-max (s)':>14s} {'img/s':>8s} "
+              f"{'peak mem':>10s} {'peak (steps)':>12s} {'TFLOP/s':>8s} {'MFU':>6s}")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        if "error" in r:
+            print(f"{r['impl']:44s} failed: {r['error']}")
+            continue
+        achieved, mfu, _ = _mfu(r, args.precision)
+        print(f"{r['impl']:44s} {r['median_s']:9.3f} {r['min_s']:6.2f}-{r['max_s']:<7.2f} "
+              f"{args.batch / r['median_s']:8.1f} {_fmt_gb(r.get('peak_bytes')):>10s} "
+              f"{_fmt_gb(r.get('peak_bytes_steps')):>12s} {achieved / 1e12:8.2f} "
+              f"{'-' if mfu is None else f'{100 * mfu:5.1f}%':>6s}")
+    for r in results:
+        if "error" in r:
+            continue
+        extra = [f"model FLOPs/step {r['model_flops'] / 1e12:.2f} T"]
+        if r.get("compile_s") is not None:
+            extra.append(f"compile {r['compile_s']:.1f} s")
+        if r.get("compiled_temp_bytes") is not None:
+            extra.append(f"compiled temp {_fmt_gb(r['compiled_temp_bytes'])}")
+        if r.get("cpu_matmul_flops"):
+            extra.append(f"CPU fp32 matmul peak {r['cpu_matmul_flops'] / 1e12:.3f} TFLOP/s")
+        extra.append(f"loss {r['loss']:.4f}")
+        print(f"  {r['impl']}: " + "; ".join(extra))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ViT-B-16", help="architecture (open_clip name)")
+    parser.add_argument("--batch", type=int, default=32, help="global batch size")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--impls", default="emocap,open_clip",
+                        help="comma-separated: emocap, open_clip (skipped if not installed)")
+    parser.add_argument("--remat", default="full",
+                        help="emocap_jax remat policies to run, comma-separated: none, full "
+                             "(nothing saved inside a block), dots (matmul outputs saved)")
+    parser.add_argument("--attention", default="auto",
+                        help="emocap_jax attention kernels to run, comma-separated: auto, xla, "
+                             "cudnn")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        kind, remat, attention = (args.worker.split(":") + ["", ""])[:3]
+        try:
+            result = (run_emocap(args, remat, attention) if kind == "emocap"
+                      else run_open_clip(args))
+        except Exception as e:  # reported in the table instead of losing the other rows
+            result = {"impl": args.worker, "error": f"{type(e).__name__}: {e}"}
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    jobs = []
+    for impl in args.impls.split(","):
+        if impl == "emocap":
+            jobs += [f"emocap:{r}:{a}" for r in args.remat.split(",")
+                     for a in args.attention.split(",")]
+        elif impl == "open_clip":
+            try:
+                import open_clip  # noqa: F401
+                import torch  # noqa: F401
+                jobs.append("open_clip")
+            except ImportError:
+                print("open_clip/torch not installed: skipping open_clip (see this script's "
+                      "docstring for the install)", flush=True)
+        else:
+            parser.error(f"--impls: unknown implementation {impl!r}")
+    results = []
+    for job in jobs:
+        print(f"running {job} ...", flush=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", job] + [
+            a for a in sys.argv[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if not lines:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            results.append({"impl": job, "error": f"exit {proc.returncode}: " + " | ".join(tail)})
+        else:
+            results.append(json.loads(lines[-1][len("RESULT "):]))
+        r = results[-1]
+        if "error" not in r:
+            print(f"  {r['impl']}: median {r['median_s']:.3f} s/step, peak "
+                  f"{_fmt_gb(r.get('peak_bytes'))}", flush=True)
+    report(results, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
