@@ -6,10 +6,18 @@
     image_features = model.encode_image(images_nhwc)          # float32, CLIP-normalised (or uint8)
 
 Features are unnormalised like open_clip's `encode_*(normalize=False)`.
+
+Zero-shot classification from image files, PIL images or arrays (CLIP preprocessing inside):
+
+    probs = model.zero_shot(["face1.jpg", "face2.png"], ["happiness", "sadness", "anger"])
+    probs = model.zero_shot(images, ["a photo of a smiling face", "a photo of a crying face"])
 """
 from __future__ import annotations
 
+import os
 import pathlib
+import re
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -30,6 +38,7 @@ class EmoCapCLIP:
         self.tokenizer = tokenizer
         self.description = description or {}
         self.batch_size = batch_size
+        self._label_cache: dict = {}  # (params, labels, templates, label_mode) -> [C, D]
         module = CLIP(config)
         self._encode_image = jax.jit(
             lambda p, x: module.apply({"params": p}, x, method=CLIP.encode_image))
@@ -47,10 +56,13 @@ class EmoCapCLIP:
 
     def _batched(self, fn, x):
         # Fixed-size chunks bound memory; the last one is padded so only one shape is compiled.
+        # Below one full chunk the size is rounded up to a power of two, so calls with varying
+        # numbers of images or prompts (zero-shot with a new label set) reuse a few executables
+        # instead of compiling one per count.
         n = x.shape[0]
         if n == 0:
             return np.zeros((0, self.config.embed_dim), np.float32)
-        bs = min(self.batch_size, n)
+        bs = min(self.batch_size, 1 << (n - 1).bit_length())
         outs = []
         for start in range(0, n, bs):
             chunk = x[start:start + bs]
@@ -83,10 +95,167 @@ class EmoCapCLIP:
                 "checkpoint records none): tokenize with your own tokenizer and call encode_text")
         return self.tokenizer(texts, context_length=self.config.text.context_length)
 
+    # ------------------------------------------------------------------ images from files or memory
+
+    def preprocess(self, images) -> np.ndarray:
+        """CLIP preprocessing at this model's image size: RGB, shorter side resized (bicubic),
+        central square crop -> [N, S, S, 3] uint8. Takes one image or a sequence of paths, PIL
+        images or uint8 arrays (see `emocap_jax.preprocess.preprocess`)."""
+        from emocap_jax.preprocess import preprocess
+        return preprocess(images, self.image_size)
+
+    def load_images(self, paths) -> np.ndarray:
+        """Reads image files and preprocesses them -> [N, S, S, 3] uint8; a file that is missing
+        or cannot be decoded raises `emocap_jax.preprocess.ImageReadError` naming it."""
+        from emocap_jax.preprocess import load_images
+        return load_images(paths, self.image_size)
+
+    def _image_batch(self, images) -> np.ndarray:
+        """A batch encode_image takes: 4-D arrays already at the model's size pass through (uint8
+        pixels, or float32 already CLIP-normalised as encode_image documents); everything else is
+        preprocessed."""
+        from PIL import Image
+
+        if (not isinstance(images, (str, os.PathLike, Image.Image, list, tuple, np.ndarray))
+                and hasattr(images, "__array__")):
+            images = np.asarray(images)  # e.g. a jax.Array
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            size = self.image_size
+            at_size = images.shape[1:] == (size, size, 3)
+            if images.dtype == np.uint8 and at_size:
+                return images
+            if images.dtype != np.uint8:
+                if not at_size:
+                    raise ValueError(
+                        f"a float image batch must already be CLIP-normalised at the model's "
+                        f"size [N, {size}, {size}, 3], got {images.shape}; pass uint8 pixels to "
+                        f"have them resized and cropped")
+                return images
+        return self.preprocess(images)
+
+    # ------------------------------------------------------------------ zero-shot classification
+
+    def encode_labels(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
+                      label_mode: str = "auto") -> np.ndarray:
+        """[C, D] unit-norm text embeddings, one per label (read-only: they are cached). A class name is put into every
+        template and the normalised template embeddings are averaged, then renormalised (CLIP's
+        prompt ensembling, as `emocap_jax.evaluate.zero_shot.text_classifier` does); a full prompt
+        is encoded as given. `label_mode` decides which labels are which: see `zero_shot`."""
+        labels, templates = _check_labels(labels, templates, label_mode)
+        # id(params): a model whose params were swapped must not reuse the old embeddings.
+        key = (id(self.params), labels, templates, label_mode)
+        cached = self._label_cache.get(key)
+        if cached is not None:
+            return cached
+        groups, prompts = [], []
+        for label in labels:
+            if _as_prompt(label, label_mode):
+                texts = [label]
+            else:
+                texts = [t.format(label) for t in templates]
+            groups.append((len(prompts), len(prompts) + len(texts)))
+            prompts.extend(texts)
+        self._warn_truncated(prompts)
+        emb = _unit(self.encode_text(self.tokenize(prompts)).astype(np.float64))
+        classes = _unit(np.stack([emb[a:b].mean(axis=0) for a, b in groups]))
+        classes = classes.astype(np.float32)
+        classes.flags.writeable = False
+        if len(self._label_cache) >= 16:  # a handful of label sets per session; stay bounded
+            self._label_cache.pop(next(iter(self._label_cache)))
+        self._label_cache[key] = classes
+        return classes
+
+    def zero_shot(self, images, class_names_or_prompts: Sequence[str],
+                  templates: Optional[Sequence[str]] = None,
+                  label_mode: str = "auto") -> np.ndarray:
+        """Zero-shot class probabilities [N, C] (float32, rows sum to 1): the softmax over labels
+        of logit_scale x the cosine similarity between each image and each label's embedding.
+
+        images: a path, PIL image or uint8 array, a sequence of those, or a 4-D batch (uint8
+            pixels at any size, or float32 already CLIP-normalised at the model's size).
+        class_names_or_prompts: the labels, in the output's column order. Which are class names
+            (put into `templates`, embeddings averaged) and which are full prompts (encoded as
+            given) follows `label_mode`: "auto" (the rule of `label_is_prompt`), "names" (all
+            class names) or "prompts" (all used as given).
+        templates: strings with one "{}" for the class name; default
+            `emocap_jax.evaluate.zero_shot.EMOTION_TEMPLATES`.
+        """
+        text = self.encode_labels(class_names_or_prompts, templates, label_mode)
+        image = _unit(self.encode_image(self._image_batch(images)).astype(np.float64))
+        logits = self.logit_scale * (image @ text.T.astype(np.float64))
+        logits -= logits.max(axis=-1, keepdims=True)
+        probs = np.exp(logits)
+        return (probs / probs.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+    def _warn_truncated(self, prompts: Sequence[str]) -> None:
+        # The tokenizer cuts long prompts silently (as open_clip does); say which ones, since a
+        # cut prompt loses exactly the words that came last.
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is None:
+            return
+        limit = self.config.text.context_length - 2  # room for start- and end-of-text
+        for prompt in dict.fromkeys(prompts):
+            if len(encode(prompt)) > limit:
+                warnings.warn(f"prompt {prompt!r} is longer than the text tower's "
+                              f"{limit + 2}-token context and is cut", stacklevel=3)
+
     def __repr__(self):
         v, t = self.config.vision, self.config.text
         return (f"EmoCapCLIP(ViT {v.image_size}px/{v.patch_size} w{v.width} L{v.layers}, "
                 f"text w{t.width} L{t.layers}, embed {self.config.embed_dim})")
+
+
+LABEL_MODES = ("auto", "names", "prompts")
+_SENTENCE_END = re.compile(r"[.!?]\s*$")
+_ARTICLE_START = re.compile(r"^\s*(a|an|the)\s", re.IGNORECASE)
+
+
+def label_is_prompt(label: str) -> bool:
+    """The "auto" rule for zero-shot labels: a label is a full prompt, encoded as given, when it
+    reads as a sentence or a noun phrase, i.e. it ends in ".", "!" or "?" or starts with the word
+    "a", "an" or "the" ("a photo of a smiling face", "She looks happy."). Anything else is a class
+    name, whatever its length ("happiness", "happily surprised", "angry and disgusted"), and is put
+    into each prompt template."""
+    return bool(_SENTENCE_END.search(label) or _ARTICLE_START.match(label))
+
+
+def _as_prompt(label: str, label_mode: str) -> bool:
+    return label_mode == "prompts" or (label_mode == "auto" and label_is_prompt(label))
+
+
+def _check_labels(labels, templates, label_mode) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode={label_mode!r}: expected one of {LABEL_MODES}")
+    if isinstance(labels, str):
+        raise TypeError(f"labels must be a sequence of strings, got the single string {labels!r} "
+                        f"(wrap it in a list, or split a comma-separated string)")
+    labels = tuple(labels)
+    if not labels:
+        raise ValueError("zero-shot classification needs at least one label")
+    for label in labels:
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"labels must be non-empty strings, got {label!r}")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate labels {duplicates}: each column of the output is one label")
+    if templates is None:
+        from emocap_jax.evaluate.zero_shot import EMOTION_TEMPLATES
+        templates = EMOTION_TEMPLATES
+    if isinstance(templates, str):
+        templates = (templates,)
+    templates = tuple(templates)
+    if not templates:
+        raise ValueError("templates is empty: give at least one, e.g. "
+                         "'a photo of a face showing {}.'")
+    for template in templates:
+        if template.count("{}") != 1:
+            raise ValueError(f"template {template!r} must contain exactly one '{{}}' for the "
+                             f"class name")
+    return labels, templates
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _tokenizer_for(tokenizer_config):

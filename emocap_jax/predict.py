@@ -1,0 +1,208 @@
+"""Zero-shot facial-emotion prediction on image files from the command line.
+
+    python -m emocap_jax.predict --checkpoint runs/demo face1.jpg photos/
+    python -m emocap_jax.predict --checkpoint runs/demo --labels happy,sad --top 2 --json photos/
+
+Prints one row per image (the image, its top label and the probability of every label) or, with
+--json, one JSON document. See --help for every option.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+# The eight basic-emotion nouns the demo and the synthetic corpus use (in their label order).
+DEFAULT_LABELS = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger",
+                  "contempt")
+# A table column shows at most this many characters of a label (full prompts can be long).
+_MAX_HEADER = 16
+
+_DESCRIPTION = """\
+Zero-shot emotion recognition with an EmoCapCLIP (or any CLIP) checkpoint: each image is compared
+with a text embedding per label and the softmax of logit_scale x cosine similarity is printed.
+
+Images are read with Pillow (grayscale, palette, RGBA and 16-bit files become RGB; EXIF rotation is
+applied), their shorter side resized to the model's input size (bicubic) and the central square
+cropped, as CLIP's evaluation preprocessing does."""
+
+_EPILOG = """\
+labels:
+  A label that starts with the word "a", "an" or "the", or ends in ".", "!" or "?", is a full
+  prompt and is encoded as given ("a photo of a smiling face"). Any other label is a class name
+  ("happiness", "happily surprised"): it is put into each prompt template (default: the package's
+  face-emotion templates, e.g. "The face conveys {}.") and the template embeddings are averaged.
+  --label-mode names|prompts applies one treatment to every label instead.
+
+examples:
+  python -m emocap_jax.predict --checkpoint runs/demo runs/demo/synthetic/eval
+  python -m emocap_jax.predict --checkpoint runs/demo --labels happy,sad,angry --top 1 face.jpg
+  python -m emocap_jax.predict --checkpoint ViT-B-16.safetensors --json photos/ > out.json
+  python -m emocap_jax.predict --checkpoint runs/demo --label-mode prompts \\
+      --labels "a smiling face,a crying face" face.jpg
+
+exit status: 0 on success, 2 for bad arguments or unreadable images, 1 for other failures."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m emocap_jax.predict", description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE",
+        help="image files, or directories (searched recursively, files sorted by path, by suffix: "
+             ".jpg .jpeg .png .bmp .gif .webp .tif .tiff .ppm .pgm)")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="PATH",
+        help="an emocap_jax export folder, a training workdir (its export/ is used), or an "
+             "open_clip / OpenAI / Hugging Face CLIP checkpoint file or folder")
+    parser.add_argument(
+        "--source", default="auto", choices=("auto", "emocap", "open_clip", "openai", "hf"),
+        help="checkpoint kind (default: recognised from the files)")
+    parser.add_argument(
+        "--labels", metavar="A,B,...",
+        help="comma-separated class names or prompts, in output order (default: "
+             + ", ".join(DEFAULT_LABELS) + ")")
+    parser.add_argument(
+        "--label-mode", default="auto", choices=("auto", "names", "prompts"),
+        help="auto: the rule below; names: every label goes into the templates; prompts: every "
+             "label is encoded as given (default: auto)")
+    parser.add_argument(
+        "--template", action="append", metavar="TEXT", dest="templates",
+        help="a prompt template with one {} for the class name; repeat for several (default: the "
+             "face-emotion templates of emocap_jax.evaluate.zero_shot)")
+    parser.add_argument(
+        "--top", type=int, metavar="K",
+        help="show only the K most probable labels per image (table: label and probability "
+             "pairs; JSON: an extra 'top' list)")
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print one JSON document: {checkpoint, labels, predictions: [{image, label, "
+             "probability, probabilities: {label: p}, top: [{label, probability}] with --top}]}")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, metavar="N",
+        help="images read and encoded per step; bounds memory for large folders (default: 64)")
+    return parser
+
+
+def parse_labels(text: Optional[str]) -> list[str]:
+    if text is None:
+        return list(DEFAULT_LABELS)
+    labels = [label.strip() for label in text.split(",")]
+    return labels
+
+
+def _validate(args, parser) -> tuple[list, list[str]]:
+    """Everything that can be checked before JAX is imported, so mistakes fail in a second."""
+    from emocap_jax.preprocess import ImageReadError, check_image_file, expand_image_paths
+
+    labels = parse_labels(args.labels)
+    if any(not label for label in labels):
+        parser.error(f"--labels {args.labels!r}: empty label (check for doubled or trailing "
+                     f"commas)")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        parser.error(f"--labels: duplicate labels {duplicates}")
+    if args.top is not None and not 1 <= args.top:
+        parser.error(f"--top {args.top}: must be at least 1")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: must be at least 1")
+    for template in args.templates or ():
+        if template.count("{}") != 1:
+            parser.error(f"--template {template!r}: must contain exactly one {{}}")
+    if not os.path.exists(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint}: no such file or directory")
+    try:
+        paths = expand_image_paths(args.images)
+        for path in paths:
+            check_image_file(path)
+    except ImageReadError as e:
+        parser.error(str(e))
+    return paths, labels
+
+
+def _format_table(rows: list[dict], labels: Sequence[str], top: Optional[int]) -> str:
+    def short(label):
+        return label if len(label) <= _MAX_HEADER else label[:_MAX_HEADER - 1] + "…"
+
+    image_width = max([len("image")] + [len(r["image"]) for r in rows])
+    if top is None:
+        label_width = max(len(short(label)) for label in labels)
+        columns = [short(label) for label in labels]
+        header = (f"{'image':<{image_width}}  {'prediction':<{label_width}}  "
+                  + "  ".join(f"{c:>{max(5, len(c))}}" for c in columns))
+        lines = [header]
+        for r in rows:
+            cells = "  ".join(f"{r['probabilities'][label]:>{max(5, len(c))}.3f}"
+                              for label, c in zip(labels, columns))
+            lines.append(f"{r['image']:<{image_width}}  "
+                         f"{short(r['label']):<{label_width}}  {cells}")
+    else:
+        lines = [f"{'image':<{image_width}}  top {top} (probability)"]
+        for r in rows:
+            cells = "  ".join(f"{short(t['label'])} {t['probability']:.3f}" for t in r["top"])
+            lines.append(f"{r['image']:<{image_width}}  {cells}")
+    return "\n".join(lines)
+
+
+def run(args, parser) -> int:
+    import numpy as np
+
+    paths, labels = _validate(args, parser)
+
+    import emocap_jax
+    from emocap_jax.preprocess import ImageReadError
+
+    try:
+        model = emocap_jax.load(args.checkpoint, source=args.source)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"{parser.prog}: error: --checkpoint {args.checkpoint}: cannot load: {e}",
+              file=sys.stderr)
+        return 1
+    templates = tuple(args.templates) if args.templates else None
+    rows = []
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start:start + args.batch_size]
+        try:
+            images = model.load_images(chunk)
+        except ImageReadError as e:  # a file whose header was fine but whose data is not
+            parser.error(str(e))
+        probs = model.zero_shot(images, labels, templates=templates,
+                               label_mode=args.label_mode)
+        for path, p in zip(chunk, probs):
+            order = np.argsort(-p, kind="stable")
+            row = {"image": str(path), "label": labels[order[0]],
+                   "probability": float(p[order[0]]),
+                   "probabilities": {label: float(q) for label, q in zip(labels, p)}}
+            if args.top is not None:
+                row["top"] = [{"label": labels[i], "probability": float(p[i])}
+                              for i in order[:args.top]]
+            rows.append(row)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "labels": labels,
+                          "predictions": rows}, indent=1))
+    else:
+        print(_format_table(rows, labels, args.top))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Orbax logs every file it restores at INFO through absl; a prediction tool prints results only.
+    try:
+        from absl import logging as absl_logging
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
+    try:
+        return run(args, parser)
+    except BrokenPipeError:  # e.g. `... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

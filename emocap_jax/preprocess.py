@@ -1,0 +1,177 @@
+"""Images in, model-ready uint8 batches out: CLIP's evaluation preprocessing for inference.
+
+    batch = load_images(["a.jpg", "b.png"], size=224)     # [2, 224, 224, 3] uint8
+    batch = preprocess([pil_image, array_hw3], size=224)   # the same for images already in memory
+
+Each image is converted to RGB (grayscale, palette, RGBA, 16-bit and CMYK inputs included), its
+shorter side resized to `size` with bicubic filtering and the central `size` x `size` square cut
+out: the preprocessing of OpenAI CLIP and open_clip, and of our own evaluation pipeline
+(`emocap_jax.data.augment.resize_center_crop`, which does the resize and crop here too). Pixels
+stay uint8; the model normalises them with CLIP's mean and std on the device.
+
+Files are read with Pillow and turned upright by their EXIF orientation tag (phone photos are often
+stored sideways), and every failure names the file. No JAX here: the CLI validates its inputs
+before paying for a JAX import.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from emocap_jax.data.augment import resize_center_crop
+
+# What a directory walk picks up; files named explicitly are read whatever their suffix.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                    ".pgm")
+
+PathLike = Union[str, os.PathLike]
+ImageLike = Union[PathLike, Image.Image, np.ndarray]
+
+
+class ImageReadError(ValueError):
+    """An image file that is missing or that Pillow cannot decode; the message names the file."""
+
+
+def expand_image_paths(items: Iterable[PathLike], recursive: bool = True) -> list[pathlib.Path]:
+    """Files as given, and for each directory the image files under it (by suffix, sorted, walking
+    sub-directories when `recursive`). A missing path or a directory without images raises
+    ImageReadError naming it."""
+    paths: list[pathlib.Path] = []
+    for item in items:
+        path = pathlib.Path(item)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(p for p in path.glob(pattern)
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ImageReadError(f"{path}: directory holds no image files "
+                                     f"({', '.join(IMAGE_EXTENSIONS)})")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        elif path.exists():
+            raise ImageReadError(f"{path}: not a regular file or directory")
+        else:
+            raise ImageReadError(f"{path}: no such file or directory")
+    return paths
+
+
+def check_image_file(path: PathLike) -> None:
+    """Reads only the header: a cheap test that `path` is an image Pillow can open."""
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018 (the header is parsed on open; size proves it was understood)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+
+
+def read_image(path: PathLike) -> Image.Image:
+    """Decodes a file fully into an upright RGB PIL image; errors name the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated file fails here, with its name
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a directory, not an image file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        # SyntaxError is what Pillow raises for some malformed headers (e.g. broken PNG chunks).
+        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB version of any Pillow image. Alpha is dropped as Pillow's convert("RGB") drops it (the
+    rule CLIP's preprocessing and our training pipeline use), so inference sees what training saw;
+    high-bit-depth grayscale is scaled to 8 bits instead of being clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        # Pillow warns when a palette image with transparency goes straight to RGB.
+        img = img.convert("RGBA")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        # 16-bit files (PNG, TIFF) open as I;16 or I: map their full range onto 0..255. Float
+        # images in [0, 1] are scaled up; anything else that already fits in 8 bits is kept.
+        if img.mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values / 257.0
+        elif img.mode == "F" and values.max(initial=0) <= 1.0:
+            values = values * 255.0
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
+def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
+    """[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] uint8 -> [H, W, 3] uint8."""
+    if array.dtype != np.uint8:
+        raise ValueError(
+            f"{where}: image arrays must be uint8 pixels (0..255), got dtype {array.dtype}; "
+            "convert with np.clip(x * 255, 0, 255).round().astype(np.uint8) for [0, 1] floats")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim == 3 and array.shape[-1] == 3:
+        return array
+    if array.ndim == 3 and array.shape[-1] == 4:
+        return array[..., :3]  # as convert("RGB") does for RGBA
+    raise ValueError(f"{where}: expected an image array [H, W], [H, W, 1], [H, W, 3] or "
+                     f"[H, W, 4], got shape {array.shape}")
+
+
+def preprocess_one(image: ImageLike, size: int, where: str = "image") -> np.ndarray:
+    """One image (a path, a PIL image or a uint8 array) -> [size, size, 3] uint8."""
+    if isinstance(image, (str, os.PathLike)):
+        array = np.asarray(read_image(image))
+        where = str(image)
+    elif isinstance(image, Image.Image):
+        array = np.asarray(to_rgb(image))
+    elif isinstance(image, np.ndarray):
+        array = _array_to_rgb(image, where)
+    else:
+        raise TypeError(f"{where}: expected a file path, a PIL image or a NumPy array, got "
+                        f"{type(image).__name__}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(f"{where}: empty image of shape {array.shape}")
+    return resize_center_crop(np.ascontiguousarray(array), size)
+
+
+def preprocess(images: Union[ImageLike, Sequence[ImageLike]], size: int) -> np.ndarray:
+    """CLIP evaluation preprocessing of one image or a sequence of them -> [N, size, size, 3]
+    uint8. Items are paths, PIL images or uint8 arrays ([H, W] grayscale, [H, W, 1|3|4]); a 4-D
+    uint8 array is a batch of [H, W, 3|4|1] images."""
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    elif isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            images = list(images)
+        elif images.ndim in (2, 3):
+            images = [images]
+        else:
+            raise ValueError(f"expected one image [H, W(, C)] or a batch [N, H, W, C], got an "
+                             f"array of shape {images.shape}")
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = preprocess_one(image, size, where=f"image {i}")
+    return out
+
+
+def load_images(paths: Sequence[PathLike], size: int) -> np.ndarray:
+    """Reads and preprocesses image files -> [N, size, size, 3] uint8 (errors name the file)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = list(paths)
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"load_images takes file paths, got {type(path).__name__}; use "
+                            "preprocess() for images already in memory")
+    return preprocess(paths, size)

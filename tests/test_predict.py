@@ -1,0 +1,281 @@
+"""Inference: CLIP preprocessing of files and in-memory images, EmoCapCLIP.zero_shot against a NumPy
+reference, and the `python -m emocap_jax.predict` CLI as a user runs it."""
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emocap_jax import preprocess as pp
+from emocap_jax.api import label_is_prompt
+from tests.conftest import REPO_ROOT
+from tests.inference_fixtures import (FACE_CLASSES, clip_reference_probabilities,
+                                      make_tiny_export, write_faces)
+
+TEMPLATES = ("a photo of a face showing {}.", "The face conveys {}.")
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    return make_tiny_export(tmp_path_factory.mktemp("tiny") / "export")
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    return root, write_faces(root)
+
+
+@pytest.fixture(scope="module")
+def model(export_dir):
+    import emocap_jax
+    return emocap_jax.load(export_dir)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+def test_centre_crop_without_resize_is_exact():
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    out = pp.preprocess(wide, 32)
+    assert out.shape == (1, 32, 32, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0], wide[:, 8:40])
+    tall = rng.integers(0, 256, (48, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(pp.preprocess(tall, 32)[0], tall[8:40])
+    # torchvision's offset is int(round((45 - 32) / 2)) = round(6.5) = 6 (round half to even).
+    odd = rng.integers(0, 256, (32, 45, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(pp.preprocess(odd, 32)[0], odd[:, 6:38])
+
+
+def test_resize_shorter_side_bicubic_then_centre_crop():
+    # 40 x 80: a red band over the middle columns 10..69, blue at the sides. Shorter side to 32
+    # gives 32 x 64 with the band at 8..55; the central crop (columns 16..47) is all band.
+    image = np.zeros((40, 80, 3), np.uint8)
+    image[..., 2] = 255
+    image[:, 10:70] = (255, 0, 0)
+    out = pp.preprocess(Image.fromarray(image), 32)[0]
+    assert out.shape == (32, 32, 3)
+    assert out[..., 0].min() >= 250 and out[..., 2].max() <= 5
+    # And exactly what CLIP's Resize(32, bicubic) + CenterCrop(32) gives with Pillow.
+    resized = np.asarray(Image.fromarray(image).resize((64, 32), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(out, resized[:, 16:48])
+
+
+def test_grayscale_alpha_palette_and_16_bit_inputs(tmp_path):
+    gray = np.arange(48 * 32, dtype=np.uint16).reshape(48, 32) % 256
+    gray = gray.astype(np.uint8)
+    expected = np.repeat(gray[8:40, :, None], 3, axis=-1)
+    np.testing.assert_array_equal(pp.preprocess(Image.fromarray(gray, "L"), 32)[0], expected)
+    np.testing.assert_array_equal(pp.preprocess(gray, 32)[0], expected)          # [H, W] array
+    np.testing.assert_array_equal(pp.preprocess(gray[..., None], 32)[0], expected)
+
+    rgb = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, np.full((32, 32, 1), 7, np.uint8)], axis=-1)
+    np.testing.assert_array_equal(pp.preprocess(Image.fromarray(rgba, "RGBA"), 32)[0], rgb)
+    np.testing.assert_array_equal(pp.preprocess(rgba, 32)[0], rgb)
+
+    # A grayscale PNG file and a 16-bit one (full range maps onto 0..255, not clipped).
+    Image.fromarray(gray, "L").save(tmp_path / "gray.png")
+    np.testing.assert_array_equal(pp.load_images([tmp_path / "gray.png"], 32)[0], expected)
+    deep = np.full((32, 32), 65535, np.uint16)
+    deep[:, :16] = 257 * 100
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    out = pp.load_images([tmp_path / "deep.png"], 32)[0]
+    assert (out[:, :16] == 100).all() and (out[:, 16:] == 255).all()
+
+    # A palette image with a transparent colour converts without Pillow's warning.
+    palette = Image.fromarray(gray, "L").convert("P")
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "palette.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pp.load_images(str(tmp_path / "palette.png"), 32).shape == (1, 32, 32, 3)
+
+    with pytest.raises(ValueError, match="uint8"):
+        pp.preprocess(gray.astype(np.float32), 32)
+    with pytest.raises(ValueError, match=r"shape \(32, 32, 2\)"):
+        pp.preprocess(np.zeros((32, 32, 2), np.uint8), 32)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to view
+    image.save(tmp_path / "sideways.jpg", exif=exif)
+    assert pp.read_image(tmp_path / "sideways.jpg").size == (20, 40)
+
+
+def test_unreadable_files_are_named(tmp_path):
+    missing = tmp_path / "nope.jpg"
+    with pytest.raises(pp.ImageReadError, match="nope.jpg: no such file"):
+        pp.load_images([missing], 32)
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"this is not an image")
+    with pytest.raises(pp.ImageReadError, match="garbage.png: not a readable image"):
+        pp.load_images([garbage], 32)
+    with pytest.raises(pp.ImageReadError, match="garbage.png"):
+        pp.check_image_file(garbage)
+    # A truncated file has a good header (check_image_file passes) but fails to decode.
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+                    ).save(tmp_path / "whole.png")
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+    pp.check_image_file(tmp_path / "cut.png")
+    with pytest.raises(pp.ImageReadError, match="cut.png"):
+        pp.load_images([tmp_path / "cut.png"], 32)
+
+
+def test_directories_expand_sorted_and_recursive(tmp_path):
+    for name in ("b/2.png", "b/1.jpg", "a.png", "b/c/3.webp", "notes.txt"):
+        path = tmp_path / "root" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    found = pp.expand_image_paths([tmp_path / "root"])
+    assert [p.relative_to(tmp_path / "root").as_posix() for p in found] == [
+        "a.png", "b/1.jpg", "b/2.png", "b/c/3.webp"]
+    assert len(pp.expand_image_paths([tmp_path / "root"], recursive=False)) == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(pp.ImageReadError, match="empty: directory holds no image files"):
+        pp.expand_image_paths([tmp_path / "empty"])
+    with pytest.raises(pp.ImageReadError, match="missing: no such file or directory"):
+        pp.expand_image_paths([tmp_path / "missing"])
+
+
+# ----------------------------------------------------------------------------- zero-shot
+
+def test_label_rule():
+    for name in ("happiness", "happily surprised", "angry and disgusted", "Anger", "another"):
+        assert not label_is_prompt(name), name
+    for prompt in ("a photo of a smiling face", "An angry face", "the face of fear",
+                   "She looks happy.", "Surprised!", "is this fear?"):
+        assert label_is_prompt(prompt), prompt
+
+
+def test_zero_shot_matches_numpy_reference(model, faces):
+    _, paths = faces
+    labels = ["happiness", "sadness", "happily surprised", "a photo of an angry face", "Calm."]
+    probs = model.zero_shot(paths, labels, templates=TEMPLATES)
+    assert probs.shape == (len(paths), len(labels)) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    images = model.load_images(paths)
+    reference = clip_reference_probabilities(model, images, labels, TEMPLATES,
+                                             [False, False, False, True, True])
+    np.testing.assert_allclose(probs, reference, atol=1e-5)
+    # The modes force one treatment on every label.
+    forced = clip_reference_probabilities(model, images, labels, TEMPLATES, [True] * 5)
+    np.testing.assert_allclose(model.zero_shot(paths, labels, TEMPLATES, label_mode="prompts"),
+                               forced, atol=1e-5)
+    named = clip_reference_probabilities(model, images, labels, TEMPLATES, [False] * 5)
+    np.testing.assert_allclose(model.zero_shot(paths, labels, TEMPLATES, label_mode="names"),
+                               named, atol=1e-5)
+
+
+def test_zero_shot_takes_paths_pil_arrays_and_batches(model, faces):
+    _, paths = faces
+    labels = ["neutral", "happiness"]
+    expected = model.zero_shot([str(p) for p in paths], labels)
+    pil = [Image.open(p) for p in paths]
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    batch = np.stack(arrays)  # [N, 40, 40, 3] uint8: resized inside
+    ready = model.load_images(paths)  # [N, 32, 32, 3] uint8: used as is
+    from emocap_jax.models.clip import CLIP_MEAN, CLIP_STD
+    normalised = ((ready / 255.0 - np.asarray(CLIP_MEAN)) / np.asarray(CLIP_STD)).astype(
+        np.float32)
+    for images in (pil, arrays, batch, ready, normalised):
+        np.testing.assert_allclose(model.zero_shot(images, labels), expected, atol=1e-5)
+    np.testing.assert_allclose(model.zero_shot(paths[0], labels), expected[:1], atol=1e-5)
+
+
+def test_zero_shot_errors(model, faces):
+    _, paths = faces
+    with pytest.raises(ValueError, match="duplicate labels"):
+        model.zero_shot(paths, ["anger", "anger"])
+    with pytest.raises(ValueError, match="at least one label"):
+        model.zero_shot(paths, [])
+    with pytest.raises(TypeError, match="single string"):
+        model.zero_shot(paths, "anger,fear")
+    with pytest.raises(ValueError, match="exactly one"):
+        model.zero_shot(paths, ["anger"], templates=["no placeholder"])
+    with pytest.raises(ValueError, match="CLIP-normalised"):
+        model.zero_shot(np.zeros((1, 40, 40, 3), np.float32), ["anger"])
+    with pytest.raises(pp.ImageReadError, match="missing.png"):
+        model.zero_shot([paths[0], paths[0].parent / "missing.png"], ["anger"])
+    with pytest.warns(UserWarning, match="is cut"):
+        model.zero_shot(paths[:1], ["a face " + "very " * 20 + "happy", "anger"])
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+def _predict(*args):
+    return subprocess.run([sys.executable, "-m", "emocap_jax.predict", *map(str, args)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_table_default_labels(export_dir, faces):
+    root, paths = faces
+    # The folder holding export/ stands for a training workdir.
+    result = _predict("--checkpoint", export_dir.parent, root, paths[0])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    header = lines[0].split()
+    assert header[:2] == ["image", "prediction"]
+    assert header[2:] == ["neutral", "happiness", "sadness", "surprise", "fear", "disgust",
+                          "anger", "contempt"]
+    rows = [line.split() for line in lines[1:]]
+    # The folder (sorted, recursive), then the file given again by name.
+    assert [r[0] for r in rows] == [str(p) for p in sorted(paths)] + [str(paths[0])]
+    for r in rows:
+        probs = np.array([float(x) for x in r[2:]])
+        assert abs(probs.sum() - 1) < 0.01 and r[1] == header[2 + int(np.argmax(probs))]
+
+
+@pytest.mark.slow
+def test_cli_json_top_matches_api(export_dir, faces, model):
+    root, paths = faces
+    labels = ["happiness", "sadness", "a photo of a calm face"]
+    result = _predict("--checkpoint", export_dir, "--labels", ",".join(labels), "--top", 2,
+                      "--json", root / FACE_CLASSES[1], root / FACE_CLASSES[0])
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["labels"] == labels
+    got = [p["image"] for p in out["predictions"]]
+    chosen = sorted((root / FACE_CLASSES[1]).iterdir()) + sorted((root / FACE_CLASSES[0]).iterdir())
+    assert got == [str(p) for p in chosen]
+    expected = model.zero_shot(chosen, labels)
+    for row, p in zip(out["predictions"], expected):
+        np.testing.assert_allclose([row["probabilities"][label] for label in labels], p,
+                                   atol=1e-5)
+        assert row["label"] == labels[int(np.argmax(p))]
+        assert row["probability"] == pytest.approx(float(p.max()), abs=1e-6)
+        assert [t["label"] for t in row["top"]] == [labels[i] for i in np.argsort(-p)[:2]]
+
+
+def test_cli_bad_inputs_are_named(export_dir, faces, tmp_path):
+    root, paths = faces
+    # These fail before JAX is imported, so each costs about a second.
+    result = _predict("--checkpoint", export_dir, paths[0], tmp_path / "no_such_face.jpg")
+    assert result.returncode == 2 and "no_such_face.jpg: no such file" in result.stderr
+    garbage = tmp_path / "broken.jpg"
+    garbage.write_bytes(b"\xff\xd8 not really a jpeg")
+    result = _predict("--checkpoint", export_dir, garbage)
+    assert result.returncode == 2 and "broken.jpg: not a readable image" in result.stderr
+    result = _predict("--checkpoint", tmp_path / "no_model", paths[0])
+    assert result.returncode == 2 and "no_model: no such file or directory" in result.stderr
+    result = _predict("--checkpoint", export_dir, "--labels", "anger,,fear", paths[0])
+    assert result.returncode == 2 and "empty label" in result.stderr
+
+
+def test_cli_help_documents_every_option(capsys):
+    from emocap_jax import predict
+
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--checkpoint", "--labels", "--label-mode", "--template", "--top", "--json",
+                   "--batch-size", "--source", "IMAGE", "recursively", "neutral, happiness"):
+        assert option in text, option
