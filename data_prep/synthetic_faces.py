@@ -58,7 +58,12 @@ COMPOUND_CLASSES: tuple[str, ...] = (
 )
 ALL_CLASSES: tuple[str, ...] = BASIC_CLASSES + COMPOUND_CLASSES
 
-SPLIT_CODES = {"train": 0, "eval": 1}
+# Each split draws its people and faces from its own random streams. The benchmark splits of
+# data_prep.synthetic_benchmarks (compound faces, video clips) add their own codes, so their people
+# are new and the train and eval faces stay what they were.
+SPLIT_CODES = {"train": 0, "eval": 1, "eval_compound": 2, "eval_video": 3}
+GROUP_PREFIXES = {"train": "syn_id", "eval": "syn_eval_id", "eval_compound": "syn_cmp_id",
+                  "eval_video": "syn_vid_id"}
 
 # Where face unit (0, 0) lands, as a fraction of the image side, and how many image sides one face
 # unit spans, before the per-face offset and scale.
@@ -303,7 +308,7 @@ def sample_face_spec(seed: int, split: str, index: int, label: str, identity_ind
         _rgb(np.array(_hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0, 0.6), rng.uniform(0.25, 0.95))) * 255)
         for _ in range(2)
     )
-    prefix = "syn_id" if split == "train" else "syn_eval_id"
+    prefix = GROUP_PREFIXES[split]
     return FaceSpec(
         label=label,
         aus=aus,

@@ -15,8 +15,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "--config.field=value.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "info"],
-                          "train: train (resuming from the workdir) then evaluate; eval: evaluate "
-                          "the workdir's latest checkpoint; info: print the model summary.")
+                          "train: train (resuming from the workdir) then evaluate; eval: run the "
+                          "config's evaluations (config.eval.benchmarks) on the workdir's export "
+                          "and write WORKDIR/eval/report.md; info: print the model summary.")
 
 
 def print_info(config) -> None:

@@ -448,12 +448,18 @@ def _print_zero_shot(report):
 
 
 def evaluate_workdir(config, workdir) -> dict:
-    """--mode=eval: zero-shot evaluation of the workdir's exported parameters."""
+    """--mode=eval: the config's evaluations (`config.eval.benchmarks`) of the workdir's exported
+    parameters, reported in workdir/eval/ (report.md, report.csv, per-run results and confusion
+    matrices). The synthetic zero-shot result is also printed and kept in zero_shot.json, as
+    before. Returns {"results": [...], "zero_shot": that report or None}."""
     from emocap_jax import params_io
+    from emocap_jax.evaluate.features import Encoder
+    from emocap_jax.evaluate.suite import run_config_evals
     from emocap_jax.tokenizers import tokenizer_from_config
 
     _setup_logging()
-    workdir = pathlib.Path(workdir)
+    sharding.maybe_initialize_distributed()
+    workdir = pathlib.Path(workdir).absolute()
     export = workdir / "export"
     if not params_io.is_params_dir(export):
         raise FileNotFoundError(f"{export}: no exported parameters; train first "
@@ -462,10 +468,22 @@ def evaluate_workdir(config, workdir) -> dict:
     tokenizer = tokenizer_from_config(description["tokenizer"])
     _, eval_dir = prepare_data(config, workdir)
     mesh = sharding.make_mesh(config.mesh)
-    report = evaluate_zero_shot(params, model_config, tokenizer, eval_dir, config, mesh)
-    _print_zero_shot(report)
-    (workdir / "zero_shot.json").write_text(json.dumps(report, indent=1))
-    return report
+    encoder = Encoder(params, model_config, tokenizer, mesh, batch_size=config.eval.batch_size,
+                      description=str(export))
+    results = run_config_evals(config, workdir, encoder, eval_dir)
+    zero_shot = None
+    for result in results:
+        if result["protocol"] == "zero_shot" and result["data"] == str(eval_dir):
+            zero_shot = dict(result["report"], dataset=str(eval_dir))
+            zero_shot.pop("fold_summary", None)
+            _print_zero_shot(zero_shot)
+            if jax.process_index() == 0:
+                (workdir / "zero_shot.json").write_text(json.dumps(zero_shot, indent=1))
+        else:
+            from emocap_jax.evaluate.cli import summary_line
+            print(summary_line(result), flush=True)
+    print(f"evaluation report: {workdir / 'eval' / 'report.md'}", flush=True)
+    return {"results": results, "zero_shot": zero_shot}
 
 
 def _setup_logging():

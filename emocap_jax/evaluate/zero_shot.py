@@ -1,73 +1,104 @@
 """Zero-shot classification: class prompts through the text tower, faces through the image tower,
-the nearest class wins. Templates are averaged in embedding space (CLIP's prompt ensembling)."""
+the nearest class wins.
+
+Three ways to turn prompts into class scores (`mode`):
+  "embedding"   each class's template embeddings are averaged, re-normalised, and compared with
+                the image (CLIP's prompt ensembling);
+  "logits"      the image is compared with every template of a class and the cosine logits are
+                averaged (no re-normalisation: templates that match a class better weigh more);
+  "description" one descriptive sentence per class (registry `descriptions`) instead of templates.
+
+The pure functions here take feature arrays, so they are testable without a model; the wrappers at
+the end keep the training loop's API (`zero_shot_classification`).
+"""
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import jax
 import numpy as np
 
 from emocap_jax.evaluate.metrics import classification_report
-from emocap_jax.models.clip import CLIP, l2_normalize
+from emocap_jax.evaluate.prompts import EMOTION_TEMPLATES
 
-# Face-emotion templates for class nouns ("happiness", "anger"), in the register of EmoCap-style
-# global captions, which is what caption-trained models match best.
-EMOTION_TEMPLATES = (
-    "This image portrays an expression of {}.",
-    "The face conveys {}.",
-    "A display of {} dominates this face.",
-    "The overall affective state is {}.",
-    "a photo of a face showing {}.",
-)
+MODES = ("embedding", "logits", "description")
+
+__all__ = ["EMOTION_TEMPLATES", "MODES", "class_embeddings", "zero_shot_scores",
+           "prompt_embeddings", "text_classifier", "encode_dataset_images",
+           "zero_shot_classification"]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def class_embeddings(prompt_emb: np.ndarray) -> np.ndarray:
+    """[C, T, D] prompt embeddings -> [C, D] unit class embeddings (mean of the unit prompts)."""
+    return _unit(_unit(prompt_emb).mean(axis=1))
+
+
+def zero_shot_scores(image_feats: np.ndarray, prompt_emb: np.ndarray,
+                     mode: str = "embedding") -> np.ndarray:
+    """[N, C] cosine scores of N images against C classes given [C, T, D] prompt embeddings
+    (T templates per class; T = 1 for descriptions)."""
+    if mode not in MODES:
+        raise ValueError(f"zero-shot mode {mode!r} is none of {MODES}")
+    prompt_emb = np.asarray(prompt_emb, np.float32)
+    if prompt_emb.ndim != 3:
+        raise ValueError(f"prompt embeddings must be [classes, templates, dim], got "
+                         f"{prompt_emb.shape}")
+    image_feats = _unit(image_feats)
+    if mode == "logits":
+        return np.einsum("nd,ctd->nc", image_feats, _unit(prompt_emb)) / prompt_emb.shape[1]
+    return image_feats @ class_embeddings(prompt_emb).T
+
+
+def prompt_texts(words: Sequence[str], templates: Sequence[str],
+                 descriptions: Optional[Sequence[str]] = None, mode: str = "embedding"
+                 ) -> list[list[str]]:
+    """The prompts of each class: every template filled with the class word, or (mode
+    "description") the class's one description."""
+    if mode == "description":
+        if descriptions is None or len(descriptions) != len(words):
+            raise ValueError("mode 'description' needs one description per class")
+        return [[d] for d in descriptions]
+    return [[t.format(w) for t in templates] for w in words]
+
+
+def prompt_embeddings(encode_texts, prompts: Sequence[Sequence[str]]) -> np.ndarray:
+    """[C, T, D] embeddings of C classes with T prompts each (`encode_texts(list) -> [n, D]`)."""
+    counts = {len(p) for p in prompts}
+    if len(counts) != 1:
+        raise ValueError(f"every class needs the same number of prompts, got {sorted(counts)}")
+    flat = [text for class_prompts in prompts for text in class_prompts]
+    emb = np.asarray(encode_texts(flat), np.float32)
+    return emb.reshape(len(prompts), counts.pop(), -1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model-bound wrappers (the training loop's API).
+
+
+def _encoder(params, model_config, tokenizer, batch_size: int = 256, mesh=None):
+    from emocap_jax.evaluate.features import Encoder
+    return Encoder(params, model_config, tokenizer, mesh=mesh, batch_size=batch_size)
 
 
 def text_classifier(params, model_config, tokenizer, class_names: Sequence[str],
                     templates: Sequence[str] = EMOTION_TEMPLATES) -> np.ndarray:
     """[C, D] unit-norm class embeddings: the normalised mean of each class's normalised prompt
     embeddings."""
-    model = CLIP(model_config)
-    encode = jax.jit(lambda p, t: l2_normalize(model.apply({"params": p}, t,
-                                                           method=CLIP.encode_text)))
-    prompts = [t.format(c) for c in class_names for t in templates]
-    emb = np.asarray(encode(params, tokenizer(prompts)))
-    emb = emb.reshape(len(class_names), len(templates), -1).mean(axis=1)
-    return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+    encoder = _encoder(params, model_config, tokenizer)
+    return class_embeddings(prompt_embeddings(encoder.texts,
+                                              prompt_texts(class_names, templates)))
 
 
-def encode_dataset_images(params, model_config, data_dir: str, batch_size: int, mesh=None):
+def encode_dataset_images(params, model_config, data_dir: str, batch_size: int, mesh=None,
+                          num_frames: Optional[int] = None):
     """Unit-norm image embeddings, labels and ids of every record of a dataset folder, each exactly
-    once: the eval iterator pads the last batch and marks padding invalid."""
-    from emocap_jax import sharding
-    from emocap_jax.data import pipeline
-
-    model = CLIP(model_config)
-    if mesh is not None:
-        shards = int(np.prod([mesh.shape[a] for a in sharding.batch_axes(mesh)]))
-        batch_size = -(-batch_size // shards) * shards  # a multiple of the device count
-        encode = jax.jit(
-            lambda p, x: l2_normalize(model.apply({"params": p}, x, method=CLIP.encode_image)),
-            in_shardings=(None, sharding.batch_sharding(mesh)))
-    else:
-        encode = jax.jit(
-            lambda p, x: l2_normalize(model.apply({"params": p}, x, method=CLIP.encode_image)))
-    iterator = pipeline.make_eval_iterator(
-        data_dir, None, batch_size, model_config.vision.image_size,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    feats, labels, ids = [], [], []
-    for batch in iterator:
-        images = batch["image"]
-        if images.ndim == 5:  # video clips: average the frame embeddings
-            b, f = images.shape[:2]
-            emb = np.asarray(encode(params, images.reshape(b * f, *images.shape[2:])))
-            emb = emb.reshape(b, f, -1).mean(axis=1)
-            emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
-        else:
-            emb = np.asarray(encode(params, images))
-        valid = np.asarray(batch["valid"], bool)
-        feats.append(emb[valid])
-        labels.append(np.asarray(batch["label_id"])[valid])
-        ids.extend(np.asarray(batch["id"])[valid].tolist())
-    return np.concatenate(feats), np.concatenate(labels), ids
+    once, in record order (see `features.Encoder.images`)."""
+    result = _encoder(params, model_config, None, batch_size, mesh).images(data_dir, num_frames)
+    return result.features, result.labels, result.ids
 
 
 def zero_shot_classification(params, model_config, tokenizer, data_dir: str,
@@ -87,9 +118,10 @@ def zero_shot_classification(params, model_config, tokenizer, data_dir: str,
     elif recorded and len(recorded) != len(classes):
         raise ValueError(f"{len(classes)} class names given but {data_dir} has "
                          f"{len(recorded)} classes {recorded}")
-    classifier = text_classifier(params, model_config, tokenizer, classes, templates)
-    feats, labels, _ = encode_dataset_images(params, model_config, data_dir, batch_size, mesh)
-    predictions = np.argmax(feats @ classifier.T, axis=-1)
-    report = classification_report(labels, predictions, list(classes))
+    encoder = _encoder(params, model_config, tokenizer, batch_size, mesh)
+    emb = prompt_embeddings(encoder.texts, prompt_texts(classes, templates))
+    images = encoder.images(data_dir)
+    predictions = np.argmax(zero_shot_scores(images.features, emb), axis=-1)
+    report = classification_report(images.labels, predictions, list(classes))
     report["dataset"] = str(data_dir)
     return report

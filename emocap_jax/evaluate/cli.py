@@ -1,0 +1,278 @@
+"""`python -m emocap_jax.evaluate`: one benchmark x protocol evaluation of one checkpoint.
+
+    python -m emocap_jax.evaluate --checkpoint PATH --benchmark NAME --data DIR \\
+        --protocol zero_shot --output DIR [options]
+    python -m emocap_jax.evaluate --list
+
+Heavy imports (JAX, the model) happen after the arguments are checked, so `--help`, `--list` and
+argument errors answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from emocap_jax.evaluate import registry
+
+EPILOG = """\
+protocols:
+  zero_shot        class prompts (templates averaged in embedding space; see --zero-shot-mode)
+  video            zero-shot on clips: --frames frames sampled uniformly, features averaged
+                   (also reports the middle frame alone)
+  compound         zero-shot over compound class names (also: how often one component is right)
+  linear_probe     logistic regression on frozen features, C chosen on a validation split by
+                   UAR; trains on the benchmark's train split, or runs subject-independent
+                   cross-validation (--num-folds) when there is none
+  few_shot         the probe on k examples per class (--shots), averaged over --seeds
+  au_detection     per-AU positive vs negative prompts; per-AU F1 and mean F1
+  retrieval        image <-> caption recall@1/5/10 on a captioned split
+  multiple_choice  the option text closest to the image; accuracy (questions.jsonl)
+
+--data is a dataset folder (with metadata.json) or the output folder of
+`python -m data_prep.benchmarks` / `python -m data_prep.synthetic_benchmarks`, in which the
+benchmark's splits are found by name (OUT/test/, OUT/fold3/test/, ...).
+
+Output (--output; one folder per checkpoint, runs accumulate):
+  results/<benchmark>__<protocol>.json, predictions/*.csv, confusion/*.json and *.png,
+  report.md and report.csv (the paper's table with its EmoCapCLIP and FLIP numbers beside ours).
+
+example (the embedded synthetic benchmark):
+  python -m data_prep.synthetic_benchmarks --output data/synthetic_bench
+  python -m emocap_jax.evaluate --checkpoint runs/demo --benchmark synthetic \\
+      --data data/synthetic_bench --protocol zero_shot --output runs/demo/eval
+"""
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
+    if not values:
+        raise argparse.ArgumentTypeError("empty list")
+    return values
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: C values must be positive")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m emocap_jax.evaluate",
+        description="Evaluate a checkpoint on one benchmark with one protocol and write the "
+                    "result, confusion matrix and the checkpoint's report (Markdown + CSV).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list", action="store_true",
+                   help="print the benchmarks, their protocols and the paper's numbers, then exit")
+    p.add_argument("--checkpoint", help="anything emocap_jax.load reads: an export folder, a "
+                   "training workdir (its export/), open_clip or Hugging Face CLIP weights")
+    p.add_argument("--benchmark", metavar="NAME", help="registry name (see --list)")
+    p.add_argument("--data", help="dataset folder, or the converter's output folder")
+    p.add_argument("--protocol", default=registry.ZERO_SHOT, choices=registry.PROTOCOLS,
+                   help="evaluation protocol (default zero_shot; see below)")
+    p.add_argument("--output", help="folder for results and the report (one per checkpoint)")
+    g = p.add_argument_group("data")
+    g.add_argument("--fold", type=int, default=None,
+                   help="one official fold (DFEW, MAFW); default: all folds, reported as mean")
+    g.add_argument("--train-data", default=None,
+                   help="training dataset folder for linear_probe / few_shot when --data has no "
+                        "train split")
+    g.add_argument("--frames", type=int, default=None,
+                   help=f"frames sampled per video clip (default "
+                        f"{16}, at most the frames stored per record)")
+    g.add_argument("--batch-size", type=int, default=256,
+                   help="images per global batch, rounded up to a multiple of the devices "
+                        "(default 256)")
+    g = p.add_argument_group("zero-shot")
+    g.add_argument("--zero-shot-mode", default="embedding",
+                   choices=("embedding", "logits", "description"),
+                   help="embedding: templates averaged in embedding space; logits: per-template "
+                        "cosine logits averaged; description: one description per class "
+                        "(default embedding)")
+    g.add_argument("--classes", default=None,
+                   help="comma-separated prompt words in label order (default: the registry's)")
+    g.add_argument("--templates", default=None,
+                   help="file with one template per line, '{}' marking the class word "
+                        "(default: the registry's)")
+    g = p.add_argument_group("linear probe and few-shot")
+    g.add_argument("--num-folds", type=int, default=None,
+                   help="cross-validation folds for single-split benchmarks (default: the "
+                        "registry's, e.g. 10 subject-independent folds for CK+)")
+    g.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of the training data held out to choose C (default 0.2)")
+    g.add_argument("--c-grid", type=_float_list, default=None,
+                   help="comma-separated inverse regularisation strengths to try "
+                        "(default 0.01,0.1,...,10000)")
+    g.add_argument("--shots", type=_int_list, default=(1, 2, 4, 8, 16),
+                   help="few-shot k values (default 1,2,4,8,16)")
+    g.add_argument("--seeds", type=_int_list, default=(0, 1, 2),
+                   help="few-shot sampling seeds (default 0,1,2)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the cross-validation and validation splits (default 0)")
+    g = p.add_argument_group("AU detection, retrieval, multiple choice")
+    g.add_argument("--au-threshold", type=float, default=0.0,
+                   help="an AU counts as present above this annotated intensity (default 0)")
+    g.add_argument("--caption-field", default="full",
+                   choices=("full", "global", "summary", "local"),
+                   help="retrieval text: the whole caption (mean of its sentence embeddings) or "
+                        "one part (default full)")
+    g.add_argument("--questions", default=None,
+                   help="questions.jsonl (default: questions.jsonl in the dataset folder)")
+    g.add_argument("--mc-template", default="{option}",
+                   help="text of an answer option, from {question} and {option} "
+                        "(default '{option}')")
+    g = p.add_argument_group("devices")
+    g.add_argument("--mesh-data", type=int, default=-1,
+                   help="devices on the mesh's data axis (-1: all; default -1)")
+    g.add_argument("--mesh-fsdp", type=int, default=1,
+                   help="devices on the fsdp axis, which splits the parameters (default 1)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def list_benchmarks() -> str:
+    lines = []
+    for group in registry.GROUPS:
+        lines.append(f"{group}:")
+        for spec in (b for b in registry.BENCHMARKS.values() if b.group == group):
+            paper = (f"paper {spec.paper.emocapclip} (FLIP {spec.paper.flip})"
+                     if spec.paper else "")
+            classes = (f"{len(spec.classes)} classes" if spec.classes else
+                       "classes from the data" if spec.classes is None else "")
+            lines.append(f"  {spec.name:<20} {spec.title:<22} {classes:<22} "
+                         f"{', '.join(spec.protocols)}  {paper}")
+    return "\n".join(lines)
+
+
+def _check(args, parser) -> None:
+    for flag in ("checkpoint", "benchmark", "data", "output"):
+        if getattr(args, flag) is None:
+            parser.error(f"--{flag} is required (or use --list)")
+    if args.benchmark not in registry.BENCHMARKS:
+        parser.error(f"--benchmark {args.benchmark!r} is unknown; known: "
+                     f"{', '.join(registry.names())}")
+    spec = registry.get(args.benchmark)
+    if args.protocol not in spec.protocols:
+        parser.error(f"--protocol {args.protocol}: benchmark {args.benchmark} supports "
+                     f"{', '.join(spec.protocols)}")
+    if not os.path.exists(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint}: no such file or directory")
+    if not os.path.isdir(args.data):
+        parser.error(f"--data {args.data}: no such directory")
+    if args.train_data is not None and not os.path.isdir(args.train_data):
+        parser.error(f"--train-data {args.train_data}: no such directory")
+    if args.questions is not None and not os.path.isfile(args.questions):
+        parser.error(f"--questions {args.questions}: no such file")
+    if args.templates is not None and not os.path.isfile(args.templates):
+        parser.error(f"--templates {args.templates}: no such file")
+    for flag, value, low in (("batch-size", args.batch_size, 1), ("frames", args.frames, 1),
+                             ("num-folds", args.num_folds, 2)):
+        if value is not None and value < low:
+            parser.error(f"--{flag} must be >= {low}, got {value}")
+    if not 0 < args.val_fraction < 1:
+        parser.error(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        parser.error(f"--output {args.output} exists and is not a directory")
+
+
+def options_from_args(args):
+    from emocap_jax.evaluate.linear_probe import DEFAULT_C_GRID
+    from emocap_jax.evaluate.runner import Options
+
+    templates = None
+    if args.templates:
+        with open(args.templates, encoding="utf-8") as f:
+            templates = tuple(line.strip() for line in f if line.strip())
+        bad = [t for t in templates if "{}" not in t]
+        if not templates or bad:
+            raise ValueError(f"--templates {args.templates}: every line needs '{{}}' for the "
+                             f"class word (bad: {bad[:3]})")
+    words = tuple(w.strip() for w in args.classes.split(",")) if args.classes else None
+    return Options(batch_size=args.batch_size, frames=args.frames,
+                   zero_shot_mode=args.zero_shot_mode, templates=templates, prompt_words=words,
+                   fold=args.fold, train_data=args.train_data, num_folds=args.num_folds,
+                   val_fraction=args.val_fraction, c_grid=args.c_grid or DEFAULT_C_GRID,
+                   shots=args.shots, seeds=args.seeds, caption_field=args.caption_field,
+                   questions=args.questions, mc_template=args.mc_template,
+                   au_threshold=args.au_threshold, seed=args.seed)
+
+
+def summary_line(result: dict) -> str:
+    value = result["value"]
+    from emocap_jax.evaluate.report import metric_name
+
+    text = (f"{result['title']} {result['protocol']}: {metric_name(result['metric'])} "
+            f"{'n/a' if value is None else f'{100 * value:.1f}%'}")
+    report = result.get("report") or {}
+    folds = len(result.get("folds") or [])
+    if "war" in report:
+        # With folds the headline UAR is the fold mean: give WAR the same way.
+        war = report["fold_summary"]["war"]["mean"] if folds > 1 else report["war"]
+        text += f", WAR {100 * war:.1f}%, {report['num_examples']} examples"
+    if folds > 1:
+        text += f", mean of {folds} folds"
+    if result.get("paper"):
+        text += (f" (paper: EmoCapCLIP {result['paper']['emocapclip']}, "
+                 f"FLIP {result['paper']['flip']})")
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        print(list_benchmarks())
+        return 0
+    _check(args, parser)
+    try:
+        options = options_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+
+    import ml_collections
+
+    from emocap_jax import sharding
+    from emocap_jax.evaluate import report, runner
+    from emocap_jax.evaluate.features import Encoder
+
+    try:
+        mesh = sharding.make_mesh(ml_collections.ConfigDict(
+            {"data": args.mesh_data, "fsdp": args.mesh_fsdp}))
+    except ValueError as e:
+        parser.error(f"--mesh-data/--mesh-fsdp: {e}")
+    print(f"loading {args.checkpoint}", flush=True)
+    try:
+        encoder = Encoder.load(args.checkpoint, mesh=mesh, batch_size=args.batch_size,
+                               progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: --checkpoint {args.checkpoint}: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.benchmark} / {args.protocol} on {mesh.devices.size} devices", flush=True)
+    try:
+        result = runner.run(encoder, args.benchmark, args.protocol, args.data, options)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import jax
+    if jax.process_index() != 0:  # every process computed the result; one writes it
+        return 0
+    written = report.write_result(args.output, result)
+    summary = report.write_report(args.output, encoder.description)
+    print(summary_line(result))
+    for kind, path in written.items():
+        print(f"  {kind}: {path}")
+    print(f"  report: {summary['markdown']} and {summary['csv']} "
+          f"({summary['num_results']} results)")
+    if summary["left_out"]:
+        print(f"  note: {len(summary['left_out'])} results of other checkpoints in "
+              f"{args.output}/results were left out of the report")
+    return 0

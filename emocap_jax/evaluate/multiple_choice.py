@@ -1,0 +1,112 @@
+"""Multiple-choice questions about faces (Face-Human-Bench, FaceXBench style), answered by a
+two-tower model: the option whose text (optionally with the question) is closest to the image wins.
+
+Questions live beside the images: `questions.jsonl` in the dataset folder (or a path given on the
+command line), one JSON object per line:
+
+    {"qid": "q17", "id": "<record id of the image>", "question": "Which emotion ...?",
+     "options": ["a face showing happiness", "a face showing anger", ...],
+     "answer": 0,                 # index into options, or a letter "A", "B", ...
+     "task": "emotion"}           # optional: accuracy is also reported per task
+
+Several questions may refer to one image. Option texts are encoded through `template`
+("{option}" by default; "{question} {option}" puts the question in front).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import string
+from typing import Sequence
+
+import numpy as np
+
+QUESTIONS_FILE = "questions.jsonl"
+DEFAULT_TEMPLATE = "{option}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    qid: str
+    id: str
+    question: str
+    options: tuple[str, ...]
+    answer: int
+    task: str = ""
+
+
+def _answer_index(answer, num_options: int, where: str) -> int:
+    if isinstance(answer, str):
+        letter = answer.strip().upper()
+        if len(letter) == 1 and letter in string.ascii_uppercase:
+            answer = string.ascii_uppercase.index(letter)
+        elif letter.isdigit():
+            answer = int(letter)
+        else:
+            raise ValueError(f"{where}: answer {answer!r} is neither an index nor a letter")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < num_options:
+        raise ValueError(f"{where}: answer {answer!r} is not an option index in "
+                         f"[0, {num_options})")
+    return answer
+
+
+def load_questions(path: str | os.PathLike) -> list[Question]:
+    """Parses and validates a questions.jsonl file (errors name the file and line)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no questions file (one JSON object per line with id, "
+                                "question, options, answer)")
+    questions, seen = [], set()
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not JSON ({e})") from e
+            missing = [k for k in ("id", "options", "answer") if k not in obj]
+            if missing:
+                raise ValueError(f"{where}: missing {missing}")
+            options = obj["options"]
+            if not isinstance(options, list) or len(options) < 2 or \
+                    not all(isinstance(o, str) and o.strip() for o in options):
+                raise ValueError(f"{where}: options must be a list of at least 2 non-empty "
+                                 "strings")
+            qid = str(obj.get("qid", f"line{line_no}"))
+            if qid in seen:
+                raise ValueError(f"{where}: question id {qid!r} is repeated")
+            seen.add(qid)
+            questions.append(Question(qid, str(obj["id"]), str(obj.get("question", "")),
+                                      tuple(options),
+                                      _answer_index(obj["answer"], len(options), where),
+                                      str(obj.get("task", ""))))
+    if not questions:
+        raise ValueError(f"{path}: no questions")
+    return questions
+
+
+def option_texts(question: Question, template: str = DEFAULT_TEMPLATE) -> list[str]:
+    return [template.format(question=question.question, option=o).strip()
+            for o in question.options]
+
+
+def choose(image_feats: np.ndarray, option_emb: Sequence[np.ndarray]) -> np.ndarray:
+    """For question q (image_feats[q], option_emb[q] = [M_q, D]) the index of the closest option."""
+    return np.asarray([int(np.argmax(np.asarray(options) @ np.asarray(image)))
+                       for image, options in zip(image_feats, option_emb)], np.int64)
+
+
+def accuracy_report(choices, questions: Sequence[Question]) -> dict:
+    """Overall and per-task accuracy; chance is the mean of 1 / number of options."""
+    choices = np.asarray(choices)
+    answers = np.asarray([q.answer for q in questions])
+    correct = choices == answers
+    tasks = {}
+    for task in sorted({q.task for q in questions if q.task}):
+        mask = np.asarray([q.task == task for q in questions])
+        tasks[task] = {"accuracy": float(correct[mask].mean()), "num_questions": int(mask.sum())}
+    return {"accuracy": float(correct.mean()), "num_questions": int(len(questions)),
+            "chance": float(np.mean([1 / len(q.options) for q in questions])), "tasks": tasks}

@@ -1,0 +1,283 @@
+"""The benchmark registry: what each evaluation benchmark is and how the paper reports it.
+
+Each entry fixes the class order (the converter's, imported from `data_prep.benchmark_formats`, so
+label_id means the same here as in the TFRecords), the prompt word and one description per class,
+the prompt templates, the splits and folds, the protocol and metric the paper reports, and the
+paper's EmoCapCLIP ViT-B/32 and FLIP-80M ViT-B/32 numbers (zero-shot, read off the paper's radar
+chart, +-0.1; DESIGN.md section 1).
+
+    from emocap_jax.evaluate import registry
+    spec = registry.get("rafdb")
+    spec.classes, spec.prompt_words, spec.paper
+
+Entries whose classes are fixed by the data rather than by the benchmark (imagefolder, MAFW
+compound, whose class set is every label found in its lists) have `classes = None`; `resolve`
+derives the prompt words and descriptions from the dataset's recorded classes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+from data_prep.benchmark_formats import ckplus, fer, folders, rafdb, affectnet, video_lists
+from data_prep.benchmark_formats import acted_video
+from data_prep import synthetic_faces
+from emocap_jax.evaluate import prompts
+
+# Task groups, in the paper's order.
+GROUPS = ("static FER", "compound FER", "dynamic FER (video)", "action units",
+          "face understanding", "synthetic")
+
+# Protocols (see emocap_jax/evaluate/runner.py).
+ZERO_SHOT = "zero_shot"
+LINEAR_PROBE = "linear_probe"
+FEW_SHOT = "few_shot"
+VIDEO = "video"
+COMPOUND = "compound"
+AU_DETECTION = "au_detection"
+RETRIEVAL = "retrieval"
+MULTIPLE_CHOICE = "multiple_choice"
+PROTOCOLS = (ZERO_SHOT, LINEAR_PROBE, FEW_SHOT, VIDEO, COMPOUND, AU_DETECTION, RETRIEVAL,
+             MULTIPLE_CHOICE)
+CLASSIFICATION_PROTOCOLS = (ZERO_SHOT, LINEAR_PROBE, FEW_SHOT)
+
+# FABA-Bench AU detection scores these 12 AUs (JackYFL/EmoLA, emollava/eval/eval_FABA.py,
+# `select_AUs` for FABA); its annotations use a 20-AU vocabulary.
+FABA_AUS = (1, 2, 4, 5, 6, 10, 12, 17, 24, 25, 26, 43)
+# FABA-Bench emotion labels in the order of the same script's `emotions2num`.
+FABA_EMOTION_CLASSES = ("happiness", "sadness", "surprise", "anger", "neutral", "disgust", "fear")
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperResult:
+    """The paper's zero-shot numbers (percent) for ViT-B/32."""
+    emocapclip: float
+    flip: float
+    metric: str = "uar"
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """One evaluation benchmark.
+
+    name: registry key (the converter's name where one exists).
+    title: how papers name it.
+    group: one of GROUPS.
+    classes: class names in label_id order, or None when the dataset's metadata fixes them.
+    prompt_words / descriptions: one per class, aligned with `classes`.
+    templates: zero-shot templates ("{}" is the prompt word).
+    protocols: the protocols that apply; `paper_protocol` is the one the paper reports.
+    metric: the headline metric of `paper_protocol` ("uar", "mean_f1" or "accuracy").
+    test_split / train_split: split folders written by `python -m data_prep.benchmarks`.
+    official_folds: fold numbers with OUT/fold<k>/<split>/ folders (DFEW, MAFW), or ().
+    cv_folds: folds of a subject-independent cross-validation for single-split benchmarks (linear
+      probe, few-shot), grouped by the records' `group` (subject / actor).
+    video: clips; frames are sampled uniformly and their features averaged.
+    aus: AU codes scored by AU detection.
+    converter: name in data_prep.benchmarks, or "" when there is none.
+    paper: the paper's numbers; other: other published zero-shot numbers {model: value}.
+    note: anything a reader of the report must know.
+    """
+    name: str
+    title: str
+    group: str
+    classes: Optional[tuple[str, ...]]
+    prompt_words: Optional[tuple[str, ...]] = None
+    descriptions: Optional[tuple[str, ...]] = None
+    templates: tuple[str, ...] = prompts.EMOTION_TEMPLATES
+    protocols: tuple[str, ...] = CLASSIFICATION_PROTOCOLS
+    paper_protocol: str = ZERO_SHOT
+    metric: str = "uar"
+    test_split: str = "test"
+    train_split: Optional[str] = "train"
+    official_folds: tuple[int, ...] = ()
+    cv_folds: int = 0
+    video: bool = False
+    aus: tuple[int, ...] = ()
+    converter: str = ""
+    paper: Optional[PaperResult] = None
+    other: dict = dataclasses.field(default_factory=dict)
+    note: str = ""
+
+    def __post_init__(self):
+        if self.group not in GROUPS:
+            raise ValueError(f"{self.name}: group {self.group!r} is none of {GROUPS}")
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown:
+            raise ValueError(f"{self.name}: unknown protocols {unknown}")
+        if self.paper_protocol not in self.protocols:
+            raise ValueError(f"{self.name}: paper protocol {self.paper_protocol} not in "
+                             f"{self.protocols}")
+        if self.classes is not None:
+            for field in ("prompt_words", "descriptions"):
+                value = getattr(self, field)
+                if value is not None and len(value) != len(self.classes):
+                    raise ValueError(f"{self.name}: {len(value)} {field} for "
+                                     f"{len(self.classes)} classes")
+
+    def resolve(self, recorded_classes: Optional[Sequence[str]]) -> "Benchmark":
+        """This entry with classes, prompt words and descriptions filled in from the dataset's
+        recorded class order; raises when the dataset's order is not the benchmark's."""
+        recorded = list(recorded_classes) if recorded_classes else None
+        classes = self.classes
+        if classes == ():
+            # AU detection and multiple-choice benchmarks have no classes to check.
+            return self
+        if classes is None:
+            if recorded is None:
+                raise ValueError(f"benchmark {self.name} takes its classes from the dataset, but "
+                                 "the dataset's metadata.json records none")
+            classes = tuple(recorded)
+        elif recorded is not None and list(classes) != recorded:
+            raise ValueError(
+                f"the dataset's class order {recorded} is not benchmark {self.name}'s "
+                f"{list(classes)}: convert it with `python -m data_prep.benchmarks --name "
+                f"{self.converter or self.name}` or pick the benchmark that matches")
+        words = self.prompt_words if self.prompt_words is not None else tuple(
+            (prompts.compound_prompt_word if self.group == "compound FER" else prompts.prompt_word)(c)
+            for c in classes)
+        descriptions = self.descriptions if self.descriptions is not None else tuple(
+            prompts.description(c) for c in classes)
+        return dataclasses.replace(self, classes=tuple(classes), prompt_words=tuple(words),
+                                   descriptions=tuple(descriptions))
+
+
+def _classes(names: Sequence[str], compound: bool = False) -> dict:
+    """classes, prompt words and descriptions of a fixed class list."""
+    word = prompts.compound_prompt_word if compound else prompts.prompt_word
+    return dict(classes=tuple(names), prompt_words=tuple(word(c) for c in names),
+                descriptions=tuple(prompts.description(c) for c in names))
+
+
+_VIDEO_PROTOCOLS = (VIDEO, LINEAR_PROBE, FEW_SHOT)
+_COMPOUND_PROTOCOLS = (COMPOUND, LINEAR_PROBE, FEW_SHOT)
+_CK_NOTE = "CK+ numbers as the paper reports them; CK+48 is a 48x48 crop of CK+'s last frames"
+
+_ENTRIES = (
+    # ----- static FER
+    Benchmark("rafdb", "RAF-DB", "static FER", **_classes(rafdb.BASIC_CLASSES),
+              converter="rafdb", paper=PaperResult(62.8, 45.1),
+              other={"CLIP B/32": 35.0, "Exp-CLIP L/14": 58.7}),
+    Benchmark("affectnet-7", "AffectNet-7", "static FER", **_classes(affectnet.EXPRESSIONS[:7]),
+              test_split="val", converter="affectnet-7", paper=PaperResult(51.9, 38.3),
+              note="AffectNet's test set is not public: the validation set is the test split"),
+    Benchmark("affectnet-8", "AffectNet-8", "static FER", **_classes(affectnet.EXPRESSIONS[:8]),
+              test_split="val", converter="affectnet-8", paper=PaperResult(43.4, 32.9),
+              note="AffectNet's test set is not public: the validation set is the test split"),
+    Benchmark("ferplus", "FERPlus", "static FER", **_classes(fer.FERPLUS_CLASSES),
+              converter="ferplus", paper=PaperResult(55.1, 44.7)),
+    Benchmark("ckplus", "CK+", "static FER", **_classes(ckplus.CK_EMOTIONS),
+              test_split="all", train_split=None, cv_folds=10, converter="ckplus",
+              paper=PaperResult(57.5, 46.4),
+              note="last 3 frames of the 327 labelled sequences; subject-independent 10 folds"),
+    Benchmark("ckplus48", "CK+48", "static FER", **_classes(folders.CKPLUS48_CLASSES),
+              test_split="all", train_split=None, cv_folds=10, converter="ckplus48",
+              paper=PaperResult(57.5, 46.4), note=_CK_NOTE),
+    Benchmark("jaffe", "JAFFE", "static FER", **_classes(ckplus.JAFFE_CLASSES),
+              test_split="all", train_split=None, cv_folds=10, converter="jaffe",
+              paper=PaperResult(54.4, 40.6), note="10 identities; folds are identity-independent"),
+    Benchmark("sfew", "SFEW 2.0", "static FER", **_classes(folders.SFEW_CLASSES),
+              test_split="val", converter="sfew", paper=PaperResult(49.3, 27.8),
+              note="SFEW's test labels are not public: the validation set is the test split"),
+    Benchmark("faba-emotion", "FABA-Bench emotion", "static FER",
+              **_classes(FABA_EMOTION_CLASSES), train_split=None,
+              paper=PaperResult(67.9, 42.7),
+              note="no converter: convert its test images as an image folder with "
+                   "--classes happiness,sadness,surprise,anger,neutral,disgust,fear"),
+    Benchmark("fer2013", "FER2013", "static FER", **_classes(fer.FER2013_CLASSES),
+              converter="fer2013", note="not in the paper's chart"),
+    Benchmark("imagefolder", "image folder", "static FER", classes=None, test_split="all",
+              train_split=None, cv_folds=5, converter="imagefolder",
+              note="classes are the dataset's recorded ones (its folder names)"),
+    # ----- compound FER
+    Benchmark("rafdb-compound", "RAF-DB compound", "compound FER",
+              **_classes(rafdb.COMPOUND_CLASSES, compound=True),
+              templates=prompts.COMPOUND_TEMPLATES, protocols=_COMPOUND_PROTOCOLS,
+              paper_protocol=COMPOUND, converter="rafdb-compound",
+              paper=PaperResult(32.7, 22.8)),
+    Benchmark("mafw-compound", "MAFW compound", "compound FER", classes=None,
+              templates=prompts.COMPOUND_TEMPLATES, protocols=_COMPOUND_PROTOCOLS,
+              paper_protocol=COMPOUND, official_folds=video_lists.FOLDS, video=True,
+              converter="mafw-compound", paper=PaperResult(9.3, 5.9),
+              note="classes are every label of the compound lists (data_prep.benchmarks)"),
+    # ----- dynamic FER (video)
+    Benchmark("dfew", "DFEW", "dynamic FER (video)", **_classes(video_lists.DFEW_CLASSES),
+              protocols=_VIDEO_PROTOCOLS, paper_protocol=VIDEO,
+              official_folds=video_lists.FOLDS, video=True, converter="dfew",
+              paper=PaperResult(42.2, 27.5),
+              other={"CLIP B/32": 22.1, "Exp-CLIP L/14": 40.2, "EmoCLIP B/32": 36.8}),
+    Benchmark("ferv39k", "FERV39k", "dynamic FER (video)",
+              **_classes(video_lists.FERV39K_CLASSES), protocols=_VIDEO_PROTOCOLS,
+              paper_protocol=VIDEO, video=True, converter="ferv39k",
+              paper=PaperResult(29.9, 20.3)),
+    Benchmark("mafw", "MAFW", "dynamic FER (video)", **_classes(video_lists.MAFW_CLASSES),
+              protocols=_VIDEO_PROTOCOLS, paper_protocol=VIDEO,
+              official_folds=video_lists.FOLDS, video=True, converter="mafw",
+              paper=PaperResult(30.8, 20.8), other={"EmoCLIP B/32": 25.9}),
+    Benchmark("afew", "AFEW", "dynamic FER (video)", **_classes(folders.AFEW_CLASSES),
+              protocols=_VIDEO_PROTOCOLS, paper_protocol=VIDEO, test_split="val", video=True,
+              converter="afew", paper=PaperResult(39.9, 21.8),
+              note="AFEW's test labels are not public: the validation set is the test split"),
+    Benchmark("crema-d", "CREMA-D", "dynamic FER (video)",
+              **_classes(acted_video.CREMA_CLASSES), protocols=_VIDEO_PROTOCOLS,
+              paper_protocol=VIDEO, test_split="all", train_split=None, cv_folds=5, video=True,
+              converter="crema-d", paper=PaperResult(48.7, 25.1)),
+    Benchmark("ravdess", "RAVDESS", "dynamic FER (video)",
+              **_classes(acted_video.RAVDESS_CLASSES), protocols=_VIDEO_PROTOCOLS,
+              paper_protocol=VIDEO, test_split="all", train_split=None, cv_folds=6, video=True,
+              converter="ravdess", paper=PaperResult(50.4, 25.9),
+              note="24 actors; folds are actor-independent (4 actors each)"),
+    Benchmark("enterface05", "eNTERFACE'05", "dynamic FER (video)",
+              **_classes(acted_video.ENTERFACE_CLASSES), protocols=_VIDEO_PROTOCOLS,
+              paper_protocol=VIDEO, test_split="all", train_split=None, cv_folds=5, video=True,
+              converter="enterface05", paper=PaperResult(35.2, 20.6)),
+    # ----- action units
+    Benchmark("faba-au", "FABA-Bench AU", "action units", classes=(), protocols=(AU_DETECTION,),
+              paper_protocol=AU_DETECTION, metric="mean_f1", train_split=None, aus=FABA_AUS,
+              paper=PaperResult(57.0, 51.8, metric="mean_f1"),
+              note="convert with data_prep.captions (manifest 'aus' per face); the paper's AU "
+                   "metric is not stated: ours is the mean F1 over the 12 FABA-Bench AUs"),
+    # ----- face understanding (multiple-choice questions)
+    Benchmark("face-human-bench", "Face-Human-Bench", "face understanding", classes=(),
+              protocols=(MULTIPLE_CHOICE,), paper_protocol=MULTIPLE_CHOICE, metric="accuracy",
+              train_split=None, paper=PaperResult(71.9, 56.0, metric="accuracy"),
+              note="images as a dataset folder plus questions.jsonl (see multiple_choice.py)"),
+    Benchmark("facexbench", "FaceXBench", "face understanding", classes=(),
+              protocols=(MULTIPLE_CHOICE,), paper_protocol=MULTIPLE_CHOICE, metric="accuracy",
+              train_split=None, paper=PaperResult(69.9, 58.5, metric="accuracy"),
+              note="images as a dataset folder plus questions.jsonl (see multiple_choice.py)"),
+    # ----- the embedded synthetic faces (python -m data_prep.synthetic_benchmarks)
+    Benchmark("synthetic", "synthetic faces", "synthetic",
+              **_classes(synthetic_faces.BASIC_CLASSES),
+              protocols=(ZERO_SHOT, LINEAR_PROBE, FEW_SHOT, AU_DETECTION, RETRIEVAL,
+                         MULTIPLE_CHOICE),
+              test_split="basic", train_split=None, cv_folds=5,
+              aus=synthetic_faces.AU_CODES,
+              note="held-out identities of the synthetic corpus (its eval split)"),
+    Benchmark("synthetic-compound", "synthetic compound", "synthetic",
+              **_classes(synthetic_faces.COMPOUND_CLASSES, compound=True),
+              templates=prompts.COMPOUND_TEMPLATES, protocols=_COMPOUND_PROTOCOLS,
+              paper_protocol=COMPOUND, test_split="compound", train_split=None, cv_folds=3),
+    Benchmark("synthetic-video", "synthetic video", "synthetic",
+              **_classes(synthetic_faces.BASIC_CLASSES), protocols=_VIDEO_PROTOCOLS,
+              paper_protocol=VIDEO, test_split="video", train_split=None, cv_folds=3,
+              video=True, note="clips ramp from a neutral face to the expression's apex"),
+)
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in _ENTRIES}
+
+
+def get(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]
+
+
+def names() -> list[str]:
+    return list(BENCHMARKS)
+
+
+def paper_table() -> list[Benchmark]:
+    """The benchmarks with paper numbers, in the paper's group order."""
+    rows = [b for b in _ENTRIES if b.paper is not None]
+    return sorted(rows, key=lambda b: GROUPS.index(b.group))

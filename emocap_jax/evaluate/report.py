@@ -1,0 +1,306 @@
+"""Evaluation reports: per-run result files, confusion matrices (JSON and PNG), and one report per
+checkpoint (Markdown and CSV) laid out like the paper's table, with its numbers beside ours.
+
+An output folder collects the runs of one checkpoint:
+
+    OUT/results/<benchmark>__<protocol>.json      everything a run computed (no predictions)
+    OUT/predictions/<benchmark>__<protocol>.csv   id, label, prediction (, fold) per test face
+    OUT/confusion/<benchmark>__<protocol>.json    classes, counts, row-normalised rates
+    OUT/confusion/<benchmark>__<protocol>.png
+    OUT/report.md, OUT/report.csv                 rebuilt from every results/*.json after each run
+
+so running the command once per benchmark into the same folder builds up the whole table.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import pathlib
+from typing import Optional, Sequence
+
+import numpy as np
+
+from emocap_jax.evaluate import registry
+
+RESULTS, PREDICTIONS, CONFUSION = "results", "predictions", "confusion"
+DASH = "—"
+
+
+def slug(benchmark: str, protocol: str) -> str:
+    return f"{benchmark}__{protocol}"
+
+
+METRIC_NAMES = {"uar": "UAR", "war": "WAR", "mean_f1": "mean F1", "accuracy": "accuracy",
+                "mean_recall": "mean R@1/5/10"}
+
+
+def metric_name(metric: str) -> str:
+    """Display name: "uar" -> "UAR", "uar@16-shot" -> "UAR@16-shot"."""
+    head, sep, tail = metric.partition("@")
+    return METRIC_NAMES.get(head, head) + sep + tail
+
+
+def _pct(value) -> str:
+    return DASH if value is None else f"{100 * value:.1f}"
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"cannot write {type(x).__name__} to JSON")
+
+
+def plot_confusion(cm, classes: Sequence[str], path, title: str = "") -> pathlib.Path:
+    """Row-normalised confusion matrix (colour = recall share), with the counts written in."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display on TPU VMs and CI
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm, np.float64)
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    size = max(4.0, 0.6 * n + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_result(output, result: dict) -> dict:
+    """Writes one run's files; returns {kind: path}."""
+    output = pathlib.Path(output)
+    name = slug(result["benchmark"], result["protocol"])
+    written = {}
+    result = dict(result)
+    predictions = result.pop("predictions", None)
+    if predictions:
+        path = output / PREDICTIONS / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(predictions[0]))
+            writer.writeheader()
+            writer.writerows(predictions)
+        written["predictions"] = path
+    report = result.get("report") or {}
+    if "confusion_matrix" in report:
+        cm = np.asarray(report["confusion_matrix"])
+        path = output / CONFUSION / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        path.write_text(json.dumps({"classes": report["classes"], "counts": cm.tolist(),
+                                    "row_normalised": rates.round(4).tolist(),
+                                    "rows": "true class", "columns": "predicted class"},
+                                   indent=1))
+        written["confusion_json"] = path
+        written["confusion_png"] = plot_confusion(
+            cm, report["classes"], output / CONFUSION / f"{name}.png",
+            f"{result['title']} {result['protocol']}: UAR {_pct(report['uar'])}%")
+    result["files"] = {k: str(v.relative_to(output)) for k, v in written.items()}
+    path = output / RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=_json_default))
+    written["result"] = path
+    return written
+
+
+def load_results(output, checkpoint: Optional[str] = None) -> tuple[list[dict], list[str]]:
+    """The results in OUT/results (of `checkpoint` only, when given) and the files left out."""
+    results, other = [], []
+    for path in sorted((pathlib.Path(output) / RESULTS).glob("*.json")):
+        result = json.loads(path.read_text())
+        if checkpoint is not None and result.get("checkpoint") != checkpoint:
+            other.append(str(path))
+            continue
+        results.append(result)
+    return results, other
+
+
+def _paper_rows(results: list[dict]) -> list[dict]:
+    by_key = {(r["benchmark"], r["protocol"]): r for r in results}
+    rows = []
+    for spec in registry.paper_table():
+        result = by_key.get((spec.name, spec.paper_protocol))
+        rows.append({"group": spec.group, "benchmark": spec.name, "title": spec.title,
+                     "protocol": spec.paper_protocol, "metric": spec.paper.metric,
+                     "ours": None if result is None else result["value"],
+                     "emocapclip_b32": spec.paper.emocapclip / 100, "flip_b32": spec.paper.flip / 100,
+                     "result": result})
+    return rows
+
+
+def _other_rows(results: list[dict]) -> list[dict]:
+    paper_keys = {(s.name, s.paper_protocol) for s in registry.paper_table()}
+    rows = []
+    for r in results:
+        if (r["benchmark"], r["protocol"]) in paper_keys:
+            continue
+        rows.append({"group": r["group"], "benchmark": r["benchmark"], "title": r["title"],
+                     "protocol": r["protocol"], "metric": r["metric"], "ours": r["value"],
+                     "emocapclip_b32": None, "flip_b32": None, "result": r})
+    order = {name: i for i, name in enumerate(registry.names())}
+    return sorted(rows, key=lambda x: (order.get(x["benchmark"], 1e9), x["protocol"]))
+
+
+def _num_examples(result: Optional[dict]):
+    if not result:
+        return None
+    report = result.get("report") or {}
+    if "num_examples" in report:
+        return report["num_examples"]
+    if "num_questions" in report:
+        return report["num_questions"]
+    folds = result.get("folds") or []
+    counts = [f.get("num_examples", f.get("num_test", f.get("num_questions"))) for f in folds]
+    return int(sum(c for c in counts if c is not None)) if counts else None
+
+
+def render_csv(results: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["group", "benchmark", "title", "protocol", "metric", "ours",
+                     "emocapclip_b32", "flip_b32", "num_examples", "num_folds", "checkpoint"])
+    for row in _paper_rows(results) + _other_rows(results):
+        r = row["result"]
+
+        def pct(v):
+            return "" if v is None else f"{100 * v:.2f}"
+
+        writer.writerow([row["group"], row["benchmark"], row["title"], row["protocol"],
+                         row["metric"], pct(row["ours"]), pct(row["emocapclip_b32"]),
+                         pct(row["flip_b32"]), _num_examples(r) or "",
+                         len(r.get("folds") or []) if r else "", r["checkpoint"] if r else ""])
+    return buffer.getvalue()
+
+
+def _details(result: dict) -> list[str]:
+    lines = [f"### {result['title']} — {result['protocol']}", ""]
+    lines.append(f"- data: `{result['data']}`; {result.get('devices', '?')} devices; "
+                 f"{result.get('seconds', 0):.1f} s")
+    report = result.get("report") or {}
+    if "uar" in report:
+        lines.append(f"- UAR {_pct(report['uar'])}%, WAR {_pct(report['war'])}%, macro-F1 "
+                     f"{_pct(report['macro_f1'])}% over {report['num_examples']} examples")
+        summary = report.get("fold_summary", {})
+        if len(result.get("folds") or []) > 1 and summary:
+            lines.append("- fold mean ± std: " + ", ".join(
+                f"{m.upper() if m != 'macro_f1' else 'macro-F1'} {_pct(s['mean'])} ± "
+                f"{_pct(s['std'])}" for m, s in summary.items()) +
+                f" ({summary['uar']['num_folds']} folds)")
+        if result.get("single_frame"):
+            s = result["single_frame"]
+            lines.append(f"- middle frame only: UAR {_pct(s['uar'])}%, WAR {_pct(s['war'])}%")
+        partial = [f.get("partial_match") for f in result.get("folds", [])]
+        if any(p is not None for p in partial):
+            lines.append("- prediction shares a component emotion with the truth: "
+                         f"{_pct(np.mean([p for p in partial if p is not None]))}%")
+        lines += ["", "| class | recall |", "|---|---|"]
+        lines += [f"| {c} | {_pct(v)} |" for c, v in report["per_class_recall"].items()]
+        if result.get("files", {}).get("confusion_png"):
+            lines += ["", f"![confusion matrix]({result['files']['confusion_png']})"]
+    if "shots" in result:
+        lines += ["", "| shots | UAR | WAR | macro-F1 |", "|---|---|---|---|"]
+        for k, s in result["shots"].items():
+            lines.append(f"| {k} | " + " | ".join(
+                f"{_pct(s[m]['mean'])} ± {_pct(s[m]['std'])}" for m in ("uar", "war", "macro_f1"))
+                + " |")
+    for fold in result.get("folds") or []:
+        if "per_label" in fold:
+            lines += ["", f"mean F1 {_pct(fold['mean_f1'])}%, mean balanced accuracy "
+                      f"{_pct(fold['mean_balanced_accuracy'])}% over {fold['num_examples']} faces",
+                      "", "| AU | F1 | precision | recall | positives |", "|---|---|---|---|---|"]
+            lines += [f"| {au} | {_pct(v['f1'])} | {_pct(v['precision'])} | {_pct(v['recall'])} "
+                      f"| {v['positives']} |" for au, v in fold["per_label"].items()]
+        if "image_to_text" in fold:
+            ks = list(fold["image_to_text"])
+            lines += ["", f"{fold['num_examples']} image-caption pairs "
+                      f"(caption: {fold['caption_field']})", "",
+                      "| direction | " + " | ".join(ks) + " |", "|---" * (len(ks) + 1) + "|"]
+            for name, key in (("image → text", "image_to_text"), ("text → image", "text_to_image")):
+                lines.append(f"| {name} | " + " | ".join(_pct(fold[key][k]) for k in ks) + " |")
+        if "num_questions" in fold:
+            lines += ["", f"accuracy {_pct(fold['accuracy'])}% on {fold['num_questions']} "
+                      f"questions (chance {_pct(fold['chance'])}%)"]
+            for task, t in fold["tasks"].items():
+                lines.append(f"- {task}: {_pct(t['accuracy'])}% ({t['num_questions']})")
+    return lines + [""]
+
+
+def render_markdown(results: list[dict], checkpoint: str = "") -> str:
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lines = [f"# Evaluation report: `{checkpoint or 'checkpoint'}`", "",
+             f"Written {now}. Percentages; paper columns are the zero-shot ViT-B/32 numbers of "
+             "EmoCapCLIP and FLIP-80M read off the paper's radar chart (±0.1). UAR = mean "
+             "per-class recall.", "",
+             "## Paper table", "",
+             "| group | benchmark | protocol | metric | ours | EmoCapCLIP B/32 | FLIP-80M B/32 |",
+             "|---|---|---|---|---|---|---|"]
+    paper_rows = _paper_rows(results)
+    for row in paper_rows:
+        lines.append(f"| {row['group']} | {row['title']} | {row['protocol']} | "
+                     f"{metric_name(row['metric'])} | "
+                     f"{_pct(row['ours'])} | {_pct(row['emocapclip_b32'])} | "
+                     f"{_pct(row['flip_b32'])} |")
+    done = [r for r in paper_rows if r["ours"] is not None]
+    if done:
+        lines += ["", f"Mean over the {len(done)} benchmarks run: ours "
+                  f"{_pct(np.mean([r['ours'] for r in done]))}, EmoCapCLIP "
+                  f"{_pct(np.mean([r['emocapclip_b32'] for r in done]))}, FLIP "
+                  f"{_pct(np.mean([r['flip_b32'] for r in done]))}."]
+    others = {s.title: s.other for s in registry.paper_table() if s.other}
+    if others:
+        lines += ["", "Other published zero-shot UAR: " + "; ".join(
+            f"{title}: " + ", ".join(f"{m} {v}" for m, v in o.items())
+            for title, o in others.items()) + "."]
+    other_rows = _other_rows(results)
+    if other_rows:
+        lines += ["", "## Other evaluations", "",
+                  "| group | benchmark | protocol | metric | ours | examples |",
+                  "|---|---|---|---|---|---|"]
+        for row in other_rows:
+            lines.append(f"| {row['group']} | {row['title']} | {row['protocol']} | "
+                         f"{metric_name(row['metric'])} | {_pct(row['ours'])} | "
+                         f"{_num_examples(row['result']) or DASH} |")
+    notes = [f"- {registry.get(r['benchmark']).title}: {registry.get(r['benchmark']).note}"
+             for r in results if registry.get(r["benchmark"]).note]
+    if notes:
+        lines += ["", "## Notes", ""] + sorted(set(notes))
+    if results:
+        lines += ["", "## Details", ""]
+        for result in sorted(results, key=lambda r: (registry.names().index(r["benchmark"]),
+                                                     r["protocol"])):
+            lines += _details(result)
+    return "\n".join(lines) + "\n"
+
+
+def write_report(output, checkpoint: Optional[str] = None) -> dict:
+    """Rebuilds OUT/report.md and OUT/report.csv from OUT/results; returns their paths and the
+    result files of other checkpoints that were left out."""
+    output = pathlib.Path(output)
+    results, other = load_results(output, checkpoint)
+    md = output / "report.md"
+    md.write_text(render_markdown(results, checkpoint or ""), encoding="utf-8")
+    table = output / "report.csv"
+    table.write_text(render_csv(results), encoding="utf-8")
+    return {"markdown": md, "csv": table, "left_out": other, "num_results": len(results)}

@@ -1,0 +1,115 @@
+"""The config's list of evaluations (`config.eval.benchmarks`), as `--mode=eval` runs them.
+
+Each entry is "BENCHMARK:PROTOCOL[:DATA_DIR]" (benchmark names: `python -m emocap_jax.evaluate
+--list`). Without DATA_DIR:
+  synthetic            the workdir's held-out synthetic faces (data/eval, made by training), or
+                       config.eval.zero_shot_dir when set; multiple_choice uses the generated
+                       basic split, which carries the questions;
+  synthetic-compound,  generated into WORKDIR/synthetic_benchmarks on first use, with the
+  synthetic-video      corpus's seed and image size;
+  anything else        needs its DATA_DIR.
+Results and the report go to WORKDIR/eval/ (see report.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import Optional
+
+from emocap_jax.evaluate import registry
+
+log = logging.getLogger("emocap_jax.evaluate")
+
+SYNTHETIC_BENCH_DIR = "synthetic_benchmarks"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    benchmark: str
+    protocol: str
+    data: Optional[str] = None
+
+
+def parse_entry(text: str) -> Entry:
+    parts = str(text).split(":", 2)
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise ValueError(f"config.eval.benchmarks entry {text!r} is not BENCHMARK:PROTOCOL"
+                         "[:DATA_DIR]")
+    benchmark, protocol = parts[0].strip(), parts[1].strip()
+    if benchmark not in registry.BENCHMARKS:
+        raise ValueError(f"config.eval.benchmarks entry {text!r}: unknown benchmark "
+                         f"{benchmark!r}; known: {', '.join(registry.names())}")
+    if protocol not in registry.get(benchmark).protocols:
+        raise ValueError(f"config.eval.benchmarks entry {text!r}: {benchmark} supports "
+                         f"{', '.join(registry.get(benchmark).protocols)}")
+    return Entry(benchmark, protocol, parts[2].strip() if len(parts) == 3 and parts[2] else None)
+
+
+def _synthetic_benchmarks(config, workdir: pathlib.Path, split: str) -> str:
+    from data_prep.synthetic_benchmarks import generate_benchmarks
+    from emocap_jax.evaluate.runner import is_dataset
+
+    root = workdir / SYNTHETIC_BENCH_DIR
+    if not is_dataset(root / split):
+        syn = config.data.synthetic
+        log.info("generating the synthetic %s split into %s", split, root)
+        generate_benchmarks(root, seed=syn.seed, per_class=max(1, syn.eval_per_class),
+                            size=syn.size, splits=[split], overwrite=True, progress=False)
+    return str(root / split)
+
+
+def resolve_entry(entry: Entry, config, workdir: pathlib.Path, eval_dir: str) -> tuple[str, str]:
+    """(benchmark name, data folder) of an entry. A zero_shot_dir that is not the synthetic
+    class order is evaluated as a generic labelled dataset ("imagefolder": classes from its
+    metadata), as --mode=eval always did."""
+    from emocap_jax.data.shard_writer import load_metadata
+
+    if entry.data:
+        return entry.benchmark, entry.data
+    if entry.benchmark == "synthetic":
+        if entry.protocol == registry.MULTIPLE_CHOICE:
+            return entry.benchmark, _synthetic_benchmarks(config, workdir, "basic")
+        recorded = load_metadata(eval_dir).get("classes")
+        if recorded and list(recorded) != list(registry.get("synthetic").classes):
+            log.info("%s holds classes %s: evaluated as a labelled dataset (imagefolder)",
+                     eval_dir, recorded)
+            return "imagefolder", eval_dir
+        return entry.benchmark, eval_dir
+    if entry.benchmark == "synthetic-compound":
+        return entry.benchmark, _synthetic_benchmarks(config, workdir, "compound")
+    if entry.benchmark == "synthetic-video":
+        return entry.benchmark, _synthetic_benchmarks(config, workdir, "video")
+    raise ValueError(f"config.eval.benchmarks entry {entry.benchmark}:{entry.protocol} needs its "
+                     f"data folder: {entry.benchmark}:{entry.protocol}:/path/to/data")
+
+
+def run_config_evals(config, workdir, encoder, eval_dir: str) -> list[dict]:
+    """Runs every entry of config.eval.benchmarks; writes WORKDIR/eval/ and returns the results."""
+    import jax
+
+    from emocap_jax.evaluate import report, runner
+
+    workdir = pathlib.Path(workdir)
+    entries = [parse_entry(e) for e in config.eval.benchmarks]  # all checked before any runs
+    if not entries:
+        raise ValueError("config.eval.benchmarks is empty: nothing to evaluate")
+    output = workdir / "eval"
+    results = []
+    for entry in entries:
+        benchmark, data = resolve_entry(entry, config, workdir, eval_dir)
+        words = tuple(config.eval.classes) or None
+        options = runner.Options(
+            batch_size=config.eval.batch_size,
+            # config.eval.classes names the zero-shot classes of the default synthetic eval.
+            prompt_words=words if benchmark in ("synthetic", "imagefolder") and
+            entry.protocol == registry.ZERO_SHOT else None)
+        log.info("evaluating %s / %s on %s", benchmark, entry.protocol, data)
+        result = runner.run(encoder, benchmark, entry.protocol, data, options)
+        if jax.process_index() == 0:  # every process computed the result; one writes it
+            report.write_result(output, result)
+        results.append(result)
+    if jax.process_index() == 0:
+        summary = report.write_report(output, encoder.description)
+        log.info("evaluation report: %s", summary["markdown"])
+    return results

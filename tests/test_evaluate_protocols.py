@@ -1,0 +1,303 @@
+"""Evaluation protocols on hand-made features, where the right answer is known, and the metrics
+against scikit-learn. No model, no JAX compile: these run in a few seconds."""
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from emocap_jax.data import pipeline
+from emocap_jax.evaluate import (au_detection, features, few_shot, linear_probe, metrics,
+                                 multiple_choice, prompts, registry, report, retrieval, runner,
+                                 zero_shot)
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _clusters(num_classes=4, per_class=30, dim=16, noise=0.05, seed=0):
+    """Well separated class clusters: features, labels, class centres."""
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.normal(size=(num_classes, dim)))
+    labels = np.repeat(np.arange(num_classes), per_class)
+    feats = _unit(centres[labels] + noise * rng.normal(size=(len(labels), dim)))
+    return feats.astype(np.float32), labels, centres
+
+
+# ----- metrics
+
+
+def test_multilabel_f1_matches_sklearn():
+    rng = np.random.default_rng(1)
+    labels = rng.random((60, 5)) < 0.3
+    predictions = np.where(rng.random((60, 5)) < 0.7, labels, ~labels)
+    predictions[:, 4] = False  # a label never predicted: F1 0, as sklearn's zero_division=0
+    out = metrics.multilabel_report(labels, predictions, [f"AU{i}" for i in range(5)])
+    expected = f1_score(labels, predictions, average=None, zero_division=0)
+    np.testing.assert_allclose([v["f1"] for v in out["per_label"].values()], expected)
+    assert out["mean_f1"] == pytest.approx(f1_score(labels, predictions, average="macro",
+                                                    zero_division=0))
+
+
+def test_recall_at_k_hand_computed():
+    scores = np.array([[0.9, 0.1, 0.5],    # positive 0 ranked 1st
+                       [0.8, 0.2, 0.7],    # positive 1 ranked 3rd
+                       [0.5, 0.5, 0.5]])   # all tied: positive 2 ranked 3rd (stable order)
+    out = metrics.recall_at_k(scores, np.eye(3, dtype=bool), ks=(1, 2, 3))
+    assert out == {"R@1": pytest.approx(1 / 3), "R@2": pytest.approx(1 / 3), "R@3": 1.0}
+    with pytest.raises(ValueError, match="at least one positive"):
+        metrics.recall_at_k(scores, np.zeros((3, 3), bool))
+
+
+def test_summarize_folds():
+    assert metrics.summarize_folds([0.5, 0.7]) == {"mean": pytest.approx(0.6),
+                                                   "std": pytest.approx(0.1), "num_folds": 2}
+
+
+# ----- zero-shot
+
+
+def test_zero_shot_modes_on_known_prompts():
+    # Two classes, two templates each; image 0 sits on class 0's templates, image 1 on class 1's.
+    prompt = np.array([[[1, 0, 0], [0.8, 0.6, 0]], [[0, 0, 1], [0, 0.6, 0.8]]], np.float32)
+    images = np.array([[0.9, 0.3, 0], [0, 0.3, 0.9]], np.float32)
+    for mode in ("embedding", "logits"):
+        scores = zero_shot.zero_shot_scores(images, prompt, mode)
+        assert scores.shape == (2, 2) and list(scores.argmax(1)) == [0, 1]
+    # "logits" is the mean of the per-template cosines.
+    expected = np.einsum("nd,ctd->nct", _unit(images), prompt).mean(-1)
+    np.testing.assert_allclose(zero_shot.zero_shot_scores(images, prompt, "logits"), expected,
+                               rtol=1e-6)
+    # "embedding" compares with the normalised mean template.
+    np.testing.assert_allclose(zero_shot.zero_shot_scores(images, prompt, "embedding"),
+                               _unit(images) @ _unit(prompt.mean(1)).T, rtol=1e-6)
+    with pytest.raises(ValueError, match="mode"):
+        zero_shot.zero_shot_scores(images, prompt, "vote")
+
+
+def test_prompt_texts_and_descriptions():
+    texts = zero_shot.prompt_texts(["anger", "fear"], ["a {}.", "b {}."])
+    assert texts == [["a anger.", "b anger."], ["a fear.", "b fear."]]
+    assert zero_shot.prompt_texts(["x"], ["{}"], ["desc x"], "description") == [["desc x"]]
+    with pytest.raises(ValueError, match="one description per class"):
+        zero_shot.prompt_texts(["x", "y"], ["{}"], ["only one"], "description")
+
+
+# ----- linear probe and few-shot
+
+
+def test_linear_probe_separable_is_perfect():
+    feats, labels, _ = _clusters()
+    train = np.arange(len(labels)) % 3 != 0
+    out = linear_probe.linear_probe(feats[train], labels[train], feats[~train], labels[~train],
+                                    ["a", "b", "c", "d"], seed=0)
+    assert out["uar"] == 1.0 and out["war"] == 1.0
+    assert out["C"] in linear_probe.DEFAULT_C_GRID
+    assert len(out["predictions"]) == int((~train).sum())
+
+
+def test_probe_picks_c_on_validation_and_prefers_smaller_on_ties():
+    feats, labels, _ = _clusters(num_classes=2)
+    fit = linear_probe.fit_probe(feats[::2], labels[::2], feats[1::2], labels[1::2], 2,
+                                 c_grid=(100.0, 10.0))
+    # Both C separate the clusters perfectly: the stronger regularisation (smaller C) wins.
+    assert fit.validation_uar == {10.0: 1.0, 100.0: 1.0} and fit.C == 10.0
+
+
+def test_subject_independent_folds_keep_subjects_apart():
+    labels = np.tile(np.arange(3), 40)
+    groups = np.repeat([f"S{i:03d}" for i in range(20)], 6)
+    folds = linear_probe.cv_folds(labels, groups, 5, seed=0)
+    assert len(folds) == 5
+    tested = np.concatenate([te for _, te in folds])
+    assert sorted(tested.tolist()) == list(range(len(labels)))  # every example tested once
+    for tr, te in folds:
+        assert not set(groups[tr]) & set(groups[te])
+    with pytest.raises(ValueError, match="subjects cannot fill"):
+        linear_probe.cv_folds(labels, groups, 25)
+
+
+def test_few_shot_sampling_and_separable_accuracy():
+    feats, labels, _ = _clusters(per_class=40)
+    shots = few_shot.sample_shots(labels, 4, seed=3)
+    assert np.bincount(labels[shots]).tolist() == [4, 4, 4, 4]
+    assert np.array_equal(shots, few_shot.sample_shots(labels, 4, seed=3))  # deterministic
+    excluded = few_shot.sample_shots(labels, 4, seed=3, exclude=shots)
+    assert not set(shots) & set(excluded)
+    train = np.arange(len(labels)) % 2 == 0
+    out = few_shot.few_shot(feats[train], labels[train], feats[~train], labels[~train],
+                            list("abcd"), shots=(1, 4), seeds=(0, 1))
+    for k in (1, 4):
+        assert out["shots"][k]["uar"]["mean"] == 1.0
+        assert [r["num_support"] for r in out["shots"][k]["runs"]] == [4 * k, 4 * k]
+
+
+# ----- AU detection, retrieval, multiple choice, compound
+
+
+def test_au_labels_scores_and_f1_against_sklearn():
+    annotations = [{"AU1": 0.8, "AU12": 0.3}, {"AU01": 0.1}, {}, {"12": 0.9}]
+    labels = au_detection.au_labels(annotations, [1, 12])
+    assert labels.tolist() == [[True, True], [True, False], [False, False], [False, True]]
+    assert au_detection.au_labels(annotations, [1, 12], threshold=0.2)[1].tolist() == [False,
+                                                                                     False]
+    assert au_detection.codes_in(annotations) == [1, 12]
+    # Positive prompt on axis 0/1, negative on axis 2/3: images pointing at the positive detect.
+    positive, negative = np.eye(4)[:2], np.eye(4)[2:]
+    images = np.array([[1, 1, 0, 0], [1, 0, 0, 1], [0, 0, 1, 1], [0, 1, 1, 0]], np.float32)
+    scores = au_detection.au_scores(images, positive, negative)
+    assert (scores > 0).tolist() == [[True, True], [True, False], [False, False], [False, True]]
+    report = au_detection.au_detection_report(labels, scores, [1, 12])
+    assert report["mean_f1"] == 1.0
+    rng = np.random.default_rng(0)
+    noisy = rng.normal(size=(4, 2))
+    report = au_detection.au_detection_report(labels, noisy, [1, 12])
+    assert report["mean_f1"] == pytest.approx(f1_score(labels, noisy > 0, average="macro",
+                                                       zero_division=0))
+
+
+def test_retrieval_identical_embeddings_are_perfect():
+    feats, _, _ = _clusters(num_classes=12, per_class=1, dim=32, noise=0.0)
+    out = retrieval.retrieval_metrics(feats, feats)
+    assert out["image_to_text"] == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0}
+    assert out["text_to_image"]["R@1"] == 1.0 and out["mean_recall"] == 1.0
+    # Shifting the captions by one breaks every pair at rank 1.
+    assert retrieval.retrieval_metrics(feats, np.roll(feats, 1, axis=0))["image_to_text"][
+        "R@1"] == 0.0
+
+
+def test_caption_sentences_and_mean_embedding():
+    record = features.RecordInfo("a", "happy", 1, "g", {}, "Global.", ["L1.", " "], "Sum.", 1)
+    assert retrieval.caption_sentences(record, "full") == ["Global.", "L1.", "Sum."]
+    assert retrieval.caption_sentences(record, "summary") == ["Sum."]
+    table = {"x": [1.0, 0.0], "y": [0.0, 1.0]}
+    emb = retrieval.caption_embeddings(lambda texts: np.array([table[t] for t in texts]),
+                                       [["x", "y"], ["y"]])
+    np.testing.assert_allclose(emb, [[2 ** -0.5, 2 ** -0.5], [0, 1]], rtol=1e-6)
+
+
+def test_multiple_choice_loading_choosing_and_accuracy(tmp_path):
+    path = tmp_path / "q.jsonl"
+    lines = [{"qid": "1", "id": "img0", "question": "Q?", "options": ["a", "b"], "answer": "B",
+              "task": "t1"},
+             {"qid": "2", "id": "img1", "options": ["a", "b", "c"], "answer": 0, "task": "t2"}]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    questions = multiple_choice.load_questions(path)
+    assert [q.answer for q in questions] == [1, 0]
+    assert multiple_choice.option_texts(questions[0], "{question} {option}") == ["Q? a", "Q? b"]
+    images = np.array([[0, 1], [1, 0]], np.float32)
+    options = [np.array([[1, 0], [0, 1]]), np.array([[1, 0], [0, 1], [0.6, 0.8]])]
+    choices = multiple_choice.choose(images, options)
+    assert choices.tolist() == [1, 0]
+    out = multiple_choice.accuracy_report(choices, questions)
+    assert out["accuracy"] == 1.0 and out["chance"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert out["tasks"] == {"t1": {"accuracy": 1.0, "num_questions": 1},
+                            "t2": {"accuracy": 1.0, "num_questions": 1}}
+    path.write_text(json.dumps({"id": "x", "options": ["a", "b"], "answer": 5}) + "\n")
+    with pytest.raises(ValueError, match=r"q.jsonl:1: answer 5"):
+        multiple_choice.load_questions(path)
+
+
+def test_compound_partial_match_and_prompt_words():
+    classes = ["happily surprised", "sadly angry", "fearfully surprised"]
+    # truth 0 predicted 2 share "surprise"; truth 1 predicted 0 share nothing.
+    assert runner.compound_partial_match([0, 1, 2], [2, 0, 2], classes) == pytest.approx(2 / 3)
+    assert prompts.prompt_word("anger_disgust") == "angry and disgusted"
+    assert prompts.compound_prompt_word("happily surprised") == "happily surprised"
+    assert prompts.prompt_word("Angry") == "anger" and prompts.prompt_word("happy") == "happiness"
+    assert "wrinkled nose" in prompts.description("disgust")
+    assert "blend of happiness and surprise" in prompts.description("happily surprised")
+    assert prompts.au_prompts(12, prompts.AU_POSITIVE_TEMPLATES, True)[0].startswith(
+        "The lip corners are pulled up")
+    with pytest.raises(ValueError, match="AU99"):
+        prompts.au_prompts(99, prompts.AU_POSITIVE_TEMPLATES, True)
+
+
+# ----- registry
+
+
+def test_registry_class_orders_are_the_converters():
+    from data_prep.benchmark_formats import BENCHMARKS as CONVERTERS
+    from data_prep.benchmark_formats import acted_video, ckplus, fer, folders, rafdb
+    from data_prep.benchmark_formats import video_lists
+
+    expected = {
+        "rafdb": rafdb.BASIC_CLASSES, "rafdb-compound": rafdb.COMPOUND_CLASSES,
+        "ferplus": fer.FERPLUS_CLASSES, "fer2013": fer.FER2013_CLASSES,
+        "ckplus": ckplus.CK_EMOTIONS, "ckplus48": folders.CKPLUS48_CLASSES,
+        "jaffe": ckplus.JAFFE_CLASSES, "sfew": folders.SFEW_CLASSES, "afew": folders.AFEW_CLASSES,
+        "dfew": video_lists.DFEW_CLASSES, "ferv39k": video_lists.FERV39K_CLASSES,
+        "mafw": video_lists.MAFW_CLASSES, "crema-d": acted_video.CREMA_CLASSES,
+        "ravdess": acted_video.RAVDESS_CLASSES, "enterface05": acted_video.ENTERFACE_CLASSES,
+        "affectnet-7": ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"),
+        "affectnet-8": ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger",
+                        "contempt"),
+    }
+    for name, classes in expected.items():
+        spec = registry.get(name)
+        assert spec.classes == tuple(classes), name
+        assert spec.converter in CONVERTERS, name
+        assert len(spec.prompt_words) == len(spec.descriptions) == len(classes)
+    for name in ("dfew", "mafw", "mafw-compound"):
+        assert registry.get(name).official_folds == (1, 2, 3, 4, 5)
+    assert registry.get("ckplus").cv_folds == 10
+    # Every benchmark of DESIGN section 1, with its paper numbers, in the paper's table.
+    table = {b.name: (b.paper.emocapclip, b.paper.flip) for b in registry.paper_table()}
+    assert len(table) == 21  # 20 benchmarks + CK+48 with CK+'s numbers
+    assert table["rafdb"] == (62.8, 45.1) and table["dfew"] == (42.2, 27.5)
+    assert table["faba-au"] == (57.0, 51.8) and table["facexbench"] == (69.9, 58.5)
+    with pytest.raises(KeyError, match="unknown benchmark"):
+        registry.get("nope")
+
+
+def test_registry_resolve_checks_the_dataset_class_order():
+    spec = registry.get("rafdb")
+    assert spec.resolve(list(spec.classes)).classes == spec.classes
+    with pytest.raises(ValueError, match="is not benchmark rafdb's"):
+        spec.resolve(sorted(spec.classes))
+    generic = registry.get("mafw-compound").resolve(["anger", "anger_disgust"])
+    assert generic.prompt_words == ("angry", "angry and disgusted")
+    with pytest.raises(ValueError, match="records none"):
+        registry.get("imagefolder").resolve(None)
+
+
+# ----- sharded evaluation bookkeeping (multi-process layout, no devices needed)
+
+
+@pytest.mark.parametrize("num_records,local_batch,processes", [(37, 5, 3), (8, 3, 2), (1, 4, 4)])
+def test_record_indices_cover_every_record_once(num_records, local_batch, processes):
+    blocks, num_batches = pipeline.eval_blocks(num_records, local_batch, processes)
+    seen = np.zeros(num_records, int)
+    for b in range(num_batches):
+        index, valid = features.record_indices(blocks, b, local_batch)
+        assert len(index) == local_batch * processes
+        np.add.at(seen, index[valid], 1)
+    assert seen.tolist() == [1] * num_records
+
+
+# ----- report files
+
+
+def test_report_writes_table_confusion_png_and_csv(tmp_path):
+    cm = [[3, 1], [0, 4]]
+    result = {"benchmark": "rafdb", "title": "RAF-DB", "group": "static FER",
+              "protocol": "zero_shot", "metric": "uar", "value": 0.875, "checkpoint": "ck",
+              "data": "d", "devices": 8, "seconds": 1.0, "folds": [{}],
+              "report": {"num_examples": 8, "uar": 0.875, "war": 0.875, "macro_f1": 0.87,
+                         "classes": ["a", "b"], "per_class_recall": {"a": 0.75, "b": 1.0},
+                         "confusion_matrix": cm},
+              "predictions": [{"id": "x", "label": "a", "prediction": "b"}]}
+    written = report.write_result(tmp_path, result)
+    assert written["confusion_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(written["confusion_json"].read_text())["counts"] == cm
+    assert written["predictions"].read_text().splitlines() == ["id,label,prediction", "x,a,b"]
+    other = dict(result, checkpoint="other", benchmark="jaffe", title="JAFFE")
+    report.write_result(tmp_path, other)
+    out = report.write_report(tmp_path, "ck")
+    assert out["num_results"] == 1 and len(out["left_out"]) == 1
+    md = out["markdown"].read_text()
+    assert "| static FER | RAF-DB | zero_shot | UAR | 87.5 | 62.8 | 45.1 |" in md
+    assert "| static FER | JAFFE | zero_shot | UAR | — | 54.4 | 40.6 |" in md
+    rows = out["csv"].read_text().splitlines()
+    assert rows[1].startswith("static FER,rafdb,RAF-DB,zero_shot,uar,87.50,62.80,45.10,8,1,ck")
