@@ -4,6 +4,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import pytest
 
@@ -67,7 +68,7 @@ def test_unknown_remat_policy_or_attention_is_refused(tiny, field, value):
 def test_padded_attention_equals_unpadded(t, causal):
     # The cuDNN path pads odd sequence lengths and masks the padding; the same padding through
     # XLA's kernel must give the unpadded attention, values and gradients.
-    from emocap_jax.models.transformer import padded_attention
+    from emocap_jax.models.attention import padded_attention
 
     q, k, v, g = (jax.random.normal(key, (2, t, 3, 8))
                   for key in jax.random.split(jax.random.PRNGKey(t), 4))
@@ -156,3 +157,38 @@ def test_every_config_describes_a_valid_model(name):
     model = clip_config(config)
     assert model.vision.image_size % model.vision.patch_size == 0
     assert config.train.global_batch_size > 0 and config.train.num_steps > 0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_xla_attention_equals_jax_reference(causal, dtype):
+    # The towers' XLA attention has a hand-written backward pass: values and gradients must match
+    # jax.nn.dot_product_attention (whose gradient is autodiff's).
+    from emocap_jax.models.attention import xla_attention
+
+    q, k, v, g = (jax.random.normal(key, (2, 13, 3, 8)).astype(dtype)
+                  for key in jax.random.split(jax.random.PRNGKey(int(causal)), 4))
+    reference = lambda q, k, v: jax.nn.dot_product_attention(
+        q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), is_causal=causal)
+    ours = lambda q, k, v: xla_attention(q, k, v, causal).astype(jnp.float32)
+    tol = 1e-5 if dtype == jnp.float32 else 3e-2
+    np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), atol=tol)
+    loss = lambda fn: lambda *a: jnp.sum(fn(*a) * g.astype(jnp.float32))
+    for a, b in zip(jax.grad(loss(ours), argnums=(0, 1, 2))(q, k, v),
+                    jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol)
+
+
+def test_patch_embedding_equals_convolution():
+    from emocap_jax.models.vit import PatchEmbed
+
+    images = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    module = PatchEmbed(width=24, patch_size=8)
+    params = module.init(jax.random.PRNGKey(1), images)
+    conv = nn.Conv(24, (8, 8), strides=8, padding="VALID", use_bias=False)
+    conv_params = conv.init(jax.random.PRNGKey(1), images)
+    # Same parameter shape and initial values as the nn.Conv it replaces (checkpoints unchanged).
+    np.testing.assert_array_equal(params["params"]["kernel"], conv_params["params"]["kernel"])
+    expected = conv.apply(params, images).reshape(2, 16, 24)
+    np.testing.assert_allclose(module.apply(params, images), expected, atol=1e-5)

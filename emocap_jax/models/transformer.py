@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from emocap_jax.models.attention import dot_product_attention
+
 
 def quick_gelu(x):
     # OpenAI CLIP's activation: x * sigmoid(1.702 x).
@@ -29,38 +31,6 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-def dot_product_attention(q, k, v, is_causal: bool, impl: str = "auto"):
-    """[B, T, heads, head_dim] attention. jax.nn.dot_product_attention's own default is XLA's
-    unfused kernel on every backend, so "auto" asks for cuDNN's fused flash attention where it
-    applies (GPU, 16-bit inputs, head size a multiple of 8 up to 128) and XLA's elsewhere."""
-    if impl == "auto":
-        head_dim = q.shape[-1]
-        use_cudnn = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
-                     and head_dim % 8 == 0 and head_dim <= 128)
-        impl = "cudnn" if use_cudnn else "xla"
-    if impl == "cudnn":
-        return padded_attention(q, k, v, is_causal, "cudnn")
-    return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, implementation="xla")
-
-
-def padded_attention(q, k, v, is_causal: bool, implementation: str, multiple: int = 8):
-    """Attention over the sequence padded to a multiple of `multiple`, with the true length passed
-    so the padded keys are masked and the padded query rows dropped. cuDNN's training kernels
-    refuse odd sequence lengths (ViT's 197 tokens, CLIP text's 77)."""
-    b, t = q.shape[:2]
-    pad = (-t) % multiple
-    if not pad:
-        return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal,
-                                            implementation=implementation)
-    widths = ((0, 0), (0, pad), (0, 0), (0, 0))
-    q, k, v = (jnp.pad(a, widths) for a in (q, k, v))
-    lengths = jnp.full((b,), t, jnp.int32)
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, query_seq_lengths=lengths,
-                                       key_value_seq_lengths=lengths,
-                                       implementation=implementation)
-    return out[:, :t]
 
 
 ACTIVATION_FNS = {"quick_gelu": quick_gelu, "gelu": exact_gelu}
