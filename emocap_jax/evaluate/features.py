@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pathlib
 from typing import Optional, Sequence
 
 import jax
@@ -157,8 +158,13 @@ class Encoder:
         if model.tokenizer is None:
             raise ValueError(f"{checkpoint}: the checkpoint records no tokenizer, so prompts "
                              "cannot be encoded")
+        # One name per model, however it was given (workdir, its export/, relative or absolute),
+        # so reports from `--mode=eval` and from this CLI collect into the same checkpoint's table.
+        from emocap_jax.api import _find_export
+        path = pathlib.Path(checkpoint).absolute()
+        export = _find_export(path) if path.is_dir() else None
         return cls(model.params, model.config, model.tokenizer, mesh, batch_size, progress,
-                   description=str(checkpoint))
+                   description=str(export or path))
 
     @property
     def global_batch(self) -> int:
