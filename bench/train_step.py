@@ -11,7 +11,8 @@ Each implementation runs in its own subprocess, one after the other, so its peak
 open_clip (and torch) are used only when installed and are never dependencies of emocap_jax:
 
     python -m venv --system-site-packages /tmp/benchenv
-    /tmp/benchenv/bin/pip install torch==2.13.0 && /tmp/benchenv/bin/pip install --no-deps open_clip_torch
+    /tmp/benchenv/bin/pip install torch==2.14.1 torchvision==0.29.1   # open_clip imports torchvision
+    /tmp/benchenv/bin/pip install --no-deps open_clip_torch==3.3.0
     /tmp/benchenv/bin/python bench/train_step.py
 
 Figures printed per implementation:
@@ -391,6 +392,8 @@ def main():
                       "docstring for the install)", flush=True)
         else:
             parser.error(f"--impls: unknown implementation {impl!r}")
+    if not jobs:
+        parser.error("nothing to run: no implementation of --impls is available")
     results = []
     for job in jobs:
         print(f"running {job} ...", flush=True)
