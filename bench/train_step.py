@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,9 +47,6 @@ GPU_PEAK_FLOPS = {
     "H200": {"bf16": 989e12, "fp32": 494e12},
     "A100": {"bf16": 312e12, "fp32": 156e12},
 }
-
-# open_clip's text tower for these architectures (OpenAI CLIP): width 512, 12 layers, context 77.
-
 
 def forward_flops(cfg, batch: int) -> float:
     """Matmul FLOPs of one forward pass of both towers (2 per multiply-add), from the config."""
@@ -74,6 +72,13 @@ def _peak_rss_bytes() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cpu_peaks(reset: bool) -> dict:
+    """Whole-process peak RSS (rusage, which clear_refs leaves alone) and, when the high-water mark
+    was reset after warm-up, the peak during the timed steps."""
+    return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_bytes_steps": _peak_rss_bytes() if reset else None}
 
 
 def _reset_peak_rss():
@@ -115,7 +120,6 @@ def _summary(times):
 # ---------------------------------------------------------------------------------- emocap_jax
 
 def run_emocap(args, remat: str, attention: str) -> dict:
-    import types
 
     import jax
     import jax.numpy as jnp
@@ -154,7 +158,6 @@ def run_emocap(args, remat: str, attention: str) -> dict:
     compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
     mem = compiled.memory_analysis()
-    peak_after_compile = _peak_rss_bytes()
 
     for _ in range(args.warmup):
         state, metrics = compiled(state, batch)
@@ -173,9 +176,7 @@ def run_emocap(args, remat: str, attention: str) -> dict:
               "platform": device.platform, "compile_s": compile_s, **_summary(times),
               "loss": loss, "model_flops": 3 * forward_flops(cfg, b)}
     if device.platform == "cpu":
-        result["peak_bytes"] = _peak_rss_bytes() if not reset else max(
-            peak_after_compile, _peak_rss_bytes())
-        result["peak_bytes_steps"] = _peak_rss_bytes() if reset else None
+        result.update(_cpu_peaks(reset))
         result["cpu_matmul_flops"] = _cpu_matmul_flops(jax, jnp)
     else:
         stats = device.memory_stats() or {}
@@ -244,20 +245,14 @@ def run_open_clip(args) -> dict:
         loss = step()
         sync()
         times.append(time.perf_counter() - t)
-    import types
-    cfg = _open_clip_shapes(model, args.model)
+    cfg = _open_clip_shapes(model)
     result = {"impl": f"open_clip {open_clip.__version__} (torch {torch.__version__})",
               "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "platform": "gpu" if device == "cuda" else "cpu", "compile_s": None,
               **_summary(times), "loss": float(loss),
               "model_flops": 3 * forward_flops(types.SimpleNamespace(**cfg), b)}
     if device == "cpu":
-        result["peak_bytes"] = _peak_rss_bytes() if not reset else None
-        result["peak_bytes_steps"] = _peak_rss_bytes() if reset else None
-        if reset:
-            # The whole-process peak is the larger of before and during the steps; re-read the
-            # kernel's lifetime figure from rusage, which clear_refs does not reset.
-            result["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        result.update(_cpu_peaks(reset))
         result["cpu_matmul_flops"] = _torch_matmul_flops(torch)
     else:
         result["peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -276,8 +271,7 @@ def _torch_matmul_flops(torch) -> float:
     return 2 * n ** 3 / min(times)
 
 
-def _open_clip_shapes(model, name):
-    import types
+def _open_clip_shapes(model):
     cfg_v = model.visual
     size = cfg_v.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -308,9 +302,9 @@ def _mfu(r, precision, cpu_peak=None):
     achieved = r["model_flops"] / seconds
     if r["platform"] == "cpu":
         peak = cpu_peak
-        return achieved, (achieved / peak if peak else None), "measured fp32 matmul rate"
+        return achieved, (achieved / peak if peak else None)
     peak = _gpu_peak(r["device"], precision)
-    return achieved, (achieved / peak if peak else None), "datasheet dense peak"
+    return achieved, (achieved / peak if peak else None)
 
 
 def report(results, args):
@@ -327,7 +321,7 @@ def report(results, args):
         if "error" in r:
             print(f"{r['impl']:44s} failed: {r['error']}")
             continue
-        achieved, mfu, _ = _mfu(r, args.precision, cpu_peak)
+        achieved, mfu = _mfu(r, args.precision, cpu_peak)
         print(f"{r['impl']:44s} {r['median_s']:9.3f} {r['min_s']:6.2f}-{r['max_s']:<7.2f} "
               f"{args.batch / r['median_s']:8.1f} {_fmt_gb(r.get('peak_bytes')):>10s} "
               f"{_fmt_gb(r.get('peak_bytes_steps')):>12s} {achieved / 1e12:8.2f} "
