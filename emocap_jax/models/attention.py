@@ -12,6 +12,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+# Names of the attention residuals, for remat policies that keep them (transformer.REMAT_POLICIES).
+PROBS_NAME = "attention_probs"
+OUT_NAME = "attention_out"
 
 
 def dot_product_attention(q, k, v, is_causal: bool, impl: str = "auto"):
@@ -75,8 +80,10 @@ def _attention(q, k, v, is_causal):
 
 
 def _attention_fwd(q, k, v, is_causal):
-    p = _probabilities(q, k, is_causal)
-    out = jnp.einsum("bnqk,bnkh->bnqh", p.astype(v.dtype), v)
+    # Named so that a remat policy can save them: the backward pass then needs neither the
+    # q.k^T product nor the softmax again.
+    p = checkpoint_name(_probabilities(q, k, is_causal), PROBS_NAME)
+    out = checkpoint_name(jnp.einsum("bnqk,bnkh->bnqh", p.astype(v.dtype), v), OUT_NAME)
     return out, (q, k, v, p, out)
 
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from emocap_jax.models.attention import dot_product_attention
+from emocap_jax.models.attention import OUT_NAME, PROBS_NAME, dot_product_attention
 
 
 def quick_gelu(x):
@@ -26,10 +26,16 @@ def exact_gelu(x):
 
 # "full": save nothing inside a block, so the backward pass recomputes it from the block input and
 # activation memory is one [B, T, width] per layer. "dots": also save the weight matmuls' outputs
-# (matmuls without batch dimensions), recomputing only element-wise ops and attention.
+# (matmuls without batch dimensions) and the XLA attention kernel's probabilities and output, so the
+# backward pass recomputes only element-wise ops (layer norms, activations, residual adds). The
+# saved probabilities cost [B, heads, T, T] float32 per layer (ViT-B/16, batch 32: 60 MB) and took
+# 4% off the forward and backward pass of a ViT-B/16 layer stack on CPU; cuDNN's fused attention
+# keeps its own residuals and is recomputed.
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(PROBS_NAME, OUT_NAME)),
 }
 
 
