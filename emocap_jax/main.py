@@ -10,6 +10,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from emocap_jax import host_memory
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config(); fields overridable with "
     "--config.field=value.", lock_config=True)
@@ -68,5 +70,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Huge pages for XLA:CPU's per-step buffers (see host_memory); a no-op where unsupported.
+    host_memory.reexec_with_huge_pages()
     flags.mark_flags_as_required(["config"])
     app.run(main)
