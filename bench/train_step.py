@@ -3,6 +3,12 @@
     python bench/train_step.py                                   # ViT-B-16, batch 32, fp32, this machine
     python bench/train_step.py --precision bf16 --batch 256      # on a GPU
     python bench/train_step.py --impls emocap --remat none,full  # emocap_jax variants only
+    python bench/train_step.py --rounds 2 --impls open_clip,emocap,open_clip+hugepages
+
+emocap_jax runs with the huge-page malloc setting `python -m emocap_jax.main` gives itself
+(emocap_jax/host_memory.py); "open_clip+hugepages" runs open_clip with the same setting. With
+--rounds N every row runs N times, alternating, each time in a fresh process, and the table pools
+the timed steps of all rounds.
 
 Both sides train the same full CLIP (image and text towers, symmetric InfoNCE with the learnable
 temperature, AdamW with decoupled weight decay, no gradient clipping) on the same batch shape and
@@ -20,6 +26,8 @@ Figures printed per implementation:
   waited for (block_until_ready / cuda synchronize);
 - peak memory: on CPU the process's peak resident set (whole process, and during the timed steps
   alone: the kernel's high-water mark is reset after warm-up); on GPU the allocator's peak;
+- on CPU, page faults and system/user CPU time per timed step (memory faulted in afresh every step
+  shows up as system time);
 - model FLOPs per step: 3x the forward matmul FLOPs of both towers, from the architecture (the MFU
   convention: remat recomputation and optimiser arithmetic are not counted; XLA's cost analysis is
   not used because it counts a scanned layer stack's body once);
@@ -81,6 +89,18 @@ def _cpu_peaks(reset: bool) -> dict:
             "peak_bytes_steps": _peak_rss_bytes() if reset else None}
 
 
+def _rusage():
+    return resource.getrusage(resource.RUSAGE_SELF)
+
+
+def _per_step_os_costs(before, after, steps: int) -> dict:
+    """Page faults and kernel CPU time per timed step: memory that is handed back to the OS and
+    faulted in again every step shows up here (as system time), not in the matmul rate."""
+    return {"minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+            "sys_s_per_step": (after.ru_stime - before.ru_stime) / steps,
+            "user_s_per_step": (after.ru_utime - before.ru_utime) / steps}
+
+
 def _reset_peak_rss():
     # Writing 5 to clear_refs resets the kernel's peak-RSS mark (Linux >= 4.0).
     try:
@@ -114,7 +134,25 @@ def _gpu_peak(kind: str, precision: str):
 
 def _summary(times):
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "steps": len(times)}
+            "steps": len(times), "times_s": list(times)}
+
+
+def merge_rounds(rounds: list) -> dict:
+    """One implementation's results from several rounds (processes) as one row: the median over
+    every timed step of every round, the highest peak memory, per-step OS costs averaged."""
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return rounds[-1]
+    merged = dict(ok[-1])
+    merged.update(_summary([t for r in ok for t in r["times_s"]]), rounds=len(ok))
+    for key in ("peak_bytes", "peak_bytes_steps", "cpu_matmul_flops"):
+        values = [r[key] for r in ok if r.get(key) is not None]
+        if values:
+            merged[key] = max(values)
+    for key in ("minor_faults_per_step", "sys_s_per_step", "user_s_per_step"):
+        if all(r.get(key) is not None for r in ok):
+            merged[key] = statistics.mean(r[key] for r in ok)
+    return merged
 
 
 # ---------------------------------------------------------------------------------- emocap_jax
@@ -164,19 +202,22 @@ def run_emocap(args, remat: str, attention: str) -> dict:
         jax.block_until_ready(state)
     reset = _reset_peak_rss()
     times = []
+    usage = _rusage()
     for _ in range(args.steps):
         t = time.perf_counter()
         state, metrics = compiled(state, batch)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - t)
+    os_costs = _per_step_os_costs(usage, _rusage(), args.steps)
     loss = float(metrics["loss"])
 
     device = jax.devices()[0]
-    result = {"impl": f"emocap_jax (remat {remat}, attn {attention})", "device": device.device_kind,
+    result = {"impl": f"emocap_jax (remat {remat}, attn {attention}){_huge_pages_label()}",
+              "device": device.device_kind,
               "platform": device.platform, "compile_s": compile_s, **_summary(times),
               "loss": loss, "model_flops": 3 * forward_flops(cfg, b)}
     if device.platform == "cpu":
-        result.update(_cpu_peaks(reset))
+        result.update(_cpu_peaks(reset), **os_costs)
         result["cpu_matmul_flops"] = _cpu_matmul_flops(jax, jnp)
     else:
         stats = device.memory_stats() or {}
@@ -240,19 +281,22 @@ def run_open_clip(args) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
+    usage = _rusage()
     for _ in range(args.steps):
         t = time.perf_counter()
         loss = step()
         sync()
         times.append(time.perf_counter() - t)
+    os_costs = _per_step_os_costs(usage, _rusage(), args.steps)
     cfg = _open_clip_shapes(model)
-    result = {"impl": f"open_clip {open_clip.__version__} (torch {torch.__version__})",
+    result = {"impl": f"open_clip {open_clip.__version__} (torch {torch.__version__})"
+                      f"{_huge_pages_label()}",
               "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "platform": "gpu" if device == "cuda" else "cpu", "compile_s": None,
               **_summary(times), "loss": float(loss),
               "model_flops": 3 * forward_flops(types.SimpleNamespace(**cfg), b)}
     if device == "cpu":
-        result.update(_cpu_peaks(reset))
+        result.update(_cpu_peaks(reset), **os_costs)
         result["cpu_matmul_flops"] = _torch_matmul_flops(torch)
     else:
         result["peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -309,20 +353,21 @@ def _mfu(r, precision, cpu_peak=None):
 
 def report(results, args):
     print(f"\n{args.model}, batch {args.batch}, {args.precision}; median of {args.steps} steps "
-          f"after {args.warmup} warm-up")
+          f"after {args.warmup} warm-up" + (f", pooled over {args.rounds} alternating rounds"
+                                           if args.rounds > 1 else ""))
     # On CPU, MFU is quoted against the best 2048^3 fp32 matmul rate any framework reached here.
     cpu_peak = max((r.get("cpu_matmul_flops") or 0 for r in results if "error" not in r),
                    default=0) or None
-    header = (f"{'implementation':44s} {'step (s)':>9s} {'min-max (s)':>14s} {'img/s':>8s} "
+    header = (f"{'implementation':54s} {'step (s)':>9s} {'min-max (s)':>14s} {'img/s':>8s} "
               f"{'peak mem':>10s} {'peak (steps)':>12s} {'TFLOP/s':>8s} {'MFU':>6s}")
     print(header)
     print("-" * len(header))
     for r in results:
         if "error" in r:
-            print(f"{r['impl']:44s} failed: {r['error']}")
+            print(f"{r['impl']:54s} failed: {r['error']}")
             continue
         achieved, mfu = _mfu(r, args.precision, cpu_peak)
-        print(f"{r['impl']:44s} {r['median_s']:9.3f} {r['min_s']:6.2f}-{r['max_s']:<7.2f} "
+        print(f"{r['impl']:54s} {r['median_s']:9.3f} {r['min_s']:6.2f}-{r['max_s']:<7.2f} "
               f"{args.batch / r['median_s']:8.1f} {_fmt_gb(r.get('peak_bytes')):>10s} "
               f"{_fmt_gb(r.get('peak_bytes_steps')):>12s} {achieved / 1e12:8.2f} "
               f"{'-' if mfu is None else f'{100 * mfu:5.1f}%':>6s}")
@@ -334,10 +379,30 @@ def report(results, args):
             extra.append(f"compile {r['compile_s']:.1f} s")
         if r.get("compiled_temp_bytes") is not None:
             extra.append(f"compiled temp {_fmt_gb(r['compiled_temp_bytes'])}")
+        if r.get("minor_faults_per_step") is not None:
+            extra.append(f"per step: {r['minor_faults_per_step'] / 1e3:.0f}k page faults, "
+                         f"{r['sys_s_per_step']:.2f} s system + {r['user_s_per_step']:.2f} s user "
+                         "CPU time")
         if r.get("cpu_matmul_flops"):
             extra.append(f"measured fp32 matmul {r['cpu_matmul_flops'] / 1e12:.3f} TFLOP/s")
         extra.append(f"loss {r['loss']:.4f}")
         print(f"  {r['impl']}: " + "; ".join(extra))
+
+
+def _worker_env(job: str) -> dict:
+    """emocap_jax runs as `python -m emocap_jax.main` runs it: with glibc's huge-page tunable where
+    supported (emocap_jax/host_memory.py). open_clip runs in the environment as given, or with the
+    same tunable as "open_clip+hugepages", for a like-for-like comparison of the allocator."""
+    sys.path.insert(0, REPO)
+    from emocap_jax import host_memory
+    if job.startswith("emocap") or job == "open_clip+hugepages":
+        return host_memory.environment_with_huge_pages(os.environ) or dict(os.environ)
+    return dict(os.environ)
+
+
+def _huge_pages_label() -> str:
+    return " + huge pages" if "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") \
+        else ""
 
 
 def main():
@@ -348,9 +413,14 @@ def main():
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every implementation this many times, alternating, each in a "
+                             "fresh process; the table pools all timed steps")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--impls", default="emocap,open_clip",
-                        help="comma-separated: emocap, open_clip (skipped if not installed)")
+                        help="comma-separated: emocap, open_clip, open_clip+hugepages (open_clip "
+                             "with emocap_jax's huge-page allocator setting); open_clip rows are "
+                             "skipped if it is not installed")
     parser.add_argument("--remat", default="full",
                         help="emocap_jax remat policies to run, comma-separated: none, full "
                              "(nothing saved inside a block), dots (matmul outputs saved)")
@@ -363,6 +433,7 @@ def main():
 
     if args.worker:
         kind, remat, attention = (args.worker.split(":") + ["", ""])[:3]
+        kind = kind.split("+")[0]
         try:
             result = (run_emocap(args, remat, attention) if kind == "emocap"
                       else run_open_clip(args))
@@ -376,11 +447,11 @@ def main():
         if impl == "emocap":
             jobs += [f"emocap:{r}:{a}" for r in args.remat.split(",")
                      for a in args.attention.split(",")]
-        elif impl == "open_clip":
+        elif impl in ("open_clip", "open_clip+hugepages"):
             try:
                 import open_clip  # noqa: F401
                 import torch  # noqa: F401
-                jobs.append("open_clip")
+                jobs.append(impl)
             except ImportError:
                 print("open_clip/torch not installed: skipping open_clip (see this script's "
                       "docstring for the install)", flush=True)
@@ -388,22 +459,26 @@ def main():
             parser.error(f"--impls: unknown implementation {impl!r}")
     if not jobs:
         parser.error("nothing to run: no implementation of --impls is available")
-    results = []
-    for job in jobs:
-        print(f"running {job} ...", flush=True)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", job] + [
-            a for a in sys.argv[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if not lines:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            results.append({"impl": job, "error": f"exit {proc.returncode}: " + " | ".join(tail)})
-        else:
-            results.append(json.loads(lines[-1][len("RESULT "):]))
-        r = results[-1]
-        if "error" not in r:
-            print(f"  {r['impl']}: median {r['median_s']:.3f} s/step, peak "
-                  f"{_fmt_gb(r.get('peak_bytes'))}", flush=True)
+    # Rounds alternate the implementations (A B A B ...), so a slow spell of a shared machine
+    # falls on both rather than on whichever ran second.
+    per_job = {job: [] for job in jobs}
+    for round_ in range(args.rounds):
+        for job in jobs:
+            print(f"running {job} (round {round_ + 1}/{args.rounds}) ...", flush=True)
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", job] + [
+                a for a in sys.argv[1:]]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(job))
+            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            if not lines:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                r = {"impl": job, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+            else:
+                r = json.loads(lines[-1][len("RESULT "):])
+            per_job[job].append(r)
+            if "error" not in r:
+                print(f"  {r['impl']}: median {r['median_s']:.3f} s/step, peak "
+                      f"{_fmt_gb(r.get('peak_bytes'))}", flush=True)
+    results = [merge_rounds(per_job[job]) for job in jobs]
     report(results, args)
     if args.json:
         with open(args.json, "w") as f:

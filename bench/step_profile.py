@@ -1,0 +1,113 @@
+"""Where an emocap_jax training step spends its time, by XLA operation, from a profiler trace.
+
+    python bench/step_profile.py                       # ViT-B-16, batch 8, fp32, remat dots
+    python bench/step_profile.py --batch 32 --top 30
+
+Runs one warm-up step, then traces one step with jax.profiler and sums the time of each executed
+XLA operation (on CPU: each thunk, over all worker threads; `while` bodies count every iteration).
+Prints the totals by kind of operation (the name without its numeric suffix: `ynn_fusion` are the
+matmuls XLA:CPU hands to YNNPACK, `wrapped_broadcast` the zero-fills of buffers such as the
+scanned layer stack's saved activations, `*dynamic-slice*` / `*dynamic-update-slice*` the reads
+and writes of one layer's slice of those stacks) and the most expensive single operations with the
+shape they produce. Same model, optimiser and batch as bench/train_step.py.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+import types
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ViT-B-16")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--remat", default="dots", help="none, full or dots")
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--top", type=int, default=15, help="single operations to list")
+    args = parser.parse_args()
+
+    import jax
+    import numpy as np
+    import optax
+    from jax._src.lib import _profile_data
+
+    sys.path.insert(0, REPO)
+    from emocap_jax.models.clip import CLIP, init_params
+    from emocap_jax.models.config import variant
+    from emocap_jax.train_step import initial_state, make_train_step
+
+    cfg = variant(args.model).replace(
+        dtype="bfloat16" if args.precision == "bf16" else "float32",
+        remat=args.remat != "none", remat_policy="full" if args.remat == "none" else args.remat,
+        attention=args.attention)
+    optimizer = optax.adamw(1e-5, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2)
+    loss_config = types.SimpleNamespace(
+        summary_weight=0.0, local_weight=0.0, impl="single", chunk_size=0,
+        mining=types.SimpleNamespace(mode="off", threshold=1.0, top_k=0, weight=1.0,
+                                     warmup_steps=0, guide="summary"))
+    step_fn = jax.jit(make_train_step(CLIP(cfg), optimizer, lambda s: 1e-5, loss_config),
+                      donate_argnums=0)
+    state = initial_state(jax.jit(lambda k: init_params(cfg, k))(jax.random.PRNGKey(0)),
+                          optimizer)
+    rng = np.random.default_rng(0)
+    b, s, ctx = args.batch, cfg.vision.image_size, cfg.text.context_length
+    batch = {"image": rng.integers(0, 256, (b, s, s, 3)).astype(np.uint8),
+             "global_tokens": rng.integers(1, cfg.text.vocab_size - 1, (b, ctx)).astype(np.int32)}
+    compiled = step_fn.lower(state, batch).compile()
+    hlo = compiled.as_text()
+    state, _ = compiled(state, batch)
+    jax.block_until_ready(state)
+
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        state, _ = compiled(state, batch)
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
+        profile = _profile_data.ProfileData.from_file(path)
+
+    # Device planes (GPU/TPU) name the ops directly; on CPU the ops run as events on the XLA
+    # worker threads of the host plane, next to the executor's own "ThunkExecutor" spans.
+    per_op = collections.Counter()
+    for plane in profile.planes:
+        on_device = not plane.name.startswith("/host")
+        for line in plane.lines:
+            if not (on_device or line.name.startswith("tf_XLAEigen")):
+                continue
+            for event in line.events:
+                if not event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
+                    per_op[event.name] += event.duration_ns
+    if not per_op:
+        raise SystemExit("the trace held no XLA operations (unknown profiler layout)")
+    total = sum(per_op.values())
+    kinds = collections.Counter()
+    for name, ns in per_op.items():
+        kinds[re.sub(r"\.\d+$", "", name)] += ns
+
+    print(f"{args.model}, batch {args.batch}, {args.precision}, remat {args.remat}, "
+          f"{jax.devices()[0].platform}: {total / 1e9:.2f} s of operation time in one step")
+    print(f"\n{'kind of operation':40s} {'time (s)':>9s} {'share':>7s}")
+    for kind, ns in kinds.most_common():
+        if ns / total >= 0.005:
+            print(f"{kind:40s} {ns / 1e9:9.3f} {100 * ns / total:6.1f}%")
+    print(f"\n{'operation':34s} {'time (s)':>9s}  result shape / source")
+    for name, ns in per_op.most_common(args.top):
+        line = re.search(r"\n\s*(?:ROOT )?%" + re.escape(name) + r" = ([^\n]*)", hlo)
+        shape = line.group(1).split(" ")[0] if line else "?"
+        op_name = re.search(r'op_name="([^"]*)"', line.group(1)) if line else None
+        source = "/".join(op_name.group(1).split("/")[-3:]) if op_name else ""
+        print(f"{name:34s} {ns / 1e9:9.3f}  {shape[:36]} {source}")
+
+
+if __name__ == "__main__":
+    main()
