@@ -63,8 +63,9 @@ class CLIPConfig:
     # Rematerialise each transformer block in the backward pass (memory for compute).
     remat: bool = False
     # What a remat'ed block keeps for the backward pass: "full" keeps only the block input (least
-    # memory), "dots" also keeps the outputs of its weight matmuls (recomputes only the cheap
-    # element-wise ops and attention).
+    # memory), "dots" also keeps the outputs of its weight matmuls and the XLA attention kernel's
+    # probabilities and output (recomputes only the cheap element-wise ops; cuDNN attention is
+    # recomputed).
     remat_policy: str = "full"
     # Attention kernel: "auto" (cuDNN's fused flash attention on GPU in bf16, XLA's otherwise),
     # "xla" or "cudnn".
