@@ -9,7 +9,7 @@ Prints the totals by kind of operation (the name without its numeric suffix: `yn
 matmuls XLA:CPU hands to YNNPACK, `wrapped_broadcast` the zero-fills of buffers such as the
 scanned layer stack's saved activations, `*dynamic-slice*` / `*dynamic-update-slice*` the reads
 and writes of one layer's slice of those stacks) and the most expensive single operations with the
-shape they produce. Same model, optimiser and batch as bench/train_step.py.
+shape they produce. The step is bench/train_step.py's (same model, optimiser and batch).
 """
 from __future__ import annotations
 
@@ -18,11 +18,7 @@ import collections
 import glob
 import os
 import re
-import sys
 import tempfile
-import types
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
@@ -37,32 +33,12 @@ def main():
     args = parser.parse_args()
 
     import jax
-    import numpy as np
-    import optax
     from jax._src.lib import _profile_data
 
-    sys.path.insert(0, REPO)
-    from emocap_jax.models.clip import CLIP, init_params
-    from emocap_jax.models.config import variant
-    from emocap_jax.train_step import initial_state, make_train_step
+    from train_step import emocap_step  # bench/train_step.py: the step it times, profiled here
 
-    cfg = variant(args.model).replace(
-        dtype="bfloat16" if args.precision == "bf16" else "float32",
-        remat=args.remat != "none", remat_policy="full" if args.remat == "none" else args.remat,
-        attention=args.attention)
-    optimizer = optax.adamw(1e-5, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2)
-    loss_config = types.SimpleNamespace(
-        summary_weight=0.0, local_weight=0.0, impl="single", chunk_size=0,
-        mining=types.SimpleNamespace(mode="off", threshold=1.0, top_k=0, weight=1.0,
-                                     warmup_steps=0, guide="summary"))
-    step_fn = jax.jit(make_train_step(CLIP(cfg), optimizer, lambda s: 1e-5, loss_config),
-                      donate_argnums=0)
-    state = initial_state(jax.jit(lambda k: init_params(cfg, k))(jax.random.PRNGKey(0)),
-                          optimizer)
-    rng = np.random.default_rng(0)
-    b, s, ctx = args.batch, cfg.vision.image_size, cfg.text.context_length
-    batch = {"image": rng.integers(0, 256, (b, s, s, 3)).astype(np.uint8),
-             "global_tokens": rng.integers(1, cfg.text.vocab_size - 1, (b, ctx)).astype(np.int32)}
+    args.lr = 1e-5
+    _, step_fn, state, batch = emocap_step(args, args.remat, args.attention)
     compiled = step_fn.lower(state, batch).compile()
     hlo = compiled.as_text()
     state, _ = compiled(state, batch)

@@ -48,6 +48,7 @@ import time
 import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # emocap_jax from this checkout
 
 # Dense peak throughput per GPU (NVIDIA datasheets, SXM parts), by precision.
 GPU_PEAK_FLOPS = {
@@ -157,14 +158,13 @@ def merge_rounds(rounds: list) -> dict:
 
 # ---------------------------------------------------------------------------------- emocap_jax
 
-def run_emocap(args, remat: str, attention: str) -> dict:
-
+def emocap_step(args, remat: str, attention: str):
+    """The emocap_jax side of the comparison: (config, jitted train step, initial state, batch) for
+    --model, --batch, --precision and --lr. bench/step_profile.py profiles this same step."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
     import optax
 
-    sys.path.insert(0, REPO)
     from emocap_jax.models.clip import CLIP, init_params
     from emocap_jax.models.config import variant
     from emocap_jax.train_step import initial_state, make_train_step
@@ -191,7 +191,15 @@ def run_emocap(args, remat: str, attention: str) -> dict:
         "image": rng.integers(0, 256, (b, s, s, 3)).astype(np.uint8),
         "global_tokens": tokens})
     jax.block_until_ready(batch)
+    return cfg, step_fn, state, batch
 
+
+def run_emocap(args, remat: str, attention: str) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    cfg, step_fn, state, batch = emocap_step(args, remat, attention)
+    b = args.batch
     t = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
@@ -393,7 +401,6 @@ def _worker_env(job: str) -> dict:
     """emocap_jax runs as `python -m emocap_jax.main` runs it: with glibc's huge-page tunable where
     supported (emocap_jax/host_memory.py). open_clip runs in the environment as given, or with the
     same tunable as "open_clip+hugepages", for a like-for-like comparison of the allocator."""
-    sys.path.insert(0, REPO)
     from emocap_jax import host_memory
     if job.startswith("emocap") or job == "open_clip+hugepages":
         return host_memory.environment_with_huge_pages(os.environ) or dict(os.environ)
@@ -401,8 +408,8 @@ def _worker_env(job: str) -> dict:
 
 
 def _huge_pages_label() -> str:
-    return " + huge pages" if "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") \
-        else ""
+    from emocap_jax import host_memory
+    return " + huge pages" if host_memory.TUNABLE in os.environ.get("GLIBC_TUNABLES", "") else ""
 
 
 def main():
