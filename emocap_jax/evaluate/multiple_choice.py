@@ -11,9 +11,21 @@ command line), one JSON object per line:
 
 Several questions may refer to one image. Option texts are encoded through `template`
 ("{option}" by default; "{question} {option}" puts the question in front).
+
+Two optional keys come from the benchmark converters (`python -m data_prep.benchmarks --name
+face-human-bench|facexbench`):
+
+    "prompts": ["a photo of a 20-year-old person.", ...]   # one per option: the statement that
+                                  # answers the question with that option; encoded in place of
+                                  # the option text (through `template`, as {option})
+    "skip": "several_images: the question is about 2 images"
+                                  # a question a two-tower model cannot score ("<code>:
+                                  # <detail>"); needs no "id", is not answered, and is counted
+                                  # in the report (overall, per task, per code), never guessed
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -34,6 +46,8 @@ class Question:
     options: tuple[str, ...]
     answer: int
     task: str = ""
+    prompts: tuple[str, ...] = ()   # texts encoded instead of the options, when given
+    skip: str = ""                  # why the question is not scored ("" = scored)
 
 
 def _answer_index(answer, num_options: int, where: str) -> int:
@@ -67,7 +81,14 @@ def load_questions(path: str | os.PathLike) -> list[Question]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: not JSON ({e})") from e
-            missing = [k for k in ("id", "options", "answer") if k not in obj]
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: not a JSON object")
+            skip = obj.get("skip", "")
+            if not isinstance(skip, str):
+                raise ValueError(f"{where}: skip must be a string (the reason), got {skip!r}")
+            skip = skip.strip()
+            required = ("options", "answer") if skip else ("id", "options", "answer")
+            missing = [k for k in required if k not in obj]
             if missing:
                 raise ValueError(f"{where}: missing {missing}")
             options = obj["options"]
@@ -75,22 +96,32 @@ def load_questions(path: str | os.PathLike) -> list[Question]:
                     not all(isinstance(o, str) and o.strip() for o in options):
                 raise ValueError(f"{where}: options must be a list of at least 2 non-empty "
                                  "strings")
+            texts = obj.get("prompts", [])
+            if not isinstance(texts, list) or (texts and len(texts) != len(options)) or \
+                    not all(isinstance(t, str) and t.strip() for t in texts):
+                raise ValueError(f"{where}: prompts must be a list of {len(options)} non-empty "
+                                 "strings, one per option")
             qid = str(obj.get("qid", f"line{line_no}"))
             if qid in seen:
                 raise ValueError(f"{where}: question id {qid!r} is repeated")
             seen.add(qid)
-            questions.append(Question(qid, str(obj["id"]), str(obj.get("question", "")),
+            questions.append(Question(qid, str(obj.get("id", "")), str(obj.get("question", "")),
                                       tuple(options),
                                       _answer_index(obj["answer"], len(options), where),
-                                      str(obj.get("task", ""))))
+                                      str(obj.get("task", "")), tuple(texts), skip))
     if not questions:
         raise ValueError(f"{path}: no questions")
     return questions
 
 
 def option_texts(question: Question, template: str = DEFAULT_TEMPLATE) -> list[str]:
+    """The texts encoded for the options: each option (or its prompt) put into `template`."""
     return [template.format(question=question.question, option=o).strip()
-            for o in question.options]
+            for o in (question.prompts or question.options)]
+
+
+def skip_code(question: Question) -> str:
+    return question.skip.split(":", 1)[0].strip()
 
 
 def choose(image_feats: np.ndarray, option_emb: Sequence[np.ndarray]) -> np.ndarray:
@@ -99,14 +130,24 @@ def choose(image_feats: np.ndarray, option_emb: Sequence[np.ndarray]) -> np.ndar
                        for image, options in zip(image_feats, option_emb)], np.int64)
 
 
-def accuracy_report(choices, questions: Sequence[Question]) -> dict:
-    """Overall and per-task accuracy; chance is the mean of 1 / number of options."""
+def accuracy_report(choices, questions: Sequence[Question],
+                    skipped: Sequence[Question] = ()) -> dict:
+    """Overall and per-task accuracy of the scored `questions`; chance is the mean of 1 / number
+    of options (overall and per task, `task_chance`). `skipped` questions are only counted:
+    num_skipped, skipped_by_reason (code -> count) and skipped_by_task (task -> count)."""
     choices = np.asarray(choices)
     answers = np.asarray([q.answer for q in questions])
     correct = choices == answers
-    tasks = {}
+    tasks, task_chance = {}, {}
     for task in sorted({q.task for q in questions if q.task}):
         mask = np.asarray([q.task == task for q in questions])
         tasks[task] = {"accuracy": float(correct[mask].mean()), "num_questions": int(mask.sum())}
+        task_chance[task] = float(np.mean([1 / len(q.options) for q in questions
+                                           if q.task == task]))
+    by_reason = collections.Counter(skip_code(q) for q in skipped)
+    by_task = collections.Counter(q.task for q in skipped)
     return {"accuracy": float(correct.mean()), "num_questions": int(len(questions)),
-            "chance": float(np.mean([1 / len(q.options) for q in questions])), "tasks": tasks}
+            "chance": float(np.mean([1 / len(q.options) for q in questions])), "tasks": tasks,
+            "task_chance": task_chance, "num_skipped": len(skipped),
+            "skipped_by_reason": dict(sorted(by_reason.items())),
+            "skipped_by_task": dict(sorted(by_task.items()))}

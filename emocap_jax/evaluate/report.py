@@ -194,6 +194,29 @@ def render_csv(results: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _multiple_choice_details(fold: dict) -> list[str]:
+    """Accuracy with chance beside it, overall and per task, and the questions skipped (not
+    guessed) because a two-tower model cannot score them."""
+    skipped = fold.get("num_skipped", 0)
+    lines = ["", f"accuracy {_pct(fold['accuracy'])}% on {fold['num_questions']} scored "
+             f"questions (chance {_pct(fold['chance'])}%)" +
+             (f"; {skipped} skipped" if skipped else "")]
+    chance = fold.get("task_chance", {})
+    skipped_by_task = fold.get("skipped_by_task", {})
+    tasks = sorted(set(fold["tasks"]) | set(skipped_by_task))
+    if tasks:
+        lines += ["", "| task | accuracy | chance | scored | skipped |", "|---|---|---|---|---|"]
+        for task in tasks:
+            t = fold["tasks"].get(task)
+            lines.append(f"| {task} | {_pct(t['accuracy']) if t else DASH} | "
+                         f"{_pct(chance.get(task))} | {t['num_questions'] if t else 0} | "
+                         f"{skipped_by_task.get(task, 0)} |")
+    if fold.get("skipped_by_reason"):
+        lines += ["", "skipped, by reason: " + ", ".join(
+            f"{code} {count}" for code, count in fold["skipped_by_reason"].items())]
+    return lines
+
+
 def _details(result: dict) -> list[str]:
     lines = [f"### {result['title']} — {result['protocol']}", ""]
     lines.append(f"- data: `{result['data']}`; {result.get('devices', '?')} devices; "
@@ -240,10 +263,7 @@ def _details(result: dict) -> list[str]:
             for name, key in (("image → text", "image_to_text"), ("text → image", "text_to_image")):
                 lines.append(f"| {name} | " + " | ".join(_pct(fold[key][k]) for k in ks) + " |")
         if "num_questions" in fold:
-            lines += ["", f"accuracy {_pct(fold['accuracy'])}% on {fold['num_questions']} "
-                      f"questions (chance {_pct(fold['chance'])}%)"]
-            for task, t in fold["tasks"].items():
-                lines.append(f"- {task}: {_pct(t['accuracy'])}% ({t['num_questions']})")
+            lines += _multiple_choice_details(fold)
     return lines + [""]
 
 

@@ -337,6 +337,12 @@ def run_multiple_choice(encoder: Encoder, spec, splits, options: Options) -> dic
                 f"{multiple_choice.QUESTIONS_FILE} in the dataset folder (for the synthetic "
                 "benchmark, `python -m data_prep.synthetic_benchmarks` writes one)")
         questions = multiple_choice.load_questions(path)
+        # Questions marked skip (several images, yes/no answers, ...) are counted, not answered.
+        skipped = [q for q in questions if q.skip]
+        questions = [q for q in questions if not q.skip]
+        if not questions:
+            raise ValueError(f"{path}: all {len(skipped)} questions are marked skip; there is "
+                             "nothing to score")
         feats = encoder.images(split.test, _num_frames(spec, split.test, options.frames))
         row_of = {record_id: i for i, record_id in enumerate(feats.ids)}
         unknown = sorted({q.id for q in questions if q.id not in row_of})
@@ -349,7 +355,7 @@ def run_multiple_choice(encoder: Encoder, spec, splits, options: Options) -> dic
         option_emb = [flat[bounds[i]:bounds[i + 1]] for i in range(len(questions))]
         image = feats.features[[row_of[q.id] for q in questions]]
         choices = multiple_choice.choose(image, option_emb)
-        report = multiple_choice.accuracy_report(choices, questions)
+        report = multiple_choice.accuracy_report(choices, questions, skipped)
         report.update(fold=split.fold, dataset=split.test, questions=str(path),
                       template=options.mc_template)
         reports.append(report)
