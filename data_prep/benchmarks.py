@@ -1,7 +1,7 @@
 """Convert evaluation benchmarks, in the layouts their owners distribute, into TFRecord datasets.
 
     python -m data_prep.benchmarks --name NAME --root DIR --output OUT \\
-        [--split train|test|val|all] [--fold K] [--frames 16] [--num-shards N] [--workers N] \\
+        [--split NAME|all] [--fold K] [--frames 16] [--num-shards N] [--workers N] \\
         [--classes a,b,c] [--with-neutral] [--max-side PX] [--overwrite]
     python -m data_prep.benchmarks --list
 
@@ -12,10 +12,17 @@ every split, and every fold unless `--fold` picks one.
 
 Records carry the label (class name), label_id (index into metadata.json's `classes`, the
 class order the dataset defines), group (subject / actor / identity where the layout gives
-it) and empty captions. Still images are stored as one RGB JPEG; clips as K = --frames JPEG
+it), action units where the benchmark annotates them (FABA-Bench's au split) and empty
+captions. Still images are stored as one RGB JPEG; clips as K = --frames JPEG
 frames sampled uniformly over the decoded frames. Every input entry (a label-file line, an
 image file, a clip) is either written or listed in rejected.jsonl as "<code>: <detail>".
 metadata.json also records the benchmark, split, fold, per-class counts and rejection counts.
+
+The multiple-choice benchmarks (face-human-bench, facexbench) write one record per image a
+question is asked about, plus OUT/<split>/questions.jsonl (what `python -m emocap_jax.evaluate
+--protocol multiple_choice` reads): every question either scored (its image and one prompt per
+option), skipped with the reason a two-tower model cannot score it, or listed in rejected.jsonl
+(malformed entry, missing image); see data_prep/benchmark_formats/questions.py.
 
 The layouts, one per converter, are documented in data_prep/benchmark_formats/*.py and listed
 briefly by --list.
@@ -34,7 +41,7 @@ from typing import Any
 from tqdm import tqdm
 
 from data_prep.benchmark_formats import BENCHMARKS, Benchmark, LayoutError, ReaderOptions
-from data_prep.benchmark_formats import common
+from data_prep.benchmark_formats import common, questions
 from data_prep.benchmark_formats.decode import DecodeEntry
 from data_prep.captions import JPEG_QUALITY
 from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
@@ -110,6 +117,8 @@ def _convert_listing(benchmark: Benchmark, listing: common.SplitListing, out_dir
         results = pool.imap(decode, items, chunksize)
     rejected_by_reason: collections.Counter[str] = collections.Counter()
     class_counts = {name: 0 for name in listing.classes}
+    written_ids: set[str] = set()
+    image_rejections: dict[str, str] = {}
     desc = f"{benchmark.name} {'' if fold is None else f'fold{fold}/'}{split}"
     with ShardedRecordWriter(out_dir, shards, metadata=metadata, classes=listing.classes,
                              created_by="data_prep.benchmarks", overwrite=overwrite) as writer:
@@ -118,9 +127,13 @@ def _convert_listing(benchmark: Benchmark, listing: common.SplitListing, out_dir
             if isinstance(result, common.Rejection):
                 writer.reject(result.line, result.id, result.reason)
                 rejected_by_reason[result.code] += 1
+                if result.id is not None:
+                    image_rejections[result.id] = result.reason
             else:
                 writer.add(result)
-                class_counts[result.label] += 1
+                written_ids.add(result.id)
+                if result.label:
+                    class_counts[result.label] += 1
         if writer.num_records + writer.num_rejected != len(items):
             raise AssertionError(f"{len(items)} inputs but {writer.num_records} written + "
                                  f"{writer.num_rejected} rejected")
@@ -129,12 +142,21 @@ def _convert_listing(benchmark: Benchmark, listing: common.SplitListing, out_dir
             "class_counts": class_counts,
             "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
         })
+        question_counts = None
+        if listing.questions is not None:
+            # After the images: a question whose image was not written is rejected too.
+            question_counts = questions.write_questions(out_dir, listing.questions, written_ids,
+                                                        image_rejections, writer.reject)
+            writer.update_metadata({"questions": question_counts})
         written = writer.close()
-    return {"split": split, "fold": fold, "output": out_dir, "classes": listing.classes,
-            "num_inputs": len(items), "num_written": written["num_records"],
-            "num_rejected": written["num_rejected"],
-            "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
-            "class_counts": class_counts, "num_shards": shards}
+    summary = {"split": split, "fold": fold, "output": out_dir, "classes": listing.classes,
+               "num_inputs": len(items), "num_written": written["num_records"],
+               "num_rejected": len(items) - written["num_records"],
+               "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
+               "class_counts": class_counts, "num_shards": shards}
+    if question_counts is not None:
+        summary["questions"] = question_counts
+    return summary
 
 
 def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathLike,
@@ -160,7 +182,10 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
 
     Returns {"benchmark", "root", "output", "datasets": [per-dataset summary with split,
     fold, output, classes, num_inputs, num_written, num_rejected, rejected_by_reason,
-    class_counts, num_shards]}.
+    class_counts, num_shards, and for multiple-choice benchmarks questions: {num_questions,
+    num_scored, num_skipped, num_rejected, skipped_by_reason, rejected_by_reason, by_task}]}.
+    num_inputs / num_written / num_rejected count images (records); rejected.jsonl also
+    lists the rejected questions.
 
     Raises ValueError for an unknown name, split or fold, LayoutError when root does not have
     the expected layout (before anything is written), FileExistsError for an existing dataset
@@ -214,6 +239,14 @@ def list_benchmarks() -> str:
     return "\n".join(lines)
 
 
+def _split_names() -> list[str]:
+    """Every split some benchmark defines, then "all"."""
+    names = {s for b in BENCHMARKS.values() for s in b.splits} - {"all"}
+    order = ["train", "val", "test"]
+    return sorted(names, key=lambda s: (order.index(s) if s in order else len(order), s)) + \
+        ["all"]
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.benchmarks",
@@ -227,8 +260,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--root", help="the benchmark's directory, as distributed")
     parser.add_argument("--output", help="output folder: datasets go to OUT/<split>/ or "
                                          "OUT/fold<k>/<split>/")
-    parser.add_argument("--split", default="all", choices=["train", "test", "val", "all"],
-                        help="split to convert (default: all splits the benchmark defines)")
+    parser.add_argument("--split", default="all", choices=_split_names(),
+                        help="split to convert (default: all splits the benchmark defines; "
+                             "--list shows each benchmark's)")
     parser.add_argument("--fold", type=int, default=None,
                         help="fold of a 5-fold benchmark (DFEW, MAFW); default: all folds")
     parser.add_argument("--frames", type=int, default=16,
@@ -293,7 +327,15 @@ def main(argv: list[str] | None = None) -> int:
               f"written ({dataset['num_shards']} shards), {dataset['num_rejected']} rejected")
         for code, count in dataset["rejected_by_reason"].items():
             print(f"  {code}: {count}")
-        if dataset["num_rejected"]:
+        q = dataset.get("questions")
+        if q is not None:
+            print(f"  questions: {q['num_scored']} of {q['num_questions']} scored, "
+                  f"{q['num_skipped']} skipped, {q['num_rejected']} rejected "
+                  f"({os.path.join(dataset['output'], questions.QUESTIONS_FILE)})")
+            for kind in ("skipped", "rejected"):
+                for code, count in q[f"{kind}_by_reason"].items():
+                    print(f"    {kind} {code}: {count}")
+        if dataset["num_rejected"] or (q is not None and q["num_rejected"]):
             print(f"  reasons: {os.path.join(dataset['output'], REJECTED_FILE)}")
         if dataset["num_written"] == 0:
             empty.append(dataset["output"])

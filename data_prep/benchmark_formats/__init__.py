@@ -1,11 +1,12 @@
 """Layout readers for the evaluation benchmarks, one module per family; see BENCHMARKS.
 
 `data_prep.benchmarks` drives them: it lists a split with `Benchmark.list_split`, decodes the
-entries in worker processes (`decode.py`) and writes the records with ShardedRecordWriter.
+entries in worker processes (`decode.py`) and writes the records with ShardedRecordWriter; for
+the multiple-choice benchmarks it then writes the split's questions (`questions.py`).
 """
 
-from data_prep.benchmark_formats import acted_video, affectnet, ckplus, fer, folders, rafdb
-from data_prep.benchmark_formats import video_lists
+from data_prep.benchmark_formats import acted_video, affectnet, ckplus, faba, face_human_bench
+from data_prep.benchmark_formats import facexbench, fer, folders, rafdb, video_lists
 from data_prep.benchmark_formats.common import Benchmark, LayoutError, ReaderOptions
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
@@ -15,6 +16,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     folders.SFEW, ckplus.CKPLUS, folders.CKPLUS48, ckplus.JAFFE, folders.IMAGEFOLDER,
     video_lists.DFEW, video_lists.FERV39K, video_lists.MAFW, video_lists.MAFW_COMPOUND,
     folders.AFEW, acted_video.CREMA_D, acted_video.RAVDESS, acted_video.ENTERFACE05,
+    faba.FABA_BENCH, face_human_bench.FACE_HUMAN_BENCH, facexbench.FACEXBENCH,
 )}
 
 __all__ = ["BENCHMARKS", "Benchmark", "LayoutError", "ReaderOptions"]

@@ -37,6 +37,7 @@ EXCLUDED_CLASS = "excluded_class"
 NO_MAJORITY = "no_majority"
 MISSING_ANNOTATION = "missing_annotation"
 MALFORMED_LINE = "malformed_line"
+MALFORMED_ENTRY = "malformed_entry"
 BAD_FILE_NAME = "bad_file_name"
 NOT_AN_IMAGE_FILE = "not_an_image_file"
 NOT_A_VIDEO_FILE = "not_a_video_file"
@@ -69,14 +70,20 @@ class Entry:
     group: str = ""
     line: int | None = None
     pixels: str | None = None
+    aus: tuple[tuple[str, float], ...] = ()  # (name, intensity) pairs, e.g. (("AU1", 1.0),)
 
 
 @dataclasses.dataclass
 class SplitListing:
-    """The class order and every input item of one split (of one fold)."""
+    """The class order and every input item of one split (of one fold).
+
+    questions: multiple-choice benchmarks only, one `questions.Question` per question of the
+    release (written, skipped or rejected after the images are decoded; see questions.py).
+    """
     classes: list[str]
     items: list[Entry | Rejection]
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    questions: list | None = None
 
 
 @dataclasses.dataclass(frozen=True)

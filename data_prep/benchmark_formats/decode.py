@@ -137,7 +137,8 @@ def _video_frames(path: str, k: int, max_side: int | None) -> list[bytes]:
 
 def decode_entry(item: common.Entry | common.Rejection, frames: int, max_side: int | None
                  ) -> FaceRecord | common.Rejection:
-    """Decodes one listed entry into a FaceRecord with empty captions, or a Rejection."""
+    """Decodes one listed entry into a FaceRecord with empty captions (and the entry's action
+    units, if any), or a Rejection."""
     if isinstance(item, common.Rejection):
         return item
     try:
@@ -154,7 +155,7 @@ def decode_entry(item: common.Entry | common.Rejection, frames: int, max_side: i
     except _Unusable as e:
         return common.Rejection(line=item.line, id=item.id, reason=str(e))
     return FaceRecord(id=item.id, images=images, image_format="jpeg", label=item.label,
-                      label_id=item.label_id, group=item.group)
+                      label_id=item.label_id, aus=dict(item.aus), group=item.group)
 
 
 class DecodeEntry:

@@ -42,10 +42,17 @@ PROTOCOLS = (ZERO_SHOT, LINEAR_PROBE, FEW_SHOT, VIDEO, COMPOUND, AU_DETECTION, R
 CLASSIFICATION_PROTOCOLS = (ZERO_SHOT, LINEAR_PROBE, FEW_SHOT)
 
 # FABA-Bench AU detection scores these 12 AUs (JackYFL/EmoLA, emollava/eval/eval_FABA.py,
-# `select_AUs` for FABA); its annotations use a 20-AU vocabulary.
+# `select_AUs` for FABA); its annotations use a 20-AU vocabulary. The converter
+# (data_prep/benchmark_formats/faba.py, not imported here) holds the same two tuples; a test
+# keeps them equal.
 FABA_AUS = (1, 2, 4, 5, 6, 10, 12, 17, 24, 25, 26, 43)
 # FABA-Bench emotion labels in the order of the same script's `emotions2num`.
 FABA_EMOTION_CLASSES = ("happiness", "sadness", "surprise", "anger", "neutral", "disgust", "fear")
+_MC_NOTE = ("accuracy over the questions a two-tower model can score, each option read as a "
+            "statement answering the question; questions it cannot score (several images, "
+            "identities across faces, yes/no without a statement, large counts, 'None of the "
+            "above' options, ...) are skipped and counted per task in the details, so the "
+            "number covers fewer questions than the paper's")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,10 +187,10 @@ _ENTRIES = (
               test_split="val", converter="sfew", paper=PaperResult(49.3, 27.8),
               note="SFEW's test labels are not public: the validation set is the test split"),
     Benchmark("faba-emotion", "FABA-Bench emotion", "static FER",
-              **_classes(FABA_EMOTION_CLASSES), train_split=None,
-              paper=PaperResult(67.9, 42.7),
-              note="no converter: convert its test images as an image folder with "
-                   "--classes happiness,sadness,surprise,anger,neutral,disgust,fear"),
+              **_classes(FABA_EMOTION_CLASSES), test_split="emotion", train_split=None,
+              converter="faba-bench", paper=PaperResult(67.9, 42.7),
+              note="FABA-Instruct's 403 evaluation faces (eval_emotion_anno.json), converted "
+                   "by data_prep.benchmarks --name faba-bench into OUT/emotion/"),
     Benchmark("fer2013", "FER2013", "static FER", **_classes(fer.FER2013_CLASSES),
               converter="fer2013", note="not in the paper's chart"),
     Benchmark("imagefolder", "image folder", "static FER", classes=None, test_split="all",
@@ -233,19 +240,24 @@ _ENTRIES = (
               converter="enterface05", paper=PaperResult(35.2, 20.6)),
     # ----- action units
     Benchmark("faba-au", "FABA-Bench AU", "action units", classes=(), protocols=(AU_DETECTION,),
-              paper_protocol=AU_DETECTION, metric="mean_f1", train_split=None, aus=FABA_AUS,
+              paper_protocol=AU_DETECTION, metric="mean_f1", test_split="au", train_split=None,
+              aus=FABA_AUS, converter="faba-bench",
               paper=PaperResult(57.0, 51.8, metric="mean_f1"),
-              note="convert with data_prep.captions (manifest 'aus' per face); the paper's AU "
-                   "metric is not stated: ours is the mean F1 over the 12 FABA-Bench AUs"),
+              note="FABA-Instruct's 325 evaluation faces (eval_au_anno.json, OUT/au/ of "
+                   "data_prep.benchmarks --name faba-bench); the paper's AU metric is not "
+                   "stated: ours is the mean F1 over the 12 AUs FABA-Bench's script scores"),
     # ----- face understanding (multiple-choice questions)
     Benchmark("face-human-bench", "Face-Human-Bench", "face understanding", classes=(),
               protocols=(MULTIPLE_CHOICE,), paper_protocol=MULTIPLE_CHOICE, metric="accuracy",
-              train_split=None, paper=PaperResult(71.9, 56.0, metric="accuracy"),
-              note="images as a dataset folder plus questions.jsonl (see multiple_choice.py)"),
+              train_split=None, converter="face-human-bench",
+              paper=PaperResult(71.9, 56.0, metric="accuracy"),
+              note="English test split, every entry asked once per image variant as the "
+                   "authors' evaluation does; " + _MC_NOTE),
     Benchmark("facexbench", "FaceXBench", "face understanding", classes=(),
               protocols=(MULTIPLE_CHOICE,), paper_protocol=MULTIPLE_CHOICE, metric="accuracy",
-              train_split=None, paper=PaperResult(69.9, 58.5, metric="accuracy"),
-              note="images as a dataset folder plus questions.jsonl (see multiple_choice.py)"),
+              train_split=None, converter="facexbench",
+              paper=PaperResult(69.9, 58.5, metric="accuracy"),
+              note="tasks are the release's sub-categories; " + _MC_NOTE),
     # ----- the embedded synthetic faces (python -m data_prep.synthetic_benchmarks)
     Benchmark("synthetic", "synthetic faces", "synthetic",
               **_classes(synthetic_faces.BASIC_CLASSES),

@@ -1,0 +1,615 @@
+"""The FABA-Bench, Face-Human-Bench and FaceXBench converters on fabricated releases in the exact
+structure of the files their authors publish (a handful of entries, images drawn here), including
+missing images and malformed entries: the counts of images and questions written, skipped and
+rejected, the prompts, and then the whole way through `emocap_jax.evaluate` into the report's rows.
+
+Structures copied from: Face-Human-Bench/face-human-bench data/Face-Human-Bench/test/json/en/*.json
+(and the authors' data/prepare_data.py for where images go), Kartik-3004/facexbench
+benchmark/*.json, JackYFL/EmoLA README (FABAInstruct/eval) and emollava/eval/eval_FABA.py (labels).
+"""
+import csv
+import io
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep import benchmarks
+from data_prep.benchmark_formats import LayoutError, faba, face_human_bench, facexbench
+from emocap_jax.data import example_codec, shard_writer, tfrecord
+from emocap_jax.evaluate import multiple_choice, registry, report, runner
+
+
+def write_image(path, value=120, size=(24, 20)):
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (value, 255 - value, value // 2)).save(
+        path, format="JPEG" if path.suffix == ".jpg" else "PNG")
+    return path
+
+
+def write_json(path, obj):
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=4), encoding="utf-8")
+    return path
+
+
+def convert(name, root, out, **kwargs):
+    kwargs.setdefault("workers", 1)
+    return benchmarks.convert_benchmark(name, root, out, progress=False, **kwargs)
+
+
+def read_dataset(directory):
+    directory = pathlib.Path(directory)
+    records = {}
+    for shard in shard_writer.shard_paths(directory):
+        for _, data in tfrecord.iter_records(shard):
+            rec = example_codec.decode_record(data)
+            records[rec.id] = rec
+    rejected = [json.loads(line) for line in
+                (directory / shard_writer.REJECTED_FILE).read_text().splitlines()]
+    return shard_writer.load_metadata(directory), records, {r["id"]: r["reason"] for r in rejected}
+
+
+def read_questions(directory):
+    lines = (pathlib.Path(directory) / "questions.jsonl").read_text().splitlines()
+    return {q["qid"]: q for q in map(json.loads, lines)}
+
+
+def code(reason):
+    return reason.split(":", 1)[0]
+
+
+# ---------------------------------------------------------------- Face-Human-Bench
+
+def fhb_entry(qtype, question, options, answer, image_paths, source_paths=None, labels=None):
+    """One entry of data/Face-Human-Bench/<split>/json/en/<type>.json."""
+    return {"type": qtype, "QA": {"question": question, "options": options, "answer": answer},
+            "image": {"image_paths": image_paths,
+                      "source": {"dataset": "X", "paths": source_paths or {},
+                                 "labels": labels or {}}}}
+
+
+def fabricate_face_human_bench(root):
+    """A clone of the repository with a few entries per type; prepared images (the authors'
+    prepare_data.py output) in <split>/output/, one source copy under ROOT/raw_data/."""
+    data = root / "data/Face-Human-Bench"
+    prepared = data / "test/output"
+    age = "eval_data/face/age/basic_10/{}/sample_{:04d}.jpg"
+    ages = [
+        fhb_entry("face_age_basic_10", "Which of the following ages is the most likely for the "
+                  "person in the picture?", ["20", "30", "40", "50"], 0,
+                  {"cropped": age.format("cropped", 1), "original": age.format("original", 1)},
+                  {"original": "raw_data/face/UTKFace/part2/20_0_1_1.jpg"}),
+        # cropped not prepared (rejected); original only as the raw_data copy (accepted)
+        fhb_entry("face_age_basic_10", "Approximately how old is the person?",
+                  ["30", "40", "50", "60"], 2,
+                  {"cropped": age.format("cropped", 2), "original": age.format("original", 2)},
+                  {"original": "raw_data/face/UTKFace/part1/50_1_0_2.jpg"}),
+        # malformed: the answer is no option index -> both variants rejected
+        fhb_entry("face_age_basic_10", "How old?", ["5", "10", "15", "20"], 7,
+                  {"cropped": age.format("cropped", 3), "original": age.format("original", 3)}),
+    ]
+    write_image(prepared / age.format("cropped", 1), 10)
+    write_image(prepared / age.format("original", 1), 20)
+    write_image(root / "raw_data/face/UTKFace/part1/50_1_0_2.jpg", 30)
+    en = data / "test/json/en"
+    write_json(en / "face_age_basic_10.json", {"data": ages})
+    write_json(en / "face_recognition_basic.json", {"data": [fhb_entry(
+        "face_recognition_basic", "Do the individuals depicted in both images happen to be "
+        "identical?", ["yes", "no"], 0,
+        {"cropped": "eval_data/face/recognition/basic/cropped/sample_0002.jpg"},
+        {"cropped_1": "raw_data/face/LFW/data/A/A_0001.jpg",
+         "cropped_2": "raw_data/face/LFW/data/A/A_0002.jpg"}, ["positive"])]})
+    attack = "eval_data/face/attack/physical_paper/cropped/sample_0002.jpg"
+    write_json(en / "face_attack_physical_paper.json", {"data": [fhb_entry(
+        "face_attack_physical_paper", "Is the face in the picture a physical spoof?",
+        ["yes", "no"], 1, {"cropped": attack},
+        {"cropped": "raw_data/face/SiW-Mv2/cropped/Live/Live_41/frame_0000.jpg"},
+        ["Bona Fides"])]})
+    write_image(prepared / attack, 40)
+    count = "eval_data/human/spatial_relation/count_10/original/sample_{:04d}.jpg"
+    write_json(en / "human_spatial_relation_count_10.json", {"data": [
+        fhb_entry("human_spatial_relation_count_10", "How many individuals are in this picture?",
+                  [2, 3, 4, 5], 3, {"original": count.format(1)}, labels=[5]),
+        fhb_entry("human_spatial_relation_count_10", "How many individuals are in this picture?",
+                  [6, 7, 8, 11], 1, {"original": count.format(2)}, labels=[7]),
+    ]})
+    write_image(prepared / count.format(1), 50)
+    expr = "eval_data/face/expression/basic/{}/sample_0021.jpg"
+    write_json(en / "face_expression_basic.json", {"data": [
+        fhb_entry("face_expression_basic", "What is the facial expression of the person in "
+                  "this image?", ["Fear", "Disgust", "Happiness", "Sadness"], 0,
+                  {"original": expr.format("original"), "cropped": expr.format("cropped")},
+                  {"original": "raw_data/face/RAF-DB/basic/Image/original/test_2279.jpg"}),
+        "not an entry",
+    ]})
+    write_image(prepared / expr.format("cropped"), 60)
+    corrupt = prepared / expr.format("original")
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"not an image")  # found, but decodes to a rejection
+    (en / "broken.json").write_text("{\"data\": [", encoding="utf-8")
+    # The Chinese files are not read.
+    write_json(data / "test/json/zh/face_age_basic_10_zh.json", {"data": ages})
+    dev = "eval_data/face/expression/basic/cropped/sample_0001.jpg"
+    write_json(data / "dev/json/en/face_expression_basic.json", {"data": [fhb_entry(
+        "face_expression_basic", "What is the facial expression?", ["Happiness", "Anger"], 1,
+        {"cropped": dev})]})
+    write_image(data / "dev/output" / dev, 70)
+
+
+def test_face_human_bench_counts_prompts_and_reasons(tmp_path):
+    root = tmp_path / "face-human-bench"
+    fabricate_face_human_bench(root)
+    summary = convert("face-human-bench", root, tmp_path / "out")
+    test, dev = summary["datasets"]
+    assert (test["split"], dev["split"]) == ("test", "dev")
+    # images: 7 needed by scored questions, the corrupt one rejected
+    assert (test["num_inputs"], test["num_written"], test["num_rejected"]) == (7, 6, 1)
+    q = test["questions"]
+    assert (q["num_questions"], q["num_scored"], q["num_skipped"], q["num_rejected"]) == \
+        (14, 6, 2, 6)
+    assert q["skipped_by_reason"] == {"counting": 1, "identity_comparison": 1}
+    assert q["rejected_by_reason"] == {"image_not_found": 1, "image_not_written": 1,
+                                       "malformed_entry": 4}
+    assert q["by_task"]["face_age_basic_10-cropped"] == {"scored": 1, "skipped": 0,
+                                                         "rejected": 2}
+
+    meta, records, reasons = read_dataset(tmp_path / "out/test")
+    assert meta["questions"] == q and meta["classes"] == []
+    assert sorted(records) == sorted([
+        "eval_data/face/age/basic_10/cropped/sample_0001",
+        "eval_data/face/age/basic_10/original/sample_0001",
+        "eval_data/face/age/basic_10/original/sample_0002",  # from the raw_data copy
+        "eval_data/face/attack/physical_paper/cropped/sample_0002",
+        "eval_data/human/spatial_relation/count_10/original/sample_0001",
+        "eval_data/face/expression/basic/cropped/sample_0021"])
+    assert all(r.label_id == -1 and not r.aus for r in records.values())
+    # rejected.jsonl: the undecodable image, then every rejected question with its reason
+    assert len(reasons) == 7
+    assert code(reasons["eval_data/face/expression/basic/original/sample_0021"]) == "bad_image"
+    assert code(reasons["face_expression_basic[0]:original"]) == "image_not_written"
+    assert "bad_image" in reasons["face_expression_basic[0]:original"]
+    missing = reasons["face_age_basic_10[1]:cropped"]
+    assert code(missing) == "image_not_found" and "prepare_data.py" in missing
+    assert "test/output/eval_data/face/age/basic_10/cropped/sample_0002.jpg" in missing
+    assert "answer 7" in reasons["face_age_basic_10[2]:original"]
+    assert "not an object" in reasons["face_expression_basic[1]"]
+    assert "broken.json is not JSON" in reasons["broken"]
+
+    questions = read_questions(tmp_path / "out/test")
+    assert len(questions) == 8  # scored + skipped; the rejected are in rejected.jsonl only
+    age = questions["face_age_basic_10[0]:cropped"]
+    assert age["id"] == "eval_data/face/age/basic_10/cropped/sample_0001"
+    assert age["task"] == "face_age_basic_10-cropped" and age["answer"] == 0
+    assert age["prompts"][0] == "a photo of a 20-year-old person."
+    assert questions["face_attack_physical_paper[0]:cropped"]["prompts"] == [
+        "a photo of a printed paper photo of a face held up to the camera.",
+        "a photo of a real, live person's face."]
+    assert questions["human_spatial_relation_count_10[0]:original"]["options"] == \
+        ["2", "3", "4", "5"]
+    assert questions["human_spatial_relation_count_10[0]:original"]["prompts"][0] == \
+        "a photo of 2 people."
+    assert questions["human_spatial_relation_count_10[1]:original"]["skip"].startswith(
+        "counting: counts up to 11")
+    recognition = questions["face_recognition_basic[0]:cropped"]
+    assert "id" not in recognition and code(recognition["skip"]) == "identity_comparison"
+    assert "happiness" in questions["face_expression_basic[0]:cropped"]["prompts"][2]
+    # The evaluator reads the file as written.
+    loaded = multiple_choice.load_questions(tmp_path / "out/test/questions.jsonl")
+    assert sum(1 for x in loaded if x.skip) == 2
+    assert multiple_choice.option_texts(loaded[0]) == list(age["prompts"])
+
+    assert dev["num_written"] == 1 and dev["questions"]["num_scored"] == 1
+    assert convert("face-human-bench", root, tmp_path / "dev_only",
+                   split="dev")["datasets"][0]["split"] == "dev"
+
+
+def test_face_human_bench_layout_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LayoutError, match="data/Face-Human-Bench/test/json/en"):
+        convert("face-human-bench", tmp_path / "empty", tmp_path / "out")
+
+
+def test_face_human_bench_rules_cover_the_release_types():
+    # The 25 English question types of the release (dev and test alike).
+    released = {
+        "face_age_basic_5", "face_age_basic_10", "face_age_basic_15",
+        "face_attack_digital_expression_swap", "face_attack_digital_identity_swap",
+        "face_attack_physical_paper", "face_attack_physical_replay", "face_attribute_compound",
+        "face_expression_basic", "face_expression_compound", "face_recognition_basic",
+        "face_recognition_cross_age", "face_recognition_cross_pose", "face_recognition_mask",
+        "face_recognition_similar_looking", "human_action_basic", "human_attribute_compound",
+        "human_attribute_compound_cropped", "human_reid_basic",
+        "human_social_relation_occupation", "human_social_relation_relationship",
+        "human_spatial_relation_count_10", "human_spatial_relation_count_100",
+        "human_spatial_relation_count_100plus", "human_spatial_relation_location"}
+    assert set(face_human_bench.PROMPT_RULES) == released
+    rule = face_human_bench.PROMPT_RULES
+    assert rule["face_expression_compound"]("?", ["Fearfully Surprised", "Sadly Angry"]) == (
+        "This image portrays a compound expression of someone fearfully surprised.",
+        "This image portrays a compound expression of someone sadly angry.")
+    assert rule["human_social_relation_occupation"]("?", ["cook/chef", "barista"]) == (
+        "a photo of a cook or chef.", "a photo of a barista.")
+    assert rule["human_spatial_relation_count_100plus"]("?", ["100", "300"]).startswith(
+        "counting")
+
+
+# ---------------------------------------------------------------- FaceXBench
+
+def fx_file(category, sub, dataset, num_images, questions):
+    """benchmark/<name>.json of the release."""
+    return {"category": category, "sub-category": sub, "dataset": dataset,
+            "question_type": "MCQ", "num_images": num_images,
+            "prepend_text": "You have to perform the task.",
+            "postpend_text": "Please answer the question and provide only the correct option "
+                             "letter, e.g., A, B, C, D.",
+            "questions": questions}
+
+
+def fx_question(paths, text, options, letter, answer=None):
+    q = {"image_paths": paths, "question_text": text, "options": options,
+         "correct_answer_option": letter}
+    q["answer"] = options["ABCD".index(letter)] if answer is None and letter in "ABCD" \
+        else answer
+    return q
+
+
+def fabricate_facexbench(root):
+    bench = root / "benchmark"
+    img = "images/affectnet_single_mcq/question_{}.png"
+    write_image(bench / img.format(1), 10)
+    expr = "Which expression is the person showing in the image?"
+    write_json(bench / "affectnet_single_mcq.json", fx_file(
+        "attributes_expression", "expression", "affectnet", "single", {
+            "1": fx_question([img.format(1)], expr, ["happy", "sad", "neutral", "surprise"], "D"),
+            "2": fx_question([img.format(2)], expr, ["fear", "sad", "neutral", "anger"], "B"),
+            "3": fx_question([img.format(1)], expr, ["fear", "sad", "neutral", "anger"], "E",
+                             answer="x"),
+            "4": fx_question([img.format(1)], expr, ["fear", "sad", "neutral", "anger"], "A",
+                             answer="anger"),
+            "5": fx_question([img.format(1)], expr,
+                             ["None of the above", "sad", "neutral", "anger"], "B"),
+            "6": fx_question([img.format(1)], "What is the main expression of the person in "
+                             "the image?", ["anger", "surprise", "contempt", "happy"], "B"),
+        }))
+    write_json(bench / "affectnet_multiple_mcq.json", fx_file(
+        "attributes_expression", "expression", "affectnet", "multiple", {
+            "1": fx_question(["images/affectnet_multiple_mcq/question_1_1.png",
+                              "images/affectnet_multiple_mcq/question_1_2.png"],
+                             "Which images have a person with the expression 'anger'?",
+                             ["Image 2", "All of the images", "None of the images", "Image 1"],
+                             "D")}))
+    celeba = "images/celeba_single_mcq/question_{}.png"
+    write_image(bench / celeba.format(3), 30)
+    write_json(bench / "celeba_single_mcq.json", fx_file(
+        "attributes_expression", "attributes", "celeba", "single", {
+            "1": fx_question([celeba.format(1)], "Which of the following attributes is NOT "
+                             "present in the image?", ["Bangs", "Rosy_Cheeks", "Young", "Male"],
+                             "B"),
+            "2": fx_question([celeba.format(2)], "How many attributes are present in the image?",
+                             [8, 9, 10, 11], "B", answer="9"),
+            "3": fx_question([celeba.format(3)], "Identify which of the following attributes is "
+                             "present in the image.", ["Wearing_Hat", "Mustache", "Bangs",
+                                                        "Goatee"], "A"),
+        }))
+    wmca = "data/WMCA/RGB/{}/Frame_25.png"
+    write_image(bench / wmca.format("012_03_004_4_03"), 40)  # a source-dataset file, placed
+    write_json(bench / "wmca_single_mcq.json", fx_file("fas_deepfakes", "fas", "wmca", "single", {
+        "1": fx_question([wmca.format("012_03_004_4_03")],
+                         "Is this image depicting a spoof attack?", ["Yes", "No"], "A"),
+        "2": fx_question([wmca.format("012_03_004_4_03")],
+                         "Is this image a bonafide person or its a spoof attack?",
+                         ["Bonafide", "Attack"], "B"),
+        "3": fx_question([wmca.format("021_01_000_0_00")],
+                         "Is this image a bonafide person or its a spoof attack?",
+                         ["Bonafide", "Attack"], "A"),
+    }))
+    write_json(bench / "biwi_single_mcq.json", fx_file(
+        "face_localization", "headpose", "biwi", "single", {
+            "1": fx_question(["images/biwi_single_mcq/question_1.png"],
+                             "What is the pitch angle range of headpose orientation for the "
+                             "person in this image?", ["0 to 10", "10 to 20", "-10 to 0",
+                                                       "-20 to -10"], "C")}))
+    tools = fx_file("tools_use", "tools_retrieval", "gpt4o", "zero", {
+        "1": fx_question(["images/tools_retrieval/question_1.png"], "Which sequence of API "
+                         "function calls would accomplish this?",
+                         ["api_4-detect_spoofing", "api_1-predict_age", "api_2-classify_gender",
+                          "api_10-detect_expression"], "D")})
+    tools["context"] = "Ignore the black image provided."
+    write_json(bench / "tools_retrieval.json", tools)
+    write_json(bench / "garbage.json", [1, 2, 3])
+
+
+def test_facexbench_counts_prompts_and_reasons(tmp_path):
+    root = tmp_path / "facexbench"
+    fabricate_facexbench(root)
+    summary = convert("facexbench", root, tmp_path / "out")
+    (data,) = summary["datasets"]
+    assert data["split"] == "test" and data["output"] == str(tmp_path / "out/test")
+    # three distinct images: affectnet question_1 serves two questions
+    assert (data["num_inputs"], data["num_written"], data["num_rejected"]) == (3, 3, 0)
+    q = data["questions"]
+    assert (q["num_questions"], q["num_scored"], q["num_skipped"], q["num_rejected"]) == \
+        (16, 4, 7, 5)
+    assert q["skipped_by_reason"] == {
+        "counting": 1, "negated_question": 1, "option_refers_to_options": 1,
+        "several_images": 1, "task_not_scorable": 1, "text_only": 1, "yes_no_answer": 1}
+    assert q["rejected_by_reason"] == {"image_not_found": 2, "malformed_entry": 3}
+    assert q["by_task"]["expression"] == {"scored": 2, "skipped": 2, "rejected": 3}
+
+    meta, records, reasons = read_dataset(tmp_path / "out/test")
+    assert sorted(records) == ["data/WMCA/RGB/012_03_004_4_03/Frame_25",
+                               "images/affectnet_single_mcq/question_1",
+                               "images/celeba_single_mcq/question_3"]
+    assert len(reasons) == 5 and meta["num_rejected"] == 5
+    assert code(reasons["affectnet_single_mcq/2"]) == "image_not_found"
+    assert "does not ship" not in reasons["affectnet_single_mcq/2"]
+    assert "FaceXBench does not ship data/" in reasons["wmca_single_mcq/3"]
+    assert "correct_answer_option 'E'" in reasons["affectnet_single_mcq/3"]
+    assert "answer 'anger' is not option A" in reasons["affectnet_single_mcq/4"]
+    assert "'questions' object" in reasons["garbage"]
+
+    questions = read_questions(tmp_path / "out/test")
+    assert len(questions) == 11
+    assert questions["affectnet_single_mcq/1"]["prompts"] == [
+        "This image portrays an expression of happiness.",
+        "This image portrays an expression of sadness.",
+        "This image portrays an expression of neutral.",
+        "This image portrays an expression of surprise."]
+    assert questions["affectnet_single_mcq/1"]["answer"] == 3
+    assert questions["affectnet_single_mcq/6"]["id"] == "images/affectnet_single_mcq/question_1"
+    assert questions["celeba_single_mcq/3"]["prompts"][0] == "a photo of a person, wearing hat."
+    assert questions["wmca_single_mcq/2"]["prompts"][1].startswith(
+        "a photo of a face presentation attack")
+    assert code(questions["wmca_single_mcq/1"]["skip"]) == "yes_no_answer"
+    assert code(questions["affectnet_multiple_mcq/1"]["skip"]) == "several_images"
+    assert code(questions["tools_retrieval/1"]["skip"]) == "text_only"
+
+
+def test_facexbench_rules_cover_the_release_sub_categories(tmp_path):
+    # The 14 sub-categories of the release (aggregate_results.py's categories_subcategories).
+    assert set(facexbench.PROMPT_RULES) == {
+        "age", "gender", "race", "expression", "attributes", "headpose", "segmentation",
+        "crowd_counting", "hr_fr", "lr_fr", "celebrity_identification", "fas", "deepfakes",
+        "tools_retrieval"}
+    rule = facexbench.PROMPT_RULES
+    assert rule["age"]("?", ["30-39", "20-29"]) == ("a photo of a person aged 30-39.",
+                                                    "a photo of a person aged 20-29.")
+    assert rule["gender"]("?", ["Male", "Female"])[0] == "a photo of a male person."
+    with pytest.raises(LayoutError, match="benchmark/\\*.json"):
+        convert("facexbench", tmp_path, tmp_path / "out")
+
+
+# ---------------------------------------------------------------- FABA-Bench
+
+def faba_entry(image, label, id_=None):
+    """One annotation of FABAInstruct/eval/eval_*_anno.json (keys of eval_FABA.py)."""
+    entry = {"source": "AffectNet", "image": image, "label": label,
+             "gpt4": "The person appears to ...", "landmark": image.replace(
+                 "/images/", "/landmarks/").replace(".jpg", ".npy")}
+    if id_ is not None:
+        entry["id"] = id_
+    return entry
+
+
+def fabricate_faba(root):
+    """ROOT is the folder holding FABAInstruct/ (eval_FABA.py's --data-dir)."""
+    eval_dir = root / "FABAInstruct/eval"
+    img = "FABAInstruct/eval/images/AffectNet/AffectNet_v2/{}/{}.jpg"
+    for i in range(6):
+        write_image(root / img.format(1, f"e{i}"), 20 * i)
+        write_image(root / img.format(2, f"a{i}"), 20 * i + 5)
+    write_json(eval_dir / "eval_emotion_anno.json", [
+        faba_entry(img.format(1, "e0"), 0, "AffectNet/AffectNet_v2/1/e0"),
+        faba_entry(img.format(1, "e1"), "Sadness", "AffectNet/AffectNet_v2/1/e1"),
+        faba_entry(img.format(1, "e2"), "happy"),                  # alias; id from the path
+        faba_entry(img.format(1, "e3"), 9, "bad_index"),
+        faba_entry(img.format(1, "e4"), "Contempt", "unknown_class"),
+        {"source": "AffectNet", "label": 1, "id": "no_image"},
+        faba_entry(img.format(1, "missing"), 6, "missing_image"),
+        "not an object",
+        faba_entry(img.format(1, "e5"), "Fear", "AffectNet/AffectNet_v2/1/e0"),  # id repeated
+    ])
+    write_json(eval_dir / "eval_au_anno.json", [
+        faba_entry(img.format(2, "a0"), "1, 2, 4", "a0"),
+        faba_entry(img.format(2, "a1"), "", "a1"),               # no active AU
+        faba_entry(img.format(2, "a2"), "AU12, AU25, 18", "a2"),  # 18 is outside the vocabulary
+        faba_entry(img.format(2, "a3"), ["6", "12"], "a3"),
+        faba_entry(img.format(2, "a4"), "1, x", "bad_au"),
+        {"image": img.format(2, "a5"), "id": "no_label"},
+        faba_entry(img.format(2, "gone"), "4", "missing_image"),
+    ])
+
+
+def test_faba_bench_emotion_and_au(tmp_path):
+    root = tmp_path / "data"
+    fabricate_faba(root)
+    summary = convert("faba-bench", root, tmp_path / "out")
+    emotion, au = summary["datasets"]
+    assert (emotion["split"], au["split"]) == ("emotion", "au")
+    assert (emotion["num_inputs"], emotion["num_written"], emotion["num_rejected"]) == (9, 3, 6)
+    assert (au["num_inputs"], au["num_written"], au["num_rejected"]) == (7, 4, 3)
+    assert "questions" not in emotion
+
+    meta, records, reasons = read_dataset(tmp_path / "out/emotion")
+    assert meta["classes"] == list(faba.EMOTION_CLASSES)
+    assert {i: (r.label, r.label_id) for i, r in records.items()} == {
+        "AffectNet/AffectNet_v2/1/e0": ("happiness", 0),
+        "AffectNet/AffectNet_v2/1/e1": ("sadness", 1),
+        "FABAInstruct/eval/images/AffectNet/AffectNet_v2/1/e2": ("happiness", 0)}
+    assert {i: code(r) for i, r in reasons.items()} == {
+        "bad_index": "label_out_of_range", "unknown_class": "unknown_class",
+        "no_image": "malformed_entry", "missing_image": "image_not_found",
+        "eval_emotion_anno.json[7]": "malformed_entry",
+        "AffectNet/AffectNet_v2/1/e0": "duplicate_id"}
+    assert meta["class_counts"] == {"happiness": 2, "sadness": 1, "surprise": 0, "anger": 0,
+                                    "neutral": 0, "disgust": 0, "fear": 0}
+
+    meta, records, reasons = read_dataset(tmp_path / "out/au")
+    assert meta["classes"] == [] and sorted(records) == ["a0", "a1", "a2", "a3"]
+    active = {i: sorted(k for k, v in r.aus.items() if v > 0) for i, r in records.items()}
+    assert active == {"a0": ["AU1", "AU2", "AU4"], "a1": [], "a2": ["AU12", "AU18", "AU25"],
+                      "a3": ["AU12", "AU6"]}
+    assert set(records["a1"].aus) == {f"AU{c}" for c in faba.AU_VOCABULARY}
+    assert {i: code(r) for i, r in reasons.items()} == {
+        "bad_au": "bad_label", "no_label": "malformed_entry", "missing_image": "image_not_found"}
+
+    # ROOT may be FABAInstruct/eval itself; one split alone needs only its annotation file.
+    (root / "FABAInstruct/eval/eval_emotion_anno.json").unlink()
+    (only_au,) = convert("faba-bench", root / "FABAInstruct/eval", tmp_path / "au_only",
+                         split="au")["datasets"]
+    assert (only_au["num_written"], only_au["num_rejected"]) == (4, 3)
+    with pytest.raises(LayoutError, match="FABAInstruct/eval/eval_emotion_anno.json"):
+        convert("faba-bench", root, tmp_path / "none")
+
+
+def test_faba_constants_match_the_registry():
+    assert faba.EMOTION_CLASSES == registry.FABA_EMOTION_CLASSES
+    assert faba.SCORED_AUS == registry.FABA_AUS
+    assert set(faba.SCORED_AUS) <= set(faba.AU_VOCABULARY)
+    for name, converter in (("faba-emotion", "faba-bench"), ("faba-au", "faba-bench"),
+                            ("face-human-bench", "face-human-bench"),
+                            ("facexbench", "facexbench")):
+        spec = registry.get(name)
+        assert spec.converter == converter
+        assert spec.test_split in benchmarks.BENCHMARKS[converter].splits
+
+
+def test_cli_prints_question_counts(tmp_path, capsys):
+    assert benchmarks.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(n in listed for n in ("faba-bench", "face-human-bench", "facexbench"))
+    root = tmp_path / "facexbench"
+    fabricate_facexbench(root)
+    assert benchmarks.main(["--name", "facexbench", "--root", str(root), "--output",
+                            str(tmp_path / "out"), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "questions: 4 of 16 scored, 7 skipped, 5 rejected" in out
+    assert "skipped several_images: 1" in out and "rejected image_not_found: 2" in out
+
+
+# ---------------------------------------------------------------- checks every question gets
+
+def test_generic_checks_and_counts():
+    from data_prep.benchmark_formats import questions as mcq
+    # Face-Human-Bench test human_attribute_compound.json#data[56] repeats a wrong option:
+    # still scored; a repeated right option would leave the answer to tie-breaking.
+    options = ("short hair", "a face mask", "a face mask", "a hat")
+    assert mcq.generic_skip("Which?", options, 0) == ""
+    assert mcq.generic_skip("Which?", options, 1).startswith("ambiguous_answer")
+    assert mcq.generic_skip("Which?", ("Image 1", "Image 2"), 0).startswith(
+        "option_refers_to_options")
+    assert mcq.generic_skip("Which is NOT present?", ("hat", "beard"), 0).startswith(
+        "negated_question")
+    assert mcq.generic_skip("Is it?", ("Yes", "No"), 0).startswith("yes_no_answer")
+    assert mcq.count_prompts(["1", "2", "3", "5"]) == (
+        "a photo of 1 person.", "a photo of 2 people.", "a photo of 3 people.",
+        "a photo of 5 people.")
+    assert mcq.with_article("80") == "an 80" and mcq.with_article("East Asian") == "an East Asian"
+    assert mcq.safe_relative("../x.png") is None and mcq.safe_relative("/x.png") is None
+    assert mcq.safe_relative("images\\a/./b.png") == "images/a/b.png"
+
+
+# ---------------------------------------------------------------- the questions file
+
+def test_questions_file_prompts_and_skip(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    lines = [{"qid": "a", "id": "img", "task": "t", "options": ["x", "y"], "answer": 1,
+              "prompts": ["a photo of x.", "a photo of y."]},
+             {"qid": "b", "task": "t", "options": ["yes", "no"], "answer": 0,
+              "skip": "yes_no_answer: options ['yes', 'no']"},
+             {"qid": "c", "task": "u", "options": ["1", "2"], "answer": 0,
+              "skip": "identity_comparison: two faces"}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    questions = multiple_choice.load_questions(path)
+    assert [q.skip != "" for q in questions] == [False, True, True]
+    assert multiple_choice.option_texts(questions[0], "{question} {option}") == \
+        ["a photo of x.", "a photo of y."]
+    out = multiple_choice.accuracy_report([1], questions[:1], questions[1:])
+    assert out["accuracy"] == 1.0 and out["task_chance"] == {"t": 0.5}
+    assert out["num_skipped"] == 2 and out["skipped_by_task"] == {"t": 1, "u": 1}
+    assert out["skipped_by_reason"] == {"identity_comparison": 1, "yes_no_answer": 1}
+    path.write_text(json.dumps({"id": "i", "options": ["a", "b"], "answer": 0,
+                                "prompts": ["only one"]}) + "\n")
+    with pytest.raises(ValueError, match=r"questions.jsonl:1: prompts must be a list of 2"):
+        multiple_choice.load_questions(path)
+    path.write_text(json.dumps({"options": ["a", "b"], "answer": 0}) + "\n")
+    with pytest.raises(ValueError, match=r"missing \['id'\]"):
+        multiple_choice.load_questions(path)
+
+
+# ---------------------------------------------------------------- through the evaluator
+
+class HashEncoder:
+    """Deterministic stand-in for `features.Encoder` (no JAX compile): image features from the
+    records' pixels, text features from the text's bytes. Accuracy means nothing here; the
+    plumbing from the converters' output to the report is what is tested."""
+    description = "hash-encoder"
+
+    class mesh:  # noqa: N801 - mimics Encoder.mesh.devices.size
+        class devices:  # noqa: N801
+            size = 1
+
+    def images(self, data_dir, num_frames=None):
+        from emocap_jax.evaluate.features import ImageFeatures
+        ids, feats, labels = [], [], []
+        for shard in shard_writer.shard_paths(data_dir):
+            for _, data in tfrecord.iter_records(shard):
+                rec = example_codec.decode_record(data)
+                pixels = np.asarray(Image.open(io.BytesIO(rec.images[0])), np.float32)
+                ids.append(rec.id)
+                labels.append(rec.label_id)
+                feats.append(self._unit(np.resize(pixels.ravel(), 16) + 1.0))
+        return ImageFeatures(np.stack(feats), np.asarray(labels, np.int32), ids, str(data_dir),
+                             num_frames)
+
+    def texts(self, texts):
+        return np.stack([self._unit(np.resize(np.frombuffer(t.encode() + b"pad", np.uint8), 16)
+                                    .astype(np.float32) + 1.0) for t in texts])
+
+    @staticmethod
+    def _unit(x):
+        return x / np.linalg.norm(x)
+
+
+def test_converted_benchmarks_fill_the_report_rows(tmp_path):
+    fabricate_face_human_bench(tmp_path / "fhb")
+    fabricate_facexbench(tmp_path / "fx")
+    fabricate_faba(tmp_path / "faba")
+    convert("face-human-bench", tmp_path / "fhb", tmp_path / "fhb_out")
+    convert("facexbench", tmp_path / "fx", tmp_path / "fx_out")
+    convert("faba-bench", tmp_path / "faba", tmp_path / "faba_out")
+    encoder, eval_dir = HashEncoder(), tmp_path / "eval"
+    results = {}
+    for benchmark, protocol, data in (
+            ("face-human-bench", "multiple_choice", "fhb_out"),
+            ("facexbench", "multiple_choice", "fx_out"),
+            ("faba-emotion", "zero_shot", "faba_out"),
+            ("faba-au", "au_detection", "faba_out")):
+        result = runner.run(encoder, benchmark, protocol, tmp_path / data)
+        report.write_result(eval_dir, result)
+        results[benchmark] = result
+    fhb = results["face-human-bench"]["folds"][0]
+    assert (fhb["num_questions"], fhb["num_skipped"]) == (6, 2)
+    assert fhb["skipped_by_task"] == {"face_recognition_basic-cropped": 1,
+                                      "human_spatial_relation_count_10-original": 1}
+    assert fhb["task_chance"]["face_age_basic_10-original"] == 0.25
+    assert fhb["task_chance"]["face_attack_physical_paper-cropped"] == 0.5
+    fx = results["facexbench"]["folds"][0]
+    assert (fx["num_questions"], fx["num_skipped"]) == (4, 7)
+    assert results["faba-emotion"]["report"]["num_examples"] == 3
+    assert results["faba-au"]["folds"][0]["aus"] == [f"AU{c}" for c in registry.FABA_AUS]
+
+    report.write_report(eval_dir, encoder.description)
+    with open(eval_dir / "report.csv", newline="", encoding="utf-8") as f:
+        rows = {row["benchmark"]: row for row in csv.DictReader(f)}
+    for name in ("face-human-bench", "facexbench", "faba-emotion", "faba-au"):
+        assert rows[name]["ours"] != "", name  # the paper's row is filled in
+    markdown = (eval_dir / "report.md").read_text()
+    assert "| face_recognition_basic-cropped | — | — | 0 | 1 |" in markdown
+    assert "6 scored questions (chance" in markdown and "; 2 skipped" in markdown
+    assert "skipped, by reason: counting 1, identity_comparison 1" in markdown
