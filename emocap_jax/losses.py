@@ -5,10 +5,23 @@ What is here (DESIGN sections 2 and 3):
 * `global_contrastive_loss`: symmetric CLIP InfoNCE (open_clip `ClipLoss`), optionally with soft
   targets. The summary term of the total loss is this same function applied to
   (image embeddings, summary-sentence embeddings); nothing special is needed for it.
-* `mined_positive_targets`: cross-modal guided positive mining. Row i's targets become
-  `normalize_L1(onehot_i + weight * mined_i)`, where `mined_ij` says that samples i and j != i are
-  similar according to stop-gradient guide embeddings (summary/global sentences, images, or both).
-  The same target row is used for both directions: image_i -> texts and text_i -> images.
+* `mined_positive_targets`: label positives and cross-modal guided positive mining. Row i's
+  targets become `normalize_L1(positive_i + weight * mined_i)`. positive_ij holds for j == i and,
+  when labels are given, for every j with the same label >= 0 (UniCL's image-label-text target,
+  Yang et al. CVPR 2022: the row's mass spread uniformly over its same-label columns). mined_ij
+  says that samples i and j (not already positive) are similar according to stop-gradient guide
+  embeddings (summary/global sentences, images, or both). The same target row is used for both
+  directions: image_i -> texts and text_i -> images.
+* Mining that cannot collapse. A fixed cosine threshold alone merges the batch at random init,
+  where all guide embeddings look alike (cosines near one value) and every pair passes it. Three
+  guards, each optional (`MiningConfig`), are applied per row and per guide: a hard cap (`top_k`:
+  at most k mined positives, ties broken towards the lower column, so even identical guides give
+  exactly k), a row-relative threshold (`relative_threshold` z: the pair must stand z standard
+  deviations above the row's mean similarity, so only pairs that stand out of their own row
+  count, whatever the absolute level), and a spread gate (`min_spread`: a row whose similarities
+  have a smaller standard deviation carries no evidence of which pairs belong together and mines
+  nothing). The row statistics are computed over all N columns in every form (the chunked form in
+  a first pass over the column chunks, with Chan's pairwise merge of means and variances).
 * `local_region_sentence_loss`: region-sentence alignment; each local sentence pools every image's
   patch tokens with itself as the attention query, then InfoNCE sentence->image and multi-positive
   image->sentence over the batch.
@@ -60,14 +73,23 @@ _NORM_EPS = 1e-12
 
 @dataclasses.dataclass(frozen=True)
 class MiningConfig:
-    """Cross-modal guided positive mining (DESIGN section 2).
+    """Cross-modal guided positive mining (DESIGN section 2), built so that it cannot collapse.
 
     mode: "text" (guide = summary or global sentence embeddings), "image" (image-image similarity),
       "both" (a pair must pass both guides) or "off".
-    threshold: cosine similarity a pair must reach to be a mined positive.
-    top_k: if > 0, a mined positive must also be within its row's k most similar off-diagonal
-      columns (per guide; ties at the k-th value are all kept).
-    weight: weight of each mined positive relative to the true pair before L1 normalisation.
+    threshold: cosine similarity a pair must reach to be a mined positive (an absolute floor;
+      -1 disables it).
+    top_k: if > 0, a hard cap: a mined positive must be among its row's k most similar
+      off-diagonal columns under each guide, ties broken towards the lower column index, so no
+      row ever gets more than k mined positives, whatever the similarities.
+    relative_threshold: z; if not None, a mined positive must also stand out of its own row:
+      sim_ij >= mean_i + z * std_i over the row's off-diagonal similarities (per guide).
+    min_spread: rows whose off-diagonal guide similarities have a standard deviation below this
+      mine nothing (per guide). At random init every guide embedding looks alike (cosines all
+      near one value), a fixed threshold passes every pair and the targets merge the whole batch
+      into one class; a row whose similarities do not spread carries no evidence of which pairs
+      belong together, so it keeps its one-hot (or label) target.
+    weight: weight of each mined positive relative to each true positive before L1 normalisation.
     warmup_steps: mining is inactive while step < warmup_steps.
     image_threshold: threshold for the image guide; None uses `threshold`. Image-image and
       sentence-sentence cosine similarities have different ranges, so "both" may need two values.
@@ -79,6 +101,8 @@ class MiningConfig:
     weight: float = 1.0
     warmup_steps: int = 0
     image_threshold: float | None = None
+    relative_threshold: float | None = None
+    min_spread: float = 0.0
 
     def __post_init__(self):
         if self.mode not in MINING_MODES:
@@ -87,6 +111,8 @@ class MiningConfig:
             raise ValueError(f"MiningConfig.top_k={self.top_k} must be >= 0 (0 disables top-k)")
         if self.weight < 0:
             raise ValueError(f"MiningConfig.weight={self.weight} must be >= 0")
+        if self.min_spread < 0:
+            raise ValueError(f"MiningConfig.min_spread={self.min_spread} must be >= 0")
 
     @property
     def enabled(self) -> bool:
@@ -99,6 +125,10 @@ class MiningConfig:
     @property
     def uses_image(self) -> bool:
         return self.mode in ("image", "both")
+
+    @property
+    def uses_row_moments(self) -> bool:
+        return self.relative_threshold is not None or self.min_spread > 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,6 +161,17 @@ class _Guide:
     threshold: float
 
 
+@dataclasses.dataclass(frozen=True)
+class _RowStats:
+    """Per-row facts about one guide's off-diagonal similarities, each [n] or None when unused:
+    the k-th largest value and its column (the cap), and their mean and standard deviation."""
+
+    kth_value: jax.Array | None = None
+    kth_col: jax.Array | None = None
+    mean: jax.Array | None = None
+    std: jax.Array | None = None
+
+
 def _active_guides(config: MiningConfig, text_rows, text_cols, image_rows, image_cols) -> list[_Guide]:
     guides = []
     if config.uses_text:
@@ -155,45 +196,106 @@ def _effective_top_k(config: MiningConfig, num_cols: int) -> int:
     return config.top_k
 
 
-def _row_kth_similarity(guide: _Guide, row_offset, k: int) -> jax.Array:
-    """k-th largest off-diagonal guide similarity of each row, over all columns at once: [n]."""
+def _row_stats(guide: _Guide, row_offset, k: int, moments: bool) -> _RowStats:
+    """`_RowStats` of each row over all columns at once."""
     sim = _guide_similarity(guide.rows, guide.cols)
     row_ids = row_offset + jnp.arange(sim.shape[0])
-    sim = jnp.where(row_ids[:, None] == jnp.arange(sim.shape[1])[None, :], -jnp.inf, sim)
-    return jax.lax.top_k(sim, k)[0][:, -1]
+    off = row_ids[:, None] != jnp.arange(sim.shape[1])[None, :]
+    stats = {}
+    if k:
+        # lax.top_k puts the lower index first among equal values: the k-th (value, column) pair
+        # is the k-th in the order (value descending, column ascending).
+        values, cols = jax.lax.top_k(jnp.where(off, sim, -jnp.inf), k)
+        stats.update(kth_value=values[:, -1], kth_col=cols[:, -1])
+    if moments:
+        count = sim.shape[1] - 1
+        mean = jnp.sum(jnp.where(off, sim, 0.0), axis=1) / count
+        var = jnp.sum(jnp.where(off, jnp.square(sim - mean[:, None]), 0.0), axis=1) / count
+        stats.update(mean=mean, std=jnp.sqrt(var))
+    return _RowStats(**stats)
 
 
-def _row_kth_similarity_chunked(guide: _Guide, row_offset, k: int, chunk_size: int, axis) -> jax.Array:
-    """Same as `_row_kth_similarity` with a running top-k over column chunks: O(n * (k + c))."""
+def _row_stats_chunked(guide: _Guide, row_offset, k: int, moments: bool, chunk_size: int,
+                       axis) -> _RowStats:
+    """Same as `_row_stats`, walking the columns in chunks: a running top-k with the columns of its
+    entries, and running (count, mean, M2) merged chunk by chunk (Chan et al.'s update, which stays
+    exact when every similarity is near one value, where sum-of-squares would cancel). O(n (k + c))."""
     n = guide.rows.shape[0]
     num_cols, dim = guide.cols.shape
     row_ids = row_offset + jnp.arange(n)
     col_chunks = guide.cols.reshape(num_cols // chunk_size, chunk_size, dim)
     offsets = jnp.arange(num_cols // chunk_size) * chunk_size
 
-    def body(best, xs):
-        cols, offset = xs
-        sim = _guide_similarity(guide.rows, cols)
-        sim = jnp.where(row_ids[:, None] == offset + jnp.arange(chunk_size)[None, :], -jnp.inf, sim)
-        return jax.lax.top_k(jnp.concatenate([best, sim], axis=1), k)[0], None
+    def body(carry, xs):
+        chunk, offset = xs
+        sim = _guide_similarity(guide.rows, chunk)
+        col_ids = offset + jnp.arange(chunk_size)
+        off = row_ids[:, None] != col_ids[None, :]
+        new = {}
+        if k:
+            values = jnp.concatenate([carry["values"], jnp.where(off, sim, -jnp.inf)], axis=1)
+            cols = jnp.concatenate([carry["cols"], jnp.broadcast_to(col_ids, (n, chunk_size))], axis=1)
+            # Earlier chunks come first in the concatenation, so ties still favour lower columns.
+            new["values"], picked = jax.lax.top_k(values, k)
+            new["cols"] = jnp.take_along_axis(cols, picked, axis=1)
+        if moments:
+            c_count = jnp.sum(off, axis=1).astype(jnp.float32)
+            c_mean = jnp.sum(jnp.where(off, sim, 0.0), axis=1) / c_count
+            c_m2 = jnp.sum(jnp.where(off, jnp.square(sim - c_mean[:, None]), 0.0), axis=1)
+            count = carry["count"] + c_count
+            delta = c_mean - carry["mean"]
+            new["mean"] = carry["mean"] + delta * c_count / count
+            new["m2"] = carry["m2"] + c_m2 + jnp.square(delta) * carry["count"] * c_count / count
+            new["count"] = count
+        return new, None
 
     # Inside shard_map the scan carry must be typed device-varying from the start.
-    init = jax.lax.pcast(jnp.full((n, k), -jnp.inf, jnp.float32), axis, to="varying")
-    best, _ = jax.lax.scan(body, init, (col_chunks, offsets))
-    return best[:, -1]
+    varying = lambda x: jax.lax.pcast(x, axis, to="varying")  # noqa: E731
+    init = {}
+    if k:
+        init.update(values=varying(jnp.full((n, k), -jnp.inf, jnp.float32)),
+                    cols=varying(jnp.zeros((n, k), jnp.int32)))
+    if moments:
+        zeros = varying(jnp.zeros((n,), jnp.float32))
+        init.update(count=zeros, mean=zeros, m2=zeros)
+    final, _ = jax.lax.scan(body, init, (col_chunks, offsets))
+    stats = {}
+    if k:
+        stats.update(kth_value=final["values"][:, -1], kth_col=final["cols"][:, -1])
+    if moments:
+        stats.update(mean=final["mean"], std=jnp.sqrt(final["m2"] / final["count"]))
+    return _RowStats(**stats)
 
 
-def _mined_mask(guides: Sequence[_Guide], guide_cols: Sequence[jax.Array], kths, row_ids, col_ids,
-                active) -> jax.Array:
+def _mined_mask(config: MiningConfig, guides: Sequence[_Guide], guide_cols: Sequence[jax.Array],
+                stats: Sequence[_RowStats], row_ids, col_ids, active) -> jax.Array:
     """Boolean [n, c]: pair (row, col) is a mined positive under every active guide."""
     mask = jnp.logical_and(active, row_ids[:, None] != col_ids[None, :])
-    for guide, cols, kth in zip(guides, guide_cols, kths):
+    for guide, cols, st in zip(guides, guide_cols, stats):
         sim = _guide_similarity(guide.rows, cols)
         passes = sim >= guide.threshold
-        if kth is not None:
-            passes = jnp.logical_and(passes, sim >= kth[:, None])
+        if st.kth_value is not None:
+            kv, kc = st.kth_value[:, None], st.kth_col[:, None]
+            within_cap = (sim > kv) | ((sim == kv) & (col_ids[None, :] <= kc))
+            passes = jnp.logical_and(passes, within_cap)
+        if config.relative_threshold is not None:
+            passes = jnp.logical_and(
+                passes, sim >= st.mean[:, None] + config.relative_threshold * st.std[:, None])
+        if config.min_spread > 0:
+            passes = jnp.logical_and(passes, (st.std >= config.min_spread)[:, None])
         mask = jnp.logical_and(mask, passes)
     return mask
+
+
+def _guide_row_stats(config: MiningConfig, guides: Sequence[_Guide], row_offset, num_cols: int,
+                     chunk_size: int | None = None, axis=None) -> list[_RowStats]:
+    k = _effective_top_k(config, num_cols)
+    moments = config.uses_row_moments
+    if not k and not moments:
+        return [_RowStats() for _ in guides]
+    if chunk_size is None:
+        return [_row_stats(g, row_offset, k, moments) for g in guides]
+    return [_row_stats_chunked(g, row_offset, k, moments, chunk_size, axis) for g in guides]
 
 
 def _mining_active(config: MiningConfig, step) -> jax.Array:
@@ -201,10 +303,26 @@ def _mining_active(config: MiningConfig, step) -> jax.Array:
     return jnp.asarray(step) >= config.warmup_steps
 
 
-def _ce_from_parts(lse, pos_logit, mined_logit_sum, mined_count, weight: float) -> jax.Array:
-    """CE with targets normalize_L1(onehot + w * mined): the targets sum to 1, so
-    -sum_j t_j log softmax_j = lse - sum_j t_j s_j = lse - (s_pos + w * sum_mined s) / (1 + w * count)."""
-    return lse - (pos_logit + weight * mined_logit_sum) / (1.0 + weight * mined_count)
+def _positive_mask(row_ids, col_ids, row_labels, col_labels) -> jax.Array:
+    """Boolean [n, c]: the pair itself, and with labels every pair with the same label >= 0."""
+    pos = row_ids[:, None] == col_ids[None, :]
+    if row_labels is not None:
+        same = (row_labels[:, None] == col_labels[None, :]) & (row_labels >= 0)[:, None]
+        pos = jnp.logical_or(pos, same)
+    return pos
+
+
+def _check_labels(labels, batch: int):
+    if labels is not None and (labels.ndim != 1 or labels.shape[0] != batch):
+        raise ValueError(f"labels {labels.shape} must be [N] with N={batch} (label_id, -1 for none)")
+
+
+def _ce_from_parts(lse, pos_logit_sum, pos_count, mined_logit_sum, mined_count,
+                   weight: float) -> jax.Array:
+    """CE with targets normalize_L1(positive + w * mined): the targets sum to 1, so
+    -sum_j t_j log softmax_j = lse - sum_j t_j s_j = lse - (sum_pos s + w * sum_mined s) /
+    (|pos| + w * |mined|)."""
+    return lse - (pos_logit_sum + weight * mined_logit_sum) / (pos_count + weight * mined_count)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,31 +330,44 @@ def _ce_from_parts(lse, pos_logit, mined_logit_sum, mined_count, weight: float) 
 # --------------------------------------------------------------------------------------------------
 
 
-def mined_positive_targets(config: MiningConfig, *, text_rows=None, text_cols=None, image_rows=None,
-                           image_cols=None, row_offset=0, step=0) -> jax.Array:
+def mined_positive_targets(config: MiningConfig | None = None, *, text_rows=None, text_cols=None,
+                           image_rows=None, image_cols=None, row_offset=0, step=0,
+                           row_labels=None, col_labels=None, num_cols: int | None = None
+                           ) -> jax.Array:
     """Soft InfoNCE targets [n, N] for rows row_offset .. row_offset+n-1 against all N columns.
 
-    Row i is `normalize_L1(onehot_i + config.weight * mined_i)`; mined_ij holds when j != i and the
-    stop-gradient guide similarity passes the threshold (and the row's top-k when top_k > 0) for
-    every guide the mode uses. Before `config.warmup_steps` (or with mode "off") it is one-hot.
+    Row i is `normalize_L1(positive_i + config.weight * mined_i)`. positive_ij holds for j == i
+    and, given labels, for every j with label_j == label_i >= 0 (UniCL's image-label-text target:
+    the row's mass spread uniformly over its same-label columns; label -1 keeps only the pair).
+    mined_ij holds when j is not already positive and the stop-gradient guide similarity passes
+    every test of `MiningConfig` (threshold, cap, relative threshold, spread gate) for every guide
+    the mode uses. Before `config.warmup_steps` (or with mode "off" / config None) nothing is mined.
     Used for both directions: image_i -> texts and text_i -> images share target row i.
     text_rows/text_cols: guide sentence embeddings [n, D'] / [N, D']; image_*: the same for images.
+    row_labels / col_labels: int [n] / [N] label ids; num_cols: N when no guide gives it.
     """
+    mining = config is not None and config.enabled
     given = [(r, c) for r, c in ((text_rows, text_cols), (image_rows, image_cols)) if r is not None]
-    if not given or given[0][1] is None:
-        raise ValueError("mined_positive_targets needs guide rows and columns (text_* or image_*)")
-    n, num_cols = given[0][0].shape[0], given[0][1].shape[0]
+    if given and given[0][1] is not None:
+        n, num_cols = given[0][0].shape[0], given[0][1].shape[0]
+    elif row_labels is not None and col_labels is not None:
+        n, num_cols = row_labels.shape[0], col_labels.shape[0]
+    elif num_cols is None or mining:
+        raise ValueError("mined_positive_targets needs guide rows and columns (text_* or image_*)"
+                         " or labels")
+    else:
+        n = num_cols
     row_ids = row_offset + jnp.arange(n)
     col_ids = jnp.arange(num_cols)
-    onehot = (row_ids[:, None] == col_ids[None, :]).astype(jnp.float32)
-    if not config.enabled:
-        return onehot
-    guides = _active_guides(config, text_rows, text_cols, image_rows, image_cols)
-    k = _effective_top_k(config, num_cols)
-    kths = [_row_kth_similarity(g, row_offset, k) if k else None for g in guides]
-    mined = _mined_mask(guides, [g.cols for g in guides], kths, row_ids, col_ids,
-                        _mining_active(config, step))
-    targets = onehot + config.weight * mined.astype(jnp.float32)
+    positive = _positive_mask(row_ids, col_ids, row_labels, col_labels)
+    targets = positive.astype(jnp.float32)
+    if mining:
+        guides = _active_guides(config, text_rows, text_cols, image_rows, image_cols)
+        stats = _guide_row_stats(config, guides, row_offset, num_cols)
+        mined = _mined_mask(config, guides, [g.cols for g in guides], stats, row_ids, col_ids,
+                            _mining_active(config, step))
+        mined = jnp.logical_and(mined, jnp.logical_not(positive))
+        targets = targets + config.weight * mined.astype(jnp.float32)
     return targets / jnp.sum(targets, axis=1, keepdims=True)
 
 
@@ -268,17 +399,21 @@ def global_contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_sca
 
 
 def mined_global_contrastive_loss(image_emb, text_emb, logit_scale, mining: MiningConfig | None, *,
-                                  guide_text=None, guide_image=None, step=0) -> jax.Array:
-    """`global_contrastive_loss` with mined targets built over the whole batch ([N, N] in memory).
-
-    guide_image defaults to the image embeddings themselves (under stop_gradient).
-    """
-    if mining is None or not mining.enabled:
+                                  guide_text=None, guide_image=None, step=0, labels=None) -> jax.Array:
+    """`global_contrastive_loss` with label and mined targets built over the whole batch
+    ([N, N] in memory). guide_image defaults to the image embeddings themselves (under
+    stop_gradient). labels: int [N] label ids (-1: none) whose equal pairs are positives."""
+    mining_on = mining is not None and mining.enabled
+    _check_labels(labels, image_emb.shape[0])
+    if not mining_on and labels is None:
         return global_contrastive_loss(image_emb, text_emb, logit_scale)
-    if guide_image is None:
+    if mining_on and guide_image is None:
         guide_image = image_emb
-    targets = mined_positive_targets(mining, text_rows=guide_text, text_cols=guide_text,
-                                     image_rows=guide_image, image_cols=guide_image, step=step)
+    targets = mined_positive_targets(
+        mining if mining_on else None, text_rows=guide_text if mining_on else None,
+        text_cols=guide_text if mining_on else None,
+        image_rows=guide_image if mining_on else None, image_cols=guide_image if mining_on else None,
+        step=step, row_labels=labels, col_labels=labels, num_cols=image_emb.shape[0])
     return global_contrastive_loss(image_emb, text_emb, logit_scale, targets)
 
 
@@ -357,20 +492,21 @@ def _check_batch(name: str, batch: int, num_shards: int, axis: AxisName):
                          f"of mesh axis {axis!r}")
 
 
-def _sharded_global_body(image_rows, text_rows, logit_scale, step, guide_rows, *, axis, config,
-                         chunk_size, global_batch):
+def _sharded_global_body(image_rows, text_rows, logit_scale, step, guide_rows, row_labels, *, axis,
+                         config, chunk_size, global_batch):
     """Per-device body: this device's n anchors of each modality against all N gathered columns."""
     n = image_rows.shape[0]
     row_offset = jax.lax.axis_index(axis) * n
     row_ids = row_offset + jnp.arange(n)
     all_text = jax.lax.all_gather(text_rows, axis, tiled=True)
     all_image = jax.lax.all_gather(image_rows, axis, tiled=True)
+    all_labels = None if row_labels is None else jax.lax.all_gather(row_labels, axis, tiled=True)
 
-    guides, guide_cols, kths, active = [], [], [], None
+    guides, guide_cols, stats, active = [], [], [], None
     mining = config is not None and config.enabled
     if mining:
         # stop_gradient before the gather keeps the guides out of the backward pass entirely.
-        gather = lambda g: jax.lax.all_gather(jax.lax.stop_gradient(g), axis, tiled=True)
+        gather = lambda g: jax.lax.all_gather(jax.lax.stop_gradient(g), axis, tiled=True)  # noqa: E731
         text_g = guide_rows.get("text")
         text_cols = gather(text_g) if config.uses_text and text_g is not None else None
         # The image guide is the image embeddings themselves unless the caller gave one.
@@ -382,103 +518,111 @@ def _sharded_global_body(image_rows, text_rows, logit_scale, step, guide_rows, *
         guides = _active_guides(config, text_g, text_cols, image_g, image_cols)
         guide_cols = [g.cols for g in guides]
         active = _mining_active(config, step)
-        k = _effective_top_k(config, global_batch)
-        if k and chunk_size is None:
-            kths = [_row_kth_similarity(g, row_offset, k) for g in guides]
-        elif k:
-            kths = [_row_kth_similarity_chunked(g, row_offset, k, chunk_size, axis) for g in guides]
-        else:
-            kths = [None] * len(guides)
+        stats = _guide_row_stats(config, guides, row_offset, global_batch, chunk_size, axis)
     weight = config.weight if mining else 0.0
 
     if chunk_size is None:
         col_ids = jnp.arange(global_batch)
-        is_pos = row_ids[:, None] == col_ids[None, :]
-        mask = _mined_mask(guides, guide_cols, kths, row_ids, col_ids, active) if mining else None
+        positive = _positive_mask(row_ids, col_ids, row_labels, all_labels)
+        pos_count = jnp.sum(positive, axis=1)
+        mask = None
+        if mining:
+            mask = _mined_mask(config, guides, guide_cols, stats, row_ids, col_ids, active)
+            mask = jnp.logical_and(mask, jnp.logical_not(positive))
         ce_sum = 0.0
         for rows, cols in ((image_rows, all_text), (text_rows, all_image)):
             logits = _scaled_logits(rows, cols, logit_scale)
-            pos = jnp.sum(jnp.where(is_pos, logits, 0.0), axis=1)
+            pos = jnp.sum(jnp.where(positive, logits, 0.0), axis=1)
             if mining:
                 mined_sum = jnp.sum(jnp.where(mask, logits, 0.0), axis=1)
                 mined_count = jnp.sum(mask, axis=1)
             else:
                 mined_sum = mined_count = 0.0
             lse = jax.nn.logsumexp(logits, axis=1)
-            ce_sum = ce_sum + jnp.sum(_ce_from_parts(lse, pos, mined_sum, mined_count, weight))
+            ce_sum = ce_sum + jnp.sum(_ce_from_parts(lse, pos, pos_count, mined_sum, mined_count, weight))
     else:
-        ce_sum = _chunked_ce_sum(image_rows, text_rows, all_image, all_text, logit_scale, row_ids,
-                                 guides, guide_cols, kths, active, weight,
-                                 chunk_size, axis)
+        ce_sum = _chunked_ce_sum(config, image_rows, text_rows, all_image, all_text, logit_scale,
+                                 row_ids, row_labels, all_labels, guides, guide_cols, stats, active,
+                                 weight, chunk_size, axis)
     return jax.lax.psum(ce_sum, axis) / (2 * global_batch)
 
 
-def _chunked_ce_sum(image_rows, text_rows, all_image, all_text, logit_scale, row_ids, guides,
-                    guide_cols, kths, active, weight, chunk_size, axis):
+def _chunked_ce_sum(config, image_rows, text_rows, all_image, all_text, logit_scale, row_ids,
+                    row_labels, all_labels, guides, guide_cols, stats, active, weight, chunk_size,
+                    axis):
     """Sum over this device's rows of both CE directions, walking columns in chunks.
 
-    Both directions share the column chunk index, so the mined mask of a chunk is computed once.
-    Per row and direction the scan carries the running max m, the running sum of exp(s - m), the
-    positive logit, the sum of mined logits and the mined count; all are [n] vectors.
+    Both directions share the column chunk index, so the positive and mined masks of a chunk are
+    computed once. Per row and direction the scan carries the running max m, the running sum of
+    exp(s - m), the sum and count of positive logits, the sum of mined logits and the mined
+    count; all are [n] vectors.
     """
     n = image_rows.shape[0]
     global_batch = all_text.shape[0]
     num_chunks = global_batch // chunk_size
     mining = active is not None
-    to_chunks = lambda x: x.reshape(num_chunks, chunk_size, x.shape[-1])
+    to_chunks = lambda x: x.reshape(num_chunks, chunk_size, *x.shape[1:])  # noqa: E731
+    label_chunks = None if all_labels is None else to_chunks(all_labels)
     xs = (to_chunks(all_text), to_chunks(all_image), [to_chunks(c) for c in guide_cols],
-          jnp.arange(num_chunks) * chunk_size)
+          label_chunks, jnp.arange(num_chunks) * chunk_size)
 
-    def direction_update(carry, rows, cols, is_pos, mask):
-        run_max, run_sum, pos, mined_sum, mined_count = carry
+    def direction_update(carry, rows, cols, positive, mask):
+        run_max, run_sum, pos, pos_count, mined_sum, mined_count = carry
         logits = _scaled_logits(rows, cols, logit_scale)
         # The logsumexp does not depend on the shift, so the shift needs no gradient.
         new_max = jnp.maximum(run_max, jax.lax.stop_gradient(jnp.max(logits, axis=1)))
         run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=1)
-        pos = pos + jnp.sum(jnp.where(is_pos, logits, 0.0), axis=1)
+        pos = pos + jnp.sum(jnp.where(positive, logits, 0.0), axis=1)
+        pos_count = pos_count + jnp.sum(positive, axis=1)
         if mask is not None:
             mined_sum = mined_sum + jnp.sum(jnp.where(mask, logits, 0.0), axis=1)
             mined_count = mined_count + jnp.sum(mask, axis=1)
-        return new_max, run_sum, pos, mined_sum, mined_count
+        return new_max, run_sum, pos, pos_count, mined_sum, mined_count
 
     # Recompute each chunk's logits in the backward pass instead of storing all of them, which
     # would bring back the O(n * N) memory the chunking removes.
     @jax.checkpoint
     def body(carry, chunk):
-        text_cols, image_cols, guide_chunks, offset = chunk
+        text_cols, image_cols, guide_chunks, col_labels, offset = chunk
         col_ids = offset + jnp.arange(chunk_size)
-        is_pos = row_ids[:, None] == col_ids[None, :]
-        mask = _mined_mask(guides, guide_chunks, kths, row_ids, col_ids, active) if mining else None
-        image_to_text = direction_update(carry[0], image_rows, text_cols, is_pos, mask)
-        text_to_image = direction_update(carry[1], text_rows, image_cols, is_pos, mask)
+        positive = _positive_mask(row_ids, col_ids, row_labels, col_labels)
+        mask = None
+        if mining:
+            mask = _mined_mask(config, guides, guide_chunks, stats, row_ids, col_ids, active)
+            mask = jnp.logical_and(mask, jnp.logical_not(positive))
+        image_to_text = direction_update(carry[0], image_rows, text_cols, positive, mask)
+        text_to_image = direction_update(carry[1], text_rows, image_cols, positive, mask)
         return (image_to_text, text_to_image), None
 
     # The carry becomes device-varying inside the loop, so it must start out typed as varying.
     zeros = jax.lax.pcast(jnp.zeros((n,), jnp.float32), axis, to="varying")
-    start = (zeros - jnp.inf, zeros, zeros, zeros, zeros)
+    start = (zeros - jnp.inf, zeros, zeros, zeros, zeros, zeros)
     (image_to_text, text_to_image), _ = jax.lax.scan(body, (start, start), xs)
     ce_sum = 0.0
-    for run_max, run_sum, pos, mined_sum, mined_count in (image_to_text, text_to_image):
+    for run_max, run_sum, pos, pos_count, mined_sum, mined_count in (image_to_text, text_to_image):
         lse = run_max + jnp.log(run_sum)
-        ce_sum = ce_sum + jnp.sum(_ce_from_parts(lse, pos, mined_sum, mined_count, weight))
+        ce_sum = ce_sum + jnp.sum(_ce_from_parts(lse, pos, pos_count, mined_sum, mined_count, weight))
     return ce_sum
 
 
 def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh, axis: AxisName = "data",
                                     mining: MiningConfig | None = None, guide_text=None,
-                                    guide_image=None, step=0, chunk_size: int | None = None) -> jax.Array:
+                                    guide_image=None, step=0, chunk_size: int | None = None,
+                                    labels=None) -> jax.Array:
     """Same scalar as `mined_global_contrastive_loss`, with the batch sharded over `axis` of `mesh`.
 
     Takes global [N, D] arrays (sharded or not; shard_map reshards them as needed). Each device
-    computes [n, N] logits against the all-gathered other modality, and its [n, N] block of mined
-    targets from its own guide rows and the gathered guide columns. With chunk_size, columns are
-    processed c at a time (see `chunked_global_contrastive_loss`).
+    computes [n, N] logits against the all-gathered other modality, and its [n, N] block of
+    positive and mined targets from its own labels and guide rows and the gathered labels and
+    guide columns. With chunk_size, columns are processed c at a time (see
+    `chunked_global_contrastive_loss`).
     """
     if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
         raise ValueError(f"image_emb {image_emb.shape} and text_emb {text_emb.shape} must both be [N, D]")
     global_batch = image_emb.shape[0]
     num_shards = _axis_size(mesh, axis)
     _check_batch("global contrastive loss", global_batch, num_shards, axis)
+    _check_labels(labels, global_batch)
     if chunk_size is not None and (chunk_size <= 0 or global_batch % chunk_size):
         raise ValueError(f"chunk_size={chunk_size} does not divide the global batch N={global_batch}")
     if mining is not None and not mining.enabled:
@@ -495,22 +639,29 @@ def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh
             if g.ndim != 2 or g.shape[0] != global_batch:
                 raise ValueError(f"guide_{name} {g.shape} must be [N, D'] with N={global_batch}")
 
-    body = lambda img, txt, scale, st, g: _sharded_global_body(
-        img, txt, scale, st, g, axis=axis, config=mining, chunk_size=chunk_size, global_batch=global_batch)
+    body = lambda img, txt, scale, st, g, lab: _sharded_global_body(  # noqa: E731
+        img, txt, scale, st, g, lab, axis=axis, config=mining, chunk_size=chunk_size,
+        global_batch=global_batch)
     batch_spec = P(axis)
+    label_spec = None if labels is None else batch_spec
     fn = jax.shard_map(body, mesh=mesh,
-                       in_specs=(batch_spec, batch_spec, P(), P(), {k: batch_spec for k in guides}),
+                       in_specs=(batch_spec, batch_spec, P(), P(), {k: batch_spec for k in guides},
+                                 label_spec),
                        out_specs=P())
-    return fn(image_emb, text_emb, jnp.asarray(logit_scale, jnp.float32), jnp.asarray(step, jnp.int32), guides)
+    if labels is not None:
+        labels = jnp.asarray(labels, jnp.int32)
+    return fn(image_emb, text_emb, jnp.asarray(logit_scale, jnp.float32), jnp.asarray(step, jnp.int32),
+              guides, labels)
 
 
 def chunked_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh, chunk_size: int,
                                     axis: AxisName = "data", mining: MiningConfig | None = None,
-                                    guide_text=None, guide_image=None, step=0) -> jax.Array:
+                                    guide_text=None, guide_image=None, step=0, labels=None) -> jax.Array:
     """`sharded_global_contrastive_loss` with an online logsumexp over column chunks of size
     chunk_size (must divide N): per-device memory O(n * chunk_size) plus the gathered O(N * D)."""
     return sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh, axis, mining,
-                                           guide_text, guide_image, step, chunk_size=chunk_size)
+                                           guide_text, guide_image, step, chunk_size=chunk_size,
+                                           labels=labels)
 
 
 def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh: Mesh,
@@ -540,24 +691,27 @@ def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, t
 def contrastive_loss(image_emb, text_emb, logit_scale, *, mesh: Mesh | None = None, axis: AxisName = "data",
                      impl: str = "single", chunk_size: int | None = None,
                      mining: MiningConfig | None = None, guide_text=None, guide_image=None,
-                     step=0) -> jax.Array:
+                     step=0, labels=None) -> jax.Array:
     """Global (or summary) contrastive term; every impl returns the same scalar.
 
     impl: "single" (whole [N, N] logits, any placement), "sharded" ([n, N] per device; needs mesh),
     "chunked" ([n, chunk_size] per device; needs mesh and chunk_size dividing N).
+    labels: optional int [N] label ids; pairs with the same label >= 0 are positives too.
     For the summary term pass the summary-sentence embeddings as text_emb.
     """
     if impl not in GLOBAL_IMPLS:
         raise ValueError(f"impl={impl!r} is not one of {GLOBAL_IMPLS}")
     if impl == "single":
         return mined_global_contrastive_loss(image_emb, text_emb, logit_scale, mining,
-                                             guide_text=guide_text, guide_image=guide_image, step=step)
+                                             guide_text=guide_text, guide_image=guide_image, step=step,
+                                             labels=labels)
     if mesh is None:
         raise ValueError(f"impl={impl!r} needs a mesh")
     if impl == "chunked" and chunk_size is None:
         raise ValueError("impl='chunked' needs chunk_size")
     return sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh, axis, mining, guide_text,
-                                           guide_image, step, chunk_size if impl == "chunked" else None)
+                                           guide_image, step, chunk_size if impl == "chunked" else None,
+                                           labels=labels)
 
 
 def local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, *, mesh: Mesh | None = None,

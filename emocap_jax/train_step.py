@@ -20,8 +20,13 @@ from emocap_jax.models.clip import CLIP, l2_normalize
 
 def mining_config(loss_config) -> losses.MiningConfig:
     m = loss_config.mining
+    relative = m.get("relative_threshold", None)
     return losses.MiningConfig(mode=m.mode, threshold=m.threshold, top_k=m.top_k,
-                               weight=m.weight, warmup_steps=m.warmup_steps)
+                               weight=m.weight, warmup_steps=m.warmup_steps,
+                               # A negative z in the ConfigDict stands for "off" (None).
+                               relative_threshold=None if relative is None or relative < 0
+                               else float(relative),
+                               min_spread=m.get("min_spread", 0.0))
 
 
 def uses_summary(loss_config) -> bool:
@@ -62,7 +67,8 @@ def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch
     contrastive = functools.partial(
         losses.contrastive_loss, logit_scale=logit_scale, mesh=mesh, axis=batch_axes, impl=impl,
         chunk_size=chunk if impl == "chunked" else None, mining=mining,
-        guide_text=guide_text, guide_image=img, step=step)
+        guide_text=guide_text, guide_image=img, step=step,
+        labels=batch["label_id"] if loss_config.get("label_positives", False) else None)
     terms = {"global": contrastive(img, global_emb)}
     total = terms["global"]
     if loss_config.summary_weight > 0:
@@ -79,7 +85,7 @@ def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch
     return total, terms
 
 
-TRAIN_FIELDS = ("image", "global_tokens", "summary_tokens", "local_tokens", "local_mask")
+TRAIN_FIELDS = ("image", "global_tokens", "summary_tokens", "local_tokens", "local_mask", "label_id")
 
 
 def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None, batch_axes=None,

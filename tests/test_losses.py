@@ -317,3 +317,157 @@ def test_sharded_local_loss_is_mean_of_per_device_block_losses(mesh, local_batch
     # Per-device negatives make it a different loss from the global-batch one.
     whole = jax.jit(losses.local_loss)(patches, sentences, mask, SCALE, TAU)
     assert abs(float(whole) - float(value)) > 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# Label positives and collapse-proof mining
+# ------------------------------------------------------------------------------------------------
+
+
+def _np_label_targets(labels, mined=None, weight=0.0):
+    """Row i: uniform over {i} and every j with labels[j] == labels[i] >= 0, plus `weight` on each
+    mined column that is not already a positive, L1-normalised (UniCL's target, with mining)."""
+    n = len(labels)
+    targets = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            positive = i == j or (labels[i] >= 0 and labels[i] == labels[j])
+            if positive:
+                targets[i, j] = 1.0
+            elif mined is not None and mined[i, j]:
+                targets[i, j] = weight
+        targets[i] /= targets[i].sum()
+    return targets
+
+
+@pytest.fixture(scope="module")
+def labels():
+    rng = np.random.default_rng(3)
+    lab = rng.integers(0, 5, size=N).astype(np.int32)
+    lab[[0, 7, 19]] = -1  # unlabelled records keep only their own pair
+    return lab
+
+
+def test_label_positive_targets_match_numpy_reference(labels):
+    targets = jax.jit(lambda lab: losses.mined_positive_targets(
+        None, row_labels=lab, col_labels=lab))(labels)
+    expected = _np_label_targets(labels)
+    _assert_close(targets, expected)
+    assert expected[0, 0] == 1.0 and expected[1].max() < 1.0  # -1 alone; labelled rows spread
+
+
+@pytest.mark.parametrize("mining", [None, losses.MiningConfig(mode="text", threshold=0.2, top_k=3,
+                                                               weight=0.5)])
+def test_label_positives_sharded_and_chunked_equal_dense_reference(mesh, batch, labels, mining):
+    """Value and gradients of every impl against the plain soft-target loss with NumPy targets."""
+    mined = None
+    if mining is not None:
+        mined = _np_mined_targets(batch["guide"], None, "text", 0.2, 3, 0.5) > 0
+        np.fill_diagonal(mined, False)
+    targets = _np_label_targets(labels, mined, 0.5).astype(np.float32)
+    ref_value, ref_grads = _value_and_grads(
+        lambda a, b, s: losses.global_contrastive_loss(a, b, s, targets))(
+            batch["image"], batch["text"], jnp.float32(SCALE))
+    _assert_close(ref_value, _np_global_loss(batch["image"], batch["text"], SCALE, targets))
+    plain = float(jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE))
+    assert abs(float(ref_value) - plain) > 1e-2, "label positives should change the loss"
+    for impl in ("single", "sharded", "chunked"):
+        value, grads = _value_and_grads(lambda a, b, s, impl=impl: losses.contrastive_loss(
+            a, b, s, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=mining,
+            guide_text=batch["guide"], labels=labels))(batch["image"], batch["text"], jnp.float32(SCALE))
+        _assert_close(value, ref_value)
+        for g, g_ref in zip(grads, ref_grads):
+            _assert_close(g, g_ref)
+
+
+def _mined_counts(cfg, guide):
+    """Mined positives of each row (the nonzero targets besides the pair itself)."""
+    targets = np.asarray(losses.mined_positive_targets(cfg, text_rows=guide, text_cols=guide))
+    return (targets > 0).sum(axis=1) - 1
+
+
+def test_identical_guides_never_merge_the_batch():
+    """Random init in the extreme: every guide embedding the same. A fixed threshold alone marks
+    every pair; the cap bounds each row at top_k, and the spread gate mines nothing at all."""
+    guide = np.tile(_unit(np.ones((1, GUIDE_DIM))), (N, 1))
+    fixed = losses.MiningConfig(mode="text", threshold=0.9)
+    assert (_mined_counts(fixed, guide) == N - 1).all()  # the collapse
+    capped = losses.MiningConfig(mode="text", threshold=0.9, top_k=4, relative_threshold=0.0)
+    assert (_mined_counts(capped, guide) <= 4).all()
+    gated = losses.MiningConfig(mode="text", threshold=0.9, top_k=4, min_spread=1e-3)
+    assert (_mined_counts(gated, guide) == 0).all()
+
+
+def test_cap_and_gate_hold_in_sharded_and_chunked_forms(mesh, batch):
+    """With identical guides and the cap, every impl gives the same loss as the single form's
+    capped targets (ties broken alike); with the gate the loss is plain InfoNCE in every impl."""
+    guide = np.tile(_unit(np.ones((1, GUIDE_DIM))), (N, 1))
+    plain = float(jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE))
+    for cfg, gated in ((losses.MiningConfig(mode="text", threshold=0.9, top_k=4), False),
+                       (losses.MiningConfig(mode="text", threshold=0.9, top_k=4, min_spread=1e-3), True)):
+        values = [float(jax.jit(lambda a, b, impl=impl, cfg=cfg: losses.contrastive_loss(
+            a, b, SCALE, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=cfg, guide_text=guide))(
+                batch["image"], batch["text"])) for impl in ("single", "sharded", "chunked")]
+        _assert_close(values[1:], [values[0]] * 2)
+        if gated:
+            _assert_close(values[0], plain)
+        else:
+            targets = np.asarray(losses.mined_positive_targets(cfg, text_rows=guide, text_cols=guide))
+            assert ((targets > 0).sum(axis=1) == 5).all()  # the pair + exactly the cap
+            _assert_close(values[0], _np_global_loss(batch["image"], batch["text"], SCALE, targets))
+
+
+def test_relative_threshold_keeps_the_outliers_of_each_row(batch):
+    """z-score mining against a NumPy loop: a pair is mined when it passes the absolute threshold
+    and stands z standard deviations above its row's off-diagonal mean."""
+    cfg = losses.MiningConfig(mode="text", threshold=-1.0, relative_threshold=1.5, weight=1.0)
+    guide = batch["guide"]
+    targets = np.asarray(jax.jit(lambda g: losses.mined_positive_targets(
+        cfg, text_rows=g, text_cols=g))(guide))
+    g = _unit(guide.astype(np.float64))
+    sim = g @ g.T
+    for i in range(N):
+        others = np.delete(sim[i], i)
+        bar = others.mean() + 1.5 * others.std()
+        mined = {j for j in range(N) if j != i and sim[i, j] >= bar}
+        assert {j for j in range(N) if j != i and targets[i, j] > 0} == mined
+        assert len(mined) < N // 4
+
+
+def test_chunked_row_statistics_equal_full_ones(mesh, batch):
+    """The chunked pass's mean / std (Chan's merge over chunks) and its cap (k-th value and column)
+    against float64 NumPy, also when every similarity is near one value, where a sum-of-squares
+    variance in float32 would lose most of its digits; and its loss equals the single form's."""
+    from jax.sharding import PartitionSpec as P
+
+    rng = np.random.default_rng(5)
+    near = _unit(np.ones((N, GUIDE_DIM)) + 3e-2 * rng.normal(size=(N, GUIDE_DIM)))
+    k = 3
+
+    def stats(rows, cols):
+        st = losses._row_stats_chunked(losses._Guide(rows, cols, -1.0),
+                                       jax.lax.axis_index("data") * rows.shape[0], k, True, CHUNK,
+                                       "data")
+        return st.mean, st.std, st.kth_value, st.kth_col
+
+    chunked_stats = jax.jit(jax.shard_map(stats, mesh=mesh, in_specs=(P("data"), P()),
+                                          out_specs=P("data")))
+    for guide in (batch["guide"], near):
+        g = _unit(guide.astype(np.float64))
+        sim = g @ g.T
+        off = [np.delete(sim[i], i) for i in range(N)]
+        mean, std, kth, kth_col = (np.asarray(a) for a in chunked_stats(guide, guide))
+        _assert_close(mean, [o.mean() for o in off], rtol=1e-6, atol=1e-6)
+        _assert_close(std, [o.std() for o in off], rtol=1e-3, atol=0)
+        _assert_close(kth, [np.sort(o)[-k] for o in off], rtol=1e-6, atol=1e-6)
+        expected_cols = [int(np.argsort(-np.where(np.arange(N) == i, -np.inf, sim[i]),
+                                         kind="stable")[k - 1]) for i in range(N)]
+        assert kth_col.tolist() == expected_cols
+    cfg = losses.MiningConfig(mode="text", threshold=-1.0, relative_threshold=1.0, top_k=k)
+    single = jax.jit(lambda a, b, g: losses.contrastive_loss(
+        a, b, SCALE, impl="single", mining=cfg, guide_text=g))(batch["image"], batch["text"],
+                                                               batch["guide"])
+    chunked = jax.jit(lambda a, b, g: losses.contrastive_loss(
+        a, b, SCALE, mesh=mesh, impl="chunked", chunk_size=CHUNK, mining=cfg, guide_text=g))(
+            batch["image"], batch["text"], batch["guide"])
+    _assert_close(chunked, single)
