@@ -47,6 +47,9 @@ def get_config():
     config.data.color_jitter = 0.2            # brightness, contrast and saturation strength
     config.data.grayscale_prob = 0.1
     config.data.shuffle_seed = 0
+    # Records with a label but no global caption (benchmark converters, image folders) train on
+    # captions built from the label (emocap_jax/data/label_captions.py); False makes them an error.
+    config.data.captions_from_labels = True
     # Synthetic-faces corpus generated into the workdir when train_dir is empty (demo, tests).
     config.data.synthetic = ml_collections.ConfigDict(
         dict(num=0, seed=0, size=96, eval_per_class=40))
@@ -58,11 +61,19 @@ def get_config():
     config.loss.summary_weight = 1.0
     config.loss.local_weight = 1.0
     config.loss.local_pool_temperature = 0.1
-    # Mined positives (DESIGN section 2). guide: which sentence embeddings judge similarity
-    # ("summary" or "global"). Warm-up matters from random init, where all guide embeddings are
-    # alike and every pair would pass the threshold.
+    # Label positives (UniCL): pairs whose records share a label_id >= 0 are positives of the
+    # global and summary terms, each row's target spread over its same-label columns.
+    config.loss.label_positives = False
+    # Mined positives (DESIGN section 2; emocap_jax/losses.py MiningConfig). guide: which sentence
+    # embeddings judge similarity ("summary" or "global"). threshold: absolute cosine floor (-1:
+    # none); top_k: at most this many mined positives per row (0: no cap); relative_threshold: z,
+    # a pair must reach its row's mean + z * std of guide similarity (negative: off); min_spread:
+    # rows whose guide similarities have a smaller std mine nothing. The cap, the relative
+    # threshold and the spread gate keep mining from merging the batch at random init, where every
+    # guide embedding looks alike and a fixed threshold alone would pass every pair.
     config.loss.mining = ml_collections.ConfigDict(dict(
-        mode="text", guide="summary", threshold=0.9, top_k=0, weight=1.0, warmup_steps=500))
+        mode="text", guide="summary", threshold=0.9, top_k=0, weight=1.0, warmup_steps=500,
+        relative_threshold=-1.0, min_spread=0.0))
 
     # ----- optimisation
     config.optim = ml_collections.ConfigDict()

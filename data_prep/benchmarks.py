@@ -2,13 +2,20 @@
 
     python -m data_prep.benchmarks --name NAME --root DIR --output OUT \\
         [--split NAME|all] [--fold K] [--frames 16] [--num-shards N] [--workers N] \\
-        [--classes a,b,c] [--with-neutral] [--max-side PX] [--overwrite]
+        [--classes a,b,c] [--with-neutral] [--max-side PX] [--overwrite] \\
+        [--val-fraction 0.1] [--split-seed 0]
     python -m data_prep.benchmarks --list
 
 Each split becomes one dataset directory written by ShardedRecordWriter: OUT/<split>/, or
 OUT/fold<k>/<split>/ for benchmarks with official folds (DFEW, MAFW). Benchmarks without an
 official split have the single split "all" (OUT/all/). `--split all` (the default) converts
 every split, and every fold unless `--fold` picks one.
+
+`--val-fraction F` splits a benchmark that has only the split "all" (imagefolder, CK+48, JAFFE,
+...) into OUT/train/ and OUT/val/ instead: a record goes to val when a hash of its group (the
+subject, so one person's faces stay on one side) or, without a group, of its id falls below F.
+The split depends only on the ids, groups, F and `--split-seed`, so it is reproducible and stable
+when files are added.
 
 Records carry the label (class name), label_id (index into metadata.json's `classes`, the
 class order the dataset defines), group (subject / actor / identity where the layout gives
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import math
 import multiprocessing
 import os
@@ -87,6 +95,26 @@ def _reject_duplicate_ids(items: list) -> list:
                 first_source[item.id] = item.source
         result.append(item)
     return result
+
+
+def holdout_key_fraction(key: str, seed: int) -> float:
+    """A uniform number in [0, 1) fixed by (seed, key): the hold-out split's coin for one key."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def split_holdout(listing: common.SplitListing, val_fraction: float, seed: int
+                  ) -> tuple[common.SplitListing, common.SplitListing]:
+    """(train, val) listings from one listing: an entry goes to val when the coin of its group
+    (or, without a group, of its id) is below val_fraction. Rejections follow their id's coin, so
+    every input still ends up written or rejected in exactly one of the two datasets."""
+    parts: dict[str, list] = {"train": [], "val": []}
+    for item in listing.items:
+        key = (item.group or item.id) if isinstance(item, common.Entry) else (item.id or "")
+        parts["val" if holdout_key_fraction(key, seed) < val_fraction else "train"].append(item)
+    info = {**listing.info, "holdout": {"val_fraction": val_fraction, "seed": seed}}
+    return (common.SplitListing(list(listing.classes), parts["train"], dict(info)),
+            common.SplitListing(list(listing.classes), parts["val"], dict(info)))
 
 
 def _auto_num_shards(num_items: int, video: bool) -> int:
@@ -164,7 +192,8 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
                       num_shards: int | None = None, workers: int | None = None,
                       classes: list[str] | None = None, *, with_neutral: bool = False,
                       max_side: int | None = None, overwrite: bool = False,
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, val_fraction: float = 0.0,
+                      split_seed: int = 0) -> dict[str, Any]:
     """Converts one benchmark into dataset directories under `output`; returns a summary.
 
     Args:
@@ -179,6 +208,9 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
       with_neutral: ckplus only: add each labelled sequence's first frame as neutral.
       max_side: downscale so the longer side is at most this many pixels (None keeps size).
       overwrite: replace datasets already in the output folders.
+      val_fraction: if > 0, a benchmark whose only split is "all" is written as OUT/train and
+        OUT/val instead, about this fraction (by group, else by id) in val; split_seed picks
+        which.
 
     Returns {"benchmark", "root", "output", "datasets": [per-dataset summary with split,
     fold, output, classes, num_inputs, num_written, num_rejected, rejected_by_reason,
@@ -205,6 +237,11 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     if max_side is not None and max_side <= 0:
         max_side = None
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction and tuple(benchmark.splits) != ("all",):
+        raise ValueError(f"val_fraction applies to benchmarks with the single split 'all'; "
+                         f"{name} has official splits {list(benchmark.splits)}")
     root, output = os.fspath(root), os.fspath(output)
     if not os.path.isdir(root):
         raise LayoutError(f"{name}: root {root} is not a directory")
@@ -213,6 +250,10 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
     # List every split first: a layout problem surfaces before any dataset is written.
     listings = [(f, s, benchmark.list_split(root, s, f, options))
                 for f, s in _plan(benchmark, split, fold)]
+    if val_fraction:
+        (f, _, listing), = listings
+        train, val = split_holdout(listing, val_fraction, split_seed)
+        listings = [(f, "train", train), (f, "val", val)]
     workers = workers or os.cpu_count() or 1
     pool = multiprocessing.get_context().Pool(workers) if workers > 1 else None
     try:
@@ -283,6 +324,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default 0: keep the size)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace datasets already in the output folders")
+    parser.add_argument("--val-fraction", type=float, default=0.0,
+                        help="for a benchmark with the single split 'all': write OUT/train and "
+                             "OUT/val with about this fraction in val, split by subject (group) "
+                             "where known, else by id (default 0: one dataset OUT/all)")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the --val-fraction split (default 0)")
     args = parser.parse_args(argv)
     if args.list:
         return args
@@ -297,6 +344,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.max_side < 0:
         parser.error(f"--max-side must be >= 0, got {args.max_side}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        parser.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.classes is not None:
         args.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
         if not args.classes:
@@ -314,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             args.name, args.root, args.output, split=args.split, fold=args.fold,
             frames=args.frames, num_shards=args.num_shards, workers=args.workers,
             classes=args.classes, with_neutral=args.with_neutral,
-            max_side=args.max_side or None, overwrite=args.overwrite)
+            max_side=args.max_side or None, overwrite=args.overwrite,
+            val_fraction=args.val_fraction, split_seed=args.split_seed)
     except FileExistsError as e:
         print(f"error: {e} (pass --overwrite to replace it)", file=sys.stderr)
         return 2

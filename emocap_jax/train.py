@@ -80,7 +80,8 @@ def make_train_iterator(config, tokenizer, data_dir: str):
         flip_prob=d.flip_prob, brightness=d.color_jitter, contrast=d.color_jitter,
         saturation=d.color_jitter, grayscale_prob=d.grayscale_prob, seed=d.shuffle_seed,
         worker_count=d.worker_count, worker_buffer_size=d.worker_buffer_size,
-        read_threads=d.read_threads, on_corrupt=d.on_corrupt)
+        read_threads=d.read_threads, on_corrupt=d.on_corrupt,
+        captions_from_labels=d.get("captions_from_labels", True))
     return pipeline.make_train_iterator(
         pipe, tokenizer, config.train.global_batch_size,
         process_index=jax.process_index(), process_count=jax.process_count())
@@ -423,12 +424,40 @@ def _export(state, model_config, tokenizer, workdir: pathlib.Path) -> pathlib.Pa
     return final
 
 
-def evaluate_zero_shot(params, model_config, tokenizer, eval_dir, config, mesh) -> dict:
-    from emocap_jax.evaluate.zero_shot import zero_shot_classification
+def zero_shot_benchmark(eval_dir: str) -> str:
+    """The registry entry whose prompts score a zero-shot dataset: the benchmark its converter
+    recorded when that entry's class order matches, the synthetic faces for their own class order,
+    else a generic labelled dataset ("imagefolder": classes from its metadata)."""
+    from emocap_jax.data.shard_writer import load_metadata
+    from emocap_jax.evaluate import registry
 
-    classes = tuple(config.eval.classes) or None
-    return zero_shot_classification(params, model_config, tokenizer, eval_dir, classes=classes,
-                                    batch_size=config.eval.batch_size, mesh=mesh)
+    metadata = load_metadata(eval_dir)
+    recorded = list(metadata.get("classes") or [])
+    for name in (metadata.get("benchmark"), "synthetic"):
+        if name in registry.BENCHMARKS and registry.ZERO_SHOT in registry.get(name).protocols:
+            classes = registry.get(name).classes
+            if classes and list(classes) == recorded:
+                return name
+    return "imagefolder"
+
+
+def evaluate_zero_shot(params, model_config, tokenizer, eval_dir, config, mesh) -> dict:
+    """Zero-shot on `eval_dir` through the evaluation runner, with the registry's prompt words and
+    templates (CLIP's prompt ensembling in embedding space): the same prompts, and so the same
+    UAR, as `python -m emocap_jax.evaluate --protocol zero_shot` on that checkpoint and data.
+    config.eval.classes, when given, replaces the prompt words (the CLI's --classes)."""
+    from emocap_jax.evaluate import runner
+    from emocap_jax.evaluate.features import Encoder
+
+    words = tuple(config.eval.classes) or None
+    encoder = Encoder(params, model_config, tokenizer, mesh, batch_size=config.eval.batch_size)
+    benchmark = zero_shot_benchmark(eval_dir)
+    result = runner.run(encoder, benchmark, "zero_shot", eval_dir,
+                        runner.Options(batch_size=config.eval.batch_size, prompt_words=words))
+    report = dict(result["report"], dataset=str(eval_dir), benchmark=benchmark,
+                  prompts=result["prompts"])
+    report.pop("fold_summary", None)
+    return report
 
 
 def _periodic_eval(state, model_config, tokenizer, eval_dir, config, mesh, logger, step):
@@ -445,6 +474,10 @@ def _print_zero_shot(report):
           f"{len(report['classes'])} classes, chance {chance:.1f}%): "
           f"UAR {100 * report['uar']:.1f}%  WAR {100 * report['war']:.1f}%  "
           f"macro-F1 {100 * report['macro_f1']:.1f}%", flush=True)
+    if report.get("prompts"):
+        print(f"  prompts: {report['benchmark']} registry entry, words "
+              f"{', '.join(report['prompts']['words'])}, {len(report['prompts']['templates'])} "
+              f"templates averaged in embedding space", flush=True)
 
 
 def evaluate_workdir(config, workdir) -> dict:

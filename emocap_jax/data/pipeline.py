@@ -53,6 +53,7 @@ import numpy as np
 
 from emocap_jax.data import augment
 from emocap_jax.data import example_codec
+from emocap_jax.data import label_captions
 from emocap_jax.data import shard_writer
 from emocap_jax.data.source import ON_CORRUPT_CHOICES, ShardedTFRecordSource
 
@@ -84,6 +85,10 @@ class TrainPipelineConfig:
         batches full by drawing the next records, so with several processes and a finite
         num_epochs the processes that skipped records may end one batch earlier than the others.
     verify_checksums: check TFRecord CRCs on every read.
+    captions_from_labels: a record with an empty global caption but a label (what the benchmark
+        converters and `data_prep.benchmarks --name imagefolder` write) is trained on captions
+        built from its label (`label_captions`: a zero-shot template drawn per step, the class
+        description as summary); False makes such a record an error.
     """
 
     data_dir: str
@@ -106,6 +111,7 @@ class TrainPipelineConfig:
     prefetch_buffer_size: int = 128
     on_corrupt: str = "raise"
     verify_checksums: bool = True
+    captions_from_labels: bool = True
 
     def __post_init__(self):
         problems = []
@@ -219,6 +225,11 @@ def valid_local_sentences(record: example_codec.FaceRecord, max_local_sentences:
     return sentences[:max_local_sentences]
 
 
+def _caption_free_error(record: example_codec.FaceRecord, why: str) -> ValueError:
+    return ValueError(f"record {record.id!r} has no global caption and {why}: give it captions "
+                      "(python -m data_prep.captions) or a label")
+
+
 class _TrainExample(grain.transforms.RandomMap):
     """Serialised record -> augmented uint8 image, tokenized sentences and sampled local slots."""
 
@@ -230,6 +241,17 @@ class _TrainExample(grain.transforms.RandomMap):
         self._local_per_step = config.local_sentences_per_step
         self._params = config.augment_params()
         self._min_side = self._params.decode_min_side(config.image_size)
+        self._captions_from_labels = config.captions_from_labels
+
+    def _label_captions(self, record: example_codec.FaceRecord, rng: np.random.Generator
+                        ) -> tuple[str, str]:
+        if not self._captions_from_labels:
+            raise _caption_free_error(record, "data.captions_from_labels is off")
+        if not record.label.strip():
+            raise _caption_free_error(record, "no label")
+        template = int(rng.integers(len(label_captions.TEMPLATES)))
+        return (label_captions.global_caption(record.label, template),
+                label_captions.summary_caption(record.label))
 
     def random_map(self, data: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
         record = example_codec.decode_record(data)
@@ -241,7 +263,10 @@ class _TrainExample(grain.transforms.RandomMap):
         sentences = valid_local_sentences(record, self._max_local)
         count = min(self._local_per_step, len(sentences))
         chosen = np.sort(rng.choice(len(sentences), size=count, replace=False)) if count else []
-        texts = [record.global_caption, record.summary] + [sentences[i] for i in chosen]
+        global_caption, summary = record.global_caption, record.summary
+        if not global_caption.strip():
+            global_caption, summary = self._label_captions(record, rng)
+        texts = [global_caption, summary] + [sentences[i] for i in chosen]
         tokens = self._tokenizer(texts, context_length=self._context_length)
         local_tokens = np.zeros((self._local_per_step, self._context_length), np.int32)
         local_tokens[:count] = tokens[2:]
