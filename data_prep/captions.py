@@ -21,10 +21,13 @@ CMYK / palette images become RGB, alpha is composited on white, and the longer s
 optionally limited to --max-side. The result is stored as JPEG quality 95; an RGB JPEG that needs
 no change keeps its original bytes, so it is not recompressed.
 
-With --captions-from-labels the lines need only "id", "image" and "label": the global and
-summary sentences are built from the label with templates chosen deterministically per id,
-local sentences are empty, and label_id indexes the sorted set of labels (recorded in
-metadata.json as `classes`).
+With --captions-from-labels the lines need only "id", "image" and "label": the global sentence is
+one of the zero-shot templates filled with the label's prompt word (chosen deterministically per
+id), the summary is the label's class description (emocap_jax/data/label_captions.py: the
+vocabulary the evaluation prompts use), local sentences are empty, and label_id indexes the sorted
+set of labels (recorded in metadata.json as `classes`). Training does not need this step for
+labelled faces: records with a label and no captions (`data_prep.benchmarks` output) get the same
+captions at training time, a template drawn per step.
 
 Output is deterministic (same input, same shards byte for byte, whatever --workers) and atomic:
 shards are renamed into place on success and metadata.json, written last, marks a finished
@@ -49,6 +52,7 @@ from typing import Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from emocap_jax.data import label_captions
 from emocap_jax.data.example_codec import FaceRecord
 from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
 
@@ -71,16 +75,6 @@ MISSING_LABEL = "missing_label"
 UNKNOWN_LABEL = "unknown_label"
 
 JPEG_QUALITY = 95
-GLOBAL_TEMPLATES = (
-    "a photo of a face showing {label}.",
-    "a close-up photo of a face showing {label}.",
-    "a face showing {label}.",
-)
-SUMMARY_TEMPLATES = (
-    "The person looks {label}.",
-    "The facial expression shows {label}.",
-    "Overall, the face expresses {label}.",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +152,10 @@ def _check_sentence(where: str, sentence: str, max_words: int) -> None:
 
 
 def template_captions(record_id: str, label: str) -> tuple[str, str]:
-    """(global, summary) sentences for a label; the template depends only on the id."""
+    """(global, summary) sentences for a label; the global template depends only on the id."""
     digest = hashlib.sha256(record_id.encode("utf-8")).digest()
-    return (GLOBAL_TEMPLATES[digest[0] % len(GLOBAL_TEMPLATES)].format(label=label),
-            SUMMARY_TEMPLATES[digest[1] % len(SUMMARY_TEMPLATES)].format(label=label))
+    return (label_captions.global_caption(label, digest[0]),
+            label_captions.summary_caption(label))
 
 
 def _decode_line(raw: bytes) -> dict:

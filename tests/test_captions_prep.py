@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from data_prep import captions
-from emocap_jax.data import example_codec, shard_writer, tfrecord
+from emocap_jax.data import example_codec, label_captions, shard_writer, tfrecord
+from emocap_jax.evaluate import prompts
 
 
 def _save(img, path, fmt, **kwargs):
@@ -243,18 +244,18 @@ def test_captions_from_labels(tmp_path):
         ("s1", "sad", 1), ("h1", "happy", 0), ("h2", "happy", 0)]
     for record in records:
         assert record.local_captions == []
-        assert record.global_caption in [t.format(label=record.label)
-                                         for t in captions.GLOBAL_TEMPLATES]
-        assert record.summary in [t.format(label=record.label)
-                                  for t in captions.SUMMARY_TEMPLATES]
+        # The zero-shot prompts' vocabulary: "sad" is written as the prompt word "sadness".
+        assert record.global_caption in [label_captions.global_caption(record.label, t)
+                                         for t in range(len(label_captions.TEMPLATES))]
+        assert prompts.prompt_word(record.label) in record.global_caption
+        assert record.summary == prompts.description(record.label)
         assert (record.global_caption, record.summary) == \
             captions.template_captions(record.id, record.label)
     codes = {e["id"]: e["reason"].split(":")[0] for e in read_rejected(out)}
     assert codes == {"nolabel": captions.MISSING_LABEL, "s2": captions.IMAGE_NOT_FOUND}
     # Templates vary across ids (a single template for all would teach the model nothing).
     variants = {captions.template_captions(f"id{i}", "x") for i in range(50)}
-    assert len({g for g, _ in variants}) == len(captions.GLOBAL_TEMPLATES)
-    assert len({s for _, s in variants}) == len(captions.SUMMARY_TEMPLATES)
+    assert len({g for g, _ in variants}) == len(label_captions.TEMPLATES)
 
 
 def test_crash_mid_conversion_leaves_no_dataset(corpus, tmp_path, monkeypatch):
