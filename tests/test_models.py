@@ -1,4 +1,5 @@
 """The Flax towers' own behaviour: precision options, remat, pooling, configs, the info command."""
+import dataclasses
 import subprocess
 import sys
 
@@ -163,7 +164,7 @@ def test_main_info_prints_summary_with_overrides():
     assert "total: 149,8" in out.stdout  # 149.6M at 224 px plus 245 more position rows
 
 
-@pytest.mark.parametrize("name", ["default", "demo", "tiny", "vitb32", "vitb16", "vitl14"])
+@pytest.mark.parametrize("name", ["default", "demo", "real_faces", "tiny", "vitb32", "vitb16", "vitl14"])
 def test_every_config_describes_a_valid_model(name):
     import importlib
 
@@ -208,3 +209,34 @@ def test_patch_embedding_equals_convolution():
     np.testing.assert_array_equal(params["params"]["kernel"], conv_params["params"]["kernel"])
     expected = conv.apply(params, images).reshape(2, 16, 24)
     np.testing.assert_allclose(module.apply(params, images), expected, atol=1e-5)
+
+
+def test_gap_pooling_is_the_mean_of_the_patch_tokens(tiny):
+    config, params = tiny
+    gap = config.replace(vision=dataclasses.replace(config.vision, pool="gap"))
+    images, _ = _inputs(config)
+    pooled, tokens = CLIP(gap).apply({"params": params}, images, True, method=CLIP.encode_image)
+    np.testing.assert_allclose(pooled, np.asarray(tokens).mean(axis=1), rtol=1e-5, atol=1e-6)
+    token_pooled = CLIP(config).apply({"params": params}, images, method=CLIP.encode_image)
+    assert not np.allclose(pooled, token_pooled)  # the class token is another vector
+
+
+def test_conv_stem_shapes_and_validation(tiny):
+    config, _ = tiny
+    conv = config.replace(vision=dataclasses.replace(config.vision, stem="conv"))
+    params = init_params(conv, jax.random.PRNGKey(1))
+    stem = params["visual"]["conv_stem"]
+    # patch 8: three stride-2 convolutions (32 -> 16 -> 8 -> 4 px), then a map to the width.
+    assert [stem[f"conv{i}"]["kernel"].shape[:2] for i in range(3)] == [(3, 3)] * 3
+    assert "patch_embed" not in params["visual"]
+    images, _ = _inputs(config)
+    pooled, tokens = CLIP(conv).apply({"params": params}, images, True, method=CLIP.encode_image)
+    assert tokens.shape == (3, conv.vision.num_patches, conv.embed_dim)
+    assert np.isfinite(np.asarray(pooled)).all()
+    with pytest.raises(ValueError, match="power-of-two patch_size"):
+        config.replace(vision=dataclasses.replace(config.vision, stem="conv", patch_size=6,
+                                                  image_size=48))
+    with pytest.raises(ValueError, match="stem"):
+        config.replace(vision=dataclasses.replace(config.vision, stem="resnet"))
+    with pytest.raises(ValueError, match="pool"):
+        config.replace(vision=dataclasses.replace(config.vision, pool="max"))

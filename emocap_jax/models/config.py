@@ -14,6 +14,8 @@ from typing import Any, Mapping, Optional
 ACTIVATIONS = ("quick_gelu", "gelu")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 REMAT_POLICIES = ("full", "dots")
+VISION_POOLS = ("token", "gap")
+VISION_STEMS = ("patch", "conv")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -25,6 +27,17 @@ class VisionConfig:
     layers: int = 12
     heads: int = 12
     mlp_dim: int = 3072
+    # Image embedding: "token" (CLIP: the class token) or "gap" (the mean of the patch tokens, as
+    # open_clip's pool_type "avg" and big_vision's ViTs). From random init on small, low-contrast
+    # faces the class token hardly depends on the image (cosine ~0.98 between any two faces),
+    # while the patch mean follows the image's content from the first step.
+    pool: str = "token"
+    # Patch embedding: "patch" (CLIP: one stride-p p x p linear projection) or "conv" (Xiao et al.,
+    # "Early convolutions help transformers see better", NeurIPS 2021: log2(p) stride-2 3x3
+    # convolutions with GELU, then a linear map to the width). A from-scratch ViT with the linear
+    # stem learns low-resolution faces very slowly; the convolutional stem gives it the local
+    # features a CNN starts from. Neither open_clip nor Hugging Face CLIP can express it.
+    stem: str = "patch"
 
     @property
     def grid_size(self) -> int:
@@ -85,6 +98,13 @@ class CLIPConfig:
             raise ValueError(f"model.remat_policy={self.remat_policy!r}: expected one of "
                              f"{REMAT_POLICIES}")
         v, t = self.vision, self.text
+        if v.pool not in VISION_POOLS:
+            raise ValueError(f"model.vision.pool={v.pool!r}: expected one of {VISION_POOLS}")
+        if v.stem not in VISION_STEMS:
+            raise ValueError(f"model.vision.stem={v.stem!r}: expected one of {VISION_STEMS}")
+        if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1)):
+            raise ValueError(f"model.vision.stem='conv' needs a power-of-two patch_size >= 2, got "
+                             f"{v.patch_size}")
         if v.image_size % v.patch_size:
             raise ValueError(
                 f"model.vision.image_size={v.image_size} is not a multiple of "

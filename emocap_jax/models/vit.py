@@ -27,6 +27,27 @@ class PatchEmbed(nn.Module):
         return patches @ kernel.reshape(p * p * c, self.width).astype(self.dtype)
 
 
+class ConvStem(nn.Module):
+    """log2(p) stride-2 3x3 convolutions (GELU after each, channels doubling up to the width),
+    then a linear map to the width: [B, H, W, C] -> [B, (H/p) * (W/p), width]."""
+    width: int
+    patch_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images):
+        num_convs = self.patch_size.bit_length() - 1
+        x = images.astype(self.dtype)
+        for i in range(num_convs):
+            channels = max(self.width // 2 ** (num_convs - 1 - i), 16)
+            x = nn.Conv(channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                        dtype=self.dtype, name=f"conv{i}")(x)
+            x = nn.gelu(x)
+        b, h, w, c = x.shape
+        return nn.Dense(self.width, use_bias=False, dtype=self.dtype, name="proj")(
+            x.reshape(b, h * w, c))
+
+
 class VisionTransformer(nn.Module):
     config: VisionConfig
     embed_dim: int
@@ -46,7 +67,10 @@ class VisionTransformer(nn.Module):
                 f"image tower expects {cfg.image_size}x{cfg.image_size} images, got "
                 f"{images.shape[1]}x{images.shape[2]} (input shape {images.shape})")
         scale = cfg.width ** -0.5
-        x = PatchEmbed(cfg.width, cfg.patch_size, self.dtype, name="patch_embed")(images)
+        if cfg.stem == "conv":
+            x = ConvStem(cfg.width, cfg.patch_size, self.dtype, name="conv_stem")(images)
+        else:
+            x = PatchEmbed(cfg.width, cfg.patch_size, self.dtype, name="patch_embed")(images)
         b = x.shape[0]
         cls = self.param("class_embedding", nn.initializers.normal(scale), (cfg.width,))
         pos = self.param("pos_embedding", nn.initializers.normal(scale),
@@ -62,4 +86,5 @@ class VisionTransformer(nn.Module):
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="ln_post")(x)
         proj = self.param("proj", nn.initializers.normal(scale), (cfg.width, self.embed_dim))
         x = x @ proj.astype(self.dtype)
-        return x[:, 0], x[:, 1:]
+        pooled = x[:, 1:].mean(axis=1) if cfg.pool == "gap" else x[:, 0]
+        return pooled, x[:, 1:]
