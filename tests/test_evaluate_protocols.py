@@ -105,6 +105,26 @@ def test_probe_picks_c_on_validation_and_prefers_smaller_on_ties():
     assert fit.validation_uar == {10.0: 1.0, 100.0: 1.0} and fit.C == 10.0
 
 
+def test_balanced_probe_recalls_a_rare_class_the_unweighted_fit_ignores():
+    """FER2013's situation in small: a rare class that overlaps a frequent one. The unweighted fit
+    (what it did before) never predicts it; the class-balanced default does, and scores a higher
+    UAR, while balanced=False still gives the unweighted fit."""
+    rng = np.random.default_rng(0)
+    counts = (600, 600, 30)
+    centres = np.array([[2.0, 0.0], [-2.0, 0.0], [1.2, 0.8]])
+    x = np.concatenate([c + rng.normal(size=(n, 2)) for c, n in zip(centres, counts)])
+    y = np.repeat(np.arange(3), counts)
+    test = rng.random(len(y)) < 0.3
+    names = ["frequent", "other", "rare"]
+    unweighted = linear_probe.linear_probe(x[~test], y[~test], x[test], y[test], names,
+                                           balanced=False)
+    balanced = linear_probe.linear_probe(x[~test], y[~test], x[test], y[test], names)
+    assert balanced["balanced"] and not unweighted["balanced"]
+    assert unweighted["per_class_recall"]["rare"] == 0.0
+    assert balanced["per_class_recall"]["rare"] > 0.3
+    assert balanced["uar"] > unweighted["uar"] + 0.05
+
+
 def test_subject_independent_folds_keep_subjects_apart():
     labels = np.tile(np.arange(3), 40)
     groups = np.repeat([f"S{i:03d}" for i in range(20)], 6)

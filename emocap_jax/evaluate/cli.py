@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="few-shot k values (default 1,2,4,8,16)")
     g.add_argument("--seeds", type=_int_list, default=(0, 1, 2),
                    help="few-shot sampling seeds (default 0,1,2)")
+    g.add_argument("--unbalanced-probe", dest="balanced_probe", action="store_false",
+                   help="fit the linear probe unweighted (default: class-balanced, "
+                        "each class weighted by 1 / its frequency, since the headline is UAR)")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the cross-validation and validation splits (default 0)")
     g = p.add_argument_group("AU detection, retrieval, multiple choice")
@@ -203,7 +206,8 @@ def options_from_args(args):
                    val_fraction=args.val_fraction, c_grid=args.c_grid or DEFAULT_C_GRID,
                    shots=args.shots, seeds=args.seeds, caption_field=args.caption_field,
                    questions=args.questions, mc_template=args.mc_template,
-                   au_threshold=args.au_threshold, seed=args.seed)
+                   au_threshold=args.au_threshold, seed=args.seed,
+                   balanced_probe=args.balanced_probe)
 
 
 def summary_line(result: dict) -> str:

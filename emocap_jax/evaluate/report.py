@@ -231,6 +231,17 @@ def _details(result: dict) -> list[str]:
                 f"{m.upper() if m != 'macro_f1' else 'macro-F1'} {_pct(s['mean'])} ± "
                 f"{_pct(s['std'])}" for m, s in summary.items()) +
                 f" ({summary['uar']['num_folds']} folds)")
+        folds = result.get("folds") or []
+        if folds and "balanced" in folds[0]:
+            cs = sorted({f["C"] for f in folds})
+            lines.append(f"- probe: logistic regression, "
+                         f"{'class-balanced' if folds[0]['balanced'] else 'unweighted'} fit, "
+                         f"C chosen by validation UAR ({', '.join(f'{c:g}' for c in cs)})")
+        prompts = result.get("prompts")
+        if prompts:
+            lines.append(f"- prompts ({prompts.get('mode', 'embedding')}): words "
+                         f"{', '.join(prompts.get('words', []))}; {len(prompts.get('templates', []))} "
+                         "templates")
         if result.get("single_frame"):
             s = result["single_frame"]
             lines.append(f"- middle frame only: UAR {_pct(s['uar'])}%, WAR {_pct(s['war'])}%")

@@ -48,6 +48,7 @@ class Options:
     mc_template: str = multiple_choice.DEFAULT_TEMPLATE
     au_threshold: float = 0.0
     seed: int = 0
+    balanced_probe: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +238,8 @@ def run_linear_probe(encoder: Encoder, spec, splits, options: Options) -> dict:
             report = linear_probe.linear_probe(train.features, train.labels, test.features,
                                                test.labels, spec.classes,
                                                val_fraction=options.val_fraction,
-                                               c_grid=options.c_grid, seed=options.seed)
+                                               c_grid=options.c_grid, seed=options.seed,
+                                               balanced=options.balanced_probe)
             report.update(fold=split.fold, dataset=split.test, train_dataset=split.train)
             predictions += _prediction_rows(test, report.pop("predictions"), spec.classes,
                                             split.fold)
@@ -247,7 +249,7 @@ def run_linear_probe(encoder: Encoder, spec, splits, options: Options) -> dict:
             report = linear_probe.linear_probe(
                 test.features[tr], test.labels[tr], test.features[te], test.labels[te],
                 spec.classes, train_groups=groups[tr], val_fraction=options.val_fraction,
-                c_grid=options.c_grid, seed=options.seed)
+                c_grid=options.c_grid, seed=options.seed, balanced=options.balanced_probe)
             report.update(fold=k, dataset=split.test, cross_validation=True,
                           test_groups=sorted(set(groups[te].tolist())))
             predictions += _prediction_rows(test, report.pop("predictions"), spec.classes, k,
