@@ -72,8 +72,8 @@ def get_config():
     # threshold and the spread gate keep mining from merging the batch at random init, where every
     # guide embedding looks alike and a fixed threshold alone would pass every pair.
     config.loss.mining = ml_collections.ConfigDict(dict(
-        mode="text", guide="summary", threshold=0.9, top_k=0, weight=1.0, warmup_steps=500,
-        relative_threshold=-1.0, min_spread=0.0))
+        mode="text", guide="summary", threshold=0.9, top_k=8, weight=1.0, warmup_steps=500,
+        relative_threshold=-1.0, min_spread=0.01))
 
     # ----- optimisation
     config.optim = ml_collections.ConfigDict()
