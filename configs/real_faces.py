@@ -68,5 +68,4 @@ def get_config():
     config.optim.warmup_steps = 100
     config.optim.weight_decay = 0.05
     config.eval.batch_size = 256
-    config.eval.benchmarks = ("imagefolder:zero_shot", "imagefolder:linear_probe")
     return config
