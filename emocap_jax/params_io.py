@@ -28,6 +28,17 @@ def is_params_dir(path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
 
 
+def find_export(path) -> Optional[pathlib.Path]:
+    """An export folder itself, or a training workdir's latest export (WORKDIR/export), or None."""
+    path = pathlib.Path(path)
+    if is_params_dir(path):
+        return path
+    exported = path / "export"
+    if is_params_dir(exported):
+        return exported
+    return None
+
+
 def save_params(path, params, model_config: CLIPConfig, tokenizer: Optional[dict] = None,
                 source: Optional[dict] = None) -> pathlib.Path:
     """Writes `params` and their description to the folder `path` (created; must not hold params)."""

@@ -268,7 +268,7 @@ def test_ablation_configs_run(name, terms):
 def test_sharded_eval_counts_every_example_once(datasets):
     from emocap_jax import sharding
     from emocap_jax.data.shard_writer import load_metadata
-    from emocap_jax.evaluate.zero_shot import encode_dataset_images
+    from emocap_jax.evaluate.features import Encoder
     from emocap_jax.models.clip import init_params
     from emocap_jax.models.config import variant
 
@@ -279,9 +279,10 @@ def test_sharded_eval_counts_every_example_once(datasets):
     assert mesh.devices.size == 8
     num = load_metadata(eval_dir)["num_records"]
     # 16 images over 8 devices in batches of 24 (rounded up from 20): padding must not count.
-    feats, labels, ids = encode_dataset_images(params, config, eval_dir, batch_size=20, mesh=mesh)
+    out = Encoder(params, config, None, mesh=mesh, batch_size=20).images(eval_dir)
+    feats, labels, ids = out.features, out.labels, out.ids
     assert len(ids) == len(set(ids)) == num == feats.shape[0] == labels.shape[0]
     np.testing.assert_allclose(np.linalg.norm(feats, axis=-1), 1.0, atol=1e-5)
-    single, _, single_ids = encode_dataset_images(params, config, eval_dir, batch_size=5)
-    assert single_ids == ids
-    np.testing.assert_allclose(single, feats, atol=1e-5)
+    single = Encoder(params, config, None, batch_size=5).images(eval_dir)
+    assert single.ids == ids
+    np.testing.assert_allclose(single.features, feats, atol=1e-5)

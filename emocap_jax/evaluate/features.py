@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from emocap_jax import sharding
+from emocap_jax import params_io, sharding
 from emocap_jax.models.clip import CLIP, l2_normalize
 from emocap_jax.models.config import CLIPConfig
 
@@ -160,9 +160,8 @@ class Encoder:
                              "cannot be encoded")
         # One name per model, however it was given (workdir, its export/, relative or absolute),
         # so reports from `--mode=eval` and from this CLI collect into the same checkpoint's table.
-        from emocap_jax.api import _find_export
         path = pathlib.Path(checkpoint).absolute()
-        export = _find_export(path) if path.is_dir() else None
+        export = params_io.find_export(path) if path.is_dir() else None
         return cls(model.params, model.config, model.tokenizer, mesh, batch_size, progress,
                    description=str(export or path))
 
