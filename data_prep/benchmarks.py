@@ -51,7 +51,7 @@ from tqdm import tqdm
 from data_prep.benchmark_formats import BENCHMARKS, Benchmark, LayoutError, ReaderOptions
 from data_prep.benchmark_formats import common, questions
 from data_prep.benchmark_formats.decode import DecodeEntry
-from data_prep.captions import JPEG_QUALITY
+from emocap_jax.data.manifest import JPEG_QUALITY
 from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
 
 RECORDS_PER_SHARD = {"image": 1000, "video": 100}

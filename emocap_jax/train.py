@@ -43,8 +43,8 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
                          "give a dataset folder written by `python -m data_prep.captions`")
     if jax.distributed.is_initialized():
         raise ValueError("the synthetic corpus is for single-host runs; set config.data.train_dir")
-    from data_prep.captions import convert_manifest
-    from data_prep.synthetic import generate_corpus
+    from emocap_jax.data.manifest import convert_manifest
+    from emocap_jax.data.synthetic.corpus import generate_corpus
     from emocap_jax.data.shard_writer import load_metadata
 
     corpus = workdir / "synthetic"

@@ -18,8 +18,8 @@ from tests.conftest import REPO_ROOT
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     """A small synthetic corpus as TFRecords: (train dir, eval dir)."""
-    from data_prep.captions import convert_manifest
-    from data_prep.synthetic import generate_corpus
+    from emocap_jax.data.manifest import convert_manifest
+    from emocap_jax.data.synthetic.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")
     generate_corpus(root / "synthetic", num=96, seed=0, size=40, eval_per_class=2,

@@ -22,13 +22,12 @@ import os
 import re
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-CREMA_CODES = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy",
-               "NEU": "neutral", "SAD": "sad"}
-CREMA_CLASSES = tuple(CREMA_CODES.values())
-RAVDESS_CLASSES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust",
-                   "surprised")
-ENTERFACE_CLASSES = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
+CREMA_CODES = class_orders.CREMA_CODES
+CREMA_CLASSES = class_orders.CREMA
+RAVDESS_CLASSES = class_orders.RAVDESS
+ENTERFACE_CLASSES = class_orders.ENTERFACE
 _CREMA_NAME = re.compile(r"^(\d+)_([A-Z]+)_([A-Z]{3})_([A-Z]+)$")
 _RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 _SUBJECT_DIR = re.compile(r"^subject\s*(\d+)$", re.IGNORECASE)

@@ -30,8 +30,9 @@ import os
 import numpy as np
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-EXPRESSIONS = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+EXPRESSIONS = class_orders.AFFECTNET_EXPRESSIONS
 NON_EMOTION_IDS = {8: "none", 9: "uncertain", 10: "non-face"}
 _FOLDER_SETS = {"train": "train_set", "val": "val_set"}
 _CSV_FILES = {"train": "training.csv", "val": "validation.csv"}

@@ -27,13 +27,13 @@ import os
 import re
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-CK_CODES = ("neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
-CK_EMOTIONS = CK_CODES[1:]
+CK_CODES = class_orders.CK_CODES
+CK_EMOTIONS = class_orders.CK_EMOTIONS
 LAST_FRAMES = 3
-JAFFE_CODES = {"AN": "anger", "DI": "disgust", "FE": "fear", "HA": "happiness",
-               "NE": "neutral", "SA": "sadness", "SU": "surprise"}
-JAFFE_CLASSES = tuple(JAFFE_CODES[code] for code in sorted(JAFFE_CODES))
+JAFFE_CODES = class_orders.JAFFE_CODES
+JAFFE_CLASSES = class_orders.JAFFE
 _JAFFE_NAME = re.compile(r"^([A-Za-z]+)\.([A-Za-z]{2})(\d+)\.(\d+)$")
 
 

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from data_prep.captions import BAD_IMAGE, IMAGE_NOT_FOUND, Rejection
+from emocap_jax.data.manifest import BAD_IMAGE, IMAGE_NOT_FOUND, Rejection
 
 __all__ = [
     "BAD_IMAGE", "IMAGE_NOT_FOUND", "Rejection", "Entry", "SplitListing", "Benchmark",

@@ -27,10 +27,10 @@ import csv
 import os
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
-                   "contempt")
+FER2013_CLASSES = class_orders.FER2013
+FERPLUS_CLASSES = class_orders.FERPLUS
 FERPLUS_VOTE_COLUMNS = FERPLUS_CLASSES + ("unknown", "NF")
 USAGE_OF_SPLIT = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 _SPLIT_OF_USAGE = {usage: split for split, usage in USAGE_OF_SPLIT.items()}

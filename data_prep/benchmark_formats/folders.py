@@ -25,10 +25,11 @@ import os
 import re
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-SFEW_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-CKPLUS48_CLASSES = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
-AFEW_CLASSES = SFEW_CLASSES
+SFEW_CLASSES = class_orders.SFEW
+CKPLUS48_CLASSES = class_orders.CKPLUS48
+AFEW_CLASSES = class_orders.AFEW
 _CK_NAME = re.compile(r"^(S\d+)_(\d+)_(\d+)$")
 
 

@@ -22,12 +22,10 @@ import functools
 import os
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-BASIC_CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-COMPOUND_CLASSES = (
-    "happily surprised", "happily disgusted", "sadly fearful", "sadly angry",
-    "sadly surprised", "sadly disgusted", "fearfully angry", "fearfully surprised",
-    "angrily surprised", "angrily disgusted", "disgustedly surprised")
+BASIC_CLASSES = class_orders.RAFDB_BASIC
+COMPOUND_CLASSES = class_orders.RAFDB_COMPOUND
 LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: the owners' spelling
 
 

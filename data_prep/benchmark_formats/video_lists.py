@@ -41,12 +41,12 @@ import re
 from collections.abc import Callable
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-DFEW_CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
-FERV39K_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-MAFW_CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise",
-                "contempt", "anxiety", "helplessness", "disappointment")
-FOLDS = (1, 2, 3, 4, 5)
+DFEW_CLASSES = class_orders.DFEW
+FERV39K_CLASSES = class_orders.FERV39K
+MAFW_CLASSES = class_orders.MAFW
+FOLDS = class_orders.VIDEO_FOLDS
 MAFW_LISTS = "Train & Test Set"
 _DFEW_LIST_DIRS = {"train": "train(single-labeled)", "test": "test(single-labeled)"}
 _FERV_LIST_DIRS = (os.path.join("4_setups", "All_scenes"), "0_7_LabelClassSplit", "")

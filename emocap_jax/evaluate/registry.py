@@ -1,7 +1,7 @@
 """The benchmark registry: what each evaluation benchmark is and how the paper reports it.
 
-Each entry fixes the class order (the converter's, imported from `data_prep.benchmark_formats`, so
-label_id means the same here as in the TFRecords), the prompt word and one description per class,
+Each entry fixes the class order (from `emocap_jax.data.class_orders`, the table the converters
+write label_id by, so label_id means the same here as in the TFRecords), the prompt word and one description per class,
 the prompt templates, the splits and folds, the protocol and metric the paper reports, and the
 paper's EmoCapCLIP ViT-B/32 and FLIP-80M ViT-B/32 numbers (zero-shot, read off the paper's radar
 chart, +-0.1; DESIGN.md section 1).
@@ -19,9 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-from data_prep.benchmark_formats import ckplus, fer, folders, rafdb, affectnet, video_lists
-from data_prep.benchmark_formats import acted_video
-from data_prep import synthetic_faces
+from emocap_jax.data import class_orders as co
+from emocap_jax.data.synthetic import faces as synthetic_faces
 from emocap_jax.evaluate import prompts
 
 # Task groups, in the paper's order.
@@ -42,12 +41,10 @@ PROTOCOLS = (ZERO_SHOT, LINEAR_PROBE, FEW_SHOT, VIDEO, COMPOUND, AU_DETECTION, R
 CLASSIFICATION_PROTOCOLS = (ZERO_SHOT, LINEAR_PROBE, FEW_SHOT)
 
 # FABA-Bench AU detection scores these 12 AUs (JackYFL/EmoLA, emollava/eval/eval_FABA.py,
-# `select_AUs` for FABA); its annotations use a 20-AU vocabulary. The converter
-# (data_prep/benchmark_formats/faba.py, not imported here) holds the same two tuples; a test
-# keeps them equal.
-FABA_AUS = (1, 2, 4, 5, 6, 10, 12, 17, 24, 25, 26, 43)
+# `select_AUs` for FABA); its annotations use a 20-AU vocabulary.
+FABA_AUS = co.FABA_SCORED_AUS
 # FABA-Bench emotion labels in the order of the same script's `emotions2num`.
-FABA_EMOTION_CLASSES = ("happiness", "sadness", "surprise", "anger", "neutral", "disgust", "fear")
+FABA_EMOTION_CLASSES = co.FABA_EMOTIONS
 _MC_NOTE = ("accuracy over the questions a two-tower model can score, each option read as a "
             "statement answering the question; questions it cannot score (several images, "
             "identities across faces, yes/no without a statement, large counts, 'None of the "
@@ -162,28 +159,28 @@ _CK_NOTE = "CK+ numbers as the paper reports them; CK+48 is a 48x48 crop of CK+'
 
 _ENTRIES = (
     # ----- static FER
-    Benchmark("rafdb", "RAF-DB", "static FER", **_classes(rafdb.BASIC_CLASSES),
+    Benchmark("rafdb", "RAF-DB", "static FER", **_classes(co.RAFDB_BASIC),
               converter="rafdb", paper=PaperResult(62.8, 45.1),
               other={"CLIP B/32": 35.0, "Exp-CLIP L/14": 58.7}),
-    Benchmark("affectnet-7", "AffectNet-7", "static FER", **_classes(affectnet.EXPRESSIONS[:7]),
+    Benchmark("affectnet-7", "AffectNet-7", "static FER", **_classes(co.AFFECTNET_EXPRESSIONS[:7]),
               test_split="val", converter="affectnet-7", paper=PaperResult(51.9, 38.3),
               note="AffectNet's test set is not public: the validation set is the test split"),
-    Benchmark("affectnet-8", "AffectNet-8", "static FER", **_classes(affectnet.EXPRESSIONS[:8]),
+    Benchmark("affectnet-8", "AffectNet-8", "static FER", **_classes(co.AFFECTNET_EXPRESSIONS[:8]),
               test_split="val", converter="affectnet-8", paper=PaperResult(43.4, 32.9),
               note="AffectNet's test set is not public: the validation set is the test split"),
-    Benchmark("ferplus", "FERPlus", "static FER", **_classes(fer.FERPLUS_CLASSES),
+    Benchmark("ferplus", "FERPlus", "static FER", **_classes(co.FERPLUS),
               converter="ferplus", paper=PaperResult(55.1, 44.7)),
-    Benchmark("ckplus", "CK+", "static FER", **_classes(ckplus.CK_EMOTIONS),
+    Benchmark("ckplus", "CK+", "static FER", **_classes(co.CK_EMOTIONS),
               test_split="all", train_split=None, cv_folds=10, converter="ckplus",
               paper=PaperResult(57.5, 46.4),
               note="last 3 frames of the 327 labelled sequences; subject-independent 10 folds"),
-    Benchmark("ckplus48", "CK+48", "static FER", **_classes(folders.CKPLUS48_CLASSES),
+    Benchmark("ckplus48", "CK+48", "static FER", **_classes(co.CKPLUS48),
               test_split="all", train_split=None, cv_folds=10, converter="ckplus48",
               paper=PaperResult(57.5, 46.4), note=_CK_NOTE),
-    Benchmark("jaffe", "JAFFE", "static FER", **_classes(ckplus.JAFFE_CLASSES),
+    Benchmark("jaffe", "JAFFE", "static FER", **_classes(co.JAFFE),
               test_split="all", train_split=None, cv_folds=10, converter="jaffe",
               paper=PaperResult(54.4, 40.6), note="10 identities; folds are identity-independent"),
-    Benchmark("sfew", "SFEW 2.0", "static FER", **_classes(folders.SFEW_CLASSES),
+    Benchmark("sfew", "SFEW 2.0", "static FER", **_classes(co.SFEW),
               test_split="val", converter="sfew", paper=PaperResult(49.3, 27.8),
               note="SFEW's test labels are not public: the validation set is the test split"),
     Benchmark("faba-emotion", "FABA-Bench emotion", "static FER",
@@ -191,51 +188,51 @@ _ENTRIES = (
               converter="faba-bench", paper=PaperResult(67.9, 42.7),
               note="FABA-Instruct's 403 evaluation faces (eval_emotion_anno.json), converted "
                    "by data_prep.benchmarks --name faba-bench into OUT/emotion/"),
-    Benchmark("fer2013", "FER2013", "static FER", **_classes(fer.FER2013_CLASSES),
+    Benchmark("fer2013", "FER2013", "static FER", **_classes(co.FER2013),
               converter="fer2013", note="not in the paper's chart"),
     Benchmark("imagefolder", "image folder", "static FER", classes=None, test_split="all",
               train_split=None, cv_folds=5, converter="imagefolder",
               note="classes are the dataset's recorded ones (its folder names)"),
     # ----- compound FER
     Benchmark("rafdb-compound", "RAF-DB compound", "compound FER",
-              **_classes(rafdb.COMPOUND_CLASSES, compound=True),
+              **_classes(co.RAFDB_COMPOUND, compound=True),
               templates=prompts.COMPOUND_TEMPLATES, protocols=_COMPOUND_PROTOCOLS,
               paper_protocol=COMPOUND, converter="rafdb-compound",
               paper=PaperResult(32.7, 22.8)),
     Benchmark("mafw-compound", "MAFW compound", "compound FER", classes=None,
               templates=prompts.COMPOUND_TEMPLATES, protocols=_COMPOUND_PROTOCOLS,
-              paper_protocol=COMPOUND, official_folds=video_lists.FOLDS, video=True,
+              paper_protocol=COMPOUND, official_folds=co.VIDEO_FOLDS, video=True,
               converter="mafw-compound", paper=PaperResult(9.3, 5.9),
               note="classes are every label of the compound lists (data_prep.benchmarks)"),
     # ----- dynamic FER (video)
-    Benchmark("dfew", "DFEW", "dynamic FER (video)", **_classes(video_lists.DFEW_CLASSES),
+    Benchmark("dfew", "DFEW", "dynamic FER (video)", **_classes(co.DFEW),
               protocols=_VIDEO_PROTOCOLS, paper_protocol=VIDEO,
-              official_folds=video_lists.FOLDS, video=True, converter="dfew",
+              official_folds=co.VIDEO_FOLDS, video=True, converter="dfew",
               paper=PaperResult(42.2, 27.5),
               other={"CLIP B/32": 22.1, "Exp-CLIP L/14": 40.2, "EmoCLIP B/32": 36.8}),
     Benchmark("ferv39k", "FERV39k", "dynamic FER (video)",
-              **_classes(video_lists.FERV39K_CLASSES), protocols=_VIDEO_PROTOCOLS,
+              **_classes(co.FERV39K), protocols=_VIDEO_PROTOCOLS,
               paper_protocol=VIDEO, video=True, converter="ferv39k",
               paper=PaperResult(29.9, 20.3)),
-    Benchmark("mafw", "MAFW", "dynamic FER (video)", **_classes(video_lists.MAFW_CLASSES),
+    Benchmark("mafw", "MAFW", "dynamic FER (video)", **_classes(co.MAFW),
               protocols=_VIDEO_PROTOCOLS, paper_protocol=VIDEO,
-              official_folds=video_lists.FOLDS, video=True, converter="mafw",
+              official_folds=co.VIDEO_FOLDS, video=True, converter="mafw",
               paper=PaperResult(30.8, 20.8), other={"EmoCLIP B/32": 25.9}),
-    Benchmark("afew", "AFEW", "dynamic FER (video)", **_classes(folders.AFEW_CLASSES),
+    Benchmark("afew", "AFEW", "dynamic FER (video)", **_classes(co.AFEW),
               protocols=_VIDEO_PROTOCOLS, paper_protocol=VIDEO, test_split="val", video=True,
               converter="afew", paper=PaperResult(39.9, 21.8),
               note="AFEW's test labels are not public: the validation set is the test split"),
     Benchmark("crema-d", "CREMA-D", "dynamic FER (video)",
-              **_classes(acted_video.CREMA_CLASSES), protocols=_VIDEO_PROTOCOLS,
+              **_classes(co.CREMA), protocols=_VIDEO_PROTOCOLS,
               paper_protocol=VIDEO, test_split="all", train_split=None, cv_folds=5, video=True,
               converter="crema-d", paper=PaperResult(48.7, 25.1)),
     Benchmark("ravdess", "RAVDESS", "dynamic FER (video)",
-              **_classes(acted_video.RAVDESS_CLASSES), protocols=_VIDEO_PROTOCOLS,
+              **_classes(co.RAVDESS), protocols=_VIDEO_PROTOCOLS,
               paper_protocol=VIDEO, test_split="all", train_split=None, cv_folds=6, video=True,
               converter="ravdess", paper=PaperResult(50.4, 25.9),
               note="24 actors; folds are actor-independent (4 actors each)"),
     Benchmark("enterface05", "eNTERFACE'05", "dynamic FER (video)",
-              **_classes(acted_video.ENTERFACE_CLASSES), protocols=_VIDEO_PROTOCOLS,
+              **_classes(co.ENTERFACE), protocols=_VIDEO_PROTOCOLS,
               paper_protocol=VIDEO, test_split="all", train_split=None, cv_folds=5, video=True,
               converter="enterface05", paper=PaperResult(35.2, 20.6)),
     # ----- action units

@@ -47,7 +47,7 @@ def parse_entry(text: str) -> Entry:
 
 
 def _synthetic_benchmarks(config, workdir: pathlib.Path, split: str) -> str:
-    from data_prep.synthetic_benchmarks import generate_benchmarks
+    from emocap_jax.evaluate.synthetic_benchmarks import generate_benchmarks
     from emocap_jax.evaluate.runner import is_dataset
 
     root = workdir / SYNTHETIC_BENCH_DIR
