@@ -14,5 +14,6 @@
     runner.py          one benchmark x protocol with a model -> result dict
     report.py          result files, confusion PNGs, the per-checkpoint Markdown / CSV report
     suite.py           config.eval.benchmarks for `--mode=eval`
+    synthetic_benchmarks.py  synthetic basic / compound / video splits with questions
     cli.py             `python -m emocap_jax.evaluate`
 """
