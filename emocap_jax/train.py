@@ -520,11 +520,13 @@ def evaluate_workdir(config, workdir) -> dict:
 
 
 def _setup_logging():
-    root = logging.getLogger()
-    if not any(getattr(h, "_emocap", False) for h in root.handlers):
+    """One console handler on the "emocap_jax" logger, however often a run starts in a process
+    (it is looked for where it is added, so repeated calls add none)."""
+    logger = logging.getLogger("emocap_jax")
+    if not any(getattr(h, "_emocap", False) for h in logger.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         handler._emocap = True
-        logging.getLogger("emocap_jax").addHandler(handler)
-        logging.getLogger("emocap_jax").setLevel(logging.INFO)
-        logging.getLogger("emocap_jax").propagate = False
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

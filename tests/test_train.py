@@ -286,3 +286,26 @@ def test_sharded_eval_counts_every_example_once(datasets):
     single = Encoder(params, config, None, batch_size=5).images(eval_dir)
     assert single.ids == ids
     np.testing.assert_allclose(single.features, feats, atol=1e-5)
+
+
+def test_setup_logging_adds_one_handler_however_often_called():
+    import logging
+
+    from emocap_jax.train import _setup_logging
+
+    logger = logging.getLogger("emocap_jax")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        for _ in range(3):
+            _setup_logging()
+        assert len(logger.handlers) == 1 and logger.handlers[0]._emocap
+        assert logger.level == logging.INFO and not logger.propagate
+    finally:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        for h in saved[0]:
+            logger.addHandler(h)
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
