@@ -4,6 +4,7 @@ Variants call `get_config()` here and override a few fields; any field can also 
 the command line: `--config.train.global_batch_size=4096 --config.loss.mining.mode=both`.
 """
 import ml_collections
+from ml_collections import config_dict
 
 from emocap_jax.models.config import variant
 
@@ -68,12 +69,15 @@ def get_config():
     # embeddings judge similarity ("summary" or "global"). threshold: absolute cosine floor (-1:
     # none); top_k: at most this many mined positives per row (0: no cap); relative_threshold: z,
     # a pair must reach its row's mean + z * std of guide similarity (negative: off); min_spread:
-    # rows whose guide similarities have a smaller std mine nothing. The cap, the relative
-    # threshold and the spread gate keep mining from merging the batch at random init, where every
-    # guide embedding looks alike and a fixed threshold alone would pass every pair.
+    # rows whose guide similarities have a smaller std mine nothing; image_threshold: the cosine
+    # floor of the image guide (modes "image" and "both"; unset: `threshold`, although image-image
+    # cosines have another range than sentence-sentence ones). The cap, the relative threshold
+    # and the spread gate keep mining from merging the batch at random init, where every guide
+    # embedding looks alike and a fixed threshold alone would pass every pair.
     config.loss.mining = ml_collections.ConfigDict(dict(
         mode="text", guide="summary", threshold=0.9, top_k=8, weight=1.0, warmup_steps=500,
-        relative_threshold=-1.0, min_spread=0.01))
+        relative_threshold=-1.0, min_spread=0.01,
+        image_threshold=config_dict.placeholder(float)))
 
     # ----- optimisation
     config.optim = ml_collections.ConfigDict()

@@ -654,16 +654,6 @@ def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh
               guides, labels)
 
 
-def chunked_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh, chunk_size: int,
-                                    axis: AxisName = "data", mining: MiningConfig | None = None,
-                                    guide_text=None, guide_image=None, step=0, labels=None) -> jax.Array:
-    """`sharded_global_contrastive_loss` with an online logsumexp over column chunks of size
-    chunk_size (must divide N): per-device memory O(n * chunk_size) plus the gathered O(N * D)."""
-    return sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh, axis, mining,
-                                           guide_text, guide_image, step, chunk_size=chunk_size,
-                                           labels=labels)
-
-
 def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh: Mesh,
                        axis: AxisName = "data") -> jax.Array:
     """Local loss on each device's own batch of B / D images, averaged over devices.

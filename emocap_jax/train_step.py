@@ -26,7 +26,9 @@ def mining_config(loss_config) -> losses.MiningConfig:
                                # A negative z in the ConfigDict stands for "off" (None).
                                relative_threshold=None if relative is None or relative < 0
                                else float(relative),
-                               min_spread=m.get("min_spread", 0.0))
+                               min_spread=m.get("min_spread", 0.0),
+                               # None (the placeholder's default): the image guide uses threshold.
+                               image_threshold=m.get("image_threshold", None))
 
 
 def uses_summary(loss_config) -> bool:

@@ -309,3 +309,14 @@ def test_setup_logging_adds_one_handler_however_often_called():
             logger.addHandler(h)
         logger.setLevel(saved[1])
         logger.propagate = saved[2]
+
+
+def test_config_reaches_the_image_guide_threshold():
+    from configs import default
+    from emocap_jax.train_step import mining_config
+
+    config = default.get_config()
+    assert mining_config(config.loss).image_threshold is None  # unset: the image guide uses threshold
+    config.loss.mining.image_threshold = 0.35
+    mining = mining_config(config.loss)
+    assert mining.image_threshold == 0.35 and mining.threshold == config.loss.mining.threshold
