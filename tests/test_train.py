@@ -320,3 +320,33 @@ def test_config_reaches_the_image_guide_threshold():
     config.loss.mining.image_threshold = 0.35
     mining = mining_config(config.loss)
     assert mining.image_threshold == 0.35 and mining.threshold == config.loss.mining.threshold
+
+
+def test_periodic_and_final_evals_compile_the_eval_towers_once(tmp_path, datasets, monkeypatch):
+    """Three zero-shot evals in one run (steps 2 and 4, and the end) trace each eval tower once:
+    they share one set of jitted encoders (features._towers) instead of re-jitting per eval."""
+    from configs import tiny
+    from emocap_jax.evaluate import features
+    from emocap_jax.train import train_and_evaluate
+
+    traces = []
+    real = features.l2_normalize  # called once per trace of the image and of the text tower
+
+    def counting(x):
+        traces.append(x.shape)
+        return real(x)
+
+    monkeypatch.setattr(features, "l2_normalize", counting)
+    features._towers.cache_clear()
+    config = tiny.get_config()
+    config.data.train_dir, config.eval.zero_shot_dir = datasets
+    config.model.vision.image_size = 32
+    config.train.num_steps, config.train.eval_every = 6, 2
+    config.train.log_every, config.train.checkpoint_every = 6, 6
+    result = train_and_evaluate(config, tmp_path / "run")
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+             .splitlines() if json.loads(line)["kind"] == "zero_shot"]
+    assert [e["step"] for e in evals] == [2, 4, 6]
+    assert 0.0 <= result["zero_shot"]["uar"] <= 1.0
+    assert len(traces) == 2, traces  # one image-tower trace, one text-tower trace
+    assert features._towers.cache_info().misses == 1

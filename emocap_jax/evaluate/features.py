@@ -17,6 +17,7 @@ embeddings averaged (then re-normalised) inside the jitted step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import pathlib
@@ -111,6 +112,30 @@ def read_records(data_dir: str) -> list[RecordInfo]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _towers(model_config: CLIPConfig, mesh: Mesh):
+    """The jitted image tower, text tower and logit scale of an architecture on a mesh, built once
+    per process: every Encoder of a run (training's periodic and final evaluations, each protocol
+    of `--mode=eval`) shares them, so each tower compiles once per input shape, not once per
+    evaluation."""
+    model = CLIP(model_config)
+
+    def encode_images(p, x):
+        if x.ndim == 5:  # clips [b, F, S, S, 3]: mean of the frames' unit embeddings
+            b, f = x.shape[:2]
+            emb = model.apply({"params": p}, x.reshape(b * f, *x.shape[2:]),
+                              method=CLIP.encode_image)
+            return l2_normalize(l2_normalize(emb).reshape(b, f, -1).mean(axis=1))
+        return l2_normalize(model.apply({"params": p}, x, method=CLIP.encode_image))
+
+    out = NamedSharding(mesh, PartitionSpec(sharding.batch_axes(mesh)))
+    encode_text = jax.jit(
+        lambda p, t: l2_normalize(model.apply({"params": p}, t, method=CLIP.encode_text)),
+        out_shardings=out)
+    logit_scale = jax.jit(lambda p: model.apply({"params": p}, method=CLIP.logit_scale))
+    return jax.jit(encode_images, out_shardings=out), encode_text, logit_scale
+
+
 class Encoder:
     """A model's towers on a mesh: `images(data_dir)` and `texts(list_of_str)` return unit-norm
     NumPy features; `logit_scale` is the model's learnt temperature."""
@@ -129,23 +154,8 @@ class Encoder:
         self._batch_sharding = sharding.batch_sharding(self.mesh)
         # Parameters follow the training layout (replicated, or split over `fsdp`).
         self.params = jax.device_put(params, sharding.param_sharding(params, self.mesh))
-        model = CLIP(model_config)
-
-        def encode_images(p, x):
-            if x.ndim == 5:  # clips [b, F, S, S, 3]: mean of the frames' unit embeddings
-                b, f = x.shape[:2]
-                emb = model.apply({"params": p}, x.reshape(b * f, *x.shape[2:]),
-                                  method=CLIP.encode_image)
-                return l2_normalize(l2_normalize(emb).reshape(b, f, -1).mean(axis=1))
-            return l2_normalize(model.apply({"params": p}, x, method=CLIP.encode_image))
-
-        out = NamedSharding(self.mesh, PartitionSpec(sharding.batch_axes(self.mesh)))
-        self._encode_images = jax.jit(encode_images, out_shardings=out)
-        self._encode_text = jax.jit(
-            lambda p, t: l2_normalize(model.apply({"params": p}, t, method=CLIP.encode_text)),
-            out_shardings=out)
-        self.logit_scale = float(jax.device_get(jax.jit(
-            lambda p: model.apply({"params": p}, method=CLIP.logit_scale))(self.params)))
+        self._encode_images, self._encode_text, logit_scale = _towers(model_config, self.mesh)
+        self.logit_scale = float(jax.device_get(logit_scale(self.params)))
 
     @classmethod
     def load(cls, checkpoint, mesh: Optional[Mesh] = None, batch_size: int = 256,
