@@ -322,11 +322,12 @@ def test_config_reaches_the_image_guide_threshold():
     assert mining.image_threshold == 0.35 and mining.threshold == config.loss.mining.threshold
 
 
-def test_periodic_and_final_evals_compile_the_eval_towers_once(tmp_path, datasets, monkeypatch):
+def test_evals_compile_once_and_agree_with_the_cli(tmp_path, datasets, monkeypatch):
     """Three zero-shot evals in one run (steps 2 and 4, and the end) trace each eval tower once:
-    they share one set of jitted encoders (features._towers) instead of re-jitting per eval."""
+    they share one set of jitted encoders (features._towers) instead of re-jitting per eval. The
+    end-of-training zero-shot is the evaluation CLI's on the same checkpoint and data."""
     from configs import tiny
-    from emocap_jax.evaluate import features
+    from emocap_jax.evaluate import cli, features
     from emocap_jax.train import train_and_evaluate
 
     traces = []
@@ -350,3 +351,11 @@ def test_periodic_and_final_evals_compile_the_eval_towers_once(tmp_path, dataset
     assert 0.0 <= result["zero_shot"]["uar"] <= 1.0
     assert len(traces) == 2, traces  # one image-tower trace, one text-tower trace
     assert features._towers.cache_info().misses == 1
+
+    out = tmp_path / "cli"
+    assert cli.main(["--checkpoint", str(tmp_path / "run"), "--benchmark", "synthetic",
+                     "--data", datasets[1], "--protocol", "zero_shot", "--output", str(out),
+                     "--batch-size", str(config.eval.batch_size), "--quiet"]) == 0
+    from_cli = json.loads((out / "results" / "synthetic__zero_shot.json").read_text())
+    assert abs(100 * from_cli["report"]["uar"] - 100 * result["zero_shot"]["uar"]) <= 0.1
+    assert result["zero_shot"]["benchmark"] == "synthetic"
