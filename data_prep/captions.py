@@ -12,7 +12,8 @@ import argparse
 import os
 import sys
 
-from emocap_jax.data.manifest import REJECTED_FILE, convert_manifest
+from emocap_jax.data.manifest import convert_manifest
+from emocap_jax.data.shard_writer import REJECTED_FILE
 
 __all__ = ["convert_manifest", "main"]
 

@@ -139,10 +139,11 @@ class EmoCapCLIP:
 
     def encode_labels(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
                       label_mode: str = "auto") -> np.ndarray:
-        """[C, D] unit-norm text embeddings, one per label (read-only: they are cached). A class name is put into every
-        template and the normalised template embeddings are averaged, then renormalised (CLIP's
-        prompt ensembling, as `emocap_jax.evaluate.zero_shot.class_embeddings` does); a full prompt
-        is encoded as given. `label_mode` decides which labels are which: see `zero_shot`."""
+        """[C, D] unit-norm text embeddings, one per label (read-only: they are cached). A class
+        name is put into every template and the normalised template embeddings are averaged, then
+        renormalised (CLIP's prompt ensembling, as `emocap_jax.evaluate.zero_shot.class_embeddings`
+        does); a full prompt is encoded as given. `label_mode` decides which labels are which: see
+        `zero_shot`."""
         labels, templates = _check_labels(labels, templates, label_mode)
         # id(params): a model whose params were swapped must not reuse the old embeddings.
         key = (id(self.params), labels, templates, label_mode)

@@ -328,5 +328,6 @@ def test_fixed_class_order_numbers_labels_and_rejects_unknown(tmp_path):
             rec = decode_record(data)
             got[rec.id] = rec.label_id
     assert got == {"r0": 1, "r1": 0, "r3": 1}
-    rejected = [json.loads(l) for l in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line)
+                for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
     assert rejected[0]["id"] == "r2" and rejected[0]["reason"].startswith("unknown_label")

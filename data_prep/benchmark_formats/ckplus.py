@@ -11,8 +11,8 @@ number) get the sequence's label. Sequences without an Emotion file are not benc
 (their number is recorded in metadata.json as unlabelled_sequences). Classes: anger contempt
 disgust fear happy sadness surprise (CK+ order, the same as CK+48's); with `--with-neutral`
 the first frame of each labelled sequence longer than 3 frames is added as "neutral" and
-neutral becomes class 0, so label_id equals the CK+ code. Codes outside 1..7 are rejected. group = subject (S005);
-record id = frame file stem.
+neutral becomes class 0, so label_id equals the CK+ code. Codes outside 1..7 are rejected.
+group = subject (S005); record id = frame file stem.
 
 jaffe — ROOT (searched recursively) holds the 213 `*.tiff` files named
 <identity>.<code><index>.<image number>.tiff, e.g. KA.AN1.39.tiff; codes AN DI FE HA NE SA SU.

@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from emocap_jax.data import label_captions
 from emocap_jax.data.example_codec import FaceRecord
-from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
+from emocap_jax.data.shard_writer import ShardedRecordWriter
 
 # Rejection reason codes (the part of `reason` before the colon).
 BLANK_LINE = "blank_line"
