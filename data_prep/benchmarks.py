@@ -48,7 +48,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_prep.benchmark_formats import BENCHMARKS, Benchmark, LayoutError, ReaderOptions
+from data_prep.benchmark_formats import BENCHMARKS, Layout, LayoutError, ReaderOptions
 from data_prep.benchmark_formats import common, questions
 from data_prep.benchmark_formats.decode import DecodeEntry
 from emocap_jax.data.manifest import JPEG_QUALITY
@@ -58,7 +58,7 @@ RECORDS_PER_SHARD = {"image": 1000, "video": 100}
 MAX_AUTO_SHARDS = 256
 
 
-def _plan(benchmark: Benchmark, split: str, fold: int | None) -> list[tuple[int | None, str]]:
+def _plan(benchmark: Layout, split: str, fold: int | None) -> list[tuple[int | None, str]]:
     """The (fold, split) pairs to convert, validated against what the benchmark defines."""
     if split == "all":
         splits = list(benchmark.splits)
@@ -122,7 +122,7 @@ def _auto_num_shards(num_items: int, video: bool) -> int:
     return max(1, min(MAX_AUTO_SHARDS, math.ceil(num_items / per_shard)))
 
 
-def _convert_listing(benchmark: Benchmark, listing: common.SplitListing, out_dir: str, *,
+def _convert_listing(benchmark: Layout, listing: common.SplitListing, out_dir: str, *,
                      split: str, fold: int | None, root: str, frames: int,
                      max_side: int | None, num_shards: int | None, pool, workers: int,
                      overwrite: bool, progress: bool) -> dict[str, Any]:

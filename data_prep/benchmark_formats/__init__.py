@@ -1,15 +1,16 @@
 """Layout readers for the evaluation benchmarks, one module per family; see BENCHMARKS.
 
-`data_prep.benchmarks` drives them: it lists a split with `Benchmark.list_split`, decodes the
+`data_prep.benchmarks` drives them: it lists a split with `Layout.list_split`, decodes the
 entries in worker processes (`decode.py`) and writes the records with ShardedRecordWriter; for
 the multiple-choice benchmarks it then writes the split's questions (`questions.py`).
 """
 
 from data_prep.benchmark_formats import acted_video, affectnet, ckplus, faba, face_human_bench
 from data_prep.benchmark_formats import facexbench, fer, folders, rafdb, video_lists
-from data_prep.benchmark_formats.common import Benchmark, LayoutError, ReaderOptions
+from data_prep.benchmark_formats.common import Layout, LayoutError, ReaderOptions
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+# The converters by --name (the evaluation registry's `converter` field names them).
+BENCHMARKS: dict[str, Layout] = {b.name: b for b in (
     rafdb.RAFDB, rafdb.RAFDB_COMPOUND,
     affectnet.AFFECTNET_7, affectnet.AFFECTNET_8,
     fer.FERPLUS, fer.FER2013, fer.FER2013_FOLDERS,
@@ -19,4 +20,4 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     faba.FABA_BENCH, face_human_bench.FACE_HUMAN_BENCH, facexbench.FACEXBENCH,
 )}
 
-__all__ = ["BENCHMARKS", "Benchmark", "LayoutError", "ReaderOptions"]
+__all__ = ["BENCHMARKS", "Layout", "LayoutError", "ReaderOptions"]

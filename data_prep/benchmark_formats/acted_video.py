@@ -118,19 +118,19 @@ def _enterface_split(root, split, fold, options) -> common.SplitListing:
     return common.SplitListing(classes=list(ENTERFACE_CLASSES), items=items)
 
 
-CREMA_D = common.Benchmark(
+CREMA_D = common.Layout(
     name="crema-d",
     description="CREMA-D: VideoFlash/<actor>_<sentence>_<ANG|DIS|FEA|HAP|NEU|SAD>_<level>.flv;"
                 " 6 classes; group = actor",
     splits=("all",), list_split=_crema_split, video=True)
 
-RAVDESS = common.Benchmark(
+RAVDESS = common.Layout(
     name="ravdess",
     description="RAVDESS: Actor_XX/MM-VV-EE-II-SS-RR-AA.mp4 (modality 01/02, one per "
                 "recording); 8 classes; group = actor",
     splits=("all",), list_split=_ravdess_split, video=True)
 
-ENTERFACE05 = common.Benchmark(
+ENTERFACE05 = common.Layout(
     name="enterface05",
     description="eNTERFACE'05: subject <N>/<emotion>/sentence <M>/*.avi; 6 classes; "
                 "group = subject",

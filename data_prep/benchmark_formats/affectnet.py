@@ -158,8 +158,8 @@ def _list_split(num_classes: int, root: str, split: str, fold: int | None,
     return common.SplitListing(classes=list(classes), items=items, info={"layout_form": form})
 
 
-def _benchmark(num_classes: int) -> common.Benchmark:
-    return common.Benchmark(
+def _benchmark(num_classes: int) -> common.Layout:
+    return common.Layout(
         name=f"affectnet-{num_classes}",
         description=f"AffectNet {num_classes} classes: train_set|val_set/images/<n>.jpg + "
                     "annotations/<n>_exp.npy, or training.csv/validation.csv + "

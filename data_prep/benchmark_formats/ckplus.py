@@ -133,13 +133,13 @@ def _jaffe_split(root, split, fold, options) -> common.SplitListing:
     return common.SplitListing(classes=list(JAFFE_CLASSES), items=items)
 
 
-CKPLUS = common.Benchmark(
+CKPLUS = common.Layout(
     name="ckplus",
     description="CK+ sequences: cohn-kanade-images/S###/###/*.png + Emotion/S###/###/"
                 "*_emotion.txt; last 3 frames per labelled sequence; group = subject",
     splits=("all",), list_split=_ckplus_split)
 
-JAFFE = common.Benchmark(
+JAFFE = common.Layout(
     name="jaffe",
     description="JAFFE: *.tiff named <identity>.<code><n>.<id>.tiff (AN DI FE HA NE SA SU); "
                 "group = identity",

@@ -21,7 +21,7 @@ from typing import Any
 from emocap_jax.data.manifest import BAD_IMAGE, IMAGE_NOT_FOUND, Rejection
 
 __all__ = [
-    "BAD_IMAGE", "IMAGE_NOT_FOUND", "Rejection", "Entry", "SplitListing", "Benchmark",
+    "BAD_IMAGE", "IMAGE_NOT_FOUND", "Rejection", "Entry", "SplitListing", "Layout",
     "LayoutError", "ReaderOptions",
 ]
 
@@ -99,8 +99,11 @@ class ReaderOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class Benchmark:
-    """A supported benchmark layout.
+class Layout:
+    """How a benchmark's release lies on disk, and its reader: what `python -m data_prep.benchmarks
+    --name NAME` converts. What the benchmark is for evaluation (class order, prompts, protocols,
+    folds, the paper's numbers) is its `emocap_jax.evaluate.registry.Benchmark`, whose `converter`
+    names this layout; one layout can feed several benchmarks (faba-bench: faba-emotion, faba-au).
 
     list_split(root, split, fold, options) -> SplitListing; raises LayoutError when `root`
     does not match. `splits` are the split names the owners define; single-split sets use

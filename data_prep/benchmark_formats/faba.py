@@ -167,7 +167,7 @@ def _list_split(root: str, split: str, fold: int | None,
                                info={"annotations": path, "task": split})
 
 
-FABA_BENCH = common.Benchmark(
+FABA_BENCH = common.Layout(
     name=NAME,
     description="FABA-Bench: FABAInstruct/eval/eval_emotion_anno.json and eval_au_anno.json "
                 "+ FABAInstruct/eval/images/; splits emotion (7 classes) and au (20-AU "

@@ -263,7 +263,7 @@ def _list_split(root: str, split: str, fold: int | None,
         info={"json_dir": json_dir, "language": LANGUAGE, "num_json_files": len(files)})
 
 
-FACE_HUMAN_BENCH = common.Benchmark(
+FACE_HUMAN_BENCH = common.Layout(
     name=NAME,
     description="Face-Human-Bench: data/Face-Human-Bench/<split>/json/en/*.json + images "
                 "built by the authors' prepare_data.py in <split>/output/eval_data/ (or "

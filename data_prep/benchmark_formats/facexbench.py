@@ -220,7 +220,7 @@ def _list_split(root: str, split: str, fold: int | None,
         info={"benchmark_dir": bench_dir, "num_json_files": len(files)})
 
 
-FACEXBENCH = common.Benchmark(
+FACEXBENCH = common.Layout(
     name=NAME,
     description="FaceXBench: benchmark/*.json (questions) + benchmark/images/<file>/"
                 "question_<n>.png (source-dataset paths such as data/WMCA/... under "
