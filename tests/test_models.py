@@ -240,3 +240,17 @@ def test_conv_stem_shapes_and_validation(tiny):
         config.replace(vision=dataclasses.replace(config.vision, stem="resnet"))
     with pytest.raises(ValueError, match="pool"):
         config.replace(vision=dataclasses.replace(config.vision, pool="max"))
+
+
+def test_config_model_maps_onto_clip_config_field_for_field():
+    from configs import default
+    from emocap_jax.config_utils import clip_config
+    from emocap_jax.models.config import variant
+
+    config = default.get_config()
+    assert clip_config(config) == variant("ViT-B-16")  # eot_token_id None: argmax pooling
+    config.model.text.eot_token_id = 2  # the placeholder takes a token id
+    assert clip_config(config).text.eot_token_id == 2
+    config.model.vision.typo = 1
+    with pytest.raises(TypeError, match="typo"):
+        clip_config(config)

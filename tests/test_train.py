@@ -311,15 +311,22 @@ def test_setup_logging_adds_one_handler_however_often_called():
         logger.propagate = saved[2]
 
 
-def test_config_reaches_the_image_guide_threshold():
+def test_config_reaches_every_mining_field():
     from configs import default
     from emocap_jax.train_step import mining_config
 
     config = default.get_config()
-    assert mining_config(config.loss).image_threshold is None  # unset: the image guide uses threshold
+    mining = mining_config(config.loss)
+    assert mining.image_threshold is None  # unset: the image guide uses threshold
+    assert mining.relative_threshold is None  # unset: no row-relative threshold
     config.loss.mining.image_threshold = 0.35
+    config.loss.mining.relative_threshold = 1.5
     mining = mining_config(config.loss)
     assert mining.image_threshold == 0.35 and mining.threshold == config.loss.mining.threshold
+    assert mining.relative_threshold == 1.5 and mining.top_k == config.loss.mining.top_k
+    config.loss.mining.treshold = 0.5
+    with pytest.raises(TypeError, match="treshold"):
+        mining_config(config.loss)
 
 
 def test_evals_compile_once_and_agree_with_the_cli(tmp_path, datasets, monkeypatch):
