@@ -118,20 +118,6 @@ def _enterface_split(root, split, fold, options) -> common.SplitListing:
     return common.SplitListing(classes=list(ENTERFACE_CLASSES), items=items)
 
 
-CREMA_D = common.Layout(
-    name="crema-d",
-    description="CREMA-D: VideoFlash/<actor>_<sentence>_<ANG|DIS|FEA|HAP|NEU|SAD>_<level>.flv;"
-                " 6 classes; group = actor",
-    splits=("all",), list_split=_crema_split, video=True)
-
-RAVDESS = common.Layout(
-    name="ravdess",
-    description="RAVDESS: Actor_XX/MM-VV-EE-II-SS-RR-AA.mp4 (modality 01/02, one per "
-                "recording); 8 classes; group = actor",
-    splits=("all",), list_split=_ravdess_split, video=True)
-
-ENTERFACE05 = common.Layout(
-    name="enterface05",
-    description="eNTERFACE'05: subject <N>/<emotion>/sentence <M>/*.avi; 6 classes; "
-                "group = subject",
-    splits=("all",), list_split=_enterface_split, video=True)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {
+    "crema-d": _crema_split, "ravdess": _ravdess_split, "enterface05": _enterface_split}

@@ -133,14 +133,5 @@ def _jaffe_split(root, split, fold, options) -> common.SplitListing:
     return common.SplitListing(classes=list(JAFFE_CLASSES), items=items)
 
 
-CKPLUS = common.Layout(
-    name="ckplus",
-    description="CK+ sequences: cohn-kanade-images/S###/###/*.png + Emotion/S###/###/"
-                "*_emotion.txt; last 3 frames per labelled sequence; group = subject",
-    splits=("all",), list_split=_ckplus_split)
-
-JAFFE = common.Layout(
-    name="jaffe",
-    description="JAFFE: *.tiff named <identity>.<code><n>.<id>.tiff (AN DI FE HA NE SA SU); "
-                "group = identity",
-    splits=("all",), list_split=_jaffe_split)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {"ckplus": _ckplus_split, "jaffe": _jaffe_split}

@@ -21,7 +21,7 @@ from typing import Any
 from emocap_jax.data.manifest import BAD_IMAGE, IMAGE_NOT_FOUND, Rejection
 
 __all__ = [
-    "BAD_IMAGE", "IMAGE_NOT_FOUND", "Rejection", "Entry", "SplitListing", "Layout",
+    "BAD_IMAGE", "IMAGE_NOT_FOUND", "Rejection", "Entry", "SplitListing", "Reader",
     "LayoutError", "ReaderOptions",
 ]
 
@@ -98,23 +98,10 @@ class ReaderOptions:
     with_neutral: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How a benchmark's release lies on disk, and its reader: what `python -m data_prep.benchmarks
-    --name NAME` converts. What the benchmark is for evaluation (class order, prompts, protocols,
-    folds, the paper's numbers) is its `emocap_jax.evaluate.registry.Benchmark`, whose `converter`
-    names this layout; one layout can feed several benchmarks (faba-bench: faba-emotion, faba-au).
-
-    list_split(root, split, fold, options) -> SplitListing; raises LayoutError when `root`
-    does not match. `splits` are the split names the owners define; single-split sets use
-    "all". `folds` is empty for sets without official folds.
-    """
-    name: str
-    description: str
-    splits: tuple[str, ...]
-    list_split: Callable[[str, str, int | None, ReaderOptions], SplitListing]
-    folds: tuple[int, ...] = ()
-    video: bool = False
+# A layout's reader: (root, split, fold, options) -> SplitListing; raises LayoutError when `root`
+# does not hold the layout. The split and fold are among those its Layout
+# (emocap_jax.evaluate.registry.LAYOUTS) defines; single-split sets use "all".
+Reader = Callable[[str, str, int | None, ReaderOptions], SplitListing]
 
 
 def reject(code: str, detail: str, id: str | None = None,  # pylint: disable=redefined-builtin

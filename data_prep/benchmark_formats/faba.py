@@ -41,7 +41,6 @@ from emocap_jax.data import class_orders
 from emocap_jax.evaluate import prompts
 
 NAME = "faba-bench"
-SPLITS = ("emotion", "au")
 ANNOTATION_FILES = {"emotion": "eval_emotion_anno.json", "au": "eval_au_anno.json"}
 EVAL_DIR = os.path.join("FABAInstruct", "eval")
 # eval_FABA.py's emotions2num order; its AUIndicesMap for FABA (the annotation vocabulary) and
@@ -167,10 +166,5 @@ def _list_split(root: str, split: str, fold: int | None,
                                info={"annotations": path, "task": split})
 
 
-FABA_BENCH = common.Layout(
-    name=NAME,
-    description="FABA-Bench: FABAInstruct/eval/eval_emotion_anno.json and eval_au_anno.json "
-                "+ FABAInstruct/eval/images/; splits emotion (7 classes) and au (20-AU "
-                "vocabulary)",
-    splits=SPLITS,
-    list_split=_list_split)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {NAME: _list_split}

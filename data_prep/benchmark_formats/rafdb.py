@@ -77,16 +77,9 @@ def _list_split(subset: str, classes: tuple[str, ...], benchmark: str, root: str
                                info={"image_variant": "aligned" if aligned else "original"})
 
 
-RAFDB = common.Layout(
-    name="rafdb",
-    description="RAF-DB basic: basic/EmoLabel/list_patition_label.txt + "
-                "basic/Image/aligned/<name>_aligned.jpg (or Image/original/); 7 classes",
-    splits=("train", "test"),
-    list_split=functools.partial(_list_split, "basic", BASIC_CLASSES, "rafdb"))
-
-RAFDB_COMPOUND = common.Layout(
-    name="rafdb-compound",
-    description="RAF-DB compound: compound/EmoLabel/list_patition_label.txt + "
-                "compound/Image/aligned/ (or Image/original/); 11 compound classes",
-    splits=("train", "test"),
-    list_split=functools.partial(_list_split, "compound", COMPOUND_CLASSES, "rafdb-compound"))
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {
+    "rafdb": functools.partial(_list_split, "basic", BASIC_CLASSES, "rafdb"),
+    "rafdb-compound": functools.partial(_list_split, "compound", COMPOUND_CLASSES,
+                                        "rafdb-compound"),
+}

@@ -1,4 +1,15 @@
-"""The benchmark registry: what each evaluation benchmark is and how the paper reports it.
+"""The benchmark registry: every benchmark's release layout, what it is for evaluation and how the
+paper reports it. The one table both sides read: `python -m data_prep.benchmarks` converts the
+layouts of LAYOUTS (its --list and --name), and evaluation reads BENCHMARKS.
+
+A `Layout` is how a release lies on disk (the expected files, the owners' splits and folds):
+what `python -m data_prep.benchmarks --name NAME` converts, with the reader
+`data_prep.benchmark_formats.READERS[NAME]`. Layouts and benchmarks are not one to one, so each
+`Benchmark` names its layout in `converter` (its `layout`) rather than repeating it: FABA-Bench's
+one release feeds two benchmarks (faba-emotion, faba-au), FER2013 ships in two layouts (fer2013,
+fer2013-folders; both convert to FER2013's class order), imagefolder is a generic layout for any
+labelled folder tree, and the synthetic benchmarks have no release (data_prep.synthetic_benchmarks
+writes them). Every benchmark's splits, folds and video flag are checked against its layout's.
 
 Each entry fixes the class order (from `emocap_jax.data.class_orders`, the table the converters
 write label_id by, so label_id means the same here as in the TFRecords), the prompt word and one
@@ -61,6 +72,102 @@ class PaperResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a benchmark's release lies on disk: what `python -m data_prep.benchmarks --name NAME`
+    converts (its reader is data_prep.benchmark_formats.READERS[NAME]).
+
+    name: the converter's name (--name).
+    description: the expected layout, in one line (--list prints it; metadata.json records it).
+    splits: the split names the owners define; single-split sets use "all".
+    folds: official fold numbers (written to OUT/fold<k>/<split>/), or () without official folds.
+    video: clips rather than still images.
+    """
+    name: str
+    description: str
+    splits: tuple[str, ...]
+    folds: tuple[int, ...] = ()
+    video: bool = False
+
+
+def _affectnet(num_classes: int) -> Layout:
+    return Layout(
+        f"affectnet-{num_classes}",
+        f"AffectNet {num_classes} classes: train_set|val_set/images/<n>.jpg + "
+        "annotations/<n>_exp.npy, or training.csv/validation.csv + Manually_Annotated_Images/",
+        ("train", "val"))
+
+
+# The converters, in the order `python -m data_prep.benchmarks --list` prints them.
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
+    Layout("rafdb", "RAF-DB basic: basic/EmoLabel/list_patition_label.txt + "
+                    "basic/Image/aligned/<name>_aligned.jpg (or Image/original/); 7 classes",
+           ("train", "test")),
+    Layout("rafdb-compound", "RAF-DB compound: compound/EmoLabel/list_patition_label.txt + "
+                             "compound/Image/aligned/ (or Image/original/); 11 compound classes",
+           ("train", "test")),
+    _affectnet(7),
+    _affectnet(8),
+    Layout("ferplus", "FERPlus: fer2013new.csv (10 vote columns, majority rule) + the row-aligned "
+                      "fer2013.csv pixels; 8 classes",
+           ("train", "val", "test")),
+    Layout("fer2013", "FER2013: fer2013.csv (emotion,pixels,Usage); Training/PublicTest/"
+                      "PrivateTest -> train/val/test; 7 classes",
+           ("train", "val", "test")),
+    Layout("fer2013-folders",
+           "FER2013 image folders: train/<class>/*.png, test/<class>/*.png; 7 classes",
+           ("train", "test")),
+    Layout("sfew", "SFEW 2.0: Train/<Class>/*.png, Val/<Class>/*.png; 7 classes", ("train", "val")),
+    Layout("ckplus", "CK+ sequences: cohn-kanade-images/S###/###/*.png + Emotion/S###/###/"
+                     "*_emotion.txt; last 3 frames per labelled sequence; group = subject",
+           ("all",)),
+    Layout("ckplus48", "CK+48: <class>/S<subject>_<seq>_<frame>.png; 7 classes; group = subject",
+           ("all",)),
+    Layout("jaffe", "JAFFE: *.tiff named <identity>.<code><n>.<id>.tiff (AN DI FE HA NE SA SU); "
+                    "group = identity",
+           ("all",)),
+    Layout("imagefolder",
+           "generic: ROOT/<class>/**/<image>; classes = sorted folder names or --classes",
+           ("all",)),
+    Layout("dfew", "DFEW: EmoLabel_DataSplit/{train,test}(single-labeled)/set_<k>.csv + "
+                   "Clip/clip_224x224/<id>/ frames or Clip/original/<id>.avi; 7 classes; 5 folds",
+           ("train", "test"), folds=co.VIDEO_FOLDS, video=True),
+    Layout("ferv39k", "FERV39k: 4_setups/All_scenes/{train,test}_All.csv (or 0_7_LabelClassSplit/) "
+                      "+ 2_ClipsforFaceCrop/<Scene>/<Class>/<clip>/ frames; 7 classes",
+           ("train", "test"), video=True),
+    Layout("mafw", "MAFW: 'Train & Test Set/single/no_caption/set_<k>/{train,test}.txt' + "
+                   "data/clips/<name>.mp4 or data/frames/<name>/; 11 classes; 5 folds",
+           ("train", "test"), folds=co.VIDEO_FOLDS, video=True),
+    Layout("mafw-compound", "MAFW compound: 'Train & Test Set/compound/no_caption/set_<k>/"
+                            "{train,test}.txt'; classes = labels found in those lists; 5 folds",
+           ("train", "test"), folds=co.VIDEO_FOLDS, video=True),
+    Layout("afew", "AFEW: Train_AFEW/<Class>/*.avi, Val_AFEW/<Class>/*.avi; 7 classes; video",
+           ("train", "val"), video=True),
+    Layout("crema-d", "CREMA-D: VideoFlash/<actor>_<sentence>_<ANG|DIS|FEA|HAP|NEU|SAD>_<level>"
+                      ".flv; 6 classes; group = actor",
+           ("all",), video=True),
+    Layout("ravdess", "RAVDESS: Actor_XX/MM-VV-EE-II-SS-RR-AA.mp4 (modality 01/02, one per "
+                      "recording); 8 classes; group = actor",
+           ("all",), video=True),
+    Layout("enterface05", "eNTERFACE'05: subject <N>/<emotion>/sentence <M>/*.avi; 6 classes; "
+                          "group = subject",
+           ("all",), video=True),
+    Layout("faba-bench", "FABA-Bench: FABAInstruct/eval/eval_emotion_anno.json and "
+                         "eval_au_anno.json + FABAInstruct/eval/images/; splits emotion (7 "
+                         "classes) and au (20-AU vocabulary)",
+           ("emotion", "au")),
+    Layout("face-human-bench", "Face-Human-Bench: data/Face-Human-Bench/<split>/json/en/*.json + "
+                               "images built by the authors' prepare_data.py in <split>/output/"
+                               "eval_data/ (or raw_data/ copies); multiple choice -> "
+                               "questions.jsonl",
+           ("test", "dev")),
+    Layout("facexbench", "FaceXBench: benchmark/*.json (questions) + benchmark/images/<file>/"
+                         "question_<n>.png (source-dataset paths such as data/WMCA/... under "
+                         "benchmark/); multiple choice -> questions.jsonl",
+           ("test",)),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
 class Benchmark:
     """One evaluation benchmark.
 
@@ -78,7 +185,8 @@ class Benchmark:
       probe, few-shot), grouped by the records' `group` (subject / actor).
     video: clips; frames are sampled uniformly and their features averaged.
     aus: AU codes scored by AU detection.
-    converter: name in data_prep.benchmarks, or "" when there is none.
+    converter: the name of its release's Layout (a key of LAYOUTS: what data_prep.benchmarks
+      --name converts), or "" when there is none; `layout` is that Layout.
     paper: the paper's numbers; other: other published zero-shot numbers {model: value}.
     note: anything a reader of the report must know.
     """
@@ -118,6 +226,24 @@ class Benchmark:
                 if value is not None and len(value) != len(self.classes):
                     raise ValueError(f"{self.name}: {len(value)} {field} for "
                                      f"{len(self.classes)} classes")
+        if self.converter:
+            if self.converter not in LAYOUTS:
+                raise ValueError(f"{self.name}: converter {self.converter!r} is none of the "
+                                 f"layouts {list(LAYOUTS)}")
+            layout = LAYOUTS[self.converter]
+            splits = (self.test_split,) + ((self.train_split,) if self.train_split else ())
+            if not set(splits) <= set(layout.splits):
+                raise ValueError(f"{self.name}: splits {list(splits)} are not all among layout "
+                                 f"{layout.name}'s {list(layout.splits)}")
+            if (self.official_folds, self.video) != (layout.folds, layout.video):
+                raise ValueError(f"{self.name}: official folds {self.official_folds} and video="
+                                 f"{self.video} differ from layout {layout.name}'s "
+                                 f"{layout.folds} and video={layout.video}")
+
+    @property
+    def layout(self) -> Optional[Layout]:
+        """The release layout the converters CLI writes this benchmark from, or None."""
+        return LAYOUTS[self.converter] if self.converter else None
 
     def resolve(self, recorded_classes: Optional[Sequence[str]]) -> "Benchmark":
         """This entry with classes, prompt words and descriptions filled in from the dataset's
