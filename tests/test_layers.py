@@ -72,3 +72,27 @@ def test_ruff_is_clean_with_the_committed_configuration():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_imports_inside_functions_say_why():
+    """Imports sit at the top of the library's modules. The few that stay inside a function (an
+    optional dependency, a CLI that answers --help before loading JAX, main's huge-pages re-exec)
+    carry a comment saying why: on their line, or on the line above their group of imports."""
+    undocumented = []
+    for path in sorted((REPO_ROOT / "emocap_jax").rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for sub in ast.walk(node):
+                if not isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    continue
+                row = sub.lineno - 1
+                if "#" in lines[row]:
+                    continue
+                while row > 0 and (not lines[row - 1].strip() or lines[row - 1].strip()
+                                   .startswith(("import ", "from "))):
+                    row -= 1
+                if not lines[row - 1].strip().startswith("#"):
+                    undocumented.append(f"{path.relative_to(REPO_ROOT)}:{sub.lineno}")
+    assert not undocumented, undocumented

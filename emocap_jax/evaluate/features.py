@@ -25,9 +25,14 @@ from typing import Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
 
+import emocap_jax
 from emocap_jax import params_io, sharding
+from emocap_jax.data import example_codec, pipeline, shard_writer
+from emocap_jax.data.source import ShardedTFRecordSource
 from emocap_jax.models.clip import CLIP, l2_normalize
 from emocap_jax.models.config import CLIPConfig
 
@@ -90,7 +95,6 @@ def _to_host(x) -> np.ndarray:
     """A global (sharded) jax.Array, or each process's NumPy rows concatenated in process order,
     as one NumPy array on every host."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
@@ -98,9 +102,6 @@ def _to_host(x) -> np.ndarray:
 def read_records(data_dir: str) -> list[RecordInfo]:
     """Labels, groups, AUs and captions of every record of a dataset, in record order (the
     pixels are not decoded)."""
-    from emocap_jax.data import example_codec, shard_writer
-    from emocap_jax.data.source import ShardedTFRecordSource
-
     source = ShardedTFRecordSource(shard_writer.shard_paths(data_dir), verify=True,
                                    on_corrupt="raise")
     out = []
@@ -162,8 +163,6 @@ class Encoder:
              progress: bool = False) -> "Encoder":
         """From anything `emocap_jax.load` reads (export folder, training workdir, open_clip or
         Hugging Face checkpoint)."""
-        import emocap_jax
-
         model = emocap_jax.load(checkpoint)
         if model.tokenizer is None:
             raise ValueError(f"{checkpoint}: the checkpoint records no tokenizer, so prompts "
@@ -182,8 +181,6 @@ class Encoder:
 
     def images(self, data_dir: str, num_frames: Optional[int] = None) -> ImageFeatures:
         """Features of every record of the dataset folder, in record order, each exactly once."""
-        from emocap_jax.data import pipeline, shard_writer
-
         data_dir = os.fspath(data_dir)
         num_records = shard_writer.load_metadata(data_dir)["num_records"]
         pc, pi = jax.process_count(), jax.process_index()
@@ -201,7 +198,6 @@ class Encoder:
         ids: list[Optional[str]] = [None] * num_records
         batches = iterator
         if self.progress and pi == 0:
-            from tqdm import tqdm
             unit = "clips" if num_frames else "images"
             batches = tqdm(iterator, total=num_batches, unit="batch",
                            desc=f"encoding {num_records} {unit} of {data_dir}")
