@@ -11,8 +11,8 @@ sentences (CLIP BPE, 77 tokens), batch 64, uint8 output. Rows:
   tf.data (same two variants)    only when TensorFlow is importable, else a note
   decode only                    simplejpeg decode of the same JPEGs in one process: a ceiling
 
-Without --data, a dataset of --num synthetic faces at --size px is made once (data_prep.synthetic
-+ data_prep.captions) under --work-dir and reused by later runs. Timing starts after --warmup
+Without --data, a dataset of --num synthetic faces at --size px is made once (emocap_jax.data.synthetic
++ emocap_jax.data.manifest) under --work-dir and reused by later runs. Timing starts after --warmup
 batches, so worker start-up is reported separately and not counted in images/s. Timings on a shared
 2-core machine vary by about 30% between runs: compare rows of one run.
 
@@ -68,8 +68,9 @@ def parse_args(argv=None):
 
 def fabricate_dataset(args) -> str:
     """Synthetic faces -> manifest -> TFRecord shards, reused when already there."""
-    from data_prep.captions import convert_manifest
+    from emocap_jax.data.manifest import convert_manifest
     from emocap_jax.data.shard_writer import load_metadata
+    from emocap_jax.data.synthetic.corpus import generate_corpus
 
     out = pathlib.Path(args.work_dir) / f"faces{args.num}_{args.size}px_{args.shards}shards"
     tfrecords = out / "tfrecords"
@@ -78,41 +79,11 @@ def fabricate_dataset(args) -> str:
             print(f"reusing {tfrecords}")
             return str(tfrecords)
     corpus = out / "corpus"
-    try:
-        from data_prep.synthetic import generate_corpus
-    except ImportError:
-        generate_corpus = None
-    if generate_corpus is not None:
-        print(f"rendering {args.num} synthetic faces at {args.size} px into {corpus} ...")
-        generate_corpus(corpus, args.num, seed=0, size=args.size, eval_per_class=0)
-    else:
-        print(f"data_prep.synthetic is absent: writing {args.num} random images instead")
-        _random_corpus(corpus, args.num, args.size)
+    print(f"rendering {args.num} synthetic faces at {args.size} px into {corpus} ...")
+    generate_corpus(corpus, args.num, seed=0, size=args.size, eval_per_class=0)
     convert_manifest(corpus / "manifest.jsonl", corpus, tfrecords, num_shards=args.shards,
                      overwrite=True)
     return str(tfrecords)
-
-
-def _random_corpus(corpus: pathlib.Path, num: int, size: int) -> None:
-    """Smooth random images with captions, for when the synthetic face generator is missing."""
-    import json
-
-    import numpy as np
-    from PIL import Image
-
-    (corpus / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    with open(corpus / "manifest.jsonl", "w") as f:
-        for i in range(num):
-            small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-            image = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
-            image.save(corpus / "images" / f"{i}.jpg", quality=92)
-            f.write(json.dumps({
-                "id": f"img{i}", "image": f"images/{i}.jpg",
-                "global": f"This image portrays a face with expression number {i}.",
-                "local": [f"The region {j} of the face moves with intensity {i % 5}." for j in
-                          range(i % 7)],
-                "summary": "The expression reads as neutral."}) + "\n")
 
 
 class ZeroTokenizer:

@@ -28,7 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192, 16384],
                         help="global batch sizes N for table 1 (default: %(default)s)")
     parser.add_argument("--dim", type=int, default=512, help="embedding width D (default: %(default)s)")
-    parser.add_argument("--chunk", type=int, default=128, help="chunk size c of the chunked form (default: %(default)s)")
+    parser.add_argument("--chunk", type=int, default=128,
+                        help="chunk size c of the chunked form (default: %(default)s)")
     parser.add_argument("--devices", type=int, default=8,
                         help="number of simulated CPU devices (default: %(default)s)")
     parser.add_argument("--per-device", type=int, default=1024,

@@ -475,7 +475,7 @@ def main():
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", job] + [
                 a for a in sys.argv[1:]]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(job))
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if not lines:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
                 r = {"impl": job, "error": f"exit {proc.returncode}: " + " | ".join(tail)}

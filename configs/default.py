@@ -4,6 +4,7 @@ Variants call `get_config()` here and override a few fields; any field can also 
 the command line: `--config.train.global_batch_size=4096 --config.loss.mining.mode=both`.
 """
 import ml_collections
+from ml_collections import config_dict
 
 from emocap_jax.models.config import variant
 
@@ -13,9 +14,10 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
     overridable (`--config.model.vision.image_size=336`)."""
     cfg = variant(name).to_dict()
     cfg.update(overrides)
-    # eot_token_id is None (argmax pooling) for CLIP BPE; -1 stands for None in a ConfigDict, whose
-    # None fields could not later be set to an int.
-    cfg["text"]["eot_token_id"] = -1 if cfg["text"]["eot_token_id"] is None else cfg["text"]["eot_token_id"]
+    # eot_token_id is None (argmax pooling) for CLIP BPE: an int placeholder, so that it can still
+    # be set to a token id (`--config.model.text.eot_token_id=2`).
+    if cfg["text"]["eot_token_id"] is None:
+        cfg["text"]["eot_token_id"] = config_dict.placeholder(int)
     return ml_collections.ConfigDict(cfg)
 
 
@@ -67,13 +69,16 @@ def get_config():
     # Mined positives (DESIGN section 2; emocap_jax/losses.py MiningConfig). guide: which sentence
     # embeddings judge similarity ("summary" or "global"). threshold: absolute cosine floor (-1:
     # none); top_k: at most this many mined positives per row (0: no cap); relative_threshold: z,
-    # a pair must reach its row's mean + z * std of guide similarity (negative: off); min_spread:
-    # rows whose guide similarities have a smaller std mine nothing. The cap, the relative
-    # threshold and the spread gate keep mining from merging the batch at random init, where every
-    # guide embedding looks alike and a fixed threshold alone would pass every pair.
+    # a pair must reach its row's mean + z * std of guide similarity (unset: off); min_spread:
+    # rows whose guide similarities have a smaller std mine nothing; image_threshold: the cosine
+    # floor of the image guide (modes "image" and "both"; unset: `threshold`, although image-image
+    # cosines have another range than sentence-sentence ones). The cap, the relative threshold
+    # and the spread gate keep mining from merging the batch at random init, where every guide
+    # embedding looks alike and a fixed threshold alone would pass every pair.
     config.loss.mining = ml_collections.ConfigDict(dict(
         mode="text", guide="summary", threshold=0.9, top_k=8, weight=1.0, warmup_steps=500,
-        relative_threshold=-1.0, min_spread=0.01))
+        relative_threshold=config_dict.placeholder(float), min_spread=0.01,
+        image_threshold=config_dict.placeholder(float)))
 
     # ----- optimisation
     config.optim = ml_collections.ConfigDict()

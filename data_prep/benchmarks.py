@@ -31,8 +31,9 @@ question is asked about, plus OUT/<split>/questions.jsonl (what `python -m emoca
 option), skipped with the reason a two-tower model cannot score it, or listed in rejected.jsonl
 (malformed entry, missing image); see data_prep/benchmark_formats/questions.py.
 
-The layouts, one per converter, are documented in data_prep/benchmark_formats/*.py and listed
-briefly by --list.
+The layouts, one per converter, are the registry's (emocap_jax.evaluate.registry.LAYOUTS: the
+expected files, splits and folds, listed briefly by --list); their readers are documented in
+data_prep/benchmark_formats/*.py.
 """
 
 from __future__ import annotations
@@ -48,17 +49,18 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_prep.benchmark_formats import BENCHMARKS, Benchmark, LayoutError, ReaderOptions
+from data_prep.benchmark_formats import READERS, LayoutError, ReaderOptions
 from data_prep.benchmark_formats import common, questions
 from data_prep.benchmark_formats.decode import DecodeEntry
-from data_prep.captions import JPEG_QUALITY
+from emocap_jax.data.manifest import JPEG_QUALITY
 from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
+from emocap_jax.evaluate.registry import LAYOUTS, Layout
 
 RECORDS_PER_SHARD = {"image": 1000, "video": 100}
 MAX_AUTO_SHARDS = 256
 
 
-def _plan(benchmark: Benchmark, split: str, fold: int | None) -> list[tuple[int | None, str]]:
+def _plan(benchmark: Layout, split: str, fold: int | None) -> list[tuple[int | None, str]]:
     """The (fold, split) pairs to convert, validated against what the benchmark defines."""
     if split == "all":
         splits = list(benchmark.splits)
@@ -122,7 +124,7 @@ def _auto_num_shards(num_items: int, video: bool) -> int:
     return max(1, min(MAX_AUTO_SHARDS, math.ceil(num_items / per_shard)))
 
 
-def _convert_listing(benchmark: Benchmark, listing: common.SplitListing, out_dir: str, *,
+def _convert_listing(benchmark: Layout, listing: common.SplitListing, out_dir: str, *,
                      split: str, fold: int | None, root: str, frames: int,
                      max_side: int | None, num_shards: int | None, pool, workers: int,
                      overwrite: bool, progress: bool) -> dict[str, Any]:
@@ -197,7 +199,7 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
     """Converts one benchmark into dataset directories under `output`; returns a summary.
 
     Args:
-      name: a key of BENCHMARKS (see `--list`).
+      name: a key of emocap_jax.evaluate.registry.LAYOUTS (see `--list`).
       root: the benchmark as distributed (layout in its converter's docstring).
       output: OUT; datasets go to OUT/<split>/ or OUT/fold<k>/<split>/.
       split: one split or "all"; fold: one fold of a 5-fold benchmark, or None for all.
@@ -223,9 +225,9 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
     the expected layout (before anything is written), FileExistsError for an existing dataset
     without overwrite.
     """
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; supported: {', '.join(BENCHMARKS)}")
-    benchmark = BENCHMARKS[name]
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown benchmark {name!r}; supported: {', '.join(LAYOUTS)}")
+    benchmark = LAYOUTS[name]
     if classes is not None and name != "imagefolder":
         raise ValueError(f"classes can only be given for imagefolder, not {name} (its class "
                          "order is fixed by the dataset)")
@@ -248,7 +250,7 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
     options = ReaderOptions(classes=tuple(classes) if classes is not None else None,
                             with_neutral=with_neutral)
     # List every split first: a layout problem surfaces before any dataset is written.
-    listings = [(f, s, benchmark.list_split(root, s, f, options))
+    listings = [(f, s, READERS[name](root, s, f, options))
                 for f, s in _plan(benchmark, split, fold)]
     if val_fraction:
         (f, _, listing), = listings
@@ -271,9 +273,9 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
 
 
 def list_benchmarks() -> str:
-    width = max(len(n) for n in BENCHMARKS)
+    width = max(len(n) for n in LAYOUTS)
     lines = []
-    for benchmark in BENCHMARKS.values():
+    for benchmark in LAYOUTS.values():
         folds = f"; folds {benchmark.folds[0]}..{benchmark.folds[-1]}" if benchmark.folds else ""
         lines.append(f"{benchmark.name:<{width}}  {benchmark.description} "
                      f"[splits: {', '.join(benchmark.splits)}{folds}]")
@@ -282,7 +284,7 @@ def list_benchmarks() -> str:
 
 def _split_names() -> list[str]:
     """Every split some benchmark defines, then "all"."""
-    names = {s for b in BENCHMARKS.values() for s in b.splits} - {"all"}
+    names = {s for b in LAYOUTS.values() for s in b.splits} - {"all"}
     order = ["train", "val", "test"]
     return sorted(names, key=lambda s: (order.index(s) if s in order else len(order), s)) + \
         ["all"]
@@ -296,7 +298,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Run with --list to see the supported benchmarks and the layout each expects.")
     parser.add_argument("--list", action="store_true",
                         help="print the supported benchmark names and expected layouts, then exit")
-    parser.add_argument("--name", choices=list(BENCHMARKS), metavar="NAME",
+    parser.add_argument("--name", choices=list(LAYOUTS), metavar="NAME",
                         help="benchmark to convert (see --list)")
     parser.add_argument("--root", help="the benchmark's directory, as distributed")
     parser.add_argument("--output", help="output folder: datasets go to OUT/<split>/ or "

@@ -20,9 +20,17 @@ import re
 import warnings
 from typing import Optional, Sequence
 
+import jax
 import numpy as np
+from PIL import Image
 
+from emocap_jax.convert import convert, default_tokenizer_config, with_image_size
+from emocap_jax.evaluate.prompts import EMOTION_TEMPLATES
+from emocap_jax.models.clip import CLIP
 from emocap_jax.models.config import CLIPConfig
+from emocap_jax.params_io import find_export, load_params
+from emocap_jax.preprocess import load_images, preprocess
+from emocap_jax.tokenizers import tokenizer_from_config
 
 
 class EmoCapCLIP:
@@ -30,8 +38,6 @@ class EmoCapCLIP:
 
     def __init__(self, params, config: CLIPConfig, tokenizer=None,
                  description: Optional[dict] = None, batch_size: int = 256):
-        import jax
-        from emocap_jax.models.clip import CLIP
 
         self.config = config
         self.params = jax.tree_util.tree_map(jax.numpy.asarray, params)
@@ -101,21 +107,17 @@ class EmoCapCLIP:
         """CLIP preprocessing at this model's image size: RGB, shorter side resized (bicubic),
         central square crop -> [N, S, S, 3] uint8. Takes one image or a sequence of paths, PIL
         images or uint8 arrays (see `emocap_jax.preprocess.preprocess`)."""
-        from emocap_jax.preprocess import preprocess
         return preprocess(images, self.image_size)
 
     def load_images(self, paths) -> np.ndarray:
         """Reads image files and preprocesses them -> [N, S, S, 3] uint8; a file that is missing
         or cannot be decoded raises `emocap_jax.preprocess.ImageReadError` naming it."""
-        from emocap_jax.preprocess import load_images
         return load_images(paths, self.image_size)
 
     def _image_batch(self, images) -> np.ndarray:
         """A batch encode_image takes: 4-D arrays already at the model's size pass through (uint8
         pixels, or float32 already CLIP-normalised as encode_image documents); everything else is
         preprocessed."""
-        from PIL import Image
-
         if (not isinstance(images, (str, os.PathLike, Image.Image, list, tuple, np.ndarray))
                 and hasattr(images, "__array__")):
             images = np.asarray(images)  # e.g. a jax.Array
@@ -137,10 +139,11 @@ class EmoCapCLIP:
 
     def encode_labels(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
                       label_mode: str = "auto") -> np.ndarray:
-        """[C, D] unit-norm text embeddings, one per label (read-only: they are cached). A class name is put into every
-        template and the normalised template embeddings are averaged, then renormalised (CLIP's
-        prompt ensembling, as `emocap_jax.evaluate.zero_shot.text_classifier` does); a full prompt
-        is encoded as given. `label_mode` decides which labels are which: see `zero_shot`."""
+        """[C, D] unit-norm text embeddings, one per label (read-only: they are cached). A class
+        name is put into every template and the normalised template embeddings are averaged, then
+        renormalised (CLIP's prompt ensembling, as `emocap_jax.evaluate.zero_shot.class_embeddings`
+        does); a full prompt is encoded as given. `label_mode` decides which labels are which: see
+        `zero_shot`."""
         labels, templates = _check_labels(labels, templates, label_mode)
         # id(params): a model whose params were swapped must not reuse the old embeddings.
         key = (id(self.params), labels, templates, label_mode)
@@ -178,7 +181,7 @@ class EmoCapCLIP:
             given) follows `label_mode`: "auto" (the rule of `label_is_prompt`), "names" (all
             class names) or "prompts" (all used as given).
         templates: strings with one "{}" for the class name; default
-            `emocap_jax.evaluate.zero_shot.EMOTION_TEMPLATES`.
+            `emocap_jax.evaluate.prompts.EMOTION_TEMPLATES`.
         """
         text = self.encode_labels(class_names_or_prompts, templates, label_mode)
         image = _unit(self.encode_image(self._image_batch(images)).astype(np.float64))
@@ -239,7 +242,6 @@ def _check_labels(labels, templates, label_mode) -> tuple[tuple[str, ...], tuple
     if duplicates:
         raise ValueError(f"duplicate labels {duplicates}: each column of the output is one label")
     if templates is None:
-        from emocap_jax.evaluate.zero_shot import EMOTION_TEMPLATES
         templates = EMOTION_TEMPLATES
     if isinstance(templates, str):
         templates = (templates,)
@@ -261,7 +263,6 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def _tokenizer_for(tokenizer_config):
     if not tokenizer_config:
         return None
-    from emocap_jax.tokenizers import tokenizer_from_config
     return tokenizer_from_config(tokenizer_config)
 
 
@@ -275,33 +276,19 @@ def load(path, source: str = "auto", image_size: Optional[int] = None,
     activation: override for open_clip weights that come without their config.
     dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
     """
-    from emocap_jax import convert, params_io
-
     path = pathlib.Path(path)
     if source in ("auto", "emocap") and path.is_dir():
-        export = _find_export(path)
+        export = find_export(path)
         if export is not None:
-            params, config, description = params_io.load_params(export)
+            params, config, description = load_params(export)
             tokenizer_cfg = description.get("tokenizer")
         elif source == "emocap":
             raise FileNotFoundError(f"{path}: no emocap_jax export (model_config.json + params/)")
     if source not in ("auto", "emocap") or not path.is_dir() or export is None:
-        params, config, description = convert.convert(path, source, activation)
-        tokenizer_cfg = convert.default_tokenizer_config(config)
+        params, config, description = convert(path, source, activation)
+        tokenizer_cfg = default_tokenizer_config(config)
     if image_size:
-        params, config = convert.with_image_size(params, config, image_size)
+        params, config = with_image_size(params, config, image_size)
     if dtype:
         config = config.replace(dtype=dtype)
     return EmoCapCLIP(params, config, _tokenizer_for(tokenizer_cfg), description)
-
-
-def _find_export(path: pathlib.Path) -> Optional[pathlib.Path]:
-    """An export folder itself, or a training workdir's latest export."""
-    from emocap_jax import params_io
-
-    if params_io.is_params_dir(path):
-        return path
-    exported = path / "export"
-    if params_io.is_params_dir(exported):
-        return exported
-    return None

@@ -9,6 +9,7 @@ import json
 import logging
 import pathlib
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -33,8 +34,6 @@ class TrainCheckpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_iterator, config_json: str, force: bool = False) -> bool:
-        import grain
-
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
@@ -48,8 +47,6 @@ class TrainCheckpointer:
     def restore(self, step: int, abstract_state, data_iterator):
         """Restores the train state (with the shardings of `abstract_state`) and sets
         `data_iterator` to where it was at `step`."""
-        import grain
-
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             data=grain.checkpoint.CheckpointRestore(data_iterator),

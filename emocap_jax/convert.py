@@ -24,9 +24,14 @@ import re
 import sys
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
+from emocap_jax.models.clip import count_params, param_shapes
 from emocap_jax.models.config import CLIPConfig, TextConfig, VisionConfig
+from emocap_jax.params_io import save_params
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load_file  # optional heavy dependency: safetensors files only
         try:
             tensors = load_file(str(path))
         except Exception as e:  # bf16 safetensors need torch or ml_dtypes-aware loading
@@ -66,7 +71,6 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
 
 def _load_safetensors_any_dtype(path, first_error):
     # safetensors.numpy cannot represent bfloat16; read the raw buffers with ml_dtypes instead.
-    import ml_dtypes
     header_len = int.from_bytes(path.read_bytes()[:8], "little")
     raw = path.read_bytes()
     header = json.loads(raw[8:8 + header_len])
@@ -87,7 +91,7 @@ def _load_safetensors_any_dtype(path, first_error):
 
 def _read_torch_file(path):
     try:
-        import torch
+        import torch  # optional, not in requirements.txt: torch files only
     except ImportError:
         raise ConversionError(
             f"{path} is a torch file, and reading it needs torch, which is not installed. Either "
@@ -376,8 +380,6 @@ def _flatten_paths(tree, prefix=""):
 def state_dict_to_params(state: dict, layout: str, config: CLIPConfig) -> dict:
     """Maps a torch state dict onto the Flax parameter tree of `config`, checking every shape
     against the model's own parameter shapes and that no tensor is left over."""
-    from emocap_jax.models.clip import param_shapes
-
     expected = param_shapes(config)
     params, used = {}, set()
     for path, key_groups, fn, stacked in _rules(layout, config):
@@ -419,9 +421,6 @@ def state_dict_to_params(state: dict, layout: str, config: CLIPConfig) -> dict:
 def resize_pos_embedding(pos: np.ndarray, new_grid: int) -> np.ndarray:
     """Resizes a ViT position table [1 + g*g, w] to [1 + new_grid**2, w]: the class-token row is
     kept, the grid is resampled bicubically (as open_clip's `resize_pos_embed` does)."""
-    import jax
-    import jax.numpy as jnp
-
     old_grid = math.isqrt(pos.shape[0] - 1)
     if old_grid == new_grid:
         return pos
@@ -525,8 +524,6 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         params, config, source = convert(args.input, args.source, args.activation, args.image_size)
-        from emocap_jax.models.clip import count_params
-        from emocap_jax.params_io import save_params
         out = save_params(args.output, params, config, default_tokenizer_config(config), source)
     except (ConversionError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -176,7 +176,8 @@ def _active_guides(config: MiningConfig, text_rows, text_cols, image_rows, image
     guides = []
     if config.uses_text:
         if text_rows is None or text_cols is None:
-            raise ValueError(f"mining mode {config.mode!r} needs text guide embeddings (guide_text); got None")
+            raise ValueError(f"mining mode {config.mode!r} needs text guide embeddings (guide_text); "
+                             "got None")
         guides.append(_Guide(text_rows, text_cols, config.threshold))
     if config.uses_image:
         if image_rows is None or image_cols is None:
@@ -185,7 +186,8 @@ def _active_guides(config: MiningConfig, text_rows, text_cols, image_rows, image
         guides.append(_Guide(image_rows, image_cols, thr))
     for g in guides:
         if g.rows.ndim != 2 or g.cols.ndim != 2 or g.rows.shape[1] != g.cols.shape[1]:
-            raise ValueError(f"guide rows {g.rows.shape} and columns {g.cols.shape} must be [n, D] and [N, D]")
+            raise ValueError(f"guide rows {g.rows.shape} and columns {g.cols.shape} must be [n, D] "
+                             "and [N, D]")
     return guides
 
 
@@ -437,7 +439,8 @@ def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
                          f"{sentence_emb.shape} [B, R, D]")
     batch, _, dim = patch_tokens.shape
     if sentence_emb.shape[0] != batch or sentence_emb.shape[2] != dim:
-        raise ValueError(f"sentence_emb {sentence_emb.shape} does not match patch_tokens {patch_tokens.shape}")
+        raise ValueError(f"sentence_emb {sentence_emb.shape} does not match patch_tokens "
+                         f"{patch_tokens.shape}")
     if sentence_mask.shape != sentence_emb.shape[:2]:
         raise ValueError(f"sentence_mask {sentence_mask.shape} must be [B, R] = {sentence_emb.shape[:2]}")
     num_slots = sentence_emb.shape[1]
@@ -652,16 +655,6 @@ def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh
         labels = jnp.asarray(labels, jnp.int32)
     return fn(image_emb, text_emb, jnp.asarray(logit_scale, jnp.float32), jnp.asarray(step, jnp.int32),
               guides, labels)
-
-
-def chunked_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh, chunk_size: int,
-                                    axis: AxisName = "data", mining: MiningConfig | None = None,
-                                    guide_text=None, guide_image=None, step=0, labels=None) -> jax.Array:
-    """`sharded_global_contrastive_loss` with an online logsumexp over column chunks of size
-    chunk_size (must divide N): per-device memory O(n * chunk_size) plus the gathered O(N * D)."""
-    return sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh, axis, mining,
-                                           guide_text, guide_image, step, chunk_size=chunk_size,
-                                           labels=labels)
 
 
 def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh: Mesh,

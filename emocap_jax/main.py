@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 
+import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -23,8 +24,8 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "info"],
 
 
 def print_info(config) -> None:
+    # Here, not at the top: the library and JAX load after the huge-pages re-exec (see __main__).
     import jax
-    import numpy as np
 
     from emocap_jax.config_utils import clip_config
     from emocap_jax.models.clip import param_shapes
@@ -61,7 +62,7 @@ def main(argv):
         return 0
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required for --mode=train and --mode=eval")
-    from emocap_jax import train
+    from emocap_jax import train  # after the huge-pages re-exec, as in print_info
     if _MODE.value == "train":
         train.train_and_evaluate(config, _WORKDIR.value)
     else:

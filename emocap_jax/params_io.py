@@ -14,7 +14,9 @@ import os
 import pathlib
 from typing import Any, Optional
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from emocap_jax.models.config import CLIPConfig
 
@@ -28,11 +30,20 @@ def is_params_dir(path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
 
 
+def find_export(path) -> Optional[pathlib.Path]:
+    """An export folder itself, or a training workdir's latest export (WORKDIR/export), or None."""
+    path = pathlib.Path(path)
+    if is_params_dir(path):
+        return path
+    exported = path / "export"
+    if is_params_dir(exported):
+        return exported
+    return None
+
+
 def save_params(path, params, model_config: CLIPConfig, tokenizer: Optional[dict] = None,
                 source: Optional[dict] = None) -> pathlib.Path:
     """Writes `params` and their description to the folder `path` (created; must not hold params)."""
-    import orbax.checkpoint as ocp
-
     path = pathlib.Path(path).absolute()
     if (path / PARAMS_DIR).exists():
         raise FileExistsError(f"{path / PARAMS_DIR} already exists; choose an empty output folder")
@@ -60,8 +71,6 @@ def read_description(path) -> dict[str, Any]:
 
 def load_params(path) -> tuple[dict, CLIPConfig, dict]:
     """Returns (params as NumPy arrays, model config, the full description)."""
-    import orbax.checkpoint as ocp
-
     path = pathlib.Path(path).absolute()
     description = read_description(path)
     params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR)
@@ -69,5 +78,4 @@ def load_params(path) -> tuple[dict, CLIPConfig, dict]:
 
 
 def _to_numpy(tree):
-    import jax
     return jax.tree_util.tree_map(lambda x: np.asarray(x), tree)

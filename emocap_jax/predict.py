@@ -14,6 +14,12 @@ import os
 import sys
 from typing import Optional, Sequence
 
+import numpy as np
+from absl import logging as absl_logging
+
+import emocap_jax  # cheap: emocap_jax.load imports JAX and the model only when called
+from emocap_jax.preprocess import ImageReadError, check_image_file, expand_image_paths
+
 # The eight basic-emotion nouns the demo and the synthetic corpus use (in their label order).
 DEFAULT_LABELS = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger",
                   "contempt")
@@ -96,8 +102,6 @@ def parse_labels(text: Optional[str]) -> list[str]:
 
 def _validate(args, parser) -> tuple[list, list[str]]:
     """Everything that can be checked before JAX is imported, so mistakes fail in a second."""
-    from emocap_jax.preprocess import ImageReadError, check_image_file, expand_image_paths
-
     labels = parse_labels(args.labels)
     if any(not label for label in labels):
         parser.error(f"--labels {args.labels!r}: empty label (check for doubled or trailing "
@@ -148,13 +152,7 @@ def _format_table(rows: list[dict], labels: Sequence[str], top: Optional[int]) -
 
 
 def run(args, parser) -> int:
-    import numpy as np
-
     paths, labels = _validate(args, parser)
-
-    import emocap_jax
-    from emocap_jax.preprocess import ImageReadError
-
     try:
         model = emocap_jax.load(args.checkpoint, source=args.source)
     except (OSError, ValueError, KeyError) as e:
@@ -192,11 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Orbax logs every file it restores at INFO through absl; a prediction tool prints results only.
-    try:
-        from absl import logging as absl_logging
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    except ImportError:
-        pass
+    absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         return run(args, parser)
     except BrokenPipeError:  # e.g. `... | head`: stop quietly

@@ -36,6 +36,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import ftfy
 import numpy as np
 import regex
+import sentencepiece as spm
+from tqdm import tqdm
 
 DEFAULT_CONTEXT_LENGTH = 77
 CLIP_BPE_VOCAB_PATH = pathlib.Path(__file__).resolve().parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
@@ -330,8 +332,6 @@ class SentencePieceTokenizer(Tokenizer):
     """
 
     def __init__(self, model_file: str | os.PathLike, context_length: int = DEFAULT_CONTEXT_LENGTH):
-        import sentencepiece as spm
-
         self.model_file = str(pathlib.Path(model_file).resolve())
         if not os.path.isfile(self.model_file):
             raise FileNotFoundError(f"sentencepiece model not found: {self.model_file}")
@@ -403,8 +403,6 @@ class SentencePieceTokenizer(Tokenizer):
         (defaults here: model_type="unigram", character_coverage=1.0 so rare letters in names
         such as "café" are kept rather than mapped to <unk>).
         """
-        import sentencepiece as spm
-
         vocab_size = int(vocab_size)
         if vocab_size < 8:
             raise ValueError(f"vocab_size must be at least 8, got {vocab_size}")
@@ -584,8 +582,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _train_sentencepiece_cli(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     sentences: list[str] = []
     # Read (and validate) everything before training: sentencepiece holds the corpus in memory
     # anyway, and an input error should stop us before minutes of training, not inside it.

@@ -7,17 +7,32 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
 import re
+import shutil
 import signal
 import time
 
 import jax
 import numpy as np
 
-from emocap_jax import sharding
+from emocap_jax import api, convert, params_io, sharding
+from emocap_jax.checkpoint import TrainCheckpointer, abstract_like
 from emocap_jax.config_utils import clip_config
+from emocap_jax.data import pipeline
+from emocap_jax.data.manifest import convert_manifest
+from emocap_jax.data.pipeline import to_global_batch
+from emocap_jax.data.shard_writer import load_metadata
+from emocap_jax.data.synthetic.corpus import generate_corpus
+from emocap_jax.evaluate import registry, runner
+from emocap_jax.evaluate.report import summary_line
+from emocap_jax.evaluate.features import Encoder
+from emocap_jax.evaluate.suite import run_config_evals
 from emocap_jax.models.clip import CLIP, init_params
+from emocap_jax.optim import make_optimizer, param_paths
+from emocap_jax.tokenizers import get_tokenizer, tokenizer_from_config
+from emocap_jax.train_step import initial_state, make_train_step
 
 log = logging.getLogger("emocap_jax.train")
 
@@ -43,10 +58,6 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
                          "give a dataset folder written by `python -m data_prep.captions`")
     if jax.distributed.is_initialized():
         raise ValueError("the synthetic corpus is for single-host runs; set config.data.train_dir")
-    from data_prep.captions import convert_manifest
-    from data_prep.synthetic import generate_corpus
-    from emocap_jax.data.shard_writer import load_metadata
-
     corpus = workdir / "synthetic"
     if not (corpus / "corpus.json").exists():
         log.info("generating %d synthetic faces into %s", syn.num, corpus)
@@ -69,8 +80,6 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
 
 
 def make_train_iterator(config, tokenizer, data_dir: str):
-    from emocap_jax.data import pipeline
-
     d = config.data
     pipe = pipeline.TrainPipelineConfig(
         data_dir=data_dir, image_size=config.model.vision.image_size,
@@ -94,9 +103,6 @@ def make_train_iterator(config, tokenizer, data_dir: str):
 def load_init_params(config, model_config, shapes) -> dict:
     """Parameters from `config.init_from`, adapted to the run's image size, with the paths matching
     `config.init_exclude` left to random init (returned as None leaves to fill)."""
-    from emocap_jax import api, convert
-    from emocap_jax.optim import param_paths
-
     source = api.load(config.init_from)
     params, loaded_cfg = source.params, source.config
     params = jax.tree_util.tree_map(np.asarray, params)
@@ -126,7 +132,6 @@ def load_init_params(config, model_config, shapes) -> dict:
 
 
 def _merge(random_params, loaded: dict):
-    from emocap_jax.optim import param_paths
     return jax.tree_util.tree_map(lambda p, x: loaded.get(p, x), param_paths(random_params),
                                   random_params)
 
@@ -144,7 +149,7 @@ class MetricsLogger:
         self.tb = None
         if enabled:
             try:
-                from tensorboardX import SummaryWriter
+                from tensorboardX import SummaryWriter  # optional: TensorBoard events only
                 self.tb = SummaryWriter(str(workdir / "tensorboard"))
             except ImportError:
                 log.warning("tensorboardX not installed: no TensorBoard events")
@@ -179,12 +184,6 @@ def _format_eta(seconds: float) -> str:
 def train_and_evaluate(config, workdir) -> dict:
     """Trains (resuming from `workdir` when it holds a checkpoint), exports the final parameters to
     `workdir/export` and runs the zero-shot evaluation. Returns the final metrics."""
-    from emocap_jax.checkpoint import TrainCheckpointer, abstract_like
-    from emocap_jax.data.pipeline import to_global_batch
-    from emocap_jax.optim import make_optimizer
-    from emocap_jax.tokenizers import get_tokenizer
-    from emocap_jax.train_step import initial_state, make_train_step
-
     _setup_logging()
     sharding.maybe_initialize_distributed()
     _enable_compilation_cache(config)
@@ -353,8 +352,6 @@ def _log_pending(pending, logger, config, images_per_s, wait_fraction, eta_s):
 
 def _enable_compilation_cache(config):
     """XLA's persistent cache: a resumed or repeated run skips recompiling the train step."""
-    import os
-
     cache = config.train.compilation_cache_dir
     if cache and cache.lower() != "none":
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
@@ -364,8 +361,6 @@ def _enable_compilation_cache(config):
 def _fault_injection_after_checkpoint(step: int, checkpointer):
     """Test hook: EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT=N kills this process with SIGKILL right
     after checkpoint N is complete, to test that a hard-killed run resumes exactly."""
-    import os
-
     target = os.environ.get("EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT")
     if target and int(target) == step:
         checkpointer.wait()
@@ -407,10 +402,6 @@ class _SigtermFlag:
 def _export(state, model_config, tokenizer, workdir: pathlib.Path) -> pathlib.Path:
     """Writes the final parameters as an export folder (what `emocap_jax.load(workdir)` reads);
     replaces an older export only once the new one is complete."""
-    import shutil
-
-    from emocap_jax import params_io
-
     params = jax.device_get(state["params"])
     tmp = workdir / "export.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -428,9 +419,6 @@ def zero_shot_benchmark(eval_dir: str) -> str:
     """The registry entry whose prompts score a zero-shot dataset: the benchmark its converter
     recorded when that entry's class order matches, the synthetic faces for their own class order,
     else a generic labelled dataset ("imagefolder": classes from its metadata)."""
-    from emocap_jax.data.shard_writer import load_metadata
-    from emocap_jax.evaluate import registry
-
     metadata = load_metadata(eval_dir)
     recorded = list(metadata.get("classes") or [])
     for name in (metadata.get("benchmark"), "synthetic"):
@@ -446,9 +434,6 @@ def evaluate_zero_shot(params, model_config, tokenizer, eval_dir, config, mesh) 
     templates (CLIP's prompt ensembling in embedding space): the same prompts, and so the same
     UAR, as `python -m emocap_jax.evaluate --protocol zero_shot` on that checkpoint and data.
     config.eval.classes, when given, replaces the prompt words (the CLI's --classes)."""
-    from emocap_jax.evaluate import runner
-    from emocap_jax.evaluate.features import Encoder
-
     words = tuple(config.eval.classes) or None
     encoder = Encoder(params, model_config, tokenizer, mesh, batch_size=config.eval.batch_size)
     benchmark = zero_shot_benchmark(eval_dir)
@@ -485,11 +470,6 @@ def evaluate_workdir(config, workdir) -> dict:
     parameters, reported in workdir/eval/ (report.md, report.csv, per-run results and confusion
     matrices). The synthetic zero-shot result is also printed and kept in zero_shot.json, as
     before. Returns {"results": [...], "zero_shot": that report or None}."""
-    from emocap_jax import params_io
-    from emocap_jax.evaluate.features import Encoder
-    from emocap_jax.evaluate.suite import run_config_evals
-    from emocap_jax.tokenizers import tokenizer_from_config
-
     _setup_logging()
     sharding.maybe_initialize_distributed()
     workdir = pathlib.Path(workdir).absolute()
@@ -513,18 +493,19 @@ def evaluate_workdir(config, workdir) -> dict:
             if jax.process_index() == 0:
                 (workdir / "zero_shot.json").write_text(json.dumps(zero_shot, indent=1))
         else:
-            from emocap_jax.evaluate.cli import summary_line
             print(summary_line(result), flush=True)
     print(f"evaluation report: {workdir / 'eval' / 'report.md'}", flush=True)
     return {"results": results, "zero_shot": zero_shot}
 
 
 def _setup_logging():
-    root = logging.getLogger()
-    if not any(getattr(h, "_emocap", False) for h in root.handlers):
+    """One console handler on the "emocap_jax" logger, however often a run starts in a process
+    (it is looked for where it is added, so repeated calls add none)."""
+    logger = logging.getLogger("emocap_jax")
+    if not any(getattr(h, "_emocap", False) for h in logger.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         handler._emocap = True
-        logging.getLogger("emocap_jax").addHandler(handler)
-        logging.getLogger("emocap_jax").setLevel(logging.INFO)
-        logging.getLogger("emocap_jax").propagate = False
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -19,14 +19,12 @@ from emocap_jax.models.clip import CLIP, l2_normalize
 
 
 def mining_config(loss_config) -> losses.MiningConfig:
+    """`config.loss.mining` as a MiningConfig, field for field (an unknown field is an error);
+    its `guide` picks which sentence embeddings the step passes as the text guide."""
     m = loss_config.mining
-    relative = m.get("relative_threshold", None)
-    return losses.MiningConfig(mode=m.mode, threshold=m.threshold, top_k=m.top_k,
-                               weight=m.weight, warmup_steps=m.warmup_steps,
-                               # A negative z in the ConfigDict stands for "off" (None).
-                               relative_threshold=None if relative is None or relative < 0
-                               else float(relative),
-                               min_spread=m.get("min_spread", 0.0))
+    fields = dict(m.to_dict() if hasattr(m, "to_dict") else m)
+    fields.pop("guide", None)
+    return losses.MiningConfig(**fields)
 
 
 def uses_summary(loss_config) -> bool:

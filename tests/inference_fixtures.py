@@ -57,7 +57,7 @@ def make_tiny_export(path: pathlib.Path, seed: int = 0) -> pathlib.Path:
 
 def write_faces(root: pathlib.Path, per_class: int = 1) -> list[pathlib.Path]:
     """Synthetic faces as PNGs in benchmark-style class folders root/<class>/<id>.png."""
-    from data_prep.synthetic_faces import render_face, sample_face_spec
+    from emocap_jax.data.synthetic.faces import render_face, sample_face_spec
 
     paths = []
     for c, label in enumerate(FACE_CLASSES):

@@ -15,6 +15,7 @@ from data_prep.benchmark_formats import LayoutError
 from data_prep.benchmark_formats.decode import sample_indices
 from data_prep.benchmark_formats.fer import ferplus_majority
 from emocap_jax.data import example_codec, shard_writer, tfrecord
+from emocap_jax.evaluate.registry import LAYOUTS
 
 FRAMES = 4
 FRAME_VALUES = [20 + 20 * i for i in range(10)]  # gray level of frame i of every clip
@@ -587,7 +588,7 @@ def test_enterface05(tmp_path):
 def test_cli_list_errors_and_worker_determinism(tmp_path, capsys):
     assert benchmarks.main(["--list"]) == 0
     listed = capsys.readouterr().out
-    for name in benchmarks.BENCHMARKS:
+    for name in LAYOUTS:
         assert name in listed
 
     root = tmp_path / "sfew"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import captions
+from data_prep import captions as captions_cli
+from emocap_jax.data import manifest as captions
 from emocap_jax.data import example_codec, label_captions, shard_writer, tfrecord
 from emocap_jax.evaluate import prompts
 
@@ -280,33 +281,33 @@ def test_cli_summary_exit_codes_and_overwrite(corpus, tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["--manifest", str(manifest), "--root", str(corpus.root), "--output", str(out),
             "--num-shards", "2", "--workers", "1"]
-    assert captions.main(argv) == 0
+    assert captions_cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert f"{len(corpus.good)} written to {out}" in printed
     assert f"{len(corpus.expected_rejections)} rejected" in printed
     assert "duplicate_id: 1" in printed
 
-    assert captions.main(argv) == 2  # refuses to replace an existing dataset
+    assert captions_cli.main(argv) == 2  # refuses to replace an existing dataset
     assert "--overwrite" in capsys.readouterr().err
-    assert captions.main(argv + ["--overwrite"]) == 0
+    assert captions_cli.main(argv + ["--overwrite"]) == 0
 
     with pytest.raises(SystemExit) as info:
-        captions.main(["--manifest", str(tmp_path / "nope.jsonl"), "--root", str(corpus.root),
-                       "--output", str(tmp_path / "x")])
+        captions_cli.main(["--manifest", str(tmp_path / "nope.jsonl"), "--root", str(corpus.root),
+                           "--output", str(tmp_path / "x")])
     assert info.value.code == 2
     assert "nope.jsonl is not a file" in capsys.readouterr().err
 
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text("not json\n")
-    assert captions.main(["--manifest", str(only_bad), "--root", str(corpus.root),
-                          "--output", str(tmp_path / "empty"), "--workers", "1"]) == 1
+    assert captions_cli.main(["--manifest", str(only_bad), "--root", str(corpus.root),
+                              "--output", str(tmp_path / "empty"), "--workers", "1"]) == 1
     assert "no record was written" in capsys.readouterr().err
 
 
 def test_fixed_class_order_numbers_labels_and_rejects_unknown(tmp_path):
     from PIL import Image
 
-    from data_prep.captions import convert_manifest
+    from emocap_jax.data.manifest import convert_manifest
     from emocap_jax.data.example_codec import decode_record
     from emocap_jax.data.shard_writer import load_metadata, shard_paths
     from emocap_jax.data.tfrecord import iter_records
@@ -327,5 +328,6 @@ def test_fixed_class_order_numbers_labels_and_rejects_unknown(tmp_path):
             rec = decode_record(data)
             got[rec.id] = rec.label_id
     assert got == {"r0": 1, "r1": 0, "r3": 1}
-    rejected = [json.loads(l) for l in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line)
+                for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
     assert rejected[0]["id"] == "r2" and rejected[0]["reason"].startswith("unknown_label")

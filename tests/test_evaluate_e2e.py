@@ -40,7 +40,7 @@ def tiny_export(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    from data_prep.synthetic_benchmarks import generate_benchmarks
+    from emocap_jax.evaluate.synthetic_benchmarks import generate_benchmarks
 
     root = tmp_path_factory.mktemp("synthetic_bench")
     generate_benchmarks(root, seed=0, per_class=5, compound_per_class=4, clips_per_class=3,

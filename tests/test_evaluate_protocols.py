@@ -1,5 +1,6 @@
 """Evaluation protocols on hand-made features, where the right answer is known, and the metrics
 against scikit-learn. No model, no JAX compile: these run in a few seconds."""
+import dataclasses
 import json
 
 import numpy as np
@@ -238,7 +239,7 @@ def test_compound_partial_match_and_prompt_words():
 
 
 def test_registry_class_orders_are_the_converters():
-    from data_prep.benchmark_formats import BENCHMARKS as CONVERTERS
+    from data_prep.benchmark_formats import READERS as CONVERTERS
     from data_prep.benchmark_formats import acted_video, ckplus, fer, folders, rafdb
     from data_prep.benchmark_formats import video_lists
 
@@ -269,6 +270,30 @@ def test_registry_class_orders_are_the_converters():
     assert table["faba-au"] == (57.0, 51.8) and table["facexbench"] == (69.9, 58.5)
     with pytest.raises(KeyError, match="unknown benchmark"):
         registry.get("nope")
+
+
+def test_one_table_for_converters_and_evaluation(capsys):
+    from data_prep import benchmarks
+    from data_prep.benchmark_formats import READERS
+
+    # The converters CLI converts exactly the registry's layouts, in the registry's order.
+    assert list(READERS) == list(registry.LAYOUTS)
+    assert benchmarks.main(["--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(registry.LAYOUTS)
+    # Every benchmark with a converter reads its splits, folds and video flag off its layout;
+    # one release can feed several benchmarks.
+    assert registry.get("faba-emotion").layout is registry.get("faba-au").layout \
+        is registry.LAYOUTS["faba-bench"]
+    assert registry.get("dfew").layout.folds == registry.get("dfew").official_folds
+    assert registry.get("synthetic").layout is None
+    spec = registry.get("sfew")
+    with pytest.raises(ValueError, match="splits .* are not all among layout sfew's"):
+        dataclasses.replace(spec, test_split="test")
+    with pytest.raises(ValueError, match="differ from layout dfew's"):
+        dataclasses.replace(registry.get("dfew"), official_folds=())
+    with pytest.raises(ValueError, match="is none of the layouts"):
+        dataclasses.replace(spec, converter="sfew-3")
 
 
 def test_registry_resolve_checks_the_dataset_class_order():

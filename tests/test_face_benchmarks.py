@@ -476,7 +476,7 @@ def test_faba_constants_match_the_registry():
                             ("facexbench", "facexbench")):
         spec = registry.get(name)
         assert spec.converter == converter
-        assert spec.test_split in benchmarks.BENCHMARKS[converter].splits
+        assert spec.test_split in registry.LAYOUTS[converter].splits
 
 
 def test_cli_prints_question_counts(tmp_path, capsys):

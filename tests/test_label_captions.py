@@ -107,12 +107,12 @@ def test_val_fraction_splits_by_subject_and_loses_nothing(tmp_path):
     assert load_metadata(tmp_path / "out" / "val")["split"] == "val"
     # Same inputs, same seed: the same split; another seed: another split.
     again = benchmarks.split_holdout(
-        benchmarks.BENCHMARKS["ckplus48"].list_split(str(tmp_path / "ck"), "all", None,
-                                                     benchmarks.ReaderOptions()), 0.3, 0)
+        benchmarks.READERS["ckplus48"](str(tmp_path / "ck"), "all", None,
+                                       benchmarks.ReaderOptions()), 0.3, 0)
     assert {e.group for e in again[1].items if hasattr(e, "group")} == groups["val"]
     other = benchmarks.split_holdout(
-        benchmarks.BENCHMARKS["ckplus48"].list_split(str(tmp_path / "ck"), "all", None,
-                                                     benchmarks.ReaderOptions()), 0.3, 7)
+        benchmarks.READERS["ckplus48"](str(tmp_path / "ck"), "all", None,
+                                       benchmarks.ReaderOptions()), 0.3, 7)
     assert {e.group for e in other[1].items if hasattr(e, "group")} != groups["val"]
 
 

@@ -211,7 +211,8 @@ def test_mining_that_cannot_fire_equals_plain_infonce(mesh, batch):
 
 def test_chunk_size_must_divide_global_batch(mesh, batch):
     with pytest.raises(ValueError, match=r"chunk_size=12 .*N=32"):
-        losses.contrastive_loss(batch["image"], batch["text"], SCALE, mesh=mesh, impl="chunked", chunk_size=12)
+        losses.contrastive_loss(batch["image"], batch["text"], SCALE, mesh=mesh, impl="chunked",
+                                chunk_size=12)
     with pytest.raises(ValueError, match=r"global batch 12 .*8 devices"):
         losses.contrastive_loss(batch["image"][:12], batch["text"][:12], SCALE, mesh=mesh, impl="sharded")
     with pytest.raises(ValueError, match="guide_text"):

@@ -166,13 +166,23 @@ def test_main_info_prints_summary_with_overrides():
 
 @pytest.mark.parametrize("name", ["default", "demo", "real_faces", "tiny", "vitb32", "vitb16", "vitl14"])
 def test_every_config_describes_a_valid_model(name):
+    """Each committed config builds its model (CLIPConfig checks the sizes itself), its tokenizer's
+    ids fit the text tower's vocabulary, and the tower pools every caption, short or cut to the
+    context length, at the caption's end-of-text token."""
     import importlib
 
     from emocap_jax.config_utils import clip_config
+    from emocap_jax.models.text import end_of_text_index
+    from emocap_jax.tokenizers import get_tokenizer
 
     config = importlib.import_module(f"configs.{name}").get_config()
     model = clip_config(config)
-    assert model.vision.image_size % model.vision.patch_size == 0
+    tokenizer = get_tokenizer(config.tokenizer, model.text.context_length)
+    assert tokenizer.vocab_size <= model.text.vocab_size
+    ids = tokenizer(["happy", "a face with raised eyebrows and a wide open mouth, surprised " * 8])
+    pooled = np.asarray(end_of_text_index(jnp.asarray(ids), model.text.eot_token_id))
+    assert [int(ids[i, p]) for i, p in enumerate(pooled)] == [tokenizer.eot_id] * 2
+    assert pooled[1] == model.text.context_length - 1  # the long caption was cut
     assert config.train.global_batch_size > 0 and config.train.num_steps > 0
 
 
@@ -240,3 +250,17 @@ def test_conv_stem_shapes_and_validation(tiny):
         config.replace(vision=dataclasses.replace(config.vision, stem="resnet"))
     with pytest.raises(ValueError, match="pool"):
         config.replace(vision=dataclasses.replace(config.vision, pool="max"))
+
+
+def test_config_model_maps_onto_clip_config_field_for_field():
+    from configs import default
+    from emocap_jax.config_utils import clip_config
+    from emocap_jax.models.config import variant
+
+    config = default.get_config()
+    assert clip_config(config) == variant("ViT-B-16")  # eot_token_id None: argmax pooling
+    config.model.text.eot_token_id = 2  # the placeholder takes a token id
+    assert clip_config(config).text.eot_token_id == 2
+    config.model.vision.typo = 1
+    with pytest.raises(TypeError, match="typo"):
+        clip_config(config)

@@ -1,5 +1,5 @@
 """The Grain input pipelines: epoch coverage, exact resume, corruption handling, local-sentence
-slots, padded evaluation and global batches, on a small dataset made by data_prep.captions."""
+slots, padded evaluation and global batches, on a small dataset made by emocap_jax.data.manifest."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.captions import convert_manifest
+from emocap_jax.data.manifest import convert_manifest
 from emocap_jax.data import augment, pipeline, tfrecord
 from emocap_jax.data.example_codec import FaceRecord
 from emocap_jax.data.shard_writer import ShardedRecordWriter, shard_paths

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import synthetic
-from data_prep.synthetic_captions import _ADJECTIVES, _ADVERBS, _LEVEL_NOUNS, REGION_OF_AU, intensity_level, write_caption
-from data_prep.synthetic_faces import (
+from emocap_jax.data.synthetic import corpus as synthetic
+from emocap_jax.data.synthetic.captions import _ADJECTIVES, _ADVERBS, _LEVEL_NOUNS, REGION_OF_AU, intensity_level, write_caption
+from emocap_jax.data.synthetic.faces import (
     AU_CODES,
     BASIC_CLASSES,
     FACE_CENTER,

@@ -18,8 +18,8 @@ from tests.conftest import REPO_ROOT
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     """A small synthetic corpus as TFRecords: (train dir, eval dir)."""
-    from data_prep.captions import convert_manifest
-    from data_prep.synthetic import generate_corpus
+    from emocap_jax.data.manifest import convert_manifest
+    from emocap_jax.data.synthetic.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")
     generate_corpus(root / "synthetic", num=96, seed=0, size=40, eval_per_class=2,
@@ -268,7 +268,7 @@ def test_ablation_configs_run(name, terms):
 def test_sharded_eval_counts_every_example_once(datasets):
     from emocap_jax import sharding
     from emocap_jax.data.shard_writer import load_metadata
-    from emocap_jax.evaluate.zero_shot import encode_dataset_images
+    from emocap_jax.evaluate.features import Encoder
     from emocap_jax.models.clip import init_params
     from emocap_jax.models.config import variant
 
@@ -279,9 +279,90 @@ def test_sharded_eval_counts_every_example_once(datasets):
     assert mesh.devices.size == 8
     num = load_metadata(eval_dir)["num_records"]
     # 16 images over 8 devices in batches of 24 (rounded up from 20): padding must not count.
-    feats, labels, ids = encode_dataset_images(params, config, eval_dir, batch_size=20, mesh=mesh)
+    out = Encoder(params, config, None, mesh=mesh, batch_size=20).images(eval_dir)
+    feats, labels, ids = out.features, out.labels, out.ids
     assert len(ids) == len(set(ids)) == num == feats.shape[0] == labels.shape[0]
     np.testing.assert_allclose(np.linalg.norm(feats, axis=-1), 1.0, atol=1e-5)
-    single, _, single_ids = encode_dataset_images(params, config, eval_dir, batch_size=5)
-    assert single_ids == ids
-    np.testing.assert_allclose(single, feats, atol=1e-5)
+    single = Encoder(params, config, None, batch_size=5).images(eval_dir)
+    assert single.ids == ids
+    np.testing.assert_allclose(single.features, feats, atol=1e-5)
+
+
+def test_setup_logging_adds_one_handler_however_often_called():
+    import logging
+
+    from emocap_jax.train import _setup_logging
+
+    logger = logging.getLogger("emocap_jax")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        for _ in range(3):
+            _setup_logging()
+        assert len(logger.handlers) == 1 and logger.handlers[0]._emocap
+        assert logger.level == logging.INFO and not logger.propagate
+    finally:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        for h in saved[0]:
+            logger.addHandler(h)
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
+def test_config_reaches_every_mining_field():
+    from configs import default
+    from emocap_jax.train_step import mining_config
+
+    config = default.get_config()
+    mining = mining_config(config.loss)
+    assert mining.image_threshold is None  # unset: the image guide uses threshold
+    assert mining.relative_threshold is None  # unset: no row-relative threshold
+    config.loss.mining.image_threshold = 0.35
+    config.loss.mining.relative_threshold = 1.5
+    mining = mining_config(config.loss)
+    assert mining.image_threshold == 0.35 and mining.threshold == config.loss.mining.threshold
+    assert mining.relative_threshold == 1.5 and mining.top_k == config.loss.mining.top_k
+    config.loss.mining.treshold = 0.5
+    with pytest.raises(TypeError, match="treshold"):
+        mining_config(config.loss)
+
+
+def test_evals_compile_once_and_agree_with_the_cli(tmp_path, datasets, monkeypatch):
+    """Three zero-shot evals in one run (steps 2 and 4, and the end) trace each eval tower once:
+    they share one set of jitted encoders (features._towers) instead of re-jitting per eval. The
+    end-of-training zero-shot is the evaluation CLI's on the same checkpoint and data."""
+    from configs import tiny
+    from emocap_jax.evaluate import cli, features
+    from emocap_jax.train import train_and_evaluate
+
+    traces = []
+    real = features.l2_normalize  # called once per trace of the image and of the text tower
+
+    def counting(x):
+        traces.append(x.shape)
+        return real(x)
+
+    monkeypatch.setattr(features, "l2_normalize", counting)
+    features._towers.cache_clear()
+    config = tiny.get_config()
+    config.data.train_dir, config.eval.zero_shot_dir = datasets
+    config.model.vision.image_size = 32
+    config.train.num_steps, config.train.eval_every = 6, 2
+    config.train.log_every, config.train.checkpoint_every = 6, 6
+    result = train_and_evaluate(config, tmp_path / "run")
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+             .splitlines() if json.loads(line)["kind"] == "zero_shot"]
+    assert [e["step"] for e in evals] == [2, 4, 6]
+    assert 0.0 <= result["zero_shot"]["uar"] <= 1.0
+    assert len(traces) == 2, traces  # one image-tower trace, one text-tower trace
+    assert features._towers.cache_info().misses == 1
+
+    out = tmp_path / "cli"
+    assert cli.main(["--checkpoint", str(tmp_path / "run"), "--benchmark", "synthetic",
+                     "--data", datasets[1], "--protocol", "zero_shot", "--output", str(out),
+                     "--batch-size", str(config.eval.batch_size), "--quiet"]) == 0
+    from_cli = json.loads((out / "results" / "synthetic__zero_shot.json").read_text())
+    assert abs(100 * from_cli["report"]["uar"] - 100 * result["zero_shot"]["uar"]) <= 0.1
+    assert result["zero_shot"]["benchmark"] == "synthetic"

@@ -22,13 +22,12 @@ import os
 import re
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-CREMA_CODES = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy",
-               "NEU": "neutral", "SAD": "sad"}
-CREMA_CLASSES = tuple(CREMA_CODES.values())
-RAVDESS_CLASSES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust",
-                   "surprised")
-ENTERFACE_CLASSES = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
+CREMA_CODES = class_orders.CREMA_CODES
+CREMA_CLASSES = class_orders.CREMA
+RAVDESS_CLASSES = class_orders.RAVDESS
+ENTERFACE_CLASSES = class_orders.ENTERFACE
 _CREMA_NAME = re.compile(r"^(\d+)_([A-Z]+)_([A-Z]{3})_([A-Z]+)$")
 _RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 _SUBJECT_DIR = re.compile(r"^subject\s*(\d+)$", re.IGNORECASE)
@@ -119,20 +118,6 @@ def _enterface_split(root, split, fold, options) -> common.SplitListing:
     return common.SplitListing(classes=list(ENTERFACE_CLASSES), items=items)
 
 
-CREMA_D = common.Benchmark(
-    name="crema-d",
-    description="CREMA-D: VideoFlash/<actor>_<sentence>_<ANG|DIS|FEA|HAP|NEU|SAD>_<level>.flv;"
-                " 6 classes; group = actor",
-    splits=("all",), list_split=_crema_split, video=True)
-
-RAVDESS = common.Benchmark(
-    name="ravdess",
-    description="RAVDESS: Actor_XX/MM-VV-EE-II-SS-RR-AA.mp4 (modality 01/02, one per "
-                "recording); 8 classes; group = actor",
-    splits=("all",), list_split=_ravdess_split, video=True)
-
-ENTERFACE05 = common.Benchmark(
-    name="enterface05",
-    description="eNTERFACE'05: subject <N>/<emotion>/sentence <M>/*.avi; 6 classes; "
-                "group = subject",
-    splits=("all",), list_split=_enterface_split, video=True)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {
+    "crema-d": _crema_split, "ravdess": _ravdess_split, "enterface05": _enterface_split}

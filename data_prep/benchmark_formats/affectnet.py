@@ -30,8 +30,9 @@ import os
 import numpy as np
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-EXPRESSIONS = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+EXPRESSIONS = class_orders.AFFECTNET_EXPRESSIONS
 NON_EMOTION_IDS = {8: "none", 9: "uncertain", 10: "non-face"}
 _FOLDER_SETS = {"train": "train_set", "val": "val_set"}
 _CSV_FILES = {"train": "training.csv", "val": "validation.csv"}
@@ -157,15 +158,6 @@ def _list_split(num_classes: int, root: str, split: str, fold: int | None,
     return common.SplitListing(classes=list(classes), items=items, info={"layout_form": form})
 
 
-def _benchmark(num_classes: int) -> common.Benchmark:
-    return common.Benchmark(
-        name=f"affectnet-{num_classes}",
-        description=f"AffectNet {num_classes} classes: train_set|val_set/images/<n>.jpg + "
-                    "annotations/<n>_exp.npy, or training.csv/validation.csv + "
-                    "Manually_Annotated_Images/",
-        splits=("train", "val"),
-        list_split=functools.partial(_list_split, num_classes))
-
-
-AFFECTNET_7 = _benchmark(7)
-AFFECTNET_8 = _benchmark(8)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {
+    f"affectnet-{n}": functools.partial(_list_split, n) for n in (7, 8)}

@@ -11,8 +11,8 @@ number) get the sequence's label. Sequences without an Emotion file are not benc
 (their number is recorded in metadata.json as unlabelled_sequences). Classes: anger contempt
 disgust fear happy sadness surprise (CK+ order, the same as CK+48's); with `--with-neutral`
 the first frame of each labelled sequence longer than 3 frames is added as "neutral" and
-neutral becomes class 0, so label_id equals the CK+ code. Codes outside 1..7 are rejected. group = subject (S005);
-record id = frame file stem.
+neutral becomes class 0, so label_id equals the CK+ code. Codes outside 1..7 are rejected.
+group = subject (S005); record id = frame file stem.
 
 jaffe — ROOT (searched recursively) holds the 213 `*.tiff` files named
 <identity>.<code><index>.<image number>.tiff, e.g. KA.AN1.39.tiff; codes AN DI FE HA NE SA SU.
@@ -27,13 +27,13 @@ import os
 import re
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-CK_CODES = ("neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
-CK_EMOTIONS = CK_CODES[1:]
+CK_CODES = class_orders.CK_CODES
+CK_EMOTIONS = class_orders.CK_EMOTIONS
 LAST_FRAMES = 3
-JAFFE_CODES = {"AN": "anger", "DI": "disgust", "FE": "fear", "HA": "happiness",
-               "NE": "neutral", "SA": "sadness", "SU": "surprise"}
-JAFFE_CLASSES = tuple(JAFFE_CODES[code] for code in sorted(JAFFE_CODES))
+JAFFE_CODES = class_orders.JAFFE_CODES
+JAFFE_CLASSES = class_orders.JAFFE
 _JAFFE_NAME = re.compile(r"^([A-Za-z]+)\.([A-Za-z]{2})(\d+)\.(\d+)$")
 
 
@@ -133,14 +133,5 @@ def _jaffe_split(root, split, fold, options) -> common.SplitListing:
     return common.SplitListing(classes=list(JAFFE_CLASSES), items=items)
 
 
-CKPLUS = common.Benchmark(
-    name="ckplus",
-    description="CK+ sequences: cohn-kanade-images/S###/###/*.png + Emotion/S###/###/"
-                "*_emotion.txt; last 3 frames per labelled sequence; group = subject",
-    splits=("all",), list_split=_ckplus_split)
-
-JAFFE = common.Benchmark(
-    name="jaffe",
-    description="JAFFE: *.tiff named <identity>.<code><n>.<id>.tiff (AN DI FE HA NE SA SU); "
-                "group = identity",
-    splits=("all",), list_split=_jaffe_split)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {"ckplus": _ckplus_split, "jaffe": _jaffe_split}

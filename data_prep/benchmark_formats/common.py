@@ -18,10 +18,10 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from data_prep.captions import BAD_IMAGE, IMAGE_NOT_FOUND, Rejection
+from emocap_jax.data.manifest import BAD_IMAGE, IMAGE_NOT_FOUND, Rejection
 
 __all__ = [
-    "BAD_IMAGE", "IMAGE_NOT_FOUND", "Rejection", "Entry", "SplitListing", "Benchmark",
+    "BAD_IMAGE", "IMAGE_NOT_FOUND", "Rejection", "Entry", "SplitListing", "Reader",
     "LayoutError", "ReaderOptions",
 ]
 
@@ -98,20 +98,10 @@ class ReaderOptions:
     with_neutral: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
-class Benchmark:
-    """A supported benchmark layout.
-
-    list_split(root, split, fold, options) -> SplitListing; raises LayoutError when `root`
-    does not match. `splits` are the split names the owners define; single-split sets use
-    "all". `folds` is empty for sets without official folds.
-    """
-    name: str
-    description: str
-    splits: tuple[str, ...]
-    list_split: Callable[[str, str, int | None, ReaderOptions], SplitListing]
-    folds: tuple[int, ...] = ()
-    video: bool = False
+# A layout's reader: (root, split, fold, options) -> SplitListing; raises LayoutError when `root`
+# does not hold the layout. The split and fold are among those its Layout
+# (emocap_jax.evaluate.registry.LAYOUTS) defines; single-split sets use "all".
+Reader = Callable[[str, str, int | None, ReaderOptions], SplitListing]
 
 
 def reject(code: str, detail: str, id: str | None = None,  # pylint: disable=redefined-builtin

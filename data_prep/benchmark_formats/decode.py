@@ -1,6 +1,6 @@
 """Turns a listed `Entry` into a FaceRecord (runs in worker processes).
 
-Still images go through `data_prep.captions.encode_face_image` (full decode, EXIF rotation,
+Still images go through `emocap_jax.data.manifest.encode_face_image` (full decode, EXIF rotation,
 RGB, optional downscale, JPEG). Clips become K frames sampled uniformly over the frames that
 actually decode: indices `round(linspace(0, n - 1, K))`, so every clip yields exactly K frames
 (frames repeat when n < K) and batches of clips keep a static shape.
@@ -15,9 +15,9 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data_prep.captions import JPEG_QUALITY, encode_face_image
 from data_prep.benchmark_formats import common
 from emocap_jax.data.example_codec import FaceRecord
+from emocap_jax.data.manifest import JPEG_QUALITY, encode_face_image
 
 FER_SIDE = 48
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)

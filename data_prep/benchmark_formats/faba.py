@@ -37,17 +37,17 @@ import os
 import re
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 from emocap_jax.evaluate import prompts
 
 NAME = "faba-bench"
-SPLITS = ("emotion", "au")
 ANNOTATION_FILES = {"emotion": "eval_emotion_anno.json", "au": "eval_au_anno.json"}
 EVAL_DIR = os.path.join("FABAInstruct", "eval")
-# eval_FABA.py's emotions2num order (also emocap_jax.evaluate.registry.FABA_EMOTION_CLASSES).
-EMOTION_CLASSES = ("happiness", "sadness", "surprise", "anger", "neutral", "disgust", "fear")
-# eval_FABA.py's AUIndicesMap for FABA (the annotation vocabulary) and `select_AUs` (scored).
-AU_VOCABULARY = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 16, 17, 20, 23, 24, 25, 26, 27, 43)
-SCORED_AUS = (1, 2, 4, 5, 6, 10, 12, 17, 24, 25, 26, 43)
+# eval_FABA.py's emotions2num order; its AUIndicesMap for FABA (the annotation vocabulary) and
+# `select_AUs` (scored). The evaluation registry reads the same table.
+EMOTION_CLASSES = class_orders.FABA_EMOTIONS
+AU_VOCABULARY = class_orders.FABA_AU_VOCABULARY
+SCORED_AUS = class_orders.FABA_SCORED_AUS
 _AU_TOKEN = re.compile(r"^(?:AU)?0*(\d+)$", re.IGNORECASE)
 
 
@@ -166,10 +166,5 @@ def _list_split(root: str, split: str, fold: int | None,
                                info={"annotations": path, "task": split})
 
 
-FABA_BENCH = common.Benchmark(
-    name=NAME,
-    description="FABA-Bench: FABAInstruct/eval/eval_emotion_anno.json and eval_au_anno.json "
-                "+ FABAInstruct/eval/images/; splits emotion (7 classes) and au (20-AU "
-                "vocabulary)",
-    splits=SPLITS,
-    list_split=_list_split)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {NAME: _list_split}

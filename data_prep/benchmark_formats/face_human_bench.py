@@ -45,7 +45,6 @@ from data_prep.benchmark_formats import common, questions as mcq
 from emocap_jax.evaluate import prompts
 
 NAME = "face-human-bench"
-SPLITS = ("test", "dev")
 LANGUAGE = "en"
 DATA_DIR = os.path.join("data", "Face-Human-Bench")
 # Where prepare_data.py's output is looked for, relative to the split folder.
@@ -263,10 +262,5 @@ def _list_split(root: str, split: str, fold: int | None,
         info={"json_dir": json_dir, "language": LANGUAGE, "num_json_files": len(files)})
 
 
-FACE_HUMAN_BENCH = common.Benchmark(
-    name=NAME,
-    description="Face-Human-Bench: data/Face-Human-Bench/<split>/json/en/*.json + images "
-                "built by the authors' prepare_data.py in <split>/output/eval_data/ (or "
-                "raw_data/ copies); multiple choice -> questions.jsonl",
-    splits=SPLITS,
-    list_split=_list_split)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {NAME: _list_split}

@@ -42,7 +42,6 @@ from data_prep.benchmark_formats import common, questions as mcq
 from emocap_jax.evaluate import prompts
 
 NAME = "facexbench"
-SPLITS = ("test",)
 BENCHMARK_DIR = "benchmark"
 
 Rule = Callable[[str, Sequence[str]], "tuple[str, ...] | str"]
@@ -220,10 +219,5 @@ def _list_split(root: str, split: str, fold: int | None,
         info={"benchmark_dir": bench_dir, "num_json_files": len(files)})
 
 
-FACEXBENCH = common.Benchmark(
-    name=NAME,
-    description="FaceXBench: benchmark/*.json (questions) + benchmark/images/<file>/"
-                "question_<n>.png (source-dataset paths such as data/WMCA/... under "
-                "benchmark/); multiple choice -> questions.jsonl",
-    splits=SPLITS,
-    list_split=_list_split)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {NAME: _list_split}

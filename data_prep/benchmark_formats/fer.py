@@ -27,10 +27,10 @@ import csv
 import os
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
-                   "contempt")
+FER2013_CLASSES = class_orders.FER2013
+FERPLUS_CLASSES = class_orders.FERPLUS
 FERPLUS_VOTE_COLUMNS = FERPLUS_CLASSES + ("unknown", "NF")
 USAGE_OF_SPLIT = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 _SPLIT_OF_USAGE = {usage: split for split, usage in USAGE_OF_SPLIT.items()}
@@ -169,19 +169,6 @@ def _fer_folders_split(root, split, fold, options) -> common.SplitListing:
     return common.SplitListing(classes=list(FER2013_CLASSES), items=items)
 
 
-FER2013 = common.Benchmark(
-    name="fer2013",
-    description="FER2013: fer2013.csv (emotion,pixels,Usage); Training/PublicTest/"
-                "PrivateTest -> train/val/test; 7 classes",
-    splits=("train", "val", "test"), list_split=_fer2013_split)
-
-FERPLUS = common.Benchmark(
-    name="ferplus",
-    description="FERPlus: fer2013new.csv (10 vote columns, majority rule) + the row-aligned "
-                "fer2013.csv pixels; 8 classes",
-    splits=("train", "val", "test"), list_split=_ferplus_split)
-
-FER2013_FOLDERS = common.Benchmark(
-    name="fer2013-folders",
-    description="FER2013 image folders: train/<class>/*.png, test/<class>/*.png; 7 classes",
-    splits=("train", "test"), list_split=_fer_folders_split)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {
+    "fer2013": _fer2013_split, "ferplus": _ferplus_split, "fer2013-folders": _fer_folders_split}

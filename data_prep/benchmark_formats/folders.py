@@ -25,10 +25,11 @@ import os
 import re
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-SFEW_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-CKPLUS48_CLASSES = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
-AFEW_CLASSES = SFEW_CLASSES
+SFEW_CLASSES = class_orders.SFEW
+CKPLUS48_CLASSES = class_orders.CKPLUS48
+AFEW_CLASSES = class_orders.AFEW
 _CK_NAME = re.compile(r"^(S\d+)_(\d+)_(\d+)$")
 
 
@@ -109,22 +110,7 @@ def _afew_split(root, split, fold, options) -> common.SplitListing:
     return common.SplitListing(classes=list(AFEW_CLASSES), items=items)
 
 
-IMAGEFOLDER = common.Benchmark(
-    name="imagefolder",
-    description="generic: ROOT/<class>/**/<image>; classes = sorted folder names or --classes",
-    splits=("all",), list_split=_imagefolder_split)
-
-SFEW = common.Benchmark(
-    name="sfew",
-    description="SFEW 2.0: Train/<Class>/*.png, Val/<Class>/*.png; 7 classes",
-    splits=("train", "val"), list_split=_sfew_split)
-
-CKPLUS48 = common.Benchmark(
-    name="ckplus48",
-    description="CK+48: <class>/S<subject>_<seq>_<frame>.png; 7 classes; group = subject",
-    splits=("all",), list_split=_ckplus48_split)
-
-AFEW = common.Benchmark(
-    name="afew",
-    description="AFEW: Train_AFEW/<Class>/*.avi, Val_AFEW/<Class>/*.avi; 7 classes; video",
-    splits=("train", "val"), list_split=_afew_split, video=True)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {
+    "imagefolder": _imagefolder_split, "sfew": _sfew_split, "ckplus48": _ckplus48_split,
+    "afew": _afew_split}

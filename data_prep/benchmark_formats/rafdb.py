@@ -22,12 +22,10 @@ import functools
 import os
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-BASIC_CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-COMPOUND_CLASSES = (
-    "happily surprised", "happily disgusted", "sadly fearful", "sadly angry",
-    "sadly surprised", "sadly disgusted", "fearfully angry", "fearfully surprised",
-    "angrily surprised", "angrily disgusted", "disgustedly surprised")
+BASIC_CLASSES = class_orders.RAFDB_BASIC
+COMPOUND_CLASSES = class_orders.RAFDB_COMPOUND
 LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: the owners' spelling
 
 
@@ -79,16 +77,9 @@ def _list_split(subset: str, classes: tuple[str, ...], benchmark: str, root: str
                                info={"image_variant": "aligned" if aligned else "original"})
 
 
-RAFDB = common.Benchmark(
-    name="rafdb",
-    description="RAF-DB basic: basic/EmoLabel/list_patition_label.txt + "
-                "basic/Image/aligned/<name>_aligned.jpg (or Image/original/); 7 classes",
-    splits=("train", "test"),
-    list_split=functools.partial(_list_split, "basic", BASIC_CLASSES, "rafdb"))
-
-RAFDB_COMPOUND = common.Benchmark(
-    name="rafdb-compound",
-    description="RAF-DB compound: compound/EmoLabel/list_patition_label.txt + "
-                "compound/Image/aligned/ (or Image/original/); 11 compound classes",
-    splits=("train", "test"),
-    list_split=functools.partial(_list_split, "compound", COMPOUND_CLASSES, "rafdb-compound"))
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {
+    "rafdb": functools.partial(_list_split, "basic", BASIC_CLASSES, "rafdb"),
+    "rafdb-compound": functools.partial(_list_split, "compound", COMPOUND_CLASSES,
+                                        "rafdb-compound"),
+}

@@ -41,12 +41,12 @@ import re
 from collections.abc import Callable
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import class_orders
 
-DFEW_CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
-FERV39K_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-MAFW_CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise",
-                "contempt", "anxiety", "helplessness", "disappointment")
-FOLDS = (1, 2, 3, 4, 5)
+DFEW_CLASSES = class_orders.DFEW
+FERV39K_CLASSES = class_orders.FERV39K
+MAFW_CLASSES = class_orders.MAFW
+FOLDS = class_orders.VIDEO_FOLDS
 MAFW_LISTS = "Train & Test Set"
 _DFEW_LIST_DIRS = {"train": "train(single-labeled)", "test": "test(single-labeled)"}
 _FERV_LIST_DIRS = (os.path.join("4_setups", "All_scenes"), "0_7_LabelClassSplit", "")
@@ -229,26 +229,7 @@ def _mafw_compound_split(root, split, fold, options) -> common.SplitListing:
     return common.SplitListing(classes=classes, items=items)
 
 
-DFEW = common.Benchmark(
-    name="dfew",
-    description="DFEW: EmoLabel_DataSplit/{train,test}(single-labeled)/set_<k>.csv + "
-                "Clip/clip_224x224/<id>/ frames or Clip/original/<id>.avi; 7 classes; 5 folds",
-    splits=("train", "test"), folds=FOLDS, list_split=_dfew_split, video=True)
-
-FERV39K = common.Benchmark(
-    name="ferv39k",
-    description="FERV39k: 4_setups/All_scenes/{train,test}_All.csv (or 0_7_LabelClassSplit/) + "
-                "2_ClipsforFaceCrop/<Scene>/<Class>/<clip>/ frames; 7 classes",
-    splits=("train", "test"), list_split=_ferv39k_split, video=True)
-
-MAFW = common.Benchmark(
-    name="mafw",
-    description="MAFW: 'Train & Test Set/single/no_caption/set_<k>/{train,test}.txt' + "
-                "data/clips/<name>.mp4 or data/frames/<name>/; 11 classes; 5 folds",
-    splits=("train", "test"), folds=FOLDS, list_split=_mafw_split, video=True)
-
-MAFW_COMPOUND = common.Benchmark(
-    name="mafw-compound",
-    description="MAFW compound: 'Train & Test Set/compound/no_caption/set_<k>/{train,test}"
-                ".txt'; classes = labels found in those lists; 5 folds",
-    splits=("train", "test"), folds=FOLDS, list_split=_mafw_compound_split, video=True)
+# This module's readers, by their layout's name in emocap_jax.evaluate.registry.LAYOUTS.
+READERS: dict[str, common.Reader] = {
+    "dfew": _dfew_split, "ferv39k": _ferv39k_split, "mafw": _mafw_split,
+    "mafw-compound": _mafw_compound_split}

@@ -46,7 +46,7 @@ def _load_example_proto() -> types.ModuleType:
     if example_name in sys.modules:
         return sys.modules[example_name]
     if "tensorflow_datasets" in sys.modules:  # tfds already paid for: import normally
-        from tensorflow_datasets.proto import tf_example_generated_pb2
+        from tensorflow_datasets.proto import tf_example_generated_pb2  # only when already loaded
         return tf_example_generated_pb2
     package_spec = importlib.util.find_spec("tensorflow_datasets")  # locates, does not execute
     if package_spec is None or not package_spec.submodule_search_locations:

@@ -49,7 +49,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import grain
+import grain.checkpoint
+import jax
 import numpy as np
+from absl import flags
+from jax.sharding import NamedSharding, PartitionSpec
 
 from emocap_jax.data import augment
 from emocap_jax.data import example_codec
@@ -172,7 +176,6 @@ def _derived_seed(seed: int, stream: int) -> int:
 
 def _resolve_processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax  # pylint: disable=g-import-not-at-top  # workers never need jax
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if process_count < 1 or not 0 <= process_index < process_count:
@@ -198,10 +201,6 @@ def _open_dataset(data_dir: str, verify: bool, on_corrupt: str) -> ShardedTFReco
 def _mark_absl_flags_parsed() -> None:
     # grain 0.2.18 worker processes read absl flags and crash when they are unparsed (fixed
     # upstream later): a library caller (notebook, pytest) never parses them.
-    try:
-        from absl import flags  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        return
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -481,9 +480,6 @@ def to_global_batch(local_batch: Mapping[str, Any], mesh, axis: str | tuple[str,
     process_count times as many rows. Non-numeric fields (e.g. `id` strings) cannot live on a
     device and are left out: read them from the local batch.
     """
-    import jax  # pylint: disable=g-import-not-at-top
-    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
-
     sharding = NamedSharding(mesh, PartitionSpec(axis))
     out = {}
     for name, value in local_batch.items():
@@ -502,18 +498,15 @@ def iterator_checkpoint_handler():
     `ocp.CheckpointManager(dir, item_handlers={ITERATOR_CHECKPOINT_ITEM: handler, ...})`.
 
     It writes one small JSON file per process (`process_<i>-of-<n>.json`)."""
-    import grain.checkpoint  # pylint: disable=g-import-not-at-top  # imports orbax: keep lazy
     return grain.checkpoint.CheckpointHandler()
 
 
 def iterator_save_args(iterator: grain.DatasetIterator):
     """Orbax save args for the iterator: `ocp.args.Composite(data=iterator_save_args(it), ...)`."""
-    import grain.checkpoint  # pylint: disable=g-import-not-at-top
     return grain.checkpoint.CheckpointSave(iterator)
 
 
 def iterator_restore_args(iterator: grain.DatasetIterator):
     """Orbax restore args: restores the saved state into `iterator` (a fresh one built with the
     same settings) in place; `manager.restore(...)[ITERATOR_CHECKPOINT_ITEM]` is that iterator."""
-    import grain.checkpoint  # pylint: disable=g-import-not-at-top
     return grain.checkpoint.CheckpointRestore(iterator)

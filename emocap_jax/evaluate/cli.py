@@ -14,7 +14,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from emocap_jax.evaluate import registry
+import ml_collections
+
+from emocap_jax.evaluate import registry, report
 
 EPILOG = """\
 protocols:
@@ -188,6 +190,7 @@ def _check(args, parser) -> None:
 
 
 def options_from_args(args):
+    # Here, not at the top: they load scikit-learn and JAX, which --help and --list do not need.
     from emocap_jax.evaluate.linear_probe import DEFAULT_C_GRID
     from emocap_jax.evaluate.runner import Options
 
@@ -210,26 +213,6 @@ def options_from_args(args):
                    balanced_probe=args.balanced_probe)
 
 
-def summary_line(result: dict) -> str:
-    value = result["value"]
-    from emocap_jax.evaluate.report import metric_name
-
-    text = (f"{result['title']} {result['protocol']}: {metric_name(result['metric'])} "
-            f"{'n/a' if value is None else f'{100 * value:.1f}%'}")
-    report = result.get("report") or {}
-    folds = len(result.get("folds") or [])
-    if "war" in report:
-        # With folds the headline UAR is the fold mean: give WAR the same way.
-        war = report["fold_summary"]["war"]["mean"] if folds > 1 else report["war"]
-        text += f", WAR {100 * war:.1f}%, {report['num_examples']} examples"
-    if folds > 1:
-        text += f", mean of {folds} folds"
-    if result.get("paper"):
-        text += (f" (paper: EmoCapCLIP {result['paper']['emocapclip']}, "
-                 f"FLIP {result['paper']['flip']})")
-    return text
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -242,10 +225,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         parser.error(str(e))
 
-    import ml_collections
+    # Only now, with the arguments checked: JAX and the model (module docstring).
+    import jax
 
     from emocap_jax import sharding
-    from emocap_jax.evaluate import report, runner
+    from emocap_jax.evaluate import runner
     from emocap_jax.evaluate.features import Encoder
 
     try:
@@ -266,12 +250,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import jax
     if jax.process_index() != 0:  # every process computed the result; one writes it
         return 0
     written = report.write_result(args.output, result)
     summary = report.write_report(args.output, encoder.description)
-    print(summary_line(result))
+    print(report.summary_line(result))
     for kind, path in written.items():
         print(f"  {kind}: {path}")
     print(f"  report: {summary['markdown']} and {summary['csv']} "

@@ -17,6 +17,7 @@ embeddings averaged (then re-normalised) inside the jitted step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import pathlib
@@ -24,9 +25,14 @@ from typing import Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
 
-from emocap_jax import sharding
+import emocap_jax
+from emocap_jax import params_io, sharding
+from emocap_jax.data import example_codec, pipeline, shard_writer
+from emocap_jax.data.source import ShardedTFRecordSource
 from emocap_jax.models.clip import CLIP, l2_normalize
 from emocap_jax.models.config import CLIPConfig
 
@@ -89,7 +95,6 @@ def _to_host(x) -> np.ndarray:
     """A global (sharded) jax.Array, or each process's NumPy rows concatenated in process order,
     as one NumPy array on every host."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
@@ -97,9 +102,6 @@ def _to_host(x) -> np.ndarray:
 def read_records(data_dir: str) -> list[RecordInfo]:
     """Labels, groups, AUs and captions of every record of a dataset, in record order (the
     pixels are not decoded)."""
-    from emocap_jax.data import example_codec, shard_writer
-    from emocap_jax.data.source import ShardedTFRecordSource
-
     source = ShardedTFRecordSource(shard_writer.shard_paths(data_dir), verify=True,
                                    on_corrupt="raise")
     out = []
@@ -109,6 +111,30 @@ def read_records(data_dir: str) -> list[RecordInfo]:
                               rec.global_caption, list(rec.local_captions), rec.summary,
                               len(rec.images)))
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _towers(model_config: CLIPConfig, mesh: Mesh):
+    """The jitted image tower, text tower and logit scale of an architecture on a mesh, built once
+    per process: every Encoder of a run (training's periodic and final evaluations, each protocol
+    of `--mode=eval`) shares them, so each tower compiles once per input shape, not once per
+    evaluation."""
+    model = CLIP(model_config)
+
+    def encode_images(p, x):
+        if x.ndim == 5:  # clips [b, F, S, S, 3]: mean of the frames' unit embeddings
+            b, f = x.shape[:2]
+            emb = model.apply({"params": p}, x.reshape(b * f, *x.shape[2:]),
+                              method=CLIP.encode_image)
+            return l2_normalize(l2_normalize(emb).reshape(b, f, -1).mean(axis=1))
+        return l2_normalize(model.apply({"params": p}, x, method=CLIP.encode_image))
+
+    out = NamedSharding(mesh, PartitionSpec(sharding.batch_axes(mesh)))
+    encode_text = jax.jit(
+        lambda p, t: l2_normalize(model.apply({"params": p}, t, method=CLIP.encode_text)),
+        out_shardings=out)
+    logit_scale = jax.jit(lambda p: model.apply({"params": p}, method=CLIP.logit_scale))
+    return jax.jit(encode_images, out_shardings=out), encode_text, logit_scale
 
 
 class Encoder:
@@ -129,40 +155,22 @@ class Encoder:
         self._batch_sharding = sharding.batch_sharding(self.mesh)
         # Parameters follow the training layout (replicated, or split over `fsdp`).
         self.params = jax.device_put(params, sharding.param_sharding(params, self.mesh))
-        model = CLIP(model_config)
-
-        def encode_images(p, x):
-            if x.ndim == 5:  # clips [b, F, S, S, 3]: mean of the frames' unit embeddings
-                b, f = x.shape[:2]
-                emb = model.apply({"params": p}, x.reshape(b * f, *x.shape[2:]),
-                                  method=CLIP.encode_image)
-                return l2_normalize(l2_normalize(emb).reshape(b, f, -1).mean(axis=1))
-            return l2_normalize(model.apply({"params": p}, x, method=CLIP.encode_image))
-
-        out = NamedSharding(self.mesh, PartitionSpec(sharding.batch_axes(self.mesh)))
-        self._encode_images = jax.jit(encode_images, out_shardings=out)
-        self._encode_text = jax.jit(
-            lambda p, t: l2_normalize(model.apply({"params": p}, t, method=CLIP.encode_text)),
-            out_shardings=out)
-        self.logit_scale = float(jax.device_get(jax.jit(
-            lambda p: model.apply({"params": p}, method=CLIP.logit_scale))(self.params)))
+        self._encode_images, self._encode_text, logit_scale = _towers(model_config, self.mesh)
+        self.logit_scale = float(jax.device_get(logit_scale(self.params)))
 
     @classmethod
     def load(cls, checkpoint, mesh: Optional[Mesh] = None, batch_size: int = 256,
              progress: bool = False) -> "Encoder":
         """From anything `emocap_jax.load` reads (export folder, training workdir, open_clip or
         Hugging Face checkpoint)."""
-        import emocap_jax
-
         model = emocap_jax.load(checkpoint)
         if model.tokenizer is None:
             raise ValueError(f"{checkpoint}: the checkpoint records no tokenizer, so prompts "
                              "cannot be encoded")
         # One name per model, however it was given (workdir, its export/, relative or absolute),
         # so reports from `--mode=eval` and from this CLI collect into the same checkpoint's table.
-        from emocap_jax.api import _find_export
         path = pathlib.Path(checkpoint).absolute()
-        export = _find_export(path) if path.is_dir() else None
+        export = params_io.find_export(path) if path.is_dir() else None
         return cls(model.params, model.config, model.tokenizer, mesh, batch_size, progress,
                    description=str(export or path))
 
@@ -173,8 +181,6 @@ class Encoder:
 
     def images(self, data_dir: str, num_frames: Optional[int] = None) -> ImageFeatures:
         """Features of every record of the dataset folder, in record order, each exactly once."""
-        from emocap_jax.data import pipeline, shard_writer
-
         data_dir = os.fspath(data_dir)
         num_records = shard_writer.load_metadata(data_dir)["num_records"]
         pc, pi = jax.process_count(), jax.process_index()
@@ -192,7 +198,6 @@ class Encoder:
         ids: list[Optional[str]] = [None] * num_records
         batches = iterator
         if self.progress and pi == 0:
-            from tqdm import tqdm
             unit = "clips" if num_frames else "images"
             batches = tqdm(iterator, total=num_batches, unit="batch",
                            desc=f"encoding {num_records} {unit} of {data_dir}")

@@ -17,6 +17,10 @@ import warnings
 from typing import Optional, Sequence
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from emocap_jax.evaluate import metrics
 
@@ -44,8 +48,6 @@ def _groups_or_none(groups) -> Optional[np.ndarray]:
 def cv_folds(labels, groups, num_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) index arrays of `num_folds` stratified folds; with groups (subjects), no group
     is split between train and test (scikit-learn's StratifiedGroupKFold)."""
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
     labels = np.asarray(labels)
     groups = _groups_or_none(groups)
     if num_folds < 2:
@@ -92,10 +94,6 @@ def fit_probe(train_x, train_y, val_x, val_y, num_classes: int,
     (ties: the smaller C, i.e. the stronger regularisation) and refits with it on train +
     validation (or on train alone with refit_on_validation=False, for few-shot budgets).
     balanced: weight each class by 1 / its frequency in the data being fitted."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
-
     train_x, val_x = np.asarray(train_x, np.float64), np.asarray(val_x, np.float64)
     train_y, val_y = np.asarray(train_y), np.asarray(val_y)
     if len(np.unique(train_y)) < 2:

@@ -42,6 +42,25 @@ def metric_name(metric: str) -> str:
     return METRIC_NAMES.get(head, head) + sep + tail
 
 
+def summary_line(result: dict) -> str:
+    """One line per result, as the evaluation CLI and `--mode=eval` print it."""
+    value = result["value"]
+    text = (f"{result['title']} {result['protocol']}: {metric_name(result['metric'])} "
+            f"{'n/a' if value is None else f'{100 * value:.1f}%'}")
+    report = result.get("report") or {}
+    folds = len(result.get("folds") or [])
+    if "war" in report:
+        # With folds the headline UAR is the fold mean: give WAR the same way.
+        war = report["fold_summary"]["war"]["mean"] if folds > 1 else report["war"]
+        text += f", WAR {100 * war:.1f}%, {report['num_examples']} examples"
+    if folds > 1:
+        text += f", mean of {folds} folds"
+    if result.get("paper"):
+        text += (f" (paper: EmoCapCLIP {result['paper']['emocapclip']}, "
+                 f"FLIP {result['paper']['flip']})")
+    return text
+
+
 def _pct(value) -> str:
     return DASH if value is None else f"{100 * value:.1f}"
 
@@ -58,9 +77,9 @@ def _json_default(x):
 
 def plot_confusion(cm, classes: Sequence[str], path, title: str = "") -> pathlib.Path:
     """Row-normalised confusion matrix (colour = recall share), with the counts written in."""
-    import matplotlib
+    import matplotlib  # optional heavy dependency: only the confusion-matrix PNGs need it
     matplotlib.use("Agg")  # files only: no display on TPU VMs and CI
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), so no display backend is tried
 
     cm = np.asarray(cm, np.float64)
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)

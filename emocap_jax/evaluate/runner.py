@@ -20,9 +20,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from emocap_jax.data.shard_writer import load_metadata
 from emocap_jax.evaluate import (au_detection, few_shot, linear_probe, metrics, multiple_choice,
                                  registry, retrieval, zero_shot)
 from emocap_jax.evaluate.features import Encoder, ImageFeatures, read_records
+from emocap_jax.evaluate.prompts import canonical, compound_parts
 
 # Frames sampled per clip unless asked otherwise (DFEW / MAFW practice), capped at what is stored.
 DEFAULT_VIDEO_FRAMES = 16
@@ -107,14 +109,12 @@ def _num_frames(spec: registry.Benchmark, data_dir: str, requested: Optional[int
     stores (sampling more would only repeat frames)."""
     if not spec.video:
         return None
-    from emocap_jax.data.shard_writer import load_metadata
     stored = int(load_metadata(data_dir).get("frames_per_record") or 1)
     wanted = requested or DEFAULT_VIDEO_FRAMES
     return max(1, min(wanted, stored))
 
 
 def _resolve(spec: registry.Benchmark, data_dir: str) -> registry.Benchmark:
-    from emocap_jax.data.shard_writer import load_metadata
     return spec.resolve(load_metadata(data_dir).get("classes"))
 
 
@@ -201,7 +201,6 @@ def compound_partial_match(labels, predictions, classes) -> Optional[float]:
     """Fraction of faces whose predicted compound shares at least one basic emotion with the
     true one ("happily surprised" for "fearfully surprised" counts): how often the model gets one
     component right. None when the class names do not decompose."""
-    from emocap_jax.evaluate.prompts import canonical, compound_parts
     parts = []
     for name in classes:
         p = compound_parts(name) or ([canonical(name)] if canonical(name) else None)

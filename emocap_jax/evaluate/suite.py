@@ -17,7 +17,11 @@ import logging
 import pathlib
 from typing import Optional
 
-from emocap_jax.evaluate import registry
+import jax
+
+from emocap_jax.data.shard_writer import load_metadata
+from emocap_jax.evaluate import registry, report, runner
+from emocap_jax.evaluate.synthetic_benchmarks import generate_benchmarks
 
 log = logging.getLogger("emocap_jax.evaluate")
 
@@ -47,11 +51,8 @@ def parse_entry(text: str) -> Entry:
 
 
 def _synthetic_benchmarks(config, workdir: pathlib.Path, split: str) -> str:
-    from data_prep.synthetic_benchmarks import generate_benchmarks
-    from emocap_jax.evaluate.runner import is_dataset
-
     root = workdir / SYNTHETIC_BENCH_DIR
-    if not is_dataset(root / split):
+    if not runner.is_dataset(root / split):
         syn = config.data.synthetic
         log.info("generating the synthetic %s split into %s", split, root)
         generate_benchmarks(root, seed=syn.seed, per_class=max(1, syn.eval_per_class),
@@ -63,8 +64,6 @@ def resolve_entry(entry: Entry, config, workdir: pathlib.Path, eval_dir: str) ->
     """(benchmark name, data folder) of an entry. A zero_shot_dir that is not the synthetic
     class order is evaluated as a generic labelled dataset ("imagefolder": classes from its
     metadata), as --mode=eval always did."""
-    from emocap_jax.data.shard_writer import load_metadata
-
     if entry.data:
         return entry.benchmark, entry.data
     if entry.benchmark == "synthetic":
@@ -86,10 +85,6 @@ def resolve_entry(entry: Entry, config, workdir: pathlib.Path, eval_dir: str) ->
 
 def run_config_evals(config, workdir, encoder, eval_dir: str) -> list[dict]:
     """Runs every entry of config.eval.benchmarks; writes WORKDIR/eval/ and returns the results."""
-    import jax
-
-    from emocap_jax.evaluate import report, runner
-
     workdir = pathlib.Path(workdir)
     entries = [parse_entry(e) for e in config.eval.benchmarks]  # all checked before any runs
     if not entries:

@@ -8,8 +8,9 @@ Three ways to turn prompts into class scores (`mode`):
                 averaged (no re-normalisation: templates that match a class better weigh more);
   "description" one descriptive sentence per class (registry `descriptions`) instead of templates.
 
-The pure functions here take feature arrays, so they are testable without a model; the wrappers at
-the end keep the training loop's API (`zero_shot_classification`).
+The functions here take feature arrays, so they are testable without a model; `runner.py` binds
+them to an `features.Encoder` (training's periodic evals, `--mode=eval` and the evaluate CLI all go
+through it).
 """
 from __future__ import annotations
 
@@ -17,14 +18,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from emocap_jax.evaluate.metrics import classification_report
 from emocap_jax.evaluate.prompts import EMOTION_TEMPLATES
 
 MODES = ("embedding", "logits", "description")
 
 __all__ = ["EMOTION_TEMPLATES", "MODES", "class_embeddings", "zero_shot_scores",
-           "prompt_embeddings", "text_classifier", "encode_dataset_images",
-           "zero_shot_classification"]
+           "prompt_embeddings", "prompt_texts"]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -73,55 +72,3 @@ def prompt_embeddings(encode_texts, prompts: Sequence[Sequence[str]]) -> np.ndar
     flat = [text for class_prompts in prompts for text in class_prompts]
     emb = np.asarray(encode_texts(flat), np.float32)
     return emb.reshape(len(prompts), counts.pop(), -1)
-
-
-# ------------------------------------------------------------------------------------------------
-# Model-bound wrappers (the training loop's API).
-
-
-def _encoder(params, model_config, tokenizer, batch_size: int = 256, mesh=None):
-    from emocap_jax.evaluate.features import Encoder
-    return Encoder(params, model_config, tokenizer, mesh=mesh, batch_size=batch_size)
-
-
-def text_classifier(params, model_config, tokenizer, class_names: Sequence[str],
-                    templates: Sequence[str] = EMOTION_TEMPLATES) -> np.ndarray:
-    """[C, D] unit-norm class embeddings: the normalised mean of each class's normalised prompt
-    embeddings."""
-    encoder = _encoder(params, model_config, tokenizer)
-    return class_embeddings(prompt_embeddings(encoder.texts,
-                                              prompt_texts(class_names, templates)))
-
-
-def encode_dataset_images(params, model_config, data_dir: str, batch_size: int, mesh=None,
-                          num_frames: Optional[int] = None):
-    """Unit-norm image embeddings, labels and ids of every record of a dataset folder, each exactly
-    once, in record order (see `features.Encoder.images`)."""
-    result = _encoder(params, model_config, None, batch_size, mesh).images(data_dir, num_frames)
-    return result.features, result.labels, result.ids
-
-
-def zero_shot_classification(params, model_config, tokenizer, data_dir: str,
-                             classes: Optional[Sequence[str]] = None,
-                             templates: Sequence[str] = EMOTION_TEMPLATES, batch_size: int = 256,
-                             mesh=None) -> dict:
-    """UAR/WAR/macro-F1 and the confusion matrix of zero-shot prediction on a labelled dataset.
-    `classes` are the prompt words in label_id order (default: the dataset's recorded classes)."""
-    from emocap_jax.data.shard_writer import load_metadata
-
-    metadata = load_metadata(data_dir)
-    recorded = metadata.get("classes")
-    if classes is None:
-        if not recorded:
-            raise ValueError(f"{data_dir}: metadata.json records no classes; pass them")
-        classes = recorded
-    elif recorded and len(recorded) != len(classes):
-        raise ValueError(f"{len(classes)} class names given but {data_dir} has "
-                         f"{len(recorded)} classes {recorded}")
-    encoder = _encoder(params, model_config, tokenizer, batch_size, mesh)
-    emb = prompt_embeddings(encoder.texts, prompt_texts(classes, templates))
-    images = encoder.images(data_dir)
-    predictions = np.argmax(zero_shot_scores(images.features, emb), axis=-1)
-    report = classification_report(images.labels, predictions, list(classes))
-    report["dataset"] = str(data_dir)
-    return report

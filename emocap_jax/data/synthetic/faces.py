@@ -59,7 +59,7 @@ COMPOUND_CLASSES: tuple[str, ...] = (
 ALL_CLASSES: tuple[str, ...] = BASIC_CLASSES + COMPOUND_CLASSES
 
 # Each split draws its people and faces from its own random streams. The benchmark splits of
-# data_prep.synthetic_benchmarks (compound faces, video clips) add their own codes, so their people
+# emocap_jax.evaluate.synthetic_benchmarks (compound faces, video clips) add their own codes, so their people
 # are new and the train and eval faces stay what they were.
 SPLIT_CODES = {"train": 0, "eval": 1, "eval_compound": 2, "eval_video": 3}
 GROUP_PREFIXES = {"train": "syn_id", "eval": "syn_eval_id", "eval_compound": "syn_cmp_id",

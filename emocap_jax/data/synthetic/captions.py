@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from data_prep.synthetic_faces import AU_NAMES, BASIC_CLASSES, PROTOTYPES
+from emocap_jax.data.synthetic.faces import AU_NAMES, BASIC_CLASSES, PROTOTYPES
 
 # Facial regions in the order their sentences appear; each AU belongs to exactly one region.
 REGIONS: tuple[tuple[str, tuple[int, ...]], ...] = (
