@@ -44,7 +44,7 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
     if jax.distributed.is_initialized():
         raise ValueError("the synthetic corpus is for single-host runs; set config.data.train_dir")
     from emocap_jax.data.manifest import convert_manifest
-    from emocap_jax.data.synthetic.corpus import generate_corpus
+    from emocap_jax.data.synthetic.corpus import ensure_eval_regions, generate_corpus
     from emocap_jax.data.shard_writer import load_metadata
 
     corpus = workdir / "synthetic"
@@ -65,6 +65,8 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
             log.info("converting %s into TFRecords at %s", manifest, out)
             convert_manifest(manifest, manifest.parent, out, num_shards=8, overwrite=True,
                              progress=False, classes=split_classes)
+    # Region boxes and sentence regions of the held-out faces, for the grounding protocol.
+    ensure_eval_regions(corpus, data / "eval")
     return str(data / "train"), eval_dir or str(data / "eval")
 
 
