@@ -33,7 +33,7 @@ def slug(benchmark: str, protocol: str) -> str:
 
 
 METRIC_NAMES = {"uar": "UAR", "war": "WAR", "mean_f1": "mean F1", "accuracy": "accuracy",
-                "mean_recall": "mean R@1/5/10"}
+                "mean_recall": "mean R@1/5/10", "pointing_accuracy": "pointing-game accuracy"}
 
 
 def metric_name(metric: str) -> str:
@@ -275,6 +275,9 @@ def _details(result: dict) -> list[str]:
                 lines.append(f"| {name} | " + " | ".join(_pct(fold[key][k]) for k in ks) + " |")
         if "num_questions" in fold:
             lines += _multiple_choice_details(fold)
+        if "per_region" in fold:
+            from emocap_jax.evaluate.grounding import details as grounding_details
+            lines += grounding_details(fold)
     return lines + [""]
 
 
