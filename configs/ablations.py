@@ -11,7 +11,8 @@ mining_both, mining_off (only the mining mode changes).
 `bench/ablations.py` fine-tunes global_only, summary, local, mining and full from one
 synthetic-pretrained checkpoint and evaluates them with `config.eval.benchmarks` as set here
 (`--mode=eval`): zero-shot and AU detection and retrieval on the held-out basic faces, the
-compound protocol on the synthetic compound faces.
+compound protocol on the synthetic compound faces, and the grounding protocol (pointing game
+of the local term's sentence-to-patch maps) on the basic faces.
 """
 import importlib
 
@@ -29,7 +30,7 @@ ABLATIONS = {
 
 # What the ablation table measures, as --mode=eval runs it.
 EVALS = ("synthetic:zero_shot", "synthetic-compound:compound", "synthetic:au_detection",
-         "synthetic:retrieval")
+         "synthetic:retrieval", "synthetic:grounding")
 
 
 def get_config(arg: str = "full"):

@@ -419,6 +419,17 @@ def mined_global_contrastive_loss(image_emb, text_emb, logit_scale, mining: Mini
     return global_contrastive_loss(image_emb, text_emb, logit_scale, targets)
 
 
+def sentence_patch_logits(patch_tokens: jax.Array, sentence_emb: jax.Array, tau_pool) -> jax.Array:
+    """The local loss's sentence-to-patch map before its softmax: <P_jp, u> / tau_pool.
+
+    patch_tokens: [B, Np, D] projected patch tokens, not normalised; sentence_emb: [S, D]
+    L2-normalised sentence embeddings. Returns [B, S, Np] float32; softmax over the last axis gives
+    the pooling weights of `local_region_sentence_loss` (the grounding protocol and
+    `EmoCapCLIP.explain` show this map)."""
+    return jnp.einsum("jpd,sd->jsp", patch_tokens.astype(jnp.float32),
+                      sentence_emb.astype(jnp.float32)) / tau_pool
+
+
 def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
                                sentence_mask: jax.Array, logit_scale, tau_pool) -> jax.Array:
     """Region-sentence alignment loss over one batch (DESIGN section 2); returns a scalar.
@@ -449,7 +460,7 @@ def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
     sentences = sentences.astype(jnp.float32)
     patches = patch_tokens.astype(jnp.float32)
 
-    scores = jnp.einsum("jpd,sd->jsp", patches, sentences) / tau_pool  # [B images, S sentences, Np]
+    scores = sentence_patch_logits(patches, sentences, tau_pool)  # [B images, S sentences, Np]
     pooled = jnp.einsum("jsp,jpd->jsd", jax.nn.softmax(scores, axis=-1), patches)
     pooled = pooled * jax.lax.rsqrt(jnp.sum(pooled * pooled, axis=-1, keepdims=True) + _NORM_EPS)
     logits = logit_scale * jnp.einsum("jsd,sd->js", pooled, sentences)  # [B, S]

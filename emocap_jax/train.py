@@ -24,7 +24,7 @@ from emocap_jax.data import pipeline
 from emocap_jax.data.manifest import convert_manifest
 from emocap_jax.data.pipeline import to_global_batch
 from emocap_jax.data.shard_writer import load_metadata
-from emocap_jax.data.synthetic.corpus import generate_corpus
+from emocap_jax.data.synthetic.corpus import ensure_eval_regions, generate_corpus
 from emocap_jax.evaluate import registry, runner
 from emocap_jax.evaluate.report import summary_line
 from emocap_jax.evaluate.features import Encoder
@@ -76,6 +76,8 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
             log.info("converting %s into TFRecords at %s", manifest, out)
             convert_manifest(manifest, manifest.parent, out, num_shards=8, overwrite=True,
                              progress=False, classes=split_classes)
+    # Region boxes and sentence regions of the held-out faces, for the grounding protocol.
+    ensure_eval_regions(corpus, data / "eval")
     return str(data / "train"), eval_dir or str(data / "eval")
 
 

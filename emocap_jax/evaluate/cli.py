@@ -31,6 +31,10 @@ protocols:
   au_detection     per-AU positive vs negative prompts; per-AU F1 and mean F1
   retrieval        image <-> caption recall@1/5/10 on a captioned split
   multiple_choice  the option text closest to the image; accuracy (questions.jsonl)
+  grounding        pointing game: the argmax patch of the local loss's sentence-to-patch map
+                   falls in the box of the region the local sentence describes; accuracy per
+                   region and overall against the boxes' area fraction as chance
+                   (regions.jsonl; see emocap_jax/evaluate/grounding.py)
 
 --data is a dataset folder (with metadata.json) or the output folder of
 `python -m data_prep.benchmarks` / `python -m data_prep.synthetic_benchmarks`, in which the
@@ -135,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mc-template", default="{option}",
                    help="text of an answer option, from {question} and {option} "
                         "(default '{option}')")
+    g = p.add_argument_group("grounding")
+    g.add_argument("--regions", default=None,
+                   help="regions file (default: regions.jsonl in the dataset folder)")
+    g.add_argument("--grounding-tolerance", type=float, default=0.0, metavar="PX",
+                   help="a pointer this many pixels (of the stored image) outside the region's "
+                        "boxes still hits; chance grows with the boxes (default 0)")
     g = p.add_argument_group("devices")
     g.add_argument("--mesh-data", type=int, default=-1,
                    help="devices on the mesh's data axis (-1: all; default -1)")
@@ -179,6 +189,10 @@ def _check(args, parser) -> None:
         parser.error(f"--questions {args.questions}: no such file")
     if args.templates is not None and not os.path.isfile(args.templates):
         parser.error(f"--templates {args.templates}: no such file")
+    if args.regions is not None and not os.path.isfile(args.regions):
+        parser.error(f"--regions {args.regions}: no such file")
+    if args.grounding_tolerance < 0:
+        parser.error(f"--grounding-tolerance must be >= 0, got {args.grounding_tolerance}")
     for flag, value, low in (("batch-size", args.batch_size, 1), ("frames", args.frames, 1),
                              ("num-folds", args.num_folds, 2)):
         if value is not None and value < low:
@@ -210,7 +224,8 @@ def options_from_args(args):
                    shots=args.shots, seeds=args.seeds, caption_field=args.caption_field,
                    questions=args.questions, mc_template=args.mc_template,
                    au_threshold=args.au_threshold, seed=args.seed,
-                   balanced_probe=args.balanced_probe)
+                   balanced_probe=args.balanced_probe, regions=args.regions,
+                   grounding_tolerance=args.grounding_tolerance)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -255,6 +270,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     written = report.write_result(args.output, result)
     summary = report.write_report(args.output, encoder.description)
     print(report.summary_line(result))
+    if result["protocol"] == registry.GROUNDING:
+        # Loaded with the protocol, like the other modules this CLI imports after parsing.
+        from emocap_jax.evaluate.grounding import format_table
+        for fold in result["folds"]:
+            print(format_table(fold))
     for kind, path in written.items():
         print(f"  {kind}: {path}")
     print(f"  report: {summary['markdown']} and {summary['csv']} "

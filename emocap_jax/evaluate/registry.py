@@ -47,8 +47,9 @@ COMPOUND = "compound"
 AU_DETECTION = "au_detection"
 RETRIEVAL = "retrieval"
 MULTIPLE_CHOICE = "multiple_choice"
+GROUNDING = "grounding"
 PROTOCOLS = (ZERO_SHOT, LINEAR_PROBE, FEW_SHOT, VIDEO, COMPOUND, AU_DETECTION, RETRIEVAL,
-             MULTIPLE_CHOICE)
+             MULTIPLE_CHOICE, GROUNDING)
 CLASSIFICATION_PROTOCOLS = (ZERO_SHOT, LINEAR_PROBE, FEW_SHOT)
 
 # FABA-Bench AU detection scores these 12 AUs (JackYFL/EmoLA, emollava/eval/eval_FABA.py,
@@ -385,7 +386,7 @@ _ENTRIES = (
     Benchmark("synthetic", "synthetic faces", "synthetic",
               **_classes(synthetic_faces.BASIC_CLASSES),
               protocols=(ZERO_SHOT, LINEAR_PROBE, FEW_SHOT, AU_DETECTION, RETRIEVAL,
-                         MULTIPLE_CHOICE),
+                         MULTIPLE_CHOICE, GROUNDING),
               test_split="basic", train_split=None, cv_folds=5,
               aus=synthetic_faces.AU_CODES,
               note="held-out identities of the synthetic corpus (its eval split)"),

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from emocap_jax.evaluate import registry
+from emocap_jax.evaluate import grounding, registry
 
 RESULTS, PREDICTIONS, CONFUSION = "results", "predictions", "confusion"
 DASH = "—"
@@ -33,7 +33,7 @@ def slug(benchmark: str, protocol: str) -> str:
 
 
 METRIC_NAMES = {"uar": "UAR", "war": "WAR", "mean_f1": "mean F1", "accuracy": "accuracy",
-                "mean_recall": "mean R@1/5/10"}
+                "mean_recall": "mean R@1/5/10", "pointing_accuracy": "pointing-game accuracy"}
 
 
 def metric_name(metric: str) -> str:
@@ -294,6 +294,8 @@ def _details(result: dict) -> list[str]:
                 lines.append(f"| {name} | " + " | ".join(_pct(fold[key][k]) for k in ks) + " |")
         if "num_questions" in fold:
             lines += _multiple_choice_details(fold)
+        if "per_region" in fold:
+            lines += grounding.details(fold)
     return lines + [""]
 
 

@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from emocap_jax.data.shard_writer import load_metadata
-from emocap_jax.evaluate import (au_detection, few_shot, linear_probe, metrics, multiple_choice,
-                                 registry, retrieval, zero_shot)
+from emocap_jax.evaluate import (au_detection, few_shot, grounding, linear_probe, metrics,
+                                 multiple_choice, registry, retrieval, zero_shot)
 from emocap_jax.evaluate.features import Encoder, ImageFeatures, read_records
 from emocap_jax.evaluate.prompts import canonical, compound_parts
 
@@ -51,6 +51,8 @@ class Options:
     au_threshold: float = 0.0
     seed: int = 0
     balanced_probe: bool = True
+    regions: Optional[str] = None
+    grounding_tolerance: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,6 +377,7 @@ PROTOCOL_RUNNERS = {
     registry.AU_DETECTION: run_au_detection,
     registry.RETRIEVAL: run_retrieval,
     registry.MULTIPLE_CHOICE: run_multiple_choice,
+    registry.GROUNDING: grounding.run_grounding,
 }
 
 

@@ -12,6 +12,8 @@ writes three TFRecord datasets (the layout of `data_prep.benchmarks`' output, so
                     of the synthetic corpus's eval split (`emocap_jax.data.synthetic.corpus`, eval_per_class).
     DIR/basic/questions.jsonl   multiple-choice questions about those faces: which emotion, and
                     which facial movement is visible (4 options each)
+    DIR/basic/regions.jsonl     where each face's brows, eyes, cheeks, nose, mouth and jaw are
+                    (pixel boxes) and which region each local sentence describes (grounding)
     DIR/compound/   held-out faces of the 6 compound classes (compound protocol)
     DIR/video/      clips of the 8 basic classes, F frames each, the expression ramping from a
                     nearly neutral face to its apex while the head turns slightly (video protocol)
@@ -34,7 +36,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from emocap_jax.data.synthetic.corpus import DEFAULT_FACES_PER_IDENTITY, DEFAULT_JPEG_QUALITY, face_record, plan_corpus
+from emocap_jax.data.synthetic.corpus import (DEFAULT_FACES_PER_IDENTITY, DEFAULT_JPEG_QUALITY, REGIONS_FILE,
+                                              eval_grounding_records, face_record, plan_corpus,
+                                              write_grounding_file)
 from emocap_jax.data.synthetic.faces import (
     AU_CODES,
     BASIC_CLASSES,
@@ -216,7 +220,10 @@ def generate_benchmarks(
         questions = questions_for(records, seed)
         path = out / "basic" / QUESTIONS_FILE
         path.write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
-        summary.update(basic=str(out / "basic"), questions=str(path), num_questions=len(questions))
+        regions = write_grounding_file(out / "basic" / REGIONS_FILE,
+                                       eval_grounding_records(seed, per_class, size))
+        summary.update(basic=str(out / "basic"), questions=str(path), num_questions=len(questions),
+                       regions=str(regions))
     if "compound" in splits:
         _write(out / "compound", compound_records(seed, compound_per_class, size, jpeg_quality),
                compound_per_class * len(COMPOUND_CLASSES), COMPOUND_CLASSES, "compound",

@@ -31,6 +31,12 @@ REGIONS: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("jaw", (26,)),
 )
 REGION_OF_AU: dict[int, str] = {code: region for region, codes in REGIONS for code in codes}
+# The face region (faces.FACE_REGIONS, whose boxes faces.face_regions records) each caption region's
+# sentence describes: lip-corner and lip movements are both in the mouth.
+FACE_REGION_OF: dict[str, str] = {
+    "brows": "brows", "eyes": "eyes", "cheeks": "cheeks", "nose": "nose",
+    "lip corners": "mouth", "lips": "mouth", "jaw": "jaw",
+}
 
 # Intensity bands: slight [threshold, 0.4), moderate [0.4, 0.7), strong [0.7, 1].
 _LEVEL_BOUNDS = (0.4, 0.7)
@@ -196,6 +202,9 @@ class Caption:
     global_: str
     local: tuple[str, ...]
     summary: str
+    # The face region (FACE_REGIONS) each local sentence describes, aligned with `local`; None for
+    # the relaxed-face sentence, which describes no one region.
+    local_regions: tuple[str | None, ...] = ()
 
 
 def intensity_level(value: float) -> int:
@@ -237,11 +246,18 @@ def _compact_sentence(codes: Sequence[int], aus: Mapping[int, float], unilateral
 def local_sentences(aus: Mapping[int, float], unilateral_aus: frozenset[int], rng: np.random.Generator) -> list[str]:
     """One sentence per region with an active AU, in ``REGIONS`` order; a relaxed-face sentence
     when no AU is active."""
+    return [sentence for _, sentence in tagged_local_sentences(aus, unilateral_aus, rng)]
+
+
+def tagged_local_sentences(aus: Mapping[int, float], unilateral_aus: frozenset[int], rng: np.random.Generator) -> list[tuple[str | None, str]]:
+    """``local_sentences`` with the face region (``FACE_REGION_OF``) each sentence describes:
+    [(region, sentence)], region None for the relaxed-face sentence. Same random draws, same
+    sentences."""
     unknown = sorted(set(aus) - set(REGION_OF_AU))
     if unknown:
         raise ValueError(f"no caption region for AU codes {unknown}")
     sentences = []
-    for _, codes in REGIONS:
+    for caption_region, codes in REGIONS:
         active = [code for code in codes if code in aus]
         if not active:
             continue
@@ -251,9 +267,9 @@ def local_sentences(aus: Mapping[int, float], unilateral_aus: frozenset[int], rn
             sentence += _pick(rng, _JOINERS) + clause
         if pretoken_count(sentence) > _PRETOKEN_BUDGET:
             sentence = _compact_sentence(active, aus, unilateral_aus, rng)
-        sentences.append(_capitalize(sentence) + ".")
+        sentences.append((FACE_REGION_OF[caption_region], _capitalize(sentence) + "."))
     if not sentences:
-        sentences.append(_pick(rng, _RELAXED_SENTENCES))
+        sentences.append((None, _pick(rng, _RELAXED_SENTENCES)))
     return sentences
 
 
@@ -308,9 +324,13 @@ def summary_sentence(label: str, aus: Mapping[int, float], unilateral_aus: froze
 
 
 def write_caption(label: str, aus: Mapping[int, float], unilateral_aus: frozenset[int], rng: np.random.Generator) -> Caption:
-    """Global, local and summary sentences for a face with drawn ``aus`` (code -> intensity)."""
+    """Global, local and summary sentences for a face with drawn ``aus`` (code -> intensity), and
+    the face region of each local sentence."""
+    global_ = global_sentence(label, aus, rng)
+    tagged = tagged_local_sentences(aus, unilateral_aus, rng)
     return Caption(
-        global_=global_sentence(label, aus, rng),
-        local=tuple(local_sentences(aus, unilateral_aus, rng)),
+        global_=global_,
+        local=tuple(sentence for _, sentence in tagged),
         summary=summary_sentence(label, aus, unilateral_aus, rng),
+        local_regions=tuple(region for region, _ in tagged),
     )

@@ -9,6 +9,9 @@ layout a user brings for a real caption corpus (DESIGN.md section 4)::
     DIR/images/<id>.jpg          training images (basic and compound expressions)
     DIR/eval/<class>/<id>.jpg    held-out faces of the 8 basic classes, benchmark-style folders
     DIR/eval/manifest.jsonl      the same fields for the eval faces ("image" relative to DIR/eval)
+    DIR/eval/regions.jsonl       per eval face: where its facial regions are and which region each
+                                 local sentence describes (`grounding_record`; the grounding
+                                 protocol of emocap_jax.evaluate reads it)
     DIR/preview.png              contact sheet: one column per class, labels under the faces
     DIR/corpus.json              generator arguments, version, class lists, counts
 
@@ -38,7 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from emocap_jax.data.synthetic.captions import write_caption
+from emocap_jax.data.synthetic.captions import Caption, write_caption
 from emocap_jax.data.synthetic.faces import (
     ALL_CLASSES,
     AU_CODES,
@@ -50,12 +53,17 @@ from emocap_jax.data.synthetic.faces import (
     STREAM_SCHEDULE,
     VISIBILITY_THRESHOLD,
     FaceSpec,
+    face_regions,
     render_face,
     sample_face_spec,
     stream_rng,
 )
 
-GENERATOR_VERSION = "1.0.0"
+# 1.1.0 adds eval/regions.jsonl; images, manifests and captions are those of 1.0.0.
+GENERATOR_VERSION = "1.1.0"
+# Beside an eval split (the corpus's eval/ folder, a converted dataset folder): one JSON object per
+# face, see `grounding_record`.
+REGIONS_FILE = "regions.jsonl"
 IMAGE_FORMATS = {"jpeg": ("JPEG", ".jpg"), "png": ("PNG", ".png")}
 DEFAULT_COMPOUND_FRACTION = 0.15
 DEFAULT_FACES_PER_IDENTITY = 4
@@ -86,10 +94,15 @@ class _RenderSettings:
     output_dir: str
 
 
+def face_caption(spec: FaceSpec, seed: int, split: str, index: int) -> Caption:
+    """The caption of face ``index`` of ``split``, written from the spec's drawn AUs."""
+    caption_rng = stream_rng(STREAM_CAPTION, seed, SPLIT_CODES[split], index)
+    return write_caption(spec.label, spec.aus, spec.unilateral_aus, caption_rng)
+
+
 def face_record(spec: FaceSpec, record_id: str, image: str, seed: int, split: str, index: int) -> dict[str, Any]:
     """Manifest record of a face; captions come from the spec's drawn AUs."""
-    caption_rng = stream_rng(STREAM_CAPTION, seed, SPLIT_CODES[split], index)
-    caption = write_caption(spec.label, spec.aus, spec.unilateral_aus, caption_rng)
+    caption = face_caption(spec, seed, split, index)
     return {
         "id": record_id,
         "image": image,
@@ -100,6 +113,66 @@ def face_record(spec: FaceSpec, record_id: str, image: str, seed: int, split: st
         "aus": {f"AU{code}": value for code, value in sorted(spec.aus.items())},
         "group": spec.group,
     }
+
+
+def grounding_record(spec: FaceSpec, record_id: str, seed: int, split: str, index: int, size: int) -> dict[str, Any]:
+    """What the grounding protocol needs of one face, as a line of ``REGIONS_FILE``::
+
+        {"id": record id,
+         "image_size": [width, height] of the stored image, in pixels,
+         "regions": {region: [[x0, y0, x1, y1], ...]} for every region of faces.FACE_REGIONS:
+                    half-open pixel boxes of the stored image (faces.face_regions),
+         "local": [{"region": region or null, "text": sentence}, ...]: the face's local caption
+                  sentences in caption order, each with the region it describes (null: the
+                  relaxed-face sentence, which describes none)}
+    """
+    caption = face_caption(spec, seed, split, index)
+    return {
+        "id": record_id,
+        "image_size": [size, size],
+        "regions": {region: [list(box) for box in boxes] for region, boxes in face_regions(spec, size).items()},
+        "local": [{"region": region, "text": text} for region, text in zip(caption.local_regions, caption.local)],
+    }
+
+
+def eval_grounding_records(seed: int, eval_per_class: int, size: int, faces_per_identity: int = DEFAULT_FACES_PER_IDENTITY) -> list[dict[str, Any]]:
+    """``grounding_record`` of every eval face of a corpus generated with these arguments (the
+    same faces `emocap_jax.evaluate.synthetic_benchmarks` writes as its basic split), in manifest
+    order. Nothing is rendered: about 5 ms a face."""
+    _, tasks = plan_corpus(0, seed, eval_per_class, faces_per_identity=faces_per_identity)
+    return [
+        grounding_record(sample_face_spec(seed, task.split, task.index, task.label, task.identity_index), task.record_id, seed, task.split, task.index, size)
+        for task in tasks
+    ]
+
+
+def write_grounding_file(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> pathlib.Path:
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    _write_jsonl(tmp, records)
+    os.replace(tmp, path)
+    return path
+
+
+def ensure_eval_regions(corpus_dir: str | os.PathLike, dataset_dir: str | os.PathLike) -> pathlib.Path:
+    """Puts the eval faces' ``REGIONS_FILE`` into ``dataset_dir`` (the eval split converted to
+    TFRecords) unless it is there: copied from the corpus, or, for a corpus written before the
+    file existed, computed from the arguments in its corpus.json (the faces are a pure function of
+    them)."""
+    corpus_dir, dataset_dir = pathlib.Path(corpus_dir), pathlib.Path(dataset_dir)
+    target = dataset_dir / REGIONS_FILE
+    if target.is_file():
+        return target
+    source = corpus_dir / "eval" / REGIONS_FILE
+    if source.is_file():
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        return target
+    arguments = json.loads((corpus_dir / "corpus.json").read_text(encoding="utf-8"))["arguments"]
+    records = eval_grounding_records(arguments["seed"], arguments["eval_per_class"], arguments["size"],
+                                     arguments.get("faces_per_identity", DEFAULT_FACES_PER_IDENTITY))
+    return write_grounding_file(target, records)
 
 
 def _render_task(task: FaceTask, settings: _RenderSettings) -> dict[str, Any]:
@@ -283,6 +356,7 @@ def generate_corpus(
     train_records, eval_records = records[: len(train_tasks)], records[len(train_tasks) :]
     _write_jsonl(out / "manifest.jsonl", train_records)
     _write_jsonl(out / "eval" / "manifest.jsonl", eval_records)
+    write_grounding_file(out / "eval" / REGIONS_FILE, eval_grounding_records(seed, eval_per_class, size, faces_per_identity))
     columns, preview_root = _preview_records(eval_records, train_records)
     preview = write_preview(out, columns, preview_root, size)
     counts = {
@@ -310,6 +384,7 @@ def generate_corpus(
         "train_manifest": "manifest.jsonl",
         "eval_manifest": "eval/manifest.jsonl",
         "eval_image_root": "eval",
+        "eval_regions": f"eval/{REGIONS_FILE}",
         "counts": counts,
         "num_train": len(train_records),
         "num_eval": len(eval_records),

@@ -18,6 +18,7 @@ which anti-aliases every edge.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Mapping, Sequence
@@ -69,6 +70,9 @@ GROUP_PREFIXES = {"train": "syn_id", "eval": "syn_eval_id", "eval_compound": "sy
 # unit spans, before the per-face offset and scale.
 FACE_CENTER = (0.5, 0.48)
 FACE_UNIT = 0.34
+
+# Facial regions whose boxes ``face_regions`` records (each local caption sentence describes one).
+FACE_REGIONS: tuple[str, ...] = ("brows", "eyes", "cheeks", "nose", "mouth", "jaw")
 
 # Random streams are keyed by a tag in the FIRST position of a fixed-length entropy list:
 # numpy's SeedSequence pads short entropy with zeros, so [a, b, c] and [a, b, c, 0] would collide.
@@ -348,32 +352,83 @@ def _shade(color: Sequence[float], factor: float) -> tuple[int, int, int]:
 
 
 class _Canvas:
-    """Maps face units to supersampled pixels (rotation, scale, offset) and draws in them."""
+    """Maps face units to supersampled pixels (rotation, scale, offset) and draws in them.
 
-    def __init__(self, image: Image.Image, center: tuple[float, float], unit: float, rotation_deg: float):
+    Drawing calls made inside ``tagged(region, ...)`` also grow that region's extent (in
+    supersampled pixels, line widths included), which ``face_regions`` turns into boxes; ``mark``
+    grows the extent without drawing (anatomy that has no stroke of its own, such as the jaw line
+    or a cheek at rest). With ``image=None`` nothing is drawn and only the extents are kept;
+    calls tagged with a region in ``omit`` are not drawn."""
+
+    def __init__(self, image: Image.Image | None, center: tuple[float, float], unit: float, rotation_deg: float,
+                 omit: Sequence[str] = ()):
         self.image = image
-        self.draw = ImageDraw.Draw(image)
+        self.draw = ImageDraw.Draw(image) if image is not None else None
         self.cx, self.cy = center
         self.unit = unit
         angle = math.radians(rotation_deg)
         self.cos, self.sin = math.cos(angle), math.sin(angle)
+        self.omit = frozenset(omit)
+        # (region, side) -> [x_min, y_min, x_max, y_max] in supersampled pixel coordinates.
+        self.extents: dict[tuple[str, int], list[float]] = {}
+        self._tags: tuple[tuple[str, int], ...] = ()
 
-    def points(self, u: np.ndarray, v: np.ndarray) -> list[float]:
+    @contextlib.contextmanager
+    def tagged(self, *tags: tuple[str, int]):
+        """Drawing inside the block belongs to these (region, side) parts; side -1 is the
+        image-left part, +1 the image-right one, 0 a region drawn as one piece."""
+        previous, self._tags = self._tags, tuple(tags)
+        try:
+            yield
+        finally:
+            self._tags = previous
+
+    def _xy(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         x = self.cx + self.unit * (u * self.cos - v * self.sin)
         y = self.cy + self.unit * (u * self.sin + v * self.cos)
-        return np.stack([x, y], axis=-1).ravel().tolist()
+        return np.stack([x, y], axis=-1)
+
+    def points(self, u: np.ndarray, v: np.ndarray) -> list[float]:
+        return self._xy(u, v).ravel().tolist()
+
+    def _record(self, xy: np.ndarray, pad: float) -> None:
+        if not self._tags or len(xy) == 0:
+            return
+        low, high = xy.min(axis=0) - pad, xy.max(axis=0) + pad
+        for tag in self._tags:
+            box = self.extents.get(tag)
+            if box is None:
+                self.extents[tag] = [float(low[0]), float(low[1]), float(high[0]), float(high[1])]
+            else:
+                box[0], box[1] = min(box[0], float(low[0])), min(box[1], float(low[1]))
+                box[2], box[3] = max(box[2], float(high[0])), max(box[3], float(high[1]))
+
+    def _drawing(self) -> bool:
+        return self.draw is not None and not any(region in self.omit for region, _ in self._tags)
 
     def polygon(self, u: np.ndarray, v: np.ndarray, fill: tuple[int, int, int]) -> None:
         if len(u) >= 3:
-            self.draw.polygon(self.points(np.asarray(u, float), np.asarray(v, float)), fill=fill)
+            xy = self._xy(np.asarray(u, float), np.asarray(v, float))
+            # One pixel of margin: the rasteriser may touch the pixel an edge passes through.
+            self._record(xy, 1.0)
+            if self._drawing():
+                self.draw.polygon(xy.ravel().tolist(), fill=fill)
 
     def line(self, u: np.ndarray, v: np.ndarray, fill: tuple[int, int, int], width: float) -> None:
         pixels = max(1, int(round(width * self.unit)))
-        self.draw.line(self.points(np.asarray(u, float), np.asarray(v, float)), fill=fill, width=pixels, joint="curve")
+        xy = self._xy(np.asarray(u, float), np.asarray(v, float))
+        self._record(xy, pixels / 2 + 1.0)
+        if self._drawing():
+            self.draw.line(xy.ravel().tolist(), fill=fill, width=pixels, joint="curve")
 
     def ellipse(self, cu: float, cv: float, ru: float, rv: float, fill: tuple[int, int, int], n: int = 28) -> None:
         theta = np.linspace(0, 2 * math.pi, n, endpoint=False)
         self.polygon(cu + ru * np.cos(theta), cv + rv * np.sin(theta), fill)
+
+    def mark(self, u: np.ndarray, v: np.ndarray) -> None:
+        """Grows the tagged regions by these points (plus a polygon's pixel of margin) without
+        drawing anything."""
+        self._record(self._xy(np.asarray(u, float), np.asarray(v, float)), 1.0)
 
 
 def _au(aus: Mapping[int, float], code: int) -> float:
@@ -414,24 +469,83 @@ def _supersample_factor(size: int) -> int:
     return 4 if size <= 128 else 3 if size <= 256 else 2
 
 
-def render_face(spec: FaceSpec, size: int = 96, supersample: int | None = None) -> Image.Image:
-    """Draws ``spec`` as a ``size`` x ``size`` RGB image; deterministic for a spec and size."""
+def _face_canvas(spec: FaceSpec, size: int, ss: int, image: Image.Image | None, omit: Sequence[str] = ()) -> _Canvas:
+    big = size * ss
+    center = (big * (FACE_CENTER[0] + spec.offset[0]), big * (FACE_CENTER[1] + spec.offset[1]))
+    return _Canvas(image, center, unit=FACE_UNIT * big * spec.scale, rotation_deg=spec.rotation_deg, omit=omit)
+
+
+def _draw_face(canvas: _Canvas, spec: FaceSpec) -> None:
+    # Region tags of the parts drawn as one piece; eyes, cheeks, mouth and jaw tag inside.
+    _draw_head(canvas, spec)
+    with canvas.tagged(("brows", 0)):
+        _draw_brows_and_forehead(canvas, spec)
+    _draw_eyes(canvas, spec)
+    _draw_cheeks(canvas, spec)
+    with canvas.tagged(("nose", 0)):
+        _draw_nose(canvas, spec)
+    with canvas.tagged(("mouth", 0), ("jaw", 0)):
+        _draw_mouth(canvas, spec)
+
+
+def _check_omit(omit: Sequence[str]) -> None:
+    unknown = sorted(set(omit) - set(FACE_REGIONS))
+    if unknown:
+        raise ValueError(f"unknown face regions {unknown}; known: {', '.join(FACE_REGIONS)}")
+
+
+def render_face(spec: FaceSpec, size: int = 96, supersample: int | None = None, *, omit_regions: Sequence[str] = ()) -> Image.Image:
+    """Draws ``spec`` as a ``size`` x ``size`` RGB image; deterministic for a spec and size.
+
+    omit_regions: face regions (``FACE_REGIONS``) whose features are left out of the drawing,
+    e.g. to see which pixels a region's drawing sets: they all lie inside its boxes from
+    ``face_regions``."""
     if size < 16:
         raise ValueError(f"face size must be at least 16 pixels, got {size}")
+    _check_omit(omit_regions)
     ss = supersample or _supersample_factor(size)
     big = size * ss
     rng = np.random.default_rng(spec.render_seed)
     image = _background(spec, big, rng)
-    center = (big * (FACE_CENTER[0] + spec.offset[0]), big * (FACE_CENTER[1] + spec.offset[1]))
-    canvas = _Canvas(image, center, unit=FACE_UNIT * big * spec.scale, rotation_deg=spec.rotation_deg)
-    _draw_head(canvas, spec)
-    _draw_brows_and_forehead(canvas, spec)
-    _draw_eyes(canvas, spec)
-    _draw_cheeks(canvas, spec)
-    _draw_nose(canvas, spec)
-    _draw_mouth(canvas, spec)
+    _draw_face(_face_canvas(spec, size, ss, image, omit_regions), spec)
     small = image.reduce(ss) if ss > 1 else image
     return _photometric(small, spec, rng)
+
+
+def face_regions(spec: FaceSpec, size: int = 96, supersample: int | None = None) -> dict[str, list[tuple[int, int, int, int]]]:
+    """Where each facial region lies in the ``size`` x ``size`` image ``render_face`` draws.
+
+    Returns {region: boxes} for every region of ``FACE_REGIONS``, each box ``(x0, y0, x1, y1)`` in
+    whole output pixels, half-open (pixel columns x0..x1-1 and rows y0..y1-1), clipped to the
+    image. Boxes are the extents of the strokes the drawing makes for the region on this face,
+    its action-unit marks included (forehead wrinkles with the brows, crow's feet with the cheeks,
+    the open mouth with the jaw), line widths and one supersampled pixel of rasterisation margin
+    added. Eyes and cheeks have two boxes (image-left first), the other regions one. Two regions
+    are anatomy rather than strokes: a cheek at rest is where its raised cheek would be drawn, and
+    the jaw spans the face outline below the resting mouth line, together with the mouth (a jaw
+    drop also stretches the outline's sides a little above that line, outside the box). Nothing
+    is rendered, so this costs a small fraction of ``render_face``.
+    """
+    if size < 16:
+        raise ValueError(f"face size must be at least 16 pixels, got {size}")
+    ss = supersample or _supersample_factor(size)
+    canvas = _face_canvas(spec, size, ss, None)
+    _draw_face(canvas, spec)
+    regions: dict[str, list[tuple[int, int, int, int]]] = {}
+    for region in FACE_REGIONS:
+        boxes = []
+        for side in (-1, 0, 1):
+            extent = canvas.extents.get((region, side))
+            if extent is None:
+                continue
+            x0 = min(max(int(math.floor(extent[0] / ss)), 0), size)
+            y0 = min(max(int(math.floor(extent[1] / ss)), 0), size)
+            x1 = min(max(int(math.floor(extent[2] / ss)) + 1, 0), size)
+            y1 = min(max(int(math.floor(extent[3] / ss)) + 1, 0), size)
+            if x1 > x0 and y1 > y0:
+                boxes.append((x0, y0, x1, y1))
+        regions[region] = boxes
+    return regions
 
 
 def _photometric(image: Image.Image, spec: FaceSpec, rng: np.random.Generator) -> Image.Image:
@@ -476,6 +590,15 @@ def _draw_head(canvas: _Canvas, spec: FaceSpec) -> None:
         canvas.ellipse(side * ident.face_w * 0.98, 0.02, 0.12, 0.21, _shade(skin, 0.9), n=20)
     u, v = _face_outline(spec)
     canvas.polygon(u, v, _shade(skin, 0.84))
+    with canvas.tagged(("jaw", 0)):
+        # The jaw region: the face outline from the resting mouth line down to the chin, cut
+        # exactly at the line (the mouth, drawn later, is added to it).
+        below = v >= ident.mouth_y
+        following = np.roll(np.arange(len(v)), -1)
+        crossing = below != below[following]
+        t = (ident.mouth_y - v[crossing]) / (v[following][crossing] - v[crossing])
+        cut_u = u[crossing] + t * (u[following][crossing] - u[crossing])
+        canvas.mark(np.concatenate([u[below], cut_u]), np.concatenate([v[below], np.full(len(cut_u), ident.mouth_y)]))
     # A shrunken copy shifted toward the light leaves a soft shadow rim on the far side.
     shift_u, shift_v = 0.05 * math.cos(spec.light_angle), 0.05 * math.sin(spec.light_angle)
     canvas.polygon(u * 0.94 + shift_u, v * 0.95 + shift_v, skin)
@@ -566,35 +689,42 @@ def _eye_shape(spec: FaceSpec, side: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _draw_eyes(canvas: _Canvas, spec: FaceSpec) -> None:
+    for side in (-1, 1):
+        with canvas.tagged(("eyes", side)):
+            _draw_eye(canvas, spec, side)
+
+
+def _draw_eye(canvas: _Canvas, spec: FaceSpec, side: int) -> None:
     ident = spec.identity
     skin = ident.skin
     sclera = (238, 234, 228)
-    for side in (-1, 1):
-        u, v_up, v_lo, center_u, (upper, lower) = _eye_shape(spec, side)
-        au5, au6, au7 = _side_au(spec, 5, side), _side_au(spec, 6, side), _side_au(spec, 7, side)
-        # Upper-lid crease: rides up and thins out as the lid is raised.
-        crease_gap = 0.045 + 0.02 * au5
-        canvas.line(u[2:-2], v_up[2:-2] - crease_gap * (1 - 0.5 * np.linspace(-1, 1, 13) ** 2), _shade(skin, 0.78), 0.01)
-        eye_u = np.concatenate([u, u[-2:0:-1]])
-        eye_v = np.concatenate([v_up, v_lo[-2:0:-1]])
-        canvas.polygon(eye_u, eye_v, sclera)
-        # Iris and pupil are cut to the lid opening column by column: both lids are functions of u,
-        # so the visible part is, per column, the overlap of the disc's and the opening's extents.
-        iris_u = float(center_u) + spec.gaze[0]
-        iris_v = ident.eye_y + spec.gaze[1] + 0.15 * ident.iris_r
-        for radius, color in ((ident.iris_r, ident.iris), (ident.iris_r * 0.45, (18, 14, 14))):
-            cols = np.linspace(max(iris_u - radius, u[0]), min(iris_u + radius, u[-1]), 15)
-            half = np.sqrt(np.clip(radius**2 - (cols - iris_u) ** 2, 0, None))
-            top = np.maximum(iris_v - half, np.interp(cols, u, v_up))
-            bottom = np.minimum(iris_v + half, np.interp(cols, u, v_lo))
-            keep = top < bottom
-            if keep.sum() >= 2:
-                canvas.polygon(np.concatenate([cols[keep], cols[keep][::-1]]), np.concatenate([top[keep], bottom[keep][::-1]]), color)
-        canvas.line(u, v_up, (34, 26, 24), 0.022)
-        canvas.line(u, v_lo, _mix(skin, (60, 40, 36), 0.5 + 0.4 * au7), 0.009 + 0.01 * au7)
-        if au7 > 0:
-            # Tensed lower lid bulge.
-            canvas.line(u[3:-3], v_lo[3:-3] + 0.03 + 0.01 * au7, _line_color(spec, 0.7 * au7), 0.01)
+    u, v_up, v_lo, center_u, (upper, lower) = _eye_shape(spec, side)
+    au5, au6, au7 = _side_au(spec, 5, side), _side_au(spec, 6, side), _side_au(spec, 7, side)
+    # Upper-lid crease: rides up and thins out as the lid is raised.
+    crease_gap = 0.045 + 0.02 * au5
+    canvas.line(u[2:-2], v_up[2:-2] - crease_gap * (1 - 0.5 * np.linspace(-1, 1, 13) ** 2), _shade(skin, 0.78), 0.01)
+    eye_u = np.concatenate([u, u[-2:0:-1]])
+    eye_v = np.concatenate([v_up, v_lo[-2:0:-1]])
+    canvas.polygon(eye_u, eye_v, sclera)
+    # Iris and pupil are cut to the lid opening column by column: both lids are functions of u,
+    # so the visible part is, per column, the overlap of the disc's and the opening's extents.
+    iris_u = float(center_u) + spec.gaze[0]
+    iris_v = ident.eye_y + spec.gaze[1] + 0.15 * ident.iris_r
+    for radius, color in ((ident.iris_r, ident.iris), (ident.iris_r * 0.45, (18, 14, 14))):
+        cols = np.linspace(max(iris_u - radius, u[0]), min(iris_u + radius, u[-1]), 15)
+        half = np.sqrt(np.clip(radius**2 - (cols - iris_u) ** 2, 0, None))
+        top = np.maximum(iris_v - half, np.interp(cols, u, v_up))
+        bottom = np.minimum(iris_v + half, np.interp(cols, u, v_lo))
+        keep = top < bottom
+        if keep.sum() >= 2:
+            canvas.polygon(np.concatenate([cols[keep], cols[keep][::-1]]), np.concatenate([top[keep], bottom[keep][::-1]]), color)
+    canvas.line(u, v_up, (34, 26, 24), 0.022)
+    canvas.line(u, v_lo, _mix(skin, (60, 40, 36), 0.5 + 0.4 * au7), 0.009 + 0.01 * au7)
+    if au7 > 0:
+        # Tensed lower lid bulge.
+        canvas.line(u[3:-3], v_lo[3:-3] + 0.03 + 0.01 * au7, _line_color(spec, 0.7 * au7), 0.01)
+    with canvas.tagged(("cheeks", side)):
+        # AU6's marks around the eye belong to the cheek it raises.
         if au6 > 0:
             # Crow's feet at the outer corner and the raised infraorbital furrow.
             corner_u, corner_v = u[-1] if side > 0 else u[0], ident.eye_y
@@ -611,12 +741,16 @@ def _draw_cheeks(canvas: _Canvas, spec: FaceSpec) -> None:
     ident = spec.identity
     for side in (-1, 1):
         au6 = _side_au(spec, 6, side)
-        if au6 <= 0:
-            continue
-        blush = _mix(ident.skin, (235, 120, 110), 0.3 * au6)
-        canvas.ellipse(side * (ident.eye_sep + 0.06), ident.eye_y + 0.33 - 0.08 * au6, 0.17, 0.11, blush, n=24)
-        highlight = _mix(ident.skin, (255, 250, 245), 0.25 * au6)
-        canvas.ellipse(side * (ident.eye_sep + 0.08), ident.eye_y + 0.3 - 0.08 * au6, 0.07, 0.04, highlight, n=16)
+        with canvas.tagged(("cheeks", side)):
+            if au6 <= 0:
+                # A cheek at rest is not drawn: its region is where the raised cheek would be.
+                theta = np.linspace(0, 2 * math.pi, 24, endpoint=False)
+                canvas.mark(side * (ident.eye_sep + 0.06) + 0.17 * np.cos(theta), ident.eye_y + 0.33 + 0.11 * np.sin(theta))
+                continue
+            blush = _mix(ident.skin, (235, 120, 110), 0.3 * au6)
+            canvas.ellipse(side * (ident.eye_sep + 0.06), ident.eye_y + 0.33 - 0.08 * au6, 0.17, 0.11, blush, n=24)
+            highlight = _mix(ident.skin, (255, 250, 245), 0.25 * au6)
+            canvas.ellipse(side * (ident.eye_sep + 0.08), ident.eye_y + 0.3 - 0.08 * au6, 0.07, 0.04, highlight, n=16)
 
 
 def _nose_tip(spec: FaceSpec) -> float:
@@ -714,7 +848,8 @@ def _draw_mouth(canvas: _Canvas, spec: FaceSpec) -> None:
             p2 = np.array([corner_u + side * 0.08, corner_v + 0.05])
             p1 = np.array([side * (abs(corner_u) + 0.12), (tip + corner_v) / 2])
             curve = (1 - s)[:, None] ** 2 * p0 + 2 * ((1 - s) * s)[:, None] * p1 + (s**2)[:, None] * p2
-            canvas.line(curve[:, 0], curve[:, 1], _line_color(spec, 0.8 * fold), 0.011 + 0.012 * fold)
+            with canvas.tagged():  # the fold runs over the cheek to the nose: in no region's box
+                canvas.line(curve[:, 0], curve[:, 1], _line_color(spec, 0.8 * fold), 0.011 + 0.012 * fold)
         if au14 > 0:
             arc = np.linspace(-1, 1, 7)
             canvas.line(corner_u + side * (0.045 + 0.02 * (1 - arc**2)), corner_v + 0.075 * arc, _line_color(spec, min(1.0, 0.5 + 0.6 * au14)), 0.016 + 0.01 * au14)

@@ -1,0 +1,350 @@
+"""The grounding protocol: does the local loss's sentence-to-patch map point at the facial region
+the sentence describes? (the pointing game, Zhang et al., ECCV 2016)
+
+    python -m emocap_jax.evaluate --checkpoint runs/demo --benchmark synthetic \\
+        --data runs/demo/data/eval --protocol grounding --output runs/demo/eval
+
+Needs a regions file beside the dataset (`regions.jsonl`, written for the synthetic eval faces by
+the corpus generator, `prepare_data` and `data_prep.synthetic_benchmarks`; format:
+`emocap_jax.data.synthetic.corpus.grounding_record`): per face, pixel boxes of its brows, eyes,
+cheeks, nose, mouth and jaw in the stored image, and the region each local sentence describes.
+
+For face i with projected patch tokens P_i ([Np, D], not normalised, the tokens the local loss
+pools) and a local sentence u (its unit-norm text embedding, tokenised as in training) whose
+region r(u) is known:
+
+    map_i(u)[p] = softmax_p(<P_ip, u> / tau_pool)         (losses.sentence_patch_logits)
+    p* = argmax_p map_i(u)[p]                              (independent of tau_pool > 0)
+    hit = centre(p*) lies in a box of r(u), dilated by the tolerance
+
+where centre(p*) is the centre of patch p* in the model's input, mapped back into the stored
+image's pixel coordinates through the evaluation preprocessing (shorter side resized to the
+model's input size, central square crop). Boxes are half-open in continuous pixel coordinates
+(pixel j spans [j, j + 1)). Accuracy = hits / pairs, per region and over all pairs. Chance is the
+area fraction of the union of the region's (dilated, clipped) boxes in the image, averaged over
+the pairs: the hit rate of a point drawn uniformly over the image. Since the pointer can only land
+on patch centres, `patch_chance` (the fraction of patch centres inside the boxes, averaged over
+the pairs) is reported too: the hit rate of a uniformly drawn patch, and 0 for a region that no
+patch centre reaches on a coarse grid (a larger --grounding-tolerance then helps). Sentences with
+no region (the relaxed-face sentence) are counted as skipped.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import pathlib
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from PIL import Image
+
+from emocap_jax import sharding
+from emocap_jax.data import example_codec, pipeline, shard_writer
+from emocap_jax.data.source import ShardedTFRecordSource
+from emocap_jax.data.synthetic.faces import FACE_REGIONS
+from emocap_jax.evaluate.features import _to_host, record_indices
+from emocap_jax.losses import sentence_patch_logits
+from emocap_jax.models.clip import CLIP
+
+REGIONS_FILE = "regions.jsonl"  # = emocap_jax.data.synthetic.corpus.REGIONS_FILE
+METRIC = "pointing_accuracy"
+
+
+# ------------------------------------------------------------------------------------------------
+# The regions file
+
+
+def load_regions(path) -> dict[str, dict]:
+    """{record id: {"image_size": (w, h), "regions": {name: [K, 4] float array}, "local":
+    [(region or None, text)]}} from a regions file; a malformed line raises naming file and line."""
+    path = pathlib.Path(path)
+    out: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                entry = json.loads(line)
+                record_id = str(entry["id"])
+                width, height = (int(v) for v in entry["image_size"])
+                regions = {}
+                for name, boxes in entry["regions"].items():
+                    array = np.asarray(boxes, np.float64).reshape(-1, 4)
+                    if np.any(array[:, 2] < array[:, 0]) or np.any(array[:, 3] < array[:, 1]):
+                        raise ValueError(f"region {name!r} has a box with x1 < x0 or y1 < y0")
+                    regions[str(name)] = array
+                local = [(item["region"], str(item["text"])) for item in entry["local"]]
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{where}: not a regions line ({type(e).__name__}: {e}); expected "
+                                 '{"id", "image_size": [w, h], "regions": {name: [[x0, y0, x1, '
+                                 'y1], ...]}, "local": [{"region", "text"}, ...]}') from None
+            if width < 1 or height < 1:
+                raise ValueError(f"{where}: image_size must be positive, got {[width, height]}")
+            unknown = sorted({r for r, _ in local if r is not None and r not in regions})
+            if unknown:
+                raise ValueError(f"{where}: local sentences name regions {unknown} that have no "
+                                 f"boxes (regions: {sorted(regions)})")
+            if record_id in out:
+                raise ValueError(f"{where}: id {record_id!r} appears twice")
+            out[record_id] = {"image_size": (width, height), "regions": regions, "local": local}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Geometry and the pointing game (pure NumPy)
+
+
+def patch_centres(grid: int, patch_size: int, input_size: int, stored_size: Sequence[int]
+                  ) -> np.ndarray:
+    """[grid * grid, 2] (x, y) centres of the patches (row-major, the tokens' order) in the
+    stored image's continuous pixel coordinates, inverting `augment.resize_center_crop`: the
+    shorter side resized to `input_size` (the longer truncated to int), then the central crop."""
+    width, height = (int(v) for v in stored_size)
+    size = int(input_size)
+    if min(width, height) == size:
+        new_w, new_h = width, height
+    elif height <= width:
+        new_h, new_w = size, int(size * width / height)
+    else:
+        new_h, new_w = int(size * height / width), size
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    x = ((cols.ravel() + 0.5) * patch_size + left) * (width / new_w)
+    y = ((rows.ravel() + 0.5) * patch_size + top) * (height / new_h)
+    return np.stack([x, y], axis=-1)
+
+
+def dilate(boxes: np.ndarray, tolerance: float, image_size: Sequence[int]) -> np.ndarray:
+    """Boxes grown by `tolerance` pixels on every side and clipped to the image."""
+    width, height = image_size
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4) + np.array([-1, -1, 1, 1]) * tolerance
+    return np.clip(boxes, 0, [width, height, width, height])
+
+
+def in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """[N] bool: point (x, y) lies in at least one half-open box [x0, x1) x [y0, y1)."""
+    points = np.asarray(points, np.float64).reshape(-1, 1, 2)
+    boxes = np.asarray(boxes, np.float64).reshape(1, -1, 4)
+    x, y = points[..., 0], points[..., 1]
+    inside = ((x >= boxes[..., 0]) & (x < boxes[..., 2]) & (y >= boxes[..., 1])
+              & (y < boxes[..., 3]))
+    return inside.any(axis=1)
+
+
+def union_area(boxes: np.ndarray) -> float:
+    """Exact area of the union of axis-aligned boxes (coordinate compression)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    if len(boxes) == 0:
+        return 0.0
+    xs, ys = np.unique(boxes[:, [0, 2]]), np.unique(boxes[:, [1, 3]])
+    cx, cy = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2
+    cells = np.stack(np.meshgrid(cx, cy, indexing="ij"), axis=-1).reshape(-1, 2)
+    covered = in_boxes(cells, boxes).reshape(len(cx), len(cy))
+    return float(np.sum(covered * np.outer(np.diff(xs), np.diff(ys))))
+
+
+def point(scores: np.ndarray, centres: np.ndarray, boxes: np.ndarray, image_size: Sequence[int],
+          tolerance: float = 0.0) -> dict:
+    """The pointing game for one (face, sentence) pair.
+
+    scores: [Np] the sentence's map over the patches (any monotone transform of the local
+    loss's logits: only the argmax matters); centres: [Np, 2] patch centres in image pixels;
+    boxes: [K, 4] the region's boxes. Returns the argmax patch, its centre, whether it hits, the
+    area fraction of the (dilated) boxes (chance) and the fraction of patch centres inside them
+    (patch chance)."""
+    width, height = image_size
+    grown = dilate(boxes, tolerance, image_size)
+    best = int(np.argmax(scores))
+    inside = in_boxes(centres, grown)
+    return {"patch": best, "x": float(centres[best, 0]), "y": float(centres[best, 1]),
+            "hit": bool(inside[best]), "chance": union_area(grown) / float(width * height),
+            "patch_chance": float(inside.mean())}
+
+
+def summarize(regions: Sequence[str], hits: Sequence[bool], chance: Sequence[float],
+              patch_chance: Sequence[float], order: Sequence[str] = ()) -> dict:
+    """Accuracy and chance over the pairs, overall and per region (regions in `order` first)."""
+    regions = list(regions)
+    hits = np.asarray(hits, bool)
+    chance, patch_chance = np.asarray(chance, np.float64), np.asarray(patch_chance, np.float64)
+
+    def block(mask):
+        n = int(mask.sum())
+        return {"pairs": n, "hits": int(hits[mask].sum()),
+                "accuracy": float(hits[mask].mean()) if n else None,
+                "chance": float(chance[mask].mean()) if n else None,
+                "patch_chance": float(patch_chance[mask].mean()) if n else None}
+
+    names = [r for r in order if r in regions] + sorted(set(regions) - set(order))
+    per_region = {name: block(np.asarray([r == name for r in regions], bool)) for name in names}
+    return {**block(np.ones(len(regions), bool)), "per_region": per_region}
+
+
+def format_table(report: dict) -> str:
+    """The per-region table (Markdown), overall row last."""
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.1f}"
+
+    lines = ["| region | accuracy | chance (area) | chance (patch) | hits / pairs |",
+             "|---|---|---|---|---|"]
+    for name, r in list(report["per_region"].items()) + [("all", report)]:
+        label = f"**{name}**" if name == "all" else name
+        lines.append(f"| {label} | {pct(r['accuracy'])} | {pct(r['chance'])} | "
+                     f"{pct(r['patch_chance'])} | {r['hits']} / {r['pairs']} |")
+    return "\n".join(lines)
+
+
+def details(fold: dict) -> list[str]:
+    """Markdown lines for the evaluation report."""
+    grid = "x".join(str(g) for g in fold["grid"])
+    lines = ["", f"pointing game over {fold['num_pairs']} (face, local sentence) pairs of "
+             f"{fold['num_faces']} faces, {grid} patches, tolerance {fold['tolerance']:g} px: "
+             f"accuracy {100 * fold['accuracy']:.1f}% against {100 * fold['chance']:.1f}% chance "
+             f"(area) and {100 * fold['patch_chance']:.1f}% (patch)"
+             + (f"; {fold['skipped_sentences']} sentences without a region skipped"
+                if fold.get("skipped_sentences") else ""), ""]
+    return lines + format_table(fold).splitlines()
+
+
+# ------------------------------------------------------------------------------------------------
+# Running a model
+
+
+@functools.lru_cache(maxsize=8)
+def _patch_tower(model_config, mesh):
+    """The jitted image tower returning the projected patch tokens [b, Np, D] (float32)."""
+    model = CLIP(model_config)
+    out = NamedSharding(mesh, PartitionSpec(sharding.batch_axes(mesh)))
+    return jax.jit(lambda p, x: model.apply({"params": p}, x, True, method=CLIP.encode_image)[1],
+                   out_shardings=out)
+
+
+def _stored_sizes(data_dir: str) -> tuple[list[str], list[tuple[int, int]], list[list[str]]]:
+    """Ids, (width, height) of the first stored image (header only) and local captions of every
+    record, in record order."""
+    source = ShardedTFRecordSource(shard_writer.shard_paths(data_dir), verify=True,
+                                   on_corrupt="raise")
+    ids, sizes, local = [], [], []
+    for i in range(len(source)):
+        record = example_codec.decode_record(source[i])
+        with Image.open(io.BytesIO(record.images[0])) as image:
+            sizes.append(tuple(image.size))
+        ids.append(record.id)
+        local.append(list(record.local_captions))
+    return ids, sizes, local
+
+
+def patch_tokens(encoder, data_dir: str):
+    """Yields (record indices [b], patch tokens [b, Np, D]) over every record of the dataset,
+    each once, through the encoder's mesh (as `Encoder.images` does for pooled features)."""
+    num_records = shard_writer.load_metadata(data_dir)["num_records"]
+    pc, pi = jax.process_count(), jax.process_index()
+    local_batch = encoder.global_batch // pc
+    blocks, _ = pipeline.eval_blocks(num_records, local_batch, pc)
+    iterator = pipeline.make_eval_iterator(data_dir, None, local_batch,
+                                           encoder.config.vision.image_size, pi, pc)
+    tower = _patch_tower(encoder.config, encoder.mesh)
+    sharding = encoder._batch_sharding
+    for i, batch in enumerate(iterator):
+        x = jax.make_array_from_process_local_data(sharding, np.asarray(batch["image"]))
+        tokens = _to_host(tower(encoder.params, x))
+        index, valid = record_indices(blocks, i, local_batch)
+        yield index[valid], tokens[valid]
+
+
+def evaluate_split(encoder, data_dir: str, regions_path: Optional[str] = None,
+                   tolerance: float = 0.0) -> tuple[dict, list[dict]]:
+    """(report, per-pair rows) of the pointing game on one dataset folder."""
+    regions_path = regions_path or os.path.join(data_dir, REGIONS_FILE)
+    if not os.path.isfile(regions_path):
+        raise FileNotFoundError(
+            f"{regions_path}: no regions file; grounding needs the facial-region boxes of each "
+            f"face and the region of each local sentence ({REGIONS_FILE} beside the dataset: "
+            "`python -m data_prep.synthetic_benchmarks` writes one into OUT/basic/, and training "
+            "on the synthetic corpus into WORKDIR/data/eval/), or pass --regions FILE")
+    if tolerance < 0:
+        raise ValueError(f"--grounding-tolerance must be >= 0, got {tolerance}")
+
+    entries = load_regions(regions_path)
+    ids, sizes, record_local = _stored_sizes(data_dir)
+    matched = [i for i, record_id in enumerate(ids) if record_id in entries]
+    if not matched:
+        raise ValueError(f"{regions_path}: none of its ids are records of {data_dir} (first ids: "
+                         f"{ids[:3]} vs {list(entries)[:3]})")
+    for i in matched:
+        texts = [text for _, text in entries[ids[i]]["local"]]
+        if texts != record_local[i]:
+            raise ValueError(f"{regions_path}: record {ids[i]!r} has local sentences "
+                             f"{record_local[i]} in {data_dir} but {texts} in the regions file "
+                             "(a regions file of other faces?)")
+    # Pairs: (record row, sentence, region); sentences without a region are skipped.
+    pairs, skipped = [], 0
+    for i in matched:
+        for k, (region, text) in enumerate(entries[ids[i]]["local"]):
+            if region is None:
+                skipped += 1
+            else:
+                pairs.append((i, k, region, text))
+    if not pairs:
+        raise ValueError(f"{regions_path}: no local sentence of these faces names a region")
+    sentences = sorted({text for _, _, _, text in pairs})
+    row_of = {text: j for j, text in enumerate(sentences)}
+    embeddings = encoder.texts(sentences)  # unit-norm, tokenised as training does
+    vision = encoder.config.vision
+    grid = vision.image_size // vision.patch_size
+    pairs_of: dict[int, list] = {}
+    for pair in pairs:
+        pairs_of.setdefault(pair[0], []).append(pair)
+    rows, results = [], []
+    for index, tokens in patch_tokens(encoder, data_dir):
+        for row, face_tokens in zip(index, tokens):
+            face_pairs = pairs_of.get(int(row))
+            if not face_pairs:
+                continue
+            entry = entries[ids[row]]
+            size = sizes[row]
+            scale = np.array([size[0] / entry["image_size"][0], size[1] / entry["image_size"][1]] * 2)
+            centres = patch_centres(grid, vision.patch_size, vision.image_size, size)
+            u = embeddings[[row_of[text] for _, _, _, text in face_pairs]]
+            # The local loss's map; its softmax (tau_pool) does not move the argmax.
+            logits = np.asarray(sentence_patch_logits(face_tokens[None], u, 1.0))[0]
+            for (i, k, region, text), scores in zip(face_pairs, logits):
+                boxes = entry["regions"][region] * scale
+                out = point(scores, centres, boxes, size, tolerance)
+                results.append((region, out))
+                rows.append({"id": ids[i], "sentence": k, "region": region,
+                             "patch_row": out["patch"] // grid, "patch_col": out["patch"] % grid,
+                             "x": round(out["x"], 2), "y": round(out["y"], 2),
+                             "hit": int(out["hit"]), "chance": round(out["chance"], 5),
+                             "text": text})
+    if len(results) != len(pairs):
+        raise RuntimeError(f"{data_dir}: scored {len(results)} of {len(pairs)} pairs")
+    report = summarize([r for r, _ in results], [o["hit"] for _, o in results],
+                       [o["chance"] for _, o in results],
+                       [o["patch_chance"] for _, o in results], FACE_REGIONS)
+    report.update(num_pairs=len(results), num_examples=len(results),
+                  num_faces=len({row["id"] for row in rows}), skipped_sentences=skipped,
+                  records_without_regions=len(ids) - len(matched), grid=[grid, grid],
+                  tolerance=float(tolerance), dataset=str(data_dir), regions=str(regions_path))
+    return report, rows
+
+
+def run_grounding(encoder, spec, splits, options) -> dict:
+    """The runner's entry point (emocap_jax.evaluate.runner.PROTOCOL_RUNNERS)."""
+    reports, predictions = [], []
+    for split in splits:
+        report, rows = evaluate_split(encoder, split.test, options.regions,
+                                      options.grounding_tolerance)
+        report["fold"] = split.fold
+        reports.append(report)
+        predictions += [dict(row, fold=split.fold) if split.fold is not None else row
+                        for row in rows]
+    value = float(np.mean([r["accuracy"] for r in reports]))
+    return {"report": reports[0] if len(reports) == 1 else None, "folds": reports,
+            "predictions": predictions, "value": value, "metric": METRIC}

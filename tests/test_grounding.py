@@ -1,0 +1,372 @@
+"""Grounding: the synthetic faces' region boxes against the drawing, the sentence-region tags, the
+regions file beside the eval split, the pointing game against a NumPy reference, and
+`--protocol grounding` end to end on a tiny model."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emocap_jax.data.synthetic import corpus as synthetic
+from emocap_jax.data.synthetic.captions import FACE_REGION_OF, REGION_OF_AU, REGIONS
+from emocap_jax.data.synthetic.faces import (ALL_CLASSES, FACE_REGIONS, face_regions, render_face,
+                                             sample_face_spec)
+from emocap_jax.evaluate import grounding
+
+AU_PATTERN = re.compile(r"\bAU(\d+)\b")
+
+
+def _mask(boxes, size) -> np.ndarray:
+    inside = np.zeros((size, size), bool)
+    for x0, y0, x1, y1 in boxes:
+        inside[y0:y1, x0:x1] = True
+    return inside
+
+
+def _changed(spec, size, omit) -> np.ndarray:
+    full = np.asarray(render_face(spec, size), np.int16)
+    without = np.asarray(render_face(spec, size, omit_regions=[omit]), np.int16)
+    return np.abs(full - without).max(axis=-1) > 0
+
+
+# ----------------------------------------------------------------------------- region boxes
+
+@pytest.mark.parametrize("size", [48, 96])
+def test_boxes_hold_exactly_the_pixels_each_region_draws(size):
+    # Leaving a region out of the drawing changes only pixels inside its boxes, and each box is
+    # tight: the changed pixels inside it reach to within a pixel of every side.
+    for index in range(len(ALL_CLASSES)):
+        spec = sample_face_spec(3, "eval", index, ALL_CLASSES[index], index)
+        boxes = face_regions(spec, size)
+        assert set(boxes) == set(FACE_REGIONS)
+        assert len(boxes["eyes"]) == len(boxes["cheeks"]) == 2
+        assert all(len(boxes[r]) == 1 for r in ("brows", "nose", "mouth", "jaw"))
+        for region in ("brows", "eyes", "cheeks", "nose", "mouth"):
+            changed = _changed(spec, size, region)
+            assert not (changed & ~_mask(boxes[region], size)).any(), (spec.label, region)
+            if region == "cheeks" and 6 not in spec.aus:
+                assert not changed.any()  # a cheek at rest is not drawn
+                continue
+            for x0, y0, x1, y1 in boxes[region]:
+                ys, xs = np.nonzero(changed[y0:y1, x0:x1])
+                assert len(xs), (spec.label, region)
+                assert xs.min() <= 1 and ys.min() <= 1, (spec.label, region)
+                assert xs.max() >= x1 - x0 - 2 and ys.max() >= y1 - y0 - 2, (spec.label, region)
+
+
+def test_eyes_and_cheeks_boxes_are_left_then_right_and_apart():
+    spec = sample_face_spec(0, "eval", 5, "happy", 2)  # happy raises the cheeks (AU6)
+    assert 6 in spec.aus
+    boxes = face_regions(spec, 96)
+    for region in ("eyes", "cheeks"):
+        left, right = boxes[region]
+        assert left[2] <= right[0], region  # image-left box first, no overlap
+    # The raised cheeks sit below the eyes and above the mouth.
+    assert min(b[1] for b in boxes["cheeks"]) > min(b[1] for b in boxes["eyes"])
+    assert max(b[3] for b in boxes["cheeks"]) <= boxes["mouth"][0][3]
+
+
+def test_jaw_box_holds_the_dropped_jaw():
+    # AU26 opens the mouth and lowers the chin (no nasolabial fold, which follows the lip corners
+    # over the cheek, on this face). Nearly every pixel it changes is in the jaw box; the rest is
+    # the edge of the face's sides, which the lengthened outline moves by a pixel or two.
+    spec = sample_face_spec(0, "eval", 9, "neutral", 4)
+    spec = dataclasses.replace(spec, aus={}, identity=dataclasses.replace(spec.identity, fold_depth=0.0))
+    dropped = dataclasses.replace(spec, aus={26: 1.0})
+    size = 96
+    before = np.asarray(render_face(spec, size), np.int16)
+    after = np.asarray(render_face(dropped, size), np.int16)
+    changed = np.abs(after - before).max(axis=-1) > 0
+    jaw = face_regions(dropped, size)["jaw"]
+    (x0, y0, x1, y1), = jaw
+    assert changed.sum() > 100
+    assert (changed & _mask(jaw, size)).sum() > 0.9 * changed.sum()
+    assert not (changed & ~_mask([(x0 - 3, y0, x1 + 3, y1)], size))[y0:].any()
+    # The box reaches down to the lowered chin and no further than a pixel past it.
+    ys, _ = np.nonzero(changed)
+    assert y1 - 2 <= ys.max() + 1 <= y1
+    # The (open) mouth lies inside the jaw region.
+    mx0, my0, mx1, my1 = face_regions(dropped, size)["mouth"][0]
+    assert x0 <= mx0 and y0 <= my0 and mx1 <= x1 and my1 <= y1
+
+
+def test_regions_leave_the_rendering_unchanged():
+    # Recording boxes is bookkeeping: omitting nothing draws the same pixels, and face_regions
+    # does not depend on a rendering having happened.
+    spec = sample_face_spec(1, "train", 3, "fear", 0)
+    first = face_regions(spec, 64)
+    plain, nothing_omitted = render_face(spec, 64), render_face(spec, 64, omit_regions=())
+    assert np.array_equal(np.asarray(plain), np.asarray(nothing_omitted))
+    assert face_regions(spec, 64) == first
+    with pytest.raises(ValueError, match="unknown face regions"):
+        render_face(spec, 64, omit_regions=["ears"])
+
+
+# ----------------------------------------------------------------------------- sentence tags
+
+def test_every_local_sentence_is_tagged_with_the_region_of_its_action_units():
+    assert set(FACE_REGION_OF) == {name for name, _ in REGIONS}
+    assert set(FACE_REGION_OF.values()) <= set(FACE_REGIONS)
+    seen = set()
+    for index in range(120):
+        label = ALL_CLASSES[index % len(ALL_CLASSES)]
+        spec = sample_face_spec(7, "train", index, label, index)
+        caption = synthetic.face_caption(spec, 7, "train", index)
+        record = synthetic.face_record(spec, "x", "", 7, "train", index)
+        assert list(caption.local) == record["local"]
+        assert len(caption.local_regions) == len(caption.local)
+        for region, sentence in zip(caption.local_regions, caption.local):
+            codes = {int(c) for c in AU_PATTERN.findall(sentence)}
+            if region is None:
+                assert not codes and not spec.aus
+            else:
+                assert codes and {FACE_REGION_OF[REGION_OF_AU[c]] for c in codes} == {region}
+                seen.add(region)
+    assert seen == set(FACE_REGIONS)
+
+
+# ----------------------------------------------------------------------------- regions file
+
+def test_corpus_and_training_data_carry_the_eval_regions(tmp_path):
+    out = tmp_path / "corpus"
+    synthetic.generate_corpus(out, 4, seed=5, size=48, eval_per_class=2, workers=1, progress=False)
+    meta = json.loads((out / "corpus.json").read_text())
+    assert meta["eval_regions"] == "eval/regions.jsonl"
+    manifest = [json.loads(line) for line in (out / "eval" / "manifest.jsonl").read_text().splitlines()]
+    lines = (out / "eval" / synthetic.REGIONS_FILE).read_text().splitlines()
+    entries = grounding.load_regions(out / "eval" / synthetic.REGIONS_FILE)
+    assert list(entries) == [r["id"] for r in manifest]
+    _, tasks = synthetic.plan_corpus(0, 5, 2)
+    for task, record, line in zip(tasks, manifest, lines):
+        spec = sample_face_spec(5, "eval", task.index, task.label, task.identity_index)
+        entry = json.loads(line)
+        assert entry["image_size"] == [48, 48]
+        boxes = face_regions(spec, 48)
+        assert entry["regions"] == {r: [list(b) for b in region_boxes] for r, region_boxes in boxes.items()}
+        assert [item["text"] for item in entry["local"]] == record["local"]
+        with Image.open(out / "eval" / record["image"]) as image:
+            assert image.size == (48, 48)
+    # prepare_data's copy into the converted eval split, and the same file recomputed from
+    # corpus.json for a corpus written before regions existed.
+    (tmp_path / "data_a").mkdir()
+    copied = synthetic.ensure_eval_regions(out, tmp_path / "data_a")
+    assert copied.read_bytes() == (out / "eval" / synthetic.REGIONS_FILE).read_bytes()
+    (out / "eval" / synthetic.REGIONS_FILE).unlink()
+    (tmp_path / "data_b").mkdir()
+    recomputed = synthetic.ensure_eval_regions(out, tmp_path / "data_b")
+    assert recomputed.read_bytes() == copied.read_bytes()
+
+
+def test_a_dataset_without_regions_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="regions.jsonl: no regions file"):
+        grounding.evaluate_split(None, str(tmp_path))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "image_size": [8, 8], "regions": {"eyes": [[0, 0, 2, 2]]}, '
+                   '"local": [{"region": "mouth", "text": "t"}]}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: .*regions \['mouth'\] that have no boxes"):
+        grounding.load_regions(bad)
+    bad.write_text('{"id": "a"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: not a regions line"):
+        grounding.load_regions(bad)
+
+
+# ----------------------------------------------------------------------------- the pointing game
+
+def _reference_point(scores, grid, patch, input_size, stored, boxes, tolerance):
+    """Plain NumPy: argmax patch -> its pixel centre through an explicit resize + crop -> inside a
+    box; chance by counting sub-pixel samples of the image inside the boxes."""
+    width, height = stored
+    best = int(np.argmax(scores))
+    row, col = divmod(best, grid)
+    if min(width, height) == input_size:
+        new_w, new_h = width, height
+    elif height <= width:
+        new_w, new_h = int(input_size * width / height), input_size
+    else:
+        new_w, new_h = input_size, int(input_size * height / width)
+    left, top = round((new_w - input_size) / 2), round((new_h - input_size) / 2)
+    x = ((col + 0.5) * patch + left) * width / new_w
+    y = ((row + 0.5) * patch + top) * height / new_h
+    hit = any(x0 - tolerance <= x < x1 + tolerance and y0 - tolerance <= y < y1 + tolerance
+              for x0, y0, x1, y1 in boxes)
+    step = 0.25
+    xs, ys = np.meshgrid(np.arange(0, width, step) + step / 2, np.arange(0, height, step) + step / 2)
+    inside = np.zeros_like(xs, bool)
+    for x0, y0, x1, y1 in boxes:
+        x0, y0, x1, y1 = x0 - tolerance, y0 - tolerance, x1 + tolerance, y1 + tolerance
+        inside |= (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+    return hit, float(inside.mean())
+
+
+def test_pointing_game_matches_a_numpy_reference_on_hand_made_maps():
+    # A 4 x 4 grid of 16-px patches on a 64-px image: patch (row 0, col 1) has centre (24, 8).
+    centres = grounding.patch_centres(4, 16, 64, (64, 64))
+    np.testing.assert_allclose(centres[1], [24, 8])
+    np.testing.assert_allclose(centres[15], [56, 56])
+    peak_at_1 = np.full(16, -1.0)
+    peak_at_1[1] = 3.0
+    peak_at_15 = np.zeros(16)
+    peak_at_15[15] = 0.5
+    brows = np.array([[16, 0, 32, 16]])
+    eyes = np.array([[10, 20, 30, 30], [34, 20, 54, 30]])
+    cases = [
+        (peak_at_1, brows, 0.0, True),          # centre (24, 8) inside
+        (peak_at_15, brows, 0.0, False),        # centre (56, 56) far away
+        (peak_at_1, np.array([[25, 0, 40, 16]]), 0.0, False),  # x0 = 25 > 24: just outside
+        (peak_at_1, np.array([[25, 0, 40, 16]]), 1.0, True),   # ... within a 1-px tolerance
+        (peak_at_1, np.array([[0, 0, 24, 16]]), 0.0, False),   # half-open: x1 = 24 excludes 24
+        (peak_at_15, eyes, 0.0, False),
+        (peak_at_15, np.array([[0, 0, 8, 8], [50, 50, 60, 60]]), 0.0, True),  # second box hits
+    ]
+    for scores, boxes, tolerance, expected in cases:
+        out = grounding.point(scores, centres, boxes, (64, 64), tolerance)
+        hit, chance = _reference_point(scores, 4, 16, 64, (64, 64), boxes, tolerance)
+        assert out["hit"] == hit == expected, (boxes, tolerance)
+        assert out["chance"] == pytest.approx(chance, abs=1e-9)
+        assert out["patch_chance"] == pytest.approx(
+            np.mean([any(x0 - tolerance <= cx < x1 + tolerance and y0 - tolerance <= cy < y1 + tolerance
+                         for x0, y0, x1, y1 in boxes) for cx, cy in centres]))
+    # Chance is the area fraction of the boxes' union: overlaps count once, dilation is clipped.
+    assert grounding.point(peak_at_1, centres, brows, (64, 64))["chance"] == pytest.approx(256 / 4096)
+    overlapping = np.array([[0, 0, 10, 10], [5, 5, 15, 15]])
+    assert grounding.union_area(overlapping) == pytest.approx(175)
+    assert grounding.point(peak_at_1, centres, overlapping, (64, 64), 2.0)["chance"] == \
+        pytest.approx((12 * 12 + 14 * 14 - 9 * 9) / 4096)  # [0, 12)^2 and [3, 17)^2
+    # Non-square stored images go through the shorter-side resize and the central crop.
+    for stored in [(80, 60), (60, 80), (45, 30), (30, 30)]:
+        scores = np.random.default_rng(sum(stored)).normal(size=9)
+        boxes = np.array([[5, 5, 20, 25], [22, 10, 40, 28]])
+        out = grounding.point(scores, grounding.patch_centres(3, 10, 30, stored), boxes, stored)
+        hit, chance = _reference_point(scores, 3, 10, 30, stored, boxes, 0.0)
+        assert out["hit"] == hit and out["chance"] == pytest.approx(chance, abs=1e-9)
+
+
+def test_patch_centres_follow_the_pixels_through_the_preprocessing():
+    # An image whose pixel values are their own x (or y) coordinate: after CLIP's resize and
+    # centre crop, the mean value over each patch is that patch's centre in stored coordinates.
+    from emocap_jax.preprocess import preprocess
+
+    for width, height in [(200, 120), (120, 200), (60, 60)]:
+        xs = np.broadcast_to(np.arange(width, dtype=np.uint8)[None, :], (height, width))
+        ys = np.broadcast_to(np.arange(height, dtype=np.uint8)[:, None], (height, width))
+        size, patch = 60, 10
+        centres = grounding.patch_centres(size // patch, patch, size, (width, height))
+        for channel, values in ((0, xs), (1, ys)):
+            seen = preprocess(np.stack([values] * 3, axis=-1), size)[0, ..., 0].astype(np.float64)
+            means = seen.reshape(6, patch, 6, patch).mean(axis=(1, 3)).ravel() + 0.5
+            interior = (centres[:, channel] > 8) & (centres[:, channel] < [width, height][channel] - 8)
+            np.testing.assert_allclose(means[interior], centres[interior, channel], atol=0.6)
+
+
+def test_summary_per_region_and_overall():
+    report = grounding.summarize(["eyes", "mouth", "eyes", "brows"], [True, False, False, True],
+                                 [0.1, 0.2, 0.3, 0.4], [0.0, 0.25, 0.5, 0.25], FACE_REGIONS)
+    assert list(report["per_region"]) == ["brows", "eyes", "mouth"]
+    assert report["accuracy"] == 0.5 and report["chance"] == pytest.approx(0.25)
+    assert report["per_region"]["eyes"] == {"pairs": 2, "hits": 1, "accuracy": 0.5,
+                                            "chance": pytest.approx(0.2), "patch_chance": 0.25}
+    table = grounding.format_table(report)
+    assert "| eyes | 50.0 | 20.0 | 25.0 | 1 / 2 |" in table and "| **all** | 50.0 | 25.0" in table
+
+
+# ----------------------------------------------------------------------------- a tiny model
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    from emocap_jax.evaluate.synthetic_benchmarks import generate_benchmarks
+    from tests.inference_fixtures import make_tiny_export
+
+    root = tmp_path_factory.mktemp("grounding")
+    export = make_tiny_export(root / "export")
+    # 40-px faces for the tiny model's 32-px input: the resize path is exercised.
+    generate_benchmarks(root / "bench", per_class=1, size=40, splits=["basic"], progress=False)
+    return export, root / "bench"
+
+
+def _records(data_dir):
+    from emocap_jax.data import example_codec, shard_writer
+    from emocap_jax.data.source import ShardedTFRecordSource
+
+    source = ShardedTFRecordSource(shard_writer.shard_paths(data_dir))
+    return [example_codec.decode_record(source[i]) for i in range(len(source))]
+
+
+@pytest.mark.slow
+def test_grounding_protocol_matches_a_numpy_recomputation(bench):
+    import emocap_jax
+    from emocap_jax.evaluate import runner
+    from emocap_jax.evaluate.features import Encoder
+    from emocap_jax.models.clip import CLIP
+    from emocap_jax.preprocess import preprocess
+
+    export, data = bench
+    model = emocap_jax.load(export)
+    encoder = Encoder.load(export, batch_size=8)
+    records = _records(data / "basic")
+    entries = grounding.load_regions(data / "basic" / "regions.jsonl")
+    images = preprocess([np.asarray(Image.open(io.BytesIO(r.images[0])).convert("RGB")) for r in records], 32)
+    _, tokens = CLIP(model.config).apply({"params": model.params}, images, True, method=CLIP.encode_image)
+    tokens = np.asarray(tokens, np.float64)
+    for tolerance in (0.0, 6.0):
+        result = runner.run(encoder, "synthetic", "grounding", data,
+                            runner.Options(batch_size=8, grounding_tolerance=tolerance))
+        rows = result["predictions"]
+        expected = []
+        for record, face_tokens in zip(records, tokens):
+            for k, (region, text) in enumerate(entries[record.id]["local"]):
+                if region is None:
+                    continue
+                u = model.encode_text(model.tokenize([text]))[0].astype(np.float64)
+                scores = face_tokens @ (u / np.linalg.norm(u))
+                boxes = entries[record.id]["regions"][region]
+                hit, chance = _reference_point(scores, 4, 8, 32, (40, 40), boxes, tolerance)
+                expected.append((record.id, k, region, int(np.argmax(scores)), hit, chance))
+        assert [(r["id"], r["sentence"], r["region"], 4 * r["patch_row"] + r["patch_col"], bool(r["hit"]))
+                for r in rows] == [e[:5] for e in expected]
+        report = result["report"]
+        assert report["num_pairs"] == len(expected)
+        assert report["num_faces"] == len({e[0] for e in expected})  # a relaxed face has no pairs
+        assert report["accuracy"] == pytest.approx(np.mean([e[4] for e in expected]))
+        assert report["chance"] == pytest.approx(np.mean([e[5] for e in expected]), abs=1e-6)
+        assert result["value"] == report["accuracy"] and result["metric"] == "pointing_accuracy"
+        for region, block in report["per_region"].items():
+            mine = [e for e in expected if e[2] == region]
+            assert block["pairs"] == len(mine)
+            assert block["accuracy"] == pytest.approx(np.mean([e[4] for e in mine]))
+    assert report["tolerance"] == 6.0
+    # A stale regions file of other faces is refused, naming the record.
+    stale = data / "stale.jsonl"
+    lines = (data / "basic" / "regions.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["local"] = [{"region": "eyes", "text": "Some other sentence."}]
+    stale.write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
+    with pytest.raises(ValueError, match=f"record {first['id']!r} has local sentences"):
+        runner.run(encoder, "synthetic", "grounding", data, runner.Options(regions=str(stale)))
+
+
+@pytest.mark.slow
+def test_grounding_cli_writes_json_and_prints_the_table(bench, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    export, data = bench
+    out = tmp_path / "eval"
+    command = [sys.executable, "-m", "emocap_jax.evaluate", "--checkpoint", str(export),
+               "--benchmark", "synthetic", "--data", str(data), "--protocol",
+               "grounding", "--output", str(out), "--batch-size", "8", "--quiet"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "synthetic faces grounding: pointing-game accuracy" in result.stdout
+    assert "| region | accuracy | chance (area) | chance (patch) | hits / pairs |" in result.stdout
+    saved = json.loads((out / "results" / "synthetic__grounding.json").read_text())
+    assert saved["metric"] == "pointing_accuracy" and set(saved["report"]["per_region"]) <= set(FACE_REGIONS)
+    assert (out / "predictions" / "synthetic__grounding.csv").is_file()
+    markdown = (out / "report.md").read_text()
+    assert "pointing game over" in markdown and "| **all** |" in markdown
