@@ -52,6 +52,8 @@ COLUMNS = {
     "i2t_r1": ("image-to-caption R@1", "synthetic__retrieval.json",
                lambda r: r["report"]["image_to_text"]["R@1"]),
     "grounding": ("grounding accuracy", "synthetic__grounding.json", lambda r: r["value"]),
+    "grounding_chance": ("grounding chance (region area)", "synthetic__grounding.json",
+                         lambda r: r["report"]["chance"]),
 }
 
 
