@@ -11,6 +11,10 @@ Zero-shot classification from image files, PIL images or arrays (CLIP preprocess
 
     probs = model.zero_shot(["face1.jpg", "face2.png"], ["happiness", "sadness", "anger"])
     probs = model.zero_shot(images, ["a photo of a smiling face", "a photo of a crying face"])
+
+Where in each face a sentence points (the local loss's sentence-to-patch maps):
+
+    maps = model.explain(["face1.jpg"], ["raised inner brows", "open mouth"])  # [1, 2, gh, gw]
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from PIL import Image
 
 from emocap_jax.convert import convert, default_tokenizer_config, with_image_size
 from emocap_jax.evaluate.prompts import EMOTION_TEMPLATES
+from emocap_jax.losses import sentence_patch_logits
 from emocap_jax.models.clip import CLIP
 from emocap_jax.models.config import CLIPConfig
 from emocap_jax.params_io import find_export, load_params
@@ -50,6 +55,8 @@ class EmoCapCLIP:
             lambda p, x: module.apply({"params": p}, x, method=CLIP.encode_image))
         self._encode_text = jax.jit(
             lambda p, t: module.apply({"params": p}, t, method=CLIP.encode_text))
+        self._patch_tokens = jax.jit(
+            lambda p, x: module.apply({"params": p}, x, True, method=CLIP.encode_image)[1])
         self._logit_scale = float(module.apply({"params": self.params}, method=CLIP.logit_scale))
 
     @property
@@ -60,14 +67,14 @@ class EmoCapCLIP:
     def image_size(self) -> int:
         return self.config.vision.image_size
 
-    def _batched(self, fn, x):
+    def _batched(self, fn, x, empty_shape=None):
         # Fixed-size chunks bound memory; the last one is padded so only one shape is compiled.
         # Below one full chunk the size is rounded up to a power of two, so calls with varying
         # numbers of images or prompts (zero-shot with a new label set) reuse a few executables
         # instead of compiling one per count.
         n = x.shape[0]
         if n == 0:
-            return np.zeros((0, self.config.embed_dim), np.float32)
+            return np.zeros((0, *(empty_shape or (self.config.embed_dim,))), np.float32)
         bs = min(self.batch_size, 1 << (n - 1).bit_length())
         outs = []
         for start in range(0, n, bs):
@@ -190,6 +197,83 @@ class EmoCapCLIP:
         probs = np.exp(logits)
         return (probs / probs.sum(axis=-1, keepdims=True)).astype(np.float32)
 
+    # ------------------------------------------------------------------ sentence-to-patch maps
+
+    @property
+    def pool_temperature(self) -> float:
+        """tau_pool of the local loss: the training run's when its export records it, else the
+        default config's."""
+        source = self.description.get("source") or {}
+        return float(source.get("local_pool_temperature") or DEFAULT_POOL_TEMPERATURE)
+
+    def check_sentences(self, sentences: Sequence[str]) -> list[str]:
+        """The sentences as a list; ValueError for one that is empty or longer than the text
+        tower's context (named, with its token count against the limit)."""
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        sentences = list(sentences)
+        if not sentences:
+            raise ValueError("explain needs at least one sentence")
+        limit = self.config.text.context_length
+        for sentence in sentences:
+            if not isinstance(sentence, str) or not sentence.strip():
+                raise ValueError(f"sentences must be non-empty strings, got {sentence!r}")
+            encode = getattr(self.tokenizer, "encode", None)
+            if encode is not None:
+                count = len(encode(sentence)) + 2  # with the start- and end-of-text tokens
+                if count > limit:
+                    raise ValueError(
+                        f"sentence {sentence!r} is {count} tokens long (with start and end of "
+                        f"text), more than the text tower's {limit}-token context: shorten it")
+        return sentences
+
+    def explain(self, images, sentences: Sequence[str], upsample: bool = False,
+                pool_temperature: Optional[float] = None) -> np.ndarray:
+        """Where each sentence points in each image: the local loss's sentence-to-patch maps.
+
+        maps[i, s] = softmax over the patches p of <P_ip, u_s> / tau_pool, with P_i image i's
+        projected patch tokens (not normalised) and u_s sentence s's unit-norm text embedding:
+        the pooling weights with which the local region-sentence loss pools image i for sentence
+        s (`emocap_jax.losses.sentence_patch_logits`). Every sentence is scored on every image.
+
+        images: as `zero_shot` takes them (paths, PIL images, uint8 arrays, or a batch already at
+            the model's size); they are preprocessed as CLIP does (shorter side resized, central
+            square crop), and the maps cover that square, `self.preprocess(images)`.
+        sentences: texts, each within the text tower's context (a longer one is an error naming
+            it, not silently cut).
+        upsample: False returns the patch grid [N, S, grid, grid] (grid = image_size //
+            patch_size, row-major: maps[i, s, r, c] is the patch in row r, column c); True resizes
+            each map bilinearly to the model's input pixels [N, S, image_size, image_size]
+            (values interpolated, so an upsampled map no longer sums to 1).
+        pool_temperature: tau_pool (default `self.pool_temperature`); it sharpens or flattens the
+            maps but never moves their maximum.
+        Returns float32 maps; on the patch grid each map sums to 1.
+        """
+        sentences = self.check_sentences(sentences)
+        if self.tokenizer is None:
+            self.tokenize(sentences)  # raises: no tokenizer
+        tau = self.pool_temperature if pool_temperature is None else float(pool_temperature)
+        if not tau > 0:
+            raise ValueError(f"pool_temperature must be positive, got {tau}")
+        batch = self._image_batch(images)
+        if batch.dtype != np.uint8:
+            batch = batch.astype(np.float32)
+        vision = self.config.vision
+        grid = vision.image_size // vision.patch_size
+        tokens = self._batched(self._patch_tokens, batch,
+                               empty_shape=(grid * grid, self.config.embed_dim))
+        text = _unit(self.encode_text(self.tokenize(sentences)).astype(np.float32))
+        logits = np.asarray(sentence_patch_logits(tokens, text, tau), np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        maps = np.exp(logits)
+        maps = (maps / maps.sum(axis=-1, keepdims=True)).astype(np.float32)
+        maps = maps.reshape(len(batch), len(sentences), grid, grid)
+        if upsample:
+            size = vision.image_size
+            maps = np.asarray(jax.image.resize(maps, (*maps.shape[:2], size, size), "linear"),
+                              np.float32)
+        return maps
+
     def _warn_truncated(self, prompts: Sequence[str]) -> None:
         # The tokenizer cuts long prompts silently (as open_clip does); say which ones, since a
         # cut prompt loses exactly the words that came last.
@@ -209,6 +293,8 @@ class EmoCapCLIP:
 
 
 LABEL_MODES = ("auto", "names", "prompts")
+# configs/default.py's loss.local_pool_temperature, for exports that do not record theirs.
+DEFAULT_POOL_TEMPERATURE = 0.1
 _SENTENCE_END = re.compile(r"[.!?]\s*$")
 _ARTICLE_START = re.compile(r"^\s*(a|an|the)\s", re.IGNORECASE)
 

@@ -2,9 +2,12 @@
 
     python -m emocap_jax.predict --checkpoint runs/demo face1.jpg photos/
     python -m emocap_jax.predict --checkpoint runs/demo --labels happy,sad --top 2 --json photos/
+    python -m emocap_jax.predict --checkpoint runs/demo --explain "raised inner brows" \
+        --explain "open mouth" --output overlays/ photos/
 
 Prints one row per image (the image, its top label and the probability of every label) or, with
---json, one JSON document. See --help for every option.
+--json, one JSON document. With --explain it writes one overlay PNG per image instead: where each
+sentence points in the face (emocap_jax/explain.py). See --help for every option.
 """
 from __future__ import annotations
 
@@ -48,6 +51,14 @@ examples:
   python -m emocap_jax.predict --checkpoint ViT-B-16.safetensors --json photos/ > out.json
   python -m emocap_jax.predict --checkpoint runs/demo --label-mode prompts \\
       --labels "a smiling face,a crying face" face.jpg
+  python -m emocap_jax.predict --checkpoint runs/demo --explain "raised inner brows" \\
+      --explain "open mouth" --output overlays/ faces/
+
+explain:
+  Each --explain sentence is scored against every patch of each face as the local loss pools
+  them (softmax over patches of patch token . sentence embedding / tau_pool); the overlay shows
+  the face, one heat map per sentence with the patch it points at outlined, and the sentence as
+  its caption. A sentence longer than the text tower's context is an error, not cut.
 
 exit status: 0 on success, 2 for bad arguments or unreadable images, 1 for other failures."""
 
@@ -88,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one JSON document: {checkpoint, labels, predictions: [{image, label, "
              "probability, probabilities: {label: p}, top: [{label, probability}] with --top}]}")
     parser.add_argument(
+        "--explain", action="append", metavar="SENTENCE",
+        help="instead of classifying, write an overlay PNG per image of where SENTENCE points in "
+             "the face (the local loss's sentence-to-patch map); repeat for several sentences, "
+             "one panel each; needs --output")
+    parser.add_argument(
+        "--output", metavar="DIR",
+        help="folder for the --explain overlays (created): one PNG per image, named after its "
+             "path below the images' common folder")
+    parser.add_argument(
         "--batch-size", type=int, default=64, metavar="N",
         help="images read and encoded per step; bounds memory for large folders (default: 64)")
     return parser
@@ -116,6 +136,20 @@ def _validate(args, parser) -> tuple[list, list[str]]:
     for template in args.templates or ():
         if template.count("{}") != 1:
             parser.error(f"--template {template!r}: must contain exactly one {{}}")
+    if args.explain:
+        if not args.output:
+            parser.error("--explain needs --output DIR, the folder for the overlay PNGs")
+        if os.path.exists(args.output) and not os.path.isdir(args.output):
+            parser.error(f"--output {args.output}: exists and is not a directory")
+        for sentence in args.explain:
+            if not sentence.strip():
+                parser.error(f"--explain {sentence!r}: empty sentence")
+        for flag, value in (("--labels", args.labels), ("--template", args.templates),
+                            ("--top", args.top), ("--json", args.json or None)):
+            if value is not None:
+                parser.error(f"{flag} classifies; it cannot be combined with --explain")
+    elif args.output:
+        parser.error("--output is for the overlays of --explain")
     if not os.path.exists(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint}: no such file or directory")
     try:
@@ -159,6 +193,18 @@ def run(args, parser) -> int:
         print(f"{parser.prog}: error: --checkpoint {args.checkpoint}: cannot load: {e}",
               file=sys.stderr)
         return 1
+    if args.explain:
+        from emocap_jax.explain import write_overlays
+        try:
+            written = write_overlays(model, paths, args.explain, args.output, args.batch_size)
+        except ImageReadError as e:  # a file whose header was fine but whose data is not
+            parser.error(str(e))
+        except ValueError as e:  # a sentence longer than the text context
+            parser.error(f"--explain: {e}")
+        for image, overlay in written:
+            print(f"{image} -> {overlay}")
+        print(f"wrote {len(written)} overlays to {args.output}")
+        return 0
     templates = tuple(args.templates) if args.templates else None
     rows = []
     for start in range(0, len(paths), args.batch_size):

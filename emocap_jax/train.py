@@ -310,7 +310,8 @@ def train_and_evaluate(config, workdir) -> dict:
         return results
 
     # ----- export and evaluation
-    export_dir = _export(state, model_config, tokenizer, workdir) if is_main else None
+    export_dir = (_export(state, model_config, tokenizer, workdir,
+                          config.loss.local_pool_temperature) if is_main else None)
     if eval_dir:
         report = evaluate_zero_shot(state["params"], model_config, tokenizer, eval_dir, config,
                                     mesh)
@@ -401,14 +402,17 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _export(state, model_config, tokenizer, workdir: pathlib.Path) -> pathlib.Path:
+def _export(state, model_config, tokenizer, workdir: pathlib.Path,
+            local_pool_temperature: float) -> pathlib.Path:
     """Writes the final parameters as an export folder (what `emocap_jax.load(workdir)` reads);
-    replaces an older export only once the new one is complete."""
+    replaces an older export only once the new one is complete. The local loss's pooling
+    temperature is recorded with them: `explain` draws its maps with it."""
     params = jax.device_get(state["params"])
     tmp = workdir / "export.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     params_io.save_params(tmp, params, model_config, tokenizer.to_config(),
-                          {"layout": "emocap_jax.train", "step": int(jax.device_get(state["step"]))})
+                          {"layout": "emocap_jax.train", "step": int(jax.device_get(state["step"])),
+                           "local_pool_temperature": float(local_pool_temperature)})
     final = workdir / "export"
     if final.exists():
         shutil.rmtree(final)

@@ -358,6 +358,9 @@ def test_evals_compile_once_and_agree_with_the_cli(tmp_path, datasets, monkeypat
     assert 0.0 <= result["zero_shot"]["uar"] <= 1.0
     assert len(traces) == 2, traces  # one image-tower trace, one text-tower trace
     assert features._towers.cache_info().misses == 1
+    # The export records the local loss's pooling temperature (EmoCapCLIP.explain uses it).
+    description = json.loads((tmp_path / "run" / "export" / "model_config.json").read_text())
+    assert description["source"]["local_pool_temperature"] == config.loss.local_pool_temperature
 
     out = tmp_path / "cli"
     assert cli.main(["--checkpoint", str(tmp_path / "run"), "--benchmark", "synthetic",

@@ -1,0 +1,180 @@
+"""Sentence-to-patch maps users can see: `EmoCapCLIP.explain` against a NumPy recomputation from a
+tiny model's patch tokens and text embeddings, and `python -m emocap_jax.predict --explain` (one
+overlay PNG per face, clear errors for a too-long sentence and an unreadable image)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO_ROOT
+from tests.inference_fixtures import FACE_CLASSES, make_tiny_export, write_faces
+
+SENTENCES = ["raised inner brows", "open mouth", "The cheeks are raised, creasing the eyes."]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    return make_tiny_export(tmp_path_factory.mktemp("tiny") / "export")
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    return root, write_faces(root)
+
+
+@pytest.fixture(scope="module")
+def model(export_dir):
+    import emocap_jax
+    return emocap_jax.load(export_dir)
+
+
+def _reference_maps(model, images, sentences, tau):
+    """NumPy: softmax over patches of <P_p, u> / tau from the model's own towers."""
+    from emocap_jax.models.clip import CLIP
+
+    _, tokens = CLIP(model.config).apply({"params": model.params}, images, True,
+                                         method=CLIP.encode_image)
+    tokens = np.asarray(tokens, np.float64)  # [N, P, D]
+    text = np.asarray(model.encode_text(model.tokenize(sentences)), np.float64)
+    text /= np.linalg.norm(text, axis=-1, keepdims=True)
+    logits = np.einsum("npd,sd->nsp", tokens, text) / tau
+    logits -= logits.max(axis=-1, keepdims=True)
+    maps = np.exp(logits)
+    maps /= maps.sum(axis=-1, keepdims=True)
+    grid = model.config.vision.image_size // model.config.vision.patch_size
+    return maps.reshape(len(images), len(sentences), grid, grid)
+
+
+def test_explain_matches_numpy_recomputation(model, faces):
+    _, paths = faces
+    images = model.preprocess(paths)
+    assert model.pool_temperature == pytest.approx(0.1)  # the default config's, none recorded
+    maps = model.explain(paths, SENTENCES)
+    assert maps.shape == (len(paths), len(SENTENCES), 4, 4) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps, _reference_maps(model, images, SENTENCES, 0.1), atol=2e-5)
+    np.testing.assert_allclose(maps.sum(axis=(2, 3)), 1.0, atol=1e-5)
+    # Another temperature reshapes the maps, never their argmax; a preprocessed batch is the same.
+    flat = model.explain(images, SENTENCES, pool_temperature=1.0)
+    np.testing.assert_allclose(flat, _reference_maps(model, images, SENTENCES, 1.0), atol=2e-5)
+    assert np.array_equal(flat.reshape(*flat.shape[:2], -1).argmax(-1),
+                          maps.reshape(*maps.shape[:2], -1).argmax(-1))
+    assert flat.max() < maps.max()
+    # Upsampled: the model's input pixels, bilinear from the grid.
+    up = model.explain(images[:1], SENTENCES[:1], upsample=True)
+    assert up.shape == (1, 1, 32, 32)
+    assert up.min() >= maps[0, 0].min() - 1e-6 and up.max() <= maps[0, 0].max() + 1e-6
+
+
+def test_explain_uses_the_recorded_pool_temperature(export_dir, tmp_path, model, faces):
+    import shutil
+
+    import emocap_jax
+
+    # Training records its loss's tau_pool in the export (train._export); load reads it.
+    copy = tmp_path / "export"
+    shutil.copytree(export_dir, copy)
+    description = json.loads((copy / "model_config.json").read_text())
+    description["source"]["local_pool_temperature"] = 0.5
+    (copy / "model_config.json").write_text(json.dumps(description))
+    assert emocap_jax.load(copy).pool_temperature == 0.5
+    # ... and explain draws with it (on the already compiled model, its description swapped).
+    images = model.preprocess(faces[1][:2])
+    original = model.description
+    try:
+        model.description = description
+        maps = model.explain(images, SENTENCES[:2])
+    finally:
+        model.description = original
+    np.testing.assert_allclose(maps, _reference_maps(model, images, SENTENCES[:2], 0.5), atol=2e-5)
+
+
+def test_explain_errors_name_the_input(model, faces, tmp_path):
+    from emocap_jax.preprocess import ImageReadError
+
+    _, paths = faces
+    long = "the inner corners of the eyebrows are raised " * 3
+    count = len(model.tokenizer.encode(long)) + 2
+    with pytest.raises(ValueError, match=rf"sentence '{long.strip()[:20]}.*' is {count} tokens long "
+                                         r".*more than the text tower's 16-token context"):
+        model.explain(paths[:1], ["open mouth", long])
+    with pytest.raises(ValueError, match="at least one sentence"):
+        model.explain(paths[:1], [])
+    garbage = tmp_path / "broken.png"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(ImageReadError, match="broken.png: not a readable image"):
+        model.explain([paths[0], garbage], ["open mouth"])
+
+
+def test_overlay_names_are_unique_and_readable(tmp_path):
+    from emocap_jax.explain import overlay_names
+
+    paths = [tmp_path / "faces" / "happy" / "1.jpg", tmp_path / "faces" / "sad" / "1.jpg",
+             tmp_path / "faces" / "happy" / "1.png"]
+    assert overlay_names(paths) == ["happy__1.png", "sad__1.png", "happy__1_1.png"]
+    assert overlay_names([tmp_path / "one.jpg"]) == ["one.png"]
+
+
+def _predict(*args):
+    return subprocess.run([sys.executable, "-m", "emocap_jax.predict", *map(str, args)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_cli_writes_one_overlay_per_face(export_dir, faces, tmp_path):
+    root, paths = faces
+    out = tmp_path / "overlays"
+    result = _predict("--checkpoint", export_dir, "--explain", "raised inner brows",
+                      "--explain", "open mouth", "--output", out, root)
+    assert result.returncode == 0, result.stderr
+    written = sorted(out.iterdir())
+    assert [p.name for p in written] == sorted(f"{c}__{p.stem}.png" for c, p in
+                                               zip(FACE_CLASSES, paths))
+    for png in written:
+        assert png.read_bytes().startswith(PNG_MAGIC)
+        with Image.open(png) as image:
+            width, height = image.size
+        assert width > 2 * height  # the face and two sentence panels side by side
+    assert f"wrote {len(paths)} overlays to {out}" in result.stdout
+
+
+def test_cli_errors_name_the_bad_input(export_dir, faces, tmp_path, capsys):
+    from emocap_jax import predict
+
+    root, paths = faces
+    out = tmp_path / "overlays"
+    # Caught before JAX is imported.
+    garbage = tmp_path / "broken.jpg"
+    garbage.write_bytes(b"\xff\xd8 not really a jpeg")
+    result = _predict("--checkpoint", export_dir, "--explain", "open mouth", "--output", out,
+                      paths[0], garbage)
+    assert result.returncode == 2 and "broken.jpg: not a readable image" in result.stderr
+    for args, message in (
+            (["--explain", "open mouth"], "--explain needs --output DIR"),
+            (["--output", out], "--output is for the overlays of --explain"),
+            (["--explain", "open mouth", "--output", out, "--top", "2"], "--top classifies"),
+            (["--explain", " ", "--output", out], "empty sentence")):
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main(["--checkpoint", str(export_dir), *map(str, args), str(paths[0])])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    # After the model is loaded: a sentence longer than the context, named with its count.
+    long = "the lip corners are pulled up and back strongly showing a pronounced smile " * 2
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--checkpoint", str(export_dir), "--explain", "open mouth", "--explain",
+                      long, "--output", str(out), str(root)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"--explain: sentence {long!r} is" in err and "16-token context" in err
+    assert not out.exists() or not any(out.iterdir())  # nothing written before the check
+    # A file whose header reads but whose pixels do not: named when it is decoded.
+    truncated = tmp_path / "truncated.png"
+    data = (root / FACE_CLASSES[0] / paths[0].name).read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--checkpoint", str(export_dir), "--explain", "open mouth", "--output",
+                      str(out), str(truncated)])
+    assert exit_info.value.code == 2 and "truncated.png: not a readable image" in capsys.readouterr().err
