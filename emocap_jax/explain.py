@@ -34,6 +34,7 @@ def overlay_figure(image: np.ndarray, maps: np.ndarray, sentences: Sequence[str]
 
     image: [S, S, 3] uint8, the preprocessed face (`model.preprocess(...)[i]`); maps: [n, gh, gw]
     one map per sentence on the patch grid (`model.explain(...)[i]`)."""
+    # matplotlib is optional (drawing only): loaded when a figure is drawn.
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 

@@ -194,6 +194,7 @@ def run(args, parser) -> int:
               file=sys.stderr)
         return 1
     if args.explain:
+        # Only --explain draws (explain loads matplotlib): plain predictions never import it.
         from emocap_jax.explain import write_overlays
         try:
             written = write_overlays(model, paths, args.explain, args.output, args.batch_size)
