@@ -58,7 +58,7 @@ def test_same_arguments_give_identical_bytes_whatever_the_worker_count(tmp_path)
     synthetic.generate_corpus(tmp_path / "a", workers=1, **args)
     synthetic.generate_corpus(tmp_path / "b", workers=2, **args)
     first, second = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
-    assert len(first) == 20 + 16 + 4  # images, two manifests, preview, corpus.json
+    assert len(first) == 20 + 16 + 5  # images, two manifests, eval regions, preview, corpus.json
     assert first.keys() == second.keys()
     assert [name for name in first if first[name] != second[name]] == []
 
