@@ -1,5 +1,5 @@
 """From scratch on real faces that carry only a class label (FER2013, an image folder), sized for a
-2-core CPU (11-15 minutes, compilation and evaluation included); see README "Training on your
+2-core CPU (about 11 minutes, compilation and evaluation included); see README "Training on your
 own labelled faces" and RESULTS.md for what it reaches.
 
     python -m data_prep.benchmarks --name imagefolder --root FACES --output data/faces --val-fraction 0.1
