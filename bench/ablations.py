@@ -31,6 +31,7 @@ import sys
 import time
 
 import numpy as np
+from markdown_tables import begin_marker, mean_std_cell, write_table  # bench/ is sys.path[0]
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -147,13 +148,6 @@ def read_figures(workdir: pathlib.Path) -> dict:
     return figures
 
 
-def _cell(values) -> str:
-    values = [100 * v for v in values]
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
 
 
 def render(results: list[dict], args, command: str) -> str:
@@ -170,7 +164,7 @@ def render(results: list[dict], args, command: str) -> str:
         rows = [r for r in results if r["variant"] == variant]
         if not rows:
             continue
-        cells = [_cell([r[c] for r in rows if c in r]) for c in cols]
+        cells = [mean_std_cell([r[c] for r in rows if c in r]) for c in cols]
         minutes = np.mean([r["train_seconds"] / 60 for r in rows])
         lines.append(f"| {variant}: {VARIANTS[variant]} | " + " | ".join(cells) +
                      f" | {minutes:.1f} | {', '.join(str(r['seed']) for r in rows)} |")
@@ -182,20 +176,6 @@ def render(results: list[dict], args, command: str) -> str:
     return "\n".join(lines + per_run) + "\n\nReproduce: `" + command + "`\n"
 
 
-BEGIN, END = "<!-- table: bench/ablations.py -->", "<!-- end of table -->"
-
-
-def write_table(path: pathlib.Path, table: str):
-    """Replaces the table between the markers of an existing file (its prose stays), else writes
-    the table alone."""
-    block = f"{BEGIN}\n{table}{END}"
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = block + "\n"
-    path.write_text(text)
 
 
 def main(argv=None):
@@ -212,7 +192,7 @@ def main(argv=None):
     command = "python bench/ablations.py " + shlex.join(
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render-only")
     table = render(results, args, command)
-    write_table(pathlib.Path(args.output), table)
+    write_table(pathlib.Path(args.output), table, begin_marker("bench/ablations.py"))
     print(table)
 
 

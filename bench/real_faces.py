@@ -27,6 +27,7 @@ import sys
 import time
 
 import numpy as np
+from markdown_tables import begin_marker, mean_std_cell, write_table  # bench/ is sys.path[0]
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -180,11 +181,6 @@ def run_one(args, work, data, variant, seed) -> dict:
     return result
 
 
-def _cell(values) -> str:
-    values = [100 * v for v in values]
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
 
 
 def _dataset_line(data: dict) -> str:
@@ -212,7 +208,7 @@ def render(results: list[dict], pixels: dict | None, args, command: str, data: d
         rows = [r for r in results if r["variant"] == variant]
         if not rows:
             continue
-        cells = [_cell([r[c] for r in rows]) for c in cols]
+        cells = [mean_std_cell([r[c] for r in rows]) for c in cols]
         minutes = [r["train_seconds"] / 60 for r in rows]
         lines.append(f"| {variant}: {VARIANTS[variant][0]} | " + " | ".join(cells) +
                      f" | {np.mean(minutes):.1f} (max {max(minutes):.1f}) | "
@@ -252,24 +248,10 @@ def main(argv=None):
     command = "python bench/real_faces.py " + shlex.join(
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render-only")
     table = render(results, pixels, args, command, data)
-    write_table(pathlib.Path(args.output), table)
+    write_table(pathlib.Path(args.output), table, begin_marker("bench/real_faces.py"))
     print(table)
 
 
-BEGIN, END = "<!-- table: bench/real_faces.py -->", "<!-- end of table -->"
-
-
-def write_table(path: pathlib.Path, table: str):
-    """Replaces the table between the markers of an existing file (its prose stays), else writes
-    the table alone."""
-    block = f"{BEGIN}\n{table}{END}"
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = block + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":
