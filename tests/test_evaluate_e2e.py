@@ -71,7 +71,7 @@ FAST = runner.Options(batch_size=BATCH, shots=(1, 2), seeds=(0, 1))
 @pytest.mark.parametrize("name,protocol", [
     ("synthetic", "zero_shot"), ("synthetic", "linear_probe"), ("synthetic", "few_shot"),
     ("synthetic", "au_detection"), ("synthetic", "retrieval"), ("synthetic", "multiple_choice"),
-    ("synthetic-compound", "compound"), ("synthetic-video", "video"),
+    ("synthetic", "grounding"), ("synthetic-compound", "compound"), ("synthetic-video", "video"),
     ("synthetic-video", "linear_probe"),
 ])
 def test_every_protocol_runs_on_the_synthetic_splits(encoder, bench, tmp_path, name, protocol):
@@ -98,6 +98,10 @@ def test_every_protocol_runs_on_the_synthetic_splits(encoder, bench, tmp_path, n
         assert result["folds"][0]["num_frames"] == 4 and "single_frame" in result
     if protocol == "compound":
         assert result["folds"][0]["partial_match"] is not None
+    if protocol == "grounding":  # every face: scored, or relaxed (one sentence, no region)
+        assert result["report"]["num_faces"] + result["report"]["skipped_sentences"] == num
+        assert {p["id"] for p in result["predictions"]} <= {r.id for r in read_records(
+            result["splits"][0]["test"])}
     if protocol == "few_shot":
         assert set(result["shots"]) == {1, 2} and result["metric"] == "uar@2-shot"
     if protocol == "au_detection":

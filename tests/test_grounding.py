@@ -264,14 +264,22 @@ def test_patch_centres_follow_the_pixels_through_the_preprocessing():
 
 
 def test_summary_per_region_and_overall():
+    # Which of 4 patches would hit, per pair: the best fixed patch for the eyes is patch 2 (hits
+    # both eyes pairs), for the mouth patch 0, for the brows any (the first, 0).
+    patch_hits = np.array([[1, 0, 1, 0], [1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], bool)
     report = grounding.summarize(["eyes", "mouth", "eyes", "brows"], [True, False, False, True],
-                                 [0.1, 0.2, 0.3, 0.4], [0.0, 0.25, 0.5, 0.25], FACE_REGIONS)
+                                 [0.1, 0.2, 0.3, 0.4], [0.0, 0.25, 0.5, 0.25], patch_hits,
+                                 FACE_REGIONS)
     assert list(report["per_region"]) == ["brows", "eyes", "mouth"]
     assert report["accuracy"] == 0.5 and report["chance"] == pytest.approx(0.25)
+    assert report["prior"] == pytest.approx(3 / 4)
     assert report["per_region"]["eyes"] == {"pairs": 2, "hits": 1, "accuracy": 0.5,
-                                            "chance": pytest.approx(0.2), "patch_chance": 0.25}
+                                            "chance": pytest.approx(0.2), "patch_chance": 0.25,
+                                            "prior": 1.0, "prior_patch": 2}
+    assert report["per_region"]["brows"]["prior"] == 0.0
     table = grounding.format_table(report)
-    assert "| eyes | 50.0 | 20.0 | 25.0 | 1 / 2 |" in table and "| **all** | 50.0 | 25.0" in table
+    assert "| eyes | 50.0 | 20.0 | 25.0 | 100.0 | 1 / 2 |" in table
+    assert "| **all** | 50.0 | 25.0 | 25.0 | 75.0 | 2 / 4 |" in table
 
 
 # ----------------------------------------------------------------------------- a tiny model
@@ -334,10 +342,18 @@ def test_grounding_protocol_matches_a_numpy_recomputation(bench):
         assert report["accuracy"] == pytest.approx(np.mean([e[4] for e in expected]))
         assert report["chance"] == pytest.approx(np.mean([e[5] for e in expected]), abs=1e-6)
         assert result["value"] == report["accuracy"] and result["metric"] == "pointing_accuracy"
+        prior_hits = 0
         for region, block in report["per_region"].items():
             mine = [e for e in expected if e[2] == region]
             assert block["pairs"] == len(mine)
             assert block["accuracy"] == pytest.approx(np.mean([e[4] for e in mine]))
+            # The best fixed patch: try every patch as the pointer of every pair of the region.
+            rates = [np.mean([_reference_point(np.eye(16)[p], 4, 8, 32, (40, 40),
+                                               entries[e[0]]["regions"][region], tolerance)[0]
+                              for e in mine]) for p in range(16)]
+            assert block["prior"] == pytest.approx(max(rates))
+            prior_hits += max(rates) * len(mine)
+        assert report["prior"] == pytest.approx(prior_hits / len(expected))
     assert report["tolerance"] == 6.0
     # A stale regions file of other faces is refused, naming the record.
     stale = data / "stale.jsonl"
@@ -364,7 +380,8 @@ def test_grounding_cli_writes_json_and_prints_the_table(bench, tmp_path):
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "synthetic faces grounding: pointing-game accuracy" in result.stdout
-    assert "| region | accuracy | chance (area) | chance (patch) | hits / pairs |" in result.stdout
+    assert ("| region | accuracy | chance (area) | chance (patch) | fixed-patch prior | "
+            "hits / pairs |") in result.stdout
     saved = json.loads((out / "results" / "synthetic__grounding.json").read_text())
     assert saved["metric"] == "pointing_accuracy" and set(saved["report"]["per_region"]) <= set(FACE_REGIONS)
     assert (out / "predictions" / "synthetic__grounding.csv").is_file()

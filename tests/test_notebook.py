@@ -74,7 +74,10 @@ def test_notebook_runs_headless_on_cpu(tmp_path, kernel_name):
     assert "training the demo" not in text
     for label in FACE_CLASSES:  # one face per class folder, each classified
         assert f"{label}/face_" in text and "-> " in text
-    # The bar chart is drawn inline and saved.
-    assert len(images) == 1 and images[0].startswith(PNG_MAGIC)
+    # The bar chart and the explain overlay are drawn inline and saved.
+    assert len(images) == 2 and all(image.startswith(PNG_MAGIC) for image in images)
     saved = (output / "zero_shot.png").read_bytes()
     assert saved.startswith(PNG_MAGIC) and len(saved) > 10_000
+    overlay = (output / "explain.png").read_bytes()
+    assert overlay.startswith(PNG_MAGIC) and len(overlay) > 10_000
+    assert f"saved {output / 'explain.png'}" in text
