@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from emocap_jax.cli_errors import ArgumentParser, entry_point, report
+
 # The eight basic-emotion nouns the demo and the synthetic corpus use (in their label order).
 DEFAULT_LABELS = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger",
                   "contempt")
@@ -43,11 +45,12 @@ examples:
   python -m emocap_jax.predict --checkpoint runs/demo --label-mode prompts \\
       --labels "a smiling face,a crying face" face.jpg
 
-exit status: 0 on success, 2 for bad arguments or unreadable images, 1 for other failures."""
+exit status: 0 on success, 2 for bad arguments, unreadable images or a checkpoint that
+does not load (one line on stderr), 1 for other failures."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m emocap_jax.predict", description=_DESCRIPTION, epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -158,9 +161,10 @@ def run(args, parser) -> int:
     try:
         model = emocap_jax.load(args.checkpoint, source=args.source)
     except (OSError, ValueError, KeyError) as e:
-        print(f"{parser.prog}: error: --checkpoint {args.checkpoint}: cannot load: {e}",
-              file=sys.stderr)
-        return 1
+        # A checkpoint of the wrong kind (or broken): say which, and what loads.
+        return report(f"--checkpoint {args.checkpoint}: cannot load: {e} (give an emocap_jax "
+                      f"export folder, a training workdir with export/, or open_clip / Hugging "
+                      f"Face CLIP weights)")
     templates = tuple(args.templates) if args.templates else None
     rows = []
     for start in range(0, len(paths), args.batch_size):
@@ -188,6 +192,7 @@ def run(args, parser) -> int:
     return 0
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

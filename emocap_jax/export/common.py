@@ -63,12 +63,12 @@ def expressibility_problems(config: CLIPConfig, tokenizer: Optional[dict],
     problems = []
     if v.stem != "patch":
         problems.append(
-            f"model.vision.stem={v.stem!r}: {name}'s CLIP ViT embeds patches with one linear "
-            f"projection (stem='patch'); a convolutional stem has no place in it")
+            f"model.vision.stem={v.stem!r}: the CLIP ViT of {name} embeds patches with one "
+            f"linear projection (stem='patch'); a convolutional stem has no place in it")
     if v.pool != "token" and not (target == "open_clip" and v.pool == "gap"):
         problems.append(
-            f"model.vision.pool={v.pool!r} (the mean of the patch tokens): {name}'s CLIP vision "
-            f"model pools the class token; export to open_clip instead (its pool_type 'avg')")
+            f"model.vision.pool={v.pool!r} (the mean of the patch tokens): the CLIP vision model of "
+            f"{name} pools the class token; export to open_clip instead (its pool_type 'avg')")
     if target == "open_clip" and config.layer_norm_eps != CLIP_LAYER_NORM_EPS:
         problems.append(f"model.layer_norm_eps={config.layer_norm_eps}: open_clip's CLIP uses "
                         f"{CLIP_LAYER_NORM_EPS} and cannot be configured otherwise")
