@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from emocap_jax import export
+from emocap_jax.export import TARGETS as EXPORT_TARGETS, export_model
 from emocap_jax.cli_errors import ArgumentParser, UsageError, entry_point
 from emocap_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 from emocap_jax.weight_layouts import tensor_rules
@@ -446,7 +446,7 @@ def _export(args) -> int:
     if given:
         raise UsageError(f"{', '.join(given)}: import options; --to takes only --input (a training "
                          f"workdir or an export folder) and --output")
-    written = export.export_model(args.input, args.to, args.output)
+    written = export_model(args.input, args.to, args.output)
     print(f"exported {args.input} to {args.to} in {args.output}: "
           f"{', '.join(p.name for p in written)}")
     return 0
@@ -469,7 +469,7 @@ def main(argv=None):
                         help="override the activation (needed for open_clip weights without config)")
     parser.add_argument("--image-size", type=int,
                         help="adapt to this input resolution (position embeddings are resized)")
-    parser.add_argument("--to", choices=export.TARGETS,
+    parser.add_argument("--to", choices=EXPORT_TARGETS,
                         help="export instead: --input is a training workdir or an export folder, "
                              "--output a new folder for open_clip (open_clip_model.safetensors + "
                              "open_clip_config.json) or hf (transformers' CLIPModel files and "

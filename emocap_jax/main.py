@@ -65,7 +65,8 @@ def main(argv):
                          f"(--config=..., --workdir=..., --config.FIELD=VALUE)")
     try:
         config = _CONFIG.value
-    except OSError as e:  # config_flags defers a config file's load failure to here
+        config.keys()  # config_flags defers a config file's load failure to the first access
+    except OSError as e:
         raise UsageError(f"--config: {e}") from None
     # Orbax and JAX log every checkpoint file operation at INFO through absl; our own progress
     # lines (logger "emocap_jax") stay visible. --verbosity=0 brings the library logs back.
@@ -110,11 +111,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(report(f"{e} (--helpfull lists the flags; configs/default.py documents every "
                         f"config field)"))
     except (AttributeError, KeyError) as e:  # --config.FIELD=... for a field the config lacks
-        key = str(e.args[0] if e.args else e).strip("'\"")
+        # ml_collections nests the field name in quoted reprs: "'\\'num_stepz\\'\\nDid you ..."
+        text = str(e).replace("\\", "")
+        key = re.search(r"([A-Za-z_]\w*)", text)
+        key = key.group(1) if key else "?"
+        hint = re.search(r'Did you mean "(\w+)"', text)
         given = [a.split("=")[0] for a in argv if a.startswith("--config.")
                  and re.search(rf"[.]{re.escape(key)}(=|[.]|$)", a.split("=")[0])]
         sys.exit(report(f"{given[0] if given else 'config override'}: the config has no field "
-                        f"{key!r} (configs/default.py documents every field)"))
+                        f"{key!r}" + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+                        + "; configs/default.py documents every field"))
 
 
 def run() -> None:
