@@ -52,6 +52,7 @@ from tqdm import tqdm
 from data_prep.benchmark_formats import READERS, LayoutError, ReaderOptions
 from data_prep.benchmark_formats import common, questions
 from data_prep.benchmark_formats.decode import DecodeEntry
+from emocap_jax.cli_errors import ArgumentParser, entry_point, report
 from emocap_jax.data.manifest import JPEG_QUALITY
 from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
 from emocap_jax.evaluate.registry import LAYOUTS, Layout
@@ -291,7 +292,7 @@ def _split_names() -> list[str]:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m data_prep.benchmarks",
         description="Convert an evaluation benchmark, in its owners' layout, into TFRecord "
                     "datasets (one per split / fold) with metadata.json and rejected.jsonl.",
@@ -355,6 +356,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.list:
@@ -392,8 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         if dataset["num_written"] == 0:
             empty.append(dataset["output"])
     if empty:
-        print(f"error: no record was written to {', '.join(empty)}", file=sys.stderr)
-        return 1
+        # Nothing usable under --root: a user mistake (wrong folder or layout), not a crash.
+        return report(f"no record was written to {', '.join(empty)}: --root {args.root} holds "
+                      f"no {args.name} entries that could be read (the reasons are listed above "
+                      f"and in rejected.jsonl; --list shows the layout {args.name} expects)")
     return 0
 
 

@@ -14,12 +14,13 @@ import sys
 
 from emocap_jax.data.manifest import convert_manifest
 from emocap_jax.data.shard_writer import REJECTED_FILE
+from emocap_jax.cli_errors import ArgumentParser, entry_point, report
 
 __all__ = ["convert_manifest", "main"]
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m data_prep.captions",
         description="Convert a caption-corpus manifest (JSON lines) and its images into "
                     "TFRecord shards with metadata.json and rejected.jsonl.")
@@ -65,6 +66,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
@@ -84,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     if summary["num_rejected"]:
         print(f"rejected lines and reasons: {os.path.join(summary['output'], REJECTED_FILE)}")
     if summary["num_written"] == 0:
-        print("error: no record was written", file=sys.stderr)
-        return 1
+        return report(f"no record was written: none of the {summary['num_lines']} lines of "
+                      f"--manifest {args.manifest} could be converted (the reasons are listed "
+                      f"above and in rejected.jsonl)")
     return 0
 
 

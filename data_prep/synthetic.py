@@ -17,12 +17,13 @@ from emocap_jax.data.synthetic.corpus import (
     generate_corpus,
     plan_corpus,
 )
+from emocap_jax.cli_errors import ArgumentParser, entry_point
 
 __all__ = ["generate_corpus", "plan_corpus", "main"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m data_prep.synthetic",
         description="Generate the synthetic-faces caption corpus (AU-driven expressions, EmoCap-style captions).",
     )
@@ -40,6 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:

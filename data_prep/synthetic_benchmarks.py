@@ -6,17 +6,18 @@ emocap_jax.evaluate.synthetic_benchmarks; its docstring describes the splits)::
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Sequence
 
 from emocap_jax.evaluate.synthetic_benchmarks import SPLITS, generate_benchmarks
+from emocap_jax.cli_errors import ArgumentParser, entry_point
 
 __all__ = ["generate_benchmarks", "main"]
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.synthetic_benchmarks",
+    parser = ArgumentParser(prog="python -m data_prep.synthetic_benchmarks",
                                      description="Write synthetic benchmark splits (basic faces with captions, AUs and "
                                                  "multiple-choice questions; compound faces; video clips) as TFRecords.")
     parser.add_argument("--output", required=True, help="output folder: OUT/basic, OUT/compound, OUT/video")

@@ -1,21 +1,22 @@
-"""Import CLIP weights from open_clip / OpenAI and Hugging Face checkpoints.
+"""Import CLIP weights from open_clip / OpenAI and Hugging Face checkpoints, and export ours to them.
 
     python -m emocap_jax.convert --source {auto,open_clip,openai,hf} --input PATH --output DIR
+    python -m emocap_jax.convert --to {open_clip,hf} --input RUN_OR_EXPORT --output DIR
 
 reads the weights (safetensors always; torch `.pt`/`.bin` when torch is installed), infers the
 architecture from the tensor shapes and the config file beside the weights, maps every tensor onto
 the Flax parameter tree and writes an exported-model folder (`emocap_jax.params_io`).
 
-Layout facts this module encodes: torch Linear weights are [out, in] (Flax kernels are [in, out]);
-attention `in_proj_weight` fuses q, k, v along its first axis (Hugging Face keeps three Linears);
-conv weights are [out, in, kh, kw] (Flax: [kh, kw, in, out]); open_clip's `visual.proj` and
-`text_projection` are already [in, out] while Hugging Face's projections are Linears; CLIP's ViT has
-no patch-conv bias. Every mismatch names the parameter path and both shapes; every tensor of the
-checkpoint must be used, so an unsupported architecture fails loudly instead of loading partially.
+The key layouts (which torch tensor makes which Flax parameter, and how) are data in
+`emocap_jax.weight_layouts`, which `emocap_jax.export` walks backwards to write them. Every mismatch
+names the parameter path and both shapes; every tensor of the checkpoint must be used, so an
+unsupported architecture fails loudly instead of loading partially.
+
+`--to open_clip|hf` goes the other way: it exports a training run or an export folder
+(`emocap_jax.export`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -29,9 +30,12 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from emocap_jax.cli_errors import ArgumentParser, UsageError, entry_point
+from emocap_jax.export import TARGETS as EXPORT_TARGETS, export_model
 from emocap_jax.models.clip import count_params, param_shapes
 from emocap_jax.models.config import CLIPConfig, TextConfig, VisionConfig
 from emocap_jax.params_io import save_params
+from emocap_jax.weight_layouts import tensor_rules
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,8 @@ _IGNORED_KEYS = re.compile(
     r"(vision_model|text_model)\.embeddings\.position_ids)$")
 
 
-class ConversionError(ValueError):
-    pass
+class ConversionError(UsageError):
+    """A checkpoint that cannot be read as a CLIP emocap_jax implements (the message says why)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,11 +166,16 @@ def _grid(num_positions, what):
 
 
 _OPEN_CLIP_SUPPORTED_VISION = {"image_size", "patch_size", "width", "layers", "head_width",
-                               "mlp_ratio", "heads"}
+                               "mlp_ratio", "heads", "pool_type"}
 _OPEN_CLIP_SUPPORTED_TEXT = {"context_length", "vocab_size", "width", "heads", "layers",
-                             "mlp_ratio", "hf_tokenizer_name", "tokenizer_kwargs"}
+                             "mlp_ratio", "hf_tokenizer_name", "tokenizer_kwargs", "pool_type",
+                             "eos_id"}
+# open_clip pooling -> ours: the image's class token or patch mean (VisionConfig.pool); the text at
+# argmax(ids) or at the first `eos_id` (TextConfig.eot_token_id).
+OPEN_CLIP_VISION_POOLS = {"tok": "token", "avg": "gap"}
+OPEN_CLIP_TEXT_POOLS = ("argmax", "eos")
 _OPEN_CLIP_DEFAULT_OK = {"ls_init_value": None, "patch_dropout": 0.0, "attentional_pool": False,
-                         "no_ln_pre": False, "pool_type": ("tok", "argmax"),
+                         "no_ln_pre": False,
                          "final_ln_after_pool": False, "output_tokens": False,
                          "proj_bias": False, "embed_cls": False, "pad_id": 0,
                          "norm_kwargs": {}, "act_kwargs": {}, "proj_type": "linear",
@@ -201,6 +210,11 @@ def infer_open_clip_config(state: dict, oc_cfg: Optional[dict] = None,
     if oc_cfg:
         _check_open_clip_tower_cfg(vcfg, _OPEN_CLIP_SUPPORTED_VISION, "vision")
         _check_open_clip_tower_cfg(tcfg, _OPEN_CLIP_SUPPORTED_TEXT, "text")
+    v_pool, t_pool = vcfg.get("pool_type", "tok"), tcfg.get("pool_type", "argmax")
+    if v_pool not in OPEN_CLIP_VISION_POOLS or t_pool not in OPEN_CLIP_TEXT_POOLS:
+        raise ConversionError(
+            f"open_clip config pool_type vision={v_pool!r} text={t_pool!r}: emocap_jax implements "
+            f"vision {sorted(OPEN_CLIP_VISION_POOLS)} and text {list(OPEN_CLIP_TEXT_POOLS)}")
     if activation is None:
         if oc_cfg is None:
             raise ConversionError(
@@ -216,13 +230,16 @@ def infer_open_clip_config(state: dict, oc_cfg: Optional[dict] = None,
         v_width, int(vcfg.get("head_width", 64)), "image tower")
     vision = VisionConfig(
         image_size=grid * patch, patch_size=patch, width=v_width, layers=v_layers, heads=v_heads,
-        mlp_dim=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0])
+        mlp_dim=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        pool=OPEN_CLIP_VISION_POOLS[v_pool])
     vocab, t_width = state["token_embedding.weight"].shape
     text = TextConfig(
         context_length=state["positional_embedding"].shape[0], vocab_size=vocab, width=t_width,
         layers=_num_layers(state, "transformer.resblocks."),
         heads=int(tcfg["heads"]) if "heads" in tcfg else _heads(t_width, 64, "text tower"),
-        mlp_dim=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0])
+        mlp_dim=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        # open_clip's CLIPTextCfg.eos_id defaults to 2.
+        eot_token_id=int(tcfg.get("eos_id", 2)) if t_pool == "eos" else None)
     return CLIPConfig(embed_dim=state["visual.proj"].shape[1], vision=vision, text=text,
                       activation=activation)
 
@@ -268,92 +285,7 @@ def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
 
 
 # ----------------------------------------------------------------------------------------------
-# Tensor mapping
-
-_T = lambda w: w.T  # torch Linear [out, in] -> Flax kernel [in, out]
-_ID = lambda w: w
-_CONV = lambda w: w.transpose(2, 3, 1, 0)  # [out, in, kh, kw] -> [kh, kw, in, out]
-
-
-def _block_rules_open_clip(prefix):
-    """(flax sub-path, torch key suffix(es), transform) for one residual block."""
-    return [
-        ("ln_1/scale", "ln_1.weight", _ID), ("ln_1/bias", "ln_1.bias", _ID),
-        ("ln_2/scale", "ln_2.weight", _ID), ("ln_2/bias", "ln_2.bias", _ID),
-        ("attn/qkv/kernel", "attn.in_proj_weight", _T), ("attn/qkv/bias", "attn.in_proj_bias", _ID),
-        ("attn/out/kernel", "attn.out_proj.weight", _T), ("attn/out/bias", "attn.out_proj.bias", _ID),
-        ("mlp/fc/kernel", "mlp.c_fc.weight", _T), ("mlp/fc/bias", "mlp.c_fc.bias", _ID),
-        ("mlp/proj/kernel", "mlp.c_proj.weight", _T), ("mlp/proj/bias", "mlp.c_proj.bias", _ID),
-    ]
-
-
-def _block_rules_hf(prefix):
-    qkv = ("self_attn.q_proj.{}", "self_attn.k_proj.{}", "self_attn.v_proj.{}")
-    return [
-        ("ln_1/scale", "layer_norm1.weight", _ID), ("ln_1/bias", "layer_norm1.bias", _ID),
-        ("ln_2/scale", "layer_norm2.weight", _ID), ("ln_2/bias", "layer_norm2.bias", _ID),
-        # q, k, v Linears fused in the order the Flax kernel's columns expect: [q | k | v].
-        ("attn/qkv/kernel", tuple(k.format("weight") for k in qkv),
-         lambda *ws: np.concatenate(ws, axis=0).T),
-        ("attn/qkv/bias", tuple(k.format("bias") for k in qkv),
-         lambda *bs: np.concatenate(bs, axis=0)),
-        ("attn/out/kernel", "self_attn.out_proj.weight", _T),
-        ("attn/out/bias", "self_attn.out_proj.bias", _ID),
-        ("mlp/fc/kernel", "mlp.fc1.weight", _T), ("mlp/fc/bias", "mlp.fc1.bias", _ID),
-        ("mlp/proj/kernel", "mlp.fc2.weight", _T), ("mlp/proj/bias", "mlp.fc2.bias", _ID),
-    ]
-
-
-def _rules(layout: str, config: CLIPConfig):
-    """Yields (flax path, torch keys, transform) for every parameter; block rules are stacked over
-    layers because the Flax transformer scans over a leading layer axis."""
-    if layout == "open_clip":
-        top = [
-            ("visual/patch_embed/kernel", "visual.conv1.weight", _CONV),
-            ("visual/class_embedding", "visual.class_embedding", _ID),
-            ("visual/pos_embedding", "visual.positional_embedding", _ID),
-            ("visual/ln_pre/scale", "visual.ln_pre.weight", _ID),
-            ("visual/ln_pre/bias", "visual.ln_pre.bias", _ID),
-            ("visual/ln_post/scale", "visual.ln_post.weight", _ID),
-            ("visual/ln_post/bias", "visual.ln_post.bias", _ID),
-            ("visual/proj", "visual.proj", _ID),
-            ("text/token_embedding/embedding", "token_embedding.weight", _ID),
-            ("text/pos_embedding", "positional_embedding", _ID),
-            ("text/ln_final/scale", "ln_final.weight", _ID),
-            ("text/ln_final/bias", "ln_final.bias", _ID),
-            ("text/proj", "text_projection", _ID),
-            ("logit_scale", "logit_scale", lambda w: w.reshape(())),
-        ]
-        towers = [("visual", "visual.transformer.resblocks.", config.vision.layers),
-                  ("text", "transformer.resblocks.", config.text.layers)]
-        block_rules = _block_rules_open_clip
-    else:
-        top = [
-            ("visual/patch_embed/kernel", "vision_model.embeddings.patch_embedding.weight", _CONV),
-            ("visual/class_embedding", "vision_model.embeddings.class_embedding", _ID),
-            ("visual/pos_embedding", "vision_model.embeddings.position_embedding.weight", _ID),
-            ("visual/ln_pre/scale", "vision_model.pre_layrnorm.weight", _ID),
-            ("visual/ln_pre/bias", "vision_model.pre_layrnorm.bias", _ID),
-            ("visual/ln_post/scale", "vision_model.post_layernorm.weight", _ID),
-            ("visual/ln_post/bias", "vision_model.post_layernorm.bias", _ID),
-            ("visual/proj", "visual_projection.weight", _T),
-            ("text/token_embedding/embedding", "text_model.embeddings.token_embedding.weight", _ID),
-            ("text/pos_embedding", "text_model.embeddings.position_embedding.weight", _ID),
-            ("text/ln_final/scale", "text_model.final_layer_norm.weight", _ID),
-            ("text/ln_final/bias", "text_model.final_layer_norm.bias", _ID),
-            ("text/proj", "text_projection.weight", _T),
-            ("logit_scale", "logit_scale", lambda w: w.reshape(())),
-        ]
-        towers = [("visual", "vision_model.encoder.layers.", config.vision.layers),
-                  ("text", "text_model.encoder.layers.", config.text.layers)]
-        block_rules = _block_rules_hf
-    for path, key, fn in top:
-        yield path, [(key,)], fn, False
-    for tower, prefix, layers in towers:
-        for sub, suffix, fn in block_rules(prefix):
-            suffixes = suffix if isinstance(suffix, tuple) else (suffix,)
-            per_layer = [tuple(f"{prefix}{i}.{s}" for s in suffixes) for i in range(layers)]
-            yield f"{tower}/transformer/blocks/{sub}", per_layer, fn, True
+# Tensor mapping (the rules per layout: emocap_jax.weight_layouts)
 
 
 def _set(tree, path, value):
@@ -382,7 +314,7 @@ def state_dict_to_params(state: dict, layout: str, config: CLIPConfig) -> dict:
     against the model's own parameter shapes and that no tensor is left over."""
     expected = param_shapes(config)
     params, used = {}, set()
-    for path, key_groups, fn, stacked in _rules(layout, config):
+    for path, key_groups, fn, stacked in tensor_rules(layout, config):
         want = tuple(_get(expected, path))
         item_shape = want[1:] if stacked else want
         values = []
@@ -505,11 +437,27 @@ def default_tokenizer_config(config: CLIPConfig) -> Optional[dict]:
     return None
 
 
+def _export(args) -> int:
+    """--to: a run or export folder out to open_clip or Hugging Face (emocap_jax.export)."""
+    given = [flag for flag, value in (("--source", args.source != "auto"),
+                                      ("--activation", args.activation),
+                                      ("--image-size", args.image_size)) if value]
+    if given:
+        raise UsageError(f"{', '.join(given)}: import options; --to takes only --input (a training "
+                         f"workdir or an export folder) and --output")
+    written = export_model(args.input, args.to, args.output)
+    print(f"exported {args.input} to {args.to} in {args.output}: "
+          f"{', '.join(p.name for p in written)}")
+    return 0
+
+
+@entry_point
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m emocap_jax.convert",
         description="Convert open_clip / OpenAI / Hugging Face CLIP weights to an emocap_jax params "
-                    "folder (Orbax params + model_config.json).")
+                    "folder (Orbax params + model_config.json), or with --to, export a training "
+                    "run or export folder to open_clip or Hugging Face.")
     parser.add_argument("--source", choices=("auto", "open_clip", "openai", "hf"), default="auto",
                         help="checkpoint layout (auto: read off the tensor names)")
     parser.add_argument("--input", required=True,
@@ -520,7 +468,14 @@ def main(argv=None):
                         help="override the activation (needed for open_clip weights without config)")
     parser.add_argument("--image-size", type=int,
                         help="adapt to this input resolution (position embeddings are resized)")
+    parser.add_argument("--to", choices=EXPORT_TARGETS,
+                        help="export instead: --input is a training workdir or an export folder, "
+                             "--output a new folder for open_clip (open_clip_model.safetensors + "
+                             "open_clip_config.json) or hf (transformers' CLIPModel files and "
+                             "tokenizer), with a model card README.md")
     args = parser.parse_args(argv)
+    if args.to:
+        return _export(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         params, config, source = convert(args.input, args.source, args.activation, args.image_size)

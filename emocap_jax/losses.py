@@ -42,7 +42,7 @@ Conventions the caller must follow:
 
 * Embeddings passed to the global loss are already L2-normalised (the model owns normalisation).
   Gradients are taken with respect to those normalised features, exactly as in open_clip, whose
-  `ClipLoss` fixture (../shared/fixtures/clip_loss: unit-norm features, logit_scale = 14.2857 = 1/0.07)
+  `ClipLoss` fixture (tests/fixtures/clip_loss: unit-norm features, logit_scale = 14.2857 = 1/0.07)
   this module reproduces in value and gradient.
 * `logit_scale` is the already-exponentiated scale (exp of the learnable log-temperature, clipped by
   the model), a scalar.

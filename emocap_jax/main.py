@@ -2,9 +2,18 @@
 
     python -m emocap_jax.main --config=configs/vitb16.py --workdir=DIR [--mode=train|eval|info]
         [--config.field=value ...]
+
+Installed, the same command is `emocap-train`, and `--config=configs/NAME.py` names the config
+shipped with the package when there is no such file below the current directory.
+A user mistake (bad flag or config override, missing config, dataset or export) is answered with
+one line and exit status 2 (emocap_jax.cli_errors).
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
+import sys
 
 import numpy as np
 from absl import app, flags
@@ -12,6 +21,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from emocap_jax import host_memory
+from emocap_jax.cli_errors import UsageError, entry_point, report
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config(); fields overridable with "
@@ -49,10 +59,16 @@ def print_info(config) -> None:
           f"({jax.process_count()} process(es))")
 
 
+@entry_point
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
+        raise UsageError(f"unexpected arguments {argv[1:]}: every setting is a flag "
+                         f"(--config=..., --workdir=..., --config.FIELD=VALUE)")
+    try:
+        config = _CONFIG.value
+        config.keys()  # config_flags defers a config file's load failure to the first access
+    except OSError as e:
+        raise UsageError(f"--config: {e}") from None
     # Orbax and JAX log every checkpoint file operation at INFO through absl; our own progress
     # lines (logger "emocap_jax") stay visible. --verbosity=0 brings the library logs back.
     if not flags.FLAGS["verbosity"].present:
@@ -61,7 +77,7 @@ def main(argv):
         print_info(config)
         return 0
     if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required for --mode=train and --mode=eval")
+        raise UsageError("--workdir is required for --mode=train and --mode=eval")
     from emocap_jax import train  # after the huge-pages re-exec, as in print_info
     if _MODE.value == "train":
         train.train_and_evaluate(config, _WORKDIR.value)
@@ -70,8 +86,51 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def _with_installed_config(argv: list[str]) -> list[str]:
+    """--config=configs/NAME.py[:ARG] names the config shipped with the package when no such file
+    is below the current directory (an installed `emocap-train` run from anywhere)."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        match = re.fullmatch(r"--config=(configs/[^:]+\.py)(:.*)?", arg)
+        if match and not os.path.isfile(match.group(1)):
+            spec = importlib.util.find_spec("configs")
+            for folder in (spec.submodule_search_locations or []) if spec else []:
+                shipped = os.path.join(folder, match.group(1).removeprefix("configs/"))
+                if os.path.isfile(shipped):
+                    out[i] = f"--config={shipped}{match.group(2) or ''}"
+                    break
+    return out
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag or config override answered in one line (status 2)
+    instead of absl's FATAL message or a traceback."""
+    argv = _with_installed_config(argv)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(report(f"{e} (--helpfull lists the flags; configs/default.py documents every "
+                        f"config field)"))
+    except (AttributeError, KeyError) as e:  # --config.FIELD=... for a field the config lacks
+        # ml_collections nests the field name in quoted reprs: "'\\'num_stepz\\'\\nDid you ..."
+        text = str(e).replace("\\", "")
+        key = re.search(r"([A-Za-z_]\w*)", text)
+        key = key.group(1) if key else "?"
+        hint = re.search(r'Did you mean "(\w+)"', text)
+        given = [a.split("=")[0] for a in argv if a.startswith("--config.")
+                 and re.search(rf"[.]{re.escape(key)}(=|[.]|$)", a.split("=")[0])]
+        sys.exit(report(f"{given[0] if given else 'config override'}: the config has no field "
+                        f"{key!r}" + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+                        + "; configs/default.py documents every field"))
+
+
+def run() -> None:
+    """`python -m emocap_jax.main` and the `emocap-train` console script."""
     # Huge pages for XLA:CPU's per-step buffers (see host_memory); a no-op where unsupported.
     host_memory.reexec_with_huge_pages()
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -22,6 +22,7 @@ from absl import logging as absl_logging
 
 import emocap_jax  # cheap: emocap_jax.load imports JAX and the model only when called
 from emocap_jax.preprocess import ImageReadError, check_image_file, expand_image_paths
+from emocap_jax.cli_errors import ArgumentParser, entry_point, report
 
 # The eight basic-emotion nouns the demo and the synthetic corpus use (in their label order).
 DEFAULT_LABELS = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger",
@@ -60,11 +61,12 @@ explain:
   the face, one heat map per sentence with the patch it points at outlined, and the sentence as
   its caption. A sentence longer than the text tower's context is an error, not cut.
 
-exit status: 0 on success, 2 for bad arguments or unreadable images, 1 for other failures."""
+exit status: 0 on success, 2 for bad arguments, unreadable images or a checkpoint that
+does not load (one line on stderr), 1 for other failures."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m emocap_jax.predict", description=_DESCRIPTION, epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -190,9 +192,10 @@ def run(args, parser) -> int:
     try:
         model = emocap_jax.load(args.checkpoint, source=args.source)
     except (OSError, ValueError, KeyError) as e:
-        print(f"{parser.prog}: error: --checkpoint {args.checkpoint}: cannot load: {e}",
-              file=sys.stderr)
-        return 1
+        # A checkpoint of the wrong kind (or broken): say which, and what loads.
+        return report(f"--checkpoint {args.checkpoint}: cannot load: {e} (give an emocap_jax "
+                      f"export folder, a training workdir with export/, or open_clip / Hugging "
+                      f"Face CLIP weights)")
     if args.explain:
         # Only --explain draws (explain loads matplotlib): plain predictions never import it.
         from emocap_jax.explain import write_overlays
@@ -233,6 +236,7 @@ def run(args, parser) -> int:
     return 0
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

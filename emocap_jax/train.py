@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from emocap_jax import api, convert, params_io, sharding
+from emocap_jax.cli_errors import UsageError
 from emocap_jax.checkpoint import TrainCheckpointer, abstract_like
 from emocap_jax.config_utils import clip_config
 from emocap_jax.data import pipeline
@@ -50,12 +51,17 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
     `data.synthetic.num > 0`, generates the synthetic-faces corpus into the workdir and converts it
     (once: later runs and resumes reuse it)."""
     train_dir, eval_dir = config.data.train_dir, config.eval.zero_shot_dir
+    if eval_dir:
+        check_dataset(eval_dir, "config.eval.zero_shot_dir")
     if train_dir:
+        check_dataset(train_dir, "config.data.train_dir")
         return train_dir, eval_dir
     syn = config.data.synthetic
     if syn.num <= 0:
-        raise ValueError("config.data.train_dir is empty and config.data.synthetic.num is 0: "
-                         "give a dataset folder written by `python -m data_prep.captions`")
+        raise UsageError("no training data: config.data.train_dir is empty and "
+                         "config.data.synthetic.num is 0; pass --config.data.train_dir=DIR, a "
+                         "dataset folder written by `python -m data_prep.captions` or "
+                         "`python -m data_prep.benchmarks`")
     if jax.distributed.is_initialized():
         raise ValueError("the synthetic corpus is for single-host runs; set config.data.train_dir")
     corpus = workdir / "synthetic"
@@ -79,6 +85,19 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
     # Region boxes and sentence regions of the held-out faces, for the grounding protocol.
     ensure_eval_regions(corpus, data / "eval")
     return str(data / "train"), eval_dir or str(data / "eval")
+
+
+def check_dataset(path: str, setting: str) -> None:
+    """A dataset folder a run can read: there, finished (metadata.json) and holding records. Run
+    before anything compiles, so a wrong path fails in seconds."""
+    try:
+        metadata = load_metadata(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"{setting}={path}: {e}; convert a dataset with `python -m "
+                         f"data_prep.captions` or `python -m data_prep.benchmarks`") from None
+    if not metadata.get("num_records"):
+        raise UsageError(f"{setting}={path}: the dataset holds no records (see its "
+                         f"rejected.jsonl for why its inputs were rejected)")
 
 
 def make_train_iterator(config, tokenizer, data_dir: str):
@@ -481,8 +500,8 @@ def evaluate_workdir(config, workdir) -> dict:
     workdir = pathlib.Path(workdir).absolute()
     export = workdir / "export"
     if not params_io.is_params_dir(export):
-        raise FileNotFoundError(f"{export}: no exported parameters; train first "
-                                f"(--mode=train) or give the workdir of a finished run")
+        raise UsageError(f"--workdir {workdir}: no exported parameters in {export}; train first "
+                         f"(--mode=train) or give the workdir of a finished run")
     params, model_config, description = params_io.load_params(export)
     tokenizer = tokenizer_from_config(description["tokenizer"])
     _, eval_dir = prepare_data(config, workdir)

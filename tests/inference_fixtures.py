@@ -23,7 +23,7 @@ def tiny_model_config():
     return config.replace(text=text)
 
 
-def make_tiny_export(path: pathlib.Path, seed: int = 0) -> pathlib.Path:
+def make_tiny_export(path: pathlib.Path, seed: int = 0, config=None) -> pathlib.Path:
     """Writes a random tiny CLIP as an export folder (what training's _export writes: params,
     model config and the tokenizer config).
 
@@ -37,7 +37,7 @@ def make_tiny_export(path: pathlib.Path, seed: int = 0) -> pathlib.Path:
     from emocap_jax.models.clip import param_shapes
     from emocap_jax.tokenizers import ClipBpeTokenizer
 
-    config = tiny_model_config()
+    config = config or tiny_model_config()
     rng = np.random.default_rng(seed)
 
     def draw(keypath, shape):

@@ -300,7 +300,7 @@ def test_cli_summary_exit_codes_and_overwrite(corpus, tmp_path, capsys):
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text("not json\n")
     assert captions_cli.main(["--manifest", str(only_bad), "--root", str(corpus.root),
-                              "--output", str(tmp_path / "empty"), "--workers", "1"]) == 1
+                              "--output", str(tmp_path / "empty"), "--workers", "1"]) == 2
     assert "no record was written" in capsys.readouterr().err
 
 

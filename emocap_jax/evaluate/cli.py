@@ -10,12 +10,14 @@ argument errors answer at once.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Optional, Sequence
 
 import ml_collections
 
+from emocap_jax.cli_errors import ArgumentParser, entry_point
 from emocap_jax.evaluate import registry, report
 
 EPILOG = """\
@@ -72,7 +74,7 @@ def _float_list(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m emocap_jax.evaluate",
         description="Evaluate a checkpoint on one benchmark with one protocol and write the "
                     "result, confusion matrix and the checkpoint's report (Markdown + CSV).",
@@ -168,6 +170,15 @@ def list_benchmarks() -> str:
     return "\n".join(lines)
 
 
+def _empty_dataset(folder: str) -> bool:
+    """A finished dataset folder (metadata.json) with no records in it."""
+    try:
+        with open(os.path.join(folder, "metadata.json"), encoding="utf-8") as f:
+            return json.load(f).get("num_records") == 0
+    except (OSError, ValueError):
+        return False  # not a dataset folder itself (a converter's output folder, or unreadable)
+
+
 def _check(args, parser) -> None:
     for flag in ("checkpoint", "benchmark", "data", "output"):
         if getattr(args, flag) is None:
@@ -183,6 +194,9 @@ def _check(args, parser) -> None:
         parser.error(f"--checkpoint {args.checkpoint}: no such file or directory")
     if not os.path.isdir(args.data):
         parser.error(f"--data {args.data}: no such directory")
+    if _empty_dataset(args.data):
+        parser.error(f"--data {args.data}: the dataset holds no records (its rejected.jsonl says "
+                     f"why the converter rejected its inputs)")
     if args.train_data is not None and not os.path.isdir(args.train_data):
         parser.error(f"--train-data {args.train_data}: no such directory")
     if args.questions is not None and not os.path.isfile(args.questions):
@@ -228,6 +242,7 @@ def options_from_args(args):
                    grounding_tolerance=args.grounding_tolerance)
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,0 +1,52 @@
+"""User mistakes on the command line: one line, exit status 2, no traceback.
+
+A mistake the user can fix (a missing or empty dataset, an unreadable path, an unknown benchmark or
+protocol, a bad config override, a checkpoint of the wrong kind) is raised as `UsageError` where it
+is detected, with a message that names the thing and says what to do. Every command's entry point
+goes through `entry_point`, which prints `error: <message>` on stderr and exits with status 2;
+anything else (an internal error) propagates with its traceback. `ArgumentParser` gives argparse's
+own mistakes (unknown option, invalid choice, missing argument) the same one line instead of the
+usage block.
+
+`UsageError` is a `ValueError`, so library callers that already catch `ValueError` keep working.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Callable, NoReturn, Optional, Sequence
+
+USAGE_EXIT_STATUS = 2
+
+
+class UsageError(ValueError):
+    """A mistake in what the user asked for; the message names the thing and what to do."""
+
+
+def report(message: str) -> int:
+    """Prints the one-line answer to a user mistake and returns the exit status to use."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return USAGE_EXIT_STATUS
+
+
+def entry_point(main: Callable[..., Optional[int]]) -> Callable[..., Optional[int]]:
+    """Wraps a command's `main(argv=None)`: a UsageError becomes one line on stderr and status 2
+    (raised as SystemExit, as argparse does, so a console script and `python -m` end alike)."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Optional[Sequence[str]] = None):
+        try:
+            return main(argv)
+        except UsageError as e:
+            sys.exit(report(str(e)))
+
+    return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: <what>` and status 2, without the usage block
+    (`--help` still prints it)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.exit(report(message))

@@ -1,0 +1,238 @@
+"""A user mistake on any command is answered with one line on stderr (`error: ...` naming the thing)
+and exit status 2, never a traceback; an internal error keeps its traceback.
+
+Each case runs the command as a user does (a subprocess) and fails before anything compiles: the
+mistakes are caught where they are detected (emocap_jax.cli_errors.UsageError) or by argparse /
+absl flag parsing.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from emocap_jax import cli_errors
+from emocap_jax.data import example_codec
+from tests.conftest import REPO_ROOT
+
+TRAIN = ("emocap_jax.main", "--config=configs/tiny.py")
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    """An empty dataset (finished, no records), an empty folder, a face image, a run folder
+    without export/ and a missing path."""
+    root = tmp_path_factory.mktemp("places")
+    empty_dataset = root / "empty_dataset"
+    empty_dataset.mkdir()
+    (empty_dataset / "metadata.json").write_text(json.dumps(
+        {"schema_version": example_codec.SCHEMA_VERSION, "num_records": 0, "shards": []}))
+    (root / "empty_folder").mkdir()
+    Image.new("RGB", (40, 40), (120, 90, 60)).save(root / "face.png")
+    (root / "run_without_export").mkdir()
+    return {"empty_dataset": str(empty_dataset), "empty_folder": str(root / "empty_folder"),
+            "face": str(root / "face.png"), "run": str(root / "run_without_export"),
+            "missing": str(root / "no_such_thing"), "out": str(root / "out"), "root": root}
+
+
+def _run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "EMOCAP_NO_HUGE_PAGES": "1"})
+
+
+def _assert_one_line(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    # Nothing else from us on stderr: no usage block, no second line of the message.
+    assert not [line for line in result.stderr.splitlines()
+                if line.startswith(("usage:", "  ", "FATAL"))], result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+
+
+# ---------------------------------------------------------------- training: emocap_jax.main
+
+def test_train_without_a_dataset(places):
+    result = _run(*TRAIN, f"--workdir={places['out']}", "--config.data.synthetic.num=0")
+    _assert_one_line(result, "no training data", "--config.data.train_dir=DIR")
+
+
+def test_train_on_a_missing_dataset_path(places):
+    result = _run(*TRAIN, f"--workdir={places['out']}",
+                  f"--config.data.train_dir={places['missing']}")
+    _assert_one_line(result, f"config.data.train_dir={places['missing']}", "metadata.json",
+                     "data_prep")
+
+
+def test_train_on_an_empty_dataset(places):
+    result = _run(*TRAIN, f"--workdir={places['out']}",
+                  f"--config.data.train_dir={places['empty_dataset']}")
+    _assert_one_line(result, places["empty_dataset"], "holds no records")
+
+
+def test_train_with_an_override_of_a_field_the_config_lacks(places):
+    result = _run(*TRAIN, f"--workdir={places['out']}", "--config.train.num_stepz=3")
+    _assert_one_line(result, "--config.train.num_stepz", "no field 'num_stepz'",
+                     "configs/default.py")
+
+
+def test_train_with_an_override_of_the_wrong_type(places):
+    result = _run(*TRAIN, f"--workdir={places['out']}", "--config.train.num_steps=many")
+    _assert_one_line(result, "--config.train.num_steps=many")
+
+
+def test_train_with_a_missing_config_file(places):
+    result = _run("emocap_jax.main", "--config=configs/no_such_config.py",
+                  f"--workdir={places['out']}")
+    _assert_one_line(result, "--config", "no_such_config.py")
+
+
+def test_eval_mode_on_a_workdir_without_an_export(places):
+    result = _run(*TRAIN, f"--workdir={places['run']}", "--mode=eval")
+    _assert_one_line(result, places["run"], "no exported parameters", "--mode=train")
+
+
+# ---------------------------------------------------------------- evaluation
+
+def _evaluate(places, **changes):
+    args = {"--checkpoint": places["run"], "--benchmark": "synthetic",
+            "--data": places["empty_folder"], "--protocol": "zero_shot", "--output": places["out"]}
+    args.update(changes)
+    return _run("emocap_jax.evaluate", *[x for kv in args.items() for x in kv])
+
+
+def test_evaluate_unknown_benchmark(places):
+    _assert_one_line(_evaluate(places, **{"--benchmark": "rafdbb"}), "--benchmark 'rafdbb'",
+                     "rafdb")
+
+
+def test_evaluate_unknown_protocol(places):
+    _assert_one_line(_evaluate(places, **{"--protocol": "zero-shot"}), "--protocol",
+                     "'zero-shot'", "zero_shot")
+
+
+def test_evaluate_protocol_the_benchmark_lacks(places):
+    _assert_one_line(_evaluate(places, **{"--benchmark": "rafdb", "--protocol": "video"}),
+                     "--protocol video", "rafdb")
+
+
+def test_evaluate_missing_dataset(places):
+    _assert_one_line(_evaluate(places, **{"--data": places["missing"]}),
+                     f"--data {places['missing']}", "no such directory")
+
+
+def test_evaluate_empty_dataset(places):
+    _assert_one_line(_evaluate(places, **{"--data": places["empty_dataset"]}),
+                     places["empty_dataset"], "holds no records")
+
+
+def test_evaluate_checkpoint_of_the_wrong_kind(places):
+    # A dataset folder given as the checkpoint: nothing there loads as a model.
+    result = _evaluate(places, **{"--checkpoint": places["empty_dataset"]})
+    _assert_one_line(result, f"--checkpoint {places['empty_dataset']}", "no weights found")
+
+
+# ---------------------------------------------------------------- prediction
+
+def test_predict_unreadable_image_path(places):
+    result = _run("emocap_jax.predict", "--checkpoint", places["run"], places["missing"])
+    _assert_one_line(result, places["missing"], "no such file")
+
+
+def test_predict_checkpoint_of_the_wrong_kind(places):
+    result = _run("emocap_jax.predict", "--checkpoint", places["empty_folder"], places["face"])
+    _assert_one_line(result, f"--checkpoint {places['empty_folder']}", "cannot load",
+                     "export folder")
+
+
+# ---------------------------------------------------------------- conversion and export
+
+def test_convert_missing_input(places):
+    result = _run("emocap_jax.convert", "--input", places["missing"], "--output", places["out"])
+    _assert_one_line(result, places["missing"])
+
+
+def test_convert_input_of_the_wrong_kind(places):
+    result = _run("emocap_jax.convert", "--input", places["empty_folder"], "--output",
+                  places["out"])
+    _assert_one_line(result, places["empty_folder"], "no weights found")
+
+
+def test_export_of_something_that_is_no_run(places):
+    result = _run("emocap_jax.convert", "--to", "hf", "--input", places["run"], "--output",
+                  places["out"])
+    _assert_one_line(result, f"--input {places['run']}", "export folder", "training workdir")
+
+
+def test_export_to_an_unknown_target(places):
+    result = _run("emocap_jax.convert", "--to", "onnx", "--input", places["run"], "--output",
+                  places["out"])
+    _assert_one_line(result, "--to", "'onnx'", "open_clip", "hf")
+
+
+# ---------------------------------------------------------------- data_prep
+
+def test_prep_unknown_benchmark(places):
+    result = _run("data_prep.benchmarks", "--name", "fer2031", "--root", places["empty_folder"],
+                  "--output", places["out"])
+    _assert_one_line(result, "--name", "'fer2031'")
+
+
+def test_prep_missing_root(places):
+    result = _run("data_prep.benchmarks", "--name", "imagefolder", "--root", places["missing"],
+                  "--output", places["out"])
+    _assert_one_line(result, places["missing"], "not a directory")
+
+
+def test_prep_empty_root(places):
+    result = _run("data_prep.benchmarks", "--name", "imagefolder", "--root",
+                  places["empty_folder"], "--output", str(places["root"] / "prep_out"))
+    _assert_one_line(result, places["empty_folder"], "found no subfolder")
+
+
+def test_prep_root_with_nothing_readable(places):
+    root = places["root"] / "unreadable_faces"
+    (root / "happy").mkdir(parents=True)
+    (root / "happy" / "notes.txt").write_text("not a face")
+    result = _run("data_prep.benchmarks", "--name", "imagefolder", "--root", str(root),
+                  "--output", str(places["root"] / "prep_out2"), "--workers", "1")
+    _assert_one_line(result, "no record was written", str(root), "rejected.jsonl")
+
+
+def test_prep_missing_manifest(places):
+    result = _run("data_prep.captions", "--manifest", places["missing"], "--root",
+                  places["empty_folder"], "--output", places["out"])
+    _assert_one_line(result, f"--manifest {places['missing']}", "not a file")
+
+
+def test_prep_bad_synthetic_size(places):
+    result = _run("data_prep.synthetic", "--output", places["out"], "--num", "-3")
+    _assert_one_line(result, "num must be a non-negative integer")
+
+
+def test_prep_unknown_command_of_the_umbrella(places):
+    result = _run("data_prep", "benchmark", "--list")
+    _assert_one_line(result, "'benchmark'", "benchmarks", "emocap-prep --help")
+
+
+# ---------------------------------------------------------------- the mechanism itself
+
+def test_usage_errors_exit_2_and_internal_errors_keep_their_traceback(capsys):
+    @cli_errors.entry_point
+    def main(argv=None):
+        if argv == ["user"]:
+            raise cli_errors.UsageError("--thing x: no such thing;\n  give another")
+        raise RuntimeError("a bug")
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["user"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --thing x: no such thing; give another\n"
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["bug"])
+    assert issubclass(cli_errors.UsageError, ValueError)  # callers catching ValueError still do

@@ -1,0 +1,54 @@
+"""pyproject.toml: every console script resolves to the function its `python -m` command runs,
+every package the code imports is shipped, and the vocabulary is package data. (A real
+`pip install .` in a fresh virtualenv was checked by hand; this guards the declarations offline.)"""
+import importlib
+import pathlib
+import tomllib
+
+from tests.conftest import REPO_ROOT
+
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+SCRIPTS = {"emocap-train": "emocap_jax.main", "emocap-eval": "emocap_jax.evaluate",
+           "emocap-predict": "emocap_jax.predict", "emocap-convert": "emocap_jax.convert",
+           "emocap-prep": "data_prep"}
+
+
+def _resolve(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_console_scripts_are_the_python_m_entry_points():
+    scripts = PYPROJECT["project"]["scripts"]
+    assert set(scripts) == set(SCRIPTS)
+    for script, module in SCRIPTS.items():
+        function = _resolve(scripts[script])
+        assert callable(function), script
+        # `python -m MODULE` runs the same function (its __main__ block, or __main__.py's import).
+        main_file = REPO_ROOT / module.replace(".", "/")
+        main_file = main_file / "__main__.py" if main_file.is_dir() else main_file.with_suffix(".py")
+        source = main_file.read_text()
+        assert f"{function.__name__}()" in source.split("__main__")[-1], (script, main_file)
+        assert function.__module__ in (module, f"{module}.cli", module.rsplit(".", 1)[0] + ".cli")
+
+
+def test_every_package_and_the_vocabulary_are_shipped():
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    for top in ("emocap_jax", "data_prep", "configs"):
+        assert f"{top}*" in include
+        for init in (REPO_ROOT / top).rglob("__init__.py"):
+            assert ".".join(init.parent.relative_to(REPO_ROOT).parts).startswith(top)
+    data = PYPROJECT["tool"]["setuptools"]["package-data"]["emocap_jax"]
+    shipped = {p.relative_to(REPO_ROOT / "emocap_jax") for pattern in data
+               for p in (REPO_ROOT / "emocap_jax").glob(pattern)}
+    assert pathlib.Path("assets/bpe_simple_vocab_16e6.txt.gz") in shipped
+    assert pathlib.Path("assets/NOTICE.md") in shipped
+
+
+def test_the_umbrella_prep_command_runs_each_converter():
+    from data_prep import benchmarks, captions, cli, synthetic, synthetic_benchmarks
+
+    mains = {name: fn for name, (fn, _) in cli.COMMANDS.items()}
+    assert mains == {"benchmarks": benchmarks.main, "captions": captions.main,
+                     "synthetic": synthetic.main,
+                     "synthetic-benchmarks": synthetic_benchmarks.main}
