@@ -63,6 +63,9 @@ def get_config():
     config.loss.summary_weight = 1.0
     config.loss.local_weight = 1.0
     config.loss.local_pool_temperature = 0.1
+    # Weight of the local term's within-image part: an image's own sentences told apart by what it
+    # pools for each (losses.local_region_sentence_loss). Without it the maps need not localise.
+    config.loss.local_within_image_weight = 0.0
     # Label positives (UniCL): pairs whose records share a label_id >= 0 are positives of the
     # global and summary terms, each row's target spread over its same-label columns.
     config.loss.label_positives = False

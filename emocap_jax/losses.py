@@ -431,7 +431,8 @@ def sentence_patch_logits(patch_tokens: jax.Array, sentence_emb: jax.Array, tau_
 
 
 def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
-                               sentence_mask: jax.Array, logit_scale, tau_pool) -> jax.Array:
+                               sentence_mask: jax.Array, logit_scale, tau_pool,
+                               within_image_weight=0.0) -> jax.Array:
     """Region-sentence alignment loss over one batch (DESIGN section 2); returns a scalar.
 
     patch_tokens: [B, Np, D] projected patch tokens (not normalised).
@@ -444,6 +445,12 @@ def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
       image->sentence CE over all valid sentences of the batch with the image's own valid
       sentences as equally weighted positives, averaged over images with >= 1 valid sentence.
     A batch with no valid sentence gives 0.
+
+    within_image_weight w adds w x the within-image term (`_within_image_term`): each image's own
+    sentences told apart by the vectors the image pools for them. Without it nothing in the loss
+    asks different sentences to pool different patches (every own sentence is a positive of its
+    image, and negatives are other images), and one patch that carries the whole face satisfies
+    it: measured in ABLATIONS.md, every sentence's map then peaks on the same patch.
     """
     if patch_tokens.ndim != 3 or sentence_emb.ndim != 3:
         raise ValueError(f"patch_tokens {patch_tokens.shape} must be [B, Np, D] and sentence_emb "
@@ -480,7 +487,37 @@ def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
     has_sentences = own_count > 0
     image_term = (jnp.sum(jnp.where(has_sentences, image_to_sentence, 0.0))
                   / jnp.maximum(jnp.sum(has_sentences), 1))
-    return 0.5 * (sentence_term + image_term)
+    loss = 0.5 * (sentence_term + image_term)
+    if within_image_weight:
+        # Image i's pooled vector for its own slot r: entry (i, i * R + r) of `pooled`.
+        own_pooled = pooled.reshape(batch, batch, num_slots, dim)[jnp.arange(batch), jnp.arange(batch)]
+        loss = loss + within_image_weight * _within_image_term(
+            own_pooled, sentences.reshape(batch, num_slots, dim),
+            valid.reshape(batch, num_slots), logit_scale)
+    return loss
+
+
+def _within_image_term(own_pooled: jax.Array, own_sentences: jax.Array, valid: jax.Array,
+                       logit_scale) -> jax.Array:
+    """Telling an image's own sentences apart by what the image pools for each (the fine-grained
+    term of SPARC, Bica et al., ICML 2024, with the local loss's pooling).
+
+    own_pooled: [B, R, D] unit-norm v_i(u_r), image i pooled with its own sentence r as query;
+    own_sentences: [B, R, D] unit-norm u_r (zeros where invalid); valid: bool [B, R].
+    W[i, r, s] = logit_scale * <v_i(u_r), u_s>. The term is the mean of the pooled->sentence CE
+    (row r of W over image i's valid sentences s, positive s = r) and the sentence->pooled CE
+    (column s over valid r, positive r = s), over the valid sentences of images with at least
+    two (one sentence has nothing to be told apart from). A batch without such an image gives 0.
+    """
+    logits = logit_scale * jnp.einsum("ird,isd->irs", own_pooled, own_sentences)
+    pair_valid = jnp.logical_and(valid[:, :, None], valid[:, None, :])
+    masked = jnp.where(pair_valid, logits, _MASKED_LOGIT)
+    diagonal = jnp.diagonal(logits, axis1=1, axis2=2)  # [B, R]
+    pooled_to_sentence = jax.nn.logsumexp(masked, axis=2) - diagonal
+    sentence_to_pooled = jax.nn.logsumexp(masked, axis=1) - diagonal
+    counted = jnp.logical_and(valid, (jnp.sum(valid, axis=1) >= 2)[:, None])
+    total = jnp.sum(jnp.where(counted, pooled_to_sentence + sentence_to_pooled, 0.0))
+    return 0.5 * total / jnp.maximum(jnp.sum(counted), 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -669,7 +706,7 @@ def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh
 
 
 def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh: Mesh,
-                       axis: AxisName = "data") -> jax.Array:
+                       axis: AxisName = "data", within_image_weight=0.0) -> jax.Array:
     """Local loss on each device's own batch of B / D images, averaged over devices.
 
     This is NOT the local loss of the global batch: negatives are only the images and sentences on
@@ -680,7 +717,8 @@ def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, t
     _check_batch("local loss", batch, _axis_size(mesh, axis), axis)
 
     def body(patches, sentences, mask, scale, tau):
-        return jax.lax.pmean(local_region_sentence_loss(patches, sentences, mask, scale, tau), axis)
+        return jax.lax.pmean(local_region_sentence_loss(patches, sentences, mask, scale, tau,
+                                                        within_image_weight), axis)
 
     fn = jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P()), out_specs=P())
     return fn(patch_tokens, sentence_emb, sentence_mask, jnp.asarray(logit_scale, jnp.float32),
@@ -719,13 +757,16 @@ def contrastive_loss(image_emb, text_emb, logit_scale, *, mesh: Mesh | None = No
 
 
 def local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, *, mesh: Mesh | None = None,
-               axis: AxisName = "data", impl: str = "single") -> jax.Array:
+               axis: AxisName = "data", impl: str = "single", within_image_weight=0.0) -> jax.Array:
     """Local region-sentence term. impl "single": over the whole batch; "sharded": per-device
-    batches averaged over devices (a different, cheaper loss; see `sharded_local_loss`)."""
+    batches averaged over devices (a different, cheaper loss; see `sharded_local_loss`).
+    within_image_weight: see `local_region_sentence_loss`."""
     if impl not in LOCAL_IMPLS:
         raise ValueError(f"impl={impl!r} is not one of {LOCAL_IMPLS}")
     if impl == "single":
-        return local_region_sentence_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool)
+        return local_region_sentence_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool,
+                                          within_image_weight)
     if mesh is None:
         raise ValueError("impl='sharded' needs a mesh")
-    return sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh, axis)
+    return sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh, axis,
+                              within_image_weight)

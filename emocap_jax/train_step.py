@@ -77,7 +77,8 @@ def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch
         terms["local"] = losses.local_loss(
             patch_tokens, local_emb, batch["local_mask"], logit_scale,
             loss_config.local_pool_temperature, mesh=mesh, axis=batch_axes,
-            impl="sharded" if mesh is not None else "single")
+            impl="sharded" if mesh is not None else "single",
+            within_image_weight=loss_config.local_within_image_weight)
         total = total + loss_config.local_weight * terms["local"]
     terms["logit_scale"] = logit_scale
     return total, terms

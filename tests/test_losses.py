@@ -82,7 +82,7 @@ def _np_global_loss(image, text, scale, targets):
     return total / (2 * logits.shape[0])
 
 
-def _np_local_loss(patches, sentences, mask, scale, tau):
+def _np_local_loss(patches, sentences, mask, scale, tau, within_image_weight=0.0):
     patches, sentences = patches.astype(np.float64), sentences.astype(np.float64)
     batch, num_slots = mask.shape
     valid = [(i, r) for i in range(batch) for r in range(num_slots) if mask[i, r]]
@@ -108,7 +108,25 @@ def _np_local_loss(patches, sentences, mask, scale, tau):
         lse = np.log(np.exp(row).sum())
         image_terms.append(np.mean([lse - score[j, s] for s in own]))
     mean = lambda xs: float(np.mean(xs)) if xs else 0.0
-    return 0.5 * (mean(sentence_terms) + mean(image_terms))
+    loss = 0.5 * (mean(sentence_terms) + mean(image_terms))
+    # Within-image term: image i's own sentences told apart by v_i(u_r), both directions.
+    within = []
+    for i in range(batch):
+        own = [r for r in range(num_slots) if mask[i, r]]
+        if len(own) < 2:
+            continue
+        pooled = {}
+        for r in own:
+            a = patches[i] @ sentences[i, r] / tau
+            w = np.exp(a - a.max())
+            v = (w / w.sum()) @ patches[i]
+            pooled[r] = v / np.linalg.norm(v)
+        w_ = {(r, q): scale * float(pooled[r] @ sentences[i, q]) for r in own for q in own}
+        for r in own:
+            row = np.array([w_[r, q] for q in own])
+            col = np.array([w_[q, r] for q in own])
+            within.append(0.5 * (np.log(np.exp(row).sum()) + np.log(np.exp(col).sum())) - w_[r, r])
+    return loss + within_image_weight * mean(within)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,6 +300,43 @@ def test_local_loss_gradient_matches_finite_differences(local_batch):
         np.testing.assert_allclose(analytic, numeric, rtol=1e-3, atol=1e-5)
 
 
+def test_within_image_term_matches_numpy_reference(local_batch):
+    """The within-image term (each image's own sentences told apart by what it pools for each)
+    in value, and in gradient against finite differences of the plain-loop reference."""
+    patches, sentences, mask = local_batch
+    assert (mask.sum(axis=1) >= 2).any() and (mask.sum(axis=1) == 1).any()  # both kinds counted
+    fn = jax.jit(lambda p, s: losses.local_region_sentence_loss(p, s, mask, SCALE, TAU, 0.7))
+    _assert_close(fn(patches, sentences),
+                  _np_local_loss(patches, sentences, mask, SCALE, TAU, within_image_weight=0.7))
+    rng = np.random.default_rng(5)
+    g_patches, g_sentences = jax.jit(jax.grad(fn, (0, 1)))(patches, sentences)
+    eps = 1e-4
+    for grad, direction, arg in ((g_patches, rng.normal(size=patches.shape), 0),
+                                 (g_sentences, rng.normal(size=sentences.shape), 1)):
+        args = [patches, sentences]
+        plus, minus = list(args), list(args)
+        plus[arg] = args[arg] + eps * direction
+        minus[arg] = args[arg] - eps * direction
+        numeric = (_np_local_loss(*plus, mask, SCALE, TAU, 0.7)
+                   - _np_local_loss(*minus, mask, SCALE, TAU, 0.7)) / (2 * eps)
+        np.testing.assert_allclose(float(np.sum(np.asarray(grad) * direction)), numeric,
+                                   rtol=1e-3, atol=1e-5)
+
+
+def test_within_image_term_penalises_one_patch_for_every_sentence():
+    """The failure it exists for: when every sentence pools the same patch, the term stays at
+    log(R) (nothing tells the sentences apart), and it falls when each sentence pools its own."""
+    dim, slots = 4, 3
+    sentences = np.eye(dim, dtype=np.float32)[None, :slots]  # three orthogonal sentences
+    mask = np.ones((1, slots), bool)
+    same = np.tile(np.array([[5.0, 5.0, 5.0, 0.0]], np.float32), (1, slots, 1))
+    own = 5.0 * np.eye(dim, dtype=np.float32)[None, :slots]  # patch r matches sentence r only
+    within = lambda p: float(losses.local_region_sentence_loss(p, sentences, mask, SCALE, TAU, 1.0)
+                             - losses.local_region_sentence_loss(p, sentences, mask, SCALE, TAU))
+    _assert_close(within(same), np.log(slots), atol=1e-5)
+    assert within(own) < 0.01
+
+
 def test_padded_sentence_slots_do_not_matter(local_batch):
     patches, sentences, mask = local_batch
     rng = np.random.default_rng(3)
@@ -296,18 +351,20 @@ def test_padded_sentence_slots_do_not_matter(local_batch):
     assert np.all(np.asarray(g_sentences_g)[~mask] == 0)
 
 
-def test_sharded_local_loss_is_mean_of_per_device_block_losses(mesh, local_batch):
+@pytest.mark.parametrize("within", [0.0, 0.7])
+def test_sharded_local_loss_is_mean_of_per_device_block_losses(mesh, local_batch, within):
     patches, sentences, mask = local_batch
     block = LOCAL_B // 8
 
     def blockwise(p, s, scale, tau):
         split = lambda x: x.reshape(8, block, *x.shape[1:])
-        per_block = jax.vmap(losses.local_region_sentence_loss, (0, 0, 0, None, None))(
-            split(p), split(s), split(mask), scale, tau)
+        per_block = jax.vmap(losses.local_region_sentence_loss, (0, 0, 0, None, None, None))(
+            split(p), split(s), split(mask), scale, tau, within)
         return jnp.mean(per_block)
 
     def sharded(p, s, scale, tau):
-        return losses.local_loss(p, s, mask, scale, tau, mesh=mesh, impl="sharded")
+        return losses.local_loss(p, s, mask, scale, tau, mesh=mesh, impl="sharded",
+                                 within_image_weight=within)
 
     args = (patches, sentences, jnp.float32(SCALE), jnp.float32(TAU))
     ref_value, ref_grads = jax.jit(jax.value_and_grad(blockwise, (0, 1, 2, 3)))(*args)
