@@ -77,11 +77,13 @@ def get_config():
     # floor of the image guide (modes "image" and "both"; unset: `threshold`, although image-image
     # cosines have another range than sentence-sentence ones). The cap, the relative threshold
     # and the spread gate keep mining from merging the batch at random init, where every guide
-    # embedding looks alike and a fixed threshold alone would pass every pair.
+    # embedding looks alike and a fixed threshold alone would pass every pair. agreement_gate:
+    # scale the mined weight by the in-batch agreement of the model's own pairs (about 1/N at
+    # random init), so guessed positives cannot drown the true pair before the model has learnt.
     config.loss.mining = ml_collections.ConfigDict(dict(
         mode="text", guide="summary", threshold=0.9, top_k=8, weight=1.0, warmup_steps=500,
         relative_threshold=config_dict.placeholder(float), min_spread=0.01,
-        image_threshold=config_dict.placeholder(float)))
+        image_threshold=config_dict.placeholder(float), agreement_gate=False))
 
     # ----- optimisation
     config.optim = ml_collections.ConfigDict()

@@ -93,6 +93,14 @@ class MiningConfig:
     warmup_steps: mining is inactive while step < warmup_steps.
     image_threshold: threshold for the image guide; None uses `threshold`. Image-image and
       sentence-sentence cosine similarities have different ranges, so "both" may need two values.
+    agreement_gate: if True, the trainer scales `weight` by the in-batch agreement of the model's
+      own pairs (`pair_agreement`: the fraction of images whose own caption is their nearest in
+      the batch, and vice versa), passed to the losses as `mining_scale`. The guards above stop
+      the collapse, but not the dilution: at random init (agreement about 1/N) each of up to k
+      guessed positives would take as much target mass as the true pair, and a from-scratch run
+      whose only signal is that pair takes off later (RESULTS.md). Gated, mined positives weigh
+      nothing until the model's pairs agree and grow with the evidence that its embeddings mean
+      something.
     """
 
     mode: str = "text"
@@ -103,6 +111,7 @@ class MiningConfig:
     image_threshold: float | None = None
     relative_threshold: float | None = None
     min_spread: float = 0.0
+    agreement_gate: bool = False
 
     def __post_init__(self):
         if self.mode not in MINING_MODES:
@@ -300,6 +309,19 @@ def _guide_row_stats(config: MiningConfig, guides: Sequence[_Guide], row_offset,
     return [_row_stats_chunked(g, row_offset, k, moments, chunk_size, axis) for g in guides]
 
 
+def pair_agreement(image_emb: jax.Array, text_emb: jax.Array, max_rows: int = 256) -> jax.Array:
+    """In-batch agreement of the model's own pairs, in [0, 1], without gradient: the mean over
+    both directions of the fraction of rows whose own pair is their most similar column, over the
+    first min(N, max_rows) pairs (a [m, m] block, so the cost stays flat for large batches; about
+    1/m at random init). `MiningConfig.agreement_gate` scales the mined weight by it."""
+    m = min(image_emb.shape[0], max_rows)
+    image = jax.lax.stop_gradient(image_emb[:m]).astype(jnp.float32)
+    text = jax.lax.stop_gradient(text_emb[:m]).astype(jnp.float32)
+    sim = image @ text.T
+    own = jnp.arange(m)
+    return 0.5 * (jnp.mean(jnp.argmax(sim, axis=1) == own) + jnp.mean(jnp.argmax(sim, axis=0) == own))
+
+
 def _mining_active(config: MiningConfig, step) -> jax.Array:
     # jnp comparison so a traced step works under jit.
     return jnp.asarray(step) >= config.warmup_steps
@@ -334,11 +356,12 @@ def _ce_from_parts(lse, pos_logit_sum, pos_count, mined_logit_sum, mined_count,
 
 def mined_positive_targets(config: MiningConfig | None = None, *, text_rows=None, text_cols=None,
                            image_rows=None, image_cols=None, row_offset=0, step=0,
-                           row_labels=None, col_labels=None, num_cols: int | None = None
-                           ) -> jax.Array:
+                           row_labels=None, col_labels=None, num_cols: int | None = None,
+                           mining_scale=1.0) -> jax.Array:
     """Soft InfoNCE targets [n, N] for rows row_offset .. row_offset+n-1 against all N columns.
 
-    Row i is `normalize_L1(positive_i + config.weight * mined_i)`. positive_ij holds for j == i
+    Row i is `normalize_L1(positive_i + config.weight * mining_scale * mined_i)` (mining_scale: a
+    traced scalar >= 0, the agreement gate's factor; 1 without it). positive_ij holds for j == i
     and, given labels, for every j with label_j == label_i >= 0 (UniCL's image-label-text target:
     the row's mass spread uniformly over its same-label columns; label -1 keeps only the pair).
     mined_ij holds when j is not already positive and the stop-gradient guide similarity passes
@@ -369,7 +392,7 @@ def mined_positive_targets(config: MiningConfig | None = None, *, text_rows=None
         mined = _mined_mask(config, guides, [g.cols for g in guides], stats, row_ids, col_ids,
                             _mining_active(config, step))
         mined = jnp.logical_and(mined, jnp.logical_not(positive))
-        targets = targets + config.weight * mined.astype(jnp.float32)
+        targets = targets + config.weight * mining_scale * mined.astype(jnp.float32)
     return targets / jnp.sum(targets, axis=1, keepdims=True)
 
 
@@ -401,7 +424,8 @@ def global_contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_sca
 
 
 def mined_global_contrastive_loss(image_emb, text_emb, logit_scale, mining: MiningConfig | None, *,
-                                  guide_text=None, guide_image=None, step=0, labels=None) -> jax.Array:
+                                  guide_text=None, guide_image=None, step=0, labels=None,
+                                  mining_scale=1.0) -> jax.Array:
     """`global_contrastive_loss` with label and mined targets built over the whole batch
     ([N, N] in memory). guide_image defaults to the image embeddings themselves (under
     stop_gradient). labels: int [N] label ids (-1: none) whose equal pairs are positives."""
@@ -415,7 +439,8 @@ def mined_global_contrastive_loss(image_emb, text_emb, logit_scale, mining: Mini
         mining if mining_on else None, text_rows=guide_text if mining_on else None,
         text_cols=guide_text if mining_on else None,
         image_rows=guide_image if mining_on else None, image_cols=guide_image if mining_on else None,
-        step=step, row_labels=labels, col_labels=labels, num_cols=image_emb.shape[0])
+        step=step, row_labels=labels, col_labels=labels, num_cols=image_emb.shape[0],
+        mining_scale=mining_scale)
     return global_contrastive_loss(image_emb, text_emb, logit_scale, targets)
 
 
@@ -543,8 +568,8 @@ def _check_batch(name: str, batch: int, num_shards: int, axis: AxisName):
                          f"of mesh axis {axis!r}")
 
 
-def _sharded_global_body(image_rows, text_rows, logit_scale, step, guide_rows, row_labels, *, axis,
-                         config, chunk_size, global_batch):
+def _sharded_global_body(image_rows, text_rows, logit_scale, step, mining_scale, guide_rows,
+                         row_labels, *, axis, config, chunk_size, global_batch):
     """Per-device body: this device's n anchors of each modality against all N gathered columns."""
     n = image_rows.shape[0]
     row_offset = jax.lax.axis_index(axis) * n
@@ -570,7 +595,7 @@ def _sharded_global_body(image_rows, text_rows, logit_scale, step, guide_rows, r
         guide_cols = [g.cols for g in guides]
         active = _mining_active(config, step)
         stats = _guide_row_stats(config, guides, row_offset, global_batch, chunk_size, axis)
-    weight = config.weight if mining else 0.0
+    weight = config.weight * mining_scale if mining else 0.0
 
     if chunk_size is None:
         col_ids = jnp.arange(global_batch)
@@ -659,7 +684,7 @@ def _chunked_ce_sum(config, image_rows, text_rows, all_image, all_text, logit_sc
 def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh, axis: AxisName = "data",
                                     mining: MiningConfig | None = None, guide_text=None,
                                     guide_image=None, step=0, chunk_size: int | None = None,
-                                    labels=None) -> jax.Array:
+                                    labels=None, mining_scale=1.0) -> jax.Array:
     """Same scalar as `mined_global_contrastive_loss`, with the batch sharded over `axis` of `mesh`.
 
     Takes global [N, D] arrays (sharded or not; shard_map reshards them as needed). Each device
@@ -690,19 +715,19 @@ def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh
             if g.ndim != 2 or g.shape[0] != global_batch:
                 raise ValueError(f"guide_{name} {g.shape} must be [N, D'] with N={global_batch}")
 
-    body = lambda img, txt, scale, st, g, lab: _sharded_global_body(  # noqa: E731
-        img, txt, scale, st, g, lab, axis=axis, config=mining, chunk_size=chunk_size,
+    body = lambda img, txt, scale, st, ms, g, lab: _sharded_global_body(  # noqa: E731
+        img, txt, scale, st, ms, g, lab, axis=axis, config=mining, chunk_size=chunk_size,
         global_batch=global_batch)
     batch_spec = P(axis)
     label_spec = None if labels is None else batch_spec
     fn = jax.shard_map(body, mesh=mesh,
-                       in_specs=(batch_spec, batch_spec, P(), P(), {k: batch_spec for k in guides},
-                                 label_spec),
+                       in_specs=(batch_spec, batch_spec, P(), P(), P(),
+                                 {k: batch_spec for k in guides}, label_spec),
                        out_specs=P())
     if labels is not None:
         labels = jnp.asarray(labels, jnp.int32)
     return fn(image_emb, text_emb, jnp.asarray(logit_scale, jnp.float32), jnp.asarray(step, jnp.int32),
-              guides, labels)
+              jnp.asarray(mining_scale, jnp.float32), guides, labels)
 
 
 def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh: Mesh,
@@ -733,12 +758,13 @@ def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, t
 def contrastive_loss(image_emb, text_emb, logit_scale, *, mesh: Mesh | None = None, axis: AxisName = "data",
                      impl: str = "single", chunk_size: int | None = None,
                      mining: MiningConfig | None = None, guide_text=None, guide_image=None,
-                     step=0, labels=None) -> jax.Array:
+                     step=0, labels=None, mining_scale=1.0) -> jax.Array:
     """Global (or summary) contrastive term; every impl returns the same scalar.
 
     impl: "single" (whole [N, N] logits, any placement), "sharded" ([n, N] per device; needs mesh),
     "chunked" ([n, chunk_size] per device; needs mesh and chunk_size dividing N).
     labels: optional int [N] label ids; pairs with the same label >= 0 are positives too.
+    mining_scale: factor on the mined weight (the agreement gate's `pair_agreement`; 1 without it).
     For the summary term pass the summary-sentence embeddings as text_emb.
     """
     if impl not in GLOBAL_IMPLS:
@@ -746,14 +772,14 @@ def contrastive_loss(image_emb, text_emb, logit_scale, *, mesh: Mesh | None = No
     if impl == "single":
         return mined_global_contrastive_loss(image_emb, text_emb, logit_scale, mining,
                                              guide_text=guide_text, guide_image=guide_image, step=step,
-                                             labels=labels)
+                                             labels=labels, mining_scale=mining_scale)
     if mesh is None:
         raise ValueError(f"impl={impl!r} needs a mesh")
     if impl == "chunked" and chunk_size is None:
         raise ValueError("impl='chunked' needs chunk_size")
     return sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh, axis, mining, guide_text,
                                            guide_image, step, chunk_size if impl == "chunked" else None,
-                                           labels=labels)
+                                           labels=labels, mining_scale=mining_scale)
 
 
 def local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, *, mesh: Mesh | None = None,

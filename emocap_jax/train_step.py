@@ -62,12 +62,17 @@ def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch
     chunk = loss_config.chunk_size or None
     if impl != "single" and mesh is None:
         impl = "single"
+    terms = {}
+    mining_scale = 1.0
+    if mining.enabled and mining.agreement_gate:
+        mining_scale = losses.pair_agreement(img, global_emb)
+        terms["mining_scale"] = mining_scale
     contrastive = functools.partial(
         losses.contrastive_loss, logit_scale=logit_scale, mesh=mesh, axis=batch_axes, impl=impl,
         chunk_size=chunk if impl == "chunked" else None, mining=mining,
-        guide_text=guide_text, guide_image=img, step=step,
+        guide_text=guide_text, guide_image=img, step=step, mining_scale=mining_scale,
         labels=batch["label_id"] if loss_config.get("label_positives", False) else None)
-    terms = {"global": contrastive(img, global_emb)}
+    terms["global"] = contrastive(img, global_emb)
     total = terms["global"]
     if loss_config.summary_weight > 0:
         terms["summary"] = contrastive(img, summary_emb)

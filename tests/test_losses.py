@@ -227,6 +227,46 @@ def test_mining_that_cannot_fire_equals_plain_infonce(mesh, batch):
         assert abs(float(fn(batch["image"], batch["text"], 100, warm)) - plain) > 1e-3
 
 
+def test_pair_agreement_counts_rows_whose_own_pair_is_nearest():
+    rng = np.random.default_rng(7)
+    image = _unit(rng.normal(size=(12, DIM)))
+    text = image.copy()
+    text[:3] = _unit(rng.normal(size=(3, DIM)))  # three pairs that no longer match
+    sim = image @ text.T
+    expected = 0.5 * (np.mean(sim.argmax(1) == np.arange(12)) + np.mean(sim.argmax(0) == np.arange(12)))
+    assert 0.5 < expected < 1.0
+    _assert_close(losses.pair_agreement(image, text), expected)
+    _assert_close(losses.pair_agreement(image, image), 1.0)
+    # Only the first max_rows pairs count (a fixed-size block however large the batch).
+    _assert_close(losses.pair_agreement(image, text, max_rows=3),
+                  0.5 * (np.mean(sim[:3, :3].argmax(1) == np.arange(3))
+                         + np.mean(sim[:3, :3].argmax(0) == np.arange(3))))
+    grad = jax.grad(lambda a: losses.pair_agreement(a, text) * jnp.sum(a))(image)
+    _assert_close(grad, np.full_like(image, float(losses.pair_agreement(image, text))))
+
+
+def test_mining_scale_multiplies_the_mined_weight_in_every_form(mesh, batch):
+    """The agreement gate's factor: mining_scale s with weight w equals weight s * w (dense
+    reference), in value and gradient in the single, sharded and chunked forms; s = 0 is plain
+    InfoNCE exactly."""
+    cfg = losses.MiningConfig(mode="text", threshold=0.2, weight=0.8, agreement_gate=True)
+    targets = _np_mined_targets(batch["guide"], None, "text", 0.2, 0, 0.8 * 0.3).astype(np.float32)
+    ref_value, ref_grads = _value_and_grads(
+        lambda a, b, s: losses.global_contrastive_loss(a, b, s, targets))(
+            batch["image"], batch["text"], jnp.float32(SCALE))
+    plain = float(jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE))
+    for impl in ("single", "sharded", "chunked"):
+        fn = jax.jit(jax.value_and_grad(lambda a, b, s, scale, impl=impl: losses.contrastive_loss(
+            a, b, s, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=cfg, guide_text=batch["guide"],
+            mining_scale=scale), (0, 1, 2)))
+        value, grads = fn(batch["image"], batch["text"], jnp.float32(SCALE), jnp.float32(0.3))
+        _assert_close(value, ref_value)
+        for g, g_ref in zip(grads, ref_grads):
+            _assert_close(g, g_ref)
+        _assert_close(fn(batch["image"], batch["text"], jnp.float32(SCALE), jnp.float32(0.0))[0],
+                      plain)
+
+
 def test_chunk_size_must_divide_global_batch(mesh, batch):
     with pytest.raises(ValueError, match=r"chunk_size=12 .*N=32"):
         losses.contrastive_loss(batch["image"], batch["text"], SCALE, mesh=mesh, impl="chunked",
