@@ -51,6 +51,12 @@ def get_config(arg: str = "full"):
                                               default.data.max_local_sentences)
         config.data.local_sentences_per_step = max(config.data.local_sentences_per_step,
                                                    default.data.local_sentences_per_step)
+        # The local term pools tokens that see only their own patch (vision.local_head): on the
+        # last layer's tokens it learnt to read every sentence off one patch and its maps fell to
+        # chance (ABLATIONS.md, "What was tried"). The head is new, so a fine-tune from a
+        # checkpoint without it starts it from random init.
+        config.model.vision.local_head = "patch_mlp"
+        config.init_exclude = tuple(config.init_exclude) + ("visual/local_.*",)
     config.loss.mining.mode = choice["mining"]
     config.eval.benchmarks = EVALS
     return config

@@ -238,6 +238,13 @@ def test_convolutional_stem_is_refused_before_writing(tmp_path, target):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
+@pytest.mark.parametrize("target", export.TARGETS)
+def test_local_patch_head_is_refused(target):
+    problems = export.expressibility_problems(_config(vision={"local_head": "patch_mlp"}), None,
+                                              target)
+    assert len(problems) == 1 and "local_head='patch_mlp'" in problems[0]
+
+
 @pytest.mark.parametrize("tokenizer, target, message", [
     ({"type": "sentencepiece", "model_file": "captions.model"}, "open_clip", "sentencepiece"),
     ({"type": "sentencepiece", "model_file": "captions.model"}, "hf", "sentencepiece"),

@@ -252,6 +252,36 @@ def test_conv_stem_shapes_and_validation(tiny):
         config.replace(vision=dataclasses.replace(config.vision, pool="max"))
 
 
+def test_local_patch_head_tokens_see_only_their_own_patch(tiny):
+    """vision.local_head='patch_mlp': the tokens the local loss pools are functions of their own
+    patch (changing another patch's pixels leaves them unchanged), the pooled embedding is the
+    plain model's, and the head's parameters are the only new ones."""
+    config, params = tiny
+    head = config.replace(vision=dataclasses.replace(config.vision, local_head="patch_mlp"))
+    head_params = init_params(head, jax.random.PRNGKey(1))
+    assert sorted(set(head_params["visual"]) - set(params["visual"])) == [
+        "local_fc", "local_ln", "local_proj"]
+    head_params = {**head_params, "visual": {**head_params["visual"], **params["visual"]},
+                   "text": params["text"], "logit_scale": params["logit_scale"]}
+    images, _ = _inputs(config)
+    encode = lambda cfg, p, x: CLIP(cfg).apply({"params": p}, x, True, method=CLIP.encode_image)
+    pooled, tokens = encode(head, head_params, images)
+    plain_pooled, plain_tokens = encode(config, params, images)
+    np.testing.assert_allclose(pooled, plain_pooled, rtol=1e-6)
+    assert tokens.shape == plain_tokens.shape
+    p = config.vision.patch_size
+    changed = np.array(images).copy()
+    changed[:, :p, :p] += 1.0  # patch (0, 0) only
+    _, new_tokens = encode(head, head_params, changed)
+    _, new_plain = encode(config, params, changed)
+    np.testing.assert_allclose(np.asarray(new_tokens)[:, 1:], np.asarray(tokens)[:, 1:], atol=1e-6)
+    assert not np.allclose(np.asarray(new_tokens)[:, 0], np.asarray(tokens)[:, 0])
+    # The last layer's tokens, by contrast, all change (attention mixes the patches).
+    assert not np.allclose(np.asarray(new_plain)[:, 1:], np.asarray(plain_tokens)[:, 1:], atol=1e-4)
+    with pytest.raises(ValueError, match="local_head"):
+        config.replace(vision=dataclasses.replace(config.vision, local_head="conv"))
+
+
 def test_config_model_maps_onto_clip_config_field_for_field():
     from configs import default
     from emocap_jax.config_utils import clip_config

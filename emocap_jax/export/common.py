@@ -65,6 +65,10 @@ def expressibility_problems(config: CLIPConfig, tokenizer: Optional[dict],
         problems.append(
             f"model.vision.stem={v.stem!r}: the CLIP ViT of {name} embeds patches with one "
             f"linear projection (stem='patch'); a convolutional stem has no place in it")
+    if v.local_head != "none":
+        problems.append(
+            f"model.vision.local_head={v.local_head!r}: the local loss's patch head is not part of "
+            f"the CLIP of {name} (its patch tokens come from the last layer)")
     if v.pool != "token" and not (target == "open_clip" and v.pool == "gap"):
         problems.append(
             f"model.vision.pool={v.pool!r} (the mean of the patch tokens): the CLIP vision model of "

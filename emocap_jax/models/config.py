@@ -16,6 +16,7 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 REMAT_POLICIES = ("full", "dots")
 VISION_POOLS = ("token", "gap")
 VISION_STEMS = ("patch", "conv")
+VISION_LOCAL_HEADS = ("none", "patch_mlp")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -38,6 +39,15 @@ class VisionConfig:
     # stem learns low-resolution faces very slowly; the convolutional stem gives it the local
     # features a CNN starts from. Neither open_clip nor Hugging Face CLIP can express it.
     stem: str = "patch"
+    # The patch tokens the local region-sentence loss pools (and `explain` and the grounding
+    # protocol map): "none" (CLIP's: the last layer's patch tokens, projected) or "patch_mlp" (a
+    # small head on each patch's own embedding, before any attention: LayerNorm, MLP to mlp_dim,
+    # linear map to the embedding). The last layer's tokens have seen the whole face through every
+    # attention layer, and trained from scratch the local loss learns to read any sentence off one
+    # such token (ABLATIONS.md: every map peaks on the same patch); a token that sees only its own
+    # patch can match a sentence only where the sentence's evidence is. Not part of CLIP: exports
+    # to open_clip and Hugging Face refuse it.
+    local_head: str = "none"
 
     @property
     def grid_size(self) -> int:
@@ -100,6 +110,9 @@ class CLIPConfig:
         v, t = self.vision, self.text
         if v.pool not in VISION_POOLS:
             raise ValueError(f"model.vision.pool={v.pool!r}: expected one of {VISION_POOLS}")
+        if v.local_head not in VISION_LOCAL_HEADS:
+            raise ValueError(f"model.vision.local_head={v.local_head!r}: expected one of "
+                             f"{VISION_LOCAL_HEADS}")
         if v.stem not in VISION_STEMS:
             raise ValueError(f"model.vision.stem={v.stem!r}: expected one of {VISION_STEMS}")
         if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1)):

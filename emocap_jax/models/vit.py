@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from emocap_jax.models.config import VisionConfig
-from emocap_jax.models.transformer import Transformer
+from emocap_jax.models.transformer import ACTIVATION_FNS, Transformer
 
 
 class PatchEmbed(nn.Module):
@@ -71,6 +71,7 @@ class VisionTransformer(nn.Module):
             x = ConvStem(cfg.width, cfg.patch_size, self.dtype, name="conv_stem")(images)
         else:
             x = PatchEmbed(cfg.width, cfg.patch_size, self.dtype, name="patch_embed")(images)
+        patch_embeddings = x  # each a function of its own patch's pixels only
         b = x.shape[0]
         cls = self.param("class_embedding", nn.initializers.normal(scale), (cfg.width,))
         pos = self.param("pos_embedding", nn.initializers.normal(scale),
@@ -87,4 +88,15 @@ class VisionTransformer(nn.Module):
         proj = self.param("proj", nn.initializers.normal(scale), (cfg.width, self.embed_dim))
         x = x @ proj.astype(self.dtype)
         pooled = x[:, 1:].mean(axis=1) if cfg.pool == "gap" else x[:, 0]
+        if cfg.local_head == "patch_mlp":
+            return pooled, self._local_head(patch_embeddings + pos[1:].astype(self.dtype))
         return pooled, x[:, 1:]
+
+    def _local_head(self, tokens):
+        """Per-patch tokens for the local loss from the patch embeddings (plus position), with no
+        attention in between: LayerNorm, MLP, linear map to the embedding dimension."""
+        cfg = self.config
+        x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="local_ln")(tokens)
+        x = nn.Dense(cfg.mlp_dim, dtype=self.dtype, name="local_fc")(x)
+        x = ACTIVATION_FNS[self.activation](x)
+        return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="local_proj")(x)
