@@ -38,6 +38,9 @@ sys.path.insert(0, str(REPO))
 VARIANTS = {
     "labels": ("label positives (configs/real_faces.py as is)", []),
     "labels_mining": ("label positives + mining from step 0", ["--config.loss.mining.mode=text"]),
+    "labels_mining_gated": ("label positives + mining from step 0, weighted by the in-batch "
+                            "agreement", ["--config.loss.mining.mode=text",
+                                          "--config.loss.mining.agreement_gate=True"]),
     "mining": ("mining from step 0, no label positives",
                ["--config.loss.mining.mode=text", "--config.loss.label_positives=False"]),
     "plain": ("neither: plain CLIP InfoNCE on the label captions",
