@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from emocap_jax import api, convert, params_io, sharding
+from emocap_jax import api, convert, distributed, params_io, sharding
 from emocap_jax.cli_errors import UsageError
 from emocap_jax.checkpoint import TrainCheckpointer, abstract_like
 from emocap_jax.config_utils import clip_config
@@ -206,7 +206,7 @@ def train_and_evaluate(config, workdir) -> dict:
     """Trains (resuming from `workdir` when it holds a checkpoint), exports the final parameters to
     `workdir/export` and runs the zero-shot evaluation. Returns the final metrics."""
     _setup_logging()
-    sharding.maybe_initialize_distributed()
+    distributed.initialize()
     _enable_compilation_cache(config)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -277,7 +277,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
     # ----- the loop
     logger = MetricsLogger(workdir, is_main)
-    stop = _SigtermFlag()
+    stop = distributed.Preemption()
     start_step = int(jax.device_get(state["step"]))
     config_json = config.to_json_best_effort()
     pending: list = []
@@ -295,6 +295,7 @@ def train_and_evaluate(config, workdir) -> dict:
             state, metrics = train_step(state, batch)
             step += 1
             steps_since += 1
+            stopping = stop.stop_after(step)  # the same step on every process
             if step == start_step + 1:
                 # The first step includes compilation: keep it out of throughput and ETA.
                 jax.block_until_ready(metrics)
@@ -302,26 +303,27 @@ def train_and_evaluate(config, workdir) -> dict:
                 wait_time, t_last, steps_since = 0.0, time.perf_counter(), 0
             pending.append((step, metrics))
             last = step == num_steps
-            if step % config.train.log_every == 0 or last or stop.requested:
+            if step % config.train.log_every == 0 or last or stopping:
                 jax.block_until_ready(metrics)
                 elapsed = max(time.perf_counter() - t_last, 1e-9)
                 per_step = elapsed / max(steps_since, 1)
                 _log_pending(pending, logger, config, gbs / per_step if steps_since else 0.0,
                              wait_time / elapsed, (num_steps - step) * per_step)
                 pending, wait_time, t_last, steps_since = [], 0.0, time.perf_counter(), 0
-            if step % config.train.checkpoint_every == 0 or last or stop.requested:
+            if step % config.train.checkpoint_every == 0 or last or stopping:
                 _check_finite(state, config)
                 checkpointer.save(step, state, data_iter, config_json, force=True)
                 _fault_injection_after_checkpoint(step, checkpointer)
             if config.train.eval_every and step % config.train.eval_every == 0 and not last \
                     and eval_dir:
                 _periodic_eval(state, model_config, tokenizer, eval_dir, config, mesh, logger, step)
-            if stop.requested:
+            if stopping:
                 log.info("SIGTERM: checkpoint at step %d written; exiting", step)
                 break
     finally:
         checkpointer.close()
         stop.restore()
+        _close(data_iter)
     total_time = time.perf_counter() - t_start
     results = {"step": step, "train_seconds": total_time}
     if stop.requested:
@@ -329,12 +331,17 @@ def train_and_evaluate(config, workdir) -> dict:
         return results
 
     # ----- export and evaluation
-    export_dir = (_export(state, model_config, tokenizer, workdir,
+    # Every process takes part in gathering the parameters (they may span processes); one
+    # writes them.
+    final = {"params": distributed.fetch(state["params"]),
+             "step": int(jax.device_get(state["step"]))}
+    export_dir = (_export(final, model_config, tokenizer, workdir,
                           config.loss.local_pool_temperature) if is_main else None)
     if eval_dir:
         report = evaluate_zero_shot(state["params"], model_config, tokenizer, eval_dir, config,
                                     mesh)
-        _print_zero_shot(report)
+        if is_main:
+            _print_zero_shot(report)
         logger.write(step, {"uar": report["uar"], "war": report["war"],
                             "macro_f1": report["macro_f1"]}, prefix="zero_shot")
         if is_main:
@@ -381,12 +388,28 @@ def _enable_compilation_cache(config):
 
 
 def _fault_injection_after_checkpoint(step: int, checkpointer):
-    """Test hook: EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT=N kills this process with SIGKILL right
-    after checkpoint N is complete, to test that a hard-killed run resumes exactly."""
-    target = os.environ.get("EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT")
-    if target and int(target) == step:
-        checkpointer.wait()
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Test hooks, to test that a hard-killed run resumes exactly.
+    EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT=N kills this process with SIGKILL right after
+    checkpoint N is complete. EMOCAP_FAULT_SIGSTOP_AFTER_CHECKPOINT=N stops it (SIGSTOP) once
+    every process of the run has checkpoint N complete, so that a test can SIGKILL them all at
+    one point of the run."""
+    for name, sig in (("EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT", signal.SIGKILL),
+                      ("EMOCAP_FAULT_SIGSTOP_AFTER_CHECKPOINT", signal.SIGSTOP)):
+        target = os.environ.get(name)
+        if target and int(target) == step:
+            checkpointer.wait()
+            if sig == signal.SIGSTOP:
+                distributed.barrier(f"checkpoint {step} complete")
+                log.warning("fault injection: stopping after checkpoint %d", step)
+            os.kill(os.getpid(), sig)
+
+
+def _close(data_iter):
+    """Stops the Grain worker processes and frees their shared memory now, not at garbage
+    collection (which leaves `resource_tracker: ... leaked shared_memory objects` warnings)."""
+    close = getattr(data_iter, "close", None)
+    if close is not None:
+        close()
 
 
 def _check_finite(state, config):
@@ -400,25 +423,6 @@ def _check_finite(state, config):
     if int(nonfinite["count"]):
         log.warning("%d steps with non-finite loss skipped so far (first at step %d)",
                     int(nonfinite["count"]), int(nonfinite["first_step"]) + 1)
-
-
-class _SigtermFlag:
-    """TPU preemption sends SIGTERM: finish the current step, checkpoint, exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. inside some notebook runners)
-            self._previous = None
-
-    def _handle(self, signum, frame):
-        log.warning("SIGTERM received: saving a checkpoint after this step")
-        self.requested = True
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _export(state, model_config, tokenizer, workdir: pathlib.Path,
@@ -496,7 +500,7 @@ def evaluate_workdir(config, workdir) -> dict:
     matrices). The synthetic zero-shot result is also printed and kept in zero_shot.json, as
     before. Returns {"results": [...], "zero_shot": that report or None}."""
     _setup_logging()
-    sharding.maybe_initialize_distributed()
+    distributed.initialize()
     workdir = pathlib.Path(workdir).absolute()
     export = workdir / "export"
     if not params_io.is_params_dir(export):
@@ -510,16 +514,18 @@ def evaluate_workdir(config, workdir) -> dict:
                       description=str(export))
     results = run_config_evals(config, workdir, encoder, eval_dir)
     zero_shot = None
+    is_main = jax.process_index() == 0  # every process computed the results; one reports them
     for result in results:
         if result["protocol"] == "zero_shot" and result["data"] == str(eval_dir):
             zero_shot = dict(result["report"], dataset=str(eval_dir))
             zero_shot.pop("fold_summary", None)
-            _print_zero_shot(zero_shot)
-            if jax.process_index() == 0:
+            if is_main:
+                _print_zero_shot(zero_shot)
                 (workdir / "zero_shot.json").write_text(json.dumps(zero_shot, indent=1))
-        else:
+        elif is_main:
             print(summary_line(result), flush=True)
-    print(f"evaluation report: {workdir / 'eval' / 'report.md'}", flush=True)
+    if is_main:
+        print(f"evaluation report: {workdir / 'eval' / 'report.md'}", flush=True)
     return {"results": results, "zero_shot": zero_shot}
 
 
@@ -529,7 +535,8 @@ def _setup_logging():
     logger = logging.getLogger("emocap_jax")
     if not any(getattr(h, "_emocap", False) for h in logger.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(distributed.LogFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler.addFilter(distributed.main_process_or_warning)
         handler._emocap = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -45,6 +45,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,6 +62,9 @@ from emocap_jax.data import example_codec
 from emocap_jax.data import label_captions
 from emocap_jax.data import shard_writer
 from emocap_jax.data.source import ON_CORRUPT_CHOICES, ShardedTFRecordSource
+
+# How often a worker process checks that its parent (the trainer) is alive.
+_PARENT_POLL_S = 0.25
 
 # Distinct streams for the shuffle and the per-record RNG, both derived from one user seed.
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1
@@ -205,6 +210,23 @@ def _mark_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """Grain worker initialisation: the worker exits within a second of its parent's death,
+    however the parent died (SIGKILL included), instead of living on as an orphan that reads
+    shards. A thread that watches the parent process id, not PR_SET_PDEATHSIG: that signal follows
+    the parent *thread* that started the worker, which need not be one that lives as long as the
+    trainer. The parent's resource tracker frees the worker's shared memory once it is gone."""
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="emocap-parent-watch", daemon=True).start()
+
+
 def _decode_frames(record: example_codec.FaceRecord, frame_indices, min_side: int
                    ) -> list[np.ndarray]:
     frames = []
@@ -317,7 +339,8 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
     if config.worker_count > 0:
         _mark_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+            num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size),
+            worker_init_fn=_exit_with_parent)
     return ds, source
 
 
@@ -463,7 +486,8 @@ def make_eval_iterator(data_dir: str, tokenizer, batch_size: int, image_size: in
                                               prefetch_buffer_size=2 * read_threads))
     if worker_count > 0:
         _mark_absl_flags_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
+                            worker_init_fn=_exit_with_parent)
     return iter(ds)
 
 
