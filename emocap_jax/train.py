@@ -321,6 +321,9 @@ def train_and_evaluate(config, workdir) -> dict:
                 log.info("SIGTERM: checkpoint at step %d written; exiting", step)
                 break
     finally:
+        # The last batch's arrays live in the Grain worker's shared memory, which is freed when
+        # they are deleted: drop them before the workers stop.
+        local_batch = batch = None
         checkpointer.close()
         stop.restore()
         _close(data_iter)

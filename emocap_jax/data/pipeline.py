@@ -5,7 +5,7 @@ Training, per process::
     ShardedTFRecordSource (all shards, one global index; checksums verified)
       -> shuffle (a new global permutation every epoch) -> repeat (num_epochs or forever)
       -> random_map: parse Example, decode, augment, sample local sentences, tokenize
-      -> take every process_count-th element, starting at process_index
+      -> take this process's rows of each global batch (process p: rows [p*b, (p+1)*b))
       -> to_iter_dataset (reader threads; drops records skipped as corrupt)
       -> batch(global_batch_size // process_count, drop_remainder=True)
       -> mp_prefetch(worker_count worker processes), unless worker_count == 0
@@ -175,6 +175,24 @@ class TrainPipelineConfig:
         return cls(**values)
 
 
+class _ProcessRows(grain.transforms.Map):
+    """Row k of this process's stream -> its element of the global stream. Process p of P takes
+    rows [p * b, (p + 1) * b) of every global batch of P * b rows, so each device gets the rows
+    it gets on one process with all the devices: the run's batches, and so its losses, do not
+    depend on how many processes share the devices."""
+
+    def __init__(self, parent: grain.MapDataset, process_index: int, process_count: int,
+                 local_batch_size: int):
+        self._parent = parent
+        self._offset = process_index * local_batch_size
+        self._global = process_count * local_batch_size
+        self._local = local_batch_size
+
+    def map(self, row: int):
+        step, i = divmod(int(row), self._local)
+        return self._parent[step * self._global + self._offset + i]
+
+
 def _derived_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed), stream]).generate_state(1)[0])
 
@@ -326,13 +344,11 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
     ds = ds.repeat(config.num_epochs)  # reseeds the shuffle (and nothing upstream) each epoch
     ds = ds.random_map(_TrainExample(tokenizer, config),
                        seed=_derived_seed(config.seed, _AUGMENT_STREAM))
-    if config.num_epochs is None:
-        ds = ds[process_index::process_count]
-    else:
-        # Equal shares, so every process runs the same number of steps (a multi-host step is a
-        # collective); the at most process_count - 1 elements left over are dropped.
-        per_process = len(source) * config.num_epochs // process_count
-        ds = ds[process_index:per_process * process_count:process_count]
+    # Equal shares, so every process runs the same number of steps (a multi-host step is a
+    # collective); with num_epochs, the last partial global batch is dropped.
+    num_steps = len(ds) // global_batch_size  # len(ds) is sys.maxsize when repeating forever
+    ds = grain.MapDataset.range(num_steps * local_batch_size).map(
+        _ProcessRows(ds, process_index, process_count, local_batch_size))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                               prefetch_buffer_size=config.prefetch_buffer_size))
     ds = ds.batch(local_batch_size, drop_remainder=True)
