@@ -101,16 +101,25 @@ def process_tag() -> str:
     """"process I/N " in a multi-process run, "" otherwise. Read from the distributed client's
     state, not jax.process_index(): that would start the JAX backend, and log lines come before
     it starts (data preparation forks worker processes first)."""
+    index, count = process_and_count()
+    return f"process {index}/{count} " if count > 1 else ""
+
+
+def process_and_count() -> tuple[int, int]:
+    """(this process's index, the number of processes), without starting the JAX backend."""
     if not jax.distributed.is_initialized():
-        return ""
-    state = jax_distributed.global_state  # jax==0.10.2's record of initialize()'s arguments
-    if state.num_processes <= 1:
-        return ""
-    return f"process {state.process_id}/{state.num_processes} "
+        return 0, 1
+    state = jax_distributed.global_state  # jax==0.10.2's record of the joined processes
+    return int(state.process_id), int(state.num_processes)
 
 
-def is_main_process() -> bool:
-    return jax.process_index() == 0
+def host_barrier(name: str, timeout_s: float = 3600.0) -> None:
+    """Waits until every process has reached the barrier `name`, through the coordination
+    service: it starts no JAX backend, so it may come before data preparation forks worker
+    processes. A process that dies meanwhile ends the others (see the module docstring)."""
+    _, count = process_and_count()
+    if count > 1:
+        jax_distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
 
 
 def fetch(tree):
@@ -176,6 +185,4 @@ class LogFormatter(logging.Formatter):
 def main_process_or_warning(record: logging.LogRecord) -> bool:
     """Log filter: process 0 says everything, the other processes only warnings and errors (one
     run, one log; a peer's trouble still shows, with its process named)."""
-    if record.levelno >= logging.WARNING or not jax.distributed.is_initialized():
-        return True
-    return jax_distributed.global_state.process_id == 0
+    return record.levelno >= logging.WARNING or process_and_count()[0] == 0

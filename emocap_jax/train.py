@@ -62,8 +62,13 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
                          "config.data.synthetic.num is 0; pass --config.data.train_dir=DIR, a "
                          "dataset folder written by `python -m data_prep.captions` or "
                          "`python -m data_prep.benchmarks`")
-    if jax.distributed.is_initialized():
-        raise ValueError("the synthetic corpus is for single-host runs; set config.data.train_dir")
+    if distributed.process_and_count()[0] > 0:
+        # Process 0 writes the corpus into the workdir (below); the others read it from there.
+        distributed.host_barrier(_SYNTHETIC_WRITTEN)
+        data = workdir / "data"
+        check_dataset(str(data / "train"), f"the synthetic corpus that process 0 wrote to "
+                      f"{workdir} (every process must see the same --workdir)")
+        return str(data / "train"), eval_dir or str(data / "eval")
     corpus = workdir / "synthetic"
     if not (corpus / "corpus.json").exists():
         log.info("generating %d synthetic faces into %s", syn.num, corpus)
@@ -84,7 +89,11 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
                              progress=False, classes=split_classes)
     # Region boxes and sentence regions of the held-out faces, for the grounding protocol.
     ensure_eval_regions(corpus, data / "eval")
+    distributed.host_barrier(_SYNTHETIC_WRITTEN)
     return str(data / "train"), eval_dir or str(data / "eval")
+
+
+_SYNTHETIC_WRITTEN = "emocap_jax: synthetic corpus written"
 
 
 def check_dataset(path: str, setting: str) -> None:
@@ -245,6 +254,9 @@ def train_and_evaluate(config, workdir) -> dict:
                                                         param_shardings, mesh)
 
     # ----- state: resume, else init (random or from a CLIP checkpoint)
+    # Orbax's first barrier is a device collective; the processes must reach it less than 30 s
+    # apart on CPU (gloo), however long each took to start.
+    distributed.host_barrier("emocap_jax: set up")
     checkpointer = TrainCheckpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                                      replica_parallel=config.train.checkpoint_replica_parallel)
     latest = checkpointer.latest_step()
@@ -292,6 +304,12 @@ def train_and_evaluate(config, workdir) -> dict:
             local_batch = next(data_iter)
             wait_time += time.perf_counter() - t0
             batch = to_global_batch(local_batch, mesh, axes)
+            if step == start_step and jax.process_count() > 1:
+                # Every process compiles (or loads from the cache, which can take a minute less)
+                # before any runs the step: gloo gives up on a collective whose peers are more
+                # than 30 s apart.
+                train_step = train_step.lower(state, batch).compile()
+                distributed.host_barrier("emocap_jax: train step compiled")
             state, metrics = train_step(state, batch)
             step += 1
             steps_since += 1
