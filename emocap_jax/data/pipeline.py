@@ -37,7 +37,8 @@ yields the same number of batches (padded rows have `valid` False, zero images a
 a collective eval step never waits on a process that ran out.
 
 Worker processes are started with "spawn": scripts that use worker_count > 0 need an
-`if __name__ == "__main__":` guard.
+`if __name__ == "__main__":` guard. They exit within a second of their parent's death, however it
+died; close the iterator (`.close()`) to stop them and free their shared memory before that.
 """
 
 from __future__ import annotations
