@@ -2,6 +2,7 @@
 
     python -m emocap_jax.main --config=configs/vitb16.py --workdir=DIR [--mode=train|eval|info]
         [--config.field=value ...]
+        [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 Installed, the same command is `emocap-train`, and `--config=configs/NAME.py` names the config
 shipped with the package when there is no such file below the current directory.
@@ -31,6 +32,17 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "info"],
                           "train: train (resuming from the workdir) then evaluate; eval: run the "
                           "config's evaluations (config.eval.benchmarks) on the workdir's export "
                           "and write WORKDIR/eval/report.md; info: print the model summary.")
+# Multi-process runs on clusters JAX cannot detect (on TPU pod slices and SLURM nothing is needed).
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, which every process of a multi-process "
+    "run connects to (with --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Processes in the multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index in the run, 0..num_processes-1.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", None, "A process whose heartbeats stop this long counts as dead "
+    "and ends the run on every process (default 60).")
 
 
 def print_info(config) -> None:
@@ -73,6 +85,10 @@ def main(argv):
     # lines (logger "emocap_jax") stay visible. --verbosity=0 brings the library logs back.
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)
+    # After the huge-pages re-exec, like every JAX import here (see print_info).
+    from emocap_jax import distributed
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           _HEARTBEAT.value)
     if _MODE.value == "info":
         print_info(config)
         return 0

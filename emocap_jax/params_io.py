@@ -49,7 +49,7 @@ def save_params(path, params, model_config: CLIPConfig, tokenizer: Optional[dict
         raise FileExistsError(f"{path / PARAMS_DIR} already exists; choose an empty output folder")
     path.mkdir(parents=True, exist_ok=True)
     params = _to_numpy(params)
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _this_process_checkpointer()
     checkpointer.save(path / PARAMS_DIR, params)
     checkpointer.wait_until_finished()
     description = {"format": FORMAT, "model": model_config.to_dict(), "tokenizer": tokenizer,
@@ -73,9 +73,20 @@ def load_params(path) -> tuple[dict, CLIPConfig, dict]:
     """Returns (params as NumPy arrays, model config, the full description)."""
     path = pathlib.Path(path).absolute()
     description = read_description(path)
-    params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR)
+    params = _this_process_checkpointer().restore(path / PARAMS_DIR)
     return params, CLIPConfig.from_dict(description["model"]), description
 
 
 def _to_numpy(tree):
     return jax.tree_util.tree_map(lambda x: np.asarray(x), tree)
+
+
+def _this_process_checkpointer() -> ocp.StandardCheckpointer:
+    """Orbax for this process alone. An export holds host (NumPy) arrays that one process writes
+    (process 0, in a multi-process run) or reads on its own, so no Orbax barrier may wait for the
+    other processes, as it does by default."""
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"export_process_{me}"))

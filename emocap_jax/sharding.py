@@ -3,8 +3,6 @@ are replicated, or split over `fsdp` along their largest divisible dimension whe
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -12,18 +10,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 # Parameters smaller than this stay replicated under FSDP: sharding them saves nothing and costs
 # an all-gather each.
 FSDP_MIN_SIZE = 2 ** 16
-
-
-def maybe_initialize_distributed() -> None:
-    """Joins a multi-process run (a TPU pod slice, or a GPU cluster with a coordinator), and does
-    nothing on a single host, so single-host runs need no flag."""
-    if jax.distributed.is_initialized():
-        return
-    multi_host_tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get(
-        "EMOCAP_COORDINATOR_ADDRESS")
-    if multi_host_tpu or coordinator or os.environ.get("EMOCAP_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
 
 
 def make_mesh(mesh_config) -> Mesh:

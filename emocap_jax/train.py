@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from emocap_jax import api, convert, params_io, sharding
+from emocap_jax import api, convert, distributed, params_io, sharding
 from emocap_jax.cli_errors import UsageError
 from emocap_jax.checkpoint import TrainCheckpointer, abstract_like
 from emocap_jax.config_utils import clip_config
@@ -62,8 +62,13 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
                          "config.data.synthetic.num is 0; pass --config.data.train_dir=DIR, a "
                          "dataset folder written by `python -m data_prep.captions` or "
                          "`python -m data_prep.benchmarks`")
-    if jax.distributed.is_initialized():
-        raise ValueError("the synthetic corpus is for single-host runs; set config.data.train_dir")
+    if distributed.process_and_count()[0] > 0:
+        # Process 0 writes the corpus into the workdir (below); the others read it from there.
+        distributed.host_barrier(_SYNTHETIC_WRITTEN)
+        data = workdir / "data"
+        check_dataset(str(data / "train"), f"the synthetic corpus that process 0 wrote to "
+                      f"{workdir} (every process must see the same --workdir)")
+        return str(data / "train"), eval_dir or str(data / "eval")
     corpus = workdir / "synthetic"
     if not (corpus / "corpus.json").exists():
         log.info("generating %d synthetic faces into %s", syn.num, corpus)
@@ -84,7 +89,11 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
                              progress=False, classes=split_classes)
     # Region boxes and sentence regions of the held-out faces, for the grounding protocol.
     ensure_eval_regions(corpus, data / "eval")
+    distributed.host_barrier(_SYNTHETIC_WRITTEN)
     return str(data / "train"), eval_dir or str(data / "eval")
+
+
+_SYNTHETIC_WRITTEN = "emocap_jax: synthetic corpus written"
 
 
 def check_dataset(path: str, setting: str) -> None:
@@ -206,7 +215,7 @@ def train_and_evaluate(config, workdir) -> dict:
     """Trains (resuming from `workdir` when it holds a checkpoint), exports the final parameters to
     `workdir/export` and runs the zero-shot evaluation. Returns the final metrics."""
     _setup_logging()
-    sharding.maybe_initialize_distributed()
+    distributed.initialize()
     _enable_compilation_cache(config)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -245,6 +254,9 @@ def train_and_evaluate(config, workdir) -> dict:
                                                         param_shardings, mesh)
 
     # ----- state: resume, else init (random or from a CLIP checkpoint)
+    # Orbax's first barrier is a device collective; the processes must reach it less than 30 s
+    # apart on CPU (gloo), however long each took to start.
+    distributed.host_barrier("emocap_jax: set up")
     checkpointer = TrainCheckpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                                      replica_parallel=config.train.checkpoint_replica_parallel)
     latest = checkpointer.latest_step()
@@ -277,7 +289,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
     # ----- the loop
     logger = MetricsLogger(workdir, is_main)
-    stop = _SigtermFlag()
+    stop = distributed.Preemption()
     start_step = int(jax.device_get(state["step"]))
     config_json = config.to_json_best_effort()
     pending: list = []
@@ -292,9 +304,16 @@ def train_and_evaluate(config, workdir) -> dict:
             local_batch = next(data_iter)
             wait_time += time.perf_counter() - t0
             batch = to_global_batch(local_batch, mesh, axes)
+            if step == start_step and jax.process_count() > 1:
+                # Every process compiles (or loads from the cache, which can take a minute less)
+                # before any runs the step: gloo gives up on a collective whose peers are more
+                # than 30 s apart.
+                train_step = train_step.lower(state, batch).compile()
+                distributed.host_barrier("emocap_jax: train step compiled")
             state, metrics = train_step(state, batch)
             step += 1
             steps_since += 1
+            stopping = stop.stop_after(step)  # the same step on every process
             if step == start_step + 1:
                 # The first step includes compilation: keep it out of throughput and ETA.
                 jax.block_until_ready(metrics)
@@ -302,26 +321,30 @@ def train_and_evaluate(config, workdir) -> dict:
                 wait_time, t_last, steps_since = 0.0, time.perf_counter(), 0
             pending.append((step, metrics))
             last = step == num_steps
-            if step % config.train.log_every == 0 or last or stop.requested:
+            if step % config.train.log_every == 0 or last or stopping:
                 jax.block_until_ready(metrics)
                 elapsed = max(time.perf_counter() - t_last, 1e-9)
                 per_step = elapsed / max(steps_since, 1)
                 _log_pending(pending, logger, config, gbs / per_step if steps_since else 0.0,
                              wait_time / elapsed, (num_steps - step) * per_step)
                 pending, wait_time, t_last, steps_since = [], 0.0, time.perf_counter(), 0
-            if step % config.train.checkpoint_every == 0 or last or stop.requested:
+            if step % config.train.checkpoint_every == 0 or last or stopping:
                 _check_finite(state, config)
                 checkpointer.save(step, state, data_iter, config_json, force=True)
                 _fault_injection_after_checkpoint(step, checkpointer)
             if config.train.eval_every and step % config.train.eval_every == 0 and not last \
                     and eval_dir:
                 _periodic_eval(state, model_config, tokenizer, eval_dir, config, mesh, logger, step)
-            if stop.requested:
+            if stopping:
                 log.info("SIGTERM: checkpoint at step %d written; exiting", step)
                 break
     finally:
+        # The last batch's arrays live in the Grain worker's shared memory, which is freed when
+        # they are deleted: drop them before the workers stop.
+        local_batch = batch = None
         checkpointer.close()
         stop.restore()
+        _close(data_iter)
     total_time = time.perf_counter() - t_start
     results = {"step": step, "train_seconds": total_time}
     if stop.requested:
@@ -329,12 +352,17 @@ def train_and_evaluate(config, workdir) -> dict:
         return results
 
     # ----- export and evaluation
-    export_dir = (_export(state, model_config, tokenizer, workdir,
+    # Every process takes part in gathering the parameters (they may span processes); one
+    # writes them.
+    final = {"params": distributed.fetch(state["params"]),
+             "step": int(jax.device_get(state["step"]))}
+    export_dir = (_export(final, model_config, tokenizer, workdir,
                           config.loss.local_pool_temperature) if is_main else None)
     if eval_dir:
         report = evaluate_zero_shot(state["params"], model_config, tokenizer, eval_dir, config,
                                     mesh)
-        _print_zero_shot(report)
+        if is_main:
+            _print_zero_shot(report)
         logger.write(step, {"uar": report["uar"], "war": report["war"],
                             "macro_f1": report["macro_f1"]}, prefix="zero_shot")
         if is_main:
@@ -381,12 +409,28 @@ def _enable_compilation_cache(config):
 
 
 def _fault_injection_after_checkpoint(step: int, checkpointer):
-    """Test hook: EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT=N kills this process with SIGKILL right
-    after checkpoint N is complete, to test that a hard-killed run resumes exactly."""
-    target = os.environ.get("EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT")
-    if target and int(target) == step:
-        checkpointer.wait()
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Test hooks, to test that a hard-killed run resumes exactly.
+    EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT=N kills this process with SIGKILL right after
+    checkpoint N is complete. EMOCAP_FAULT_SIGSTOP_AFTER_CHECKPOINT=N stops it (SIGSTOP) once
+    every process of the run has checkpoint N complete, so that a test can SIGKILL them all at
+    one point of the run."""
+    for name, sig in (("EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT", signal.SIGKILL),
+                      ("EMOCAP_FAULT_SIGSTOP_AFTER_CHECKPOINT", signal.SIGSTOP)):
+        target = os.environ.get(name)
+        if target and int(target) == step:
+            checkpointer.wait()
+            if sig == signal.SIGSTOP:
+                distributed.barrier(f"checkpoint {step} complete")
+                log.warning("fault injection: stopping after checkpoint %d", step)
+            os.kill(os.getpid(), sig)
+
+
+def _close(data_iter):
+    """Stops the Grain worker processes and frees their shared memory now, not at garbage
+    collection (which leaves `resource_tracker: ... leaked shared_memory objects` warnings)."""
+    close = getattr(data_iter, "close", None)
+    if close is not None:
+        close()
 
 
 def _check_finite(state, config):
@@ -400,25 +444,6 @@ def _check_finite(state, config):
     if int(nonfinite["count"]):
         log.warning("%d steps with non-finite loss skipped so far (first at step %d)",
                     int(nonfinite["count"]), int(nonfinite["first_step"]) + 1)
-
-
-class _SigtermFlag:
-    """TPU preemption sends SIGTERM: finish the current step, checkpoint, exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. inside some notebook runners)
-            self._previous = None
-
-    def _handle(self, signum, frame):
-        log.warning("SIGTERM received: saving a checkpoint after this step")
-        self.requested = True
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _export(state, model_config, tokenizer, workdir: pathlib.Path,
@@ -496,7 +521,7 @@ def evaluate_workdir(config, workdir) -> dict:
     matrices). The synthetic zero-shot result is also printed and kept in zero_shot.json, as
     before. Returns {"results": [...], "zero_shot": that report or None}."""
     _setup_logging()
-    sharding.maybe_initialize_distributed()
+    distributed.initialize()
     workdir = pathlib.Path(workdir).absolute()
     export = workdir / "export"
     if not params_io.is_params_dir(export):
@@ -510,16 +535,18 @@ def evaluate_workdir(config, workdir) -> dict:
                       description=str(export))
     results = run_config_evals(config, workdir, encoder, eval_dir)
     zero_shot = None
+    is_main = jax.process_index() == 0  # every process computed the results; one reports them
     for result in results:
         if result["protocol"] == "zero_shot" and result["data"] == str(eval_dir):
             zero_shot = dict(result["report"], dataset=str(eval_dir))
             zero_shot.pop("fold_summary", None)
-            _print_zero_shot(zero_shot)
-            if jax.process_index() == 0:
+            if is_main:
+                _print_zero_shot(zero_shot)
                 (workdir / "zero_shot.json").write_text(json.dumps(zero_shot, indent=1))
-        else:
+        elif is_main:
             print(summary_line(result), flush=True)
-    print(f"evaluation report: {workdir / 'eval' / 'report.md'}", flush=True)
+    if is_main:
+        print(f"evaluation report: {workdir / 'eval' / 'report.md'}", flush=True)
     return {"results": results, "zero_shot": zero_shot}
 
 
@@ -529,7 +556,8 @@ def _setup_logging():
     logger = logging.getLogger("emocap_jax")
     if not any(getattr(h, "_emocap", False) for h in logger.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(distributed.LogFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler.addFilter(distributed.main_process_or_warning)
         handler._emocap = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -97,6 +97,23 @@ def test_eval_mode_on_a_workdir_without_an_export(places):
     _assert_one_line(result, places["run"], "no exported parameters", "--mode=train")
 
 
+def test_train_with_part_of_the_multi_process_flags(places):
+    result = _run(*TRAIN, f"--workdir={places['out']}", "--num_processes=2")
+    _assert_one_line(result, "--coordinator_address", "--process_id", "missing")
+
+
+def test_train_with_a_coordinator_that_is_no_host_and_port(places):
+    result = _run(*TRAIN, f"--workdir={places['out']}", "--coordinator_address=localhost",
+                  "--num_processes=2", "--process_id=0")
+    _assert_one_line(result, "--coordinator_address=localhost", "HOST:PORT")
+
+
+def test_train_with_a_process_id_out_of_range(places):
+    result = _run(*TRAIN, f"--workdir={places['out']}", "--coordinator_address=127.0.0.1:1",
+                  "--num_processes=2", "--process_id=2")
+    _assert_one_line(result, "--process_id=2", "--num_processes=2")
+
+
 # ---------------------------------------------------------------- evaluation
 
 def _evaluate(places, **changes):
@@ -104,6 +121,11 @@ def _evaluate(places, **changes):
             "--data": places["empty_folder"], "--protocol": "zero_shot", "--output": places["out"]}
     args.update(changes)
     return _run("emocap_jax.evaluate", *[x for kv in args.items() for x in kv])
+
+
+def test_evaluate_with_part_of_the_multi_process_flags(places):
+    result = _evaluate(places, **{"--num_processes": "2", "--process_id": "1"})
+    _assert_one_line(result, "--coordinator_address missing")
 
 
 def test_evaluate_unknown_benchmark(places):

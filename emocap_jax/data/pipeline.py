@@ -5,7 +5,7 @@ Training, per process::
     ShardedTFRecordSource (all shards, one global index; checksums verified)
       -> shuffle (a new global permutation every epoch) -> repeat (num_epochs or forever)
       -> random_map: parse Example, decode, augment, sample local sentences, tokenize
-      -> take every process_count-th element, starting at process_index
+      -> take this process's rows of each global batch (process p: rows [p*b, (p+1)*b))
       -> to_iter_dataset (reader threads; drops records skipped as corrupt)
       -> batch(global_batch_size // process_count, drop_remainder=True)
       -> mp_prefetch(worker_count worker processes), unless worker_count == 0
@@ -37,7 +37,8 @@ yields the same number of batches (padded rows have `valid` False, zero images a
 a collective eval step never waits on a process that ran out.
 
 Worker processes are started with "spawn": scripts that use worker_count > 0 need an
-`if __name__ == "__main__":` guard.
+`if __name__ == "__main__":` guard. They exit within a second of their parent's death, however it
+died; close the iterator (`.close()`) to stop them and free their shared memory before that.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,6 +63,9 @@ from emocap_jax.data import example_codec
 from emocap_jax.data import label_captions
 from emocap_jax.data import shard_writer
 from emocap_jax.data.source import ON_CORRUPT_CHOICES, ShardedTFRecordSource
+
+# How often a worker process checks that its parent (the trainer) is alive.
+_PARENT_POLL_S = 0.25
 
 # Distinct streams for the shuffle and the per-record RNG, both derived from one user seed.
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1
@@ -170,6 +176,24 @@ class TrainPipelineConfig:
         return cls(**values)
 
 
+class _ProcessRows(grain.transforms.Map):
+    """Row k of this process's stream -> its element of the global stream. Process p of P takes
+    rows [p * b, (p + 1) * b) of every global batch of P * b rows, so each device gets the rows
+    it gets on one process with all the devices: the run's batches, and so its losses, do not
+    depend on how many processes share the devices."""
+
+    def __init__(self, parent: grain.MapDataset, process_index: int, process_count: int,
+                 local_batch_size: int):
+        self._parent = parent
+        self._offset = process_index * local_batch_size
+        self._global = process_count * local_batch_size
+        self._local = local_batch_size
+
+    def map(self, row: int):
+        step, i = divmod(int(row), self._local)
+        return self._parent[step * self._global + self._offset + i]
+
+
 def _derived_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed), stream]).generate_state(1)[0])
 
@@ -203,6 +227,23 @@ def _mark_absl_flags_parsed() -> None:
     # upstream later): a library caller (notebook, pytest) never parses them.
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """Grain worker initialisation: the worker exits within a second of its parent's death,
+    however the parent died (SIGKILL included), instead of living on as an orphan that reads
+    shards. A thread that watches the parent process id, not PR_SET_PDEATHSIG: that signal follows
+    the parent *thread* that started the worker, which need not be one that lives as long as the
+    trainer. The parent's resource tracker frees the worker's shared memory once it is gone."""
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="emocap-parent-watch", daemon=True).start()
 
 
 def _decode_frames(record: example_codec.FaceRecord, frame_indices, min_side: int
@@ -304,20 +345,19 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
     ds = ds.repeat(config.num_epochs)  # reseeds the shuffle (and nothing upstream) each epoch
     ds = ds.random_map(_TrainExample(tokenizer, config),
                        seed=_derived_seed(config.seed, _AUGMENT_STREAM))
-    if config.num_epochs is None:
-        ds = ds[process_index::process_count]
-    else:
-        # Equal shares, so every process runs the same number of steps (a multi-host step is a
-        # collective); the at most process_count - 1 elements left over are dropped.
-        per_process = len(source) * config.num_epochs // process_count
-        ds = ds[process_index:per_process * process_count:process_count]
+    # Equal shares, so every process runs the same number of steps (a multi-host step is a
+    # collective); with num_epochs, the last partial global batch is dropped.
+    num_steps = len(ds) // global_batch_size  # len(ds) is sys.maxsize when repeating forever
+    ds = grain.MapDataset.range(num_steps * local_batch_size).map(
+        _ProcessRows(ds, process_index, process_count, local_batch_size))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                               prefetch_buffer_size=config.prefetch_buffer_size))
     ds = ds.batch(local_batch_size, drop_remainder=True)
     if config.worker_count > 0:
         _mark_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+            num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size),
+            worker_init_fn=_exit_with_parent)
     return ds, source
 
 
@@ -463,7 +503,8 @@ def make_eval_iterator(data_dir: str, tokenizer, batch_size: int, image_size: in
                                               prefetch_buffer_size=2 * read_threads))
     if worker_count > 0:
         _mark_absl_flags_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
+                            worker_init_fn=_exit_with_parent)
     return iter(ds)
 
 

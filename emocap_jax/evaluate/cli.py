@@ -153,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mesh-fsdp", type=int, default=1,
                    help="devices on the fsdp axis, which splits the parameters (default 1)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group(
+        "multi-process", "for clusters JAX cannot detect (nothing is needed on TPU pod slices "
+        "and SLURM): the same command on every process, all three flags together")
+    g.add_argument("--coordinator_address", "--coordinator-address", metavar="HOST:PORT",
+                   help="process 0's host and a free port")
+    g.add_argument("--num_processes", "--num-processes", type=int, metavar="N",
+                   help="processes in the run")
+    g.add_argument("--process_id", "--process-id", type=int, metavar="I",
+                   help="this process's index, 0..N-1")
+    g.add_argument("--heartbeat_timeout_seconds", "--heartbeat-timeout-seconds", type=int,
+                   metavar="S", help="a process silent this long counts as dead and ends the run "
+                   "(default 60)")
     return p
 
 
@@ -258,29 +270,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Only now, with the arguments checked: JAX and the model (module docstring).
     import jax
 
-    from emocap_jax import sharding
+    from emocap_jax import distributed, sharding
     from emocap_jax.evaluate import runner
     from emocap_jax.evaluate.features import Encoder
 
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                           args.heartbeat_timeout_seconds)
+    main_process = jax.process_index() == 0  # every process computes; one speaks and writes
     try:
         mesh = sharding.make_mesh(ml_collections.ConfigDict(
             {"data": args.mesh_data, "fsdp": args.mesh_fsdp}))
     except ValueError as e:
         parser.error(f"--mesh-data/--mesh-fsdp: {e}")
-    print(f"loading {args.checkpoint}", flush=True)
+    if main_process:
+        print(f"loading {args.checkpoint}", flush=True)
     try:
         encoder = Encoder.load(args.checkpoint, mesh=mesh, batch_size=args.batch_size,
                                progress=not args.quiet)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: --checkpoint {args.checkpoint}: {e}", file=sys.stderr)
         return 2
-    print(f"{args.benchmark} / {args.protocol} on {mesh.devices.size} devices", flush=True)
+    if main_process:
+        print(f"{args.benchmark} / {args.protocol} on {mesh.devices.size} devices"
+              + (f" ({jax.process_count()} processes)" if jax.process_count() > 1 else ""),
+              flush=True)
     try:
         result = runner.run(encoder, args.benchmark, args.protocol, args.data, options)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if jax.process_index() != 0:  # every process computed the result; one writes it
+    if not main_process:  # every process computed the result; one writes it
         return 0
     written = report.write_result(args.output, result)
     summary = report.write_report(args.output, encoder.description)

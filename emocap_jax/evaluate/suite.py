@@ -19,6 +19,7 @@ from typing import Optional
 
 import jax
 
+from emocap_jax import distributed
 from emocap_jax.data.shard_writer import load_metadata
 from emocap_jax.evaluate import registry, report, runner
 from emocap_jax.evaluate.synthetic_benchmarks import generate_benchmarks
@@ -52,11 +53,13 @@ def parse_entry(text: str) -> Entry:
 
 def _synthetic_benchmarks(config, workdir: pathlib.Path, split: str) -> str:
     root = workdir / SYNTHETIC_BENCH_DIR
-    if not runner.is_dataset(root / split):
+    if distributed.process_and_count()[0] == 0 and not runner.is_dataset(root / split):
         syn = config.data.synthetic
         log.info("generating the synthetic %s split into %s", split, root)
         generate_benchmarks(root, seed=syn.seed, per_class=max(1, syn.eval_per_class),
                             size=syn.size, splits=[split], overwrite=True, progress=False)
+    # Process 0 writes the split into the workdir; the other processes read it from there.
+    distributed.host_barrier(f"emocap_jax: synthetic {split} split written")
     return str(root / split)
 
 
