@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +54,7 @@ import numpy as np
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
+from emocap_jax import storage
 from emocap_jax.data import augment
 from emocap_jax.data import example_codec
 from emocap_jax.data import label_captions
@@ -191,7 +191,7 @@ def _open_dataset(data_dir: str, verify: bool, on_corrupt: str) -> ShardedTFReco
     expected = metadata.get("num_records")
     if expected is not None and expected != len(source):
         raise ValueError(
-            f"{os.path.join(data_dir, shard_writer.METADATA_FILE)} lists {expected} records but "
+            f"{storage.join(data_dir, shard_writer.METADATA_FILE)} lists {expected} records but "
             f"the shards hold {len(source)} ({source.shard_sizes})")
     if len(source) == 0:
         raise ValueError(f"dataset {data_dir} has no records")
