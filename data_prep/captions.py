@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 from emocap_jax.data.manifest import convert_manifest
 from emocap_jax.data.shard_writer import REJECTED_FILE
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report

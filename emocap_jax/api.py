@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 from emocap_jax.convert import convert, default_tokenizer_config, with_image_size
 from emocap_jax.evaluate.prompts import EMOTION_TEMPLATES
 from emocap_jax.losses import sentence_patch_logits
@@ -391,8 +391,13 @@ def load(path, source: str = "auto", image_size: Optional[int] = None,
     return EmoCapCLIP(params, config, _tokenizer_for(tokenizer_cfg), description)
 
 
+# What `convert.locate` reads beside a weights file.
+CONFIG_FILES_BESIDE_WEIGHTS = ("open_clip_config.json", "config.json")
+
+
 def _convert_remote(url: str, source: str, activation: Optional[str]):
-    """A peer checkpoint (file, or folder with its config) at a URL, copied locally and read."""
+    """A peer checkpoint (file, or folder with its config) at a URL, copied locally and read. A
+    weights file comes with the config files beside it, which `convert` reads as it does locally."""
     fs, remote = storage.filesystem(url)
     with tempfile.TemporaryDirectory(prefix="emocap_load_") as tmp:
         local = os.path.join(tmp, storage.basename(url) or "checkpoint")
@@ -400,6 +405,10 @@ def _convert_remote(url: str, source: str, activation: Optional[str]):
             fs.get(remote.rstrip("/") + "/", local + "/", recursive=True)
         else:
             fs.get_file(remote, local)
+            for name in CONFIG_FILES_BESIDE_WEIGHTS:
+                sibling = storage.join(storage.dirname(url), name)
+                if storage.isfile(sibling):
+                    fs.get_file(storage.filesystem(sibling)[1], os.path.join(tmp, name))
         params, config, description = convert(pathlib.Path(local), source, activation)
     weights = str(description.get("weights", ""))
     local = str(pathlib.Path(local).absolute())

@@ -14,7 +14,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 
 log = logging.getLogger(__name__)
 

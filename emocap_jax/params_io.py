@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 from emocap_jax.models.config import CLIPConfig
 
 FORMAT = "emocap_jax.params"

@@ -7,6 +7,7 @@ import pickle
 import uuid
 
 import fsspec
+import numpy as np
 import pytest
 from etils import epath
 
@@ -207,3 +208,23 @@ def test_shard_writer_on_a_url_refuses_then_replaces_a_dataset(mem):
         "data-00001-of-00002.tfrecord", "data-00001-of-00002.tfrecord.index",
         "metadata.json", "rejected.jsonl"])
     assert shard_writer.load_metadata(out)["num_records"] == 2
+
+
+@pytest.mark.parametrize("name", ["openclip_tiny_gelu", "hf_clip_tiny"])
+def test_load_reads_a_peer_checkpoint_from_a_url(fixtures_dir, mem, name):
+    """A peer checkpoint folder (and its weights file alone) at a URL loads as the local one."""
+    import emocap_jax  # here: loads JAX, which the other tests of this file do not need
+
+    folder = storage.join(mem, name)
+    for path in sorted((fixtures_dir / name).iterdir()):
+        storage.write_bytes(storage.join(folder, path.name), path.read_bytes())
+    local = emocap_jax.load(fixtures_dir / name)
+    weights = "model.safetensors" if name.startswith("hf") else "open_clip_model.safetensors"
+    for url in (folder, storage.join(folder, weights)):
+        remote = emocap_jax.load(url)
+        assert remote.config == local.config
+        assert remote.description["weights"] == storage.join(folder, weights)
+        tokens = np.load(fixtures_dir / name / "inputs.npz")["tokens"][:2]
+        np.testing.assert_array_equal(remote.encode_text(tokens), local.encode_text(tokens))
+    with pytest.raises(FileNotFoundError, match=f"{mem}/absent"):
+        emocap_jax.load(storage.join(mem, "absent"))

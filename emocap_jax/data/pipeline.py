@@ -54,7 +54,7 @@ import numpy as np
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 from emocap_jax.data import augment
 from emocap_jax.data import example_codec
 from emocap_jax.data import label_captions

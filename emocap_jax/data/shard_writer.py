@@ -29,7 +29,7 @@ import resource
 from collections.abc import Sequence
 from typing import Any
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 from emocap_jax.data import example_codec
 from emocap_jax.data import tfrecord
 

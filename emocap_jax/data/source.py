@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 from emocap_jax.data import tfrecord
 from emocap_jax.data.tfrecord import CorruptRecordError
 

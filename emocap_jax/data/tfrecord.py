@@ -34,7 +34,7 @@ from typing import Optional
 import google_crc32c
 import numpy as np
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")  # length, masked crc of the length bytes

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import ml_collections
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 from emocap_jax.cli_errors import ArgumentParser, entry_point
 from emocap_jax.evaluate import registry, report
 

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 
 QUESTIONS_FILE = "questions.jsonl"
 DEFAULT_TEMPLATE = "{option}"

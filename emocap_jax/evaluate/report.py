@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 from emocap_jax.evaluate import grounding, registry
 
 RESULTS, PREDICTIONS, CONFUSION = "results", "predictions", "confusion"

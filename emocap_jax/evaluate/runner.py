@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 from emocap_jax.data.shard_writer import load_metadata
 from emocap_jax.evaluate import (au_detection, few_shot, grounding, linear_probe, metrics,
                                  multiple_choice, registry, retrieval, zero_shot)

@@ -19,7 +19,7 @@ from typing import Optional
 
 import jax
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 from emocap_jax.data.shard_writer import load_metadata
 from emocap_jax.evaluate import registry, report, runner
 from emocap_jax.evaluate.synthetic_benchmarks import generate_benchmarks

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 from safetensors.numpy import save_file
 
-from emocap_jax import storage
+import emocap_jax.storage as storage
 from emocap_jax.cli_errors import UsageError
 from emocap_jax.models.config import CLIPConfig
 from emocap_jax.params_io import CONFIG_FILE, PARAMS_DIR, find_export, load_params
