@@ -290,7 +290,8 @@ def train_and_evaluate(config, workdir) -> dict:
                                                         param_shardings, mesh)
 
     # ----- state: resume, else init (random or from a CLIP checkpoint)
-    checkpointer = TrainCheckpointer(storage.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+    checkpointer = TrainCheckpointer(storage.join(workdir, "checkpoints"),
+                                     keep=config.train.keep_checkpoints,
                                      replica_parallel=config.train.checkpoint_replica_parallel)
     latest = checkpointer.latest_step()
     make_state = jax.jit(lambda p: initial_state(p, optimizer), out_shardings=state_shardings,

@@ -228,3 +228,35 @@ def test_load_reads_a_peer_checkpoint_from_a_url(fixtures_dir, mem, name):
         np.testing.assert_array_equal(remote.encode_text(tokens), local.encode_text(tokens))
     with pytest.raises(FileNotFoundError, match=f"{mem}/absent"):
         emocap_jax.load(storage.join(mem, "absent"))
+
+
+def test_evaluation_report_on_a_url_matches_the_local_one(tmp_path, mem):
+    """write_result / write_report into a URL folder: the same files, with the same content."""
+    from emocap_jax.evaluate import report  # here: loads matplotlib, only this test needs it
+
+    result = {"benchmark": "rafdb", "title": "RAF-DB", "group": "static FER",
+              "protocol": "zero_shot", "metric": "uar", "value": 0.875, "checkpoint": "ck",
+              "data": "d", "devices": 8, "seconds": 1.0, "folds": [{}],
+              "report": {"num_examples": 8, "uar": 0.875, "war": 0.875, "macro_f1": 0.87,
+                         "classes": ["a", "b"], "per_class_recall": {"a": 0.75, "b": 1.0},
+                         "confusion_matrix": [[3, 1], [0, 4]]},
+              "predictions": [{"id": "x", "label": "a", "prediction": "b"}]}
+    out = storage.join(mem, "eval")
+    for folder in (str(tmp_path), out):
+        written = report.write_result(folder, result)
+        report.write_result(folder, dict(result, checkpoint="other", benchmark="jaffe"))
+        summary = report.write_report(folder, "ck")
+        assert summary["num_results"] == 1 and len(summary["left_out"]) == 1
+    assert written["result"] == storage.join(out, "results", "rafdb__zero_shot.json")
+    assert summary["markdown"] == storage.join(out, "report.md")
+    for name in ("report.csv", "results/rafdb__zero_shot.json",
+                 "predictions/rafdb__zero_shot.csv", "confusion/rafdb__zero_shot.json"):
+        assert storage.read_bytes(storage.join(out, name)) == (tmp_path / name).read_bytes(), name
+    # report.md says when it was written (to the minute): the rest must agree.
+    dated = [storage.read_text(storage.join(out, "report.md")).splitlines(),
+             (tmp_path / "report.md").read_text().splitlines()]
+    assert len(dated[0]) == len(dated[1])
+    assert sum(a != b for a, b in zip(*dated)) <= 1
+    assert "| static FER | RAF-DB | zero_shot | UAR | 87.5 | 62.8 | 45.1 |" in dated[0]
+    assert storage.read_bytes(storage.join(out, "confusion/rafdb__zero_shot.png"))[:4] == \
+        b"\x89PNG"
