@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+import emocap_jax.storage as storage
 from emocap_jax.data.manifest import convert_manifest
 from emocap_jax.data.shard_writer import REJECTED_FILE
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
@@ -29,7 +30,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "[, label, aus, group] per line")
     parser.add_argument("--root", required=True,
                         help="directory that the manifest's relative image paths start from")
-    parser.add_argument("--output", required=True, help="output dataset directory")
+    parser.add_argument("--output", required=True,
+                        help="output dataset directory: a local folder or a bucket URL "
+                             "(gs://BUCKET/PATH)")
     parser.add_argument("--num-shards", type=int, default=16,
                         help="number of TFRecord shards (default 16; use many more than "
                              "hosts x data workers)")
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for code, count in summary["rejected_by_reason"].items():
         print(f"  {code}: {count}")
     if summary["num_rejected"]:
-        print(f"rejected lines and reasons: {os.path.join(summary['output'], REJECTED_FILE)}")
+        print(f"rejected lines and reasons: {storage.join(summary['output'], REJECTED_FILE)}")
     if summary["num_written"] == 0:
         return report(f"no record was written: none of the {summary['num_lines']} lines of "
                       f"--manifest {args.manifest} could be converted (the reasons are listed "

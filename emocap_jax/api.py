@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import tempfile
 import warnings
 from typing import Optional, Sequence
 
@@ -28,6 +29,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+import emocap_jax.storage as storage
 from emocap_jax.convert import convert, default_tokenizer_config, with_image_size
 from emocap_jax.evaluate.prompts import EMOTION_TEMPLATES
 from emocap_jax.losses import sentence_patch_logits
@@ -355,26 +357,61 @@ def _tokenizer_for(tokenizer_config):
 def load(path, source: str = "auto", image_size: Optional[int] = None,
          activation: Optional[str] = None, dtype: Optional[str] = None) -> EmoCapCLIP:
     """Loads a model from an emocap_jax export or training folder, an open_clip/OpenAI checkpoint
-    (file or folder) or a Hugging Face CLIP checkpoint (file or folder).
+    (file or folder) or a Hugging Face CLIP checkpoint (file or folder). Any of them may be on a
+    bucket (`gs://...`, see emocap_jax.storage): an export is read in place, a peer checkpoint is
+    copied to a temporary local folder first.
 
     source: "auto" (recognise the kind), "emocap", "open_clip", "openai" or "hf".
     image_size: run at another resolution (position embeddings are resized).
     activation: override for open_clip weights that come without their config.
     dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
     """
-    path = pathlib.Path(path)
-    if source in ("auto", "emocap") and path.is_dir():
+    path = storage.fspath(path)
+    export = None
+    is_dir = storage.isdir(path)
+    if source in ("auto", "emocap") and is_dir:
         export = find_export(path)
         if export is not None:
             params, config, description = load_params(export)
             tokenizer_cfg = description.get("tokenizer")
         elif source == "emocap":
             raise FileNotFoundError(f"{path}: no emocap_jax export (model_config.json + params/)")
-    if source not in ("auto", "emocap") or not path.is_dir() or export is None:
-        params, config, description = convert(path, source, activation)
+    if export is None:
+        if storage.is_url(path):
+            if not (is_dir or storage.isfile(path)):
+                raise FileNotFoundError(f"no such file or folder: {path}")
+            params, config, description = _convert_remote(path, source, activation)
+        else:
+            params, config, description = convert(pathlib.Path(path), source, activation)
         tokenizer_cfg = default_tokenizer_config(config)
     if image_size:
         params, config = with_image_size(params, config, image_size)
     if dtype:
         config = config.replace(dtype=dtype)
     return EmoCapCLIP(params, config, _tokenizer_for(tokenizer_cfg), description)
+
+
+# What `convert.locate` reads beside a weights file.
+CONFIG_FILES_BESIDE_WEIGHTS = ("open_clip_config.json", "config.json")
+
+
+def _convert_remote(url: str, source: str, activation: Optional[str]):
+    """A peer checkpoint (file, or folder with its config) at a URL, copied locally and read. A
+    weights file comes with the config files beside it, which `convert` reads as it does locally."""
+    fs, remote = storage.filesystem(url)
+    with tempfile.TemporaryDirectory(prefix="emocap_load_") as tmp:
+        local = os.path.join(tmp, storage.basename(url) or "checkpoint")
+        if fs.isdir(remote):
+            fs.get(remote.rstrip("/") + "/", local + "/", recursive=True)
+        else:
+            fs.get_file(remote, local)
+            for name in CONFIG_FILES_BESIDE_WEIGHTS:
+                sibling = storage.join(storage.dirname(url), name)
+                if storage.isfile(sibling):
+                    fs.get_file(storage.filesystem(sibling)[1], os.path.join(tmp, name))
+        params, config, description = convert(pathlib.Path(local), source, activation)
+    weights = str(description.get("weights", ""))
+    local = str(pathlib.Path(local).absolute())
+    if weights.startswith(local):  # where the weights are, not the deleted temporary copy
+        description = dict(description, weights=url.rstrip("/") + weights[len(local):])
+    return params, config, description

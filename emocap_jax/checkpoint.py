@@ -1,17 +1,20 @@
 """Training checkpoints: one Orbax CheckpointManager step holds everything needed to continue
 exactly: the train state (parameters, optimiser state, step), the Grain iterator state, and the
 run config. Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it),
-so a run killed mid-save resumes from the previous complete step.
+so a run killed mid-save resumes from the previous complete step. The directory may be local or
+a bucket (`gs://...`): Orbax writes there through etils epath and TensorStore, and on an object
+store marks a complete step with a commit file instead of a rename.
 """
 from __future__ import annotations
 
 import json
 import logging
-import pathlib
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+import emocap_jax.storage as storage
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +22,7 @@ log = logging.getLogger(__name__)
 class TrainCheckpointer:
     def __init__(self, directory, keep: int = 3, async_save: bool = True,
                  replica_parallel: bool = False):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = storage.orbax_path(directory)
         # Orbax's replica-parallel writes split replicated arrays across their replicas, which
         # compiles a slicing program per parameter shape (about 20 s at the first save of a small
         # model on CPU). Worth it only for large replicated arrays on many hosts.

@@ -5,12 +5,12 @@
     DIR/params/             Orbax StandardCheckpointer tree of float32 arrays
 
 `emocap_jax.convert` writes it, training exports it, `emocap_jax.load` and the trainer's
-`init_from` read it.
+`init_from` read it. The folder may be local or on a bucket (`gs://...`, see emocap_jax.storage):
+functions given a local path return a pathlib.Path, given a URL the URL string.
 """
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any, Optional
 
@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+import emocap_jax.storage as storage
 from emocap_jax.models.config import CLIPConfig
 
 FORMAT = "emocap_jax.params"
@@ -25,55 +26,60 @@ CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 
 
+def _typed(path: str) -> pathlib.Path | str:
+    return path if storage.is_url(path) else pathlib.Path(path)
+
+
 def is_params_dir(path) -> bool:
-    path = pathlib.Path(path)
-    return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
+    return (storage.isfile(storage.join(path, CONFIG_FILE))
+            and storage.isdir(storage.join(path, PARAMS_DIR)))
 
 
-def find_export(path) -> Optional[pathlib.Path]:
+def find_export(path) -> Optional[pathlib.Path | str]:
     """An export folder itself, or a training workdir's latest export (WORKDIR/export), or None."""
-    path = pathlib.Path(path)
+    path = storage.fspath(path)
     if is_params_dir(path):
-        return path
-    exported = path / "export"
+        return _typed(path)
+    exported = storage.join(path, "export")
     if is_params_dir(exported):
-        return exported
+        return _typed(exported)
     return None
 
 
 def save_params(path, params, model_config: CLIPConfig, tokenizer: Optional[dict] = None,
-                source: Optional[dict] = None) -> pathlib.Path:
+                source: Optional[dict] = None) -> pathlib.Path | str:
     """Writes `params` and their description to the folder `path` (created; must not hold params)."""
-    path = pathlib.Path(path).absolute()
-    if (path / PARAMS_DIR).exists():
-        raise FileExistsError(f"{path / PARAMS_DIR} already exists; choose an empty output folder")
-    path.mkdir(parents=True, exist_ok=True)
+    path = storage.absolute(path)
+    params_dir = storage.join(path, PARAMS_DIR)
+    if storage.exists(params_dir):
+        raise FileExistsError(f"{params_dir} already exists; choose an empty output folder")
+    storage.makedirs(path)
     params = _to_numpy(params)
     checkpointer = _this_process_checkpointer()
-    checkpointer.save(path / PARAMS_DIR, params)
+    checkpointer.save(storage.orbax_path(params_dir), params)
     checkpointer.wait_until_finished()
     description = {"format": FORMAT, "model": model_config.to_dict(), "tokenizer": tokenizer,
                    "source": source or {}}
-    tmp = path / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(description, indent=1))
-    os.replace(tmp, path / CONFIG_FILE)  # the config appears only once the params are complete
-    return path
+    # Written atomically after the params: the config appears only once the params are complete.
+    storage.write_text(storage.join(path, CONFIG_FILE), json.dumps(description, indent=1))
+    return _typed(path)
 
 
 def read_description(path) -> dict[str, Any]:
-    path = pathlib.Path(path)
-    description = json.loads((path / CONFIG_FILE).read_text())
+    config_path = storage.join(path, CONFIG_FILE)
+    description = json.loads(storage.read_text(config_path))
     if description.get("format") != FORMAT:
-        raise ValueError(f"{path / CONFIG_FILE}: not an emocap_jax params description "
+        raise ValueError(f"{config_path}: not an emocap_jax params description "
                          f"(format={description.get('format')!r})")
     return description
 
 
 def load_params(path) -> tuple[dict, CLIPConfig, dict]:
     """Returns (params as NumPy arrays, model config, the full description)."""
-    path = pathlib.Path(path).absolute()
+    path = storage.absolute(path)
     description = read_description(path)
-    params = _this_process_checkpointer().restore(path / PARAMS_DIR)
+    params = _this_process_checkpointer().restore(
+        storage.orbax_path(storage.join(path, PARAMS_DIR)))
     return params, CLIPConfig.from_dict(description["model"]), description
 
 

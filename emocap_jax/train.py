@@ -2,6 +2,9 @@
 
 Sections: setup (devices, data, tokenizer) / model and optimiser / state (resume, or init from a
 CLIP checkpoint) / the loop (logging, checkpoints, SIGTERM) / export and evaluation.
+
+The workdir, the datasets and init_from may be local paths or bucket URLs (`gs://bucket/run`):
+every file goes through emocap_jax.storage, checkpoints and exports through Orbax.
 """
 from __future__ import annotations
 
@@ -10,14 +13,13 @@ import logging
 import os
 import pathlib
 import re
-import shutil
 import signal
 import time
 
 import jax
 import numpy as np
 
-from emocap_jax import api, convert, distributed, params_io, sharding
+from emocap_jax import api, convert, distributed, params_io, sharding, storage
 from emocap_jax.cli_errors import UsageError
 from emocap_jax.checkpoint import TrainCheckpointer, abstract_like
 from emocap_jax.config_utils import clip_config
@@ -46,7 +48,7 @@ class NonFiniteLossError(RuntimeError):
 # Data
 
 
-def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
+def prepare_data(config, workdir: str) -> tuple[str, str]:
     """Returns (train dataset folder, zero-shot eval dataset folder or ""). With no train_dir and
     `data.synthetic.num > 0`, generates the synthetic-faces corpus into the workdir and converts it
     (once: later runs and resumes reuse it)."""
@@ -62,6 +64,11 @@ def prepare_data(config, workdir: pathlib.Path) -> tuple[str, str]:
                          "config.data.synthetic.num is 0; pass --config.data.train_dir=DIR, a "
                          "dataset folder written by `python -m data_prep.captions` or "
                          "`python -m data_prep.benchmarks`")
+    if storage.is_url(workdir):
+        raise UsageError(f"--workdir={workdir}: the synthetic corpus is generated into a local "
+                         f"workdir; with a bucket workdir set config.data.train_dir (convert the "
+                         f"data with `python -m data_prep.captions --output gs://...`)")
+    workdir = pathlib.Path(workdir)
     if distributed.process_and_count()[0] > 0:
         # Process 0 writes the corpus into the workdir (below); the others read it from there.
         distributed.host_barrier(_SYNTHETIC_WRITTEN)
@@ -173,29 +180,66 @@ def _merge(random_params, loaded: dict):
 class MetricsLogger:
     """Console lines, metrics.jsonl (one line per logged step) and TensorBoard, on process 0."""
 
-    def __init__(self, workdir: pathlib.Path, enabled: bool):
+    # On a bucket an object cannot be appended to: metrics.jsonl and the TensorBoard events are
+    # uploaded whole, at most this often (and at every checkpoint and at the end).
+    REMOTE_FLUSH_SECONDS = 60.0
+
+    def __init__(self, workdir: str, enabled: bool):
         self.enabled = enabled
-        self.jsonl = (workdir / "metrics.jsonl").open("a") if enabled else None
+        self.remote = storage.is_url(workdir)
+        self.path = storage.join(workdir, "metrics.jsonl")
+        self.jsonl = None
+        self.lines: list[str] = []
+        self.dirty = False
+        self.last_flush = time.monotonic()
+        if enabled and self.remote:
+            # A resumed run continues the file: its lines are kept and uploaded with the new.
+            self.lines = [storage.read_text(self.path)] if storage.isfile(self.path) else []
+        elif enabled:
+            self.jsonl = open(self.path, "a")
         self.tb = None
         if enabled:
             try:
                 from tensorboardX import SummaryWriter  # optional: TensorBoard events only
-                self.tb = SummaryWriter(str(workdir / "tensorboard"))
+                # tensorboardX writes gs:// itself (google-cloud-storage), whole file per flush.
+                self.tb = SummaryWriter(storage.join(workdir, "tensorboard"),
+                                        flush_secs=self.REMOTE_FLUSH_SECONDS if self.remote
+                                        else 120)
             except ImportError:
                 log.warning("tensorboardX not installed: no TensorBoard events")
 
     def write(self, step: int, scalars: dict, prefix: str = "train"):
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, "kind": prefix, **scalars}) + "\n")
-        self.jsonl.flush()
+        line = json.dumps({"step": step, "kind": prefix, **scalars}) + "\n"
+        if self.jsonl is not None:
+            self.jsonl.write(line)
+            self.jsonl.flush()
+        else:
+            self.lines.append(line)
+            self.dirty = True
         if self.tb is not None:
             for k, v in scalars.items():
                 if isinstance(v, (int, float)):
                     self.tb.add_scalar(f"{prefix}/{k}", v, step)
+            if not self.remote:
+                self.tb.flush()
+        if self.remote and time.monotonic() - self.last_flush >= self.REMOTE_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self):
+        """Makes everything written so far durable (on a bucket: uploads metrics.jsonl)."""
+        if not self.enabled:
+            return
+        if self.dirty:
+            storage.write_text(self.path, "".join(self.lines))
+            self.dirty = False
+        if self.tb is not None:
             self.tb.flush()
+        self.last_flush = time.monotonic()
 
     def close(self):
+        self.flush()
         if self.jsonl:
             self.jsonl.close()
         if self.tb is not None:
@@ -217,13 +261,14 @@ def train_and_evaluate(config, workdir) -> dict:
     _setup_logging()
     distributed.initialize()
     _enable_compilation_cache(config)
-    workdir = pathlib.Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = storage.absolute(workdir)
+    storage.makedirs(workdir)
     # Before the JAX backend starts: data preparation forks worker processes.
     train_dir, eval_dir = prepare_data(config, workdir)
     is_main = jax.process_index() == 0
     if is_main:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+        storage.write_text(storage.join(workdir, "config.json"),
+                           config.to_json_best_effort(indent=1))
 
     # ----- devices, data, tokenizer
     mesh = sharding.make_mesh(config.mesh)
@@ -257,7 +302,8 @@ def train_and_evaluate(config, workdir) -> dict:
     # Orbax's first barrier is a device collective; the processes must reach it less than 30 s
     # apart on CPU (gloo), however long each took to start.
     distributed.host_barrier("emocap_jax: set up")
-    checkpointer = TrainCheckpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
+    checkpointer = TrainCheckpointer(storage.join(workdir, "checkpoints"),
+                                     keep=config.train.keep_checkpoints,
                                      replica_parallel=config.train.checkpoint_replica_parallel)
     latest = checkpointer.latest_step()
     make_state = jax.jit(lambda p: initial_state(p, optimizer), out_shardings=state_shardings,
@@ -331,6 +377,7 @@ def train_and_evaluate(config, workdir) -> dict:
             if step % config.train.checkpoint_every == 0 or last or stopping:
                 _check_finite(state, config)
                 checkpointer.save(step, state, data_iter, config_json, force=True)
+                logger.flush()  # the metrics up to a checkpoint outlive a kill after it
                 _fault_injection_after_checkpoint(step, checkpointer)
             if config.train.eval_every and step % config.train.eval_every == 0 and not last \
                     and eval_dir:
@@ -366,7 +413,8 @@ def train_and_evaluate(config, workdir) -> dict:
         logger.write(step, {"uar": report["uar"], "war": report["war"],
                             "macro_f1": report["macro_f1"]}, prefix="zero_shot")
         if is_main:
-            (workdir / "zero_shot.json").write_text(json.dumps(report, indent=1))
+            storage.write_text(storage.join(workdir, "zero_shot.json"),
+                               json.dumps(report, indent=1))
         results["zero_shot"] = report
     logger.close()
     results["export"] = str(export_dir) if export_dir else None
@@ -446,21 +494,20 @@ def _check_finite(state, config):
                     int(nonfinite["count"]), int(nonfinite["first_step"]) + 1)
 
 
-def _export(state, model_config, tokenizer, workdir: pathlib.Path,
-            local_pool_temperature: float) -> pathlib.Path:
+def _export(state, model_config, tokenizer, workdir: str,
+            local_pool_temperature: float) -> str:
     """Writes the final parameters as an export folder (what `emocap_jax.load(workdir)` reads);
     replaces an older export only once the new one is complete. The local loss's pooling
     temperature is recorded with them: `explain` draws its maps with it."""
     params = jax.device_get(state["params"])
-    tmp = workdir / "export.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = storage.join(workdir, "export.tmp")
+    storage.rmtree(tmp)
     params_io.save_params(tmp, params, model_config, tokenizer.to_config(),
                           {"layout": "emocap_jax.train", "step": int(jax.device_get(state["step"])),
                            "local_pool_temperature": float(local_pool_temperature)})
-    final = workdir / "export"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    final = storage.join(workdir, "export")
+    # A rename locally; on a bucket a copy that publishes model_config.json last.
+    storage.replace_tree(tmp, final, last=params_io.CONFIG_FILE)
     log.info("exported parameters to %s", final)
     return final
 
@@ -522,8 +569,8 @@ def evaluate_workdir(config, workdir) -> dict:
     before. Returns {"results": [...], "zero_shot": that report or None}."""
     _setup_logging()
     distributed.initialize()
-    workdir = pathlib.Path(workdir).absolute()
-    export = workdir / "export"
+    workdir = storage.absolute(workdir)
+    export = storage.join(workdir, "export")
     if not params_io.is_params_dir(export):
         raise UsageError(f"--workdir {workdir}: no exported parameters in {export}; train first "
                          f"(--mode=train) or give the workdir of a finished run")
@@ -542,11 +589,12 @@ def evaluate_workdir(config, workdir) -> dict:
             zero_shot.pop("fold_summary", None)
             if is_main:
                 _print_zero_shot(zero_shot)
-                (workdir / "zero_shot.json").write_text(json.dumps(zero_shot, indent=1))
+                storage.write_text(storage.join(workdir, "zero_shot.json"),
+                                   json.dumps(zero_shot, indent=1))
         elif is_main:
             print(summary_line(result), flush=True)
     if is_main:
-        print(f"evaluation report: {workdir / 'eval' / 'report.md'}", flush=True)
+        print(f"evaluation report: {storage.join(workdir, 'eval', 'report.md')}", flush=True)
     return {"results": results, "zero_shot": zero_shot}
 
 

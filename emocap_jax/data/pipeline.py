@@ -58,6 +58,7 @@ import numpy as np
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
+import emocap_jax.storage as storage
 from emocap_jax.data import augment
 from emocap_jax.data import example_codec
 from emocap_jax.data import label_captions
@@ -215,7 +216,7 @@ def _open_dataset(data_dir: str, verify: bool, on_corrupt: str) -> ShardedTFReco
     expected = metadata.get("num_records")
     if expected is not None and expected != len(source):
         raise ValueError(
-            f"{os.path.join(data_dir, shard_writer.METADATA_FILE)} lists {expected} records but "
+            f"{storage.join(data_dir, shard_writer.METADATA_FILE)} lists {expected} records but "
             f"the shards hold {len(source)} ({source.shard_sizes})")
     if len(source) == 0:
         raise ValueError(f"dataset {data_dir} has no records")

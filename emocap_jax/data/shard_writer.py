@@ -12,6 +12,11 @@ Records go to shards round-robin in input order, so converting the same input tw
 byte-identical shards. Every file is written under a temporary name and renamed into place;
 `metadata.json` is written last and is the commit point: a directory without it is an
 unfinished conversion and `load_metadata` refuses it.
+
+The directory may be local or a URL (`gs://bucket/data/train`, see `emocap_jax.storage`). On an
+object store each shard is uploaded as it is written (in parts of at most `_UPLOAD_BUFFER /
+num_shards` bytes, so the memory held does not grow with the shard count) and appears when
+complete; `metadata.json` is still the last object written.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import resource
 from collections.abc import Sequence
 from typing import Any
 
+import emocap_jax.storage as storage
 from emocap_jax.data import example_codec
 from emocap_jax.data import tfrecord
 
@@ -33,6 +39,10 @@ _RESERVED_KEYS = frozenset({
     "schema_version", "created_by", "num_records", "num_rejected", "shards", "classes",
     "label_counts",
 })
+# Bytes all the shards of one writer buffer together before uploading a part (object stores);
+# each shard's part is at least the 256 KiB that Cloud Storage's resumable uploads require.
+_UPLOAD_BUFFER = 256 * 2**20
+_MIN_PART, _MAX_PART = 2**18, 16 * 2**20
 
 
 def shard_name(prefix: str, index: int, num_shards: int) -> str:
@@ -40,12 +50,12 @@ def shard_name(prefix: str, index: int, num_shards: int) -> str:
 
 
 def _write_text_atomically(path: str, text: str) -> None:
-    tmp_path = f"{path}.tmp-{os.getpid()}"
-    with open(tmp_path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_path, path)
+    storage.write_text(path, text)
+
+
+def _part_size(num_shards: int) -> int:
+    part = min(_MAX_PART, max(_MIN_PART, _UPLOAD_BUFFER // num_shards))
+    return part // _MIN_PART * _MIN_PART
 
 
 def _ensure_open_file_limit(needed: int) -> None:
@@ -85,7 +95,7 @@ class ShardedRecordWriter:
         if clashes:
             raise ValueError(f"metadata keys {clashes} are reserved by the shard writer")
         json.dumps(extra)  # fail now, not after hours of conversion
-        self.output_dir = os.fspath(output_dir)
+        self.output_dir = storage.fspath(output_dir)
         self.num_shards = num_shards
         self.prefix = prefix
         self.classes = list(classes) if classes is not None else None
@@ -96,7 +106,7 @@ class ShardedRecordWriter:
         self._num_records = 0
         self._closed = False
 
-        os.makedirs(self.output_dir, exist_ok=True)
+        storage.makedirs(self.output_dir)
         existing = self._existing_dataset_files()
         if existing and not overwrite:
             raise FileExistsError(
@@ -104,24 +114,25 @@ class ShardedRecordWriter:
                 f"{', ...' if len(existing) > 3 else ''}); choose another directory or overwrite")
         # Un-commit the old dataset first, so a crash below never leaves old metadata that
         # describes a mix of old and new shards.
-        metadata_path = os.path.join(self.output_dir, METADATA_FILE)
-        if os.path.exists(metadata_path):
-            os.remove(metadata_path)
+        storage.remove(storage.join(self.output_dir, METADATA_FILE), missing_ok=True)
 
-        _ensure_open_file_limit(num_shards + 64)
+        if not storage.is_url(self.output_dir):
+            _ensure_open_file_limit(num_shards + 64)
         self.shard_files = [shard_name(prefix, i, num_shards) for i in range(num_shards)]
         self._writers: list[tfrecord.TFRecordWriter] = []
+        part = _part_size(num_shards)
         try:
             for name in self.shard_files:
-                self._writers.append(tfrecord.TFRecordWriter(os.path.join(self.output_dir, name)))
+                self._writers.append(tfrecord.TFRecordWriter(
+                    storage.join(self.output_dir, name), block_size=part))
         except BaseException:
             self.abort()
             raise
 
     def _existing_dataset_files(self) -> list[str]:
         pattern = re.compile(rf"{re.escape(self.prefix)}-\d{{5}}-of-\d{{5}}\.tfrecord(\.index)?")
-        return sorted(name for name in os.listdir(self.output_dir)
-                      if name == METADATA_FILE or pattern.fullmatch(name))
+        names = storage.listdir(self.output_dir) if storage.isdir(self.output_dir) else []
+        return sorted(name for name in names if name == METADATA_FILE or pattern.fullmatch(name))
 
     def _remove_stale_files(self) -> None:
         """Deletes shards of an overwritten dataset and temporary files of crashed runs."""
@@ -130,11 +141,11 @@ class ShardedRecordWriter:
         for name in self._existing_dataset_files():
             if name != METADATA_FILE and \
                     name.removesuffix(tfrecord.INDEX_SUFFIX) not in self.shard_files:
-                os.remove(os.path.join(self.output_dir, name))
-        for name in os.listdir(self.output_dir):
+                storage.remove(storage.join(self.output_dir, name))
+        for name in storage.listdir(self.output_dir):
             match = stale.fullmatch(name)
             if match and int(match.group(2)) != os.getpid():
-                os.remove(os.path.join(self.output_dir, name))
+                storage.remove(storage.join(self.output_dir, name))
 
     @property
     def num_records(self) -> int:
@@ -196,7 +207,7 @@ class ShardedRecordWriter:
 
         rejected_text = "".join(
             json.dumps(entry, ensure_ascii=False) + "\n" for entry in self._rejected)
-        _write_text_atomically(os.path.join(self.output_dir, REJECTED_FILE), rejected_text)
+        _write_text_atomically(storage.join(self.output_dir, REJECTED_FILE), rejected_text)
 
         metadata: dict[str, Any] = {
             "schema_version": example_codec.SCHEMA_VERSION,
@@ -209,7 +220,7 @@ class ShardedRecordWriter:
         if self.classes is not None:
             metadata["classes"] = self.classes
         metadata.update(self._extra)
-        _write_text_atomically(os.path.join(self.output_dir, METADATA_FILE),
+        _write_text_atomically(storage.join(self.output_dir, METADATA_FILE),
                                json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
         return metadata
 
@@ -231,13 +242,12 @@ class ShardedRecordWriter:
 
 def load_metadata(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     """Reads a finished dataset's metadata.json (refuses unfinished or newer-schema datasets)."""
-    path = os.path.join(os.fspath(dataset_dir), METADATA_FILE)
-    if not os.path.exists(path):
+    path = storage.join(dataset_dir, METADATA_FILE)
+    if not storage.isfile(path):
         raise FileNotFoundError(
-            f"{path} not found: {os.fspath(dataset_dir)} is not a finished dataset directory "
+            f"{path} not found: {storage.fspath(dataset_dir)} is not a finished dataset directory "
             "(wrong path, or the conversion did not complete)")
-    with open(path, encoding="utf-8") as f:
-        metadata = json.load(f)
+    metadata = json.loads(storage.read_text(path))
     version = metadata.get("schema_version")
     if not isinstance(version, int) or version > example_codec.SCHEMA_VERSION:
         raise ValueError(
@@ -248,13 +258,13 @@ def load_metadata(dataset_dir: str | os.PathLike) -> dict[str, Any]:
 
 def shard_paths(dataset_dir: str | os.PathLike) -> list[str]:
     """Full paths of a dataset's shards, in order; every listed shard must exist."""
-    dataset_dir = os.fspath(dataset_dir)
+    dataset_dir = storage.fspath(dataset_dir)
     metadata = load_metadata(dataset_dir)
-    paths = [os.path.join(dataset_dir, shard["file"]) for shard in metadata["shards"]]
-    missing = [p for p in paths if not os.path.isfile(p)]
+    paths = [storage.join(dataset_dir, shard["file"]) for shard in metadata["shards"]]
+    missing = [p for p in paths if not storage.isfile(p)]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of {len(paths)} shards listed in "
-            f"{os.path.join(dataset_dir, METADATA_FILE)} are missing: "
+            f"{storage.join(dataset_dir, METADATA_FILE)} are missing: "
             f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
     return paths

@@ -4,6 +4,8 @@ Record `i` of the dataset is record `i - start[s]` of shard `s`, where `start` h
 cumulative record counts of the shards in the order given. Shards are indexed from their
 `.index` side files when present (written by the shard writer), otherwise by scanning the record
 headers once, so opening a dataset of hundreds of shards reads a few bytes per record at most.
+Shards may be local files or URLs (`gs://...`, see `emocap_jax.storage`): a record is then read
+with one ranged request for its bytes, and checked as a local one is.
 
 Every read checks the record's checksums (unless `verify=False`). What happens on a corrupt record
 is the caller's choice:
@@ -29,6 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+import emocap_jax.storage as storage
 from emocap_jax.data import tfrecord
 from emocap_jax.data.tfrecord import CorruptRecordError
 
@@ -43,9 +46,9 @@ _MAX_SKIPPED_KEPT = 100
 def _open_shard(path: str, verify: bool) -> tfrecord.TFRecordFile:
     """Opens one shard, from its side index when it exists and agrees with the file."""
     index_path = tfrecord.index_path_for(path)
-    if os.path.exists(index_path):
+    if storage.exists(index_path):
         offsets = tfrecord.read_index(path)
-        size = os.path.getsize(path)
+        size = storage.getsize(path)
         if len(offsets) and int(offsets[-1]) + tfrecord.HEADER_SIZE + tfrecord.FOOTER_SIZE > size:
             raise ValueError(
                 f"index file {index_path} does not match {path}: its last record offset "
@@ -74,7 +77,7 @@ class ShardedTFRecordSource:
             raise ValueError(f"on_corrupt must be one of {ON_CORRUPT_CHOICES}, got {on_corrupt!r}")
         if isinstance(paths, (str, os.PathLike)):
             raise TypeError("paths must be a list of shard files, not a single path")
-        self.paths = [os.fspath(p) for p in paths]
+        self.paths = [storage.fspath(p) for p in paths]
         if not self.paths:
             raise ValueError("ShardedTFRecordSource needs at least one shard")
         self.verify = verify

@@ -14,21 +14,27 @@ file and byte offset of the first bad record, so a corrupt shard fails loudly in
 feeding garbage to training.
 
 `TFRecordFile` gives random access (`len`, `[i]`) for a Grain `MapDataset` data source: it
-indexes the file once by reading only the 12-byte record headers, and reads records with
-`os.pread`, which keeps no shared file position, so it is safe to call from several threads
-and survives pickling into Grain worker processes (the handle is reopened lazily there).
+indexes the file once by reading only the 12-byte record headers, and reads each record with one
+`storage.RangeReader` read (`os.pread` on a local file, a ranged GET on `gs://` and the other
+fsspec URLs), which keeps no shared file position, so it is safe to call from several threads
+and survives pickling into Grain worker processes (the handle is reopened lazily there). The
+checksums are checked the same way wherever the bytes come from.
+
+Every path here may be local or a URL (`emocap_jax.storage`); writers publish a file only when it
+is complete (`storage.AtomicWriter`).
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import threading
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO
+from typing import Optional
 
 import google_crc32c
 import numpy as np
+
+import emocap_jax.storage as storage
 
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")  # length, masked crc of the length bytes
@@ -83,16 +89,19 @@ def frame_record(data: bytes) -> bytes:
 class TFRecordWriter:
     """Writes a TFRecord file atomically.
 
-    Records go to `path + ".tmp-<pid>"`; `close()` flushes, fsyncs and renames it to `path`, so a
-    file at `path` is always complete. Used as a context manager, an exception inside the block
-    deletes the temporary file and leaves no file at `path`.
+    Locally, records go to `path + ".tmp-<pid>"`; `close()` flushes, fsyncs and renames it to
+    `path`, so a file at `path` is always complete. On an object store (`gs://`) the object is
+    uploaded as it is written and published by `close()` (`storage.AtomicWriter`). Used as a
+    context manager, an exception inside the block drops what was written and leaves no file at
+    `path`. `block_size`: bytes buffered before a part is uploaded (object stores only).
     """
 
-    def __init__(self, path: str | os.PathLike, *, fsync: bool = True):
-        self.path = os.fspath(path)
-        self.tmp_path = f"{self.path}.tmp-{os.getpid()}"
-        self._fsync = fsync
-        self._file: BinaryIO | None = open(self.tmp_path, "wb")
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = True,
+                 block_size: Optional[int] = None):
+        self.path = storage.fspath(path)
+        self._file: Optional[storage.AtomicWriter] = storage.AtomicWriter(
+            self.path, fsync=fsync, block_size=block_size)
+        self.tmp_path = self._file.tmp_path
         self._position = 0
         self.offsets: list[int] = []  # byte offset of every record written, for a precomputed index
 
@@ -115,22 +124,14 @@ class TFRecordWriter:
         """Finishes the file and moves it into place. Idempotent."""
         if self._file is None:
             return
-        self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        os.replace(self.tmp_path, self.path)
 
     def abort(self) -> None:
         """Drops everything written; leaves no file at `path`. Idempotent."""
         if self._file is not None:
-            self._file.close()
+            self._file.abort()
             self._file = None
-        try:
-            os.remove(self.tmp_path)
-        except FileNotFoundError:
-            pass
 
     def __enter__(self) -> TFRecordWriter:
         return self
@@ -140,19 +141,6 @@ class TFRecordWriter:
             self.close()
         else:
             self.abort()
-
-
-def _read_exact(fd: int, size: int, offset: int) -> bytes:
-    """pread that loops over short reads; returns fewer bytes only at end of file."""
-    chunks = []
-    while size > 0:
-        chunk = os.pread(fd, size, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
 
 
 def _parse_header(path: str, offset: int, header: bytes, verify: bool) -> int:
@@ -183,9 +171,9 @@ def _check_payload(path: str, offset: int, length: int, body: bytes, verify: boo
 
 def iter_records(path: str | os.PathLike, verify: bool = True) -> Iterator[tuple[int, bytes]]:
     """Yields (byte offset, payload) for every record of a TFRecord file, in order."""
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        file_size = os.fstat(f.fileno()).st_size
+    path = storage.fspath(path)
+    file_size = storage.getsize(path)
+    with storage.open(path, "rb") as f:
         offset = 0
         while True:
             header = f.read(HEADER_SIZE)
@@ -203,16 +191,18 @@ def build_index(path: str | os.PathLike, verify: bool = True) -> np.ndarray:
     """Byte offsets of all records, found by reading only the record headers.
 
     Raises CorruptRecordError on a bad length checksum (when `verify`) or when a record runs past
-    the end of the file, so truncation is caught before training starts.
+    the end of the file, so truncation is caught before training starts. The file is read forward
+    through a buffered file object (on a URL, large read-ahead blocks rather than a request per
+    header).
     """
-    path = os.fspath(path)
+    path = storage.fspath(path)
     offsets = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        file_size = os.fstat(fd).st_size
+    file_size = storage.getsize(path)
+    with storage.open(path, "rb") as f:
         offset = 0
         while offset < file_size:
-            header = _read_exact(fd, HEADER_SIZE, offset)
+            f.seek(offset)
+            header = f.read(HEADER_SIZE)
             length = _parse_header(path, offset, header, verify)
             end = offset + HEADER_SIZE + length + FOOTER_SIZE
             if end > file_size:
@@ -222,14 +212,12 @@ def build_index(path: str | os.PathLike, verify: bool = True) -> np.ndarray:
                     f"{file_size - offset} left in file)")
             offsets.append(offset)
             offset = end
-    finally:
-        os.close(fd)
     return np.asarray(offsets, dtype=np.int64)
 
 
 def index_path_for(path: str | os.PathLike) -> str:
     """Where the precomputed offset index of a TFRecord file lives (beside it)."""
-    return os.fspath(path) + INDEX_SUFFIX
+    return storage.fspath(path) + INDEX_SUFFIX
 
 
 def write_index(path: str | os.PathLike, offsets: Sequence[int]) -> str:
@@ -239,18 +227,14 @@ def write_index(path: str | os.PathLike, offsets: Sequence[int]) -> str:
     file systems) use it to skip the header scan.
     """
     index_path = index_path_for(path)
-    tmp_path = f"{index_path}.tmp-{os.getpid()}"
-    with open(tmp_path, "wb") as f:
-        f.write(np.asarray(offsets, dtype="<u8").tobytes())
-    os.replace(tmp_path, index_path)
+    storage.write_bytes(index_path, np.asarray(offsets, dtype="<u8").tobytes())
     return index_path
 
 
 def read_index(path: str | os.PathLike) -> np.ndarray:
     """Reads the sidecar index written by `write_index` for TFRecord file `path`."""
     index_path = index_path_for(path)
-    with open(index_path, "rb") as f:
-        raw = f.read()
+    raw = storage.read_bytes(index_path)
     if len(raw) % 8:
         raise ValueError(f"index file {index_path} has {len(raw)} bytes, not a multiple of 8")
     return np.frombuffer(raw, dtype="<u8").astype(np.int64)
@@ -260,24 +244,25 @@ class TFRecordFile:
     """Random access to the records of one TFRecord file (a Grain-style data source).
 
     Args:
-        path: the TFRecord file.
+        path: the TFRecord file (local or a URL).
         verify: check checksums (length CRCs while indexing, data CRC on every read).
         offsets: a precomputed index (e.g. from `read_index` or `TFRecordWriter.offsets`); when
             given the file is not scanned, and every read still checks its record's header.
+
+    With an index, record i spans offsets[i] to offsets[i + 1] (the file's end for the last), so
+    each read is one request for exactly those bytes; a header that claims more than that span
+    fetches the rest before the checks, which are those of a sequential read.
     """
 
     def __init__(self, path: str | os.PathLike, verify: bool = True,
                  offsets: Sequence[int] | np.ndarray | None = None):
-        self.path = os.fspath(path)
+        self.path = storage.fspath(path)
         self.verify = verify
         if offsets is None:
             self._offsets = build_index(self.path, verify=verify)
         else:
             self._offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
-        self._fd: int | None = None
-        self._fd_pid: int | None = None
-        self._file_size = 0
-        self._lock = threading.Lock()
+        self._reader = storage.RangeReader(self.path)
 
     @property
     def offsets(self) -> np.ndarray:
@@ -286,24 +271,17 @@ class TFRecordFile:
     def __len__(self) -> int:
         return len(self._offsets)
 
-    def _file_descriptor(self) -> int:
-        # Reopen after fork/unpickle: a descriptor must not be shared with a parent process.
-        pid = os.getpid()
-        if self._fd is None or self._fd_pid != pid:
-            with self._lock:
-                if self._fd is None or self._fd_pid != pid:
-                    self._fd = os.open(self.path, os.O_RDONLY)
-                    self._file_size = os.fstat(self._fd).st_size
-                    self._fd_pid = pid
-        return self._fd
-
-    def read_at(self, offset: int) -> bytes:
-        """Reads and checks the record that starts at byte `offset`."""
-        fd = self._file_descriptor()
-        header = _read_exact(fd, HEADER_SIZE, offset)
-        length = _parse_header(self.path, offset, header, self.verify)
-        body_size = min(length + FOOTER_SIZE, max(0, self._file_size - offset - HEADER_SIZE))
-        body = _read_exact(fd, body_size, offset + HEADER_SIZE)
+    def read_at(self, offset: int, span: Optional[int] = None) -> bytes:
+        """Reads and checks the record that starts at byte `offset` (`span`: the bytes to fetch
+        at once, when the next record's offset is known)."""
+        reader = self._reader
+        file_size = reader.size
+        first = reader.read(offset, max(span or 0, HEADER_SIZE))
+        length = _parse_header(self.path, offset, first[:HEADER_SIZE], self.verify)
+        body_size = min(length + FOOTER_SIZE, max(0, file_size - offset - HEADER_SIZE))
+        body = first[HEADER_SIZE:HEADER_SIZE + body_size]
+        if len(body) < body_size:
+            body += reader.read(offset + HEADER_SIZE + len(body), body_size - len(body))
         return _check_payload(self.path, offset, length, body, self.verify)
 
     def __getitem__(self, index: int) -> bytes:
@@ -313,30 +291,12 @@ class TFRecordFile:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"record index {index} out of range for {self.path} ({n} records)")
-        return self.read_at(int(self._offsets[i]))
+        offset = int(self._offsets[i])
+        end = int(self._offsets[i + 1]) if i + 1 < n else self._reader.size
+        return self.read_at(offset, span=end - offset)
 
     def close(self) -> None:
-        if self._fd is not None and self._fd_pid == os.getpid():
-            os.close(self._fd)
-        self._fd = None
-        self._fd_pid = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_fd"] = None
-        state["_fd_pid"] = None
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # pylint: disable=broad-except  # interpreter shutdown
-            pass
+        self._reader.close()
 
     def __repr__(self) -> str:
         return f"TFRecordFile({self.path!r}, records={len(self)}, verify={self.verify})"

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Optional, Sequence
 
 import ml_collections
 
+import emocap_jax.storage as storage
 from emocap_jax.cli_errors import ArgumentParser, entry_point
 from emocap_jax.evaluate import registry, report
 
@@ -185,8 +185,8 @@ def list_benchmarks() -> str:
 def _empty_dataset(folder: str) -> bool:
     """A finished dataset folder (metadata.json) with no records in it."""
     try:
-        with open(os.path.join(folder, "metadata.json"), encoding="utf-8") as f:
-            return json.load(f).get("num_records") == 0
+        return json.loads(storage.read_text(storage.join(folder, "metadata.json"))
+                          ).get("num_records") == 0
     except (OSError, ValueError):
         return False  # not a dataset folder itself (a converter's output folder, or unreadable)
 
@@ -202,20 +202,21 @@ def _check(args, parser) -> None:
     if args.protocol not in spec.protocols:
         parser.error(f"--protocol {args.protocol}: benchmark {args.benchmark} supports "
                      f"{', '.join(spec.protocols)}")
-    if not os.path.exists(args.checkpoint):
+    # Paths may be local or bucket URLs (gs://...).
+    if not storage.exists(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint}: no such file or directory")
-    if not os.path.isdir(args.data):
+    if not storage.isdir(args.data):
         parser.error(f"--data {args.data}: no such directory")
     if _empty_dataset(args.data):
         parser.error(f"--data {args.data}: the dataset holds no records (its rejected.jsonl says "
                      f"why the converter rejected its inputs)")
-    if args.train_data is not None and not os.path.isdir(args.train_data):
+    if args.train_data is not None and not storage.isdir(args.train_data):
         parser.error(f"--train-data {args.train_data}: no such directory")
-    if args.questions is not None and not os.path.isfile(args.questions):
+    if args.questions is not None and not storage.isfile(args.questions):
         parser.error(f"--questions {args.questions}: no such file")
-    if args.templates is not None and not os.path.isfile(args.templates):
+    if args.templates is not None and not storage.isfile(args.templates):
         parser.error(f"--templates {args.templates}: no such file")
-    if args.regions is not None and not os.path.isfile(args.regions):
+    if args.regions is not None and not storage.isfile(args.regions):
         parser.error(f"--regions {args.regions}: no such file")
     if args.grounding_tolerance < 0:
         parser.error(f"--grounding-tolerance must be >= 0, got {args.grounding_tolerance}")
@@ -225,7 +226,7 @@ def _check(args, parser) -> None:
             parser.error(f"--{flag} must be >= {low}, got {value}")
     if not 0 < args.val_fraction < 1:
         parser.error(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
+    if storage.isfile(args.output):
         parser.error(f"--output {args.output} exists and is not a directory")
 
 
@@ -236,8 +237,8 @@ def options_from_args(args):
 
     templates = None
     if args.templates:
-        with open(args.templates, encoding="utf-8") as f:
-            templates = tuple(line.strip() for line in f if line.strip())
+        templates = tuple(line.strip() for line in storage.read_text(args.templates).splitlines()
+                          if line.strip())
         bad = [t for t in templates if "{}" not in t]
         if not templates or bad:
             raise ValueError(f"--templates {args.templates}: every line needs '{{}}' for the "

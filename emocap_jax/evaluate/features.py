@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import pathlib
 from typing import Optional, Sequence
 
@@ -30,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 import emocap_jax
-from emocap_jax import params_io, sharding
+from emocap_jax import params_io, sharding, storage
 from emocap_jax.data import example_codec, pipeline, shard_writer
 from emocap_jax.data.source import ShardedTFRecordSource
 from emocap_jax.models.clip import CLIP, l2_normalize
@@ -169,8 +168,9 @@ class Encoder:
                              "cannot be encoded")
         # One name per model, however it was given (workdir, its export/, relative or absolute),
         # so reports from `--mode=eval` and from this CLI collect into the same checkpoint's table.
-        path = pathlib.Path(checkpoint).absolute()
-        export = params_io.find_export(path) if path.is_dir() else None
+        path = (storage.fspath(checkpoint) if storage.is_url(checkpoint)
+                else pathlib.Path(checkpoint).absolute())
+        export = params_io.find_export(path) if storage.isdir(path) else None
         return cls(model.params, model.config, model.tokenizer, mesh, batch_size, progress,
                    description=str(export or path))
 
@@ -181,7 +181,7 @@ class Encoder:
 
     def images(self, data_dir: str, num_frames: Optional[int] = None) -> ImageFeatures:
         """Features of every record of the dataset folder, in record order, each exactly once."""
-        data_dir = os.fspath(data_dir)
+        data_dir = storage.fspath(data_dir)
         num_records = shard_writer.load_metadata(data_dir)["num_records"]
         pc, pi = jax.process_count(), jax.process_index()
         if self.global_batch % pc:

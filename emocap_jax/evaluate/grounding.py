@@ -40,8 +40,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
-import pathlib
 from typing import Optional, Sequence
 
 import jax
@@ -49,7 +47,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
-from emocap_jax import sharding
+from emocap_jax import sharding, storage
 from emocap_jax.data import example_codec, pipeline, shard_writer
 from emocap_jax.data.source import ShardedTFRecordSource
 from emocap_jax.data.synthetic.faces import FACE_REGIONS
@@ -68,9 +66,9 @@ METRIC = "pointing_accuracy"
 def load_regions(path) -> dict[str, dict]:
     """{record id: {"image_size": (w, h), "regions": {name: [K, 4] float array}, "local":
     [(region or None, text)]}} from a regions file; a malformed line raises naming file and line."""
-    path = pathlib.Path(path)
+    path = storage.fspath(path)
     out: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path, "r") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -281,8 +279,8 @@ def patch_tokens(encoder, data_dir: str):
 def evaluate_split(encoder, data_dir: str, regions_path: Optional[str] = None,
                    tolerance: float = 0.0) -> tuple[dict, list[dict]]:
     """(report, per-pair rows) of the pointing game on one dataset folder."""
-    regions_path = regions_path or os.path.join(data_dir, REGIONS_FILE)
-    if not os.path.isfile(regions_path):
+    regions_path = regions_path or storage.join(data_dir, REGIONS_FILE)
+    if not storage.isfile(regions_path):
         raise FileNotFoundError(
             f"{regions_path}: no regions file; grounding needs the facial-region boxes of each "
             f"face and the region of each local sentence ({REGIONS_FILE} beside the dataset: "

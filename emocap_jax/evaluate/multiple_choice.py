@@ -34,6 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
+import emocap_jax.storage as storage
+
 QUESTIONS_FILE = "questions.jsonl"
 DEFAULT_TEMPLATE = "{option}"
 
@@ -67,12 +69,12 @@ def _answer_index(answer, num_options: int, where: str) -> int:
 
 def load_questions(path: str | os.PathLike) -> list[Question]:
     """Parses and validates a questions.jsonl file (errors name the file and line)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
+    path = storage.fspath(path)
+    if not storage.isfile(path):
         raise FileNotFoundError(f"{path}: no questions file (one JSON object per line with id, "
                                 "question, options, answer)")
     questions, seen = [], set()
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path, "r") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -10,6 +10,8 @@ An output folder collects the runs of one checkpoint:
     OUT/report.md, OUT/report.csv                 rebuilt from every results/*.json after each run
 
 so running the command once per benchmark into the same folder builds up the whole table.
+OUT may be local or a bucket URL (emocap_jax.storage); the paths returned are pathlib.Paths for a
+local OUT and URL strings for a bucket.
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ import csv
 import datetime
 import io
 import json
+import os
 import pathlib
 from typing import Optional, Sequence
 
 import numpy as np
 
+import emocap_jax.storage as storage
 from emocap_jax.evaluate import grounding, registry
 
 RESULTS, PREDICTIONS, CONFUSION = "results", "predictions", "confusion"
@@ -75,7 +79,18 @@ def _json_default(x):
     raise TypeError(f"cannot write {type(x).__name__} to JSON")
 
 
-def plot_confusion(cm, classes: Sequence[str], path, title: str = "") -> pathlib.Path:
+def _at(output, *parts: str) -> pathlib.Path | str:
+    """OUT/part/...: a pathlib.Path locally, a URL string on a bucket."""
+    path = storage.join(output, *parts)
+    return path if storage.is_url(path) else pathlib.Path(path)
+
+
+def _write(path, data: bytes) -> None:
+    storage.makedirs(storage.dirname(storage.fspath(path)))
+    storage.write_bytes(path, data)
+
+
+def plot_confusion(cm, classes: Sequence[str], path, title: str = "") -> pathlib.Path | str:
     """Row-normalised confusion matrix (colour = recall share), with the counts written in."""
     import matplotlib  # optional heavy dependency: only the confusion-matrix PNGs need it
     matplotlib.use("Agg")  # files only: no display on TPU VMs and CI
@@ -100,46 +115,46 @@ def plot_confusion(cm, classes: Sequence[str], path, title: str = "") -> pathlib
                         color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    path = _at(path)
+    _write(path, png.getvalue())
     return path
 
 
 def write_result(output, result: dict) -> dict:
     """Writes one run's files; returns {kind: path}."""
-    output = pathlib.Path(output)
+    output = storage.fspath(output)
     name = slug(result["benchmark"], result["protocol"])
     written = {}
     result = dict(result)
     predictions = result.pop("predictions", None)
     if predictions:
-        path = output / PREDICTIONS / f"{name}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(predictions[0]))
-            writer.writeheader()
-            writer.writerows(predictions)
+        path = _at(output, PREDICTIONS, f"{name}.csv")
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(predictions[0]))
+        writer.writeheader()
+        writer.writerows(predictions)
+        _write(path, text.getvalue().encode("utf-8"))
         written["predictions"] = path
     report = result.get("report") or {}
     if "confusion_matrix" in report:
         cm = np.asarray(report["confusion_matrix"])
-        path = output / CONFUSION / f"{name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = _at(output, CONFUSION, f"{name}.json")
         rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        path.write_text(json.dumps({"classes": report["classes"], "counts": cm.tolist(),
-                                    "row_normalised": rates.round(4).tolist(),
-                                    "rows": "true class", "columns": "predicted class"},
-                                   indent=1))
+        _write(path, json.dumps({"classes": report["classes"], "counts": cm.tolist(),
+                                 "row_normalised": rates.round(4).tolist(),
+                                 "rows": "true class", "columns": "predicted class"},
+                                indent=1).encode("utf-8"))
         written["confusion_json"] = path
         written["confusion_png"] = plot_confusion(
-            cm, report["classes"], output / CONFUSION / f"{name}.png",
+            cm, report["classes"], _at(output, CONFUSION, f"{name}.png"),
             f"{result['title']} {result['protocol']}: UAR {_pct(report['uar'])}%")
-    result["files"] = {k: str(v.relative_to(output)) for k, v in written.items()}
-    path = output / RESULTS / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, default=_json_default))
+    result["files"] = {k: storage.fspath(v)[len(output):].lstrip("/" + os.sep)
+                       for k, v in written.items()}
+    path = _at(output, RESULTS, f"{name}.json")
+    _write(path, json.dumps(result, indent=1, default=_json_default).encode("utf-8"))
     written["result"] = path
     return written
 
@@ -147,8 +162,10 @@ def write_result(output, result: dict) -> dict:
 def load_results(output, checkpoint: Optional[str] = None) -> tuple[list[dict], list[str]]:
     """The results in OUT/results (of `checkpoint` only, when given) and the files left out."""
     results, other = [], []
-    for path in sorted((pathlib.Path(output) / RESULTS).glob("*.json")):
-        result = json.loads(path.read_text())
+    folder = storage.join(output, RESULTS)
+    names = storage.listdir(folder) if storage.isdir(folder) else []
+    for path in [_at(folder, n) for n in names if n.endswith(".json")]:
+        result = json.loads(storage.read_text(path))
         if checkpoint is not None and result.get("checkpoint") != checkpoint:
             other.append(str(path))
             continue
@@ -349,10 +366,9 @@ def render_markdown(results: list[dict], checkpoint: str = "") -> str:
 def write_report(output, checkpoint: Optional[str] = None) -> dict:
     """Rebuilds OUT/report.md and OUT/report.csv from OUT/results; returns their paths and the
     result files of other checkpoints that were left out."""
-    output = pathlib.Path(output)
     results, other = load_results(output, checkpoint)
-    md = output / "report.md"
-    md.write_text(render_markdown(results, checkpoint or ""), encoding="utf-8")
-    table = output / "report.csv"
-    table.write_text(render_csv(results), encoding="utf-8")
+    md = _at(output, "report.md")
+    _write(md, render_markdown(results, checkpoint or "").encode("utf-8"))
+    table = _at(output, "report.csv")
+    _write(table, render_csv(results).encode("utf-8"))
     return {"markdown": md, "csv": table, "left_out": other, "num_results": len(results)}

@@ -13,13 +13,12 @@ split (and train split, folds) are found by name: OUT/<split>/ or OUT/fold<k>/<s
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
 import time
 from typing import Optional, Sequence
 
 import numpy as np
 
+import emocap_jax.storage as storage
 from emocap_jax.data.shard_writer import load_metadata
 from emocap_jax.evaluate import (au_detection, few_shot, grounding, linear_probe, metrics,
                                  multiple_choice, registry, retrieval, zero_shot)
@@ -64,14 +63,14 @@ class Split:
 
 
 def is_dataset(path) -> bool:
-    return (pathlib.Path(path) / "metadata.json").is_file()
+    return storage.isfile(storage.join(path, "metadata.json"))
 
 
 def find_splits(spec: registry.Benchmark, data, fold: Optional[int] = None,
                 train_data: Optional[str] = None) -> list[Split]:
     """The test (and train) dataset folders of a benchmark under `data`."""
-    data = pathlib.Path(data)
-    if not data.is_dir():
+    data = storage.fspath(data)
+    if not storage.isdir(data):
         raise FileNotFoundError(f"--data {data}: no such directory")
     if train_data is not None and not is_dataset(train_data):
         raise FileNotFoundError(f"--train-data {train_data}: not a dataset folder (no "
@@ -89,18 +88,18 @@ def find_splits(spec: registry.Benchmark, data, fold: Optional[int] = None,
             raise ValueError(f"--fold {fold}: {spec.name} has folds {list(spec.official_folds)}")
         splits = []
         for k in folds:
-            test = data / f"fold{k}" / spec.test_split
+            test = storage.join(data, f"fold{k}", spec.test_split)
             if not is_dataset(test):
                 raise FileNotFoundError(f"--data {data}: no dataset at {test} ({hint})")
-            train = data / f"fold{k}" / spec.train_split if spec.train_split else None
+            train = storage.join(data, f"fold{k}", spec.train_split) if spec.train_split else None
             splits.append(Split(k, str(test), str(train) if train and is_dataset(train)
                                 else train_data))
         return splits
-    test = data / spec.test_split
+    test = storage.join(data, spec.test_split)
     if not is_dataset(test):
         raise FileNotFoundError(f"--data {data}: neither a dataset folder (metadata.json) nor a "
                                 f"folder holding {spec.test_split}/metadata.json ({hint})")
-    train = data / spec.train_split if spec.train_split else None
+    train = storage.join(data, spec.train_split) if spec.train_split else None
     return [Split(None, str(test), train_data if train_data is not None else
                   (str(train) if train is not None and is_dataset(train) else None))]
 
@@ -333,8 +332,8 @@ def run_retrieval(encoder: Encoder, spec, splits, options: Options) -> dict:
 def run_multiple_choice(encoder: Encoder, spec, splits, options: Options) -> dict:
     reports = []
     for split in splits:
-        path = options.questions or os.path.join(split.test, multiple_choice.QUESTIONS_FILE)
-        if not os.path.isfile(path):
+        path = options.questions or storage.join(split.test, multiple_choice.QUESTIONS_FILE)
+        if not storage.isfile(path):
             raise FileNotFoundError(
                 f"{path}: no questions file; pass --questions FILE or put "
                 f"{multiple_choice.QUESTIONS_FILE} in the dataset folder (for the synthetic "

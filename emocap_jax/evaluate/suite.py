@@ -20,6 +20,7 @@ from typing import Optional
 import jax
 
 from emocap_jax import distributed
+import emocap_jax.storage as storage
 from emocap_jax.data.shard_writer import load_metadata
 from emocap_jax.evaluate import registry, report, runner
 from emocap_jax.evaluate.synthetic_benchmarks import generate_benchmarks
@@ -51,8 +52,12 @@ def parse_entry(text: str) -> Entry:
     return Entry(benchmark, protocol, parts[2].strip() if len(parts) == 3 and parts[2] else None)
 
 
-def _synthetic_benchmarks(config, workdir: pathlib.Path, split: str) -> str:
-    root = workdir / SYNTHETIC_BENCH_DIR
+def _synthetic_benchmarks(config, workdir, split: str) -> str:
+    if storage.is_url(workdir):
+        raise ValueError(f"the synthetic {split} benchmark is generated into a local workdir, not "
+                         f"{workdir}: give its data folder (synthetic...:PROTOCOL:DATA_DIR, from "
+                         f"`python -m data_prep.synthetic_benchmarks`)")
+    root = pathlib.Path(workdir) / SYNTHETIC_BENCH_DIR
     if distributed.process_and_count()[0] == 0 and not runner.is_dataset(root / split):
         syn = config.data.synthetic
         log.info("generating the synthetic %s split into %s", split, root)
@@ -63,7 +68,7 @@ def _synthetic_benchmarks(config, workdir: pathlib.Path, split: str) -> str:
     return str(root / split)
 
 
-def resolve_entry(entry: Entry, config, workdir: pathlib.Path, eval_dir: str) -> tuple[str, str]:
+def resolve_entry(entry: Entry, config, workdir, eval_dir: str) -> tuple[str, str]:
     """(benchmark name, data folder) of an entry. A zero_shot_dir that is not the synthetic
     class order is evaluated as a generic labelled dataset ("imagefolder": classes from its
     metadata), as --mode=eval always did."""
@@ -88,11 +93,11 @@ def resolve_entry(entry: Entry, config, workdir: pathlib.Path, eval_dir: str) ->
 
 def run_config_evals(config, workdir, encoder, eval_dir: str) -> list[dict]:
     """Runs every entry of config.eval.benchmarks; writes WORKDIR/eval/ and returns the results."""
-    workdir = pathlib.Path(workdir)
+    workdir = storage.fspath(workdir)
     entries = [parse_entry(e) for e in config.eval.benchmarks]  # all checked before any runs
     if not entries:
         raise ValueError("config.eval.benchmarks is empty: nothing to evaluate")
-    output = workdir / "eval"
+    output = storage.join(workdir, "eval")
     results = []
     for entry in entries:
         benchmark, data = resolve_entry(entry, config, workdir, eval_dir)

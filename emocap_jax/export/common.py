@@ -9,6 +9,7 @@ from typing import Any, Optional
 import numpy as np
 from safetensors.numpy import save_file
 
+import emocap_jax.storage as storage
 from emocap_jax.cli_errors import UsageError
 from emocap_jax.models.config import CLIPConfig
 from emocap_jax.params_io import CONFIG_FILE, PARAMS_DIR, find_export, load_params
@@ -39,6 +40,10 @@ class ExportSource:
 
 def read_source(path) -> ExportSource:
     """A training workdir (its export/) or an emocap_jax export folder."""
+    if storage.is_url(path):
+        raise ExportError(f"--input {storage.fspath(path)}: the export to open_clip and Hugging Face "
+                          f"reads a local folder; copy the run's export/ down first (e.g. "
+                          f"`gcloud storage cp -r URL/export DIR`)")
     path = pathlib.Path(path)
     if not path.exists():
         raise ExportError(f"--input {path}: no such file or directory")
