@@ -130,12 +130,6 @@ def fetch(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def barrier(name: str) -> None:
-    """Waits until every process has reached the barrier of this name (no-op on one process)."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
 class Preemption:
     """SIGTERM asks the loop to stop after a step, which it then checkpoints.
 

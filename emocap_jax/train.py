@@ -468,7 +468,7 @@ def _fault_injection_after_checkpoint(step: int, checkpointer):
         if target and int(target) == step:
             checkpointer.wait()
             if sig == signal.SIGSTOP:
-                distributed.barrier(f"checkpoint {step} complete")
+                distributed.host_barrier(f"emocap_jax: checkpoint {step} complete")
                 log.warning("fault injection: stopping after checkpoint %d", step)
             os.kill(os.getpid(), sig)
 

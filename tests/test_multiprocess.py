@@ -331,6 +331,7 @@ def test_sigterm_to_both_saves_the_same_step_and_exits_cleanly(tmp_path, dataset
         while time.time() < deadline and "training steps" not in run.err(0):
             assert all(p.poll() is None for p in run.procs), run.err(0)[-3000:]
             time.sleep(0.1)
+        assert "training steps" in run.err(0), "the run never reached its training loop"
         run.procs[0].send_signal(signal.SIGTERM)
         time.sleep(0.3)
         run.procs[1].send_signal(signal.SIGTERM)
