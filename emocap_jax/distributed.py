@@ -33,8 +33,9 @@ from emocap_jax.cli_errors import UsageError
 
 log = logging.getLogger(__name__)
 
-# JAX's default is 100 s; a run whose peer died should end well within two minutes.
-DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+# JAX's default. Shorter ends a run whose peer died sooner, but on a starved machine (measured: 2
+# cores at load 15-20) 30 s declared live processes dead while they compiled.
+DEFAULT_HEARTBEAT_TIMEOUT_S = 100
 
 
 def _multi_process_environment() -> bool:

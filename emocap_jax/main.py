@@ -42,7 +42,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index in the run, 0..num_processes-1.")
 _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout_seconds", None, "A process whose heartbeats stop this long counts as dead "
-    "and ends the run on every process (default 60).")
+    "and ends the run on every process (default 100).")
 
 
 def print_info(config) -> None:

@@ -24,6 +24,7 @@ main-process object stays at 0 and the skips are visible only in the workers' lo
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import threading
@@ -41,6 +42,8 @@ ON_CORRUPT_CHOICES = ("raise", "skip")
 # Keep the first few skipped records for error reports without letting a badly damaged
 # shard grow the list without bound.
 _MAX_SKIPPED_KEPT = 100
+# Shards opened at once when they are URLs.
+_OPEN_THREADS = 16
 
 
 def _open_shard(path: str, verify: bool) -> tfrecord.TFRecordFile:
@@ -82,7 +85,12 @@ class ShardedTFRecordSource:
             raise ValueError("ShardedTFRecordSource needs at least one shard")
         self.verify = verify
         self.on_corrupt = on_corrupt
-        self._shards = [_open_shard(p, verify) for p in self.paths]
+        if any(storage.is_url(p) for p in self.paths):
+            # On a bucket each shard costs a few round trips (index, size): open them together.
+            with concurrent.futures.ThreadPoolExecutor(_OPEN_THREADS) as pool:
+                self._shards = list(pool.map(lambda p: _open_shard(p, verify), self.paths))
+        else:
+            self._shards = [_open_shard(p, verify) for p in self.paths]
         counts = np.asarray([len(s) for s in self._shards], dtype=np.int64)
         # starts[s] = global index of shard s's first record; starts[-1] = total.
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this process's index, 0..N-1")
     g.add_argument("--heartbeat_timeout_seconds", "--heartbeat-timeout-seconds", type=int,
                    metavar="S", help="a process silent this long counts as dead and ends the run "
-                   "(default 60)")
+                   "(default 100)")
     return p
 
 
