@@ -7,11 +7,14 @@
   processes and JAX finds the rest itself (a TPU pod slice, a SLURM job step of several tasks,
   JAX_COORDINATOR_ADDRESS), and a single-process run needs nothing. CPU processes exchange
   collectives through gloo.
-* A peer that dies is noticed by the coordination service: the coordinator's death at once, any
-  other process's when its heartbeats stop for `heartbeat_timeout_seconds`; every survivor then
-  ends with status 134 and "Terminating process because the JAX distributed service detected
-  fatal errors. This most likely indicates that another task died" (from JAX, on stderr), instead
-  of waiting forever in its next collective.
+* A peer that dies ends the others, never a hang. A survivor in (or entering) a collective with
+  it sees the collective fail at once: `exit_when_a_peer_is_gone` turns that into one line,
+  "error: another process of this run is gone ...", and exit status 1, without waiting in JAX's
+  shutdown barrier for the dead peer. A survivor elsewhere (compiling, in a host barrier) is ended
+  by the coordination service: the coordinator's death at once, any other process's when its
+  heartbeats stop for `heartbeat_timeout_seconds`; that survivor ends with status 134 and
+  "Terminating process because the JAX distributed service detected fatal errors. This most likely
+  indicates that another task died" (from JAX, on stderr).
 * `Preemption`: SIGTERM (a TPU maintenance event, a scheduler's notice) stops training after a
   step. With several processes the step is agreed through JAX's preemption sync point (the notice
   of any one process reaches all; they stop at the same step), so they save the same checkpoint.
@@ -20,10 +23,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import signal
+import sys
 
 import jax
 from jax._src import distributed as jax_distributed
@@ -121,6 +126,38 @@ def host_barrier(name: str, timeout_s: float = 3600.0) -> None:
     _, count = process_and_count()
     if count > 1:
         jax_distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
+# What a CPU (gloo) collective says when the process at the other end is gone. (On GPUs and TPUs
+# the coordination service's heartbeat ends the survivors instead, see the module docstring.)
+_PEER_GONE = re.compile(r"gloo.*(closed by peer|reset by peer|broken pipe|connection refused)",
+                        re.IGNORECASE | re.DOTALL)
+
+PEER_GONE_EXIT_STATUS = 1
+
+
+def is_peer_gone_error(error: BaseException) -> bool:
+    """True for the error of a collective whose other end (another process) has died."""
+    return isinstance(error, jax.errors.JaxRuntimeError) and bool(_PEER_GONE.search(str(error)))
+
+
+@contextlib.contextmanager
+def exit_when_a_peer_is_gone():
+    """Around a multi-process run's work: when a collective fails because another process died,
+    say so in one line and exit at once with status 1. Leaving normally would first wait in JAX's
+    shutdown barrier for the dead process, until the heartbeat timeout, and then abort with
+    several screens of coordination-service errors. Other errors propagate unchanged."""
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        if process_and_count()[1] == 1 or not is_peer_gone_error(e):
+            raise
+        first_line = " ".join(str(e).split("\n", 1)[0].split())
+        print(f"error: {process_tag()}stops: another process of this run is gone (a collective "
+              f"with it failed: {first_line}). Restart every process; training resumes from "
+              f"the last checkpoint.", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(PEER_GONE_EXIT_STATUS)  # not sys.exit: that waits in the shutdown barrier
 
 
 def fetch(tree):

@@ -95,10 +95,11 @@ def main(argv):
     if not _WORKDIR.value:
         raise UsageError("--workdir is required for --mode=train and --mode=eval")
     from emocap_jax import train  # after the huge-pages re-exec, as in print_info
-    if _MODE.value == "train":
-        train.train_and_evaluate(config, _WORKDIR.value)
-    else:
-        train.evaluate_workdir(config, _WORKDIR.value)
+    with distributed.exit_when_a_peer_is_gone():
+        if _MODE.value == "train":
+            train.train_and_evaluate(config, _WORKDIR.value)
+        else:
+            train.evaluate_workdir(config, _WORKDIR.value)
     return 0
 
 

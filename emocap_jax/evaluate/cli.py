@@ -296,7 +296,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               + (f" ({jax.process_count()} processes)" if jax.process_count() > 1 else ""),
               flush=True)
     try:
-        result = runner.run(encoder, args.benchmark, args.protocol, args.data, options)
+        with distributed.exit_when_a_peer_is_gone():
+            result = runner.run(encoder, args.benchmark, args.protocol, args.data, options)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
