@@ -4,6 +4,7 @@
     python bench/train_step.py --precision bf16 --batch 256      # on a GPU
     python bench/train_step.py --impls emocap --remat none,full  # emocap_jax variants only
     python bench/train_step.py --rounds 2 --impls open_clip,emocap,open_clip+hugepages
+    python bench/train_step.py --impls emocap --data synthetic   # + a row fed by the input pipeline
 
 emocap_jax runs with the huge-page malloc setting `python -m emocap_jax.main` gives itself
 (emocap_jax/host_memory.py); "open_clip+hugepages" runs open_clip with the same setting. With
@@ -20,6 +21,14 @@ open_clip (and torch) are used only when installed and are never dependencies of
     /tmp/benchenv/bin/pip install torch==2.14.1 torchvision==0.29.1   # open_clip imports torchvision
     /tmp/benchenv/bin/pip install --no-deps open_clip_torch==3.3.0
     /tmp/benchenv/bin/python bench/train_step.py
+
+End to end (--data DIR, or --data synthetic for 3,000 fabricated 256 px faces): after its
+step-only timing, each emocap_jax job trains --steps more steps in the same process on batches
+from the real Grain training pipeline (TFRecords, decode, random resized crop, flip, colour jitter,
+tokens; --data-workers worker processes) instead of one synthetic batch, as the training loop
+does it: the next batch is read while the device runs the step in flight. That row reports the
+wall time per step, images/s, the fraction of the time spent waiting for data and MFU, next to the
+step-only row. Within 5% of step-only means the input pipeline keeps the accelerator fed.
 
 Figures printed per implementation:
 - step time: median (and min/max) over --steps timed steps after --warmup untimed ones, each step
@@ -153,6 +162,14 @@ def merge_rounds(rounds: list) -> dict:
     for key in ("minor_faults_per_step", "sys_s_per_step", "user_s_per_step"):
         if all(r.get(key) is not None for r in ok):
             merged[key] = statistics.mean(r[key] for r in ok)
+    fed = [r["fed"] for r in ok if r.get("fed")]
+    if fed:  # the pipeline-fed timing: mean of the rounds' mean wall time per step
+        merged["fed"] = {"median_s": statistics.mean(f["median_s"] for f in fed),
+                         "min_s": min(f["min_s"] for f in fed),
+                         "max_s": max(f["max_s"] for f in fed),
+                         "data_wait_fraction": statistics.mean(f["data_wait_fraction"]
+                                                               for f in fed),
+                         "workers": fed[0]["workers"]}
     return merged
 
 
@@ -176,10 +193,13 @@ def emocap_step(args, remat: str, attention: str):
     model = CLIP(cfg)
     params = jax.jit(lambda k: init_params(cfg, k))(jax.random.PRNGKey(0))
     optimizer = optax.adamw(args.lr, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2)
-    loss_config = types.SimpleNamespace(
-        summary_weight=0.0, local_weight=0.0, impl="single", chunk_size=0,
-        mining=types.SimpleNamespace(mode="off", threshold=1.0, top_k=0, weight=1.0,
-                                     warmup_steps=0, guide="summary"))
+    from configs.default import get_config
+
+    # The project's loss settings with CLIP's objective alone: the global term, no mining.
+    loss_config = get_config().loss
+    loss_config.update(summary_weight=0.0, local_weight=0.0, impl="single", chunk_size=0,
+                       label_positives=False)
+    loss_config.mining.mode = "off"
     step_fn = jax.jit(make_train_step(model, optimizer, lambda s: args.lr, loss_config),
                       donate_argnums=0)
     state = initial_state(params, optimizer)
@@ -233,7 +253,62 @@ def run_emocap(args, remat: str, attention: str) -> dict:
     if mem is not None:
         result["compiled_temp_bytes"] = int(mem.temp_size_in_bytes)
         result["compiled_argument_bytes"] = int(mem.argument_size_in_bytes)
+    if args.data:
+        result["fed"] = run_emocap_fed(args, cfg, compiled, state)
     return result
+
+
+def _pipeline_data_dir(args) -> str:
+    if args.data != "synthetic":
+        return args.data
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from input_pipeline import fabricate_dataset, parse_args as input_args
+    return fabricate_dataset(input_args([]))
+
+
+def run_emocap_fed(args, cfg, compiled, state) -> dict:
+    """The same compiled step fed by the Grain training pipeline: wall time per step with one step
+    in flight (the next batch is read while the device runs the current one, as train.py does),
+    and the share of that time spent in next(iterator)."""
+    import jax
+
+    from emocap_jax.data import pipeline
+    from emocap_jax.tokenizers import get_tokenizer
+
+    data_config = pipeline.TrainPipelineConfig(
+        data_dir=_pipeline_data_dir(args), image_size=cfg.vision.image_size,
+        context_length=cfg.text.context_length, worker_count=args.data_workers)
+    tokenizer = get_tokenizer("clip", cfg.text.context_length)
+    iterator = pipeline.make_train_iterator(data_config, tokenizer, args.batch, 0, 1)
+    fields = ("image", "global_tokens")  # what the global-loss step reads
+
+    def next_batch():
+        local = next(iterator)
+        return jax.device_put({k: local[k] for k in fields})
+
+    try:
+        metrics = None
+        for _ in range(args.warmup + 1):  # the first batch waits for the workers to start
+            state, metrics = compiled(state, next_batch())
+        jax.block_until_ready(metrics)
+        wait, times = 0.0, []
+        t_start = time.perf_counter()
+        previous = metrics
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            batch = next_batch()
+            wait += time.perf_counter() - t
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(previous)  # keep one step in flight, not an unbounded queue
+            previous = metrics
+            times.append(time.perf_counter() - t)
+        jax.block_until_ready(metrics)
+        total = time.perf_counter() - t_start
+    finally:
+        if hasattr(iterator, "close"):
+            iterator.close()
+    return {"median_s": total / args.steps, "min_s": min(times), "max_s": max(times),
+            "data_wait_fraction": wait / total, "workers": args.data_workers}
 
 
 # ------------------------------------------------------------------------------------ open_clip
@@ -379,6 +454,14 @@ def report(results, args):
               f"{args.batch / r['median_s']:8.1f} {_fmt_gb(r.get('peak_bytes')):>10s} "
               f"{_fmt_gb(r.get('peak_bytes_steps')):>12s} {achieved / 1e12:8.2f} "
               f"{'-' if mfu is None else f'{100 * mfu:5.1f}%':>6s}")
+        fed = r.get("fed")
+        if fed:
+            achieved, mfu = _mfu({**r, "median_s": fed["median_s"]}, args.precision, cpu_peak)
+            name = f"  fed by Grain ({fed['workers']} workers), data wait " \
+                   f"{100 * fed['data_wait_fraction']:.1f}%"
+            print(f"{name:54s} {fed['median_s']:9.3f} {fed['min_s']:6.2f}-{fed['max_s']:<7.2f} "
+                  f"{args.batch / fed['median_s']:8.1f} {'':>10s} {'':>12s} "
+                  f"{achieved / 1e12:8.2f} {'-' if mfu is None else f'{100 * mfu:5.1f}%':>6s}")
     for r in results:
         if "error" in r:
             continue
@@ -434,9 +517,19 @@ def main():
     parser.add_argument("--attention", default="auto",
                         help="emocap_jax attention kernels to run, comma-separated: auto, xla, "
                              "cudnn")
+    parser.add_argument("--data", help="also time each emocap_jax step fed by the Grain "
+                        "training pipeline from this dataset directory (TFRecords), or "
+                        "'synthetic' for fabricated faces (see the docstring)")
+    parser.add_argument("--data-workers", type=int, default=os.cpu_count() or 1,
+                        help="Grain worker processes for --data (default: the core count)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.data and args.data != "synthetic" and \
+            not os.path.isfile(os.path.join(args.data, "metadata.json")):
+        parser.error(f"--data {args.data}: not a dataset directory (no metadata.json)")
+    if args.data_workers < 0:
+        parser.error("--data-workers must be >= 0")
 
     if args.worker:
         kind, remat, attention = (args.worker.split(":") + ["", ""])[:3]
