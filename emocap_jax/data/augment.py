@@ -1,14 +1,16 @@
 """Image decoding and augmentation on uint8 pixels for the host input pipeline.
 
-Everything here stays in uint8 and in C code (libjpeg-turbo through simplejpeg, Pillow's resize,
-blend and convert), because the host's job is to keep up with the accelerator: converting to
-float32 on the host costs about 3x the throughput and 4x the bytes sent to the device, so images
-leave the pipeline as uint8 and the model normalises them inside the jitted step.
+Everything here stays in uint8 and in C code (libjpeg-turbo through simplejpeg, OpenCV's resize
+and filters, Pillow's point / blend / convert for colour jitter), because the host's job is to
+keep up with the accelerator: converting to float32 on the host costs about 3x the throughput and
+4x the bytes sent to the device, so images leave the pipeline as uint8 and the model normalises
+them inside the jitted step.
 
-Training: `augment_image` = random resized crop (torchvision's sampling rule) to S x S, horizontal
-flip, brightness / contrast / saturation jitter in random order, random grayscale. Every random
-choice comes from the `np.random.Generator` passed in, which the pipeline takes from Grain's
-per-record RNG, so a restored iterator replays the same augmentations.
+Training: `augment_image` = random resized crop (torchvision's sampling rule) to S x S
+(`resize_crop`: bilinear, antialiased when the crop is larger than S), horizontal flip,
+brightness / contrast / saturation jitter in random order, random grayscale. Every random choice
+comes from the `np.random.Generator` passed in, which the pipeline takes from Grain's per-record
+RNG, so a restored iterator replays the same augmentations.
 
 Evaluation: `resize_center_crop` = resize the shorter side to S with bicubic filtering, then take
 the central S x S crop with torchvision's rounding, the preprocessing of OpenAI CLIP / open_clip.
@@ -20,11 +22,17 @@ import dataclasses
 import io
 import math
 
+import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageEnhance
 
 _JPEG_FORMATS = ("jpeg", "jpg")
+
+# The input pipeline parallelises over reader threads and worker processes already; OpenCV's own
+# thread pool on top of that only oversubscribes the cores. (Process-wide: nothing else in the
+# project uses OpenCV.)
+cv2.setNumThreads(1)
 
 
 def decode_image(data: bytes, image_format: str = "jpeg", min_side: int = 0) -> np.ndarray:
@@ -158,20 +166,66 @@ def color_jitter(img: Image.Image, rng: np.random.Generator, brightness: float =
     return img
 
 
+def _antialias_kernel(scale: float) -> np.ndarray | None:
+    """1-D low-pass taps applied before bilinear sampling when shrinking by `scale` (> 1).
+
+    Pillow's and torchvision's antialiased bilinear resize widens the triangle filter to `scale`
+    input pixels (variance scale^2 / 6 instead of 1 / 6). Bilinear sampling after a blur of
+    variance (scale^2 - 1) / 6 has the same width: three taps [e, 1 - 2e, e] (e = variance / 2)
+    while that stays a smooth kernel, a sampled Gaussian for stronger shrinking.
+    """
+    if scale <= 1.0:
+        return None
+    var = (scale * scale - 1.0) / 6.0
+    if var <= 1.0 / 3.0:  # scale <= sqrt(3): e <= 1/6
+        e = var / 2.0
+        return np.array([e, 1.0 - 2.0 * e, e], np.float32)
+    radius = math.ceil(3.0 * math.sqrt(var))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    taps = np.exp(-x * x / (2.0 * var))
+    return (taps / taps.sum()).astype(np.float32)
+
+
+_IDENTITY_TAP = np.ones((1,), np.float32)
+
+
+def resize_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """The crop `box` = (left, top, width, height) of `image` resized to [size, size], uint8.
+
+    Bilinear (OpenCV INTER_LINEAR, pixel centres aligned as in Pillow and torchvision), and
+    antialiased along an axis the crop shrinks: that axis is low-passed first with a filter as
+    wide as Pillow's antialiasing one (`_antialias_kernel`), so a strong downscale does not alias.
+    Enlarging is plain bilinear, as in Pillow. Compared with Pillow's
+    `resize((size, size), BILINEAR, box=...)` on photos the result differs by about one grey
+    level on average (tests/test_pipeline.py bounds it), at about a quarter of the time.
+    """
+    left, top, w, h = box
+    crop = image[top:top + h, left:left + w]
+    kx, ky = _antialias_kernel(w / size), _antialias_kernel(h / size)
+    if kx is not None or ky is not None:
+        crop = cv2.sepFilter2D(crop, -1, _IDENTITY_TAP if kx is None else kx,
+                               _IDENTITY_TAP if ky is None else ky,
+                               borderType=cv2.BORDER_REPLICATE)
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
 def augment_image(image: np.ndarray, size: int, rng: np.random.Generator,
                   params: AugmentParams) -> np.ndarray:
-    """Random resized crop to [size, size], flip, colour jitter, grayscale; uint8 in and out."""
+    """Random resized crop to [size, size], flip, colour jitter, grayscale; uint8 in and out.
+
+    The result may be a view (a flip without jitter is a reversed view, not a copy)."""
     height, width = image.shape[:2]
-    left, top, w, h = random_resized_crop_box(height, width, rng, params.crop_scale,
-                                              params.crop_ratio)
-    img = Image.fromarray(image)
-    # One resize with a source box crops and resamples in a single pass (and antialiases when
-    # the crop is larger than the output, like torchvision's PIL path).
-    img = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    box = random_resized_crop_box(height, width, rng, params.crop_scale, params.crop_ratio)
+    out = resize_crop(image, box, size)
     if rng.random() < params.flip_prob:
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if params.brightness or params.contrast or params.saturation:
-        img = color_jitter(img, rng, params.brightness, params.contrast, params.saturation)
+        out = out[:, ::-1]
+    if not (params.brightness or params.contrast or params.saturation):
+        # The random draws stay those of the jitter path below (grayscale drawn last).
+        if rng.random() >= params.grayscale_prob:
+            return out
+        return np.asarray(Image.fromarray(np.ascontiguousarray(out)).convert("L").convert("RGB"))
+    img = color_jitter(Image.fromarray(np.ascontiguousarray(out)), rng, params.brightness,
+                       params.contrast, params.saturation)
     if rng.random() < params.grayscale_prob:
         img = img.convert("L").convert("RGB")
     return np.asarray(img)
