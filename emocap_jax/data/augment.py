@@ -211,20 +211,20 @@ def resize_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int) ->
 
 def augment_image(image: np.ndarray, size: int, rng: np.random.Generator,
                   params: AugmentParams) -> np.ndarray:
-    """Random resized crop to [size, size], flip, colour jitter, grayscale; uint8 in and out.
-
-    The result may be a view (a flip without jitter is a reversed view, not a copy)."""
+    """Random resized crop to [size, size], flip, colour jitter, grayscale; uint8 in and out."""
     height, width = image.shape[:2]
     box = random_resized_crop_box(height, width, rng, params.crop_scale, params.crop_ratio)
     out = resize_crop(image, box, size)
     if rng.random() < params.flip_prob:
-        out = out[:, ::-1]
+        # A copy, not the reversed view: batching copies a reversed view ~40x slower (element by
+        # element, 3 bytes at a time) than cv2.flip makes it.
+        out = cv2.flip(out, 1)
     if not (params.brightness or params.contrast or params.saturation):
         # The random draws stay those of the jitter path below (grayscale drawn last).
         if rng.random() >= params.grayscale_prob:
             return out
-        return np.asarray(Image.fromarray(np.ascontiguousarray(out)).convert("L").convert("RGB"))
-    img = color_jitter(Image.fromarray(np.ascontiguousarray(out)), rng, params.brightness,
+        return np.asarray(Image.fromarray(out).convert("L").convert("RGB"))
+    img = color_jitter(Image.fromarray(out), rng, params.brightness,
                        params.contrast, params.saturation)
     if rng.random() < params.grayscale_prob:
         img = img.convert("L").convert("RGB")
