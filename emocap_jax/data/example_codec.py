@@ -206,10 +206,18 @@ def encode_record(rec: FaceRecord) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
+_EMPTY = ()
+
+
+def _values(feature, key: str, kind: str):
+    """The values of `feature[key]` (of list kind `kind`), empty when the key is absent. One map
+    lookup (`in` followed by `[]` costs two): decoding runs once per record per training step."""
+    f = feature.get(key)
+    return _EMPTY if f is None else getattr(f, kind).value
+
+
 def _first_text(feature, key: str) -> str:
-    if key not in feature:
-        return ""
-    values = feature[key].bytes_list.value
+    values = _values(feature, key, "bytes_list")
     return values[0].decode("utf-8") if values else ""
 
 
@@ -217,26 +225,26 @@ def decode_record(data: bytes) -> FaceRecord:
     """Parses a serialised tf.train.Example written by `encode_record` back into a FaceRecord."""
     example = Example.FromString(data)
     feature = example.features.feature
-    if "id" not in feature or not feature["id"].bytes_list.value:
+    ids = _values(feature, "id", "bytes_list")
+    if not ids:
         raise ValueError(f"tf.train.Example has no 'id' feature (keys: {sorted(feature)})")
-    rec_id = feature["id"].bytes_list.value[0].decode("utf-8")
-    if "image" not in feature or not feature["image"].bytes_list.value:
+    rec_id = ids[0].decode("utf-8")
+    images = _values(feature, "image", "bytes_list")
+    if not images:
         raise ValueError(f"record {rec_id!r}: tf.train.Example has no 'image' feature")
     try:
-        names = [n.decode("utf-8") for n in feature["au/names"].bytes_list.value] \
-            if "au/names" in feature else []
-        intensities = list(feature["au/intensity"].float_list.value) \
-            if "au/intensity" in feature else []
+        names = [n.decode("utf-8") for n in _values(feature, "au/names", "bytes_list")]
+        intensities = list(_values(feature, "au/intensity", "float_list"))
         if len(names) != len(intensities):
             raise ValueError(
                 f"record {rec_id!r}: {len(names)} au/names but {len(intensities)} au/intensity")
-        label_ids = feature["label_id"].int64_list.value if "label_id" in feature else []
-        local_captions = [s.decode("utf-8") for s in feature["caption/local"].bytes_list.value] \
-            if "caption/local" in feature else []
+        label_ids = _values(feature, "label_id", "int64_list")
+        local_captions = [s.decode("utf-8") for s in _values(feature, "caption/local",
+                                                                "bytes_list")]
         tokens = _decode_token_ids(rec_id, feature, len(local_captions))
         return FaceRecord(
             id=rec_id,
-            images=list(feature["image"].bytes_list.value),
+            images=list(images),
             image_format=_first_text(feature, "image/format") or "jpeg",
             global_caption=_first_text(feature, "caption/global"),
             local_captions=local_captions,
@@ -252,22 +260,22 @@ def decode_record(data: bytes) -> FaceRecord:
 
 
 def _decode_token_ids(rec_id: str, feature, num_local: int) -> dict:
-    present = [key for key in TOKEN_KEYS if key in feature]
-    if not present:
+    found = [feature.get(key) for key in TOKEN_KEYS]
+    if all(f is None for f in found):
         return {}
-    if len(present) != len(TOKEN_KEYS):
+    if any(f is None for f in found):
+        present = [key for key, f in zip(TOKEN_KEYS, found) if f is not None]
         raise ValueError(f"record {rec_id!r}: has {present} but not "
                          f"{sorted(set(TOKEN_KEYS) - set(present))} (token ids come together)")
-    lengths = feature["tokens/local/lengths"].int64_list.value
-    flat = feature["tokens/local"].int64_list.value
+    global_ids, summary_ids, flat, lengths = (f.int64_list.value for f in found)
+    flat = list(flat)
     if len(lengths) != num_local or sum(lengths) != len(flat) or min(lengths, default=0) < 0:
         raise ValueError(f"record {rec_id!r}: tokens/local/lengths {list(lengths)[:10]} do not "
                          f"split the {len(flat)} tokens/local ids over its {num_local} local "
                          "sentences")
     local, start = [], 0
     for n in lengths:
-        local.append(list(flat[start:start + n]))
+        local.append(flat[start:start + n])
         start += n
-    return {"global_tokens": list(feature["tokens/global"].int64_list.value),
-            "summary_tokens": list(feature["tokens/summary"].int64_list.value),
+    return {"global_tokens": list(global_ids), "summary_tokens": list(summary_ids),
             "local_tokens": local}
