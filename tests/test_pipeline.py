@@ -372,15 +372,24 @@ def test_augmentation_is_a_function_of_the_rng():
 
 
 def test_colour_jitter_matches_pillow_image_enhance():
+    """The OpenCV jitter against Pillow's ImageEnhance (torchvision's ColorJitter on PIL images)
+    on a photo: the same arithmetic up to rounding (OpenCV rounds where Pillow's blend
+    truncates, and computes the luma in 14-bit instead of 16-bit fixed point), so <= 1."""
     from PIL import ImageEnhance
 
-    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8))
-    for factor in (0.6, 1.0, 1.4):
-        for ours, reference in ((augment._adjust_brightness, ImageEnhance.Brightness),
-                                (augment._adjust_contrast, ImageEnhance.Contrast)):
-            got = np.asarray(ours(img, factor)).astype(int)
+    pixels = _photo("china.jpg")[100:300, 200:440]
+    img = Image.fromarray(pixels)
+    for factor in (0.0, 0.6, 1.0, 1.4):
+        for ours, reference, tolerance in (
+                (augment._adjust_brightness, ImageEnhance.Brightness, 1),
+                (augment._adjust_contrast, ImageEnhance.Contrast, 1),
+                (augment._adjust_saturation, ImageEnhance.Color, 1)):
+            got = ours(pixels, factor)
+            assert got.dtype == np.uint8 and got.shape == pixels.shape
             want = np.asarray(reference(img).enhance(factor)).astype(int)
-            assert np.abs(got - want).max() <= 1, (ours.__name__, factor)  # rounding only
+            assert np.abs(got.astype(int) - want).max() <= tolerance, (ours.__name__, factor)
+    want = np.asarray(img.convert("L").convert("RGB")).astype(int)
+    assert np.abs(augment._gray(pixels).astype(int) - want).max() <= 1
 
 
 def test_config_from_config_dict_rejects_unknown_keys(dataset):

@@ -1,7 +1,7 @@
 """Image decoding and augmentation on uint8 pixels for the host input pipeline.
 
-Everything here stays in uint8 and in C code (libjpeg-turbo through simplejpeg, OpenCV's resize
-and filters, Pillow's point / blend / convert for colour jitter), because the host's job is to
+Everything here stays in uint8 and in C code (libjpeg-turbo through simplejpeg, OpenCV for the
+resize, flip, colour jitter and grayscale), because the host's job is to
 keep up with the accelerator: converting to float32 on the host costs about 3x the throughput and
 4x the bytes sent to the device, so images leave the pipeline as uint8 and the model normalises
 them inside the jitted step.
@@ -25,7 +25,7 @@ import math
 import cv2
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 _JPEG_FORMATS = ("jpeg", "jpg")
 
@@ -124,39 +124,46 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-_RAMP = np.arange(256, dtype=np.float64)
+# Pillow's RGB -> L weights (ITU-R 601-2 luma in 16-bit fixed point).
+_LUMA = np.array([19595, 38470, 7471], np.float64) / 65536
 
 
-def _apply_lut(img: Image.Image, values: np.ndarray) -> Image.Image:
-    # A 256-entry lookup table per band: about 3x faster than ImageEnhance's blend with a
-    # constant image, and the same result up to rounding.
-    lut = np.clip(np.rint(values), 0, 255).astype(np.uint8).tolist()
-    return img.point(lut * len(img.getbands()))
+def _scale_shift(img: np.ndarray, factor: float, shift: float = 0.0) -> np.ndarray:
+    """saturate(round(pixel * factor + shift)) per channel (OpenCV's SIMD path; its LUT and a
+    NumPy table lookup measured 3-8x slower on 224 px images here)."""
+    return cv2.addWeighted(img, factor, img, 0.0, shift)
 
 
-def _adjust_brightness(img: Image.Image, factor: float) -> Image.Image:
+def _adjust_brightness(img: np.ndarray, factor: float) -> np.ndarray:
     """ImageEnhance.Brightness: pixel * factor."""
-    return _apply_lut(img, _RAMP * factor)
+    return _scale_shift(img, factor)
 
 
-def _adjust_contrast(img: Image.Image, factor: float) -> Image.Image:
-    """ImageEnhance.Contrast: mean + factor * (pixel - mean), mean of the image's luma."""
-    histogram = img.convert("L").histogram()
-    mean = int(np.dot(histogram, _RAMP) / max(1, sum(histogram)) + 0.5)
-    return _apply_lut(img, mean + factor * (_RAMP - mean))
+def _adjust_contrast(img: np.ndarray, factor: float) -> np.ndarray:
+    """ImageEnhance.Contrast: mean + factor * (pixel - mean), mean of the image's luma (from the
+    channel means: Pillow's per-pixel rounding of the luma averages out)."""
+    mean = int(float(np.dot(cv2.mean(img)[:3], _LUMA)) + 0.5)
+    return _scale_shift(img, factor, (1.0 - factor) * mean)
 
 
-def _adjust_saturation(img: Image.Image, factor: float) -> Image.Image:
-    return ImageEnhance.Color(img).enhance(factor)
+def _gray(img: np.ndarray) -> np.ndarray:
+    """The luma as 3 equal channels (Pillow's convert("L").convert("RGB"), up to rounding)."""
+    return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+
+def _adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
+    """ImageEnhance.Color: gray + factor * (pixel - gray), saturated to [0, 255]."""
+    return cv2.addWeighted(img, factor, _gray(img), 1.0 - factor, 0.0)
 
 
 _JITTERS = (("brightness", _adjust_brightness), ("contrast", _adjust_contrast),
             ("saturation", _adjust_saturation))
 
 
-def color_jitter(img: Image.Image, rng: np.random.Generator, brightness: float = 0.0,
-                 contrast: float = 0.0, saturation: float = 0.0) -> Image.Image:
-    """Brightness, contrast and saturation jitter on an RGB image, applied in random order."""
+def color_jitter(img: np.ndarray, rng: np.random.Generator, brightness: float = 0.0,
+                 contrast: float = 0.0, saturation: float = 0.0) -> np.ndarray:
+    """Brightness, contrast and saturation jitter on an RGB uint8 image [H, W, 3], applied in
+    random order (torchvision's ColorJitter on PIL images, computed with OpenCV)."""
     strengths = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
     for j in rng.permutation(len(_JITTERS)):
         name, adjust = _JITTERS[j]
@@ -219,16 +226,11 @@ def augment_image(image: np.ndarray, size: int, rng: np.random.Generator,
         # A copy, not the reversed view: batching copies a reversed view ~40x slower (element by
         # element, 3 bytes at a time) than cv2.flip makes it.
         out = cv2.flip(out, 1)
-    if not (params.brightness or params.contrast or params.saturation):
-        # The random draws stay those of the jitter path below (grayscale drawn last).
-        if rng.random() >= params.grayscale_prob:
-            return out
-        return np.asarray(Image.fromarray(out).convert("L").convert("RGB"))
-    img = color_jitter(Image.fromarray(out), rng, params.brightness,
-                       params.contrast, params.saturation)
+    if params.brightness or params.contrast or params.saturation:
+        out = color_jitter(out, rng, params.brightness, params.contrast, params.saturation)
     if rng.random() < params.grayscale_prob:
-        img = img.convert("L").convert("RGB")
-    return np.asarray(img)
+        out = _gray(out)
+    return out
 
 
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
