@@ -341,7 +341,9 @@ class _TrainExample(grain.transforms.RandomMap):
         # Slots: the first R non-empty local sentences (positions in record.local_captions).
         slots = [i for i, s in enumerate(record.local_captions) if s.strip()][:self._max_local]
         count = min(self._local_per_step, len(slots))
-        chosen = [slots[i] for i in np.sort(rng.choice(len(slots), size=count, replace=False))] \
+        # K of the slots without replacement, kept in order (a permutation's prefix: a third of
+        # Generator.choice's cost).
+        chosen = [slots[i] for i in sorted(rng.permutation(len(slots))[:count].tolist())] \
             if count else []
         global_caption, summary = record.global_caption, record.summary
         from_labels = not global_caption.strip()
