@@ -2,6 +2,7 @@
 slots, padded evaluation and global batches, on a small dataset made by emocap_jax.data.manifest."""
 
 import io
+import pickle
 import json
 import os
 import shutil
@@ -568,3 +569,79 @@ def test_label_captions_are_memoised_with_the_same_rows(token_datasets, tok):
     memoised = _token_batches(token_datasets["labels"], tok)
     _assert_batches_equal(on_the_fly, memoised)
     assert len({b.tobytes() for batch in memoised for b in batch["global_tokens"]}) > 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker -> trainer batches through recycled shared-memory blocks
+
+
+def _elements(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.integers(0, 256, (6, 6, 3), dtype=np.uint8),
+             "tokens": rng.integers(0, 99, (2, 5), dtype=np.int32),
+             "mask": rng.random(3) < 0.5, "label_id": np.int32(i)} for i in range(n)]
+
+
+def test_batch_blocks_carry_batches_and_are_recycled(monkeypatch):
+    from emocap_jax.data import shm_transport
+
+    sizes = [x.nbytes * 4 for x in _elements(1)[0].values()]
+    blocks = shm_transport.BatchBlocks(num_workers=2, blocks_per_worker=2,
+                                       size=shm_transport.block_bytes(sizes))
+    try:
+        packer = pickle.loads(pickle.dumps(blocks.packer()))  # as the workers get it
+        monkeypatch.setattr(shm_transport, "_WORKER_INDEX", 1)
+        first, second, third = _elements(4, 1), _elements(4, 2), _elements(4, 3)
+        a, b = packer(first), packer(second)
+        assert isinstance(a, shm_transport.PackedBatch) and a.name in blocks.names[1]
+        assert pickle.loads(pickle.dumps(a)).layout == a.layout
+        plain = packer(third)  # both of worker 1's blocks hold a batch: the usual path
+        assert isinstance(plain, dict)
+        for packed, values in ((a, first), (b, second), (plain, third)):
+            got = blocks.unpack(packed)
+            want = shm_transport.stack_batch(values)
+            assert got.keys() == want.keys()
+            for key in want:
+                assert got[key].dtype == want[key].dtype
+                np.testing.assert_array_equal(got[key], want[key])
+        assert (blocks.packed, blocks.plain) == (2, 1)
+        again = packer(third)  # unpacking freed the blocks
+        assert isinstance(again, shm_transport.PackedBatch)
+        blocks.unpack(again)
+        too_big = [dict(e, image=np.zeros((64, 64, 3), np.uint8)) for e in first]
+        assert isinstance(packer(too_big), dict)
+        monkeypatch.setattr(shm_transport, "_WORKER_INDEX", None)  # not a worker process
+        assert isinstance(pickle.loads(pickle.dumps(blocks.packer()))(first), dict)
+    finally:
+        blocks.close()
+    assert not any(os.path.exists(f"/dev/shm/{name}") for names in blocks.names
+                   for name in names)
+
+
+def test_worker_batches_leave_no_shared_memory_behind(dataset, tmp_path):
+    """A run with worker processes: batches arrive through the blocks, and closing the iterator
+    and exiting leaves no segment and no resource-tracker warning."""
+    code = (
+        "import os\n"
+        "from emocap_jax.data import pipeline\n"
+        "from emocap_jax.tokenizers import get_tokenizer\n"
+        "if __name__ == '__main__':\n"
+        f"    cfg = pipeline.TrainPipelineConfig(data_dir={dataset['dir']!r}, image_size=32, "
+        "context_length=16, worker_count=2)\n"
+        "    ds, _ = pipeline.make_train_dataset(cfg, get_tokenizer('clip', 16), 8, 0, 1)\n"
+        "    it = iter(ds)\n"
+        "    batches = [next(it) for _ in range(12)]\n"
+        "    assert batches[-1]['image'].shape == (8, 32, 32, 3)\n"
+        "    blocks = ds._map_fn.__self__  # the BatchBlocks whose unpack is the last map\n"
+        "    assert blocks.packed >= 8, (blocks.packed, blocks.plain)\n"
+        "    it.close()\n"
+    )
+    script = tmp_path / "run.py"
+    script.write_text(code)
+    before = set(os.listdir("/dev/shm"))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=repo), cwd=repo, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "leaked" not in result.stderr, result.stderr[-3000:]
+    assert set(os.listdir("/dev/shm")) - before == set()

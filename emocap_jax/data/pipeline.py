@@ -8,7 +8,8 @@ Training, per process::
       -> take this process's rows of each global batch (process p: rows [p*b, (p+1)*b))
       -> to_iter_dataset (reader threads; drops records skipped as corrupt)
       -> batch(global_batch_size // process_count, drop_remainder=True)
-      -> mp_prefetch(worker_count worker processes), unless worker_count == 0
+      -> mp_prefetch(worker_count worker processes), unless worker_count == 0; the workers
+         stack their batches into shared-memory blocks the trainer recycles (`shm_transport`)
 
 Token rows come from the token ids the converter stored in the records when the dataset's
 metadata.json names a tokenizer with the run tokenizer's identity (`Tokenizer.identity()`); they
@@ -69,6 +70,7 @@ from emocap_jax.data import augment
 from emocap_jax.data import example_codec
 from emocap_jax.data import label_captions
 from emocap_jax.data import shard_writer
+from emocap_jax.data import shm_transport
 from emocap_jax.data.source import ON_CORRUPT_CHOICES, ShardedTFRecordSource
 
 # How often a worker process checks that its parent (the trainer) is alive.
@@ -251,6 +253,12 @@ def _mark_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    """Grain worker initialisation: exit with the parent; know which batch blocks are ours."""
+    shm_transport.set_worker_index(worker_index)
+    _exit_with_parent(worker_index, worker_count)
+
+
 def _exit_with_parent(worker_index: int, worker_count: int) -> None:
     """Grain worker initialisation: the worker exits within a second of its parent's death,
     however the parent died (SIGKILL included), instead of living on as an orphan that reads
@@ -408,13 +416,27 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
         _ProcessRows(ds, process_index, process_count, local_batch_size))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                               prefetch_buffer_size=config.prefetch_buffer_size))
-    ds = ds.batch(local_batch_size, drop_remainder=True)
-    if config.worker_count > 0:
-        _mark_absl_flags_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size),
-            worker_init_fn=_exit_with_parent)
-    return ds, source
+    if config.worker_count == 0:
+        return ds.batch(local_batch_size, drop_remainder=True), source
+    # In flight per worker: its queue and the trainer's read-ahead thread (worker_buffer_size
+    # each), the batch being read and the one being made.
+    blocks = shm_transport.BatchBlocks(
+        config.worker_count, 2 * config.worker_buffer_size + 3,
+        _batch_block_bytes(config, local_batch_size))
+    ds = ds.batch(local_batch_size, drop_remainder=True, batch_fn=blocks.packer())
+    _mark_absl_flags_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size),
+        worker_init_fn=_init_worker)
+    return ds.map(blocks.unpack), source
+
+
+def _batch_block_bytes(config: TrainPipelineConfig, batch: int) -> int:
+    """Bytes of one training batch (the fields of `_TrainExample`), laid out in a block."""
+    size, length, k = config.image_size, config.context_length, config.local_sentences_per_step
+    return shm_transport.block_bytes([batch * size * size * 3, batch * length * 4,
+                                      batch * length * 4, batch * k * length * 4, batch * k,
+                                      batch * 4])
 
 
 def make_train_iterator(config: TrainPipelineConfig | Any, tokenizer, global_batch_size: int,
