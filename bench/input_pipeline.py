@@ -2,13 +2,18 @@
 TFRecord files, in images per second (DESIGN.md section 9).
 
 Work per image, as in training: read the record (checksum verified), parse the Example, decode the
-JPEG, random resized crop to 224 + horizontal flip, tokenize the global, summary and sampled local
-sentences (CLIP BPE, 77 tokens), batch 64, uint8 output. Rows:
+JPEG, random resized crop to 224 + horizontal flip, token rows of the global, summary and sampled
+local sentences (CLIP BPE, 77 tokens), batch 64, uint8 output. Rows:
 
-  grain, workers 0 / 1 / 2 ...   the training pipeline in-process and with worker processes
+  grain, workers 0 / 1 / 2 ...   the training pipeline in-process and with worker processes, token
+                                 ids read from the records (stored at conversion)
+  grain, tokens on the fly       the same, tokenizing the sentences every step (stored_tokens=False:
+                                 what a dataset without ids or another tokenizer costs)
   grain, full augmentation       + colour jitter and random grayscale (the training default)
-  grain, images only             tokenization replaced by zeros, to show what text costs
-  tf.data (same two variants)    only when TensorFlow is importable, else a note
+  grain, images only             token rows replaced by zeros, to show what text costs
+  tf.data (stored ids, on the fly, images only)
+                                 the same work in tf.data, only when TensorFlow is importable
+                                 (it is no dependency of the project: install it beside), else a note
   decode only                    simplejpeg decode of the same JPEGs in one process: a ceiling
 
 Without --data, a dataset of --num synthetic faces at --size px is made once (emocap_jax.data.synthetic
@@ -67,7 +72,7 @@ def parse_args(argv=None):
 
 
 def fabricate_dataset(args) -> str:
-    """Synthetic faces -> manifest -> TFRecord shards, reused when already there."""
+    """Synthetic faces -> manifest -> TFRecord shards (with CLIP token ids), reused when there."""
     from emocap_jax.data.manifest import convert_manifest
     from emocap_jax.data.shard_writer import load_metadata
     from emocap_jax.data.synthetic.corpus import generate_corpus
@@ -75,12 +80,15 @@ def fabricate_dataset(args) -> str:
     out = pathlib.Path(args.work_dir) / f"faces{args.num}_{args.size}px_{args.shards}shards"
     tfrecords = out / "tfrecords"
     if (tfrecords / "metadata.json").exists():
-        if load_metadata(tfrecords)["num_records"] == args.num:
+        metadata = load_metadata(tfrecords)
+        if metadata["num_records"] == args.num and "tokenizer" in metadata:
             print(f"reusing {tfrecords}")
             return str(tfrecords)
     corpus = out / "corpus"
-    print(f"rendering {args.num} synthetic faces at {args.size} px into {corpus} ...")
-    generate_corpus(corpus, args.num, seed=0, size=args.size, eval_per_class=0)
+    if not (corpus / "manifest.jsonl").exists():
+        print(f"rendering {args.num} synthetic faces at {args.size} px into {corpus} ...")
+        generate_corpus(corpus, args.num, seed=0, size=args.size, eval_per_class=0)
+    print(f"converting {corpus} into {tfrecords} (token ids included) ...")
     convert_manifest(corpus / "manifest.jsonl", corpus, tfrecords, num_shards=args.shards,
                      overwrite=True)
     return str(tfrecords)
@@ -109,11 +117,13 @@ def time_batches(iterator, warmup: int, steps: int, batch: int) -> tuple[float, 
     return ready - start, steps * batch / elapsed
 
 
-def grain_row(data_dir, args, tokenizer, workers: int, full_augmentation: bool):
+def grain_row(data_dir, args, tokenizer, workers: int, full_augmentation: bool,
+              stored_tokens: bool = True):
     from emocap_jax.data import pipeline
 
     overrides = {} if full_augmentation else dict(brightness=0.0, contrast=0.0, saturation=0.0,
                                                   grayscale_prob=0.0)
+    overrides["stored_tokens"] = stored_tokens
     if args.read_threads is not None:
         overrides["read_threads"] = args.read_threads
     config = pipeline.TrainPipelineConfig(data_dir=data_dir, image_size=args.image_size,
@@ -126,8 +136,12 @@ def grain_row(data_dir, args, tokenizer, workers: int, full_augmentation: bool):
             iterator.close()
 
 
-def tf_data_row(data_dir, args, tokenizer):
-    """The same work in tf.data: parse, decode-and-crop, resize, flip, tokenize, batch."""
+def tf_data_row(data_dir, args, tokenizer, stored_tokens: bool = False):
+    """The same work in tf.data: parse, decode-and-crop, resize, flip, token rows, batch.
+
+    stored_tokens: token rows built in TensorFlow ops from the ids stored in the records (parsed
+    as features, sampled, cut and padded as the tokenizer does); else the sentences are tokenized
+    by the project's tokenizer through tf.numpy_function."""
     import numpy as np
     import tensorflow as tf
 
@@ -147,6 +161,34 @@ def tf_data_row(data_dir, args, tokenizer):
         mask = np.arange(local_k) < len(chosen)
         return tokens[0], tokens[1], local_tokens, mask
 
+    sot, eot, pad = (getattr(tokenizer, name, 0) for name in ("sot_id", "eot_id", "pad_id"))
+
+    def rows(ragged_ids):
+        """[n, None] ids -> [n, length] int32: SOT + ids + EOT, cut (EOT kept last), padded."""
+        n = ragged_ids.nrows()
+        full = tf.concat([tf.fill([n, 1], tf.constant(sot, tf.int64)), ragged_ids,
+                          tf.fill([n, 1], tf.constant(eot, tf.int64))], axis=1)
+        dense = full.to_tensor(default_value=pad, shape=[None, length])
+        cut = full.row_lengths() > length
+        last = tf.where(cut, tf.constant(eot, tf.int64), dense[:, length - 1])
+        dense = tf.concat([dense[:, :length - 1], last[:, None]], axis=1)
+        return tf.cast(dense, tf.int32)
+
+    def stored_rows(example, local_texts):
+        flat = example["tokens/local"].values
+        lengths = example["tokens/local/lengths"].values
+        local = tf.RaggedTensor.from_row_lengths(flat, lengths)
+        # Slots: the first R non-empty local sentences; K of them sampled, kept in order.
+        slots = tf.where(tf.strings.length(tf.strings.strip(local_texts)) > 0)[:, 0][:local_r]
+        count = tf.minimum(local_k, tf.size(slots))
+        chosen = tf.sort(tf.random.shuffle(slots)[:count])
+        head = rows(tf.ragged.stack([example["tokens/global"].values,
+                                     example["tokens/summary"].values]))
+        local_rows = rows(tf.gather(local, chosen))
+        local_tokens = tf.pad(local_rows, [[0, local_k - count], [0, 0]])
+        mask = tf.range(local_k) < count
+        return head[0], head[1], tf.ensure_shape(local_tokens, [local_k, length]), mask
+
     features = {
         "image": tf.io.VarLenFeature(tf.string),
         "caption/global": tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -154,6 +196,9 @@ def tf_data_row(data_dir, args, tokenizer):
         "caption/local": tf.io.VarLenFeature(tf.string),
         "label_id": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
     }
+    if stored_tokens:
+        features.update({key: tf.io.VarLenFeature(tf.int64) for key in (
+            "tokens/global", "tokens/summary", "tokens/local", "tokens/local/lengths")})
 
     def parse(serialized):
         example = tf.io.parse_single_example(serialized, features)
@@ -168,10 +213,13 @@ def tf_data_row(data_dir, args, tokenizer):
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
         image = tf.image.random_flip_left_right(image)
         out = {"image": image, "label_id": tf.cast(example["label_id"], tf.int32)}
-        g, s, lt, lm = tf.numpy_function(
-            tokenize, [example["caption/global"], example["caption/summary"],
-                       example["caption/local"].values],
-            [tf.int32, tf.int32, tf.int32, tf.bool], stateful=False)
+        if stored_tokens:
+            g, s, lt, lm = stored_rows(example, example["caption/local"].values)
+        else:
+            g, s, lt, lm = tf.numpy_function(
+                tokenize, [example["caption/global"], example["caption/summary"],
+                           example["caption/local"].values],
+                [tf.int32, tf.int32, tf.int32, tf.bool], stateful=False)
         out.update(global_tokens=tf.ensure_shape(g, [length]),
                    summary_tokens=tf.ensure_shape(s, [length]),
                    local_tokens=tf.ensure_shape(lt, [local_k, length]),
@@ -220,15 +268,19 @@ def main(argv=None):
 
     def report(name, work, startup, rate):
         rows.append((name, work, startup, rate))
-        print(f"  {name:<24} {work:<34} {startup:8.1f} s {rate:10.0f}", flush=True)
+        print(f"  {name:<24} {work:<48} {startup:8.1f} s {rate:10.0f}", flush=True)
 
-    print(f"  {'pipeline':<24} {'work per image':<34} {'start-up':>10} {'images/s':>10}")
+    print(f"  {'pipeline':<24} {'work per image':<48} {'start-up':>10} {'images/s':>10}")
     crop_tokens = f"crop {args.image_size} + flip + tokens"
+    stored, fly = " (stored ids)", " (on the fly)"
     for w in workers:
-        report(f"grain, workers {w}", crop_tokens,
+        report(f"grain, workers {w}", crop_tokens + stored,
                *grain_row(data_dir, args, tokenizer, w, full_augmentation=False))
     most = max(workers)
-    report(f"grain, workers {most}", "full augmentation + tokens",
+    report(f"grain, workers {most}", crop_tokens + fly,
+           *grain_row(data_dir, args, tokenizer, most, full_augmentation=False,
+                      stored_tokens=False))
+    report(f"grain, workers {most}", "full augmentation + tokens" + stored,
            *grain_row(data_dir, args, tokenizer, most, full_augmentation=True))
     report(f"grain, workers {most}", f"crop {args.image_size} + flip, no tokens",
            *grain_row(data_dir, args, ZeroTokenizer(77), most, full_augmentation=False))
@@ -241,7 +293,10 @@ def main(argv=None):
             print("  tf.data                  skipped: TensorFlow is not installed "
                   "(the project runtime does not need it)")
         else:
-            report("tf.data, AUTOTUNE", crop_tokens, *tf_data_row(data_dir, args, tokenizer))
+            report("tf.data, AUTOTUNE", crop_tokens + stored,
+                   *tf_data_row(data_dir, args, tokenizer, stored_tokens=True))
+            report("tf.data, AUTOTUNE", crop_tokens + fly,
+                   *tf_data_row(data_dir, args, tokenizer))
             report("tf.data, AUTOTUNE", f"crop {args.image_size} + flip, no tokens",
                    *tf_data_row(data_dir, args, ZeroTokenizer(77)))
     report("decode only, 1 process", "simplejpeg decode", 0.0, decode_only_row(data_dir, 1000))

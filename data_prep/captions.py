@@ -4,7 +4,10 @@ the rejection codes and the output)::
 
     python -m data_prep.captions --manifest M.jsonl --root DIR --output OUT \\
         [--num-shards 16] [--max-side PX] [--workers N] [--captions-from-labels] \\
-        [--max-sentence-words 200] [--overwrite]
+        [--max-sentence-words 200] [--tokenizer clip|PATH.model|none] [--overwrite]
+
+--tokenizer stores each sentence's token ids in the records (and the tokenizer's identity in
+metadata.json), so training with that tokenizer reads ids instead of tokenizing every step.
 """
 from __future__ import annotations
 
@@ -51,6 +54,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated class names in label_id order (records whose label "
                              "is not among them are rejected); default: the sorted labels with "
                              "--captions-from-labels, none otherwise")
+    parser.add_argument("--tokenizer", default="clip",
+                        help="store the token ids of every sentence, from this tokenizer: 'clip' "
+                             "(default), a sentencepiece .model file, or 'none' (training then "
+                             "tokenizes on the fly; it also does for any other tokenizer)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already in --output")
     args = parser.parse_args(argv)
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             max_side=args.max_side or None, workers=args.workers,
             captions_from_labels=args.captions_from_labels,
             max_sentence_words=args.max_sentence_words, overwrite=args.overwrite,
+            tokenizer=None if args.tokenizer.lower() == "none" else args.tokenizer,
             classes=[c.strip() for c in args.classes.split(",")] if args.classes else None)
     except FileExistsError as e:
         print(f"error: {e} (pass --overwrite to replace it)", file=sys.stderr)

@@ -77,12 +77,16 @@ class Tokenizer(abc.ABC):
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
         """Tokenizes one sentence or a batch into an int32 array of shape [B, context_length]."""
         texts = _as_text_list(texts)
+        return self.rows_from_ids(self.encode_batch(texts), context_length)
+
+    def rows_from_ids(self, id_lists: Sequence[Sequence[int]], context_length: int | None = None) -> np.ndarray:
+        """The fixed-width rows of sentences already encoded (``encode`` output, e.g. token ids stored
+        in the records at conversion): ``tok(texts, L)`` is ``tok.rows_from_ids(tok.encode_batch(texts), L)``."""
         length = self.context_length if context_length is None else int(context_length)
         if length < 2:
             raise ValueError(f"context_length must be at least 2 (room for SOT and EOT), got {length}")
-        rows = self.encode_batch(texts)
-        out = np.full((len(texts), length), self.pad_id, dtype=np.int32)
-        for i, ids in enumerate(rows):
+        out = np.full((len(id_lists), length), self.pad_id, dtype=np.int32)
+        for i, ids in enumerate(id_lists):
             row = [self.sot_id, *ids, self.eot_id]
             if len(row) > length:
                 # open_clip's rule: cut, then overwrite the last slot so EOT (the pooling position of
@@ -91,6 +95,13 @@ class Tokenizer(abc.ABC):
                 row[-1] = self.eot_id
             out[i, : len(row)] = row
         return out
+
+    @abc.abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """What makes this tokenizer's ``encode`` output unambiguous, independent of the context
+        length and of file locations (kind, cleaning rule, sha256 of the vocabulary or model file).
+        Converters record it in a dataset's metadata.json next to the token ids they store; the
+        input pipeline uses those ids only for a tokenizer with an equal identity."""
 
     def _strip_specials(self, ids: Sequence[int]) -> list[int]:
         ids = [int(i) for i in ids]
@@ -280,6 +291,9 @@ class ClipBpeTokenizer(Tokenizer):
         raw = bytearray(self.byte_decoder[c] for c in text)
         return raw.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
+    def identity(self) -> dict[str, Any]:
+        return {"type": "clip_bpe", "clean": "lower", "vocab_sha256": _sha256(self.vocab_path)}
+
     def to_config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {"type": "clip_bpe", "context_length": self.context_length}
         if self._custom_vocab:
@@ -314,6 +328,13 @@ _SP_RESERVED_OPTIONS = frozenset(
 
 
 def _sha256(path: str) -> str:
+    stat = os.stat(path)
+    return _sha256_cached(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # part of the cache key: a rewritten file is hashed again
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -369,6 +390,9 @@ class SentencePieceTokenizer(Tokenizer):
 
     def id_to_piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(int(token_id))
+
+    def identity(self) -> dict[str, Any]:
+        return {"type": "sentencepiece", "model_sha256": _sha256(self.model_file)}
 
     def to_config(self) -> dict[str, Any]:
         return {

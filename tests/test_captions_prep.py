@@ -291,6 +291,17 @@ def test_cli_summary_exit_codes_and_overwrite(corpus, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert captions_cli.main(argv + ["--overwrite"]) == 0
 
+    # CLIP token ids by default (and the tokenizer named in metadata.json); --tokenizer none: none.
+    from emocap_jax.data.shard_writer import load_metadata
+    from emocap_jax.tokenizers import get_tokenizer
+
+    assert load_metadata(out)["tokenizer"] == get_tokenizer("clip").identity()
+    assert all(r.has_tokens for r in read_records(out))
+    assert captions_cli.main(argv + ["--overwrite", "--tokenizer", "none"]) == 0
+    assert "tokenizer" not in load_metadata(out)
+    assert not any(r.has_tokens for r in read_records(out))
+    capsys.readouterr()
+
     with pytest.raises(SystemExit) as info:
         captions_cli.main(["--manifest", str(tmp_path / "nope.jsonl"), "--root", str(corpus.root),
                            "--output", str(tmp_path / "x")])

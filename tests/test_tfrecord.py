@@ -1,4 +1,5 @@
 """TFRecord framing, checksums and corruption reports; the Example codec; the shard writer."""
+import dataclasses
 import importlib.util
 import json
 import os
@@ -408,3 +409,68 @@ def test_shard_writer_checks_labels_and_reserved_keys(tmp_path):
     with pytest.raises(ValueError, match="'far'.*label_id 5 is out of range"):
         writer.add(FaceRecord(id="far", images=[b"x"], label_id=5))
     writer.abort()
+
+
+# ---------------------------------------------------------------- stored token ids
+
+
+def test_codec_round_trips_token_ids_and_documents_their_keys():
+    from emocap_jax.tokenizers import get_tokenizer
+
+    record = example_codec.with_token_ids(
+        dataclasses.replace(full_record(), local_captions=["The eyes are narrowed.", "", "眉毛上扬"]),
+        get_tokenizer("clip"))
+    assert record.has_tokens and record.local_tokens[1] == []
+    data = example_codec.encode_record(record)
+    assert example_codec.decode_record(data) == record
+    example = example_codec.Example.FromString(data)
+    for key in example_codec.TOKEN_KEYS:
+        assert example.features.feature[key].WhichOneof("kind") == "int64_list"
+        assert f"`{key}`" in example_codec.__doc__
+    assert not example_codec.decode_record(example_codec.encode_record(full_record())).has_tokens
+
+
+def test_codec_rejects_inconsistent_token_ids_naming_the_record():
+    base = FaceRecord(id="t1", images=[b"x"], local_captions=["a", "b"])
+    with pytest.raises(ValueError, match="'t1'.*together"):
+        example_codec.encode_record(dataclasses.replace(base, global_tokens=[1]))
+    with pytest.raises(ValueError, match="'t1'.*1 local_tokens rows for 2"):
+        example_codec.encode_record(dataclasses.replace(
+            base, global_tokens=[1], summary_tokens=[], local_tokens=[[2]]))
+    with pytest.raises(ValueError, match="'t1'.*non-negative ints"):
+        example_codec.encode_record(dataclasses.replace(
+            base, global_tokens=[-1], summary_tokens=[], local_tokens=[[2], []]))
+    good = example_codec.Example.FromString(example_codec.encode_record(dataclasses.replace(
+        base, global_tokens=[1], summary_tokens=[], local_tokens=[[2, 3], [4]])))
+    lengths = good.features.feature["tokens/local/lengths"].int64_list.value
+    lengths[0] = 1  # 1 + 1 ids described, 3 stored
+    with pytest.raises(ValueError, match="'t1'.*do not split the 3 tokens/local ids"):
+        example_codec.decode_record(good.SerializeToString())
+    del good.features.feature["tokens/summary"]
+    with pytest.raises(ValueError, match="'t1'.*tokens/summary"):
+        example_codec.decode_record(good.SerializeToString())
+
+
+def test_shard_writer_stores_ids_with_the_tokenizer_identity(tmp_path):
+    from emocap_jax.tokenizers import get_tokenizer
+
+    tok = get_tokenizer("clip")
+    records = make_records(6)
+    with shard_writer.ShardedRecordWriter(tmp_path / "tok", 2, tokenizer=tok) as writer:
+        for record in records:
+            writer.add(record)
+        metadata = writer.close()
+    assert metadata["tokenizer"] == tok.identity()
+    assert shard_writer.load_metadata(tmp_path / "tok")["tokenizer"] == tok.identity()
+    written = [r for shard in read_dataset(tmp_path / "tok") for r in shard]
+    assert {r.id: r for r in written} == {r.id: example_codec.with_token_ids(r, tok)
+                                          for r in records}
+    # Without a tokenizer, ids a record carries are dropped (no metadata says whose they are).
+    with shard_writer.ShardedRecordWriter(tmp_path / "plain", 2) as writer:
+        for record in written:
+            writer.add(record)
+        metadata = writer.close()
+    assert "tokenizer" not in metadata
+    assert not any(r.has_tokens for shard in read_dataset(tmp_path / "plain") for r in shard)
+    with pytest.raises(ValueError, match="reserved"):
+        shard_writer.ShardedRecordWriter(tmp_path / "c", 2, metadata={"tokenizer": {}})

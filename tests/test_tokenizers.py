@@ -351,3 +351,41 @@ def test_cli_missing_input_file(tmp_path, capsys):
     rc = tk.main(["train-sentencepiece", "--input", str(tmp_path / "nope.txt"),
                   "--model-prefix", str(tmp_path / "m"), "--vocab-size", "50"])
     assert rc != 0 and "nope.txt" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Rows from stored ids (token ids computed once at conversion) and the tokenizer's identity
+
+
+def _long_sentences():
+    words = caption_sentences(40, seed=3)
+    # Well past any context used below: 77 tokens and more, so the EOT-at-truncation rule applies.
+    return [" ".join(words[i:i + 12]) for i in range(0, 40, 4)] + ["", "   ", "joy!"]
+
+
+@pytest.mark.parametrize("context_length", [2, 5, 16, 77])
+def test_rows_from_stored_ids_equal_tokenizing_the_text(clip, sp, context_length):
+    sentences = caption_sentences(300, seed=2) + _long_sentences()
+    for tok in (clip, sp):
+        stored = [list(ids) for ids in tok.encode_batch(sentences)]  # what a converter stores
+        assert max(len(ids) for ids in stored) + 2 > 77  # some rows are cut even at 77
+        np.testing.assert_array_equal(tok.rows_from_ids(stored, context_length),
+                                      tok(sentences, context_length=context_length))
+        truncated = tok.rows_from_ids([stored[-4]], context_length)[0]
+        assert truncated[-1] == tok.eot_id
+    with pytest.raises(ValueError, match="at least 2"):
+        clip.rows_from_ids([[1, 2]], 1)
+
+
+def test_identity_names_the_vocabulary_not_its_location(clip, sp, tmp_path):
+    identity = clip.identity()
+    assert identity["type"] == "clip_bpe" and len(identity["vocab_sha256"]) == 64
+    assert json.loads(json.dumps(identity)) == identity
+    assert ClipBpeTokenizer(context_length=5).identity() == identity  # context is not part of it
+    copy = tmp_path / "vocab.txt.gz"
+    copy.write_bytes(open(tk.CLIP_BPE_VOCAB_PATH, "rb").read())
+    assert ClipBpeTokenizer(vocab_path=copy).identity() == identity
+    assert sp.identity()["type"] == "sentencepiece" and sp.identity() != identity
+    other = SentencePieceTokenizer.train(caption_sentences(600, seed=1), tmp_path / "other",
+                                         SP_VOCAB, minloglevel=2)
+    assert other.identity() != sp.identity()

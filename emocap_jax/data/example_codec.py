@@ -16,6 +16,17 @@ Every TFRecord shard of the project (caption corpus, benchmarks, synthetic faces
 | `au/names`        | bytes [A]   | action-unit names, e.g. "AU12"                             |
 | `au/intensity`    | float [A]   | intensities, aligned with `au/names` (stored as float32)   |
 | `group`           | bytes [1]   | source group (movie, subject) that must stay in one split  |
+| `tokens/global`   | int64 [n]   | optional: token ids of `caption/global` (no SOT/EOT, whole) |
+| `tokens/summary`  | int64 [n]   | optional: token ids of `caption/summary`                   |
+| `tokens/local`    | int64 [sum] | optional: token ids of every `caption/local` sentence, one |
+|                   |             | after the other (empty sentences contribute none)          |
+| `tokens/local/lengths` | int64 [R] | optional: ids per local sentence, aligned with `caption/local` |
+
+The `tokens/*` features are written together or not at all. They hold the tokenizer's `encode`
+output for each sentence, untruncated and without the start / end tokens, so any context length
+can be cut from them; the dataset's `metadata.json` names the tokenizer under `tokenizer` (its
+`identity()`: kind and hash of the vocabulary), and the input pipeline uses the ids only when the
+run's tokenizer has that identity, tokenizing the text otherwise.
 
 Decoding tolerates missing optional features (older or foreign files) but requires `id` and
 `image`. The schema version lives in each dataset's `metadata.json`.
@@ -97,6 +108,36 @@ class FaceRecord:
     label_id: int = -1
     aus: dict[str, float] = dataclasses.field(default_factory=dict)
     group: str = ""
+    # Token ids computed at conversion (all three or none; see the module docstring).
+    global_tokens: list[int] | None = None
+    summary_tokens: list[int] | None = None
+    local_tokens: list[list[int]] | None = None
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.global_tokens is not None
+
+
+TOKEN_KEYS = ("tokens/global", "tokens/summary", "tokens/local", "tokens/local/lengths")
+
+
+def with_token_ids(rec: FaceRecord, tokenizer) -> FaceRecord:
+    """`rec` with the token ids of its global, summary and local sentences (`tokenizer.encode`)."""
+    texts = [rec.global_caption, rec.summary, *rec.local_captions]
+    try:
+        ids = tokenizer.encode_batch(texts)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"record {rec.id!r}: cannot tokenize its captions: {e}") from e
+    return dataclasses.replace(rec, global_tokens=list(ids[0]), summary_tokens=list(ids[1]),
+                               local_tokens=[list(x) for x in ids[2:]])
+
+
+def _check_token_ids(rec_id: str, field: str, ids) -> list[int]:
+    ids = list(ids)
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ValueError(f"record {rec_id!r}: {field} must hold non-negative ints, got {i!r}")
+    return ids
 
 
 def _check_text(rec_id: str, field: str, value) -> bytes:
@@ -145,14 +186,38 @@ def encode_record(rec: FaceRecord) -> bytes:
         _check_text(rec_id, "au name", name) for name in names)
     feature["au/intensity"].float_list.value.extend(float(rec.aus[name]) for name in names)
     feature["group"].bytes_list.value.append(_check_text(rec_id, "group", rec.group))
+    token_fields = (rec.global_tokens, rec.summary_tokens, rec.local_tokens)
+    if any(f is not None for f in token_fields):
+        if any(f is None for f in token_fields):
+            raise ValueError(f"record {rec_id!r}: global_tokens, summary_tokens and local_tokens "
+                             "must be given together")
+        if len(rec.local_tokens) != len(rec.local_captions):
+            raise ValueError(f"record {rec_id!r}: {len(rec.local_tokens)} local_tokens rows for "
+                             f"{len(rec.local_captions)} local_captions")
+        feature["tokens/global"].int64_list.value.extend(
+            _check_token_ids(rec_id, "global_tokens", rec.global_tokens))
+        feature["tokens/summary"].int64_list.value.extend(
+            _check_token_ids(rec_id, "summary_tokens", rec.summary_tokens))
+        local = [_check_token_ids(rec_id, f"local_tokens[{i}]", row)
+                 for i, row in enumerate(rec.local_tokens)]
+        feature["tokens/local"].int64_list.value.extend(i for row in local for i in row)
+        feature["tokens/local/lengths"].int64_list.value.extend(len(row) for row in local)
     # Deterministic: the same record always gives the same bytes (map keys sorted).
     return example.SerializeToString(deterministic=True)
 
 
+_EMPTY = ()
+
+
+def _values(feature, key: str, kind: str):
+    """The values of `feature[key]` (of list kind `kind`), empty when the key is absent. One map
+    lookup (`in` followed by `[]` costs two): decoding runs once per record per training step."""
+    f = feature.get(key)
+    return _EMPTY if f is None else getattr(f, kind).value
+
+
 def _first_text(feature, key: str) -> str:
-    if key not in feature:
-        return ""
-    values = feature[key].bytes_list.value
+    values = _values(feature, key, "bytes_list")
     return values[0].decode("utf-8") if values else ""
 
 
@@ -160,32 +225,57 @@ def decode_record(data: bytes) -> FaceRecord:
     """Parses a serialised tf.train.Example written by `encode_record` back into a FaceRecord."""
     example = Example.FromString(data)
     feature = example.features.feature
-    if "id" not in feature or not feature["id"].bytes_list.value:
+    ids = _values(feature, "id", "bytes_list")
+    if not ids:
         raise ValueError(f"tf.train.Example has no 'id' feature (keys: {sorted(feature)})")
-    rec_id = feature["id"].bytes_list.value[0].decode("utf-8")
-    if "image" not in feature or not feature["image"].bytes_list.value:
+    rec_id = ids[0].decode("utf-8")
+    images = _values(feature, "image", "bytes_list")
+    if not images:
         raise ValueError(f"record {rec_id!r}: tf.train.Example has no 'image' feature")
     try:
-        names = [n.decode("utf-8") for n in feature["au/names"].bytes_list.value] \
-            if "au/names" in feature else []
-        intensities = list(feature["au/intensity"].float_list.value) \
-            if "au/intensity" in feature else []
+        names = [n.decode("utf-8") for n in _values(feature, "au/names", "bytes_list")]
+        intensities = list(_values(feature, "au/intensity", "float_list"))
         if len(names) != len(intensities):
             raise ValueError(
                 f"record {rec_id!r}: {len(names)} au/names but {len(intensities)} au/intensity")
-        label_ids = feature["label_id"].int64_list.value if "label_id" in feature else []
+        label_ids = _values(feature, "label_id", "int64_list")
+        local_captions = [s.decode("utf-8") for s in _values(feature, "caption/local",
+                                                                "bytes_list")]
+        tokens = _decode_token_ids(rec_id, feature, len(local_captions))
         return FaceRecord(
             id=rec_id,
-            images=list(feature["image"].bytes_list.value),
+            images=list(images),
             image_format=_first_text(feature, "image/format") or "jpeg",
             global_caption=_first_text(feature, "caption/global"),
-            local_captions=[s.decode("utf-8") for s in feature["caption/local"].bytes_list.value]
-            if "caption/local" in feature else [],
+            local_captions=local_captions,
             summary=_first_text(feature, "caption/summary"),
             label=_first_text(feature, "label"),
             label_id=int(label_ids[0]) if label_ids else -1,
             aus=dict(zip(names, intensities)),
             group=_first_text(feature, "group"),
+            **tokens,
         )
     except UnicodeDecodeError as e:
         raise ValueError(f"record {rec_id!r}: a text feature is not valid UTF-8 ({e})") from e
+
+
+def _decode_token_ids(rec_id: str, feature, num_local: int) -> dict:
+    found = [feature.get(key) for key in TOKEN_KEYS]
+    if all(f is None for f in found):
+        return {}
+    if any(f is None for f in found):
+        present = [key for key, f in zip(TOKEN_KEYS, found) if f is not None]
+        raise ValueError(f"record {rec_id!r}: has {present} but not "
+                         f"{sorted(set(TOKEN_KEYS) - set(present))} (token ids come together)")
+    global_ids, summary_ids, flat, lengths = (f.int64_list.value for f in found)
+    flat = list(flat)
+    if len(lengths) != num_local or sum(lengths) != len(flat) or min(lengths, default=0) < 0:
+        raise ValueError(f"record {rec_id!r}: tokens/local/lengths {list(lengths)[:10]} do not "
+                         f"split the {len(flat)} tokens/local ids over its {num_local} local "
+                         "sentences")
+    local, start = [], 0
+    for n in lengths:
+        local.append(flat[start:start + n])
+        start += n
+    return {"global_tokens": list(global_ids), "summary_tokens": list(summary_ids),
+            "local_tokens": local}

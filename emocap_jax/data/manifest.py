@@ -55,6 +55,7 @@ from tqdm import tqdm
 from emocap_jax.data import label_captions
 from emocap_jax.data.example_codec import FaceRecord
 from emocap_jax.data.shard_writer import ShardedRecordWriter
+from emocap_jax.tokenizers import get_tokenizer
 
 # Rejection reason codes (the part of `reason` before the colon).
 BLANK_LINE = "blank_line"
@@ -394,12 +395,17 @@ def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
                      max_side: int | None = None, workers: int | None = None,
                      captions_from_labels: bool = False, max_sentence_words: int = 200,
                      overwrite: bool = False, progress: bool = True,
-                     classes: Sequence[str] | None = None) -> dict[str, Any]:
+                     classes: Sequence[str] | None = None,
+                     tokenizer: Any = "clip") -> dict[str, Any]:
     """Converts a manifest into a dataset directory; returns a summary.
 
     `classes` fixes the class order (label_id = position of the record's label; a label outside
     it is rejected); without it, --captions-from-labels numbers the sorted labels it finds and
     other manifests get label_id -1.
+
+    `tokenizer` (a name for `emocap_jax.tokenizers.get_tokenizer`, a Tokenizer, or None for none)
+    stores the token ids of every sentence in the records and its identity in metadata.json, so
+    training with that tokenizer reads ids instead of tokenizing (see `example_codec`).
 
     The summary holds `output`, `num_lines`, `num_written`, `num_rejected`,
     `rejected_by_reason` ({code: count}) and the written `metadata`.
@@ -410,6 +416,8 @@ def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
     if max_sentence_words < 1:
         raise ValueError(f"max_sentence_words must be >= 1, got {max_sentence_words}")
     workers = workers or os.cpu_count() or 1
+    if isinstance(tokenizer, str):
+        tokenizer = get_tokenizer(tokenizer)
     options = ConvertOptions(root=root, max_side=max_side,
                              captions_from_labels=captions_from_labels,
                              max_sentence_words=max_sentence_words)
@@ -432,7 +440,8 @@ def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
     lines_read = [0]
     rejected_by_reason: collections.Counter[str] = collections.Counter()
     with ShardedRecordWriter(output, num_shards, metadata=metadata, classes=classes,
-                             created_by="data_prep.captions", overwrite=overwrite) as writer:
+                             created_by="data_prep.captions", overwrite=overwrite,
+                             tokenizer=tokenizer) as writer:
         entries = _validated_entries(manifest, options, lines_read)
         results = _ordered_map(_ProcessWithOptions(options), entries, workers)
         total = _count_lines(manifest) if progress else None

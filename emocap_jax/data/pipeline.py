@@ -4,11 +4,18 @@ Training, per process::
 
     ShardedTFRecordSource (all shards, one global index; checksums verified)
       -> shuffle (a new global permutation every epoch) -> repeat (num_epochs or forever)
-      -> random_map: parse Example, decode, augment, sample local sentences, tokenize
+      -> random_map: parse Example, decode, augment, sample local sentences, token rows
       -> take this process's rows of each global batch (process p: rows [p*b, (p+1)*b))
       -> to_iter_dataset (reader threads; drops records skipped as corrupt)
       -> batch(global_batch_size // process_count, drop_remainder=True)
-      -> mp_prefetch(worker_count worker processes), unless worker_count == 0
+      -> mp_prefetch(worker_count worker processes), unless worker_count == 0; the workers
+         stack their batches into shared-memory blocks the trainer recycles (`shm_transport`)
+
+Token rows come from the token ids the converter stored in the records when the dataset's
+metadata.json names a tokenizer with the run tokenizer's identity (`Tokenizer.identity()`); they
+are cut and padded to the context length exactly as the tokenizer does. Otherwise (another
+tokenizer, a dataset written without ids, `stored_tokens=False`) the sentences are tokenized on
+the fly. Label-built captions (`captions_from_labels`) are tokenized once per worker and memoised.
 
 All randomness (the epoch permutations, the crop, flip, jitter and which local sentences are
 used this step) comes from Grain: the shuffle seed and the per-record RNG of `random_map`,
@@ -63,6 +70,7 @@ from emocap_jax.data import augment
 from emocap_jax.data import example_codec
 from emocap_jax.data import label_captions
 from emocap_jax.data import shard_writer
+from emocap_jax.data import shm_transport
 from emocap_jax.data.source import ON_CORRUPT_CHOICES, ShardedTFRecordSource
 
 # How often a worker process checks that its parent (the trainer) is alive.
@@ -100,6 +108,8 @@ class TrainPipelineConfig:
         converters and `data_prep.benchmarks --name imagefolder` write) is trained on captions
         built from its label (`label_captions`: a zero-shot template drawn per step, the class
         description as summary); False makes such a record an error.
+    stored_tokens: use the token ids stored in the records when the dataset was converted with
+        the run's tokenizer (same identity); False always tokenizes the text (same rows, slower).
     """
 
     data_dir: str
@@ -123,6 +133,7 @@ class TrainPipelineConfig:
     on_corrupt: str = "raise"
     verify_checksums: bool = True
     captions_from_labels: bool = True
+    stored_tokens: bool = True
 
     def __post_init__(self):
         problems = []
@@ -209,7 +220,8 @@ def _resolve_processes(process_index: int | None, process_count: int | None) -> 
     return int(process_index), int(process_count)
 
 
-def _open_dataset(data_dir: str, verify: bool, on_corrupt: str) -> ShardedTFRecordSource:
+def _open_dataset(data_dir: str, verify: bool, on_corrupt: str
+                  ) -> tuple[ShardedTFRecordSource, dict]:
     metadata = shard_writer.load_metadata(data_dir)
     source = ShardedTFRecordSource(shard_writer.shard_paths(data_dir), verify=verify,
                                    on_corrupt=on_corrupt)
@@ -220,7 +232,18 @@ def _open_dataset(data_dir: str, verify: bool, on_corrupt: str) -> ShardedTFReco
             f"the shards hold {len(source)} ({source.shard_sizes})")
     if len(source) == 0:
         raise ValueError(f"dataset {data_dir} has no records")
-    return source
+    return source, metadata
+
+
+def stored_tokens_usable(metadata: Mapping[str, Any], tokenizer) -> bool:
+    """Whether the token ids stored in a dataset (metadata.json's "tokenizer") are the ones
+    `tokenizer` gives: its `identity()` equals the recorded one. Tokenizers without an identity
+    (any callable) never use them."""
+    recorded = metadata.get("tokenizer")
+    identity = getattr(tokenizer, "identity", None)
+    if recorded is None or identity is None or not hasattr(tokenizer, "rows_from_ids"):
+        return False
+    return identity() == recorded
 
 
 def _mark_absl_flags_parsed() -> None:
@@ -228,6 +251,12 @@ def _mark_absl_flags_parsed() -> None:
     # upstream later): a library caller (notebook, pytest) never parses them.
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    """Grain worker initialisation: exit with the parent; know which batch blocks are ours."""
+    shm_transport.set_worker_index(worker_index)
+    _exit_with_parent(worker_index, worker_count)
 
 
 def _exit_with_parent(worker_index: int, worker_count: int) -> None:
@@ -274,8 +303,16 @@ def _caption_free_error(record: example_codec.FaceRecord, why: str) -> ValueErro
 class _TrainExample(grain.transforms.RandomMap):
     """Serialised record -> augmented uint8 image, tokenized sentences and sampled local slots."""
 
-    def __init__(self, tokenizer, config: TrainPipelineConfig):
+    # Label-built sentences memoised per worker: (templates + 1) x classes, a few hundred.
+    _MAX_MEMO = 4096
+
+    def __init__(self, tokenizer, config: TrainPipelineConfig, use_stored_tokens: bool = False):
         self._tokenizer = tokenizer
+        self._use_stored = use_stored_tokens
+        # Memoising needs `encode_batch` / `rows_from_ids` (a project Tokenizer), not any callable.
+        self._memoise = config.stored_tokens and hasattr(tokenizer, "rows_from_ids") \
+            and hasattr(tokenizer, "encode_batch")
+        self._memo: dict[str, list[int]] = {}
         self._size = config.image_size
         self._context_length = config.context_length
         self._max_local = config.max_local_sentences
@@ -294,6 +331,14 @@ class _TrainExample(grain.transforms.RandomMap):
         return (label_captions.global_caption(record.label, template),
                 label_captions.summary_caption(record.label))
 
+    def _memoised_ids(self, texts: list[str]) -> list[list[int]]:
+        missing = [t for t in texts if t not in self._memo]
+        if missing:
+            if len(self._memo) + len(missing) > self._MAX_MEMO:
+                self._memo.clear()
+            self._memo.update(zip(missing, self._tokenizer.encode_batch(missing)))
+        return [self._memo[t] for t in texts]
+
     def random_map(self, data: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
         record = example_codec.decode_record(data)
         # A multi-frame (video) record contributes one random frame per step.
@@ -301,14 +346,31 @@ class _TrainExample(grain.transforms.RandomMap):
         (pixels,) = _decode_frames(record, [frame], self._min_side)
         image = augment.augment_image(pixels, self._size, rng, self._params)
 
-        sentences = valid_local_sentences(record, self._max_local)
-        count = min(self._local_per_step, len(sentences))
-        chosen = np.sort(rng.choice(len(sentences), size=count, replace=False)) if count else []
+        # Slots: the first R non-empty local sentences (positions in record.local_captions).
+        slots = [i for i, s in enumerate(record.local_captions) if s.strip()][:self._max_local]
+        count = min(self._local_per_step, len(slots))
+        # K of the slots without replacement, kept in order (a permutation's prefix: a third of
+        # Generator.choice's cost).
+        chosen = [slots[i] for i in sorted(rng.permutation(len(slots))[:count].tolist())] \
+            if count else []
         global_caption, summary = record.global_caption, record.summary
-        if not global_caption.strip():
+        from_labels = not global_caption.strip()
+        if from_labels:
             global_caption, summary = self._label_captions(record, rng)
-        texts = [global_caption, summary] + [sentences[i] for i in chosen]
-        tokens = self._tokenizer(texts, context_length=self._context_length)
+        stored = self._use_stored and record.has_tokens
+        if stored or (from_labels and self._memoise):
+            if from_labels:
+                ids = self._memoised_ids([global_caption, summary])
+            else:
+                ids = [record.global_tokens, record.summary_tokens]
+            if stored:
+                ids += [record.local_tokens[i] for i in chosen]
+            else:
+                ids += self._tokenizer.encode_batch([record.local_captions[i] for i in chosen])
+            tokens = self._tokenizer.rows_from_ids(ids, self._context_length)
+        else:
+            texts = [global_caption, summary] + [record.local_captions[i] for i in chosen]
+            tokens = self._tokenizer(texts, context_length=self._context_length)
         local_tokens = np.zeros((self._local_per_step, self._context_length), np.int32)
         local_tokens[:count] = tokens[2:]
         local_mask = np.zeros((self._local_per_step,), bool)
@@ -339,12 +401,13 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
         raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of "
                          f"process_count {process_count}")
     local_batch_size = global_batch_size // process_count
-    source = _open_dataset(config.data_dir, config.verify_checksums, config.on_corrupt)
+    source, metadata = _open_dataset(config.data_dir, config.verify_checksums, config.on_corrupt)
+    use_stored = config.stored_tokens and stored_tokens_usable(metadata, tokenizer)
 
     ds = grain.MapDataset.source(source)
     ds = ds.shuffle(seed=_derived_seed(config.seed, _SHUFFLE_STREAM))
     ds = ds.repeat(config.num_epochs)  # reseeds the shuffle (and nothing upstream) each epoch
-    ds = ds.random_map(_TrainExample(tokenizer, config),
+    ds = ds.random_map(_TrainExample(tokenizer, config, use_stored),
                        seed=_derived_seed(config.seed, _AUGMENT_STREAM))
     # Equal shares, so every process runs the same number of steps (a multi-host step is a
     # collective); with num_epochs, the last partial global batch is dropped.
@@ -353,13 +416,27 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
         _ProcessRows(ds, process_index, process_count, local_batch_size))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                               prefetch_buffer_size=config.prefetch_buffer_size))
-    ds = ds.batch(local_batch_size, drop_remainder=True)
-    if config.worker_count > 0:
-        _mark_absl_flags_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size),
-            worker_init_fn=_exit_with_parent)
-    return ds, source
+    if config.worker_count == 0:
+        return ds.batch(local_batch_size, drop_remainder=True), source
+    # In flight per worker: its queue and the trainer's read-ahead thread (worker_buffer_size
+    # each), the batch being read and the one being made.
+    blocks = shm_transport.BatchBlocks(
+        config.worker_count, 2 * config.worker_buffer_size + 3,
+        _batch_block_bytes(config, local_batch_size))
+    ds = ds.batch(local_batch_size, drop_remainder=True, batch_fn=blocks.packer())
+    _mark_absl_flags_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size),
+        worker_init_fn=_init_worker)
+    return ds.map(blocks.unpack), source
+
+
+def _batch_block_bytes(config: TrainPipelineConfig, batch: int) -> int:
+    """Bytes of one training batch (the fields of `_TrainExample`), laid out in a block."""
+    size, length, k = config.image_size, config.context_length, config.local_sentences_per_step
+    return shm_transport.block_bytes([batch * size * size * 3, batch * length * 4,
+                                      batch * length * 4, batch * k * length * 4, batch * k,
+                                      batch * 4])
 
 
 def make_train_iterator(config: TrainPipelineConfig | Any, tokenizer, global_batch_size: int,
@@ -492,7 +569,7 @@ def make_eval_iterator(data_dir: str, tokenizer, batch_size: int, image_size: in
         raise ValueError(f"num_frames must be None or >= 1, got {num_frames}")
     if context_length is None and tokenizer is not None:
         context_length = tokenizer.context_length
-    source = _open_dataset(data_dir, verify_checksums, "raise")
+    source, _ = _open_dataset(data_dir, verify_checksums, "raise")
     blocks, num_batches = eval_blocks(len(source), batch_size, process_count)
     start, stop = blocks[process_index]
     ds = grain.MapDataset.range(num_batches * batch_size)

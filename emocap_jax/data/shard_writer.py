@@ -6,7 +6,8 @@ Layout of a finished dataset directory:
     data-00000-of-00016.tfrecord.index    record byte offsets, little-endian uint64
     ...
     rejected.jsonl                        one {"line", "id", "reason"} per input not written
-    metadata.json                         schema_version, counts, shard list, labels, extras
+    metadata.json                         schema_version, counts, shard list, labels, extras,
+                                          the tokenizer of the stored token ids (if any)
 
 Records go to shards round-robin in input order, so converting the same input twice gives
 byte-identical shards. Every file is written under a temporary name and renamed into place;
@@ -22,6 +23,7 @@ complete; `metadata.json` is still the last object written.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import re
@@ -37,7 +39,7 @@ METADATA_FILE = "metadata.json"
 REJECTED_FILE = "rejected.jsonl"
 _RESERVED_KEYS = frozenset({
     "schema_version", "created_by", "num_records", "num_rejected", "shards", "classes",
-    "label_counts",
+    "label_counts", "tokenizer",
 })
 # Bytes all the shards of one writer buffer together before uploading a part (object stores);
 # each shard's part is at least the 256 KiB that Cloud Storage's resumable uploads require.
@@ -79,13 +81,18 @@ class ShardedRecordWriter:
       created_by: recorded in metadata.json (the tool that made the dataset).
       overwrite: allow replacing an existing dataset in `output_dir`; otherwise an existing
         one is an error. Stale shards of the old dataset are removed on close.
+      tokenizer: when given (an `emocap_jax.tokenizers.Tokenizer`), every record is written with
+        the token ids of its sentences (`example_codec.with_token_ids`) and metadata.json records
+        `tokenizer.identity()` under "tokenizer", so the training pipeline need not tokenize.
+        Without one, token ids a record carries are dropped: ids are only kept in a dataset that
+        names the tokenizer they came from.
     """
 
     def __init__(self, output_dir: str | os.PathLike, num_shards: int, prefix: str = "data",
                  metadata: dict[str, Any] | None = None, *,
                  classes: Sequence[str] | None = None,
                  created_by: str = "emocap_jax.data.shard_writer",
-                 overwrite: bool = False):
+                 overwrite: bool = False, tokenizer=None):
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", prefix):
@@ -100,6 +107,8 @@ class ShardedRecordWriter:
         self.prefix = prefix
         self.classes = list(classes) if classes is not None else None
         self.created_by = created_by
+        self.tokenizer = tokenizer
+        self._tokenizer_identity = tokenizer.identity() if tokenizer is not None else None
         self._extra = extra
         self._label_counts: collections.Counter[str] = collections.Counter()
         self._rejected: list[dict[str, Any]] = []
@@ -172,6 +181,11 @@ class ShardedRecordWriter:
         if self._closed:
             raise ValueError(f"ShardedRecordWriter for {self.output_dir} is closed")
         self._check_label(record)
+        if self.tokenizer is not None:
+            record = example_codec.with_token_ids(record, self.tokenizer)
+        elif record.has_tokens:
+            record = dataclasses.replace(record, global_tokens=None, summary_tokens=None,
+                                         local_tokens=None)
         data = example_codec.encode_record(record)
         self._writers[self._num_records % self.num_shards].write(data)
         self._num_records += 1
@@ -219,6 +233,8 @@ class ShardedRecordWriter:
         }
         if self.classes is not None:
             metadata["classes"] = self.classes
+        if self._tokenizer_identity is not None:
+            metadata["tokenizer"] = self._tokenizer_identity
         metadata.update(self._extra)
         _write_text_atomically(storage.join(self.output_dir, METADATA_FILE),
                                json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
