@@ -92,8 +92,9 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
             load_metadata(out)
         except (FileNotFoundError, ValueError):
             log.info("converting %s into TFRecords at %s", manifest, out)
+            # Token ids from the run's own tokenizer, which the pipeline then reads.
             convert_manifest(manifest, manifest.parent, out, num_shards=8, overwrite=True,
-                             progress=False, classes=split_classes)
+                             progress=False, classes=split_classes, tokenizer=config.tokenizer)
     # Region boxes and sentence regions of the held-out faces, for the grounding protocol.
     ensure_eval_regions(corpus, data / "eval")
     distributed.host_barrier(_SYNTHETIC_WRITTEN)

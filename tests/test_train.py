@@ -369,3 +369,31 @@ def test_evals_compile_once_and_agree_with_the_cli(tmp_path, datasets, monkeypat
     from_cli = json.loads((out / "results" / "synthetic__zero_shot.json").read_text())
     assert abs(100 * from_cli["report"]["uar"] - 100 * result["zero_shot"]["uar"]) <= 0.1
     assert result["zero_shot"]["benchmark"] == "synthetic"
+
+
+def test_the_generated_corpus_stores_the_runs_own_token_ids(tmp_path):
+    """With a sentencepiece tokenizer, the synthetic corpus a run generates is converted with that
+    tokenizer's ids (metadata.json names it), so training reads ids instead of tokenizing."""
+    import json as json_lib
+
+    from configs.tiny import get_config
+    from emocap_jax import train
+    from emocap_jax.data.shard_writer import load_metadata
+    from emocap_jax.data.synthetic.corpus import generate_corpus
+    from emocap_jax.tokenizers import SentencePieceTokenizer
+
+    generate_corpus(tmp_path / "text", 40, seed=1, size=32, eval_per_class=0)
+    sentences = []
+    for line in (tmp_path / "text" / "manifest.jsonl").read_text().splitlines():
+        record = json_lib.loads(line)
+        sentences += [record["global"], record["summary"], *record["local"]]
+    sp = SentencePieceTokenizer.train(sentences, tmp_path / "captions", 200, minloglevel=2)
+
+    config = get_config()
+    config.tokenizer = str(sp.model_file)
+    config.data.train_dir, config.eval.zero_shot_dir = "", ""
+    config.data.synthetic.num = 16
+    config.data.synthetic.size = 32
+    config.data.synthetic.eval_per_class = 1
+    train_dir, _ = train.prepare_data(config, str(tmp_path / "work"))
+    assert load_metadata(train_dir)["tokenizer"] == sp.identity()
