@@ -185,6 +185,39 @@ def test_worker_processes_cover_the_epoch_and_resume_exactly(dataset, tok, id_of
         _close(fresh)
 
 
+def test_batches_do_not_depend_on_the_worker_count(dataset, tok):
+    """Each step's batch is made whole from its stream positions: 0, 1 or 2 worker processes
+    give the same batches (so do runs that change worker_count between restarts)."""
+    runs = []
+    for workers in (0, 1, 2):
+        it = pipeline.make_train_iterator(_config(dataset["dir"], num_epochs=1,
+                                                  worker_count=workers), tok, 8, 0, 1)
+        try:
+            runs.append(list(it))
+        finally:
+            _close(it)
+    assert len(runs[0]) == NUM_RECORDS // 8
+    _assert_batches_equal(runs[0], runs[1])
+    _assert_batches_equal(runs[0], runs[2])
+
+
+def test_record_generator_is_grains_random_map_generator():
+    """A record's augmentation is drawn from the generator Grain's random_map gives the same
+    stream position (Grain's own RngPool is the reference), so the whole-batch maker draws what
+    Grain's per-record map drew."""
+    from grain._src.python.dataset.transformations.map import RngPool
+
+    seed = pipeline._derived_seed(7, 1)
+    at = pipeline._RecordRng(seed).generators()
+    pool = RngPool(seed)
+    for position in (0, 1, 5, 1234567, 2**40 + 3):
+        reference = pool.acquire_rng(position)
+        ours = at(position)
+        np.testing.assert_array_equal(ours.random(6), reference.random(6))
+        np.testing.assert_array_equal(ours.integers(0, 1000, 6), reference.integers(0, 1000, 6))
+        pool.release_rng(reference)
+
+
 def test_local_sentence_slots(dataset, tok, id_of_tokens):
     it = pipeline.make_train_iterator(_config(dataset["dir"], num_epochs=3), tok, 8, 0, 1)
     sampled_slots = {rec_id: set() for rec_id in dataset["records"]}
@@ -253,6 +286,21 @@ def test_skipping_corrupt_records_counts_them(corrupt, tok, id_of_tokens):
     assert len(ids) == len(set(ids)) == NUM_RECORDS - 1
     assert source.num_skipped == 1
     assert source.skipped[0][:2] == (corrupt["path"], corrupt["offset"])
+
+
+def test_a_skipped_record_keeps_its_batch_full(corrupt, tok, id_of_tokens):
+    """Batches of 8: the corrupt record's row repeats another row of its batch, every other
+    record comes once, and the epoch keeps its number of steps (what keeps several processes in
+    step)."""
+    ds, source = pipeline.make_train_dataset(
+        _config(corrupt["dir"], num_epochs=1, on_corrupt="skip"), tok, 8, 0, 1)
+    batches = list(ds)
+    assert len(batches) == NUM_RECORDS // 8
+    assert all(b["image"].shape[0] == 8 for b in batches)
+    ids = [id_of_tokens(row) for b in batches for row in b["global_tokens"]]
+    assert len(ids) == NUM_RECORDS and len(set(ids)) == NUM_RECORDS - 1
+    assert source.num_skipped == 1
+    (repeated,) = [b for b in batches if len({r.tobytes() for r in b["global_tokens"]}) == 7]
 
 
 def test_source_maps_global_indices_across_shards(dataset, tmp_path):
@@ -450,7 +498,8 @@ def test_resize_crop_is_close_to_pillows_antialiased_bilinear():
     for name in ("china.jpg", "flower.jpg"):
         image = _photo(name)
         rng = np.random.default_rng(0)
-        for w, h in [(170, 190), (200, 180), (224, 224), (230, 230), (250, 250), (250, 200),
+        for w, h in [(170, 190), (200, 180), (224, 224), (230, 230), (240, 244), (246, 210),
+                     (250, 250), (250, 200),
                      (200, 250), (330, 260), (400, 380), (560, 420), (600, 400)]:
             left, top = int(rng.integers(0, 640 - w)), int(rng.integers(0, 427 - h))
             want = np.asarray(Image.fromarray(image).resize(

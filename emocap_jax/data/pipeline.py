@@ -4,12 +4,13 @@ Training, per process::
 
     ShardedTFRecordSource (all shards, one global index; checksums verified)
       -> shuffle (a new global permutation every epoch) -> repeat (num_epochs or forever)
-      -> random_map: parse Example, decode, augment, sample local sentences, token rows
-      -> take this process's rows of each global batch (process p: rows [p*b, (p+1)*b))
-      -> to_iter_dataset (reader threads; drops records skipped as corrupt)
-      -> batch(global_batch_size // process_count, drop_remainder=True)
-      -> mp_prefetch(worker_count worker processes), unless worker_count == 0; the workers
-         stack their batches into shared-memory blocks the trainer recycles (`shm_transport`)
+      -> step s -> this process's rows of global batch s (process p: rows [p*b, (p+1)*b)),
+         each made whole by `_TrainBatch`: parse Example, decode, augment, sample local
+         sentences, token rows, stacked into the batch
+      -> to_iter_dataset (reader threads make batches side by side)
+      -> mp_prefetch(worker_count worker processes; worker w makes steps w, w + W, ...), unless
+         worker_count == 0; the workers stack their batches into shared-memory blocks the
+         trainer recycles (`shm_transport`)
 
 Token rows come from the token ids the converter stored in the records when the dataset's
 metadata.json names a tokenizer with the run tokenizer's identity (`Tokenizer.identity()`); they
@@ -18,12 +19,13 @@ tokenizer, a dataset written without ids, `stored_tokens=False`) the sentences a
 the fly. Label-built captions (`captions_from_labels`) are tokenized once per worker and memoised.
 
 All randomness (the epoch permutations, the crop, flip, jitter and which local sentences are
-used this step) comes from Grain: the shuffle seed and the per-record RNG of `random_map`,
-which Grain seeds from (seed, position in the repeated stream). The position, not the wall clock
-or the worker that happens to process it, decides a record's augmentation, so an iterator
-restored from `get_state()` replays the same batches, and all processes together see every record
-of an epoch exactly once. The per-record work runs before the process split, yet it is lazy:
-each process only computes the elements it takes.
+used this step) comes from the seed: the shuffle seed and a per-record generator seeded from
+(seed, position in the repeated stream), the one Grain's `random_map` would give that position.
+The position, not the wall clock or the worker that happens to process it, decides a record's
+augmentation, and a step's batch is made from fixed positions, so an iterator restored from
+`get_state()` replays the same batches, the batches are the same whatever the worker count, and
+all processes together see every record of an epoch exactly once. Each process only computes
+the rows it takes.
 
 A batch is a dict of NumPy arrays for this process's rows (b = global_batch_size /
 process_count): `image` uint8 [b, S, S, 3] (normalised on the device, inside the jitted step),
@@ -31,9 +33,9 @@ process_count): `image` uint8 [b, S, S, 3] (normalised on the device, inside the
 [b, K] and `label_id` int32 [b]. `to_global_batch` turns it into jax.Arrays sharded over the mesh.
 
 Restoring a state needs the same data, seed, batch size, worker_count and process_count as the
-run that saved it (worker processes each batch their own slice of the stream, so the state's shape
-and the batch contents depend on worker_count). Save it with the trainer's other state through
-Orbax (`iterator_checkpoint_handler`, `iterator_save_args`, `iterator_restore_args`).
+run that saved it (Grain's state holds one position per worker process). Save it with the
+trainer's other state through Orbax (`iterator_checkpoint_handler`, `iterator_save_args`,
+`iterator_restore_args`).
 
 Data wait: time `next(iterator)` in the training loop; the fraction of each step spent there is
 the share of time the accelerator waits for input (near 0 when the pipeline keeps up).
@@ -97,12 +99,13 @@ class TrainPipelineConfig:
     num_epochs: None repeats forever; an int ends the iterator after that many epochs.
     worker_count: data worker processes; 0 runs everything in the calling process.
     worker_buffer_size: batches each worker process prepares ahead.
-    read_threads: threads decoding records in each process (the calling one or each worker);
+    read_threads: threads making batches in each process (the calling one or each worker);
         decoding and resizing release the GIL, so threads help even in one process.
-    prefetch_buffer_size: records read ahead by those threads.
-    on_corrupt: "raise" or "skip" a record whose checksum fails (see `source`). Skipping keeps
-        batches full by drawing the next records, so with several processes and a finite
-        num_epochs the processes that skipped records may end one batch earlier than the others.
+    prefetch_buffer_size: records read ahead by those threads (rounded up to whole batches, at
+        least one batch per thread).
+    on_corrupt: "raise" or "skip" a record whose checksum fails (see `source`). A skipped
+        record's row repeats another row of its batch, so batches stay full and every process
+        runs the same number of steps; a batch with no readable record is dropped.
     verify_checksums: check TFRecord CRCs on every read.
     captions_from_labels: a record with an empty global caption but a label (what the benchmark
         converters and `data_prep.benchmarks --name imagefolder` write) is trained on captions
@@ -186,24 +189,6 @@ class TrainPipelineConfig:
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
-
-
-class _ProcessRows(grain.transforms.Map):
-    """Row k of this process's stream -> its element of the global stream. Process p of P takes
-    rows [p * b, (p + 1) * b) of every global batch of P * b rows, so each device gets the rows
-    it gets on one process with all the devices: the run's batches, and so its losses, do not
-    depend on how many processes share the devices."""
-
-    def __init__(self, parent: grain.MapDataset, process_index: int, process_count: int,
-                 local_batch_size: int):
-        self._parent = parent
-        self._offset = process_index * local_batch_size
-        self._global = process_count * local_batch_size
-        self._local = local_batch_size
-
-    def map(self, row: int):
-        step, i = divmod(int(row), self._local)
-        return self._parent[step * self._global + self._offset + i]
 
 
 def _derived_seed(seed: int, stream: int) -> int:
@@ -300,7 +285,7 @@ def _caption_free_error(record: example_codec.FaceRecord, why: str) -> ValueErro
                       "(python -m data_prep.captions) or a label")
 
 
-class _TrainExample(grain.transforms.RandomMap):
+class _TrainExample:
     """Serialised record -> augmented uint8 image, tokenized sentences and sampled local slots."""
 
     # Label-built sentences memoised per worker: (templates + 1) x classes, a few hundred.
@@ -385,6 +370,80 @@ class _TrainExample(grain.transforms.RandomMap):
         }
 
 
+class _RecordRng:
+    """The per-record generator Grain's `random_map` would pass: Philox keyed by the seed, its
+    counter at (0, 0, 0, position in the repeated stream). One generator per call whose state is
+    reset per record (a new Philox costs twice as much); tests/test_pipeline.py checks it against
+    Grain's own RngPool, so a record's augmentation is what it was when Grain drew it."""
+
+    def __init__(self, seed: int):
+        self._key = np.random.Philox(seed).state["state"]["key"]
+
+    def generators(self):
+        rng = np.random.Generator(np.random.Philox(key=self._key))
+        template = rng.bit_generator.state
+
+        def at(position: int) -> np.random.Generator:
+            template["state"]["counter"] = np.array([0, 0, 0, position], np.uint64)
+            template["buffer"] = np.zeros(4, np.uint64)
+            template["buffer_pos"] = 4
+            template["has_uint32"] = 0
+            template["uinteger"] = 0
+            rng.bit_generator.state = template
+            return rng
+
+        return at
+
+
+class _TrainBatch(grain.transforms.Map):
+    """Step -> this process's batch of that step, made whole in one call.
+
+    Process p of P takes rows [p * b, (p + 1) * b) of every global batch of P * b rows, so each
+    device gets the rows it gets on one process with all the devices: the run's batches, and so
+    its losses, do not depend on how many processes share the devices. Row i of step s is the
+    record at position s * P * b + p * b + i of the shuffled, repeated stream, augmented with
+    that position's generator, so a batch depends on (seed, step) only: not on the worker that
+    makes it, nor on the worker count.
+
+    Why whole batches rather than Grain's per-record maps and batching: Grain's per-element
+    machinery (prefetch futures, statistics, RNG pool, the batch tree-map) cost a third of the
+    CPU time per image on top of the decode and resize (bench/input_pipeline.py).
+
+    A record skipped as corrupt (on_corrupt="skip") has its row filled with another row of the
+    same batch (the batch keeps its size, and every process its number of steps); a batch with
+    no readable record at all is dropped.
+    """
+
+    def __init__(self, stream: grain.MapDataset, example: _TrainExample, seed: int,
+                 process_index: int, process_count: int, local_batch_size: int, batch_fn):
+        self._stream = stream
+        self._example = example
+        self._rng = _RecordRng(seed)
+        self._offset = process_index * local_batch_size
+        self._global = process_count * local_batch_size
+        self._local = local_batch_size
+        self._batch_fn = batch_fn
+
+    def map(self, step: int):
+        first = int(step) * self._global + self._offset
+        rng_at = self._rng.generators()
+        rows, missing = [], []
+        for position in range(first, first + self._local):
+            data = self._stream[position]
+            if data is None:  # a corrupt record the source skipped (and counted)
+                missing.append(len(rows))
+                rows.append(None)
+                continue
+            rows.append(self._example.random_map(data, rng_at(position)))
+        if missing:
+            present = [row for row in rows if row is not None]
+            if not present:
+                return None
+            for k, i in enumerate(missing):
+                rows[i] = present[k % len(present)]
+        return self._batch_fn(rows)
+
+
 def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batch_size: int,
                        process_index: int | None = None, process_count: int | None = None,
                        seed: int | None = None
@@ -404,27 +463,34 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
     source, metadata = _open_dataset(config.data_dir, config.verify_checksums, config.on_corrupt)
     use_stored = config.stored_tokens and stored_tokens_usable(metadata, tokenizer)
 
-    ds = grain.MapDataset.source(source)
-    ds = ds.shuffle(seed=_derived_seed(config.seed, _SHUFFLE_STREAM))
-    ds = ds.repeat(config.num_epochs)  # reseeds the shuffle (and nothing upstream) each epoch
-    ds = ds.random_map(_TrainExample(tokenizer, config, use_stored),
-                       seed=_derived_seed(config.seed, _AUGMENT_STREAM))
+    stream = grain.MapDataset.source(source)
+    stream = stream.shuffle(seed=_derived_seed(config.seed, _SHUFFLE_STREAM))
+    stream = stream.repeat(config.num_epochs)  # reseeds the shuffle (and nothing upstream) each epoch
     # Equal shares, so every process runs the same number of steps (a multi-host step is a
     # collective); with num_epochs, the last partial global batch is dropped.
-    num_steps = len(ds) // global_batch_size  # len(ds) is sys.maxsize when repeating forever
-    ds = grain.MapDataset.range(num_steps * local_batch_size).map(
-        _ProcessRows(ds, process_index, process_count, local_batch_size))
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
-                                              prefetch_buffer_size=config.prefetch_buffer_size))
+    num_steps = len(stream) // global_batch_size  # len is sys.maxsize when repeating forever
+    example = _TrainExample(tokenizer, config, use_stored)
+    seed = _derived_seed(config.seed, _AUGMENT_STREAM)
+    # Whole batches are the elements: the reader threads make batches side by side, and
+    # prefetch_buffer_size (in records) becomes whole batches ahead.
+    read_options = grain.ReadOptions(
+        num_threads=config.read_threads,
+        prefetch_buffer_size=max(config.read_threads,
+                                 math.ceil(config.prefetch_buffer_size / local_batch_size)))
     if config.worker_count == 0:
-        return ds.batch(local_batch_size, drop_remainder=True), source
+        builder = _TrainBatch(stream, example, seed, process_index, process_count,
+                              local_batch_size, shm_transport.stack_batch)
+        return grain.MapDataset.range(num_steps).map(builder).to_iter_dataset(read_options), source
     # In flight per worker: its queue and the trainer's read-ahead thread (worker_buffer_size
-    # each), the batch being read and the one being made.
+    # each), the batches its reader threads are making and the one being read.
     blocks = shm_transport.BatchBlocks(
-        config.worker_count, 2 * config.worker_buffer_size + 3,
+        config.worker_count, 2 * config.worker_buffer_size + config.read_threads + 2,
         _batch_block_bytes(config, local_batch_size))
-    ds = ds.batch(local_batch_size, drop_remainder=True, batch_fn=blocks.packer())
+    builder = _TrainBatch(stream, example, seed, process_index, process_count, local_batch_size,
+                          blocks.packer())
+    ds = grain.MapDataset.range(num_steps).map(builder).to_iter_dataset(read_options)
     _mark_absl_flags_parsed()
+    # Worker w makes steps w, w + W, ...; Grain interleaves them back into step order.
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size),
         worker_init_fn=_init_worker)
