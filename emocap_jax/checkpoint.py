@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import grain
 import jax
@@ -17,6 +18,28 @@ import orbax.checkpoint as ocp
 import emocap_jax.storage as storage
 
 log = logging.getLogger(__name__)
+
+# What the data iterator's saved position counts. Checkpoints written before 2026-12-01 have no
+# `data_format` item: their training pipeline made batches out of Grain's per-record elements,
+# so each `next_index` in the state counted records; it now counts whole batches (steps).
+DATA_FORMAT = {"position_unit": "batch"}
+DATA_FORMAT_ITEM = "data_format"
+
+
+def record_positions_to_batches(state: Any, local_batch_size: int) -> Any:
+    """A data-iterator state saved when positions counted records -> the same place in batches.
+
+    Every `next_index` (the in-process iterator's, and each worker's inside Grain's
+    multiprocessing state) becomes next_index // local_batch_size: a worker made whole batches
+    of its slice then as now, so the quotient is the number of batches it had made. The
+    interleaving fields (which worker is next) keep their meaning."""
+    if isinstance(state, dict):
+        return {key: (value // local_batch_size if key == "next_index" and isinstance(value, int)
+                      else record_positions_to_batches(value, local_batch_size))
+                for key, value in state.items()}
+    if isinstance(state, list):
+        return [record_positions_to_batches(value, local_batch_size) for value in state]
+    return state
 
 
 class TrainCheckpointer:
@@ -41,19 +64,39 @@ class TrainCheckpointer:
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
             config=ocp.args.JsonSave(json.loads(config_json)),
+            **{DATA_FORMAT_ITEM: ocp.args.JsonSave(DATA_FORMAT)},
         )
         saved = self.manager.save(step, args=args, force=force)
         if saved:
             log.info("checkpoint: saving step %d to %s", step, self.directory)
         return saved
 
-    def restore(self, step: int, abstract_state, data_iterator):
+    def restore(self, step: int, abstract_state, data_iterator, local_batch_size: int):
         """Restores the train state (with the shardings of `abstract_state`) and sets
-        `data_iterator` to where it was at `step`."""
+        `data_iterator` (this process's, `local_batch_size` rows a step) to where it was at
+        `step`. A checkpoint from before DATA_FORMAT counted records: its position is converted
+        (`record_positions_to_batches`) and the batches from there on are made the current way
+        (the same records each epoch, grouped as the current pipeline groups them)."""
+        step_dir = self.directory / str(step)
+        if (step_dir / DATA_FORMAT_ITEM).exists():
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iterator),
+            ))
+            return restored["state"]
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator),
-        ))
+            state=ocp.args.StandardRestore(abstract_state)))
+        path = step_dir / "data" / (f"process_{jax.process_index()}-of-"
+                                    f"{jax.process_count()}.json")
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"checkpoint step {step}: cannot read the data iterator's state "
+                             f"{path}: {e}") from e
+        data_iterator.set_state(record_positions_to_batches(saved, local_batch_size))
+        log.warning("checkpoint step %d was written before the input pipeline counted its "
+                    "position in batches: continuing at the same step (records of an epoch "
+                    "are grouped into batches the current way from here on)", step)
         return restored["state"]
 
     def wait(self):

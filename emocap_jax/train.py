@@ -313,7 +313,8 @@ def train_and_evaluate(config, workdir) -> dict:
         abstract = abstract_like(jax.tree_util.tree_map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shapes,
             state_shardings))
-        state = checkpointer.restore(latest, abstract, data_iter)
+        state = checkpointer.restore(latest, abstract, data_iter,
+                                     config.train.global_batch_size // jax.process_count())
         log.info("resumed from %s at step %d", checkpointer.directory, latest)
     else:
         rng = jax.random.PRNGKey(config.train.seed)

@@ -694,3 +694,68 @@ def test_worker_batches_leave_no_shared_memory_behind(dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "leaked" not in result.stderr, result.stderr[-3000:]
     assert set(os.listdir("/dev/shm")) - before == set()
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints written when the iterator's position counted records
+
+
+class _SavedState:
+    """Stands in for an iterator at save time: what Grain's handler asks of a non-dataset
+    iterator (its state as JSON bytes)."""
+
+    def __init__(self, state):
+        self._state = state
+
+    def get_state(self):
+        return json.dumps(self._state).encode()
+
+
+def test_a_checkpoint_whose_position_counts_records_resumes_at_the_same_step(dataset, tok,
+                                                                             tmp_path):
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+    import grain
+
+    from emocap_jax.checkpoint import TrainCheckpointer, abstract_like
+
+    config = _config(dataset["dir"])
+    it = pipeline.make_train_iterator(config, tok, 8, 0, 1)
+    _take(it, 3)
+    expected = _take(it, 2)
+    state = {"w": jnp.arange(3.0)}
+    checkpointer = TrainCheckpointer(tmp_path / "old", async_save=False)
+    # What the earlier code saved after 3 steps of 8: records taken, no data_format item.
+    checkpointer.manager.save(3, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(_SavedState({"next_index": 24})),
+        config=ocp.args.JsonSave({})))
+    checkpointer.wait()
+    fresh = pipeline.make_train_iterator(config, tok, 8, 0, 1)
+    restored = TrainCheckpointer(tmp_path / "old").restore(3, abstract_like(state), fresh, 8)
+    np.testing.assert_array_equal(restored["w"], [0.0, 1.0, 2.0])
+    assert fresh.get_state() == {"next_index": 3}
+    _assert_batches_equal(expected, _take(fresh, 2))
+
+    # The current format round-trips unchanged.
+    current = TrainCheckpointer(tmp_path / "new", async_save=False)
+    current.save(3, state, fresh, "{}")
+    current.wait()
+    again = pipeline.make_train_iterator(config, tok, 8, 0, 1)
+    TrainCheckpointer(tmp_path / "new").restore(3, abstract_like(state), again, 8)
+    assert again.get_state() == {"next_index": 5}
+
+
+def test_worker_positions_in_records_become_positions_in_batches():
+    """Grain's multiprocessing state as the earlier pipeline saved it after one batch of 8 with
+    2 workers, and as the current one saves it at the same point."""
+    from emocap_jax.checkpoint import record_positions_to_batches
+
+    def mp_state(first_worker):
+        return {"next_index_in_cycle": 1, "next_index_in_datasets": 2,
+                "iterators_in_use_indices": [0, 1],
+                "iterators_in_use_states": [{"next_index": first_worker}, {"next_index": 0}],
+                "exhausted": [0, 0], "future_states": {}}
+
+    assert record_positions_to_batches(mp_state(8), 8) == mp_state(1)
+    assert record_positions_to_batches({"next_index": 40}, 8) == {"next_index": 5}
