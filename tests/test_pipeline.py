@@ -201,6 +201,22 @@ def test_batches_do_not_depend_on_the_worker_count(dataset, tok):
     _assert_batches_equal(runs[0], runs[2])
 
 
+def test_stream_order_is_grains_shuffle_and_repeat(dataset):
+    """The stream reads the records in the order of Grain's shuffle + repeat (the reference),
+    a new permutation each epoch, and ends after num_epochs."""
+    import grain
+
+    source = ShardedTFRecordSource(shard_paths(dataset["dir"]))
+    reference = grain.MapDataset.source(source).shuffle(seed=123).repeat(3)
+    stream = pipeline._ShuffledStream(source, 123, 3)
+    assert len(stream) == len(reference) == 3 * NUM_RECORDS
+    assert [stream[i] for i in range(len(stream))] == [reference[i] for i in range(len(stream))]
+    assert [stream[i] for i in range(NUM_RECORDS)] != \
+        [stream[i] for i in range(NUM_RECORDS, 2 * NUM_RECORDS)]
+    with pytest.raises(IndexError, match="out of range"):
+        stream[3 * NUM_RECORDS]
+
+
 def test_record_generator_is_grains_random_map_generator():
     """A record's augmentation is drawn from the generator Grain's random_map gives the same
     stream position (Grain's own RngPool is the reference), so the whole-batch maker draws what

@@ -55,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -370,6 +371,29 @@ class _TrainExample:
         }
 
 
+class _ShuffledStream:
+    """Position in the repeated stream -> record: epoch e is a permutation of the source seeded
+    with seed + e, the order Grain's `MapDataset.source(...).shuffle(seed).repeat(n)` gives
+    (tests/test_pipeline.py compares the two). Called directly rather than through those
+    MapDataset layers: their per-element bookkeeping cost twice the read itself."""
+
+    def __init__(self, source: ShardedTFRecordSource, seed: int, num_epochs: int | None):
+        self._source = source
+        self._seed = int(seed)
+        self._size = len(source)
+        self._num_epochs = num_epochs
+
+    def __len__(self) -> int:
+        return sys.maxsize if self._num_epochs is None else self._num_epochs * self._size
+
+    def __getitem__(self, position: int):
+        if not 0 <= position < len(self):
+            raise IndexError(f"stream position {position} is out of range [0, {len(self)})")
+        epoch, index = divmod(position, self._size)
+        return self._source[grain.experimental.index_shuffle(
+            index, max_index=self._size - 1, seed=(self._seed + epoch) % 2**32, rounds=4)]
+
+
 class _RecordRng:
     """The per-record generator Grain's `random_map` would pass: Philox keyed by the seed, its
     counter at (0, 0, 0, position in the repeated stream). One generator per call whose state is
@@ -414,7 +438,7 @@ class _TrainBatch(grain.transforms.Map):
     no readable record at all is dropped.
     """
 
-    def __init__(self, stream: grain.MapDataset, example: _TrainExample, seed: int,
+    def __init__(self, stream: _ShuffledStream, example: _TrainExample, seed: int,
                  process_index: int, process_count: int, local_batch_size: int, batch_fn):
         self._stream = stream
         self._example = example
@@ -463,9 +487,7 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
     source, metadata = _open_dataset(config.data_dir, config.verify_checksums, config.on_corrupt)
     use_stored = config.stored_tokens and stored_tokens_usable(metadata, tokenizer)
 
-    stream = grain.MapDataset.source(source)
-    stream = stream.shuffle(seed=_derived_seed(config.seed, _SHUFFLE_STREAM))
-    stream = stream.repeat(config.num_epochs)  # reseeds the shuffle (and nothing upstream) each epoch
+    stream = _ShuffledStream(source, _derived_seed(config.seed, _SHUFFLE_STREAM), config.num_epochs)
     # Equal shares, so every process runs the same number of steps (a multi-host step is a
     # collective); with num_epochs, the last partial global batch is dropped.
     num_steps = len(stream) // global_batch_size  # len is sys.maxsize when repeating forever
