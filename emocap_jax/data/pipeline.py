@@ -318,12 +318,17 @@ class _TrainExample:
                 label_captions.summary_caption(record.label))
 
     def _memoised_ids(self, texts: list[str]) -> list[list[int]]:
-        missing = [t for t in texts if t not in self._memo]
+        # Reader threads share the memo: a result never depends on an entry another thread's
+        # clear() may remove between two lookups.
+        ids = [self._memo.get(t) for t in texts]
+        missing = [t for t, found in zip(texts, ids) if found is None]
         if missing:
-            if len(self._memo) + len(missing) > self._MAX_MEMO:
+            encoded = dict(zip(missing, self._tokenizer.encode_batch(missing)))
+            if len(self._memo) + len(encoded) > self._MAX_MEMO:
                 self._memo.clear()
-            self._memo.update(zip(missing, self._tokenizer.encode_batch(missing)))
-        return [self._memo[t] for t in texts]
+            self._memo.update(encoded)
+            ids = [encoded[t] if found is None else found for t, found in zip(texts, ids)]
+        return ids
 
     def random_map(self, data: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
         record = example_codec.decode_record(data)
