@@ -282,6 +282,32 @@ def test_local_patch_head_tokens_see_only_their_own_patch(tiny):
         config.replace(vision=dataclasses.replace(config.vision, local_head="conv"))
 
 
+def test_local_conv_head_tokens_see_their_3x3_neighbourhood(tiny):
+    """vision.local_head='patch_conv': a token is a function of its own patch and its 8
+    neighbours on the patch grid: changing patch (0, 0) changes tokens (0, 0), (0, 1), (1, 0)
+    and (1, 1) and no other; the pooled embedding is the plain model's."""
+    config, params = tiny
+    head = config.replace(vision=dataclasses.replace(config.vision, local_head="patch_conv"))
+    head_params = init_params(head, jax.random.PRNGKey(1))
+    assert sorted(set(head_params["visual"]) - set(params["visual"])) == [
+        "local_conv", "local_ln", "local_proj"]
+    head_params = {**head_params, "visual": {**head_params["visual"], **params["visual"]},
+                   "text": params["text"], "logit_scale": params["logit_scale"]}
+    images, _ = _inputs(config)
+    encode = lambda cfg, p, x: CLIP(cfg).apply({"params": p}, x, True, method=CLIP.encode_image)
+    pooled, tokens = encode(head, head_params, images)
+    np.testing.assert_allclose(pooled, encode(config, params, images)[0], rtol=1e-6)
+    p, grid = config.vision.patch_size, config.vision.image_size // config.vision.patch_size
+    assert grid >= 3
+    changed = np.array(images).copy()
+    changed[:, :p, :p] += 1.0  # patch (0, 0) only
+    _, new_tokens = encode(head, head_params, changed)
+    moved = ~np.isclose(np.asarray(new_tokens), np.asarray(tokens), atol=1e-6).all(axis=(0, 2))
+    expected = np.zeros((grid, grid), bool)
+    expected[:2, :2] = True
+    np.testing.assert_array_equal(moved.reshape(grid, grid), expected)
+
+
 def test_config_model_maps_onto_clip_config_field_for_field():
     from configs import default
     from emocap_jax.config_utils import clip_config

@@ -16,7 +16,7 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 REMAT_POLICIES = ("full", "dots")
 VISION_POOLS = ("token", "gap")
 VISION_STEMS = ("patch", "conv")
-VISION_LOCAL_HEADS = ("none", "patch_mlp")
+VISION_LOCAL_HEADS = ("none", "patch_mlp", "patch_conv")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -42,11 +42,13 @@ class VisionConfig:
     # The patch tokens the local region-sentence loss pools (and `explain` and the grounding
     # protocol map): "none" (CLIP's: the last layer's patch tokens, projected) or "patch_mlp" (a
     # small head on each patch's own embedding, before any attention: LayerNorm, MLP to mlp_dim,
-    # linear map to the embedding). The last layer's tokens have seen the whole face through every
-    # attention layer, and trained from scratch the local loss learns to read any sentence off one
-    # such token (ABLATIONS.md: every map peaks on the same patch); a token that sees only its own
-    # patch can match a sentence only where the sentence's evidence is. Not part of CLIP: exports
-    # to open_clip and Hugging Face refuse it.
+    # linear map to the embedding) or "patch_conv" (the same with a 3x3 convolution over the
+    # patch grid as the hidden layer: a token sees its own patch and its 8 neighbours). The last
+    # layer's tokens have seen the whole face through every attention layer, and trained from
+    # scratch the local loss learns to read any sentence off one such token (ABLATIONS.md: every
+    # map peaks on the same patch); a token that sees only its own patch (or its neighbourhood)
+    # can match a sentence only where the sentence's evidence is. Not part of CLIP: exports to
+    # open_clip and Hugging Face refuse it.
     local_head: str = "none"
 
     @property

@@ -88,15 +88,23 @@ class VisionTransformer(nn.Module):
         proj = self.param("proj", nn.initializers.normal(scale), (cfg.width, self.embed_dim))
         x = x @ proj.astype(self.dtype)
         pooled = x[:, 1:].mean(axis=1) if cfg.pool == "gap" else x[:, 0]
-        if cfg.local_head == "patch_mlp":
+        if cfg.local_head != "none":
             return pooled, self._local_head(patch_embeddings + pos[1:].astype(self.dtype))
         return pooled, x[:, 1:]
 
     def _local_head(self, tokens):
         """Per-patch tokens for the local loss from the patch embeddings (plus position), with no
-        attention in between: LayerNorm, MLP, linear map to the embedding dimension."""
+        attention in between: LayerNorm, then a hidden layer of mlp_dim units (per patch for
+        "patch_mlp"; a 3x3 convolution over the patch grid for "patch_conv", so a token also
+        sees its 8 neighbours), then a linear map to the embedding dimension."""
         cfg = self.config
         x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="local_ln")(tokens)
-        x = nn.Dense(cfg.mlp_dim, dtype=self.dtype, name="local_fc")(x)
+        if cfg.local_head == "patch_conv":
+            b, n, c = x.shape
+            grid = cfg.image_size // cfg.patch_size
+            x = nn.Conv(cfg.mlp_dim, (3, 3), padding="SAME", dtype=self.dtype,
+                        name="local_conv")(x.reshape(b, grid, grid, c)).reshape(b, n, cfg.mlp_dim)
+        else:
+            x = nn.Dense(cfg.mlp_dim, dtype=self.dtype, name="local_fc")(x)
         x = ACTIVATION_FNS[self.activation](x)
         return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="local_proj")(x)
