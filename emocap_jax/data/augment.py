@@ -9,8 +9,8 @@ them inside the jitted step.
 Training: `augment_image` = random resized crop (torchvision's sampling rule) to S x S
 (`resize_crop`: bilinear, antialiased when the crop is over 1.1 x S), horizontal flip,
 brightness / contrast / saturation jitter in random order, random grayscale. Every random choice
-comes from the `np.random.Generator` passed in, which the pipeline takes from Grain's per-record
-RNG, so a restored iterator replays the same augmentations.
+comes from the `np.random.Generator` passed in, which the pipeline seeds from the record's
+position in the stream, so a restored iterator replays the same augmentations.
 
 Evaluation: `resize_center_crop` = resize the shorter side to S with bicubic filtering, then take
 the central S x S crop with torchvision's rounding, the preprocessing of OpenAI CLIP / open_clip.

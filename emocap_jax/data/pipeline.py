@@ -435,8 +435,8 @@ class _TrainBatch(grain.transforms.Map):
     makes it, nor on the worker count.
 
     Why whole batches rather than Grain's per-record maps and batching: Grain's per-element
-    machinery (prefetch futures, statistics, RNG pool, the batch tree-map) cost a third of the
-    CPU time per image on top of the decode and resize (bench/input_pipeline.py).
+    machinery (prefetch futures, statistics, RNG pool, the batch tree-map) cost ~300 us of CPU
+    per image in one process, as much as the resize (PERFORMANCE.md, "Input pipeline").
 
     A record skipped as corrupt (on_corrupt="skip") has its row filled with another row of the
     same batch (the batch keeps its size, and every process its number of steps); a batch with
@@ -504,18 +504,20 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
         num_threads=config.read_threads,
         prefetch_buffer_size=max(config.read_threads,
                                  math.ceil(config.prefetch_buffer_size / local_batch_size)))
-    if config.worker_count == 0:
-        builder = _TrainBatch(stream, example, seed, process_index, process_count,
-                              local_batch_size, shm_transport.stack_batch)
-        return grain.MapDataset.range(num_steps).map(builder).to_iter_dataset(read_options), source
-    # In flight per worker: its queue and the trainer's read-ahead thread (worker_buffer_size
-    # each), the batches its reader threads are making and the one being read.
-    blocks = shm_transport.BatchBlocks(
-        config.worker_count, 2 * config.worker_buffer_size + config.read_threads + 2,
-        _batch_block_bytes(config, local_batch_size))
+    blocks, batch_fn = None, shm_transport.stack_batch
+    if config.worker_count > 0:
+        # In flight per worker: its queue and the trainer's read-ahead thread
+        # (worker_buffer_size each), the batches its reader threads are making and the one
+        # being read.
+        blocks = shm_transport.BatchBlocks(
+            config.worker_count, 2 * config.worker_buffer_size + config.read_threads + 2,
+            _batch_block_bytes(config, local_batch_size))
+        batch_fn = blocks.packer()
     builder = _TrainBatch(stream, example, seed, process_index, process_count, local_batch_size,
-                          blocks.packer())
+                          batch_fn)
     ds = grain.MapDataset.range(num_steps).map(builder).to_iter_dataset(read_options)
+    if blocks is None:
+        return ds, source
     _mark_absl_flags_parsed()
     # Worker w makes steps w, w + W, ...; Grain interleaves them back into step order.
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
