@@ -252,19 +252,27 @@ def test_conv_stem_shapes_and_validation(tiny):
         config.replace(vision=dataclasses.replace(config.vision, pool="max"))
 
 
+def _with_local_head(tiny, kind):
+    """The tiny model with vision.local_head=kind: its config, params (the plain model's plus the
+    head's own, whose names are returned) and an image encoder."""
+    config, params = tiny
+    head = config.replace(vision=dataclasses.replace(config.vision, local_head=kind))
+    head_params = init_params(head, jax.random.PRNGKey(1))
+    new_names = sorted(set(head_params["visual"]) - set(params["visual"]))
+    head_params = {**head_params, "visual": {**head_params["visual"], **params["visual"]},
+                   "text": params["text"], "logit_scale": params["logit_scale"]}
+    encode = lambda cfg, p, x: CLIP(cfg).apply({"params": p}, x, True, method=CLIP.encode_image)
+    return head, head_params, new_names, encode
+
+
 def test_local_patch_head_tokens_see_only_their_own_patch(tiny):
     """vision.local_head='patch_mlp': the tokens the local loss pools are functions of their own
     patch (changing another patch's pixels leaves them unchanged), the pooled embedding is the
     plain model's, and the head's parameters are the only new ones."""
     config, params = tiny
-    head = config.replace(vision=dataclasses.replace(config.vision, local_head="patch_mlp"))
-    head_params = init_params(head, jax.random.PRNGKey(1))
-    assert sorted(set(head_params["visual"]) - set(params["visual"])) == [
-        "local_fc", "local_ln", "local_proj"]
-    head_params = {**head_params, "visual": {**head_params["visual"], **params["visual"]},
-                   "text": params["text"], "logit_scale": params["logit_scale"]}
+    head, head_params, new_names, encode = _with_local_head(tiny, "patch_mlp")
+    assert new_names == ["local_fc", "local_ln", "local_proj"]
     images, _ = _inputs(config)
-    encode = lambda cfg, p, x: CLIP(cfg).apply({"params": p}, x, True, method=CLIP.encode_image)
     pooled, tokens = encode(head, head_params, images)
     plain_pooled, plain_tokens = encode(config, params, images)
     np.testing.assert_allclose(pooled, plain_pooled, rtol=1e-6)
@@ -287,14 +295,9 @@ def test_local_conv_head_tokens_see_their_3x3_neighbourhood(tiny):
     neighbours on the patch grid: changing patch (0, 0) changes tokens (0, 0), (0, 1), (1, 0)
     and (1, 1) and no other; the pooled embedding is the plain model's."""
     config, params = tiny
-    head = config.replace(vision=dataclasses.replace(config.vision, local_head="patch_conv"))
-    head_params = init_params(head, jax.random.PRNGKey(1))
-    assert sorted(set(head_params["visual"]) - set(params["visual"])) == [
-        "local_conv", "local_ln", "local_proj"]
-    head_params = {**head_params, "visual": {**head_params["visual"], **params["visual"]},
-                   "text": params["text"], "logit_scale": params["logit_scale"]}
+    head, head_params, new_names, encode = _with_local_head(tiny, "patch_conv")
+    assert new_names == ["local_conv", "local_ln", "local_proj"]
     images, _ = _inputs(config)
-    encode = lambda cfg, p, x: CLIP(cfg).apply({"params": p}, x, True, method=CLIP.encode_image)
     pooled, tokens = encode(head, head_params, images)
     np.testing.assert_allclose(pooled, encode(config, params, images)[0], rtol=1e-6)
     p, grid = config.vision.patch_size, config.vision.image_size // config.vision.patch_size
