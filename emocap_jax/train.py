@@ -380,7 +380,7 @@ def train_and_evaluate(config, workdir) -> dict:
                 _check_finite(state, config)
                 checkpointer.save(step, state, data_iter, config_json, force=True)
                 logger.flush()  # the metrics up to a checkpoint outlive a kill after it
-                _fault_injection_after_checkpoint(step, checkpointer)
+                _fault_injection_after_checkpoint(step, checkpointer, workdir)
             if config.train.eval_every and step % config.train.eval_every == 0 and not last \
                     and eval_dir:
                 _periodic_eval(state, model_config, tokenizer, eval_dir, config, mesh, logger, step)
@@ -458,7 +458,7 @@ def _enable_compilation_cache(config):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def _fault_injection_after_checkpoint(step: int, checkpointer):
+def _fault_injection_after_checkpoint(step: int, checkpointer, workdir: str):
     """Test hooks, to test that a hard-killed run resumes exactly.
     EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT=N kills this process with SIGKILL right after
     checkpoint N is complete. EMOCAP_FAULT_SIGSTOP_AFTER_CHECKPOINT=N stops it (SIGSTOP) once
@@ -471,8 +471,32 @@ def _fault_injection_after_checkpoint(step: int, checkpointer):
             checkpointer.wait()
             if sig == signal.SIGSTOP:
                 distributed.host_barrier(f"emocap_jax: checkpoint {step} complete")
+                _wait_for_the_others_to_stop(workdir, step)
                 log.warning("fault injection: stopping after checkpoint %d", step)
             os.kill(os.getpid(), sig)
+
+
+def _wait_for_the_others_to_stop(workdir: str, step: int, timeout_s: float = 600.0):
+    """Before SIGSTOP, in a multi-process run: process 0 hosts the coordination service and
+    must stop last. Stopping as soon as its own barrier call returned could freeze the service
+    before it has sent the other processes their answer; they would then wait in the barrier
+    until the heartbeat timeout aborted them. So the others say through a file (which needs no
+    answer from process 0) that they are past the barrier, and process 0 stops once all have.
+    A one-machine test hook: the files are in the local workdir every process shares."""
+    index, count = distributed.process_and_count()
+    if count == 1:
+        return
+    folder = pathlib.Path(workdir) / "fault_injection"
+    folder.mkdir(parents=True, exist_ok=True)
+    if index:
+        (folder / f"past_barrier_{step}_{index}").touch()
+        return
+    deadline = time.monotonic() + timeout_s
+    while not all((folder / f"past_barrier_{step}_{i}").exists() for i in range(1, count)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fault injection: the other processes did not pass the barrier "
+                               f"of checkpoint {step} within {timeout_s:.0f} s")
+        time.sleep(0.05)
 
 
 def _close(data_iter):
