@@ -443,7 +443,8 @@ def test_grain_workers_exit_when_their_trainer_is_killed(tmp_path, datasets, cac
         deadline = time.time() + 5
         while time.time() < deadline and any(_alive(c) for c in children):
             time.sleep(0.1)
-        assert not [c for c in children if _alive(c)], "orphaned processes outlived the trainer"
+        survivors = {c: _cmdline(c).replace("\0", " ")[:200] for c in children if _alive(c)}
+        assert not survivors, f"orphaned processes outlived the trainer: {survivors}"
     finally:
         run.kill()
 

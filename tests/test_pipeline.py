@@ -780,3 +780,27 @@ def test_worker_positions_in_records_become_positions_in_batches():
 
     assert record_positions_to_batches(mp_state(8), 8) == mp_state(1)
     assert record_positions_to_batches({"next_index": 40}, 8) == {"next_index": 5}
+
+
+WORKER_INIT_WITH_PARENT = r"""
+import os, sys, time
+from emocap_jax.data import pipeline
+recorded = int(sys.argv[1]) if sys.argv[1] != "mine" else os.getppid()
+pipeline._exit_with_parent(0, 1, parent_pid=recorded)
+time.sleep(3)
+print("still running")
+"""
+
+
+@pytest.mark.parametrize("recorded, expected", [("mine", 0), ("1", 1)])
+def test_a_worker_initialised_after_its_parent_died_exits(recorded, expected):
+    """A Grain worker checks the parent recorded by the process that built the pipeline, not the
+    parent it finds when it initialises: on a loaded machine a spawned worker can take seconds to
+    get there, and if the trainer died meanwhile its new parent (init, or a subreaper) is not the
+    one to watch. A worker whose recorded parent is not its parent exits at once (status 1);
+    one whose parent is alive runs on."""
+    proc = subprocess.run([sys.executable, "-c", WORKER_INIT_WITH_PARENT, recorded],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == expected, proc.stderr[-2000:]
+    assert ("still running" in proc.stdout) == (expected == 0)

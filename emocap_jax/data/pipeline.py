@@ -53,6 +53,7 @@ died; close the iterator (`.close()`) to stop them and free their shared memory 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -239,23 +240,26 @@ def _mark_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _init_worker(worker_index: int, worker_count: int) -> None:
+def _init_worker(worker_index: int, worker_count: int, parent_pid: int) -> None:
     """Grain worker initialisation: exit with the parent; know which batch blocks are ours."""
     shm_transport.set_worker_index(worker_index)
-    _exit_with_parent(worker_index, worker_count)
+    _exit_with_parent(worker_index, worker_count, parent_pid)
 
 
-def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+def _exit_with_parent(worker_index: int, worker_count: int, parent_pid: int) -> None:
     """Grain worker initialisation: the worker exits within a second of its parent's death,
     however the parent died (SIGKILL included), instead of living on as an orphan that reads
     shards. A thread that watches the parent process id, not PR_SET_PDEATHSIG: that signal follows
     the parent *thread* that started the worker, which need not be one that lives as long as the
-    trainer. The parent's resource tracker frees the worker's shared memory once it is gone."""
+    trainer. The parent's resource tracker frees the worker's shared memory once it is gone.
+
+    `parent_pid` is the pid of the process that built the pipeline (and starts its workers),
+    recorded there, not read here: a loaded machine can take seconds to import a spawned worker,
+    and a parent that died meanwhile would otherwise leave the worker watching its new parent."""
     del worker_index, worker_count
-    parent = os.getppid()
 
     def watch():
-        while os.getppid() == parent:
+        while os.getppid() == parent_pid:
             time.sleep(_PARENT_POLL_S)
         os._exit(1)
 
@@ -522,7 +526,7 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
     # Worker w makes steps w, w + W, ...; Grain interleaves them back into step order.
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size),
-        worker_init_fn=_init_worker)
+        worker_init_fn=functools.partial(_init_worker, parent_pid=os.getpid()))
     return ds.map(blocks.unpack), source
 
 
@@ -677,7 +681,8 @@ def make_eval_iterator(data_dir: str, tokenizer, batch_size: int, image_size: in
     if worker_count > 0:
         _mark_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
-                            worker_init_fn=_exit_with_parent)
+                            worker_init_fn=functools.partial(_exit_with_parent,
+                                                             parent_pid=os.getpid()))
     return iter(ds)
 
 
