@@ -244,9 +244,10 @@ class EmoCapCLIP:
         sentences: texts, each within the text tower's context (a longer one is an error naming
             it, not silently cut).
         upsample: False returns the patch grid [N, S, grid, grid] (grid = image_size //
-            patch_size, row-major: maps[i, s, r, c] is the patch in row r, column c); True resizes
-            each map bilinearly to the model's input pixels [N, S, image_size, image_size]
-            (values interpolated, so an upsampled map no longer sums to 1).
+            patch_size, twice that with vision.local_head="patch_fine"; row-major:
+            maps[i, s, r, c] is the patch in row r, column c); True resizes each map bilinearly
+            to the model's input pixels [N, S, image_size, image_size] (values interpolated, so
+            an upsampled map no longer sums to 1).
         pool_temperature: tau_pool (default `self.pool_temperature`); it sharpens or flattens the
             maps but never moves their maximum.
         Returns float32 maps; on the patch grid each map sums to 1.
@@ -261,7 +262,7 @@ class EmoCapCLIP:
         if batch.dtype != np.uint8:
             batch = batch.astype(np.float32)
         vision = self.config.vision
-        grid = vision.image_size // vision.patch_size
+        grid = vision.local_grid_size
         tokens = self._batched(self._patch_tokens, batch,
                                empty_shape=(grid * grid, self.config.embed_dim))
         text = _unit(self.encode_text(self.tokenize(sentences)).astype(np.float32))

@@ -311,6 +311,34 @@ def test_local_conv_head_tokens_see_their_3x3_neighbourhood(tiny):
     np.testing.assert_array_equal(moved.reshape(grid, grid), expected)
 
 
+def test_local_fine_head_tokens_see_only_their_own_half_patch(tiny):
+    """vision.local_head='patch_fine': the local tokens lie on a grid twice as fine as the patch
+    grid, each a function of its own (patch_size / 2)-pixel square only; the pooled embedding is
+    the plain model's; an odd patch size is refused."""
+    config, params = tiny
+    head, head_params, new_names, encode = _with_local_head(tiny, "patch_fine")
+    assert new_names == ["local_embed", "local_fc", "local_ln", "local_pos_embedding",
+                         "local_proj"]
+    images, _ = _inputs(config)
+    pooled, tokens = encode(head, head_params, images)
+    np.testing.assert_allclose(pooled, encode(config, params, images)[0], rtol=1e-6)
+    grid = config.vision.image_size // config.vision.patch_size
+    assert head.vision.local_grid_size == 2 * grid
+    assert tokens.shape == (images.shape[0], (2 * grid) ** 2, config.embed_dim)
+    s = head.vision.local_patch_size
+    assert s == config.vision.patch_size // 2
+    changed = np.array(images).copy()
+    changed[:, s:2 * s, :s] += 1.0  # fine square (1, 0) only
+    _, new_tokens = encode(head, head_params, changed)
+    moved = ~np.isclose(np.asarray(new_tokens), np.asarray(tokens), atol=1e-6).all(axis=(0, 2))
+    expected = np.zeros((2 * grid, 2 * grid), bool)
+    expected[1, 0] = True
+    np.testing.assert_array_equal(moved.reshape(2 * grid, 2 * grid), expected)
+    with pytest.raises(ValueError, match="must be even"):
+        config.replace(vision=dataclasses.replace(config.vision, patch_size=7,
+                                                  local_head="patch_fine"))
+
+
 def test_config_model_maps_onto_clip_config_field_for_field():
     from configs import default
     from emocap_jax.config_utils import clip_config

@@ -315,7 +315,7 @@ def evaluate_split(encoder, data_dir: str, regions_path: Optional[str] = None,
     row_of = {text: j for j, text in enumerate(sentences)}
     embeddings = encoder.texts(sentences)  # unit-norm, tokenised as training does
     vision = encoder.config.vision
-    grid = vision.image_size // vision.patch_size
+    grid = vision.local_grid_size
     pairs_of: dict[int, list] = {}
     for pair in pairs:
         pairs_of.setdefault(pair[0], []).append(pair)
@@ -328,7 +328,7 @@ def evaluate_split(encoder, data_dir: str, regions_path: Optional[str] = None,
             entry = entries[ids[row]]
             size = sizes[row]
             scale = np.array([size[0] / entry["image_size"][0], size[1] / entry["image_size"][1]] * 2)
-            centres = patch_centres(grid, vision.patch_size, vision.image_size, size)
+            centres = patch_centres(grid, vision.local_patch_size, vision.image_size, size)
             u = embeddings[[row_of[text] for _, _, _, text in face_pairs]]
             # The local loss's map; its softmax (tau_pool) does not move the argmax.
             logits = np.asarray(sentence_patch_logits(face_tokens[None], u, 1.0))[0]

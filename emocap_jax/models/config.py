@@ -16,7 +16,7 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 REMAT_POLICIES = ("full", "dots")
 VISION_POOLS = ("token", "gap")
 VISION_STEMS = ("patch", "conv")
-VISION_LOCAL_HEADS = ("none", "patch_mlp", "patch_conv")
+VISION_LOCAL_HEADS = ("none", "patch_mlp", "patch_conv", "patch_fine")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -43,7 +43,9 @@ class VisionConfig:
     # protocol map): "none" (CLIP's: the last layer's patch tokens, projected) or "patch_mlp" (a
     # small head on each patch's own embedding, before any attention: LayerNorm, MLP to mlp_dim,
     # linear map to the embedding) or "patch_conv" (the same with a 3x3 convolution over the
-    # patch grid as the hidden layer: a token sees its own patch and its 8 neighbours). The last
+    # patch grid as the hidden layer: a token sees its own patch and its 8 neighbours) or
+    # "patch_fine" ("patch_mlp" on the head's own embedding of squares half the patch side, with
+    # its own positions: a grid twice as fine, whose maps can tell brows from eyes). The last
     # layer's tokens have seen the whole face through every attention layer, and trained from
     # scratch the local loss learns to read any sentence off one such token (ABLATIONS.md: every
     # map peaks on the same patch); a token that sees only its own patch (or its neighbourhood)
@@ -54,6 +56,16 @@ class VisionConfig:
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def local_patch_size(self) -> int:
+        """Side in pixels of the squares the local tokens describe (and `explain` maps)."""
+        return self.patch_size // 2 if self.local_head == "patch_fine" else self.patch_size
+
+    @property
+    def local_grid_size(self) -> int:
+        """Side of the grid of local tokens: the patch grid, twice as fine for "patch_fine"."""
+        return self.image_size // self.local_patch_size
 
     @property
     def num_patches(self) -> int:
@@ -115,6 +127,9 @@ class CLIPConfig:
         if v.local_head not in VISION_LOCAL_HEADS:
             raise ValueError(f"model.vision.local_head={v.local_head!r}: expected one of "
                              f"{VISION_LOCAL_HEADS}")
+        if v.local_head == "patch_fine" and v.patch_size % 2:
+            raise ValueError(f"model.vision.local_head='patch_fine' halves the patch side: "
+                             f"model.vision.patch_size={v.patch_size} must be even")
         if v.stem not in VISION_STEMS:
             raise ValueError(f"model.vision.stem={v.stem!r}: expected one of {VISION_STEMS}")
         if v.stem == "conv" and (v.patch_size < 2 or v.patch_size & (v.patch_size - 1)):

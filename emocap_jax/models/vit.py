@@ -88,9 +88,25 @@ class VisionTransformer(nn.Module):
         proj = self.param("proj", nn.initializers.normal(scale), (cfg.width, self.embed_dim))
         x = x @ proj.astype(self.dtype)
         pooled = x[:, 1:].mean(axis=1) if cfg.pool == "gap" else x[:, 0]
+        if cfg.local_head == "patch_fine":
+            return pooled, self._local_head(self._fine_patch_embeddings(images))
         if cfg.local_head != "none":
             return pooled, self._local_head(patch_embeddings + pos[1:].astype(self.dtype))
         return pooled, x[:, 1:]
+
+    def _fine_patch_embeddings(self, images):
+        """"patch_fine": the local head's own embedding of non-overlapping local_patch_size
+        pixel squares (half the ViT's patch side, so 4x the tokens) plus its own positions. At the
+        demo's 6x6 ViT grid the brows and the eyes fall into the same patch, as do the mouth and
+        the jaw, so no map on that grid can tell them apart."""
+        cfg = self.config
+        s = cfg.local_patch_size
+        x = nn.Conv(cfg.width, (s, s), strides=(s, s), padding="VALID", use_bias=False,
+                    dtype=self.dtype, name="local_embed")(images.astype(self.dtype))
+        b, h, w, c = x.shape
+        pos = self.param("local_pos_embedding", nn.initializers.normal(cfg.width ** -0.5),
+                         (h * w, cfg.width))
+        return x.reshape(b, h * w, c) + pos.astype(self.dtype)
 
     def _local_head(self, tokens):
         """Per-patch tokens for the local loss from the patch embeddings (plus position), with no
