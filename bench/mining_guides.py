@@ -1,0 +1,144 @@
+"""How well caption-guided mining finds same-class pairs on a trained model: the precision and
+recall, against the records' labels, of the positives that text-guided mining (DESIGN section 2,
+`config.loss.mining`) would mine in training batches.
+
+    python bench/mining_guides.py --checkpoint runs/ablations/pretrain/export \\
+        --data runs/ablations/pretrain/data/train [--guide summary] [--threshold 0.9 0.98] \\
+        [--top-k 8] [--records 2048] [--batch 64] [--batches 50] [--seed 0]
+
+--records labelled records drawn at random from --data are encoded once (their --guide sentence
+through the model's text tower, as the training step does); --batches random batches of --batch
+of them go through the loss's own rule (`losses.mined_positive_targets` with mode "text", each
+--threshold, --top-k, --relative-threshold and --min-spread). A mined pair is right when both
+records carry the same label. Printed per rule: mined positives per row, precision (the fraction
+of mined pairs with the same label) and recall (the fraction of same-label pairs mined); then the
+mean guide cosine of same-label and of other-label pairs, and the label pairs the first rule
+most often mines together (the false positives).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import pathlib
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
+
+import emocap_jax  # noqa: E402
+from emocap_jax import losses  # noqa: E402
+from emocap_jax.data.example_codec import decode_record  # noqa: E402
+from emocap_jax.data.shard_writer import shard_paths  # noqa: E402
+from emocap_jax.data.source import ShardedTFRecordSource  # noqa: E402
+
+GUIDE_FIELDS = {"summary": "summary", "global": "global_caption"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="an export folder (emocap_jax.load)")
+    p.add_argument("--data", required=True, help="a converted dataset folder (TFRecord shards)")
+    p.add_argument("--guide", choices=sorted(GUIDE_FIELDS), default="summary")
+    p.add_argument("--threshold", type=float, nargs="+", default=[0.9])
+    p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--relative-threshold", type=float, default=None)
+    p.add_argument("--min-spread", type=float, default=0.01)
+    p.add_argument("--records", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.batch < 2:
+        p.error(f"--batch must be at least 2, got {args.batch}")
+    return args
+
+
+def read_guides(data: str, field: str, records: int, seed: int
+                ) -> tuple[list[str], np.ndarray, int]:
+    """(guide sentences, labels, records skipped for want of a label or sentence) of up to
+    `records` records drawn at random."""
+    source = ShardedTFRecordSource(shard_paths(data))
+    order = np.random.default_rng(seed).permutation(len(source))
+    texts, labels, skipped = [], [], 0
+    for index in order:
+        if len(texts) == records:
+            break
+        record = decode_record(source[int(index)])
+        text = getattr(record, field)
+        if not record.label or not text.strip():
+            skipped += 1
+            continue
+        texts.append(text)
+        labels.append(record.label)
+    return texts, np.array(labels, dtype=object), skipped
+
+
+def mined_pairs(config: losses.MiningConfig, guides: np.ndarray) -> np.ndarray:
+    """Bool [B, B]: the pairs the loss's rule mines in a batch with these unit guide rows."""
+    rows = jnp.asarray(guides)
+    targets = np.asarray(losses.mined_positive_targets(config, text_rows=rows, text_cols=rows))
+    return (targets > 0) & ~np.eye(len(guides), dtype=bool)
+
+
+def measure(config: losses.MiningConfig, guides: np.ndarray, labels: np.ndarray, batch: int,
+            batches: int, seed: int) -> dict:
+    """Mined positives per row, precision and recall over random batches; and the label pairs
+    of the wrong ones."""
+    rng = np.random.default_rng(seed)
+    right = wrong = same_pairs = 0
+    confused = collections.Counter()
+    for _ in range(batches):
+        pick = rng.choice(len(labels), batch, replace=False)
+        mined = mined_pairs(config, guides[pick])
+        same = labels[pick][:, None] == labels[pick][None, :]
+        np.fill_diagonal(same, False)
+        right += int(np.sum(mined & same))
+        wrong += int(np.sum(mined & ~same))
+        same_pairs += int(np.sum(same))
+        for i, j in zip(*np.nonzero(mined & ~same)):
+            confused[tuple(sorted((labels[pick][i], labels[pick][j])))] += 1
+    return {"per_row": (right + wrong) / (batches * batch),
+            "precision": right / max(right + wrong, 1), "recall": right / max(same_pairs, 1),
+            "confused": confused}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model = emocap_jax.load(args.checkpoint)
+    texts, labels, skipped = read_guides(args.data, GUIDE_FIELDS[args.guide], args.records,
+                                         args.seed)
+    if len(texts) < args.batch:
+        print(f"error: {args.data}: {len(texts)} records with a label and a {args.guide} "
+              f"sentence ({skipped} without), fewer than --batch {args.batch}", file=sys.stderr)
+        return 2
+    guides = model.encode_text(model.tokenize(texts)).astype(np.float32)
+    guides /= np.linalg.norm(guides, axis=1, keepdims=True)
+    print(f"{len(texts)} records ({len(set(labels))} labels; {skipped} skipped without a label "
+          f"or {args.guide} sentence), guide: {args.guide} sentences; {args.batches} batches "
+          f"of {args.batch}")
+    first = None
+    for threshold in args.threshold:
+        config = losses.MiningConfig(mode="text", threshold=threshold, top_k=args.top_k,
+                                     relative_threshold=args.relative_threshold,
+                                     min_spread=args.min_spread)
+        result = measure(config, guides, labels, args.batch, args.batches, args.seed)
+        first = first or result
+        print(f"threshold {threshold:g}, top-k {args.top_k}: {result['per_row']:.2f} mined per "
+              f"row, precision {100 * result['precision']:.1f}%, recall "
+              f"{100 * result['recall']:.1f}%")
+    cos = guides @ guides.T
+    same = labels[:, None] == labels[None, :]
+    off = ~np.eye(len(labels), dtype=bool)
+    other = cos[~same].mean() if np.any(~same) else float("nan")
+    print(f"mean guide cosine: same label {cos[same & off].mean():.3f}, other labels "
+          f"{other:.3f}")
+    top = ", ".join(f"{a} / {b} {n}" for (a, b), n in first["confused"].most_common(8))
+    print(f"wrong pairs mined most often (threshold {args.threshold[0]:g}): {top or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
