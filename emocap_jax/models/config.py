@@ -45,7 +45,8 @@ class VisionConfig:
     # linear map to the embedding) or "patch_conv" (the same with a 3x3 convolution over the
     # patch grid as the hidden layer: a token sees its own patch and its 8 neighbours) or
     # "patch_fine" ("patch_mlp" on the head's own embedding of squares half the patch side, with
-    # its own positions: a grid twice as fine, whose maps can tell brows from eyes). The last
+    # its own positions: a grid twice as fine, on which brows and eyes fall on different tokens;
+    # ABLATIONS.md: that alone did not put their sentences on them). The last
     # layer's tokens have seen the whole face through every attention layer, and trained from
     # scratch the local loss learns to read any sentence off one such token (ABLATIONS.md: every
     # map peaks on the same patch); a token that sees only its own patch (or its neighbourhood)
