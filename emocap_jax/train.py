@@ -471,12 +471,12 @@ def _fault_injection_after_checkpoint(step: int, checkpointer, workdir: str):
             checkpointer.wait()
             if sig == signal.SIGSTOP:
                 distributed.host_barrier(f"emocap_jax: checkpoint {step} complete")
-                _wait_for_the_others_to_stop(workdir, step)
+                _let_process_0_stop_last(workdir, step)
                 log.warning("fault injection: stopping after checkpoint %d", step)
             os.kill(os.getpid(), sig)
 
 
-def _wait_for_the_others_to_stop(workdir: str, step: int, timeout_s: float = 600.0):
+def _let_process_0_stop_last(workdir: str, step: int, timeout_s: float = 600.0):
     """Before SIGSTOP, in a multi-process run: process 0 hosts the coordination service and
     must stop last. Stopping as soon as its own barrier call returned could freeze the service
     before it has sent the other processes their answer; they would then wait in the barrier
