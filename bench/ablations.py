@@ -2,7 +2,8 @@
 (where every face's action units and regions are known).
 
     python bench/ablations.py --work runs/ablations --seeds 0 1 2 --output ABLATIONS.md \\
-        [--jobs 2] [--pretrain-steps 700] [--finetune-steps 300] [--config.FIELD=VALUE ...]
+        [--jobs 2] [--pretrain-steps 700] [--finetune-steps 300] [--finetune-au-drop P]
+        [--config.FIELD=VALUE ...]
 
 1. Pretrain once: `configs/ablations.py:summary` (the demo recipe: global + summary terms) for
    --pretrain-steps on the synthetic corpus, exported to WORK/pretrain/export. Reused when present.
@@ -10,13 +11,17 @@
    local, mining, full) from that export for --finetune-steps, once per seed (the seed sets the
    parameter-free randomness: data order, augmentation, local-sentence sampling), each in a fresh
    process with the user's command, on the pretrain run's corpus (copied, not regenerated).
+   With --finetune-au-drop P > 0 they fine-tune instead on a corpus made once in
+   WORK/finetune_corpus with config.data.synthetic.au_drop_probability=P (a class's action units
+   no longer come together), and are still evaluated on the pretrain's held-out split.
 3. Evaluate each fine-tuned export with `--mode=eval` (config.eval.benchmarks of
    configs/ablations.py): zero-shot UAR on the held-out basic faces, compound UAR on the held-out
    compound faces, AU-detection mean F1, image-to-caption R@1, and grounding where the protocol
    is available.
 Finished runs are reused, so an interrupted table resumes; per-run figures land in
 WORK/results.jsonl and the table (mean ± std over seeds, and per run) between the markers of
---output. Extra `--config.*` arguments go to every run (pretrain and fine-tunes).
+--output (a table of its own for each --finetune-au-drop, so both fit in one file). Extra
+`--config.*` arguments go to every run (pretrain, fine-tuning corpus and fine-tunes).
 """
 from __future__ import annotations
 
@@ -66,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--pretrain-steps", type=int, default=700)
     p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--finetune-au-drop", type=float, default=0.0, metavar="P",
+                   help="fine-tune on a corpus like the pretrain's but with each action unit of a "
+                   "face's class left out with probability P (0: the pretrain's own corpus)")
     p.add_argument("--base", default="demo", help="config module the ablations sit on")
     p.add_argument("--jobs", type=int, default=1, help="fine-tunes run at once")
     p.add_argument("--output", default="ABLATIONS.md")
@@ -75,6 +83,8 @@ def parse_args(argv=None):
     bad = [a for a in extra if not a.startswith("--config.")]
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
+    if not 0.0 <= args.finetune_au_drop < 1.0:
+        p.error(f"--finetune-au-drop must be in [0, 1), got {args.finetune_au_drop}")
     args.extra = extra
     return args
 
@@ -103,32 +113,63 @@ def pretrain(args, work: pathlib.Path) -> pathlib.Path:
     return workdir
 
 
+def finetune_corpus(args, work: pathlib.Path) -> pathlib.Path | None:
+    """With --finetune-au-drop: the fine-tunes' training split, generated and converted once
+    (`--mode=data`, the pretrain's config with the drop probability set). None: the pretrain's."""
+    if not args.finetune_au_drop:
+        return None
+    workdir = work / "finetune_corpus"
+    train_dir = workdir / "data" / "train"
+    if not (train_dir / "metadata.json").exists():
+        if args.render_only:
+            raise SystemExit(f"{workdir}: no fine-tuning corpus; run without --render-only")
+        cmd = [sys.executable, "-m", "emocap_jax.main",
+               f"--config=configs/ablations.py:summary,{args.base}", f"--workdir={workdir}",
+               "--mode=data", f"--config.data.synthetic.au_drop_probability={args.finetune_au_drop}",
+               *args.extra]
+        print(f"[fine-tuning corpus] {shlex.join(cmd)}", flush=True)
+        _run(cmd, work / "finetune_corpus.log")
+    return train_dir
+
+
 def finetune_command(args, pre: pathlib.Path, workdir: pathlib.Path, variant: str,
-                     seed: int, mode: str = "train") -> list[str]:
+                     seed: int, mode: str = "train", train_dir: pathlib.Path | None = None) -> list[str]:
+    # A fine-tuning corpus of its own is read in place; the held-out split stays the pretrain's.
+    data = ([f"--config.data.train_dir={train_dir}",
+             f"--config.eval.zero_shot_dir={workdir / 'data' / 'eval'}"] if train_dir else [])
     return [sys.executable, "-m", "emocap_jax.main",
             f"--config=configs/ablations.py:{variant},{args.base}", f"--workdir={workdir}",
             f"--mode={mode}", f"--config.init_from={pre / 'export'}",
             f"--config.train.num_steps={args.finetune_steps}", f"--config.train.seed={seed}",
-            f"--config.data.shuffle_seed={seed}", *FINETUNE_OVERRIDES, *args.extra]
+            f"--config.data.shuffle_seed={seed}", *data, *FINETUNE_OVERRIDES, *args.extra]
 
 
-def run_one(args, work: pathlib.Path, pre: pathlib.Path, variant: str, seed: int):
+def run_one(args, work: pathlib.Path, pre: pathlib.Path, variant: str, seed: int,
+            train_dir: pathlib.Path | None = None):
     workdir = work / f"{variant}_s{seed}"
     done = workdir / "ablation_result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if result.get("finetune_au_drop", 0.0) != args.finetune_au_drop:
+            raise SystemExit(f"{workdir} was fine-tuned with --finetune-au-drop "
+                             f"{result.get('finetune_au_drop', 0.0)}, not {args.finetune_au_drop}:"
+                             f" use another --work")
+        return result
     if args.render_only:
         return None
-    # The same corpus and held-out splits as the pretrain run, without generating them again.
+    # The same corpus and held-out splits as the pretrain run, without generating them again
+    # (with a fine-tuning corpus of its own, only the held-out splits are needed).
     for name in ("synthetic", "data", "synthetic_benchmarks"):
         if (pre / name).is_dir() and not (workdir / name).exists():
-            shutil.copytree(pre / name, workdir / name)
-    train = finetune_command(args, pre, workdir, variant, seed)
+            shutil.copytree(pre / name, workdir / name, ignore=(
+                shutil.ignore_patterns("train") if train_dir and name == "data" else None))
+    train = finetune_command(args, pre, workdir, variant, seed, train_dir=train_dir)
     print(f"[{variant} seed {seed}] {shlex.join(train)}", flush=True)
     seconds = _run(train, work / f"{variant}_s{seed}.log")
-    _run(finetune_command(args, pre, workdir, variant, seed, mode="eval"),
+    _run(finetune_command(args, pre, workdir, variant, seed, mode="eval", train_dir=train_dir),
          work / f"{variant}_s{seed}.eval.log")
     result = {"variant": variant, "seed": seed, "train_seconds": seconds,
+              "finetune_au_drop": args.finetune_au_drop,
               **read_figures(workdir)}
     metrics = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     result["final_loss"] = [m for m in metrics if m.get("kind") == "train"][-1].get("loss")
@@ -152,11 +193,15 @@ def read_figures(workdir: pathlib.Path) -> dict:
 
 def render(results: list[dict], args, command: str) -> str:
     cols = [c for c in COLUMNS if any(c in r for r in results)]
+    corpus = (f"on a corpus of the same size whose faces leave out each action unit of their "
+              f"class with probability {args.finetune_au_drop:g} (`--finetune-au-drop`)"
+              if args.finetune_au_drop else "on the same corpus")
     lines = [f"Pretrain: configs/ablations.py:summary,{args.base} (global + summary terms), "
              f"{args.pretrain_steps} steps on the synthetic corpus; every variant fine-tunes "
-             f"that export for {args.finetune_steps} steps (seeds set data order, augmentation "
-             "and sentence sampling). Held-out synthetic faces (identities never trained on). "
-             "All figures in %, mean ± std over seeds; measured on a 2-core CPU.", "",
+             f"that export for {args.finetune_steps} steps {corpus} (seeds set data order, "
+             "augmentation and sentence sampling). Held-out synthetic faces of the pretrain's "
+             "corpus (identities never trained on). All figures in %, mean ± std over seeds; "
+             "measured on a 2-core CPU.", "",
              "| variant | " + " | ".join(COLUMNS[c][0] for c in cols) +
              " | fine-tune time (min) | seeds |",
              "|---|" + "---|" * (len(cols) + 2)]
@@ -183,16 +228,19 @@ def main(argv=None):
     work = pathlib.Path(args.work).absolute()
     work.mkdir(parents=True, exist_ok=True)
     pre = pretrain(args, work)
+    train_dir = finetune_corpus(args, work)
     jobs = [(v, s) for s in args.seeds for v in args.variants]  # seed-major
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_one, args, work, pre, v, s) for v, s in jobs]
+        futures = [pool.submit(run_one, args, work, pre, v, s, train_dir) for v, s in jobs]
         results = [r for r in (f.result() for f in futures) if r is not None]
     with open(work / "results.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in results)
     command = "python bench/ablations.py " + shlex.join(
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render-only")
     table = render(results, args, command)
-    write_table(pathlib.Path(args.output), table, begin_marker("bench/ablations.py"))
+    marker = "bench/ablations.py" + (f" --finetune-au-drop {args.finetune_au_drop:g}"
+                                     if args.finetune_au_drop else "")
+    write_table(pathlib.Path(args.output), table, begin_marker(marker))
     print(table)
 
 

@@ -24,13 +24,13 @@ def mean_std_cell(values) -> str:
 
 
 def write_table(path: pathlib.Path, table: str, begin: str):
-    """Replaces the table between `begin` and END of an existing file (its prose stays), else
-    writes the table alone."""
+    """Replaces the table between `begin` and the END after it in an existing file (its prose and
+    other tables stay); a file without that table gets it appended; a new file holds it alone."""
     block = f"{begin}\n{table}{END}"
     text = path.read_text() if path.exists() else ""
-    if begin in text and END in text:
+    if begin in text and END in text.split(begin, 1)[1]:
         head, rest = text.split(begin, 1)
         text = head + block + rest.split(END, 1)[1]
     else:
-        text = block + "\n"
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + block + "\n"
     path.write_text(text)

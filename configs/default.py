@@ -53,8 +53,11 @@ def get_config():
     # captions built from the label (emocap_jax/data/label_captions.py); False makes them an error.
     config.data.captions_from_labels = True
     # Synthetic-faces corpus generated into the workdir when train_dir is empty (demo, tests).
+    # au_drop_probability > 0 leaves out each action unit of a face's class (key ones included)
+    # with that probability, so a class's movements stop coming together: the fine-tuning corpus
+    # on which the local term learns which region each sentence names (ABLATIONS.md).
     config.data.synthetic = ml_collections.ConfigDict(
-        dict(num=0, seed=0, size=96, eval_per_class=40))
+        dict(num=0, seed=0, size=96, eval_per_class=40, au_drop_probability=0.0))
 
     # ----- losses (DESIGN section 2)
     config.loss = ml_collections.ConfigDict()

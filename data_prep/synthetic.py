@@ -37,6 +37,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compound-fraction", type=float, default=DEFAULT_COMPOUND_FRACTION, help=f"share of training faces with compound expressions (default {DEFAULT_COMPOUND_FRACTION})")
     parser.add_argument("--faces-per-identity", type=int, default=DEFAULT_FACES_PER_IDENTITY, help=f"faces drawn per synthetic person (default {DEFAULT_FACES_PER_IDENTITY})")
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, help=f"JPEG quality (default {DEFAULT_JPEG_QUALITY})")
+    parser.add_argument("--au-drop-probability", type=float, default=0.0, help="leave out each action unit of a face's class, key ones included, with this probability, so a class's movements no longer come together (default 0: the usual corpus)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -56,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             compound_fraction=args.compound_fraction,
             faces_per_identity=args.faces_per_identity,
             jpeg_quality=args.jpeg_quality,
+            au_drop_probability=args.au_drop_probability,
             progress=not args.no_progress,
         )
     except ValueError as error:

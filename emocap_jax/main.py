@@ -1,6 +1,6 @@
 """Command line entry point: flags only; the library does the work.
 
-    python -m emocap_jax.main --config=configs/vitb16.py --workdir=DIR [--mode=train|eval|info]
+    python -m emocap_jax.main --config=configs/vitb16.py --workdir=DIR [--mode=train|eval|data|info]
         [--config.field=value ...]
         [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
@@ -28,10 +28,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config(); fields overridable with "
     "--config.field=value.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "info"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "data", "info"],
                           "train: train (resuming from the workdir) then evaluate; eval: run the "
                           "config's evaluations (config.eval.benchmarks) on the workdir's export "
-                          "and write WORKDIR/eval/report.md; info: print the model summary.")
+                          "and write WORKDIR/eval/report.md; data: check the datasets, or "
+                          "generate and convert the synthetic corpus into the workdir, and stop; "
+                          "info: print the model summary.")
 # Multi-process runs on clusters JAX cannot detect (on TPU pod slices and SLURM nothing is needed).
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0, which every process of a multi-process "
@@ -93,11 +95,14 @@ def main(argv):
         print_info(config)
         return 0
     if not _WORKDIR.value:
-        raise UsageError("--workdir is required for --mode=train and --mode=eval")
+        raise UsageError("--workdir is required for --mode=train, --mode=eval and --mode=data")
     from emocap_jax import train  # after the huge-pages re-exec, as in print_info
     with distributed.exit_when_a_peer_is_gone():
         if _MODE.value == "train":
             train.train_and_evaluate(config, _WORKDIR.value)
+        elif _MODE.value == "data":
+            train_dir, eval_dir = train.prepare_data(config, _WORKDIR.value)
+            print(f"training data: {train_dir}\nheld-out data: {eval_dir or '(none)'}")
         else:
             train.evaluate_workdir(config, _WORKDIR.value)
     return 0

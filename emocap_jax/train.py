@@ -77,10 +77,13 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
                       f"{workdir} (every process must see the same --workdir)")
         return str(data / "train"), eval_dir or str(data / "eval")
     corpus = workdir / "synthetic"
-    if not (corpus / "corpus.json").exists():
+    if (corpus / "corpus.json").exists():
+        _check_synthetic_corpus(corpus, syn)
+    else:
         log.info("generating %d synthetic faces into %s", syn.num, corpus)
         generate_corpus(corpus, num=syn.num, seed=syn.seed, size=syn.size,
-                        eval_per_class=syn.eval_per_class)
+                        eval_per_class=syn.eval_per_class,
+                        au_drop_probability=syn.au_drop_probability)
     data = workdir / "data"
     classes = json.loads((corpus / "corpus.json").read_text())["classes"]
     # The held-out split keeps the generator's class order (label_id) for zero-shot scoring.
@@ -102,6 +105,20 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
 
 
 _SYNTHETIC_WRITTEN = "emocap_jax: synthetic corpus written"
+
+
+def _check_synthetic_corpus(corpus: pathlib.Path, syn) -> None:
+    """A workdir's corpus is reused (resumes, copies), so it must be the one config.data.synthetic
+    describes: a run never trains on another corpus than its config says without saying so."""
+    written = json.loads((corpus / "corpus.json").read_text())["arguments"]
+    written.setdefault("au_drop_probability", 0.0)  # corpora written before the option existed
+    wrong = [f"{name}={syn[name]!r} (the corpus has {written[name]!r})"
+             for name in ("num", "seed", "size", "eval_per_class", "au_drop_probability")
+             if written[name] != syn[name]]
+    if wrong:
+        raise UsageError(f"{corpus} was generated with other settings than "
+                         f"config.data.synthetic: {', '.join(wrong)}; use a new --workdir, or "
+                         f"delete {corpus} and {corpus.parent / 'data'} to generate it again")
 
 
 def check_dataset(path: str, setting: str) -> None:

@@ -92,6 +92,7 @@ class _RenderSettings:
     image_format: str
     jpeg_quality: int
     output_dir: str
+    au_drop_probability: float = 0.0
 
 
 def face_caption(spec: FaceSpec, seed: int, split: str, index: int) -> Caption:
@@ -135,13 +136,15 @@ def grounding_record(spec: FaceSpec, record_id: str, seed: int, split: str, inde
     }
 
 
-def eval_grounding_records(seed: int, eval_per_class: int, size: int, faces_per_identity: int = DEFAULT_FACES_PER_IDENTITY) -> list[dict[str, Any]]:
-    """``grounding_record`` of every eval face of a corpus generated with these arguments (the
-    same faces `emocap_jax.evaluate.synthetic_benchmarks` writes as its basic split), in manifest
-    order. Nothing is rendered: about 5 ms a face."""
+def eval_grounding_records(seed: int, eval_per_class: int, size: int, faces_per_identity: int = DEFAULT_FACES_PER_IDENTITY,
+                           au_drop_probability: float = 0.0) -> list[dict[str, Any]]:
+    """``grounding_record`` of every eval face of a corpus generated with these arguments (with
+    the default ``au_drop_probability``, the same faces `emocap_jax.evaluate.synthetic_benchmarks`
+    writes as its basic split), in manifest order. Nothing is rendered: about 5 ms a face."""
     _, tasks = plan_corpus(0, seed, eval_per_class, faces_per_identity=faces_per_identity)
     return [
-        grounding_record(sample_face_spec(seed, task.split, task.index, task.label, task.identity_index), task.record_id, seed, task.split, task.index, size)
+        grounding_record(sample_face_spec(seed, task.split, task.index, task.label, task.identity_index, au_drop_probability),
+                         task.record_id, seed, task.split, task.index, size)
         for task in tasks
     ]
 
@@ -171,12 +174,13 @@ def ensure_eval_regions(corpus_dir: str | os.PathLike, dataset_dir: str | os.Pat
         return target
     arguments = json.loads((corpus_dir / "corpus.json").read_text(encoding="utf-8"))["arguments"]
     records = eval_grounding_records(arguments["seed"], arguments["eval_per_class"], arguments["size"],
-                                     arguments.get("faces_per_identity", DEFAULT_FACES_PER_IDENTITY))
+                                     arguments.get("faces_per_identity", DEFAULT_FACES_PER_IDENTITY),
+                                     arguments.get("au_drop_probability", 0.0))
     return write_grounding_file(target, records)
 
 
 def _render_task(task: FaceTask, settings: _RenderSettings) -> dict[str, Any]:
-    spec = sample_face_spec(settings.seed, task.split, task.index, task.label, task.identity_index)
+    spec = sample_face_spec(settings.seed, task.split, task.index, task.label, task.identity_index, settings.au_drop_probability)
     image = render_face(spec, settings.size)
     root = pathlib.Path(settings.output_dir) / ("eval" if task.split == "eval" else "")
     path = root / task.image
@@ -334,29 +338,32 @@ def generate_corpus(
     compound_fraction: float = DEFAULT_COMPOUND_FRACTION,
     faces_per_identity: int = DEFAULT_FACES_PER_IDENTITY,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    au_drop_probability: float = 0.0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Writes the synthetic corpus to ``output_dir`` and returns a summary.
 
     num: training faces (a ``compound_fraction`` share of them show compound expressions);
     eval_per_class: held-out faces per basic class, from identities not used in training;
-    workers: processes (None: all cores for large corpora, in-process for small ones).
+    workers: processes (None: all cores for large corpora, in-process for small ones);
+    au_drop_probability: each AU of a face's class, key AUs included, left out with this
+    probability (``faces.sample_aus``; 0: the usual corpus, where a class's AUs come together).
     The summary holds the paths written, counts per label for each split and the throughput.
     """
     image_format = {"jpg": "jpeg"}.get(str(image_format).lower(), str(image_format).lower())
-    _check_arguments(num, seed, size, eval_per_class, workers, image_format, compound_fraction, faces_per_identity, jpeg_quality)
+    _check_arguments(num, seed, size, eval_per_class, workers, image_format, compound_fraction, faces_per_identity, jpeg_quality, au_drop_probability)
     out = pathlib.Path(output_dir)
     _prepare_output_dir(out)
     _, extension = IMAGE_FORMATS[image_format]
     train_tasks, eval_tasks = plan_corpus(num, seed, eval_per_class, extension, compound_fraction, faces_per_identity)
-    settings = _RenderSettings(seed, size, image_format, jpeg_quality, str(out))
+    settings = _RenderSettings(seed, size, image_format, jpeg_quality, str(out), au_drop_probability)
     start = time.perf_counter()
     records = _run_tasks(train_tasks + eval_tasks, settings, _resolve_workers(workers, len(train_tasks) + len(eval_tasks)), progress)
     seconds = time.perf_counter() - start
     train_records, eval_records = records[: len(train_tasks)], records[len(train_tasks) :]
     _write_jsonl(out / "manifest.jsonl", train_records)
     _write_jsonl(out / "eval" / "manifest.jsonl", eval_records)
-    write_grounding_file(out / "eval" / REGIONS_FILE, eval_grounding_records(seed, eval_per_class, size, faces_per_identity))
+    write_grounding_file(out / "eval" / REGIONS_FILE, eval_grounding_records(seed, eval_per_class, size, faces_per_identity, au_drop_probability))
     columns, preview_root = _preview_records(eval_records, train_records)
     preview = write_preview(out, columns, preview_root, size)
     counts = {
@@ -375,6 +382,7 @@ def generate_corpus(
             "compound_fraction": compound_fraction,
             "faces_per_identity": faces_per_identity,
             "jpeg_quality": jpeg_quality,
+            "au_drop_probability": au_drop_probability,
         },
         "classes": list(BASIC_CLASSES),
         "compound_classes": list(COMPOUND_CLASSES),
@@ -408,7 +416,7 @@ def generate_corpus(
     }
 
 
-def _check_arguments(num, seed, size, eval_per_class, workers, image_format, compound_fraction, faces_per_identity, jpeg_quality) -> None:
+def _check_arguments(num, seed, size, eval_per_class, workers, image_format, compound_fraction, faces_per_identity, jpeg_quality, au_drop_probability=0.0) -> None:
     problems = []
     if not isinstance(num, (int, np.integer)) or num < 0:
         problems.append(f"num must be a non-negative integer, got {num!r}")
@@ -428,6 +436,8 @@ def _check_arguments(num, seed, size, eval_per_class, workers, image_format, com
         problems.append(f"faces_per_identity must be a positive integer, got {faces_per_identity!r}")
     if not 1 <= jpeg_quality <= 100:
         problems.append(f"jpeg_quality must be in [1, 100], got {jpeg_quality!r}")
+    if not 0.0 <= au_drop_probability < 1.0:
+        problems.append(f"au_drop_probability must be in [0, 1), got {au_drop_probability!r}")
     if num == 0 and eval_per_class == 0:
         problems.append("nothing to generate: num and eval_per_class are both 0")
     if problems:

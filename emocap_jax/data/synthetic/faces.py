@@ -263,27 +263,48 @@ def sample_identity(seed: int, split: str, identity_index: int) -> Identity:
     )
 
 
-def sample_aus(label: str, rng: np.random.Generator) -> tuple[dict[int, float], int]:
+def sample_aus(label: str, rng: np.random.Generator, au_drop_probability: float = 0.0) -> tuple[dict[int, float], int]:
     """Samples drawn AU intensities for ``label`` and the side of its unilateral AUs.
 
     Overall strength varies per face; non-key AUs are occasionally dropped and a weak extra AU is
     occasionally added, so a class is a distribution over AU patterns rather than one template.
     Returned intensities are rounded to 3 decimals (what the manifest stores is what is drawn) and
     every one is above ``VISIBILITY_THRESHOLD``.
+
+    ``au_drop_probability`` > 0 breaks the co-occurrence of a class's AUs: each of them, key AUs
+    included, is left out with that probability (at least one kept), so that a raised brow also
+    appears without the open mouth it comes with in surprise. The label then no longer fixes the
+    AUs, but the local sentences still describe exactly what is drawn: the corpus that teaches a
+    local head which region each sentence names (ABLATIONS.md). 0 (the default) is the usual corpus,
+    drawn from the same random stream as before the option existed.
     """
     if label not in PROTOTYPES:
         raise ValueError(f"unknown expression label {label!r}; known: {', '.join(ALL_CLASSES)}")
+    if not 0.0 <= au_drop_probability < 1.0:
+        raise ValueError(f"au_drop_probability must be in [0, 1), got {au_drop_probability!r}")
     proto = PROTOTYPES[label]
     aus: dict[int, float] = {}
     strength = rng.uniform(0.5, 1.0)
-    for code in sorted(proto.weights):
-        drop = rng.random() < DROP_PROBABILITY
-        value = proto.weights[code] * strength * rng.uniform(0.85, 1.15) + rng.normal(0.0, 0.04)
-        if code in proto.key:
-            value = max(value, KEY_AU_FLOOR)
-        elif drop:
-            continue
-        aus[code] = float(np.clip(value, 0.0, 1.0))
+    if au_drop_probability > 0:
+        codes = sorted(proto.weights)
+        kept = [code for code in codes if rng.random() >= au_drop_probability]
+        if codes and not kept:
+            kept = [codes[int(rng.integers(len(codes)))]]
+        for code in codes:
+            value = proto.weights[code] * strength * rng.uniform(0.85, 1.15) + rng.normal(0.0, 0.04)
+            if code in proto.key:
+                value = max(value, KEY_AU_FLOOR)
+            if code in kept:
+                aus[code] = float(np.clip(value, 0.0, 1.0))
+    else:
+        for code in sorted(proto.weights):
+            drop = rng.random() < DROP_PROBABILITY
+            value = proto.weights[code] * strength * rng.uniform(0.85, 1.15) + rng.normal(0.0, 0.04)
+            if code in proto.key:
+                value = max(value, KEY_AU_FLOOR)
+            elif drop:
+                continue
+            aus[code] = float(np.clip(value, 0.0, 1.0))
     if rng.random() < EXTRA_PROBABILITY:
         if label == "neutral":
             candidates = list(_NEUTRAL_EXTRAS)
@@ -300,13 +321,15 @@ def sample_aus(label: str, rng: np.random.Generator) -> tuple[dict[int, float], 
     return drawn, side
 
 
-def sample_face_spec(seed: int, split: str, index: int, label: str, identity_index: int) -> FaceSpec:
-    """The spec of face ``index`` of ``split``: a pure function of its arguments."""
+def sample_face_spec(seed: int, split: str, index: int, label: str, identity_index: int,
+                     au_drop_probability: float = 0.0) -> FaceSpec:
+    """The spec of face ``index`` of ``split``: a pure function of its arguments
+    (``au_drop_probability``: see ``sample_aus``)."""
     if split not in SPLIT_CODES:
         raise ValueError(f"split must be one of {sorted(SPLIT_CODES)}, got {split!r}")
     identity = sample_identity(seed, split, identity_index)
     rng = stream_rng(STREAM_FACE, seed, SPLIT_CODES[split], index)
-    aus, side = sample_aus(label, rng)
+    aus, side = sample_aus(label, rng, au_drop_probability)
     proto = PROTOTYPES[label]
     background_colors = tuple(
         _rgb(np.array(_hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0, 0.6), rng.uniform(0.25, 0.95))) * 255)
