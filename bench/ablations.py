@@ -205,7 +205,7 @@ def render(results: list[dict], args, command: str) -> str:
              "| variant | " + " | ".join(COLUMNS[c][0] for c in cols) +
              " | fine-tune time (min) | seeds |",
              "|---|" + "---|" * (len(cols) + 2)]
-    for variant in args.variants:
+    for variant in (v for v in VARIANTS if v in args.variants):  # table order, not run order
         rows = [r for r in results if r["variant"] == variant]
         if not rows:
             continue

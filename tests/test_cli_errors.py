@@ -62,6 +62,24 @@ def test_train_without_a_dataset(places):
     _assert_one_line(result, "no training data", "--config.data.train_dir=DIR")
 
 
+def test_mode_data_prepares_the_corpus_and_a_corpus_of_other_settings_is_refused(places):
+    """--mode=data generates and converts the synthetic corpus and stops; a later run whose
+    config.data.synthetic differs from what the workdir holds is refused, not silently trained on
+    the other corpus."""
+    workdir = places["root"] / "data_only"
+    small = ("--config.data.synthetic.num=16", "--config.data.synthetic.size=32",
+             "--config.data.synthetic.eval_per_class=1")
+    made = _run(*TRAIN, f"--workdir={workdir}", "--mode=data", *small,
+                "--config.data.synthetic.au_drop_probability=0.5")
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert f"training data: {workdir / 'data' / 'train'}" in made.stdout
+    assert (workdir / "data" / "train" / "metadata.json").is_file()
+    assert not (workdir / "checkpoints").exists()  # nothing trained
+    result = _run(*TRAIN, f"--workdir={workdir}", "--mode=data", *small)
+    _assert_one_line(result, f"{workdir / 'synthetic'} was generated with other settings",
+                     "au_drop_probability=0.0 (the corpus has 0.5)", "new --workdir")
+
+
 def test_train_on_a_missing_dataset_path(places):
     result = _run(*TRAIN, f"--workdir={places['out']}",
                   f"--config.data.train_dir={places['missing']}")

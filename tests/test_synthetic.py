@@ -230,6 +230,61 @@ def test_sampled_aus_follow_the_facs_prototypes():
         assert common == set(proto.weights), label
 
 
+def test_au_drop_probability_lets_a_class_s_movements_appear_apart():
+    """With au_drop_probability, a surprised face's raised brows also come without its dropped
+    jaw (the co-occurrence the local term cannot see past), every face keeps one of its class's
+    AUs, and the default draws exactly what it drew before the option existed."""
+    rng = np.random.default_rng(0)
+    proto = PROTOTYPES["surprise"]
+    faces = [sample_aus("surprise", rng, au_drop_probability=0.5)[0] for _ in range(600)]
+    for code in proto.key:
+        absent = np.mean([code not in aus for aus in faces])
+        assert 0.4 < absent < 0.6, (code, absent)
+    assert all(set(aus) & set(proto.weights) for aus in faces)
+    brows_without_jaw = np.mean([1 in aus and 26 not in aus for aus in faces])
+    assert brows_without_jaw > 0.15
+    # Without the option, the key AUs are always there (test_sampled_aus_follow_the_facs_prototypes)
+    # and 0 is the same random stream as no argument.
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert [sample_aus("fear", a) for _ in range(50)] == [sample_aus("fear", b, 0.0) for _ in range(50)]
+    with pytest.raises(ValueError, match="au_drop_probability must be in"):
+        sample_aus("fear", rng, au_drop_probability=1.0)
+
+
+def test_the_default_corpus_is_the_one_written_before_au_drop_existed(tmp_path):
+    """Existing corpora and every result measured on them stay reproducible: the manifests and
+    regions of a small default corpus hash to what the generator wrote at commit 48a3d3d."""
+    import hashlib
+
+    synthetic.generate_corpus(tmp_path, 20, seed=3, size=48, eval_per_class=2, workers=1, progress=False)
+    digest = lambda name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+    assert digest("manifest.jsonl") == "18ad9c296d9adb1fba667d4164920dfb911c92c49aa8e8ae07d114c241cc415f"
+    assert digest("eval/manifest.jsonl") == "2c8e7ecde41975f1c8931a745d23fa48f2e47a8e46e5fc522da908990af5ffa5"
+    assert digest(f"eval/{synthetic.REGIONS_FILE}") == "9d929e78b16a9546d00e5f78b0d39c49e7818bd9983b1215a128086c3f17b1b9"
+
+
+def test_a_decorrelated_corpus_records_its_setting_and_its_captions_follow_the_drawing(tmp_path):
+    synthetic.generate_corpus(tmp_path, 60, seed=2, size=48, eval_per_class=2, workers=1,
+                              au_drop_probability=0.5, progress=False)
+    arguments = json.loads((tmp_path / "corpus.json").read_text())["arguments"]
+    assert arguments["au_drop_probability"] == 0.5
+    records = _read_jsonl(tmp_path / "manifest.jsonl")
+    for record in records:
+        drawn = {int(code[2:]) for code in record["aus"]}
+        mentioned = {int(m) for m in AU_PATTERN.findall(" ".join(record["local"]))}
+        assert mentioned == drawn, record["id"]
+    # Some faces of a key-AU class miss a key AU, which the usual corpus never does.
+    assert any(not PROTOTYPES[r["label"]].key <= {int(c[2:]) for c in r["aus"]} for r in records
+               if PROTOTYPES[r["label"]].key)
+    # The held-out regions recomputed from corpus.json are the ones the generator wrote.
+    written = (tmp_path / "eval" / synthetic.REGIONS_FILE).read_bytes()
+    (tmp_path / "eval" / synthetic.REGIONS_FILE).unlink()
+    (tmp_path / "data").mkdir()
+    assert synthetic.ensure_eval_regions(tmp_path, tmp_path / "data").read_bytes() == written
+    with pytest.raises(ValueError, match="au_drop_probability must be in"):
+        synthetic.generate_corpus(tmp_path / "bad", 4, au_drop_probability=-0.1)
+
+
 def test_captions_fit_the_clip_context():
     tokenizers = pytest.importorskip("emocap_jax.tokenizers")
     tokenizer = tokenizers.ClipBpeTokenizer()

@@ -1,0 +1,66 @@
+"""bench/ablations.py: what it runs for each variant and where its tables go."""
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))  # the bench scripts import their shared helpers
+spec = importlib.util.spec_from_file_location("bench_ablations",
+                                              os.path.join(REPO, "bench", "ablations.py"))
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+import markdown_tables  # noqa: E402  (bench/, put on the path above)
+
+
+def _flags(cmd):
+    return dict(a[2:].split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+
+
+def test_a_fine_tuning_corpus_of_its_own_trains_there_and_evaluates_on_the_pretrains_split(tmp_path):
+    args = bench.parse_args(["--finetune-au-drop", "0.5", "--config.train.log_every=5"])
+    pre, workdir = tmp_path / "pretrain", tmp_path / "local_s1"
+    corpus = tmp_path / "finetune_corpus" / "data" / "train"
+    flags = _flags(bench.finetune_command(args, pre, workdir, "local", 1, train_dir=corpus))
+    assert flags["config.data.train_dir"] == str(corpus)
+    assert flags["config.eval.zero_shot_dir"] == str(workdir / "data" / "eval")
+    assert flags["config.init_from"] == str(pre / "export")
+    assert flags["config.train.seed"] == flags["config.data.shuffle_seed"] == "1"
+    assert flags["config.train.log_every"] == "5"
+    usual = _flags(bench.finetune_command(bench.parse_args([]), pre, workdir, "local", 1))
+    assert "config.data.train_dir" not in usual and "config.eval.zero_shot_dir" not in usual
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--finetune-au-drop", "1"])
+
+
+def test_a_finished_run_of_another_corpus_is_not_reused(tmp_path):
+    workdir = tmp_path / "summary_s0"
+    workdir.mkdir()
+    (workdir / "ablation_result.json").write_text(json.dumps(
+        {"variant": "summary", "seed": 0, "train_seconds": 1.0, "zero_shot": 0.5}))
+    usual = bench.parse_args([])
+    assert bench.run_one(usual, tmp_path, tmp_path / "pretrain", "summary", 0)["zero_shot"] == 0.5
+    other = bench.parse_args(["--finetune-au-drop", "0.5"])
+    with pytest.raises(SystemExit, match="--finetune-au-drop 0.0, not 0.5: use another --work"):
+        bench.run_one(other, tmp_path, tmp_path / "pretrain", "summary", 0)
+
+
+def test_each_tables_marker_replaces_only_its_own_table(tmp_path):
+    path = pathlib.Path(tmp_path / "ABLATIONS.md")
+    first = markdown_tables.begin_marker("bench/ablations.py")
+    second = markdown_tables.begin_marker("bench/ablations.py --finetune-au-drop 0.5")
+    path.write_text(f"# Title\n\nprose before\n\n{first}\nold table\n{markdown_tables.END}\n\n"
+                    "prose after\n")
+    markdown_tables.write_table(path, "second table\n", second)
+    text = path.read_text()
+    assert "old table" in text and "prose after" in text and text.index(second) > text.index("prose after")
+    markdown_tables.write_table(path, "new first table\n", first)
+    markdown_tables.write_table(path, "new second table\n", second)
+    text = path.read_text()
+    assert "old table" not in text and "second table\n" not in text.replace("new second table\n", "")
+    assert text.count(markdown_tables.END) == 2
+    assert text.startswith("# Title\n\nprose before\n\n" + first + "\nnew first table\n")
+    assert "prose after" in text and text.rstrip().endswith("new second table\n" + markdown_tables.END)
