@@ -86,7 +86,9 @@ def get_config():
     config.loss.mining = ml_collections.ConfigDict(dict(
         mode="text", guide="summary", threshold=0.9, top_k=8, weight=1.0, warmup_steps=500,
         relative_threshold=config_dict.placeholder(float), min_spread=0.01,
-        image_threshold=config_dict.placeholder(float), agreement_gate=False))
+        image_threshold=config_dict.placeholder(float), agreement_gate=False,
+        # Which contrastive terms take the mined positives: ("global", "summary") or one of them.
+        terms=("global", "summary")))
 
     # ----- optimisation
     config.optim = ml_collections.ConfigDict()

@@ -24,7 +24,23 @@ def mining_config(loss_config) -> losses.MiningConfig:
     m = loss_config.mining
     fields = dict(m.to_dict() if hasattr(m, "to_dict") else m)
     fields.pop("guide", None)
+    fields.pop("terms", None)
     return losses.MiningConfig(**fields)
+
+
+MINING_TERMS = ("global", "summary")
+
+
+def mining_terms(loss_config) -> tuple[str, ...]:
+    """`config.loss.mining.terms`: the contrastive terms whose targets take mined positives (the
+    others keep their one-hot or label targets). Default: both."""
+    terms = loss_config.mining.get("terms", MINING_TERMS)
+    terms = (terms,) if isinstance(terms, str) else tuple(terms)
+    unknown = [t for t in terms if t not in MINING_TERMS]
+    if unknown or not terms:
+        raise ValueError(f"config.loss.mining.terms={terms!r}: choose one or both of "
+                         f"{MINING_TERMS}")
+    return terms
 
 
 def uses_summary(loss_config) -> bool:
@@ -69,13 +85,17 @@ def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch
         terms["mining_scale"] = mining_scale
     contrastive = functools.partial(
         losses.contrastive_loss, logit_scale=logit_scale, mesh=mesh, axis=batch_axes, impl=impl,
-        chunk_size=chunk if impl == "chunked" else None, mining=mining,
+        chunk_size=chunk if impl == "chunked" else None,
         guide_text=guide_text, guide_image=img, step=step, mining_scale=mining_scale,
         labels=batch["label_id"] if loss_config.get("label_positives", False) else None)
-    terms["global"] = contrastive(img, global_emb)
+    mined = mining_terms(loss_config)
+    no_mining = losses.MiningConfig(mode="off")
+    terms["global"] = contrastive(img, global_emb,
+                                  mining=mining if "global" in mined else no_mining)
     total = terms["global"]
     if loss_config.summary_weight > 0:
-        terms["summary"] = contrastive(img, summary_emb)
+        terms["summary"] = contrastive(img, summary_emb,
+                                       mining=mining if "summary" in mined else no_mining)
         total = total + loss_config.summary_weight * terms["summary"]
     if with_local:
         local_emb = text_emb[:, per_face - batch["local_tokens"].shape[1]:]

@@ -1,5 +1,6 @@
 """The training run end to end (as a user runs it: `python -m emocap_jax.main`, 8 CPU devices),
 exact resume after SIGKILL, clean stop on SIGTERM, and the step's own guarantees."""
+import copy
 import json
 import os
 import signal
@@ -327,6 +328,52 @@ def test_config_reaches_every_mining_field():
     config.loss.mining.treshold = 0.5
     with pytest.raises(TypeError, match="treshold"):
         mining_config(config.loss)
+
+
+def test_mining_terms_choose_which_terms_take_mined_positives():
+    """loss.mining.terms=("summary",): the global term is the no-mining one and the summary term
+    the mining one, value for value; a mined pair changes both terms by default."""
+    import functools
+
+    from configs import tiny
+    from emocap_jax.config_utils import clip_config
+    from emocap_jax.models.clip import CLIP, init_params
+    from emocap_jax.train_step import compute_losses
+
+    config = tiny.get_config()
+    config.model.vision.image_size = 32
+    config.loss.local_weight = 0.0
+    config.loss.summary_weight = 1.0
+    model_config = clip_config(config)
+    params = jax.jit(lambda r: init_params(model_config, r))(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    b, length = 8, model_config.text.context_length
+    summary = rng.integers(1, 49000, (b, length)).astype(np.int32)
+    # Four pairs whose summaries differ in their first token only: alike enough to be mined under
+    # the text guide, not identical (identical texts would leave the summary term unchanged).
+    summary[4:] = summary[:4]
+    summary[4:, 0] = summary[:4, 0] + 1
+    batch = {"image": rng.integers(0, 255, (b, 32, 32, 3), dtype=np.uint8),
+             "global_tokens": rng.integers(1, 49000, (b, length)).astype(np.int32),
+             "summary_tokens": summary, "label_id": np.full((b,), -1, np.int32)}
+
+    def terms(mode, mined=None):
+        loss = copy.deepcopy(config.loss)
+        loss.impl = "single"
+        loss.mining.update(mode=mode, warmup_steps=0, threshold=0.75, top_k=1, min_spread=0.0)
+        if mined is not None:
+            loss.mining.terms = mined
+        run = functools.partial(compute_losses, model=CLIP(model_config), loss_config=loss,
+                                mesh=None, batch_axes=None)
+        return {k: float(v) for k, v in run(params, batch, 0)[1].items()}
+
+    off, both, summary_only = terms("off"), terms("text"), terms("text", ("summary",))
+    assert both["global"] != pytest.approx(off["global"], abs=1e-4)
+    assert both["summary"] != pytest.approx(off["summary"], abs=1e-4)
+    assert summary_only["global"] == pytest.approx(off["global"], abs=1e-6)
+    assert summary_only["summary"] == pytest.approx(both["summary"], abs=1e-6)
+    with pytest.raises(ValueError, match="config.loss.mining.terms"):
+        terms("text", ("local",))
 
 
 def test_evals_compile_once_and_agree_with_the_cli(tmp_path, datasets, monkeypatch):
