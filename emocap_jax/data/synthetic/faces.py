@@ -285,6 +285,8 @@ def sample_aus(label: str, rng: np.random.Generator, au_drop_probability: float 
     proto = PROTOTYPES[label]
     aus: dict[int, float] = {}
     strength = rng.uniform(0.5, 1.0)
+    # Two loops, because each keeps its own order of random draws: the default the corpus's
+    # original one, so existing corpora regenerate byte for byte.
     if au_drop_probability > 0:
         codes = sorted(proto.weights)
         kept = [code for code in codes if rng.random() >= au_drop_probability]
