@@ -1,0 +1,40 @@
+"""bench/sentence_spread.py: how alike a text tower makes sentences of different regions."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("bench_sentence_spread",
+                                              os.path.join(REPO, "bench", "sentence_spread.py"))
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_region_cosines_counted_by_hand():
+    """brows: e0 and e1; mouth: e0 (scaled: cosines ignore length). brows/brows: the one
+    off-diagonal pair, cosine 0; brows/mouth: mean of 1 and 0; mouth/mouth has no pair of two
+    sentences, so it is left out of the cross-region mean, which is brows/mouth alone."""
+    e = np.eye(3)
+    cos = bench.region_cosines({"brows": np.stack([e[0], 2 * e[1]]),
+                                "mouth": np.stack([3 * e[0], 3 * e[0]])})
+    assert cos[("brows", "brows")] == pytest.approx(0.0)
+    assert cos[("brows", "mouth")] == pytest.approx(0.5)
+    assert cos[("mouth", "mouth")] == pytest.approx(1.0)
+    assert bench.cross_region(cos) == pytest.approx(0.5)
+
+
+def test_sentences_are_grouped_by_region_and_a_thin_region_is_named(tmp_path):
+    path = tmp_path / "regions.jsonl"
+    lines = [{"id": str(i), "image_size": [8, 8],
+              "regions": {"brows": [[0, 0, 8, 2]], "mouth": [[0, 6, 8, 8]]},
+              "local": [{"region": "brows", "text": f"brow {i % 3}"},
+                        {"region": "mouth", "text": "mouth"}, {"region": None, "text": "calm"}]}
+             for i in range(5)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    texts = bench.sentences_by_region(str(path), ["brows"], per_region=2)
+    assert texts == {"brows": ["brow 0", "brow 1"]}
+    with pytest.raises(SystemExit, match="fewer than two distinct sentences for region.s. mouth"):
+        bench.sentences_by_region(str(path), ["brows", "mouth"], per_region=60)
