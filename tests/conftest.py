@@ -20,6 +20,21 @@ FIXTURES = REPO_ROOT / "tests" / "fixtures"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+def load_bench_script(name: str):
+    """bench/NAME.py as a module (bench/ is scripts, not a package); bench/ goes on sys.path
+    first, as when the script runs, so its shared helpers (markdown_tables) import."""
+    import importlib.util
+    import sys
+
+    bench_dir = str(REPO_ROOT / "bench")
+    if bench_dir not in sys.path:
+        sys.path.insert(0, bench_dir)
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", f"{bench_dir}/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir():
     return FIXTURES

@@ -1,19 +1,13 @@
 """bench/ablations.py: what it runs for each variant and where its tables go."""
-import importlib.util
 import json
-import os
 import pathlib
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "bench"))  # the bench scripts import their shared helpers
-spec = importlib.util.spec_from_file_location("bench_ablations",
-                                              os.path.join(REPO, "bench", "ablations.py"))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
-import markdown_tables  # noqa: E402  (bench/, put on the path above)
+from tests.conftest import load_bench_script
+
+bench = load_bench_script("ablations")
+markdown_tables = load_bench_script("markdown_tables")
 
 
 def _flags(cmd):

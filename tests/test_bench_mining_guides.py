@@ -1,15 +1,10 @@
 """bench/mining_guides.py: precision and recall of caption-guided mining against labels."""
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("bench_mining_guides",
-                                              os.path.join(REPO, "bench", "mining_guides.py"))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from tests.conftest import load_bench_script
+
+bench = load_bench_script("mining_guides")
 
 
 def test_precision_recall_and_confused_labels_counted_by_hand():

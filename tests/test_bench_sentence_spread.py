@@ -1,22 +1,18 @@
 """bench/sentence_spread.py: how alike a text tower makes sentences of different regions."""
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("bench_sentence_spread",
-                                              os.path.join(REPO, "bench", "sentence_spread.py"))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from tests.conftest import load_bench_script
+
+bench = load_bench_script("sentence_spread")
 
 
 def test_region_cosines_counted_by_hand():
-    """brows: e0 and e1; mouth: e0 (scaled: cosines ignore length). brows/brows: the one
-    off-diagonal pair, cosine 0; brows/mouth: mean of 1 and 0; mouth/mouth has no pair of two
-    sentences, so it is left out of the cross-region mean, which is brows/mouth alone."""
+    """brows: e0 and e1; mouth: e0 twice (scaled: cosines ignore length). brows/brows: the one
+    off-diagonal pair, cosine 0; brows/mouth: mean of 1, 1, 0 and 0; mouth/mouth: 1. The
+    cross-region mean leaves same-region pairs out, so it is brows/mouth alone."""
     e = np.eye(3)
     cos = bench.region_cosines({"brows": np.stack([e[0], 2 * e[1]]),
                                 "mouth": np.stack([3 * e[0], 3 * e[0]])})

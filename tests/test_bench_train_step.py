@@ -1,12 +1,7 @@
 """bench/train_step.py's pooling of alternating rounds into one table row."""
-import importlib.util
-import os
+from tests.conftest import load_bench_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("bench_train_step",
-                                              os.path.join(REPO, "bench", "train_step.py"))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_bench_script("train_step")
 
 
 def _round(times, peak, faults):
