@@ -683,6 +683,52 @@ def test_batch_blocks_carry_batches_and_are_recycled(monkeypatch):
                    for name in names)
 
 
+def test_reader_threads_of_one_worker_never_share_a_block(monkeypatch):
+    """A worker's reader threads pack batches side by side (`read_threads`): two of them must
+    never pick the same free block, or one batch overwrites the other and the run stops being a
+    function of its seed (seen as two demo runs of one commit parting at a random step)."""
+    import threading
+
+    from emocap_jax.data import shm_transport
+
+    threads, calls, rounds = 8, 4, 25
+    sizes = [x.nbytes * 4 for x in _elements(1)[0].values()]
+    blocks = shm_transport.BatchBlocks(num_workers=1, blocks_per_worker=threads * calls,
+                                       size=shm_transport.block_bytes(sizes))
+    monkeypatch.setattr(shm_transport, "_WORKER_INDEX", 0)
+    packer = pickle.loads(pickle.dumps(blocks.packer()))
+    batches = [[_elements(4, seed=100 * t + c) for c in range(calls)] for t in range(threads)]
+
+    def pack(t, start, results):
+        start.wait()
+        for values in batches[t]:
+            results.append((packer(values), values))
+
+    # Switch threads as often as the interpreter can, so the window between finding a free block
+    # and marking it busy is crossed many times (without a lock, most runs of this test fail).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(rounds):
+            results, start = [], threading.Barrier(threads)
+            workers = [threading.Thread(target=pack, args=(t, start, results))
+                       for t in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            names = [p.name for p, _ in results if isinstance(p, shm_transport.PackedBatch)]
+            assert len(names) == threads * calls  # a free block for every batch
+            assert len(set(names)) == len(names), "two batches were packed into one block"
+            for packed, values in results:
+                got, want = blocks.unpack(packed), shm_transport.stack_batch(values)
+                for key in want:
+                    np.testing.assert_array_equal(got[key], want[key])
+    finally:
+        sys.setswitchinterval(interval)
+        blocks.close()
+
+
 def test_worker_batches_leave_no_shared_memory_behind(dataset, tmp_path):
     """A run with worker processes: batches arrive through the blocks, and closing the iterator
     and exiting leaves no segment and no resource-tracker warning."""

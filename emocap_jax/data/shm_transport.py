@@ -12,11 +12,15 @@ Lifecycle: the trainer owns the blocks (creates them, unlinks them when the `Bat
 is garbage collected or the process exits; Python's resource tracker unlinks them if it dies).
 A worker that finds none of its blocks free (elements discarded by a `set_state`, or an element
 that does not fit) returns the plain batch, which Grain ships its usual way: slower, never wrong.
-Block byte 0 is the flag: 1 while a batch is in it, 0 once the trainer has copied it out.
+Block byte 0 is the flag: 1 while a batch is in it, 0 once the trainer has copied it out. A
+worker's reader threads pack batches side by side, so finding a free block and marking it busy
+happen under one lock: without it two threads could claim the same block and one batch would
+overwrite the other (two runs of one seed then parted at a random step).
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from multiprocessing import shared_memory
 from typing import Any
@@ -129,9 +133,13 @@ class BlockPacker:
         self._names = names
         self._size = size
         self._blocks: list[shared_memory.SharedMemory] | None = None
+        self._claim = threading.Lock()
 
     def __getstate__(self):
-        return {"_names": self._names, "_size": self._size, "_blocks": None}
+        return {"_names": self._names, "_size": self._size}
+
+    def __setstate__(self, state):
+        self.__init__(state["_names"], state["_size"])
 
     def _own_blocks(self) -> list[shared_memory.SharedMemory]:
         if self._blocks is None:
@@ -142,9 +150,6 @@ class BlockPacker:
         return self._blocks
 
     def __call__(self, values: list[dict[str, np.ndarray]]) -> Any:
-        block = next((b for b in self._own_blocks() if b.buf[0] == _FREE), None)
-        if block is None:
-            return stack_batch(values)
         layout, offset = [], _HEADER
         for key in values[0]:
             first = np.asarray(values[0][key])
@@ -154,7 +159,11 @@ class BlockPacker:
                 return stack_batch(values)
             layout.append((key, shape, dtype.str, offset))
             offset += _aligned(nbytes)
-        block.buf[0] = _BUSY
+        with self._claim:  # the worker's reader threads pack side by side
+            block = next((b for b in self._own_blocks() if b.buf[0] == _FREE), None)
+            if block is None:
+                return stack_batch(values)
+            block.buf[0] = _BUSY
         for key, shape, dtype, offset in layout:
             out = np.ndarray(shape, np.dtype(dtype), buffer=block.buf, offset=offset)
             np.stack([np.asarray(v[key]) for v in values], out=out)
