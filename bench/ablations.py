@@ -3,7 +3,7 @@
 
     python bench/ablations.py --work runs/ablations --seeds 0 1 2 --output ABLATIONS.md \\
         [--jobs 2] [--pretrain-steps 700] [--finetune-steps 300] [--finetune-au-drop P]
-        [--config.FIELD=VALUE ...]
+        [--finetune-appearance-captions] [--config.FIELD=VALUE ...]
 
 1. Pretrain once: `configs/ablations.py:summary` (the demo recipe: global + summary terms) for
    --pretrain-steps on the synthetic corpus, exported to WORK/pretrain/export. Reused when present.
@@ -14,13 +14,16 @@
    With --finetune-au-drop P > 0 they fine-tune instead on a corpus made once in
    WORK/finetune_corpus with config.data.synthetic.au_drop_probability=P (a class's action units
    no longer come together), and are still evaluated on the pretrain's held-out split.
+   --finetune-appearance-captions does the same with a corpus whose global sentences also say
+   what each face looks like (config.data.synthetic.appearance_captions; same images): captions
+   that tell faces of one emotion apart, as real ones do.
 3. Evaluate each fine-tuned export with `--mode=eval` (config.eval.benchmarks of
    configs/ablations.py): zero-shot UAR on the held-out basic faces, compound UAR on the held-out
    compound faces, AU-detection mean F1, image-to-caption R@1, and grounding where the protocol
    is available.
 Finished runs are reused, so an interrupted table resumes; per-run figures land in
 WORK/results.jsonl and the table (mean ± std over seeds, and per run) between the markers of
---output (a table of its own for each --finetune-au-drop, so both fit in one file). Extra
+--output (a table of its own for each fine-tuning corpus, so all fit in one file). Extra
 `--config.*` arguments go to every run (pretrain, fine-tuning corpus and fine-tunes).
 """
 from __future__ import annotations
@@ -74,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--finetune-au-drop", type=float, default=0.0, metavar="P",
                    help="fine-tune on a corpus like the pretrain's but with each action unit of a "
                    "face's class left out with probability P (0: the pretrain's own corpus)")
+    p.add_argument("--finetune-appearance-captions", action="store_true",
+                   help="fine-tune on a corpus like the pretrain's whose global sentences also "
+                   "name each face's looks (skin, hair, tilt, light, background, clothes)")
     p.add_argument("--base", default="demo", help="config module the ablations sit on")
     p.add_argument("--jobs", type=int, default=1, help="fine-tunes run at once")
     p.add_argument("--output", default="ABLATIONS.md")
@@ -113,10 +119,22 @@ def pretrain(args, work: pathlib.Path) -> pathlib.Path:
     return workdir
 
 
+def finetune_corpus_settings(args) -> list[str]:
+    """The config.data.synthetic overrides of the fine-tuning corpus ([]: the pretrain's own)."""
+    settings = []
+    if args.finetune_au_drop:
+        settings.append(f"--config.data.synthetic.au_drop_probability={args.finetune_au_drop}")
+    if args.finetune_appearance_captions:
+        settings.append("--config.data.synthetic.appearance_captions=True")
+    return settings
+
+
 def finetune_corpus(args, work: pathlib.Path) -> pathlib.Path | None:
-    """With --finetune-au-drop: the fine-tunes' training split, generated and converted once
-    (`--mode=data`, the pretrain's config with the drop probability set). None: the pretrain's."""
-    if not args.finetune_au_drop:
+    """With --finetune-au-drop or --finetune-appearance-captions: the fine-tunes' training split,
+    generated and converted once (`--mode=data`, the pretrain's config with those settings).
+    None: the pretrain's."""
+    settings = finetune_corpus_settings(args)
+    if not settings:
         return None
     workdir = work / "finetune_corpus"
     train_dir = workdir / "data" / "train"
@@ -125,8 +143,7 @@ def finetune_corpus(args, work: pathlib.Path) -> pathlib.Path | None:
             raise SystemExit(f"{workdir}: no fine-tuning corpus; run without --render-only")
         cmd = [sys.executable, "-m", "emocap_jax.main",
                f"--config=configs/ablations.py:summary,{args.base}", f"--workdir={workdir}",
-               "--mode=data", f"--config.data.synthetic.au_drop_probability={args.finetune_au_drop}",
-               *args.extra]
+               "--mode=data", *settings, *args.extra]
         print(f"[fine-tuning corpus] {shlex.join(cmd)}", flush=True)
         _run(cmd, work / "finetune_corpus.log")
     return train_dir
@@ -150,10 +167,14 @@ def run_one(args, work: pathlib.Path, pre: pathlib.Path, variant: str, seed: int
     done = workdir / "ablation_result.json"
     if done.exists():
         result = json.loads(done.read_text())
-        if result.get("finetune_au_drop", 0.0) != args.finetune_au_drop:
-            raise SystemExit(f"{workdir} was fine-tuned with --finetune-au-drop "
-                             f"{result.get('finetune_au_drop', 0.0)}, not {args.finetune_au_drop}:"
-                             f" use another --work")
+        for key, flag, want in (
+                ("finetune_au_drop", "--finetune-au-drop", args.finetune_au_drop),
+                ("finetune_appearance_captions", "--finetune-appearance-captions",
+                 args.finetune_appearance_captions)):
+            had = result.get(key, type(want)())
+            if had != want:
+                raise SystemExit(f"{workdir} was fine-tuned with {flag} {had}, not {want}: "
+                                 "use another --work")
         return result
     if args.render_only:
         return None
@@ -170,6 +191,7 @@ def run_one(args, work: pathlib.Path, pre: pathlib.Path, variant: str, seed: int
          work / f"{variant}_s{seed}.eval.log")
     result = {"variant": variant, "seed": seed, "train_seconds": seconds,
               "finetune_au_drop": args.finetune_au_drop,
+              "finetune_appearance_captions": args.finetune_appearance_captions,
               **read_figures(workdir)}
     metrics = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     result["final_loss"] = [m for m in metrics if m.get("kind") == "train"][-1].get("loss")
@@ -193,9 +215,15 @@ def read_figures(workdir: pathlib.Path) -> dict:
 
 def render(results: list[dict], args, command: str) -> str:
     cols = [c for c in COLUMNS if any(c in r for r in results)]
-    corpus = (f"on a corpus of the same size whose faces leave out each action unit of their "
-              f"class with probability {args.finetune_au_drop:g} (`--finetune-au-drop`)"
-              if args.finetune_au_drop else "on the same corpus")
+    changes = []
+    if args.finetune_au_drop:
+        changes.append(f"whose faces leave out each action unit of their class with probability "
+                       f"{args.finetune_au_drop:g} (`--finetune-au-drop`)")
+    if args.finetune_appearance_captions:
+        changes.append("whose global sentences also name what each face looks like, the "
+                       "images unchanged (`--finetune-appearance-captions`)")
+    corpus = ("on a corpus of the same size " + " and ".join(changes)
+              if changes else "on the same corpus")
     lines = [f"Pretrain: configs/ablations.py:summary,{args.base} (global + summary terms), "
              f"{args.pretrain_steps} steps on the synthetic corpus; every variant fine-tunes "
              f"that export for {args.finetune_steps} steps {corpus} (seeds set data order, "
@@ -239,7 +267,8 @@ def main(argv=None):
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render-only")
     table = render(results, args, command)
     marker = "bench/ablations.py" + (f" --finetune-au-drop {args.finetune_au_drop:g}"
-                                     if args.finetune_au_drop else "")
+                                     if args.finetune_au_drop else "") + (
+        " --finetune-appearance-captions" if args.finetune_appearance_captions else "")
     write_table(pathlib.Path(args.output), table, begin_marker(marker))
     print(table)
 

@@ -56,8 +56,12 @@ def get_config():
     # au_drop_probability > 0 leaves out each action unit of a face's class (key ones included)
     # with that probability, so a class's movements stop coming together: the fine-tuning corpus
     # on which the local term learns which region each sentence names (ABLATIONS.md).
+    # appearance_captions adds what each face looks like (skin, hair, tilt, light, background,
+    # clothes) to its global sentence, as real captions do: words that tell faces of one emotion
+    # apart, whose false negatives mining is meant to remove (same images, ABLATIONS.md).
     config.data.synthetic = ml_collections.ConfigDict(
-        dict(num=0, seed=0, size=96, eval_per_class=40, au_drop_probability=0.0))
+        dict(num=0, seed=0, size=96, eval_per_class=40, au_drop_probability=0.0,
+             appearance_captions=False))
 
     # ----- losses (DESIGN section 2)
     config.loss = ml_collections.ConfigDict()

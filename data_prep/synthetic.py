@@ -38,6 +38,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--faces-per-identity", type=int, default=DEFAULT_FACES_PER_IDENTITY, help=f"faces drawn per synthetic person (default {DEFAULT_FACES_PER_IDENTITY})")
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, help=f"JPEG quality (default {DEFAULT_JPEG_QUALITY})")
     parser.add_argument("--au-drop-probability", type=float, default=0.0, help="leave out each action unit of a face's class, key ones included, with this probability, so a class's movements no longer come together (default 0: the usual corpus)")
+    parser.add_argument("--appearance-captions", action="store_true", help="follow each global sentence with one on what the face looks like (skin, hair, tilt, light, background, clothes); the images are the same as without it")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -58,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             faces_per_identity=args.faces_per_identity,
             jpeg_quality=args.jpeg_quality,
             au_drop_probability=args.au_drop_probability,
+            appearance_captions=args.appearance_captions,
             progress=not args.no_progress,
         )
     except ValueError as error:

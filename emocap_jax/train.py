@@ -83,7 +83,8 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
         log.info("generating %d synthetic faces into %s", syn.num, corpus)
         generate_corpus(corpus, num=syn.num, seed=syn.seed, size=syn.size,
                         eval_per_class=syn.eval_per_class,
-                        au_drop_probability=syn.au_drop_probability)
+                        au_drop_probability=syn.au_drop_probability,
+                        appearance_captions=syn.appearance_captions)
     data = workdir / "data"
     classes = json.loads((corpus / "corpus.json").read_text())["classes"]
     # The held-out split keeps the generator's class order (label_id) for zero-shot scoring.
@@ -111,9 +112,12 @@ def _check_synthetic_corpus(corpus: pathlib.Path, syn) -> None:
     """A workdir's corpus is reused (resumes, copies), so it must be the one config.data.synthetic
     describes: a run never trains on another corpus than its config says without saying so."""
     written = json.loads((corpus / "corpus.json").read_text())["arguments"]
-    written.setdefault("au_drop_probability", 0.0)  # corpora written before the option existed
+    # Corpora written before the options existed.
+    written.setdefault("au_drop_probability", 0.0)
+    written.setdefault("appearance_captions", False)
     wrong = [f"{name}={syn[name]!r} (the corpus has {written[name]!r})"
-             for name in ("num", "seed", "size", "eval_per_class", "au_drop_probability")
+             for name in ("num", "seed", "size", "eval_per_class", "au_drop_probability",
+                          "appearance_captions")
              if written[name] != syn[name]]
     if wrong:
         raise UsageError(f"{corpus} was generated with other settings than "

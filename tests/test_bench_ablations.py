@@ -40,6 +40,19 @@ def test_a_finished_run_of_another_corpus_is_not_reused(tmp_path):
     other = bench.parse_args(["--finetune-au-drop", "0.5"])
     with pytest.raises(SystemExit, match="--finetune-au-drop 0.0, not 0.5: use another --work"):
         bench.run_one(other, tmp_path, tmp_path / "pretrain", "summary", 0)
+    looks = bench.parse_args(["--finetune-appearance-captions"])
+    with pytest.raises(SystemExit, match="--finetune-appearance-captions False, not True"):
+        bench.run_one(looks, tmp_path, tmp_path / "pretrain", "summary", 0)
+
+
+def test_the_fine_tuning_corpus_gets_each_requested_setting():
+    assert bench.finetune_corpus_settings(bench.parse_args([])) == []
+    both = bench.parse_args(["--finetune-au-drop", "0.5", "--finetune-appearance-captions"])
+    assert bench.finetune_corpus_settings(both) == [
+        "--config.data.synthetic.au_drop_probability=0.5",
+        "--config.data.synthetic.appearance_captions=True"]
+    text = bench.render([], bench.parse_args(["--finetune-appearance-captions"]), "cmd")
+    assert "also name what each face looks like" in text
 
 
 def test_each_tables_marker_replaces_only_its_own_table(tmp_path):

@@ -75,9 +75,11 @@ def test_mode_data_prepares_the_corpus_and_a_corpus_of_other_settings_is_refused
     assert f"training data: {workdir / 'data' / 'train'}" in made.stdout
     assert (workdir / "data" / "train" / "metadata.json").is_file()
     assert not (workdir / "checkpoints").exists()  # nothing trained
-    result = _run(*TRAIN, f"--workdir={workdir}", "--mode=data", *small)
+    result = _run(*TRAIN, f"--workdir={workdir}", "--mode=data", *small,
+                  "--config.data.synthetic.appearance_captions=True")
     _assert_one_line(result, f"{workdir / 'synthetic'} was generated with other settings",
-                     "au_drop_probability=0.0 (the corpus has 0.5)", "new --workdir")
+                     "au_drop_probability=0.0 (the corpus has 0.5)",
+                     "appearance_captions=True (the corpus has False)", "new --workdir")
 
 
 def test_train_on_a_missing_dataset_path(places):

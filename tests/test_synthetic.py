@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import pathlib
 import re
@@ -283,6 +284,70 @@ def test_a_decorrelated_corpus_records_its_setting_and_its_captions_follow_the_d
     assert synthetic.ensure_eval_regions(tmp_path, tmp_path / "data").read_bytes() == written
     with pytest.raises(ValueError, match="au_drop_probability must be in"):
         synthetic.generate_corpus(tmp_path / "bad", 4, au_drop_probability=-0.1)
+
+
+def test_appearance_captions_add_a_true_sentence_and_change_nothing_else(tmp_path):
+    """`appearance_captions` follows each global sentence with one on the face's looks, drawn
+    from the face's own spec; images, local and summary sentences stay byte for byte."""
+    from emocap_jax.data.synthetic import appearance
+
+    plain, looks = tmp_path / "plain", tmp_path / "looks"
+    for out, flag in ((plain, False), (looks, True)):
+        synthetic.generate_corpus(out, 30, seed=4, size=48, eval_per_class=2, workers=1,
+                                  appearance_captions=flag, progress=False)
+    assert json.loads((looks / "corpus.json").read_text())["arguments"]["appearance_captions"]
+    images = lambda root: {k: v for k, v in _tree_bytes(root).items() if k.endswith(".jpg")}
+    assert images(plain) == images(looks) and images(plain)
+    for name in ("manifest.jsonl", "eval/manifest.jsonl"):
+        for before, after in zip(_read_jsonl(plain / name), _read_jsonl(looks / name)):
+            assert {k: v for k, v in after.items() if k != "global"} == \
+                {k: v for k, v in before.items() if k != "global"}
+            assert after["global"].startswith(before["global"] + " ")
+    assert (plain / "eval" / synthetic.REGIONS_FILE).read_bytes() == \
+        (looks / "eval" / synthetic.REGIONS_FILE).read_bytes()
+    # The sentence is made of phrases true of the face (two of them, in their fixed order).
+    for i in range(40):
+        label = list(PROTOTYPES)[i % len(PROTOTYPES)]
+        spec = sample_face_spec(4, "train", i, label, i)
+        base = synthetic.face_caption(spec, 4, "train", i).global_
+        added = synthetic.face_caption(spec, 4, "train", i, appearance_captions=True).global_
+        sentence = added[len(base) + 1:]
+        phrases = appearance.appearance_phrases(spec)
+        possible = {appearance.join_phrases(chosen) for chosen in
+                    itertools.combinations(phrases, appearance.ATTRIBUTES_PER_CAPTION)}
+        assert sentence in possible, sentence
+    with pytest.raises(ValueError, match="appearance_captions must be True or False"):
+        synthetic.generate_corpus(tmp_path / "bad", 4, appearance_captions="yes")
+
+
+def test_appearance_phrases_say_what_is_drawn():
+    """Tilt and light are named by the side the viewer sees; colours by their plain names."""
+    from emocap_jax.data.synthetic import appearance
+
+    spec = dataclasses.replace(sample_face_spec(0, "train", 3, "happy", 3), offset=(0.0, 0.0))
+    centre = lambda boxes: sum((b[0] + b[2]) / 2 for b in boxes) / len(boxes)
+    right = dataclasses.replace(spec, rotation_deg=8.0)
+    regions = synthetic.face_regions(right, 96)
+    assert centre(regions["brows"]) > centre(regions["jaw"])  # the top of the head went right
+    assert appearance.tilt_phrase(right) == "head tilted right"
+    assert appearance.tilt_phrase(dataclasses.replace(spec, rotation_deg=-8.0)) == "head tilted left"
+    assert appearance.tilt_phrase(dataclasses.replace(spec, rotation_deg=1.0)) is None
+    lit = dataclasses.replace(spec, light_angle=0.0, light_strength=0.3, noise_sigma=0.0)
+    unlit = dataclasses.replace(lit, light_strength=0.0)
+    gain = np.asarray(render_face(lit, 64), float) - np.asarray(render_face(unlit, 64), float)
+    assert gain[:, 32:].mean() > gain[:, :32].mean() + 5  # brighter on the viewer's right
+    assert appearance.light_phrase(lit) == "lit from the right"
+    assert appearance.light_phrase(dataclasses.replace(lit, light_angle=np.pi)) == "lit from the left"
+    assert appearance.light_phrase(dataclasses.replace(lit, light_angle=np.pi / 2)) == "lit from below"
+    assert appearance.light_phrase(unlit) is None
+    assert [appearance.colour_name(c) for c in ((250, 250, 250), (20, 20, 20), (128, 128, 128),
+                                                 (200, 30, 30), (40, 60, 200), (30, 160, 40))] \
+        == ["white", "black", "grey", "red", "blue", "green"]
+    bald = dataclasses.replace(spec, identity=dataclasses.replace(spec.identity, hair_style=0))
+    assert appearance.hair_phrase(bald) == "a shaved head"
+    blond = dataclasses.replace(spec, identity=dataclasses.replace(
+        spec.identity, hair_style=2, hair_color=(195, 160, 98)))
+    assert appearance.hair_phrase(blond) == "long blond hair"
 
 
 def test_captions_fit_the_clip_context():

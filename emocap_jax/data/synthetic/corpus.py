@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from emocap_jax.data.synthetic.appearance import with_appearance
 from emocap_jax.data.synthetic.captions import Caption, write_caption
 from emocap_jax.data.synthetic.faces import (
     ALL_CLASSES,
@@ -49,6 +50,7 @@ from emocap_jax.data.synthetic.faces import (
     BASIC_CLASSES,
     COMPOUND_CLASSES,
     SPLIT_CODES,
+    STREAM_APPEARANCE,
     STREAM_CAPTION,
     STREAM_SCHEDULE,
     VISIBILITY_THRESHOLD,
@@ -93,17 +95,25 @@ class _RenderSettings:
     jpeg_quality: int
     output_dir: str
     au_drop_probability: float = 0.0
+    appearance_captions: bool = False
 
 
-def face_caption(spec: FaceSpec, seed: int, split: str, index: int) -> Caption:
-    """The caption of face ``index`` of ``split``, written from the spec's drawn AUs."""
+def face_caption(spec: FaceSpec, seed: int, split: str, index: int, appearance_captions: bool = False) -> Caption:
+    """The caption of face ``index`` of ``split``, written from the spec's drawn AUs; with
+    ``appearance_captions`` its global sentence is followed by one on the face's looks
+    (``appearance``), drawn from a stream of its own so every other sentence stays the same."""
     caption_rng = stream_rng(STREAM_CAPTION, seed, SPLIT_CODES[split], index)
-    return write_caption(spec.label, spec.aus, spec.unilateral_aus, caption_rng)
+    caption = write_caption(spec.label, spec.aus, spec.unilateral_aus, caption_rng)
+    if not appearance_captions:
+        return caption
+    appearance_rng = stream_rng(STREAM_APPEARANCE, seed, SPLIT_CODES[split], index)
+    return dataclasses.replace(caption, global_=with_appearance(caption.global_, spec, appearance_rng))
 
 
-def face_record(spec: FaceSpec, record_id: str, image: str, seed: int, split: str, index: int) -> dict[str, Any]:
+def face_record(spec: FaceSpec, record_id: str, image: str, seed: int, split: str, index: int,
+                appearance_captions: bool = False) -> dict[str, Any]:
     """Manifest record of a face; captions come from the spec's drawn AUs."""
-    caption = face_caption(spec, seed, split, index)
+    caption = face_caption(spec, seed, split, index, appearance_captions)
     return {
         "id": record_id,
         "image": image,
@@ -189,7 +199,8 @@ def _render_task(task: FaceTask, settings: _RenderSettings) -> dict[str, Any]:
         image.save(path, format="JPEG", quality=settings.jpeg_quality)
     else:
         image.save(path, format="PNG")
-    return face_record(spec, task.record_id, task.image, settings.seed, task.split, task.index)
+    return face_record(spec, task.record_id, task.image, settings.seed, task.split, task.index,
+                       settings.appearance_captions)
 
 
 def _train_label_schedule(num: int, seed: int, compound_fraction: float) -> list[str]:
@@ -339,6 +350,7 @@ def generate_corpus(
     faces_per_identity: int = DEFAULT_FACES_PER_IDENTITY,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     au_drop_probability: float = 0.0,
+    appearance_captions: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Writes the synthetic corpus to ``output_dir`` and returns a summary.
@@ -347,16 +359,21 @@ def generate_corpus(
     eval_per_class: held-out faces per basic class, from identities not used in training;
     workers: processes (None: all cores for large corpora, in-process for small ones);
     au_drop_probability: each AU of a face's class, key AUs included, left out with this
-    probability (``faces.sample_aus``; 0: the usual corpus, where a class's AUs come together).
+    probability (``faces.sample_aus``; 0: the usual corpus, where a class's AUs come together);
+    appearance_captions: each global caption also names what the face looks like (skin, hair,
+    tilt, light, background, clothes; ``appearance``); the images and other sentences are the
+    same as without it.
     The summary holds the paths written, counts per label for each split and the throughput.
     """
     image_format = {"jpg": "jpeg"}.get(str(image_format).lower(), str(image_format).lower())
-    _check_arguments(num, seed, size, eval_per_class, workers, image_format, compound_fraction, faces_per_identity, jpeg_quality, au_drop_probability)
+    _check_arguments(num, seed, size, eval_per_class, workers, image_format, compound_fraction, faces_per_identity, jpeg_quality, au_drop_probability,
+                     appearance_captions)
     out = pathlib.Path(output_dir)
     _prepare_output_dir(out)
     _, extension = IMAGE_FORMATS[image_format]
     train_tasks, eval_tasks = plan_corpus(num, seed, eval_per_class, extension, compound_fraction, faces_per_identity)
-    settings = _RenderSettings(seed, size, image_format, jpeg_quality, str(out), au_drop_probability)
+    settings = _RenderSettings(seed, size, image_format, jpeg_quality, str(out), au_drop_probability,
+                               appearance_captions)
     start = time.perf_counter()
     records = _run_tasks(train_tasks + eval_tasks, settings, _resolve_workers(workers, len(train_tasks) + len(eval_tasks)), progress)
     seconds = time.perf_counter() - start
@@ -383,6 +400,7 @@ def generate_corpus(
             "faces_per_identity": faces_per_identity,
             "jpeg_quality": jpeg_quality,
             "au_drop_probability": au_drop_probability,
+            "appearance_captions": appearance_captions,
         },
         "classes": list(BASIC_CLASSES),
         "compound_classes": list(COMPOUND_CLASSES),
@@ -416,7 +434,8 @@ def generate_corpus(
     }
 
 
-def _check_arguments(num, seed, size, eval_per_class, workers, image_format, compound_fraction, faces_per_identity, jpeg_quality, au_drop_probability=0.0) -> None:
+def _check_arguments(num, seed, size, eval_per_class, workers, image_format, compound_fraction, faces_per_identity, jpeg_quality, au_drop_probability=0.0,
+                     appearance_captions=False) -> None:
     problems = []
     if not isinstance(num, (int, np.integer)) or num < 0:
         problems.append(f"num must be a non-negative integer, got {num!r}")
@@ -438,6 +457,8 @@ def _check_arguments(num, seed, size, eval_per_class, workers, image_format, com
         problems.append(f"jpeg_quality must be in [1, 100], got {jpeg_quality!r}")
     if not 0.0 <= au_drop_probability < 1.0:
         problems.append(f"au_drop_probability must be in [0, 1), got {au_drop_probability!r}")
+    if not isinstance(appearance_captions, (bool, np.bool_)):
+        problems.append(f"appearance_captions must be True or False, got {appearance_captions!r}")
     if num == 0 and eval_per_class == 0:
         problems.append("nothing to generate: num and eval_per_class are both 0")
     if problems:

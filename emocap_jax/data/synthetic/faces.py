@@ -80,6 +80,7 @@ STREAM_IDENTITY = 1
 STREAM_FACE = 2
 STREAM_CAPTION = 3
 STREAM_SCHEDULE = 4
+STREAM_APPEARANCE = 5  # the appearance sentence of `corpus.face_caption` (its own, so others stay)
 
 
 def stream_rng(tag: int, seed: int, a: int, b: int) -> np.random.Generator:
