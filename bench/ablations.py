@@ -7,8 +7,8 @@
 
 1. Pretrain once: `configs/ablations.py:summary` (the demo recipe: global + summary terms) for
    --pretrain-steps on the synthetic corpus, exported to WORK/pretrain/export. Reused when present.
-2. Fine-tune every variant of configs/ablations.py named in --variants (global_only, summary,
-   local, mining, full) from that export for --finetune-steps, once per seed (the seed sets the
+2. Fine-tune every variant of configs/ablations.py named in --variants (default global_only,
+   summary, local, mining, full; also global_mining) from that export for --finetune-steps, once per seed (the seed sets the
    parameter-free randomness: data order, augmentation, local-sentence sampling), each in a fresh
    process with the user's command, on the pretrain run's corpus (copied, not regenerated).
    With --finetune-au-drop P > 0 they fine-tune instead on a corpus made once in
@@ -45,11 +45,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 VARIANTS = {
     "global_only": "global term only",
+    "global_mining": "global term + mining (summary sentences only guide it)",
     "summary": "+ summary term",
     "local": "+ summary + local term",
     "mining": "+ summary + mining",
     "full": "all: global + summary + local + mining",
 }
+# The rows; global_mining is run on request (--variants).
+DEFAULT_VARIANTS = ("global_only", "summary", "local", "mining", "full")
 # Fine-tunes start from a trained model, so mining (guided by trained summary embeddings) may be
 # on from their first step.
 FINETUNE_OVERRIDES = ["--config.loss.mining.warmup_steps=0", "--config.optim.warmup_steps=30"]
@@ -71,7 +74,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/ablations", help="pretrain and fine-tune run folders")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
     p.add_argument("--pretrain-steps", type=int, default=700)
     p.add_argument("--finetune-steps", type=int, default=300)
     p.add_argument("--finetune-au-drop", type=float, default=0.0, metavar="P",

@@ -4,9 +4,10 @@
     python -m emocap_jax.main --config=configs/ablations.py:mining_both,vitb16 --workdir=...
 
 The argument is `NAME[,BASE]`; BASE is a config module in configs/ (default `demo`, which runs on
-a CPU). NAMEs: global_only, summary (+ summary term), local (+ local term), mining (+ summary
-term + text-guided mining), full (everything, text mining), mining_text, mining_image,
-mining_both, mining_off (only the mining mode changes).
+a CPU). NAMEs: global_only, global_mining (global term + text-guided mining, the summary sentences
+only guiding it), summary (+ summary term), local (+ local term), mining (+ summary term +
+text-guided mining), full (everything, text mining), mining_text, mining_image, mining_both,
+mining_off (only the mining mode changes).
 
 `bench/ablations.py` fine-tunes global_only, summary, local, mining and full from one
 synthetic-pretrained checkpoint and evaluates them with `config.eval.benchmarks` as set here
@@ -18,6 +19,9 @@ import importlib
 
 ABLATIONS = {
     "global_only": dict(summary_weight=0.0, local_weight=0.0, mining="off"),
+    # Mining on its own: what it adds to the global term alone, with no summary term that already
+    # aligns each face with a sentence naming its emotion.
+    "global_mining": dict(summary_weight=0.0, local_weight=0.0, mining="text"),
     "summary": dict(summary_weight=1.0, local_weight=0.0, mining="off"),
     "local": dict(summary_weight=1.0, local_weight=1.0, mining="off"),
     "mining": dict(summary_weight=1.0, local_weight=0.0, mining="text"),

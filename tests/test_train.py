@@ -357,9 +357,10 @@ def test_mining_terms_choose_which_terms_take_mined_positives():
              "global_tokens": rng.integers(1, 49000, (b, length)).astype(np.int32),
              "summary_tokens": summary, "label_id": np.full((b,), -1, np.int32)}
 
-    def terms(mode, mined=None):
+    def terms(mode, mined=None, summary_weight=1.0):
         loss = copy.deepcopy(config.loss)
         loss.impl = "single"
+        loss.summary_weight = summary_weight
         loss.mining.update(mode=mode, warmup_steps=0, threshold=0.75, top_k=1, min_spread=0.0)
         if mined is not None:
             loss.mining.terms = mined
@@ -374,6 +375,11 @@ def test_mining_terms_choose_which_terms_take_mined_positives():
     assert summary_only["summary"] == pytest.approx(both["summary"], abs=1e-6)
     with pytest.raises(ValueError, match="config.loss.mining.terms"):
         terms("text", ("local",))
+    # Without the summary term (configs/ablations.py:global_mining) the summary sentences still
+    # guide mining: the global term is the one of the run with both terms.
+    guided = terms("text", summary_weight=0.0)
+    assert "summary" not in guided
+    assert guided["global"] == pytest.approx(both["global"], abs=1e-6)
 
 
 def test_evals_compile_once_and_agree_with_the_cli(tmp_path, datasets, monkeypatch):
