@@ -8,9 +8,10 @@
 1. Pretrain once: `configs/ablations.py:summary` (the demo recipe: global + summary terms) for
    --pretrain-steps on the synthetic corpus, exported to WORK/pretrain/export. Reused when present.
 2. Fine-tune every variant of configs/ablations.py named in --variants (default global_only,
-   summary, local, mining, full; also global_mining) from that export for --finetune-steps, once per seed (the seed sets the
-   parameter-free randomness: data order, augmentation, local-sentence sampling), each in a fresh
-   process with the user's command, on the pretrain run's corpus (copied, not regenerated).
+   summary, local, mining, full; also global_mining) from that export for --finetune-steps,
+   once per seed (the seed sets the parameter-free randomness: data order, augmentation,
+   local-sentence sampling), each in a fresh process with the user's command, on the pretrain
+   run's corpus (copied, not regenerated).
    With --finetune-au-drop P > 0 they fine-tune instead on a corpus made once in
    WORK/finetune_corpus with config.data.synthetic.au_drop_probability=P (a class's action units
    no longer come together), and are still evaluated on the pretrain's held-out split.
