@@ -369,6 +369,21 @@ def test_eval_iterator_pads_and_covers_every_record_once(dataset, tok):
     assert ids2 == ids
 
 
+def test_eval_batches_do_not_depend_on_the_worker_count(dataset, tok):
+    """`make_eval_iterator(worker_count=W)`: worker processes make the same batches, in the same
+    order, as the calling process alone."""
+    runs = []
+    for workers in (0, 2):
+        it = pipeline.make_eval_iterator(dataset["dir"], tok, 5, IMAGE_SIZE, 0, 1,
+                                         worker_count=workers)
+        try:
+            runs.append(list(it))
+        finally:
+            _close(it)
+    assert len(runs[0]) == 10
+    _assert_batches_equal(runs[0], runs[1])
+
+
 def test_eval_blocks_give_every_process_the_same_batch_count():
     blocks, num_batches = pipeline.eval_blocks(47, 5, 2)
     assert blocks == [(0, 23), (23, 47)] and num_batches == 5
