@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from emocap_jax.data.synthetic.faces import FaceSpec
+from emocap_jax.data.synthetic.faces import _HAIR_COLORS, FaceSpec, _luma
 
 # Tilts and lights weaker than this are not mentioned: they are hard to see at 48-64 px.
 _MIN_TILT_DEG = 3.0
@@ -29,17 +29,12 @@ _MIN_LIGHT = 0.12
 ATTRIBUTES_PER_CAPTION = 2
 
 _HAIR_STYLES = {1: "short", 2: "long", 3: "fringed"}
-# Named like `faces._HAIR_COLORS` (the identity's colour is one of those scaled by 0.85-1.15).
-_HAIR_COLOR_NAMES = (((22, 18, 16), "black"), ((50, 34, 24), "dark brown"), ((92, 62, 40), "brown"),
-                     ((128, 70, 38), "auburn"), ((190, 158, 100), "blond"), ((150, 146, 140), "grey"),
-                     ((210, 206, 198), "white"))
+# The names of `faces._HAIR_COLORS`, in its order (an identity's colour is one of those scaled by
+# 0.85-1.15, so the nearest one names it).
+_HAIR_COLOR_NAMES = ("black", "dark brown", "brown", "auburn", "blond", "grey", "white")
 _BACKGROUND_PATTERNS = ("plain", "gradient", "radial", "mottled")
 _HUES = ((0.04, "red"), (0.11, "orange"), (0.19, "yellow"), (0.45, "green"), (0.53, "teal"),
          (0.72, "blue"), (0.83, "purple"), (0.95, "pink"), (1.01, "red"))
-
-
-def _luma(rgb: Sequence[float]) -> float:
-    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 
 
 def colour_name(rgb: Sequence[float]) -> str:
@@ -60,8 +55,8 @@ def hair_phrase(spec: FaceSpec) -> str:
     ident = spec.identity
     if ident.hair_style == 0:
         return "a shaved head"
-    colour = min(_HAIR_COLOR_NAMES, key=lambda named: float(np.sum(
-        (np.asarray(named[0], float) - np.asarray(ident.hair_color, float)) ** 2)))[1]
+    distances = np.sum((_HAIR_COLORS - np.asarray(ident.hair_color, float)) ** 2, axis=1)
+    colour = _HAIR_COLOR_NAMES[int(np.argmin(distances))]
     return f"{_HAIR_STYLES[ident.hair_style]} {colour} hair"
 
 
