@@ -24,8 +24,9 @@
    is available.
 Finished runs are reused, so an interrupted table resumes; per-run figures land in
 WORK/results.jsonl and the table (mean ± std over seeds, and per run) between the markers of
---output (a table of its own for each fine-tuning corpus, so all fit in one file). Extra
-`--config.*` arguments go to every run (pretrain, fine-tuning corpus and fine-tunes).
+--output (a table of its own for each fine-tuning corpus and fine-tune length, so all fit in one
+file). Extra `--config.*` arguments go to every run (pretrain, fine-tuning corpus and
+fine-tunes).
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ VARIANTS = {
 DEFAULT_VARIANTS = ("global_only", "summary", "local", "mining", "full")
 # Fine-tunes start from a trained model, so mining (guided by trained summary embeddings) may be
 # on from their first step.
+FINETUNE_STEPS = 300
 FINETUNE_OVERRIDES = ["--config.loss.mining.warmup_steps=0", "--config.optim.warmup_steps=30"]
 # column -> (result file under eval/results, how to read the figure from it)
 COLUMNS = {
@@ -77,7 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
     p.add_argument("--pretrain-steps", type=int, default=700)
-    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
     p.add_argument("--finetune-au-drop", type=float, default=0.0, metavar="P",
                    help="fine-tune on a corpus like the pretrain's but with each action unit of a "
                    "face's class left out with probability P (0: the pretrain's own corpus)")
@@ -179,6 +181,11 @@ def run_one(args, work: pathlib.Path, pre: pathlib.Path, variant: str, seed: int
             if had != want:
                 raise SystemExit(f"{workdir} was fine-tuned with {flag} {had}, not {want}: "
                                  "use another --work")
+        # Records older than the field: the run's own log says how far it trained.
+        steps = result.get("finetune_steps", _last_train_step(workdir))
+        if steps is not None and steps != args.finetune_steps:
+            raise SystemExit(f"{workdir} was fine-tuned for {steps} steps, not "
+                             f"--finetune-steps {args.finetune_steps}: use another --work")
         return result
     if args.render_only:
         return None
@@ -196,13 +203,33 @@ def run_one(args, work: pathlib.Path, pre: pathlib.Path, variant: str, seed: int
     result = {"variant": variant, "seed": seed, "train_seconds": seconds,
               "finetune_au_drop": args.finetune_au_drop,
               "finetune_appearance_captions": args.finetune_appearance_captions,
-              **read_figures(workdir)}
+              "finetune_steps": args.finetune_steps, **read_figures(workdir)}
     metrics = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     result["final_loss"] = [m for m in metrics if m.get("kind") == "train"][-1].get("loss")
     print(f"[{variant} seed {seed}] {seconds / 60:.1f} min: " + ", ".join(
         f"{k} {100 * v:.1f}" for k, v in result.items() if k in COLUMNS), flush=True)
     done.write_text(json.dumps(result))
     return result
+
+
+def _last_train_step(workdir: pathlib.Path) -> int | None:
+    """The step of the last train record in workdir's metrics.jsonl (None: no such record)."""
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    steps = [m["step"] for m in map(json.loads, path.read_text().splitlines())
+             if m.get("kind") == "train"]
+    return steps[-1] if steps else None
+
+
+def table_marker(args) -> str:
+    """The marker of this command's table in --output: one table per fine-tuning corpus and
+    fine-tune length, so that all of them fit in one file."""
+    return "bench/ablations.py" + (
+        f" --finetune-steps {args.finetune_steps}" if args.finetune_steps != FINETUNE_STEPS
+        else "") + (f" --finetune-au-drop {args.finetune_au_drop:g}"
+                    if args.finetune_au_drop else "") + (
+        " --finetune-appearance-captions" if args.finetune_appearance_captions else "")
 
 
 def read_figures(workdir: pathlib.Path) -> dict:
@@ -270,10 +297,7 @@ def main(argv=None):
     command = "python bench/ablations.py " + shlex.join(
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render-only")
     table = render(results, args, command)
-    marker = "bench/ablations.py" + (f" --finetune-au-drop {args.finetune_au_drop:g}"
-                                     if args.finetune_au_drop else "") + (
-        " --finetune-appearance-captions" if args.finetune_appearance_captions else "")
-    write_table(pathlib.Path(args.output), table, begin_marker(marker))
+    write_table(pathlib.Path(args.output), table, begin_marker(table_marker(args)))
     print(table)
 
 

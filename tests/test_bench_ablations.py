@@ -71,3 +71,30 @@ def test_each_tables_marker_replaces_only_its_own_table(tmp_path):
     assert text.count(markdown_tables.END) == 2
     assert text.startswith("# Title\n\nprose before\n\n" + first + "\nnew first table\n")
     assert "prose after" in text and text.rstrip().endswith("new second table\n" + markdown_tables.END)
+
+
+def test_a_finished_run_of_another_length_is_not_reused(tmp_path):
+    workdir = tmp_path / "summary_s0"
+    workdir.mkdir()
+    (workdir / "ablation_result.json").write_text(json.dumps(
+        {"variant": "summary", "seed": 0, "train_seconds": 1.0, "zero_shot": 0.5}))
+    # A record without the field: the run's metrics say how many steps it trained.
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in (
+        {"step": 300, "kind": "train", "loss": 1.0}, {"step": 300, "kind": "zero_shot"})))
+    assert bench.run_one(bench.parse_args([]), tmp_path, tmp_path / "pretrain", "summary", 0)
+    longer = bench.parse_args(["--finetune-steps", "1500"])
+    with pytest.raises(SystemExit, match="fine-tuned for 300 steps, not --finetune-steps 1500"):
+        bench.run_one(longer, tmp_path, tmp_path / "pretrain", "summary", 0)
+    (workdir / "ablation_result.json").write_text(json.dumps(
+        {"variant": "summary", "seed": 0, "train_seconds": 1.0, "finetune_steps": 1500}))
+    assert bench.run_one(longer, tmp_path, tmp_path / "pretrain", "summary", 0)
+
+
+def test_a_longer_fine_tune_gets_a_table_of_its_own():
+    markers = {bench.table_marker(bench.parse_args(a)) for a in (
+        [], ["--finetune-steps", "1500"], ["--finetune-appearance-captions"],
+        ["--finetune-steps", "1500", "--finetune-appearance-captions"])}
+    assert len(markers) == 4
+    assert bench.table_marker(bench.parse_args([])) == "bench/ablations.py"
+    assert bench.table_marker(bench.parse_args(["--finetune-appearance-captions"])) == (
+        "bench/ablations.py --finetune-appearance-captions")
