@@ -55,9 +55,9 @@ VARIANTS = {
 }
 # The rows; global_mining is run on request (--variants).
 DEFAULT_VARIANTS = ("global_only", "summary", "local", "mining", "full")
+FINETUNE_STEPS = 300  # the default --finetune-steps; another length gets a table of its own
 # Fine-tunes start from a trained model, so mining (guided by trained summary embeddings) may be
 # on from their first step.
-FINETUNE_STEPS = 300
 FINETUNE_OVERRIDES = ["--config.loss.mining.warmup_steps=0", "--config.optim.warmup_steps=30"]
 # column -> (result file under eval/results, how to read the figure from it)
 COLUMNS = {
@@ -217,7 +217,7 @@ def _last_train_step(workdir: pathlib.Path) -> int | None:
     path = workdir / "metrics.jsonl"
     if not path.exists():
         return None
-    steps = [m["step"] for m in map(json.loads, path.read_text().splitlines())
+    steps = [m["step"] for m in map(json.loads, filter(str.strip, path.read_text().splitlines()))
              if m.get("kind") == "train"]
     return steps[-1] if steps else None
 
