@@ -26,11 +26,13 @@ Finished runs are reused, so an interrupted table resumes; per-run figures land 
 WORK/results.jsonl and the table (mean ± std over seeds, and per run) between the markers of
 --output (a table of its own for each fine-tuning corpus and fine-tune length, so all fit in one
 file). Extra `--config.*` arguments go to every run (pretrain, fine-tuning corpus and
-fine-tunes).
+fine-tunes); the table gets a marker of its own, and a finished run made with other overrides is
+refused, as is one of another corpus or length.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures
 import json
 import pathlib
@@ -186,6 +188,10 @@ def run_one(args, work: pathlib.Path, pre: pathlib.Path, variant: str, seed: int
         if steps is not None and steps != args.finetune_steps:
             raise SystemExit(f"{workdir} was fine-tuned for {steps} steps, not "
                              f"--finetune-steps {args.finetune_steps}: use another --work")
+        differing = _differing_overrides(result, workdir, args.extra)
+        if differing:
+            raise SystemExit(f"{workdir} was fine-tuned with other --config overrides "
+                             f"({'; '.join(differing)}): use another --work")
         return result
     if args.render_only:
         return None
@@ -203,7 +209,8 @@ def run_one(args, work: pathlib.Path, pre: pathlib.Path, variant: str, seed: int
     result = {"variant": variant, "seed": seed, "train_seconds": seconds,
               "finetune_au_drop": args.finetune_au_drop,
               "finetune_appearance_captions": args.finetune_appearance_captions,
-              "finetune_steps": args.finetune_steps, **read_figures(workdir)}
+              "finetune_steps": args.finetune_steps, "config_overrides": list(args.extra),
+              **read_figures(workdir)}
     metrics = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     result["final_loss"] = [m for m in metrics if m.get("kind") == "train"][-1].get("loss")
     print(f"[{variant} seed {seed}] {seconds / 60:.1f} min: " + ", ".join(
@@ -222,14 +229,45 @@ def _last_train_step(workdir: pathlib.Path) -> int | None:
     return steps[-1] if steps else None
 
 
+def _differing_overrides(result: dict, workdir: pathlib.Path, wanted: list[str]) -> list[str]:
+    """How the `--config.*` overrides a finished run was fine-tuned with differ from `wanted`
+    ([]: they agree). Records older than the `config_overrides` field are checked against the
+    run's config.json instead: each wanted override must hold there (an override the old run
+    had but `wanted` lacks cannot be told from a default, so it passes)."""
+    if "config_overrides" in result:
+        had = set(result["config_overrides"])
+        return ([f"had {a}" for a in sorted(had - set(wanted))] +
+                [f"lacks {a}" for a in sorted(set(wanted) - had)])
+    path = workdir / "config.json"
+    if not path.exists():
+        return [f"lacks {a}" for a in wanted]
+    config = json.loads(path.read_text())
+    differing = []
+    for arg in wanted:
+        key, _, text = arg.removeprefix("--config.").partition("=")
+        value = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        try:
+            want = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            want = text
+        if isinstance(value, list) and isinstance(want, tuple):
+            want = list(want)
+        if value != want:
+            differing.append(f"{key} was {value!r}, not {text}")
+    return differing
+
+
 def table_marker(args) -> str:
-    """The marker of this command's table in --output: one table per fine-tuning corpus and
-    fine-tune length, so that all of them fit in one file."""
+    """The marker of this command's table in --output: one table per fine-tuning corpus,
+    fine-tune length and set of `--config.*` overrides, so that all of them fit in one file."""
     return "bench/ablations.py" + (
         f" --finetune-steps {args.finetune_steps}" if args.finetune_steps != FINETUNE_STEPS
         else "") + (f" --finetune-au-drop {args.finetune_au_drop:g}"
                     if args.finetune_au_drop else "") + (
-        " --finetune-appearance-captions" if args.finetune_appearance_captions else "")
+        " --finetune-appearance-captions" if args.finetune_appearance_captions else "") + "".join(
+        f" {a}" for a in args.extra)
 
 
 def read_figures(workdir: pathlib.Path) -> dict:
@@ -260,7 +298,9 @@ def render(results: list[dict], args, command: str) -> str:
              f"that export for {args.finetune_steps} steps {corpus} (seeds set data order, "
              "augmentation and sentence sampling). Held-out synthetic faces of the pretrain's "
              "corpus (identities never trained on). All figures in %, mean ± std over seeds; "
-             "measured on a 2-core CPU.", "",
+             "measured on a 2-core CPU." + (
+                 " Every run took " + ", ".join(f"`{a}`" for a in args.extra) + "."
+                 if args.extra else ""), "",
              "| variant | " + " | ".join(COLUMNS[c][0] for c in cols) +
              " | fine-tune time (min) | seeds |",
              "|---|" + "---|" * (len(cols) + 2)]

@@ -98,3 +98,35 @@ def test_a_longer_fine_tune_gets_a_table_of_its_own():
     assert bench.table_marker(bench.parse_args([])) == "bench/ablations.py"
     assert bench.table_marker(bench.parse_args(["--finetune-appearance-captions"])) == (
         "bench/ablations.py --finetune-appearance-captions")
+
+
+def test_a_finished_run_with_other_config_overrides_is_not_reused(tmp_path):
+    workdir = tmp_path / "mining_s0"
+    workdir.mkdir()
+    threshold = ["--config.loss.mining.threshold=0.99"]
+    (workdir / "ablation_result.json").write_text(json.dumps(
+        {"variant": "mining", "seed": 0, "train_seconds": 1.0, "finetune_steps": 300,
+         "config_overrides": threshold}))
+    assert bench.run_one(bench.parse_args(threshold), tmp_path, tmp_path / "pretrain", "mining", 0)
+    with pytest.raises(SystemExit, match="had --config.loss.mining.threshold=0.99"):
+        bench.run_one(bench.parse_args([]), tmp_path, tmp_path / "pretrain", "mining", 0)
+    # A record older than the field: the run's config.json says what it trained with.
+    (workdir / "ablation_result.json").write_text(json.dumps(
+        {"variant": "mining", "seed": 0, "train_seconds": 1.0, "finetune_steps": 300}))
+    (workdir / "config.json").write_text(json.dumps(
+        {"loss": {"mining": {"threshold": 0.9, "terms": ["global", "summary"]}}}))
+    assert bench.run_one(bench.parse_args(["--config.loss.mining.threshold=0.9"]), tmp_path,
+                         tmp_path / "pretrain", "mining", 0)
+    assert bench.run_one(bench.parse_args(["--config.loss.mining.terms=('global', 'summary')"]),
+                         tmp_path, tmp_path / "pretrain", "mining", 0)
+    with pytest.raises(SystemExit, match="loss.mining.threshold was 0.9, not 0.99"):
+        bench.run_one(bench.parse_args(threshold), tmp_path, tmp_path / "pretrain", "mining", 0)
+
+
+def test_config_overrides_get_a_table_of_their_own(tmp_path):
+    args = bench.parse_args(["--finetune-steps", "1500", "--config.loss.mining.threshold=0.99"])
+    assert bench.table_marker(args) == (
+        "bench/ablations.py --finetune-steps 1500 --config.loss.mining.threshold=0.99")
+    result = {"variant": "summary", "seed": 0, "train_seconds": 60.0, "zero_shot": 0.5}
+    assert "Every run took `--config.loss.mining.threshold=0.99`." in bench.render(
+        [result], args, "python bench/ablations.py")
