@@ -4,7 +4,7 @@ recall, against the records' labels, of the positives that text-guided mining (D
 
     python bench/mining_guides.py --checkpoint runs/ablations/pretrain/export \\
         --data runs/ablations/pretrain/data/train [--guide summary] [--threshold 0.9 0.98] \\
-        [--top-k 8] [--records 2048] [--batch 64] [--batches 50] [--seed 0]
+        [--top-k 8] [--records 2048] [--batch 64] [--batches 50] [--seed 0] [--suggest 0.99]
 
 --records labelled records drawn at random from --data are encoded once (their --guide sentence
 through the model's text tower, as the training step does); --batches random batches of --batch
@@ -14,6 +14,11 @@ records carry the same label. Printed per rule: mined positives per row, precisi
 of mined pairs with the same label) and recall (the fraction of same-label pairs mined); then the
 mean guide cosine of same-label and of other-label pairs, and the label pairs the first rule
 most often mines together (the false positives).
+
+--suggest P also scans SUGGEST_GRID and prints the lowest threshold whose precision reaches P,
+as a `--config.loss.mining.threshold` for training from this checkpoint. Mined pairs are pulled
+together, so a guide that starts imprecise stays so (ABLATIONS.md, "A precise guide"); the
+threshold is a cosine under this checkpoint's text tower and does not carry over to another.
 """
 from __future__ import annotations
 
@@ -34,6 +39,10 @@ from emocap_jax.data.shard_writer import shard_paths  # noqa: E402
 from emocap_jax.data.source import ShardedTFRecordSource  # noqa: E402
 
 GUIDE_FIELDS = {"summary": "summary", "global": "global_caption"}
+# Thresholds --suggest tries: coarse where sentence cosines rarely separate labels, fine near 1,
+# where a tower that has learned its captions puts the same-label ones.
+SUGGEST_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.985, 0.99, 0.993,
+                0.995, 0.997, 0.998, 0.999)
 
 
 def parse_args(argv=None):
@@ -50,9 +59,14 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--batches", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--suggest", type=float, default=None, metavar="P",
+                   help="also print the lowest threshold (of --threshold and SUGGEST_GRID) whose "
+                        "precision reaches P, e.g. 0.99")
     args = p.parse_args(argv)
     if args.batch < 2:
         p.error(f"--batch must be at least 2, got {args.batch}")
+    if args.suggest is not None and not 0.0 < args.suggest <= 1.0:
+        p.error(f"--suggest must be in (0, 1], got {args.suggest}")
     return args
 
 
@@ -105,6 +119,20 @@ def measure(config: losses.MiningConfig, guides: np.ndarray, labels: np.ndarray,
             "confused": confused}
 
 
+def suggest_threshold(results: dict[float, dict], precision: float) -> float | None:
+    """The lowest threshold whose result mines something with at least `precision` (None: no
+    such threshold). Precision need not rise with the threshold (the per-row cap picks other
+    pairs), so every threshold is checked, not only the first to pass."""
+    passing = [t for t, r in results.items() if r["per_row"] > 0 and r["precision"] >= precision]
+    return min(passing) if passing else None
+
+
+def _config(args, threshold: float) -> losses.MiningConfig:
+    return losses.MiningConfig(mode="text", threshold=threshold, top_k=args.top_k,
+                               relative_threshold=args.relative_threshold,
+                               min_spread=args.min_spread)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     model = emocap_jax.load(args.checkpoint)
@@ -119,13 +147,11 @@ def main(argv=None) -> int:
     print(f"{len(texts)} records ({len(set(labels))} labels; {skipped} skipped without a label "
           f"or {args.guide} sentence), guide: {args.guide} sentences; {args.batches} batches "
           f"of {args.batch}")
-    first = None
+    results = {}
     for threshold in args.threshold:
-        config = losses.MiningConfig(mode="text", threshold=threshold, top_k=args.top_k,
-                                     relative_threshold=args.relative_threshold,
-                                     min_spread=args.min_spread)
-        result = measure(config, guides, labels, args.batch, args.batches, args.seed)
-        first = first or result
+        result = measure(_config(args, threshold), guides, labels, args.batch, args.batches,
+                         args.seed)
+        results[threshold] = result
         print(f"threshold {threshold:g}, top-k {args.top_k}: {result['per_row']:.2f} mined per "
               f"row, precision {100 * result['precision']:.1f}%, recall "
               f"{100 * result['recall']:.1f}%")
@@ -135,8 +161,22 @@ def main(argv=None) -> int:
     other = cos[~same].mean() if np.any(~same) else float("nan")
     print(f"mean guide cosine: same label {cos[same & off].mean():.3f}, other labels "
           f"{other:.3f}")
+    first = results[args.threshold[0]]
     top = ", ".join(f"{a} / {b} {n}" for (a, b), n in first["confused"].most_common(8))
     print(f"wrong pairs mined most often (threshold {args.threshold[0]:g}): {top or 'none'}")
+    if args.suggest is not None:
+        for threshold in (t for t in SUGGEST_GRID if t not in results):
+            results[threshold] = measure(_config(args, threshold), guides, labels, args.batch,
+                                         args.batches, args.seed)
+        best = suggest_threshold(results, args.suggest)
+        if best is None:
+            print(f"no threshold of {sorted(results)} reaches precision {100 * args.suggest:g}%")
+        else:
+            r = results[best]
+            print(f"suggested: --config.loss.mining.threshold={best:g} (precision "
+                  f"{100 * r['precision']:.1f}%, recall {100 * r['recall']:.1f}%, "
+                  f"{r['per_row']:.2f} mined per row), the lowest threshold tried whose "
+                  f"precision reaches {100 * args.suggest:g}%")
     return 0
 
 

@@ -47,6 +47,33 @@ def test_the_command_reports_every_threshold_and_refuses_too_few_records(tmp_pat
     assert out.startswith("24 records (")
     assert "threshold 0.5, top-k 8:" in out and "threshold 0.99, top-k 8:" in out
     assert "mean guide cosine: same label" in out
+    assert bench.main(args + ["--threshold", "0.5", "--suggest", "0.99"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("suggested: --config.loss.mining.threshold=") or last.startswith(
+        "no threshold of [0.5, 0.6, ")
     assert bench.main(args[:4] + ["--batch", "32"]) == 2
     assert "24 records with a label and a summary sentence (0 without), fewer than --batch 32" \
         in capsys.readouterr().err
+
+
+def test_the_suggested_threshold_is_the_lowest_that_stops_a_near_miss():
+    """Labels a-d, four records each, one unit vector per label; record 0 (label a) leans towards
+    b: cosine 0.96 with b's records, 0 with its own. Up to 0.96 it is mined with b's four records
+    (8 wrong ordered pairs); above, nothing wrong is mined, so 0.97 is the lowest threshold of
+    SUGGEST_GRID with precision 1, and none reaches it with a guide whose wrong pair is exact."""
+    from emocap_jax import losses
+
+    labels = np.array([lab for lab in "abcd" for _ in range(4)], dtype=object)
+    basis = {lab: np.eye(8, dtype=np.float32)[k] for k, lab in enumerate("abcd")}
+    guides = np.stack([basis[lab] for lab in labels])
+    guides[0] = 0.96 * basis["b"] + np.sqrt(1 - 0.96 ** 2) * np.eye(8, dtype=np.float32)[7]
+    results = {t: bench.measure(losses.MiningConfig(mode="text", threshold=t, top_k=0,
+                                                    min_spread=0.01),
+                                guides, labels, batch=16, batches=1, seed=0)
+               for t in bench.SUGGEST_GRID}
+    assert results[0.95]["precision"] == pytest.approx(42 / 50)  # right: 6 + 12 + 12 + 12
+    assert results[0.97]["precision"] == 1.0
+    assert bench.suggest_threshold(results, 0.99) == 0.97
+    assert bench.suggest_threshold(results, 0.8) == 0.5
+    exact = {t: dict(r, precision=min(r["precision"], 0.9)) for t, r in results.items()}
+    assert bench.suggest_threshold(exact, 0.99) is None
