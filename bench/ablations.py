@@ -267,7 +267,7 @@ def table_marker(args) -> str:
         else "") + (f" --finetune-au-drop {args.finetune_au_drop:g}"
                     if args.finetune_au_drop else "") + (
         " --finetune-appearance-captions" if args.finetune_appearance_captions else "") + "".join(
-        f" {a}" for a in args.extra)
+        f" {a}" for a in sorted(args.extra))  # sorted: reuse compares them as a set too
 
 
 def read_figures(workdir: pathlib.Path) -> dict:

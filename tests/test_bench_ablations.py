@@ -127,6 +127,9 @@ def test_config_overrides_get_a_table_of_their_own(tmp_path):
     args = bench.parse_args(["--finetune-steps", "1500", "--config.loss.mining.threshold=0.99"])
     assert bench.table_marker(args) == (
         "bench/ablations.py --finetune-steps 1500 --config.loss.mining.threshold=0.99")
+    two = ["--config.loss.mining.threshold=0.99", "--config.loss.mining.top_k=4"]
+    assert bench.table_marker(bench.parse_args(two)) == bench.table_marker(
+        bench.parse_args(two[::-1]))
     result = {"variant": "summary", "seed": 0, "train_seconds": 60.0, "zero_shot": 0.5}
     assert "Every run took `--config.loss.mining.threshold=0.99`." in bench.render(
         [result], args, "python bench/ablations.py")
