@@ -6,7 +6,9 @@
         [--finetune-appearance-captions] [--config.FIELD=VALUE ...]
 
 1. Pretrain once: `configs/ablations.py:summary` (the demo recipe: global + summary terms) for
-   --pretrain-steps on the synthetic corpus, exported to WORK/pretrain/export. Reused when present.
+   --pretrain-steps on the synthetic corpus, exported to WORK/pretrain/export. Reused when present
+   and made with the same --pretrain-steps (refused otherwise; `--config.*` overrides it was made
+   without are printed).
 2. Fine-tune every variant of configs/ablations.py named in --variants (default global_only,
    summary, local, mining, full; also global_mining) from that export for --finetune-steps,
    once per seed (the seed sets the parameter-free randomness: data order, augmentation,
@@ -115,6 +117,8 @@ def _run(cmd: list[str], log: pathlib.Path) -> float:
 
 def pretrain(args, work: pathlib.Path) -> pathlib.Path:
     workdir = work / "pretrain"
+    if (workdir / "export").is_dir() and not args.render_only:
+        _check_reused_pretrain(args, workdir)
     if not (workdir / "export").is_dir():
         if args.render_only:
             raise SystemExit(f"{workdir}: no pretrained export; run without --render-only")
@@ -125,6 +129,25 @@ def pretrain(args, work: pathlib.Path) -> pathlib.Path:
         seconds = _run(cmd, work / "pretrain.log")
         print(f"[pretrain] {seconds / 60:.1f} min", flush=True)
     return workdir
+
+
+def _check_reused_pretrain(args, workdir: pathlib.Path):
+    """Refuse a pretrain of another --pretrain-steps (that flag concerns the pretrain alone) and
+    name the `--config.*` overrides it was made without. Those go to the fine-tunes too, and
+    fine-tuning with one (a new head, a mining threshold) beside a copied pretrain is how several
+    tables were made, so they are not refused; printing them shows a model override that was
+    meant for both."""
+    if not (workdir / "config.json").exists():
+        print(f"[pretrain] note: reusing {workdir / 'export'}; without its config.json, its "
+              "length and overrides cannot be checked", flush=True)
+        return
+    steps = _config_differences(workdir, [f"--config.train.num_steps={args.pretrain_steps}"])
+    if steps:
+        raise SystemExit(f"{workdir} was pretrained otherwise ({steps[0]}): use another --work, "
+                         "or remove it to pretrain again")
+    for difference in _config_differences(workdir, args.extra):
+        print(f"[pretrain] note: reusing {workdir}, made without this override: {difference}",
+              flush=True)
 
 
 def finetune_corpus_settings(args) -> list[str]:
@@ -238,6 +261,12 @@ def _differing_overrides(result: dict, workdir: pathlib.Path, wanted: list[str])
         had = set(result["config_overrides"])
         return ([f"had {a}" for a in sorted(had - set(wanted))] +
                 [f"lacks {a}" for a in sorted(set(wanted) - had)])
+    return _config_differences(workdir, wanted)
+
+
+def _config_differences(workdir: pathlib.Path, wanted: list[str]) -> list[str]:
+    """The `--config.FIELD=VALUE` arguments of `wanted` that workdir's config.json does not hold
+    ([]: it holds all of them)."""
     path = workdir / "config.json"
     if not path.exists():
         return [f"lacks {a}" for a in wanted]

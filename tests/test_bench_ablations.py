@@ -133,3 +133,26 @@ def test_config_overrides_get_a_table_of_their_own(tmp_path):
     result = {"variant": "summary", "seed": 0, "train_seconds": 60.0, "zero_shot": 0.5}
     assert "Every run took `--config.loss.mining.threshold=0.99`." in bench.render(
         [result], args, "python bench/ablations.py")
+
+
+def test_a_pretrain_of_another_length_is_not_reused_and_other_overrides_are_named(
+        tmp_path, capsys):
+    pre = tmp_path / "pretrain"
+    (pre / "export").mkdir(parents=True)
+    (pre / "config.json").write_text(json.dumps(
+        {"train": {"num_steps": 700}, "optim": {"learning_rate": 5e-4}}))
+    assert bench.pretrain(bench.parse_args([]), tmp_path) == pre
+    assert bench.pretrain(bench.parse_args(["--config.optim.learning_rate=5e-4"]), tmp_path) == pre
+    with pytest.raises(SystemExit, match="train.num_steps was 700, not 1000"):
+        bench.pretrain(bench.parse_args(["--pretrain-steps", "1000"]), tmp_path)
+    assert "was 0.0005" not in capsys.readouterr().out
+    # A fine-tune-only override beside a reused pretrain is allowed, and said.
+    assert bench.pretrain(bench.parse_args(["--config.optim.learning_rate=1e-3"]), tmp_path) == pre
+    assert "made without this override: optim.learning_rate was 0.0005, not 1e-3" in (
+        capsys.readouterr().out)
+    (pre / "config.json").unlink()
+    assert bench.pretrain(bench.parse_args(["--pretrain-steps", "1000"]), tmp_path) == pre
+    assert "cannot be checked" in capsys.readouterr().out
+    # Rendering trains nothing, so the finished fine-tunes' own checks are what count there.
+    assert bench.pretrain(bench.parse_args(["--pretrain-steps", "1000", "--render-only"]),
+                          tmp_path) == pre
