@@ -54,11 +54,57 @@ def test_the_pipeline_fed_mode_reports_wall_time_and_data_wait(tmp_path):
     convert_manifest(tmp_path / "corpus" / "manifest.jsonl", tmp_path / "corpus", data_dir,
                      num_shards=2)
     args = _args(tmp_path)
-    args.data = str(data_dir)
+    args.data, args.steps = str(data_dir), 4
     result = bench.run_emocap(args, "full", "auto")
     fed = result["fed"]
-    assert fed["median_s"] > 0 and fed["min_s"] <= fed["max_s"]
+    # The row's time is the mean over the timed steps, each step timed from the readiness of the
+    # previous result to its own: the mean lies between the fastest and the slowest step.
+    assert 0 < fed["min_s"] <= fed["median_s"] <= fed["max_s"], fed
     assert 0.0 <= fed["data_wait_fraction"] <= 1.0
     assert fed["workers"] == 0
     merged = bench.merge_rounds([result, result])
     assert merged["fed"]["median_s"] == fed["median_s"]
+
+
+def test_each_fed_step_is_timed_from_the_previous_result_to_its_own(tmp_path, monkeypatch):
+    """With one step in flight a loop turn is not a step: the first turn finds its previous step
+    long done and the last step ends after the loop. A stand-in device that runs each step for
+    exactly 0.2 s, one after the other, must show every step at about 0.2 s (the bounds leave room
+    for a late wake-up on a busy machine; the old timing gave a first step of a few ms)."""
+    import time
+    import types
+
+    import numpy as np
+
+    from emocap_jax.data import pipeline
+
+    step_s, steps = 0.2, 4
+
+    class Pending:  # a step's result: ready once the stand-in device has run it
+        def __init__(self, ready_at):
+            self.ready_at = ready_at
+
+        def block_until_ready(self):
+            time.sleep(max(0.0, self.ready_at - time.perf_counter()))
+            return self
+
+    device_free_at = [0.0]
+
+    def compiled(state, batch):  # returns at once, like a dispatched XLA computation
+        start = max(time.perf_counter(), device_free_at[0])
+        device_free_at[0] = start + step_s
+        return state, {"loss": Pending(device_free_at[0])}
+
+    def batches(*unused_args, **unused_kwargs):
+        while True:
+            yield {"image": np.zeros((2, 4, 4, 3), np.uint8),
+                   "global_tokens": np.zeros((2, 8), np.int32)}
+
+    monkeypatch.setattr(pipeline, "make_train_iterator", batches)
+    args = _args(tmp_path)
+    args.data, args.steps = str(tmp_path), steps
+    cfg = types.SimpleNamespace(vision=types.SimpleNamespace(image_size=4),
+                                text=types.SimpleNamespace(context_length=8))
+    fed = bench.run_emocap_fed(args, cfg, compiled, state=None)
+    assert 0.5 * step_s <= fed["min_s"] <= fed["max_s"] <= 3 * step_s, fed
+    assert step_s <= fed["median_s"] <= 2 * step_s, fed  # a sleep never ends early
