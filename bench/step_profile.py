@@ -21,6 +21,11 @@ import re
 import tempfile
 
 
+# Lines of a device plane that repeat the time of its operations (not counted).
+_AGGREGATE_LINES = {"XLA Modules", "Steps", "Launch Stats", "TensorFlow Name Scope",
+                    "TensorFlow Ops", "Framework Ops", "Source code", "XLA TraceMe"}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,10 +59,19 @@ def main():
 
     # Device planes (GPU/TPU) name the ops directly; on CPU the ops run as events on the XLA
     # worker threads of the host plane, next to the executor's own "ThunkExecutor" spans.
+    # A GPU plane's "XLA Ops" line holds the HLO operations; its other lines cover the same time
+    # again (whole programs, steps, launch statistics, the CUDA streams' kernels). Where a trace
+    # has no "XLA Ops" line the streams' kernels are counted, by kernel name.
     per_op = collections.Counter()
+    counted_lines = set()
     for plane in profile.planes:
         on_device = not plane.name.startswith("/host")
-        for line in plane.lines:
+        lines = list(plane.lines)
+        if on_device:
+            ops = [line for line in lines if line.name == "XLA Ops"]
+            lines = ops or [line for line in lines if line.name not in _AGGREGATE_LINES]
+            counted_lines.update(f"{plane.name}: {line.name}" for line in lines)
+        for line in lines:
             if not (on_device or line.name.startswith("tf_XLAEigen")):
                 continue
             for event in line.events:
@@ -72,6 +86,8 @@ def main():
 
     print(f"{args.model}, batch {args.batch}, {args.precision}, remat {args.remat}, "
           f"{jax.devices()[0].platform}: {total / 1e9:.2f} s of operation time in one step")
+    if counted_lines:
+        print("counted trace lines: " + "; ".join(sorted(counted_lines)))
     print(f"\n{'kind of operation':40s} {'time (s)':>9s} {'share':>7s}")
     for kind, ns in kinds.most_common():
         if ns / total >= 0.005:

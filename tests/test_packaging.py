@@ -52,3 +52,17 @@ def test_the_umbrella_prep_command_runs_each_converter():
     assert mains == {"benchmarks": benchmarks.main, "captions": captions.main,
                      "synthetic": synthetic.main,
                      "synthetic-benchmarks": synthetic_benchmarks.main}
+
+
+def test_the_gpu_wheels_take_their_versions_from_requirements():
+    """bench/gpu_wheels.sh fetches the packages a GPU machine lacks at requirements.txt's pins
+    (it looks each one up there); a package dropped from requirements.txt would only fail on
+    the GPU machine, whose minutes are few, so it is caught here."""
+    import re
+
+    script = (REPO_ROOT / "bench" / "gpu_wheels.sh").read_text()
+    names = re.search(r"from_requirements=\(([^)]*)\)", script).group(1).split()
+    assert {"grain", "ml_collections", "simplejpeg", "flax"} <= set(names)
+    pinned = {line.split("==")[0].lower() for line in
+              (REPO_ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
+    assert [name for name in names if name.lower() not in pinned] == []
