@@ -21,6 +21,7 @@
 #   skipped.txt     the stages left out for lack of time, if any
 set -uo pipefail
 cd "$(dirname "$0")/.."
+start=$SECONDS  # the budget counts the installation too: the device's limit does
 out=${OUT:-/tmp/gpu_checks}
 budget=${GPU_CHECKS_BUDGET_S:-540}
 wheels=${GPU_CHECKS_WHEELS:-.whl}
@@ -60,7 +61,6 @@ EOF
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
 
-start=$SECONDS
 stage() {  # stage NAME LIMIT_S COMMAND...: runs COMMAND with its output in $out/NAME.log
     local name=$1 limit=$2
     shift 2
@@ -72,7 +72,7 @@ stage() {  # stage NAME LIMIT_S COMMAND...: runs COMMAND with its output in $out
     fi
     (( limit > left )) && limit=$left
     echo "== $name (at most $limit s): $*"
-    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    timeout -k 10 "$limit" "$@" > "$out/$name.log" 2>&1
     local status=$?
     tail -n 25 "$out/$name.log"
     echo "== $name: exit status $status after $((SECONDS - start)) s in all"
