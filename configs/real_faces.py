@@ -75,7 +75,8 @@ def get_config():
     config.train.global_batch_size = 64
     # Short for a 2-core CPU, not converged: 6000 steps gained 7-10 points of FER2013 zero-shot
     # UAR at each of 3 seeds, where learning rates 5e-4 / 2e-3 and 6 layers at 2000 steps lost
-    # 4-15 (RESULTS.md, "How the recipe was found" item 5, one seed each).
+    # 4-15 (RESULTS.md, "How the recipe was found" item 5, one seed each). 12000 steps gained
+    # 2.5 more at seed 0 (RESULTS.md, "Longer still"): the gain slows.
     config.train.num_steps = 2000
     config.train.log_every = 100
     config.train.checkpoint_every = 1000
