@@ -47,6 +47,9 @@ VARIANTS = {
                                           "--config.loss.mining.agreement_gate=True"]),
     "mining": ("mining from step 0, no label positives",
                ["--config.loss.mining.mode=text", _NO_LABELS]),
+    "mining_mutual": ("mining from step 0 with the mutual cap, no label positives",
+                      ["--config.loss.mining.mode=text", "--config.loss.mining.mutual=True",
+                       _NO_LABELS]),
     "plain": ("neither: plain CLIP InfoNCE on the label captions (configs/real_faces.py as is)",
               [_NO_LABELS]),
 }

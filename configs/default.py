@@ -87,10 +87,12 @@ def get_config():
     # embedding looks alike and a fixed threshold alone would pass every pair. agreement_gate:
     # scale the mined weight by the in-batch agreement of the model's own pairs (about 1/N at
     # random init), so guessed positives cannot drown the true pair before the model has learnt.
+    # mutual: a pair must be within both rows' top_k (mutual nearest neighbours), so a face whose
+    # class is rare in the batch does not mine the nearest other class's faces (RESULTS.md).
     config.loss.mining = ml_collections.ConfigDict(dict(
         mode="text", guide="summary", threshold=0.9, top_k=8, weight=1.0, warmup_steps=500,
         relative_threshold=config_dict.placeholder(float), min_spread=0.01,
-        image_threshold=config_dict.placeholder(float), agreement_gate=False,
+        image_threshold=config_dict.placeholder(float), agreement_gate=False, mutual=False,
         # Which contrastive terms take the mined positives: ("global", "summary") or one of them.
         terms=("global", "summary")))
 

@@ -22,6 +22,8 @@ What is here (DESIGN sections 2 and 3):
   have a smaller standard deviation carries no evidence of which pairs belong together and mines
   nothing). The row statistics are computed over all N columns in every form (the chunked form in
   a first pass over the column chunks, with Chan's pairwise merge of means and variances).
+  Optionally the cap is mutual (`mutual`): the pair must also be within the column's own top k,
+  so a row whose class is rare in the batch does not mine the next class's faces.
 * `local_region_sentence_loss`: region-sentence alignment; each local sentence pools every image's
   patch tokens with itself as the attention query, then InfoNCE sentence->image and multi-positive
   image->sentence over the batch.
@@ -69,6 +71,9 @@ LOCAL_IMPLS = ("single", "sharded")
 # every entry masked still has a finite logsumexp, so no NaN reaches the gradients.
 _MASKED_LOGIT = -1e9
 _NORM_EPS = 1e-12
+# Two cosines of the same pair computed in different matrix products (row i's and row j's) may
+# differ in their last bits; the mutual cap must not turn on that.
+_MUTUAL_TIE_TOLERANCE = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +87,13 @@ class MiningConfig:
     top_k: if > 0, a hard cap: a mined positive must be among its row's k most similar
       off-diagonal columns under each guide, ties broken towards the lower column index, so no
       row ever gets more than k mined positives, whatever the similarities.
+    mutual: with top_k, a mined pair must also be within the column's own cap: sim_ij must reach
+      the k-th largest off-diagonal similarity of row j (mutual nearest neighbours; within 1e-5
+      of it counts, since the two similarities come from different matrix products). A row whose
+      class is rare in the batch (one disgust face among 64) fills its k places with the nearest
+      other class's faces, but their own k places hold their classmates, so the pair is not
+      mined; with a plain cap it is, and imbalanced classes get mined across exactly for the rare
+      ones (RESULTS.md). Guides are symmetric here (rows are a block of the columns).
     relative_threshold: z; if not None, a mined positive must also stand out of its own row:
       sim_ij >= mean_i + z * std_i over the row's off-diagonal similarities (per guide).
     min_spread: rows whose off-diagonal guide similarities have a standard deviation below this
@@ -112,6 +124,7 @@ class MiningConfig:
     relative_threshold: float | None = None
     min_spread: float = 0.0
     agreement_gate: bool = False
+    mutual: bool = False
 
     def __post_init__(self):
         if self.mode not in MINING_MODES:
@@ -122,6 +135,9 @@ class MiningConfig:
             raise ValueError(f"MiningConfig.weight={self.weight} must be >= 0")
         if self.min_spread < 0:
             raise ValueError(f"MiningConfig.min_spread={self.min_spread} must be >= 0")
+        if self.mutual and self.top_k <= 0:
+            raise ValueError("MiningConfig.mutual=True needs a cap (top_k > 0): mutual means within "
+                             "each other's top_k")
 
     @property
     def enabled(self) -> bool:
@@ -173,12 +189,14 @@ class _Guide:
 @dataclasses.dataclass(frozen=True)
 class _RowStats:
     """Per-row facts about one guide's off-diagonal similarities, each [n] or None when unused:
-    the k-th largest value and its column (the cap), and their mean and standard deviation."""
+    the k-th largest value and its column (the cap), and their mean and standard deviation;
+    col_kth_value [N]: the k-th largest value of every column's own row (the mutual cap)."""
 
     kth_value: jax.Array | None = None
     kth_col: jax.Array | None = None
     mean: jax.Array | None = None
     std: jax.Array | None = None
+    col_kth_value: jax.Array | None = None
 
 
 def _active_guides(config: MiningConfig, text_rows, text_cols, image_rows, image_cols) -> list[_Guide]:
@@ -289,6 +307,10 @@ def _mined_mask(config: MiningConfig, guides: Sequence[_Guide], guide_cols: Sequ
             kv, kc = st.kth_value[:, None], st.kth_col[:, None]
             within_cap = (sim > kv) | ((sim == kv) & (col_ids[None, :] <= kc))
             passes = jnp.logical_and(passes, within_cap)
+        if st.col_kth_value is not None:
+            # The guide is symmetric, so sim_ij is also row j's similarity to column i.
+            col_kv = jnp.take(st.col_kth_value, col_ids)[None, :]
+            passes = jnp.logical_and(passes, sim >= col_kv - _MUTUAL_TIE_TOLERANCE)
         if config.relative_threshold is not None:
             passes = jnp.logical_and(
                 passes, sim >= st.mean[:, None] + config.relative_threshold * st.std[:, None])
@@ -300,13 +322,29 @@ def _mined_mask(config: MiningConfig, guides: Sequence[_Guide], guide_cols: Sequ
 
 def _guide_row_stats(config: MiningConfig, guides: Sequence[_Guide], row_offset, num_cols: int,
                      chunk_size: int | None = None, axis=None) -> list[_RowStats]:
+    """Each guide's `_RowStats` for this block of rows. `axis`: the mesh axis inside shard_map
+    (None on one device), over which the mutual cap gathers every row's k-th value."""
     k = _effective_top_k(config, num_cols)
     moments = config.uses_row_moments
     if not k and not moments:
         return [_RowStats() for _ in guides]
     if chunk_size is None:
-        return [_row_stats(g, row_offset, k, moments) for g in guides]
-    return [_row_stats_chunked(g, row_offset, k, moments, chunk_size, axis) for g in guides]
+        stats = [_row_stats(g, row_offset, k, moments) for g in guides]
+    else:
+        stats = [_row_stats_chunked(g, row_offset, k, moments, chunk_size, axis) for g in guides]
+    if config.mutual and k:
+        stats = [dataclasses.replace(st, col_kth_value=_column_kth_values(g, st, k, axis))
+                 for g, st in zip(guides, stats)]
+    return stats
+
+
+def _column_kth_values(guide: _Guide, own: _RowStats, k: int, axis) -> jax.Array:
+    """[N]: the k-th largest off-diagonal similarity of every column's own row. Sharded, each
+    device holds its rows' values and gathers the rest (N scalars); on one device the rows may be
+    a block, so the columns' rows are scored afresh (the single form is O(N^2) anyway)."""
+    if axis is not None:
+        return jax.lax.all_gather(own.kth_value, axis, tiled=True)
+    return _row_stats(_Guide(guide.cols, guide.cols, guide.threshold), 0, k, False).kth_value
 
 
 def pair_agreement(image_emb: jax.Array, text_emb: jax.Array, max_rows: int = 256) -> jax.Array:

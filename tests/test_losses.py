@@ -1,6 +1,7 @@
 """Losses against independent references: open_clip's ClipLoss fixture, NumPy loops for mined
 targets and the local loss, and sharded / chunked forms against the single-device form on the
 8 simulated CPU devices set up by conftest.py (value and gradient)."""
+import dataclasses
 import re
 
 import jax
@@ -42,7 +43,8 @@ def _assert_close(actual, expected, rtol=RTOL, atol=ATOL):
 # ------------------------------------------------------------------------------------------------
 
 
-def _np_mined_targets(text_guide, image_guide, mode, threshold, top_k, weight, image_threshold=None):
+def _np_mined_targets(text_guide, image_guide, mode, threshold, top_k, weight, image_threshold=None,
+                      mutual=False):
     n = (text_guide if text_guide is not None else image_guide).shape[0]
     guides = []
     if mode in ("text", "both"):
@@ -50,20 +52,21 @@ def _np_mined_targets(text_guide, image_guide, mode, threshold, top_k, weight, i
     if mode in ("image", "both"):
         guides.append((_unit(image_guide.astype(np.float64)),
                        threshold if image_threshold is None else image_threshold))
+    # kth[g][i]: row i's k-th largest off-diagonal similarity under guide g (the cap).
+    kth = [[sorted((float(g[i] @ g[m]) for m in range(n) if m != i), reverse=True)[top_k - 1]
+            if 0 < top_k < n - 1 else -np.inf for i in range(n)] for g, _ in guides]
     targets = np.zeros((n, n))
     for i in range(n):
         targets[i, i] = 1.0
         if mode == "off":
             continue
-        kth = [sorted((float(g[i] @ g[m]) for m in range(n) if m != i), reverse=True)[top_k - 1]
-               if 0 < top_k < n - 1 else -np.inf for g, _ in guides]
         for j in range(n):
             if j == i:
                 continue
             ok = True
-            for (g, thr), kth_value in zip(guides, kth):
+            for (g, thr), kth_g in zip(guides, kth):
                 s = float(g[i] @ g[j])
-                if s < thr or s < kth_value:
+                if s < thr or s < kth_g[i] or (mutual and s < kth_g[j]):
                     ok = False
             if ok:
                 targets[i, j] += weight
@@ -165,6 +168,55 @@ def test_mined_targets_match_numpy_reference(batch, mode, top_k):
         assert ((expected > 0).sum(axis=1) <= top_k + 1).all()
 
 
+@pytest.mark.parametrize("mode,top_k", [("text", 3), ("both", 4)])
+def test_mutual_cap_matches_numpy_reference(batch, mode, top_k):
+    """Mutual cap: a pair is mined only when each is within the other's top k, so the mined
+    pairs are symmetric and a subset of the one-sided cap's."""
+    cfg = losses.MiningConfig(mode=mode, threshold=-1.0, top_k=top_k, weight=0.5, mutual=True)
+    one_sided = _np_mined_targets(batch["guide"], batch["image"], mode, -1.0, top_k, 0.5) > 0
+    expected = _np_mined_targets(batch["guide"], batch["image"], mode, -1.0, top_k, 0.5,
+                                 mutual=True)
+    mined = expected > 0
+    assert (mined == mined.T).all() and not (mined & ~one_sided).any()
+    assert N < mined.sum() < one_sided.sum(), "mutuality should drop some pairs but not all"
+    targets = jax.jit(losses.mined_positive_targets, static_argnums=0, static_argnames="row_offset")
+    full = targets(cfg, text_rows=batch["guide"], text_cols=batch["guide"],
+                   image_rows=batch["image"], image_cols=batch["image"])
+    _assert_close(full, expected)
+    block = targets(cfg, text_rows=batch["guide"][8:12], text_cols=batch["guide"],
+                    image_rows=batch["image"][8:12], image_cols=batch["image"], row_offset=8)
+    _assert_close(block, expected[8:12])
+
+
+def test_mutual_cap_keeps_a_rare_class_from_mining_the_next_one():
+    """Summaries made from labels, one sentence per class: 5 faces of class A, 1 of class B, whose
+    summary is close to A's (cosine 0.9), and 26 of three other classes (cosine 0.6 between
+    classes). With a cap of 4 and the row-relative threshold B's row mines four A faces; with the
+    mutual cap it mines none, since every A face's four places hold its classmates, and the A
+    faces still mine each other."""
+    e = np.eye(GUIDE_DIM)
+    common = np.sqrt(0.6) * e[0]
+    classes = {c: common + np.sqrt(0.4) * e[c] for c in (1, 2, 3, 4)}  # A is class 1
+    b = common + np.sqrt(0.4) * (0.75 * e[1] + np.sqrt(1 - 0.75 ** 2) * e[5])
+    guide = np.array([classes[1]] * 5 + [b] + [classes[2]] * 9 + [classes[3]] * 9
+                     + [classes[4]] * 8, np.float32)
+    assert guide.shape[0] == N
+    _assert_close(guide[5] @ guide[0], 0.9, atol=1e-6)
+    capped = losses.MiningConfig(mode="text", threshold=-1.0, top_k=4, relative_threshold=1.5)
+    mutual = dataclasses.replace(capped, mutual=True)
+    counts = {}
+    for name, cfg in (("capped", capped), ("mutual", mutual)):
+        targets = np.asarray(losses.mined_positive_targets(cfg, text_rows=guide, text_cols=guide))
+        counts[name] = ((targets[5] > 0).sum() - 1, (targets[:5, :5] > 0).sum(axis=1))
+    assert counts["capped"][0] == 4 and counts["mutual"][0] == 0
+    assert (counts["mutual"][1] == 5).all()  # the pair itself + its four classmates
+
+
+def test_mutual_without_a_cap_is_refused():
+    with pytest.raises(ValueError, match="top_k"):
+        losses.MiningConfig(mode="text", mutual=True)
+
+
 def test_soft_target_loss_matches_numpy_reference(batch):
     targets = _np_mined_targets(batch["guide"], None, "text", 0.2, 0, 0.7)
     value = jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE,
@@ -177,9 +229,10 @@ def _value_and_grads(loss_fn):
 
 
 # Mode "text" is covered by the summary-term test below; top-k logic does not depend on the guide.
-@pytest.mark.parametrize("mode,top_k", [("off", 0), ("both", 0), ("image", 3)])
-def test_sharded_and_chunked_equal_single_device(mesh, batch, mode, top_k):
-    cfg = losses.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5)
+@pytest.mark.parametrize("mode,top_k,mutual", [("off", 0, False), ("both", 0, False),
+                                                ("image", 3, False), ("both", 3, True)])
+def test_sharded_and_chunked_equal_single_device(mesh, batch, mode, top_k, mutual):
+    cfg = losses.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5, mutual=mutual)
     results = {}
     for impl in ("single", "sharded", "chunked"):
         fn = _value_and_grads(lambda a, b, s: losses.contrastive_loss(
