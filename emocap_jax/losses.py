@@ -340,11 +340,20 @@ def _guide_row_stats(config: MiningConfig, guides: Sequence[_Guide], row_offset,
 
 def _column_kth_values(guide: _Guide, own: _RowStats, k: int, axis) -> jax.Array:
     """[N]: the k-th largest off-diagonal similarity of every column's own row. Sharded, each
-    device holds its rows' values and gathers the rest (N scalars); on one device the rows may be
-    a block, so the columns' rows are scored afresh (the single form is O(N^2) anyway)."""
+    device holds its rows' values and gathers the rest (N scalars). On one device the rows may be
+    a block (the training log's `mining_statistics` scores a few rows), so the columns' rows are
+    scored afresh, 256 at a time: O(256 N) memory whatever N."""
     if axis is not None:
         return jax.lax.all_gather(own.kth_value, axis, tiled=True)
-    return _row_stats(_Guide(guide.cols, guide.cols, guide.threshold), 0, k, False).kth_value
+    cols = _l2_normalize(jax.lax.stop_gradient(guide.cols))
+    num_cols = cols.shape[0]
+
+    def kth(index_and_row):
+        index, row = index_and_row
+        sim = jnp.where(jnp.arange(num_cols) == index, -jnp.inf, cols @ row)
+        return jax.lax.top_k(sim, k)[0][-1]
+
+    return jax.lax.map(kth, (jnp.arange(num_cols), cols), batch_size=min(num_cols, 256))
 
 
 def pair_agreement(image_emb: jax.Array, text_emb: jax.Array, max_rows: int = 256) -> jax.Array:
@@ -425,13 +434,47 @@ def mined_positive_targets(config: MiningConfig | None = None, *, text_rows=None
     positive = _positive_mask(row_ids, col_ids, row_labels, col_labels)
     targets = positive.astype(jnp.float32)
     if mining:
-        guides = _active_guides(config, text_rows, text_cols, image_rows, image_cols)
-        stats = _guide_row_stats(config, guides, row_offset, num_cols)
-        mined = _mined_mask(config, guides, [g.cols for g in guides], stats, row_ids, col_ids,
-                            _mining_active(config, step))
+        mined = _dense_mined_mask(config, text_rows, text_cols, image_rows, image_cols, row_offset,
+                                  step)
         mined = jnp.logical_and(mined, jnp.logical_not(positive))
         targets = targets + config.weight * mining_scale * mined.astype(jnp.float32)
     return targets / jnp.sum(targets, axis=1, keepdims=True)
+
+
+def _dense_mined_mask(config: MiningConfig, text_rows, text_cols, image_rows, image_cols,
+                      row_offset, step) -> jax.Array:
+    """Boolean [n, N]: the guides' mined pairs of rows row_offset .. row_offset+n-1 (label
+    positives not removed), row statistics over all N columns."""
+    guides = _active_guides(config, text_rows, text_cols, image_rows, image_cols)
+    num_cols = guides[0].cols.shape[0]
+    row_ids = row_offset + jnp.arange(guides[0].rows.shape[0])
+    stats = _guide_row_stats(config, guides, row_offset, num_cols)
+    return _mined_mask(config, guides, [g.cols for g in guides], stats, row_ids,
+                       jnp.arange(num_cols), _mining_active(config, step))
+
+
+def mining_statistics(config: MiningConfig, *, guide_text=None, guide_image=None, labels=None,
+                      step=0, max_rows: int = 256) -> dict[str, jax.Array]:
+    """What the guides mine in this batch, for the training log (no gradient): over the first
+    min(N, max_rows) rows against all N columns (row statistics over all N, as in the loss),
+    `mined_per_row`, the mean number of mined pairs per row, and with labels
+    `mined_other_label_per_row`, those whose two records carry different labels >= 0 (a guide
+    that finds only the label mines none of these; a rare class mining the next one shows here).
+    Counted before label positives are removed from the mined set."""
+    if not config.enabled:
+        return {}
+    text = None if guide_text is None else jax.lax.stop_gradient(guide_text)
+    image = None if guide_image is None else jax.lax.stop_gradient(guide_image)
+    num = (text if text is not None else image).shape[0]
+    m = min(num, max_rows)
+    mined = _dense_mined_mask(config, None if text is None else text[:m], text,
+                              None if image is None else image[:m], image, 0, step)
+    out = {"mined_per_row": jnp.mean(jnp.sum(mined, axis=1).astype(jnp.float32))}
+    if labels is not None:
+        other = (labels[:m, None] != labels[None, :]) & (labels[:m, None] >= 0) & (labels[None, :] >= 0)
+        out["mined_other_label_per_row"] = jnp.mean(
+            jnp.sum(mined & other, axis=1).astype(jnp.float32))
+    return out
 
 
 def _soft_ce_rows(logits: jax.Array, targets: jax.Array) -> jax.Array:

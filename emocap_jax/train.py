@@ -464,11 +464,20 @@ def _log_pending(pending, logger, config, images_per_s, wait_fraction, eta_s):
     step, m = pending[-1][0], fetched[-1]
     terms = " ".join(f"{k} {float(m[k]):.4f}" for k in ("global", "summary", "local") if k in m)
     log.info("step %d/%d | loss %.4f (%s) | lr %.2e | T %.1f | %.0f img/s | data wait %.0f%% | "
-             "eta %s", step, config.train.num_steps, float(m["loss"]), terms,
+             "eta %s%s", step, config.train.num_steps, float(m["loss"]), terms,
              float(m["learning_rate"]), float(m["logit_scale"]), images_per_s,
-             100 * wait_fraction, _format_eta(eta_s))
+             100 * wait_fraction, _format_eta(eta_s), _mining_note(m))
     logger.write(step, {"images_per_s": images_per_s, "data_wait_fraction": wait_fraction},
                  prefix="perf")
+
+
+def _mining_note(m) -> str:
+    """' | mined 2.1/row (0.3 other label)' when mining is on (losses.mining_statistics)."""
+    if "mined_per_row" not in m:
+        return ""
+    other = m.get("mined_other_label_per_row")
+    return (f" | mined {float(m['mined_per_row']):.1f}/row"
+            + ("" if other is None else f" ({float(other):.1f} other label)"))
 
 
 def _enable_compilation_cache(config):

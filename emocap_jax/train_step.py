@@ -83,6 +83,9 @@ def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch
     if mining.enabled and mining.agreement_gate:
         mining_scale = losses.pair_agreement(img, global_emb)
         terms["mining_scale"] = mining_scale
+    if mining.enabled:
+        terms.update(losses.mining_statistics(mining, guide_text=guide_text, guide_image=img,
+                                              labels=batch.get("label_id"), step=step))
     contrastive = functools.partial(
         losses.contrastive_loss, logit_scale=logit_scale, mesh=mesh, axis=batch_axes, impl=impl,
         chunk_size=chunk if impl == "chunked" else None,

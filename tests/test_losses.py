@@ -212,6 +212,26 @@ def test_mutual_cap_keeps_a_rare_class_from_mining_the_next_one():
     assert (counts["mutual"][1] == 5).all()  # the pair itself + its four classmates
 
 
+@pytest.mark.parametrize("mode,top_k,max_rows", [("text", 0, 256), ("both", 3, 256), ("text", 3, 10)])
+def test_mining_statistics_count_the_mined_pairs(batch, labels, mode, top_k, max_rows):
+    """The training log's mining figures against the NumPy reference's mined pairs: per row,
+    all of them and those across two different labels >= 0, over the first max_rows rows."""
+    cfg = losses.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5)
+    mined = _np_mined_targets(batch["guide"], batch["image"], mode, 0.2, top_k, 0.5) > 0
+    np.fill_diagonal(mined, False)
+    m = min(N, max_rows)
+    other = (labels[:, None] != labels[None, :]) & (labels >= 0)[:, None] & (labels >= 0)[None, :]
+    stats = jax.jit(lambda t, i, lab: losses.mining_statistics(
+        cfg, guide_text=t, guide_image=i, labels=lab, max_rows=max_rows))(
+            batch["guide"], batch["image"], labels)
+    _assert_close(stats["mined_per_row"], mined[:m].sum(axis=1).mean())
+    _assert_close(stats["mined_other_label_per_row"], (mined & other)[:m].sum(axis=1).mean())
+    assert 0 < float(stats["mined_other_label_per_row"]) < float(stats["mined_per_row"])
+    assert "mined_other_label_per_row" not in losses.mining_statistics(
+        cfg, guide_text=batch["guide"], guide_image=batch["image"])
+    assert losses.mining_statistics(losses.MiningConfig(mode="off")) == {}
+
+
 def test_mutual_without_a_cap_is_refused():
     with pytest.raises(ValueError, match="top_k"):
         losses.MiningConfig(mode="text", mutual=True)
