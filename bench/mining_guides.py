@@ -4,16 +4,19 @@ recall, against the records' labels, of the positives that text-guided mining (D
 
     python bench/mining_guides.py --checkpoint runs/ablations/pretrain/export \\
         --data runs/ablations/pretrain/data/train [--guide summary] [--threshold 0.9 0.98] \\
-        [--top-k 8] [--records 2048] [--batch 64] [--batches 50] [--seed 0] [--suggest 0.99]
+        [--top-k 8] [--mutual] [--records 2048] [--batch 64] [--batches 50] [--seed 0] \\
+        [--suggest 0.99]
 
 --records labelled records drawn at random from --data are encoded once (their --guide sentence
-through the model's text tower, as the training step does); --batches random batches of --batch
-of them go through the loss's own rule (`losses.mined_positive_targets` with mode "text", each
---threshold, --top-k, --relative-threshold and --min-spread). A mined pair is right when both
-records carry the same label. Printed per rule: mined positives per row, precision (the fraction
-of mined pairs with the same label) and recall (the fraction of same-label pairs mined); then the
-mean guide cosine of same-label and of other-label pairs, and the label pairs the first rule
-most often mines together (the false positives).
+through the model's text tower, as the training step does; a face with a label and no captions
+gets the captions training makes from its label, `emocap_jax/data/label_captions.py`);
+--batches random batches of --batch of them go through the loss's own rule
+(`losses.mined_positive_targets` with mode "text", each --threshold, --top-k,
+--relative-threshold, --min-spread and --mutual). A mined pair is right when both records carry
+the same label. Printed per rule: mined positives per row, precision (the fraction of mined
+pairs with the same label) and recall (the fraction of same-label pairs mined); then the mean
+guide cosine of same-label and of other-label pairs, and the label pairs the first rule most
+often mines together (the false positives).
 
 --suggest P also scans SUGGEST_GRID and prints the lowest threshold whose precision reaches P,
 as a `--config.loss.mining.threshold` for training from this checkpoint. Mined pairs are pulled
@@ -34,6 +37,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_j
 
 import emocap_jax  # noqa: E402
 from emocap_jax import losses  # noqa: E402
+from emocap_jax.data import label_captions  # noqa: E402
 from emocap_jax.data.example_codec import decode_record  # noqa: E402
 from emocap_jax.data.shard_writer import shard_paths  # noqa: E402
 from emocap_jax.data.source import ShardedTFRecordSource  # noqa: E402
@@ -55,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--top-k", type=int, default=8)
     p.add_argument("--relative-threshold", type=float, default=None)
     p.add_argument("--min-spread", type=float, default=0.01)
+    p.add_argument("--mutual", action="store_true",
+                   help="the mutual cap (config.loss.mining.mutual): a pair within both rows' top-k")
     p.add_argument("--records", type=int, default=2048)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--batches", type=int, default=50)
@@ -76,12 +82,18 @@ def read_guides(data: str, field: str, records: int, seed: int
     `records` records drawn at random."""
     source = ShardedTFRecordSource(shard_paths(data))
     order = np.random.default_rng(seed).permutation(len(source))
+    template_rng = np.random.default_rng(seed + 1)
     texts, labels, skipped = [], [], 0
     for index in order:
         if len(texts) == records:
             break
         record = decode_record(source[int(index)])
         text = getattr(record, field)
+        if record.label.strip() and not record.global_caption.strip():
+            # A face that carries only its label: the captions training makes from it
+            # (data.captions_from_labels), the global sentence with a template drawn at random.
+            text = (label_captions.summary_caption(record.label) if field == "summary" else
+                    label_captions.global_caption(record.label, int(template_rng.integers(1 << 30))))
         if not record.label or not text.strip():
             skipped += 1
             continue
@@ -130,7 +142,7 @@ def suggest_threshold(results: dict[float, dict], precision: float) -> float | N
 def _config(args, threshold: float) -> losses.MiningConfig:
     return losses.MiningConfig(mode="text", threshold=threshold, top_k=args.top_k,
                                relative_threshold=args.relative_threshold,
-                               min_spread=args.min_spread)
+                               min_spread=args.min_spread, mutual=args.mutual)
 
 
 def main(argv=None) -> int:
@@ -152,7 +164,8 @@ def main(argv=None) -> int:
         result = measure(_config(args, threshold), guides, labels, args.batch, args.batches,
                          args.seed)
         results[threshold] = result
-        print(f"threshold {threshold:g}, top-k {args.top_k}: {result['per_row']:.2f} mined per "
+        cap = f"top-k {args.top_k}{' mutual' if args.mutual else ''}"
+        print(f"threshold {threshold:g}, {cap}: {result['per_row']:.2f} mined per "
               f"row, precision {100 * result['precision']:.1f}%, recall "
               f"{100 * result['recall']:.1f}%")
     cos = guides @ guides.T

@@ -47,6 +47,8 @@ def test_the_command_reports_every_threshold_and_refuses_too_few_records(tmp_pat
     assert out.startswith("24 records (")
     assert "threshold 0.5, top-k 8:" in out and "threshold 0.99, top-k 8:" in out
     assert "mean guide cosine: same label" in out
+    assert bench.main(args + ["--threshold", "0.5", "--mutual"]) == 0
+    assert "threshold 0.5, top-k 8 mutual:" in capsys.readouterr().out
     assert bench.main(args + ["--threshold", "0.5", "--suggest", "0.99"]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith("suggested: --config.loss.mining.threshold=") or last.startswith(
@@ -77,3 +79,51 @@ def test_the_suggested_threshold_is_the_lowest_that_stops_a_near_miss():
     assert bench.suggest_threshold(results, 0.8) == 0.5
     exact = {t: dict(r, precision=min(r["precision"], 0.9)) for t, r in results.items()}
     assert bench.suggest_threshold(exact, 0.99) is None
+
+
+def test_faces_with_only_a_label_are_guided_by_the_captions_training_makes(tmp_path):
+    """Benchmark output (labels, no captions): the summary guide is the label's description, as
+    in training (data.captions_from_labels), and the global guide one of the label's templates."""
+    import io
+
+    from PIL import Image
+
+    from emocap_jax.data import label_captions
+    from emocap_jax.data.example_codec import FaceRecord
+    from emocap_jax.data.shard_writer import ShardedRecordWriter
+
+    classes = ("angry", "happy", "sad")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, "JPEG")
+    with ShardedRecordWriter(tmp_path / "ds", 1, classes=list(classes)) as writer:
+        for i in range(9):
+            writer.add(FaceRecord(id=f"f{i}", images=[buf.getvalue()], label=classes[i % 3],
+                                  label_id=i % 3))
+        writer.close()
+    texts, labels, skipped = bench.read_guides(str(tmp_path / "ds"), "summary", 100, seed=0)
+    assert skipped == 0 and len(texts) == 9
+    assert texts == [label_captions.summary_caption(lab) for lab in labels]
+    texts, labels, _ = bench.read_guides(str(tmp_path / "ds"), "global_caption", 100, seed=0)
+    assert all(t in {label_captions.global_caption(lab, k)
+                     for k in range(len(label_captions.TEMPLATES))} for t, lab in zip(texts, labels))
+
+
+def test_the_mutual_cap_drops_a_rare_label_mined_with_the_next_one():
+    """Label a: 5 records on one vector, label b: 1 record at cosine 0.9 to a's, labels c-e: 26
+    records (cosine 0.6 between labels). Cap 4, relative threshold 1.5: the b record mines four a
+    records (a's own rows keep b out: their four places hold their classmates); mutual: none."""
+    from emocap_jax import losses
+
+    e = np.eye(6)
+    common = np.sqrt(0.6) * e[0]
+    vec = {lab: common + np.sqrt(0.4) * e[k] for k, lab in enumerate("acde", start=1)}
+    vec["b"] = common + np.sqrt(0.4) * (0.75 * e[1] + np.sqrt(1 - 0.75 ** 2) * e[5])
+    labels = np.array(list("aaaaab") + list("c" * 9 + "d" * 9 + "e" * 8), dtype=object)
+    guides = np.stack([vec[lab] for lab in labels]).astype(np.float32)
+    config = losses.MiningConfig(mode="text", threshold=-1.0, top_k=4, relative_threshold=1.5,
+                                 min_spread=0.01)
+    capped = bench.measure(config, guides, labels, batch=32, batches=1, seed=0)
+    mutual = bench.measure(config.__class__(**{**config.__dict__, "mutual": True}), guides,
+                           labels, batch=32, batches=1, seed=0)
+    assert capped["confused"][("a", "b")] == 4 and capped["precision"] < 1.0
+    assert mutual["confused"][("a", "b")] == 0 and mutual["precision"] == 1.0
