@@ -332,7 +332,8 @@ def test_config_reaches_every_mining_field():
 
 def test_mining_terms_choose_which_terms_take_mined_positives():
     """loss.mining.terms=("summary",): the global term is the no-mining one and the summary term
-    the mining one, value for value; a mined pair changes both terms by default."""
+    the mining one, value for value; with both, a mined pair changes both terms; by default
+    (configs/default.py) only the global term takes mined positives."""
     import functools
 
     from configs import tiny
@@ -368,7 +369,10 @@ def test_mining_terms_choose_which_terms_take_mined_positives():
                                 mesh=None, batch_axes=None)
         return {k: float(v) for k, v in run(params, batch, 0)[1].items()}
 
-    off, both, summary_only = terms("off"), terms("text"), terms("text", ("summary",))
+    off, both = terms("off"), terms("text", ("global", "summary"))
+    summary_only, default = terms("text", ("summary",)), terms("text")
+    assert default["global"] == pytest.approx(both["global"], abs=1e-6)
+    assert default["summary"] == pytest.approx(off["summary"], abs=1e-6)
     assert both["global"] != pytest.approx(off["global"], abs=1e-4)
     assert both["summary"] != pytest.approx(off["summary"], abs=1e-4)
     assert summary_only["global"] == pytest.approx(off["global"], abs=1e-6)
@@ -380,7 +384,7 @@ def test_mining_terms_choose_which_terms_take_mined_positives():
         terms("text", ("local",))
     # Without the summary term (configs/ablations.py:global_mining) the summary sentences still
     # guide mining: the global term is the one of the run with both terms.
-    guided = terms("text", summary_weight=0.0)
+    guided = terms("text", ("global", "summary"), summary_weight=0.0)
     assert "summary" not in guided
     assert guided["global"] == pytest.approx(both["global"], abs=1e-6)
 
