@@ -88,7 +88,7 @@ def get_config():
     # scale the mined weight by the in-batch agreement of the model's own pairs (about 1/N at
     # random init), so guessed positives cannot drown the true pair before the model has learnt.
     # mutual: a pair must be within both rows' top_k (mutual nearest neighbours), so a face whose
-    # class is rare in the batch does not mine the nearest other class's faces (RESULTS.md).
+    # class is rare in the batch mines fewer of the nearest other class's faces (RESULTS.md).
     config.loss.mining = ml_collections.ConfigDict(dict(
         mode="text", guide="summary", threshold=0.9, top_k=8, weight=1.0, warmup_steps=500,
         relative_threshold=config_dict.placeholder(float), min_spread=0.01,
