@@ -151,19 +151,24 @@ def test_matches_open_clip_clip_loss_fixture(fixtures_dir):
     _assert_close(g_text, ref["grad_text"])
 
 
+def _assert_targets_and_row_block(cfg, batch, expected):
+    """mined_positive_targets over the whole batch equals `expected`, and a row block with its
+    offset equals the matching slice (what one device builds)."""
+    targets = jax.jit(losses.mined_positive_targets, static_argnums=0, static_argnames="row_offset")
+    full = targets(cfg, text_rows=batch["guide"], text_cols=batch["guide"],
+                   image_rows=batch["image"], image_cols=batch["image"])
+    _assert_close(full, expected)
+    block = targets(cfg, text_rows=batch["guide"][8:12], text_cols=batch["guide"],
+                    image_rows=batch["image"][8:12], image_cols=batch["image"], row_offset=8)
+    _assert_close(block, expected[8:12])
+
+
 @pytest.mark.parametrize("mode,top_k", [("text", 0), ("image", 0), ("both", 0), ("text", 3), ("both", 4)])
 def test_mined_targets_match_numpy_reference(batch, mode, top_k):
     cfg = losses.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5, image_threshold=0.1)
     expected = _np_mined_targets(batch["guide"], batch["image"], mode, 0.2, top_k, 0.5, 0.1)
     assert (expected > 0).sum() > N + 8, "the threshold should mine a fair number of pairs"
-    targets = jax.jit(losses.mined_positive_targets, static_argnums=0, static_argnames="row_offset")
-    full = targets(cfg, text_rows=batch["guide"], text_cols=batch["guide"],
-                   image_rows=batch["image"], image_cols=batch["image"])
-    _assert_close(full, expected)
-    # A row block with its offset is the matching slice of the full matrix (what one device builds).
-    block = targets(cfg, text_rows=batch["guide"][8:12], text_cols=batch["guide"],
-                    image_rows=batch["image"][8:12], image_cols=batch["image"], row_offset=8)
-    _assert_close(block, expected[8:12])
+    _assert_targets_and_row_block(cfg, batch, expected)
     if top_k:
         assert ((expected > 0).sum(axis=1) <= top_k + 1).all()
 
@@ -179,13 +184,7 @@ def test_mutual_cap_matches_numpy_reference(batch, mode, top_k):
     mined = expected > 0
     assert (mined == mined.T).all() and not (mined & ~one_sided).any()
     assert N < mined.sum() < one_sided.sum(), "mutuality should drop some pairs but not all"
-    targets = jax.jit(losses.mined_positive_targets, static_argnums=0, static_argnames="row_offset")
-    full = targets(cfg, text_rows=batch["guide"], text_cols=batch["guide"],
-                   image_rows=batch["image"], image_cols=batch["image"])
-    _assert_close(full, expected)
-    block = targets(cfg, text_rows=batch["guide"][8:12], text_cols=batch["guide"],
-                    image_rows=batch["image"][8:12], image_cols=batch["image"], row_offset=8)
-    _assert_close(block, expected[8:12])
+    _assert_targets_and_row_block(cfg, batch, expected)
 
 
 def test_mutual_cap_keeps_a_rare_class_from_mining_the_next_one():
