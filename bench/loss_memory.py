@@ -66,12 +66,13 @@ def main(argv=None):
     from tqdm import tqdm
 
     from emocap_jax import losses
+    from emocap_jax.mining import MiningConfig
 
     if len(jax.devices()) < args.devices:
         sys.exit(f"error: asked for {args.devices} devices, jax sees {len(jax.devices())} "
                  f"({jax.devices()[0].platform}); XLA_FLAGS was set too late or is overridden")
 
-    mining = losses.MiningConfig(mode=args.mining, threshold=0.5, top_k=args.top_k)
+    mining = MiningConfig(mode=args.mining, threshold=0.5, top_k=args.top_k)
 
     def measure(impl: str, global_batch: int, num_devices: int):
         mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))

@@ -11,7 +11,7 @@ recall, against the records' labels, of the positives that text-guided mining (D
 through the model's text tower, as the training step does; a face with a label and no captions
 gets the captions training makes from its label, `emocap_jax/data/label_captions.py`);
 --batches random batches of --batch of them go through the loss's own rule
-(`losses.mined_positive_targets` with mode "text", each --threshold, --top-k,
+(`mining.mined_positive_targets` with mode "text", each --threshold, --top-k,
 --relative-threshold, --min-spread and --mutual). A mined pair is right when both records carry
 the same label. Printed per rule: mined positives per row, precision (the fraction of mined
 pairs with the same label) and recall (the fraction of same-label pairs mined); then the mean
@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
 
 import emocap_jax  # noqa: E402
-from emocap_jax import losses  # noqa: E402
+from emocap_jax import mining  # noqa: E402
 from emocap_jax.data import label_captions  # noqa: E402
 from emocap_jax.data.example_codec import decode_record  # noqa: E402
 from emocap_jax.data.shard_writer import shard_paths  # noqa: E402
@@ -102,14 +102,14 @@ def read_guides(data: str, field: str, records: int, seed: int
     return texts, np.array(labels, dtype=object), skipped
 
 
-def mined_pairs(config: losses.MiningConfig, guides: np.ndarray) -> np.ndarray:
+def mined_pairs(config: mining.MiningConfig, guides: np.ndarray) -> np.ndarray:
     """Bool [B, B]: the pairs the loss's rule mines in a batch with these unit guide rows."""
     rows = jnp.asarray(guides)
-    targets = np.asarray(losses.mined_positive_targets(config, text_rows=rows, text_cols=rows))
+    targets = np.asarray(mining.mined_positive_targets(config, text_rows=rows, text_cols=rows))
     return (targets > 0) & ~np.eye(len(guides), dtype=bool)
 
 
-def measure(config: losses.MiningConfig, guides: np.ndarray, labels: np.ndarray, batch: int,
+def measure(config: mining.MiningConfig, guides: np.ndarray, labels: np.ndarray, batch: int,
             batches: int, seed: int) -> dict:
     """Mined positives per row, precision and recall over random batches; and the label pairs
     of the wrong ones."""
@@ -139,8 +139,8 @@ def suggest_threshold(results: dict[float, dict], precision: float) -> float | N
     return min(passing) if passing else None
 
 
-def _config(args, threshold: float) -> losses.MiningConfig:
-    return losses.MiningConfig(mode="text", threshold=threshold, top_k=args.top_k,
+def _config(args, threshold: float) -> mining.MiningConfig:
+    return mining.MiningConfig(mode="text", threshold=threshold, top_k=args.top_k,
                                relative_threshold=args.relative_threshold,
                                min_spread=args.min_spread, mutual=args.mutual)
 

@@ -76,7 +76,7 @@ def get_config():
     # Label positives (UniCL): pairs whose records share a label_id >= 0 are positives of the
     # global and summary terms, each row's target spread over its same-label columns.
     config.loss.label_positives = False
-    # Mined positives (DESIGN section 2; emocap_jax/losses.py MiningConfig). guide: which sentence
+    # Mined positives (DESIGN section 2; emocap_jax/mining.py MiningConfig). guide: which sentence
     # embeddings judge similarity ("summary" or "global"). threshold: absolute cosine floor (-1:
     # none); top_k: at most this many mined positives per row (0: no cap); relative_threshold: z,
     # a pair must reach its row's mean + z * std of guide similarity (unset: off); min_spread:

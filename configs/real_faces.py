@@ -61,7 +61,7 @@ def get_config():
     config.loss.label_positives = False
     # Mining is off: with label positives on, mining from step 0 (guided by the summary
     # sentences, kept from merging the batch by a cap of 8 per row, a row-relative threshold 1.5
-    # standard deviations above the row's mean and a spread gate; emocap_jax/losses.py) cost
+    # standard deviations above the row's mean and a spread gate; emocap_jax/mining.py) cost
     # 1.5 points of zero-shot UAR, and without label positives it reached 2.5 points less than
     # them (RESULTS.md); at 3de881c it reached 38.1 +- 0.6% (38.5 +- 1.2% with the mutual cap,
     # `loss.mining.mutual`) against plain's 42.2 +- 1.3% (3 seeds each; "A mutual cap").

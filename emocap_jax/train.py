@@ -472,7 +472,7 @@ def _log_pending(pending, logger, config, images_per_s, wait_fraction, eta_s):
 
 
 def _mining_note(m) -> str:
-    """' | mined 2.1/row (0.3 other label)' when mining is on (losses.mining_statistics)."""
+    """' | mined 2.1/row (0.3 other label)' when mining is on (mining.mining_statistics)."""
     if "mined_per_row" not in m:
         return ""
     other = m.get("mined_other_label_per_row")

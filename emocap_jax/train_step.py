@@ -15,17 +15,18 @@ import jax.numpy as jnp
 import optax
 
 from emocap_jax import losses
+from emocap_jax.mining import MiningConfig, mining_statistics, pair_agreement
 from emocap_jax.models.clip import CLIP, l2_normalize
 
 
-def mining_config(loss_config) -> losses.MiningConfig:
+def mining_config(loss_config) -> MiningConfig:
     """`config.loss.mining` as a MiningConfig, field for field (an unknown field is an error);
     its `guide` picks which sentence embeddings the step passes as the text guide."""
     m = loss_config.mining
     fields = dict(m.to_dict() if hasattr(m, "to_dict") else m)
     fields.pop("guide", None)
     fields.pop("terms", None)
-    return losses.MiningConfig(**fields)
+    return MiningConfig(**fields)
 
 
 MINING_TERMS = ("global", "summary")
@@ -81,10 +82,10 @@ def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch
     terms = {}
     mining_scale = 1.0
     if mining.enabled and mining.agreement_gate:
-        mining_scale = losses.pair_agreement(img, global_emb)
+        mining_scale = pair_agreement(img, global_emb)
         terms["mining_scale"] = mining_scale
     if mining.enabled:
-        terms.update(losses.mining_statistics(mining, guide_text=guide_text, guide_image=img,
+        terms.update(mining_statistics(mining, guide_text=guide_text, guide_image=img,
                                               labels=batch.get("label_id"), step=step))
     contrastive = functools.partial(
         losses.contrastive_loss, logit_scale=logit_scale, mesh=mesh, axis=batch_axes, impl=impl,
@@ -92,7 +93,7 @@ def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch
         guide_text=guide_text, guide_image=img, step=step, mining_scale=mining_scale,
         labels=batch["label_id"] if loss_config.get("label_positives", False) else None)
     mined = mining_terms(loss_config)
-    no_mining = losses.MiningConfig(mode="off")
+    no_mining = MiningConfig(mode="off")
     terms["global"] = contrastive(img, global_emb,
                                   mining=mining if "global" in mined else no_mining)
     total = terms["global"]

@@ -11,7 +11,10 @@ if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402  (after XLA_FLAGS, which jax reads once)
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The peers' reference files live in the repository (tests/fixtures/README.md: provenance), so
@@ -33,6 +36,13 @@ def load_bench_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def mesh():
+    """The 8 simulated CPU devices as one data axis (a module's own `mesh` fixture overrides it)."""
+    assert len(jax.devices()) == 8, "XLA_FLAGS above should provide 8 simulated devices"
+    return Mesh(np.array(jax.devices()), ("data",))
 
 
 @pytest.fixture(scope="session")

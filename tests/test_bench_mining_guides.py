@@ -12,13 +12,13 @@ def test_precision_recall_and_confused_labels_counted_by_hand():
     of label a carries label b's vector. Whole-set batches, threshold 0.9, no cap: the mined pairs
     are the pairs with equal vectors. Ordered pairs: a's other three 6, b's four plus the odd a
     20 (12 same-label, 8 not), c 12, d 12 -> 50 mined, 42 right; same-label pairs 4 x 12 = 48."""
-    from emocap_jax import losses
+    from emocap_jax import mining
 
     labels = np.array([lab for lab in "abcd" for _ in range(4)], dtype=object)
     basis = {lab: np.eye(8, dtype=np.float32)[k] for k, lab in enumerate("abcd")}
     guides = np.stack([basis[lab] for lab in labels])
     guides[0] = basis["b"]
-    config = losses.MiningConfig(mode="text", threshold=0.9, top_k=0, min_spread=0.01)
+    config = mining.MiningConfig(mode="text", threshold=0.9, top_k=0, min_spread=0.01)
     result = bench.measure(config, guides, labels, batch=16, batches=3, seed=0)
     assert result["per_row"] == pytest.approx(50 / 16)
     assert result["precision"] == pytest.approx(42 / 50)
@@ -63,13 +63,13 @@ def test_the_suggested_threshold_is_the_lowest_that_stops_a_near_miss():
     b: cosine 0.96 with b's records, 0 with its own. Up to 0.96 it is mined with b's four records
     (8 wrong ordered pairs); above, nothing wrong is mined, so 0.97 is the lowest threshold of
     SUGGEST_GRID with precision 1, and none reaches it with a guide whose wrong pair is exact."""
-    from emocap_jax import losses
+    from emocap_jax import mining
 
     labels = np.array([lab for lab in "abcd" for _ in range(4)], dtype=object)
     basis = {lab: np.eye(8, dtype=np.float32)[k] for k, lab in enumerate("abcd")}
     guides = np.stack([basis[lab] for lab in labels])
     guides[0] = 0.96 * basis["b"] + np.sqrt(1 - 0.96 ** 2) * np.eye(8, dtype=np.float32)[7]
-    results = {t: bench.measure(losses.MiningConfig(mode="text", threshold=t, top_k=0,
+    results = {t: bench.measure(mining.MiningConfig(mode="text", threshold=t, top_k=0,
                                                     min_spread=0.01),
                                 guides, labels, batch=16, batches=1, seed=0)
                for t in bench.SUGGEST_GRID}
@@ -112,7 +112,7 @@ def test_the_mutual_cap_drops_a_rare_label_mined_with_the_next_one():
     """Label a: 5 records on one vector, label b: 1 record at cosine 0.9 to a's, labels c-e: 26
     records (cosine 0.6 between labels). Cap 4, relative threshold 1.5: the b record mines four a
     records (a's own rows keep b out: their four places hold their classmates); mutual: none."""
-    from emocap_jax import losses
+    from emocap_jax import mining
 
     e = np.eye(6)
     common = np.sqrt(0.6) * e[0]
@@ -120,7 +120,7 @@ def test_the_mutual_cap_drops_a_rare_label_mined_with_the_next_one():
     vec["b"] = common + np.sqrt(0.4) * (0.75 * e[1] + np.sqrt(1 - 0.75 ** 2) * e[5])
     labels = np.array(list("aaaaab") + list("c" * 9 + "d" * 9 + "e" * 8), dtype=object)
     guides = np.stack([vec[lab] for lab in labels]).astype(np.float32)
-    config = losses.MiningConfig(mode="text", threshold=-1.0, top_k=4, relative_threshold=1.5,
+    config = mining.MiningConfig(mode="text", threshold=-1.0, top_k=4, relative_threshold=1.5,
                                  min_spread=0.01)
     capped = bench.measure(config, guides, labels, batch=32, batches=1, seed=0)
     mutual = bench.measure(config.__class__(**{**config.__dict__, "mutual": True}), guides,

@@ -1,77 +1,29 @@
 """Losses against independent references: open_clip's ClipLoss fixture, NumPy loops for mined
 targets and the local loss, and sharded / chunked forms against the single-device form on the
 8 simulated CPU devices set up by conftest.py (value and gradient)."""
-import dataclasses
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 
 from emocap_jax import losses
+from emocap_jax.mining import MiningConfig, mined_positive_targets
+from tests.mining_reference import (CHUNK, DIM, GUIDE_DIM, N, assert_close, np_label_targets,
+                                    np_mined_targets, random_batch, random_labels, unit)
 
-N, DIM, GUIDE_DIM, CHUNK = 32, 16, 6, 8
 SCALE = 10.0
-RTOL, ATOL = 1e-5, 1e-6
-
-
-@pytest.fixture(scope="module")
-def mesh():
-    assert len(jax.devices()) == 8, "conftest.py should provide 8 simulated devices"
-    return Mesh(np.array(jax.devices()), ("data",))
-
-
-def _unit(x):
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def batch():
-    rng = np.random.default_rng(0)
-    return dict(image=_unit(rng.normal(size=(N, DIM))), text=_unit(rng.normal(size=(N, DIM))),
-                guide=_unit(rng.normal(size=(N, GUIDE_DIM))))
-
-
-def _assert_close(actual, expected, rtol=RTOL, atol=ATOL):
-    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=rtol, atol=atol)
+    return random_batch()
 
 
 # ------------------------------------------------------------------------------------------------
 # NumPy references, written as plainly as possible
 # ------------------------------------------------------------------------------------------------
-
-
-def _np_mined_targets(text_guide, image_guide, mode, threshold, top_k, weight, image_threshold=None,
-                      mutual=False):
-    n = (text_guide if text_guide is not None else image_guide).shape[0]
-    guides = []
-    if mode in ("text", "both"):
-        guides.append((_unit(text_guide.astype(np.float64)), threshold))
-    if mode in ("image", "both"):
-        guides.append((_unit(image_guide.astype(np.float64)),
-                       threshold if image_threshold is None else image_threshold))
-    # kth[g][i]: row i's k-th largest off-diagonal similarity under guide g (the cap).
-    kth = [[sorted((float(g[i] @ g[m]) for m in range(n) if m != i), reverse=True)[top_k - 1]
-            if 0 < top_k < n - 1 else -np.inf for i in range(n)] for g, _ in guides]
-    targets = np.zeros((n, n))
-    for i in range(n):
-        targets[i, i] = 1.0
-        if mode == "off":
-            continue
-        for j in range(n):
-            if j == i:
-                continue
-            ok = True
-            for (g, thr), kth_g in zip(guides, kth):
-                s = float(g[i] @ g[j])
-                if s < thr or s < kth_g[i] or (mutual and s < kth_g[j]):
-                    ok = False
-            if ok:
-                targets[i, j] += weight
-        targets[i] /= targets[i].sum()
-    return targets
 
 
 def _np_global_loss(image, text, scale, targets):
@@ -142,105 +94,20 @@ def test_matches_open_clip_clip_loss_fixture(fixtures_dir):
     image, text, scale = ref["image_features"], ref["text_features"], ref["logit_scale"]
     # The fixture's convention, which global_contrastive_loss documents: unit-norm features and
     # an already-exponentiated scale (1 / 0.07), gradients w.r.t. the normalised features.
-    _assert_close(np.linalg.norm(image, axis=1), 1.0, atol=1e-6)
-    _assert_close(scale, 1 / 0.07)
+    assert_close(np.linalg.norm(image, axis=1), 1.0, atol=1e-6)
+    assert_close(scale, 1 / 0.07)
     value, (g_image, g_text) = jax.jit(jax.value_and_grad(losses.global_contrastive_loss, (0, 1)))(
         image, text, scale)
-    _assert_close(value, ref["loss"])
-    _assert_close(g_image, ref["grad_image"])
-    _assert_close(g_text, ref["grad_text"])
-
-
-def _assert_targets_and_row_block(cfg, batch, expected):
-    """mined_positive_targets over the whole batch equals `expected`, and a row block with its
-    offset equals the matching slice (what one device builds)."""
-    targets = jax.jit(losses.mined_positive_targets, static_argnums=0, static_argnames="row_offset")
-    full = targets(cfg, text_rows=batch["guide"], text_cols=batch["guide"],
-                   image_rows=batch["image"], image_cols=batch["image"])
-    _assert_close(full, expected)
-    block = targets(cfg, text_rows=batch["guide"][8:12], text_cols=batch["guide"],
-                    image_rows=batch["image"][8:12], image_cols=batch["image"], row_offset=8)
-    _assert_close(block, expected[8:12])
-
-
-@pytest.mark.parametrize("mode,top_k", [("text", 0), ("image", 0), ("both", 0), ("text", 3), ("both", 4)])
-def test_mined_targets_match_numpy_reference(batch, mode, top_k):
-    cfg = losses.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5, image_threshold=0.1)
-    expected = _np_mined_targets(batch["guide"], batch["image"], mode, 0.2, top_k, 0.5, 0.1)
-    assert (expected > 0).sum() > N + 8, "the threshold should mine a fair number of pairs"
-    _assert_targets_and_row_block(cfg, batch, expected)
-    if top_k:
-        assert ((expected > 0).sum(axis=1) <= top_k + 1).all()
-
-
-@pytest.mark.parametrize("mode,top_k", [("text", 3), ("both", 4)])
-def test_mutual_cap_matches_numpy_reference(batch, mode, top_k):
-    """Mutual cap: a pair is mined only when each is within the other's top k, so the mined
-    pairs are symmetric and a subset of the one-sided cap's."""
-    cfg = losses.MiningConfig(mode=mode, threshold=-1.0, top_k=top_k, weight=0.5, mutual=True)
-    one_sided = _np_mined_targets(batch["guide"], batch["image"], mode, -1.0, top_k, 0.5) > 0
-    expected = _np_mined_targets(batch["guide"], batch["image"], mode, -1.0, top_k, 0.5,
-                                 mutual=True)
-    mined = expected > 0
-    assert (mined == mined.T).all() and not (mined & ~one_sided).any()
-    assert N < mined.sum() < one_sided.sum(), "mutuality should drop some pairs but not all"
-    _assert_targets_and_row_block(cfg, batch, expected)
-
-
-def test_mutual_cap_keeps_a_rare_class_from_mining_the_next_one():
-    """Summaries made from labels, one sentence per class: 5 faces of class A, 1 of class B, whose
-    summary is close to A's (cosine 0.9), and 26 of three other classes (cosine 0.6 between
-    classes). With a cap of 4 and the row-relative threshold B's row mines four A faces; with the
-    mutual cap it mines none, since every A face's four places hold its classmates, and the A
-    faces still mine each other."""
-    e = np.eye(GUIDE_DIM)
-    common = np.sqrt(0.6) * e[0]
-    classes = {c: common + np.sqrt(0.4) * e[c] for c in (1, 2, 3, 4)}  # A is class 1
-    b = common + np.sqrt(0.4) * (0.75 * e[1] + np.sqrt(1 - 0.75 ** 2) * e[5])
-    guide = np.array([classes[1]] * 5 + [b] + [classes[2]] * 9 + [classes[3]] * 9
-                     + [classes[4]] * 8, np.float32)
-    assert guide.shape[0] == N
-    _assert_close(guide[5] @ guide[0], 0.9, atol=1e-6)
-    capped = losses.MiningConfig(mode="text", threshold=-1.0, top_k=4, relative_threshold=1.5)
-    mutual = dataclasses.replace(capped, mutual=True)
-    counts = {}
-    for name, cfg in (("capped", capped), ("mutual", mutual)):
-        targets = np.asarray(losses.mined_positive_targets(cfg, text_rows=guide, text_cols=guide))
-        counts[name] = ((targets[5] > 0).sum() - 1, (targets[:5, :5] > 0).sum(axis=1))
-    assert counts["capped"][0] == 4 and counts["mutual"][0] == 0
-    assert (counts["mutual"][1] == 5).all()  # the pair itself + its four classmates
-
-
-@pytest.mark.parametrize("mode,top_k,max_rows", [("text", 0, 256), ("both", 3, 256), ("text", 3, 10)])
-def test_mining_statistics_count_the_mined_pairs(batch, labels, mode, top_k, max_rows):
-    """The training log's mining figures against the NumPy reference's mined pairs: per row,
-    all of them and those across two different labels >= 0, over the first max_rows rows."""
-    cfg = losses.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5)
-    mined = _np_mined_targets(batch["guide"], batch["image"], mode, 0.2, top_k, 0.5) > 0
-    np.fill_diagonal(mined, False)
-    m = min(N, max_rows)
-    other = (labels[:, None] != labels[None, :]) & (labels >= 0)[:, None] & (labels >= 0)[None, :]
-    stats = jax.jit(lambda t, i, lab: losses.mining_statistics(
-        cfg, guide_text=t, guide_image=i, labels=lab, max_rows=max_rows))(
-            batch["guide"], batch["image"], labels)
-    _assert_close(stats["mined_per_row"], mined[:m].sum(axis=1).mean())
-    _assert_close(stats["mined_other_label_per_row"], (mined & other)[:m].sum(axis=1).mean())
-    assert 0 < float(stats["mined_other_label_per_row"]) < float(stats["mined_per_row"])
-    assert "mined_other_label_per_row" not in losses.mining_statistics(
-        cfg, guide_text=batch["guide"], guide_image=batch["image"])
-    assert losses.mining_statistics(losses.MiningConfig(mode="off")) == {}
-
-
-def test_mutual_without_a_cap_is_refused():
-    with pytest.raises(ValueError, match="top_k"):
-        losses.MiningConfig(mode="text", mutual=True)
+    assert_close(value, ref["loss"])
+    assert_close(g_image, ref["grad_image"])
+    assert_close(g_text, ref["grad_text"])
 
 
 def test_soft_target_loss_matches_numpy_reference(batch):
-    targets = _np_mined_targets(batch["guide"], None, "text", 0.2, 0, 0.7)
+    targets = np_mined_targets(batch["guide"], None, "text", 0.2, 0, 0.7)
     value = jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE,
                                                     targets.astype(np.float32))
-    _assert_close(value, _np_global_loss(batch["image"], batch["text"], SCALE, targets))
+    assert_close(value, _np_global_loss(batch["image"], batch["text"], SCALE, targets))
 
 
 def _value_and_grads(loss_fn):
@@ -251,7 +118,7 @@ def _value_and_grads(loss_fn):
 @pytest.mark.parametrize("mode,top_k,mutual", [("off", 0, False), ("both", 0, False),
                                                 ("image", 3, False), ("both", 3, True)])
 def test_sharded_and_chunked_equal_single_device(mesh, batch, mode, top_k, mutual):
-    cfg = losses.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5, mutual=mutual)
+    cfg = MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5, mutual=mutual)
     results = {}
     for impl in ("single", "sharded", "chunked"):
         fn = _value_and_grads(lambda a, b, s: losses.contrastive_loss(
@@ -262,67 +129,49 @@ def test_sharded_and_chunked_equal_single_device(mesh, batch, mode, top_k, mutua
         assert abs(float(results["single"][0]) - float(plain)) > 1e-3, "mining should change the loss"
     for impl in ("sharded", "chunked"):
         value, grads = results[impl]
-        _assert_close(value, results["single"][0])
+        assert_close(value, results["single"][0])
         for g, g_ref in zip(grads, results["single"][1]):
-            _assert_close(g, g_ref)
+            assert_close(g, g_ref)
 
 
 def test_summary_term_guided_by_its_own_embeddings(mesh, batch):
     """The summary term mines with the summary embeddings that are also its text side: the guide
     must be stop-gradient, so gradients equal those with constant targets."""
-    cfg = losses.MiningConfig(mode="text", threshold=0.15, weight=1.0)
+    cfg = MiningConfig(mode="text", threshold=0.15, weight=1.0)
     image, summary = batch["image"], batch["text"]
-    targets = _np_mined_targets(summary, None, "text", 0.15, 0, 1.0).astype(np.float32)
+    targets = np_mined_targets(summary, None, "text", 0.15, 0, 1.0).astype(np.float32)
     ref_value, ref_grads = _value_and_grads(
         lambda a, b, s: losses.global_contrastive_loss(a, b, s, targets))(image, summary, jnp.float32(SCALE))
-    _assert_close(ref_value, _np_global_loss(image, summary, SCALE, targets))
+    assert_close(ref_value, _np_global_loss(image, summary, SCALE, targets))
     for impl in ("single", "sharded", "chunked"):
         value, grads = _value_and_grads(lambda a, b, s: losses.contrastive_loss(
             a, b, s, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=cfg, guide_text=b))(
                 image, summary, jnp.float32(SCALE))
-        _assert_close(value, ref_value)
+        assert_close(value, ref_value)
         for g, g_ref in zip(grads, ref_grads):
-            _assert_close(g, g_ref)
+            assert_close(g, g_ref)
 
 
 def test_mining_that_cannot_fire_equals_plain_infonce(mesh, batch):
     plain = float(jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE))
-    warm = losses.MiningConfig(mode="text", threshold=0.2, warmup_steps=100)
-    configs = [losses.MiningConfig(mode="off"), losses.MiningConfig(mode="both", threshold=2.0), warm]
+    warm = MiningConfig(mode="text", threshold=0.2, warmup_steps=100)
+    configs = [MiningConfig(mode="off"), MiningConfig(mode="both", threshold=2.0), warm]
     for impl in ("single", "chunked"):
         fn = jax.jit(lambda a, b, step, cfg, impl=impl: losses.contrastive_loss(
             a, b, SCALE, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=cfg, guide_text=batch["guide"],
             step=step), static_argnums=3)
         for cfg in configs:
-            _assert_close(fn(batch["image"], batch["text"], 99, cfg), plain)
+            assert_close(fn(batch["image"], batch["text"], 99, cfg), plain)
         # The step is traced: the same compiled function switches mining on at warmup_steps.
         assert abs(float(fn(batch["image"], batch["text"], 100, warm)) - plain) > 1e-3
-
-
-def test_pair_agreement_counts_rows_whose_own_pair_is_nearest():
-    rng = np.random.default_rng(7)
-    image = _unit(rng.normal(size=(12, DIM)))
-    text = image.copy()
-    text[:3] = _unit(rng.normal(size=(3, DIM)))  # three pairs that no longer match
-    sim = image @ text.T
-    expected = 0.5 * (np.mean(sim.argmax(1) == np.arange(12)) + np.mean(sim.argmax(0) == np.arange(12)))
-    assert 0.5 < expected < 1.0
-    _assert_close(losses.pair_agreement(image, text), expected)
-    _assert_close(losses.pair_agreement(image, image), 1.0)
-    # Only the first max_rows pairs count (a fixed-size block however large the batch).
-    _assert_close(losses.pair_agreement(image, text, max_rows=3),
-                  0.5 * (np.mean(sim[:3, :3].argmax(1) == np.arange(3))
-                         + np.mean(sim[:3, :3].argmax(0) == np.arange(3))))
-    grad = jax.grad(lambda a: losses.pair_agreement(a, text) * jnp.sum(a))(image)
-    _assert_close(grad, np.full_like(image, float(losses.pair_agreement(image, text))))
 
 
 def test_mining_scale_multiplies_the_mined_weight_in_every_form(mesh, batch):
     """The agreement gate's factor: mining_scale s with weight w equals weight s * w (dense
     reference), in value and gradient in the single, sharded and chunked forms; s = 0 is plain
     InfoNCE exactly."""
-    cfg = losses.MiningConfig(mode="text", threshold=0.2, weight=0.8, agreement_gate=True)
-    targets = _np_mined_targets(batch["guide"], None, "text", 0.2, 0, 0.8 * 0.3).astype(np.float32)
+    cfg = MiningConfig(mode="text", threshold=0.2, weight=0.8, agreement_gate=True)
+    targets = np_mined_targets(batch["guide"], None, "text", 0.2, 0, 0.8 * 0.3).astype(np.float32)
     ref_value, ref_grads = _value_and_grads(
         lambda a, b, s: losses.global_contrastive_loss(a, b, s, targets))(
             batch["image"], batch["text"], jnp.float32(SCALE))
@@ -332,10 +181,10 @@ def test_mining_scale_multiplies_the_mined_weight_in_every_form(mesh, batch):
             a, b, s, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=cfg, guide_text=batch["guide"],
             mining_scale=scale), (0, 1, 2)))
         value, grads = fn(batch["image"], batch["text"], jnp.float32(SCALE), jnp.float32(0.3))
-        _assert_close(value, ref_value)
+        assert_close(value, ref_value)
         for g, g_ref in zip(grads, ref_grads):
-            _assert_close(g, g_ref)
-        _assert_close(fn(batch["image"], batch["text"], jnp.float32(SCALE), jnp.float32(0.0))[0],
+            assert_close(g, g_ref)
+        assert_close(fn(batch["image"], batch["text"], jnp.float32(SCALE), jnp.float32(0.0))[0],
                       plain)
 
 
@@ -347,7 +196,7 @@ def test_chunk_size_must_divide_global_batch(mesh, batch):
         losses.contrastive_loss(batch["image"][:12], batch["text"][:12], SCALE, mesh=mesh, impl="sharded")
     with pytest.raises(ValueError, match="guide_text"):
         losses.contrastive_loss(batch["image"], batch["text"], SCALE, mesh=mesh, impl="sharded",
-                                mining=losses.MiningConfig(mode="text"))
+                                mining=MiningConfig(mode="text"))
 
 
 def test_no_global_batch_squared_arrays_per_device(mesh):
@@ -356,7 +205,7 @@ def test_no_global_batch_squared_arrays_per_device(mesh):
     big_n = 64
     image = jax.ShapeDtypeStruct((big_n, DIM), jnp.float32)
     guide = jax.ShapeDtypeStruct((big_n, GUIDE_DIM), jnp.float32)
-    cfg = losses.MiningConfig(mode="both", threshold=0.2, top_k=3)
+    cfg = MiningConfig(mode="both", threshold=0.2, top_k=3)
     shapes = {}
     for impl in ("sharded", "chunked"):
         fn = jax.value_and_grad(lambda a, b, g, impl=impl: losses.contrastive_loss(
@@ -381,7 +230,7 @@ LOCAL_B, SLOTS, PATCHES, TAU = 16, 3, 5, 0.5
 def local_batch():
     rng = np.random.default_rng(1)
     patches = rng.normal(size=(LOCAL_B, PATCHES, DIM)).astype(np.float32)
-    sentences = _unit(rng.normal(size=(LOCAL_B, SLOTS, DIM)))
+    sentences = unit(rng.normal(size=(LOCAL_B, SLOTS, DIM)))
     mask = rng.random((LOCAL_B, SLOTS)) < 0.6
     mask[0] = False  # an image without any valid sentence
     mask[1] = True
@@ -391,7 +240,7 @@ def local_batch():
 def test_local_loss_matches_numpy_reference(local_batch):
     patches, sentences, mask = local_batch
     value = jax.jit(losses.local_region_sentence_loss)(patches, sentences, mask, SCALE, TAU)
-    _assert_close(value, _np_local_loss(patches, sentences, mask, SCALE, TAU))
+    assert_close(value, _np_local_loss(patches, sentences, mask, SCALE, TAU))
 
 
 def test_local_loss_gradient_matches_finite_differences(local_batch):
@@ -418,7 +267,7 @@ def test_within_image_term_matches_numpy_reference(local_batch):
     patches, sentences, mask = local_batch
     assert (mask.sum(axis=1) >= 2).any() and (mask.sum(axis=1) == 1).any()  # both kinds counted
     fn = jax.jit(lambda p, s: losses.local_region_sentence_loss(p, s, mask, SCALE, TAU, 0.7))
-    _assert_close(fn(patches, sentences),
+    assert_close(fn(patches, sentences),
                   _np_local_loss(patches, sentences, mask, SCALE, TAU, within_image_weight=0.7))
     rng = np.random.default_rng(5)
     g_patches, g_sentences = jax.jit(jax.grad(fn, (0, 1)))(patches, sentences)
@@ -445,7 +294,7 @@ def test_within_image_term_penalises_one_patch_for_every_sentence():
     own = 5.0 * np.eye(dim, dtype=np.float32)[None, :slots]  # patch r matches sentence r only
     within = lambda p: float(losses.local_region_sentence_loss(p, sentences, mask, SCALE, TAU, 1.0)
                              - losses.local_region_sentence_loss(p, sentences, mask, SCALE, TAU))
-    _assert_close(within(same), np.log(slots), atol=1e-5)
+    assert_close(within(same), np.log(slots), atol=1e-5)
     assert within(own) < 0.01
 
 
@@ -457,9 +306,9 @@ def test_padded_sentence_slots_do_not_matter(local_batch):
     fn = jax.jit(jax.value_and_grad(losses.local_region_sentence_loss, (0, 1)))
     value, (g_patches, g_sentences) = fn(patches, sentences, mask, SCALE, TAU)
     value_g, (g_patches_g, g_sentences_g) = fn(patches, garbage, mask, SCALE, TAU)
-    _assert_close(value_g, value)
-    _assert_close(g_patches_g, g_patches)
-    _assert_close(g_sentences_g, g_sentences)
+    assert_close(value_g, value)
+    assert_close(g_patches_g, g_patches)
+    assert_close(g_sentences_g, g_sentences)
     assert np.all(np.asarray(g_sentences_g)[~mask] == 0)
 
 
@@ -481,163 +330,59 @@ def test_sharded_local_loss_is_mean_of_per_device_block_losses(mesh, local_batch
     args = (patches, sentences, jnp.float32(SCALE), jnp.float32(TAU))
     ref_value, ref_grads = jax.jit(jax.value_and_grad(blockwise, (0, 1, 2, 3)))(*args)
     value, grads = jax.jit(jax.value_and_grad(sharded, (0, 1, 2, 3)))(*args)
-    _assert_close(value, ref_value)
+    assert_close(value, ref_value)
     for g, g_ref in zip(grads, ref_grads):
-        _assert_close(g, g_ref)
+        assert_close(g, g_ref)
     # Per-device negatives make it a different loss from the global-batch one.
     whole = jax.jit(losses.local_loss)(patches, sentences, mask, SCALE, TAU)
     assert abs(float(whole) - float(value)) > 1e-3
 
 
 # ------------------------------------------------------------------------------------------------
-# Label positives and collapse-proof mining
+# Label positives and capped mining in every form
 # ------------------------------------------------------------------------------------------------
 
 
-def _np_label_targets(labels, mined=None, weight=0.0):
-    """Row i: uniform over {i} and every j with labels[j] == labels[i] >= 0, plus `weight` on each
-    mined column that is not already a positive, L1-normalised (UniCL's target, with mining)."""
-    n = len(labels)
-    targets = np.zeros((n, n))
-    for i in range(n):
-        for j in range(n):
-            positive = i == j or (labels[i] >= 0 and labels[i] == labels[j])
-            if positive:
-                targets[i, j] = 1.0
-            elif mined is not None and mined[i, j]:
-                targets[i, j] = weight
-        targets[i] /= targets[i].sum()
-    return targets
-
-
-@pytest.fixture(scope="module")
-def labels():
-    rng = np.random.default_rng(3)
-    lab = rng.integers(0, 5, size=N).astype(np.int32)
-    lab[[0, 7, 19]] = -1  # unlabelled records keep only their own pair
-    return lab
-
-
-def test_label_positive_targets_match_numpy_reference(labels):
-    targets = jax.jit(lambda lab: losses.mined_positive_targets(
-        None, row_labels=lab, col_labels=lab))(labels)
-    expected = _np_label_targets(labels)
-    _assert_close(targets, expected)
-    assert expected[0, 0] == 1.0 and expected[1].max() < 1.0  # -1 alone; labelled rows spread
-
-
-@pytest.mark.parametrize("mining", [None, losses.MiningConfig(mode="text", threshold=0.2, top_k=3,
+@pytest.mark.parametrize("mining", [None, MiningConfig(mode="text", threshold=0.2, top_k=3,
                                                                weight=0.5)])
-def test_label_positives_sharded_and_chunked_equal_dense_reference(mesh, batch, labels, mining):
+def test_label_positives_sharded_and_chunked_equal_dense_reference(mesh, batch, mining):
     """Value and gradients of every impl against the plain soft-target loss with NumPy targets."""
+    labels = random_labels()
     mined = None
     if mining is not None:
-        mined = _np_mined_targets(batch["guide"], None, "text", 0.2, 3, 0.5) > 0
+        mined = np_mined_targets(batch["guide"], None, "text", 0.2, 3, 0.5) > 0
         np.fill_diagonal(mined, False)
-    targets = _np_label_targets(labels, mined, 0.5).astype(np.float32)
+    targets = np_label_targets(labels, mined, 0.5).astype(np.float32)
     ref_value, ref_grads = _value_and_grads(
         lambda a, b, s: losses.global_contrastive_loss(a, b, s, targets))(
             batch["image"], batch["text"], jnp.float32(SCALE))
-    _assert_close(ref_value, _np_global_loss(batch["image"], batch["text"], SCALE, targets))
+    assert_close(ref_value, _np_global_loss(batch["image"], batch["text"], SCALE, targets))
     plain = float(jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE))
     assert abs(float(ref_value) - plain) > 1e-2, "label positives should change the loss"
     for impl in ("single", "sharded", "chunked"):
         value, grads = _value_and_grads(lambda a, b, s, impl=impl: losses.contrastive_loss(
             a, b, s, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=mining,
             guide_text=batch["guide"], labels=labels))(batch["image"], batch["text"], jnp.float32(SCALE))
-        _assert_close(value, ref_value)
+        assert_close(value, ref_value)
         for g, g_ref in zip(grads, ref_grads):
-            _assert_close(g, g_ref)
-
-
-def _mined_counts(cfg, guide):
-    """Mined positives of each row (the nonzero targets besides the pair itself)."""
-    targets = np.asarray(losses.mined_positive_targets(cfg, text_rows=guide, text_cols=guide))
-    return (targets > 0).sum(axis=1) - 1
-
-
-def test_identical_guides_never_merge_the_batch():
-    """Random init in the extreme: every guide embedding the same. A fixed threshold alone marks
-    every pair; the cap bounds each row at top_k, and the spread gate mines nothing at all."""
-    guide = np.tile(_unit(np.ones((1, GUIDE_DIM))), (N, 1))
-    fixed = losses.MiningConfig(mode="text", threshold=0.9)
-    assert (_mined_counts(fixed, guide) == N - 1).all()  # the collapse
-    capped = losses.MiningConfig(mode="text", threshold=0.9, top_k=4, relative_threshold=0.0)
-    assert (_mined_counts(capped, guide) <= 4).all()
-    gated = losses.MiningConfig(mode="text", threshold=0.9, top_k=4, min_spread=1e-3)
-    assert (_mined_counts(gated, guide) == 0).all()
+            assert_close(g, g_ref)
 
 
 def test_cap_and_gate_hold_in_sharded_and_chunked_forms(mesh, batch):
     """With identical guides and the cap, every impl gives the same loss as the single form's
     capped targets (ties broken alike); with the gate the loss is plain InfoNCE in every impl."""
-    guide = np.tile(_unit(np.ones((1, GUIDE_DIM))), (N, 1))
+    guide = np.tile(unit(np.ones((1, GUIDE_DIM))), (N, 1))
     plain = float(jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE))
-    for cfg, gated in ((losses.MiningConfig(mode="text", threshold=0.9, top_k=4), False),
-                       (losses.MiningConfig(mode="text", threshold=0.9, top_k=4, min_spread=1e-3), True)):
+    for cfg, gated in ((MiningConfig(mode="text", threshold=0.9, top_k=4), False),
+                       (MiningConfig(mode="text", threshold=0.9, top_k=4, min_spread=1e-3), True)):
         values = [float(jax.jit(lambda a, b, impl=impl, cfg=cfg: losses.contrastive_loss(
             a, b, SCALE, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=cfg, guide_text=guide))(
                 batch["image"], batch["text"])) for impl in ("single", "sharded", "chunked")]
-        _assert_close(values[1:], [values[0]] * 2)
+        assert_close(values[1:], [values[0]] * 2)
         if gated:
-            _assert_close(values[0], plain)
+            assert_close(values[0], plain)
         else:
-            targets = np.asarray(losses.mined_positive_targets(cfg, text_rows=guide, text_cols=guide))
+            targets = np.asarray(mined_positive_targets(cfg, text_rows=guide, text_cols=guide))
             assert ((targets > 0).sum(axis=1) == 5).all()  # the pair + exactly the cap
-            _assert_close(values[0], _np_global_loss(batch["image"], batch["text"], SCALE, targets))
+            assert_close(values[0], _np_global_loss(batch["image"], batch["text"], SCALE, targets))
 
-
-def test_relative_threshold_keeps_the_outliers_of_each_row(batch):
-    """z-score mining against a NumPy loop: a pair is mined when it passes the absolute threshold
-    and stands z standard deviations above its row's off-diagonal mean."""
-    cfg = losses.MiningConfig(mode="text", threshold=-1.0, relative_threshold=1.5, weight=1.0)
-    guide = batch["guide"]
-    targets = np.asarray(jax.jit(lambda g: losses.mined_positive_targets(
-        cfg, text_rows=g, text_cols=g))(guide))
-    g = _unit(guide.astype(np.float64))
-    sim = g @ g.T
-    for i in range(N):
-        others = np.delete(sim[i], i)
-        bar = others.mean() + 1.5 * others.std()
-        mined = {j for j in range(N) if j != i and sim[i, j] >= bar}
-        assert {j for j in range(N) if j != i and targets[i, j] > 0} == mined
-        assert len(mined) < N // 4
-
-
-def test_chunked_row_statistics_equal_full_ones(mesh, batch):
-    """The chunked pass's mean / std (Chan's merge over chunks) and its cap (k-th value and column)
-    against float64 NumPy, also when every similarity is near one value, where a sum-of-squares
-    variance in float32 would lose most of its digits; and its loss equals the single form's."""
-    from jax.sharding import PartitionSpec as P
-
-    rng = np.random.default_rng(5)
-    near = _unit(np.ones((N, GUIDE_DIM)) + 3e-2 * rng.normal(size=(N, GUIDE_DIM)))
-    k = 3
-
-    def stats(rows, cols):
-        st = losses._row_stats_chunked(losses._Guide(rows, cols, -1.0),
-                                       jax.lax.axis_index("data") * rows.shape[0], k, True, CHUNK,
-                                       "data")
-        return st.mean, st.std, st.kth_value, st.kth_col
-
-    chunked_stats = jax.jit(jax.shard_map(stats, mesh=mesh, in_specs=(P("data"), P()),
-                                          out_specs=P("data")))
-    for guide in (batch["guide"], near):
-        g = _unit(guide.astype(np.float64))
-        sim = g @ g.T
-        off = [np.delete(sim[i], i) for i in range(N)]
-        mean, std, kth, kth_col = (np.asarray(a) for a in chunked_stats(guide, guide))
-        _assert_close(mean, [o.mean() for o in off], rtol=1e-6, atol=1e-6)
-        _assert_close(std, [o.std() for o in off], rtol=1e-3, atol=0)
-        _assert_close(kth, [np.sort(o)[-k] for o in off], rtol=1e-6, atol=1e-6)
-        expected_cols = [int(np.argsort(-np.where(np.arange(N) == i, -np.inf, sim[i]),
-                                         kind="stable")[k - 1]) for i in range(N)]
-        assert kth_col.tolist() == expected_cols
-    cfg = losses.MiningConfig(mode="text", threshold=-1.0, relative_threshold=1.0, top_k=k)
-    single = jax.jit(lambda a, b, g: losses.contrastive_loss(
-        a, b, SCALE, impl="single", mining=cfg, guide_text=g))(batch["image"], batch["text"],
-                                                               batch["guide"])
-    chunked = jax.jit(lambda a, b, g: losses.contrastive_loss(
-        a, b, SCALE, mesh=mesh, impl="chunked", chunk_size=CHUNK, mining=cfg, guide_text=g))(
-            batch["image"], batch["text"], batch["guide"])
-    _assert_close(chunked, single)

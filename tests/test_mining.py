@@ -1,0 +1,211 @@
+"""Mined and label-positive targets (`emocap_jax.mining`) against plain NumPy loops: the cap, the
+mutual cap, the row-relative threshold and the spread gate, the training log's mining figures,
+the agreement gate's pair agreement, and the chunked row statistics on the 8 simulated CPU
+devices set up by conftest.py."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emocap_jax import losses, mining
+from tests.mining_reference import (CHUNK, DIM, GUIDE_DIM, N, assert_close, np_label_targets,
+                                    np_mined_targets, random_batch, random_labels, unit)
+
+SCALE = 10.0
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return random_batch()
+
+
+@pytest.fixture(scope="module")
+def labels():
+    return random_labels()
+
+
+def _assert_targets_and_row_block(cfg, batch, expected):
+    """mined_positive_targets over the whole batch equals `expected`, and a row block with its
+    offset equals the matching slice (what one device builds)."""
+    targets = jax.jit(mining.mined_positive_targets, static_argnums=0, static_argnames="row_offset")
+    full = targets(cfg, text_rows=batch["guide"], text_cols=batch["guide"],
+                   image_rows=batch["image"], image_cols=batch["image"])
+    assert_close(full, expected)
+    block = targets(cfg, text_rows=batch["guide"][8:12], text_cols=batch["guide"],
+                    image_rows=batch["image"][8:12], image_cols=batch["image"], row_offset=8)
+    assert_close(block, expected[8:12])
+
+
+@pytest.mark.parametrize("mode,top_k", [("text", 0), ("image", 0), ("both", 0), ("text", 3), ("both", 4)])
+def test_mined_targets_match_numpy_reference(batch, mode, top_k):
+    cfg = mining.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5, image_threshold=0.1)
+    expected = np_mined_targets(batch["guide"], batch["image"], mode, 0.2, top_k, 0.5, 0.1)
+    assert (expected > 0).sum() > N + 8, "the threshold should mine a fair number of pairs"
+    _assert_targets_and_row_block(cfg, batch, expected)
+    if top_k:
+        assert ((expected > 0).sum(axis=1) <= top_k + 1).all()
+
+
+@pytest.mark.parametrize("mode,top_k", [("text", 3), ("both", 4)])
+def test_mutual_cap_matches_numpy_reference(batch, mode, top_k):
+    """Mutual cap: a pair is mined only when each is within the other's top k, so the mined
+    pairs are symmetric and a subset of the one-sided cap's."""
+    cfg = mining.MiningConfig(mode=mode, threshold=-1.0, top_k=top_k, weight=0.5, mutual=True)
+    one_sided = np_mined_targets(batch["guide"], batch["image"], mode, -1.0, top_k, 0.5) > 0
+    expected = np_mined_targets(batch["guide"], batch["image"], mode, -1.0, top_k, 0.5,
+                                 mutual=True)
+    mined = expected > 0
+    assert (mined == mined.T).all() and not (mined & ~one_sided).any()
+    assert N < mined.sum() < one_sided.sum(), "mutuality should drop some pairs but not all"
+    _assert_targets_and_row_block(cfg, batch, expected)
+
+
+def test_mutual_cap_keeps_a_rare_class_from_mining_the_next_one():
+    """Summaries made from labels, one sentence per class: 5 faces of class A, 1 of class B, whose
+    summary is close to A's (cosine 0.9), and 26 of three other classes (cosine 0.6 between
+    classes). With a cap of 4 and the row-relative threshold B's row mines four A faces; with the
+    mutual cap it mines none, since every A face's four places hold its classmates, and the A
+    faces still mine each other."""
+    e = np.eye(GUIDE_DIM)
+    common = np.sqrt(0.6) * e[0]
+    classes = {c: common + np.sqrt(0.4) * e[c] for c in (1, 2, 3, 4)}  # A is class 1
+    b = common + np.sqrt(0.4) * (0.75 * e[1] + np.sqrt(1 - 0.75 ** 2) * e[5])
+    guide = np.array([classes[1]] * 5 + [b] + [classes[2]] * 9 + [classes[3]] * 9
+                     + [classes[4]] * 8, np.float32)
+    assert guide.shape[0] == N
+    assert_close(guide[5] @ guide[0], 0.9, atol=1e-6)
+    capped = mining.MiningConfig(mode="text", threshold=-1.0, top_k=4, relative_threshold=1.5)
+    mutual = dataclasses.replace(capped, mutual=True)
+    counts = {}
+    for name, cfg in (("capped", capped), ("mutual", mutual)):
+        targets = np.asarray(mining.mined_positive_targets(cfg, text_rows=guide, text_cols=guide))
+        counts[name] = ((targets[5] > 0).sum() - 1, (targets[:5, :5] > 0).sum(axis=1))
+    assert counts["capped"][0] == 4 and counts["mutual"][0] == 0
+    assert (counts["mutual"][1] == 5).all()  # the pair itself + its four classmates
+
+
+@pytest.mark.parametrize("mode,top_k,max_rows", [("text", 0, 256), ("both", 3, 256), ("text", 3, 10)])
+def test_mining_statistics_count_the_mined_pairs(batch, labels, mode, top_k, max_rows):
+    """The training log's mining figures against the NumPy reference's mined pairs: per row,
+    all of them and those across two different labels >= 0, over the first max_rows rows."""
+    cfg = mining.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5)
+    mined = np_mined_targets(batch["guide"], batch["image"], mode, 0.2, top_k, 0.5) > 0
+    np.fill_diagonal(mined, False)
+    m = min(N, max_rows)
+    other = (labels[:, None] != labels[None, :]) & (labels >= 0)[:, None] & (labels >= 0)[None, :]
+    stats = jax.jit(lambda t, i, lab: mining.mining_statistics(
+        cfg, guide_text=t, guide_image=i, labels=lab, max_rows=max_rows))(
+            batch["guide"], batch["image"], labels)
+    assert_close(stats["mined_per_row"], mined[:m].sum(axis=1).mean())
+    assert_close(stats["mined_other_label_per_row"], (mined & other)[:m].sum(axis=1).mean())
+    assert 0 < float(stats["mined_other_label_per_row"]) < float(stats["mined_per_row"])
+    assert "mined_other_label_per_row" not in mining.mining_statistics(
+        cfg, guide_text=batch["guide"], guide_image=batch["image"])
+    assert mining.mining_statistics(mining.MiningConfig(mode="off")) == {}
+
+
+def test_mutual_without_a_cap_is_refused():
+    with pytest.raises(ValueError, match="top_k"):
+        mining.MiningConfig(mode="text", mutual=True)
+
+
+def test_pair_agreement_counts_rows_whose_own_pair_is_nearest():
+    rng = np.random.default_rng(7)
+    image = unit(rng.normal(size=(12, DIM)))
+    text = image.copy()
+    text[:3] = unit(rng.normal(size=(3, DIM)))  # three pairs that no longer match
+    sim = image @ text.T
+    expected = 0.5 * (np.mean(sim.argmax(1) == np.arange(12)) + np.mean(sim.argmax(0) == np.arange(12)))
+    assert 0.5 < expected < 1.0
+    assert_close(mining.pair_agreement(image, text), expected)
+    assert_close(mining.pair_agreement(image, image), 1.0)
+    # Only the first max_rows pairs count (a fixed-size block however large the batch).
+    assert_close(mining.pair_agreement(image, text, max_rows=3),
+                  0.5 * (np.mean(sim[:3, :3].argmax(1) == np.arange(3))
+                         + np.mean(sim[:3, :3].argmax(0) == np.arange(3))))
+    grad = jax.grad(lambda a: mining.pair_agreement(a, text) * jnp.sum(a))(image)
+    assert_close(grad, np.full_like(image, float(mining.pair_agreement(image, text))))
+
+
+def test_label_positive_targets_match_numpy_reference(labels):
+    targets = jax.jit(lambda lab: mining.mined_positive_targets(
+        None, row_labels=lab, col_labels=lab))(labels)
+    expected = np_label_targets(labels)
+    assert_close(targets, expected)
+    assert expected[0, 0] == 1.0 and expected[1].max() < 1.0  # -1 alone; labelled rows spread
+
+
+def _mined_counts(cfg, guide):
+    """Mined positives of each row (the nonzero targets besides the pair itself)."""
+    targets = np.asarray(mining.mined_positive_targets(cfg, text_rows=guide, text_cols=guide))
+    return (targets > 0).sum(axis=1) - 1
+
+
+def test_identical_guides_never_merge_the_batch():
+    """Random init in the extreme: every guide embedding the same. A fixed threshold alone marks
+    every pair; the cap bounds each row at top_k, and the spread gate mines nothing at all."""
+    guide = np.tile(unit(np.ones((1, GUIDE_DIM))), (N, 1))
+    fixed = mining.MiningConfig(mode="text", threshold=0.9)
+    assert (_mined_counts(fixed, guide) == N - 1).all()  # the collapse
+    capped = mining.MiningConfig(mode="text", threshold=0.9, top_k=4, relative_threshold=0.0)
+    assert (_mined_counts(capped, guide) <= 4).all()
+    gated = mining.MiningConfig(mode="text", threshold=0.9, top_k=4, min_spread=1e-3)
+    assert (_mined_counts(gated, guide) == 0).all()
+
+
+def test_relative_threshold_keeps_the_outliers_of_each_row(batch):
+    """z-score mining against a NumPy loop: a pair is mined when it passes the absolute threshold
+    and stands z standard deviations above its row's off-diagonal mean."""
+    cfg = mining.MiningConfig(mode="text", threshold=-1.0, relative_threshold=1.5, weight=1.0)
+    guide = batch["guide"]
+    targets = np.asarray(jax.jit(lambda g: mining.mined_positive_targets(
+        cfg, text_rows=g, text_cols=g))(guide))
+    g = unit(guide.astype(np.float64))
+    sim = g @ g.T
+    for i in range(N):
+        others = np.delete(sim[i], i)
+        bar = others.mean() + 1.5 * others.std()
+        mined = {j for j in range(N) if j != i and sim[i, j] >= bar}
+        assert {j for j in range(N) if j != i and targets[i, j] > 0} == mined
+        assert len(mined) < N // 4
+
+
+def test_chunked_row_statistics_equal_full_ones(mesh, batch):
+    """The chunked pass's mean / std (Chan's merge over chunks) and its cap (k-th value and column)
+    against float64 NumPy, also when every similarity is near one value, where a sum-of-squares
+    variance in float32 would lose most of its digits; and its loss equals the single form's."""
+    from jax.sharding import PartitionSpec as P
+
+    rng = np.random.default_rng(5)
+    near = unit(np.ones((N, GUIDE_DIM)) + 3e-2 * rng.normal(size=(N, GUIDE_DIM)))
+    k = 3
+
+    def stats(rows, cols):
+        st = mining._row_stats_chunked(mining.Guide(rows, cols, -1.0),
+                                       jax.lax.axis_index("data") * rows.shape[0], k, True, CHUNK,
+                                       "data")
+        return st.mean, st.std, st.kth_value, st.kth_col
+
+    chunked_stats = jax.jit(jax.shard_map(stats, mesh=mesh, in_specs=(P("data"), P()),
+                                          out_specs=P("data")))
+    for guide in (batch["guide"], near):
+        g = unit(guide.astype(np.float64))
+        sim = g @ g.T
+        off = [np.delete(sim[i], i) for i in range(N)]
+        mean, std, kth, kth_col = (np.asarray(a) for a in chunked_stats(guide, guide))
+        assert_close(mean, [o.mean() for o in off], rtol=1e-6, atol=1e-6)
+        assert_close(std, [o.std() for o in off], rtol=1e-3, atol=0)
+        assert_close(kth, [np.sort(o)[-k] for o in off], rtol=1e-6, atol=1e-6)
+        expected_cols = [int(np.argsort(-np.where(np.arange(N) == i, -np.inf, sim[i]),
+                                         kind="stable")[k - 1]) for i in range(N)]
+        assert kth_col.tolist() == expected_cols
+    cfg = mining.MiningConfig(mode="text", threshold=-1.0, relative_threshold=1.0, top_k=k)
+    single = jax.jit(lambda a, b, g: losses.contrastive_loss(
+        a, b, SCALE, impl="single", mining=cfg, guide_text=g))(batch["image"], batch["text"],
+                                                               batch["guide"])
+    chunked = jax.jit(lambda a, b, g: losses.contrastive_loss(
+        a, b, SCALE, mesh=mesh, impl="chunked", chunk_size=CHUNK, mining=cfg, guide_text=g))(
+            batch["image"], batch["text"], batch["guide"])
+    assert_close(chunked, single)
