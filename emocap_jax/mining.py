@@ -401,10 +401,12 @@ def mining_statistics(config: MiningConfig, *, guide_text=None, guide_image=None
                       step=0, max_rows: int = 256) -> dict[str, jax.Array]:
     """What the guides mine in this batch, for the training log (no gradient): over the first
     min(N, max_rows) rows against all N columns (row statistics over all N, as in the loss),
-    `mined_per_row`, the mean number of mined pairs per row, and with labels
-    `mined_other_label_per_row`, those whose two records carry different labels >= 0 (a guide
-    that finds only the label mines none of these; a rare class mining the next one shows here).
-    Counted before label positives are removed from the mined set."""
+    `mined_per_row`, the mean number of mined pairs per row. With labels, also
+    `mined_labelled_per_row`, the mined pairs whose two records both carry a label id >= 0, and
+    `mined_other_label_per_row`, those of them whose labels differ (a guide that finds only the
+    label mines none of these; a rare class mining the next one shows here). Where no record
+    carries a label id (a caption corpus: every id -1), both are 0 and say nothing about the
+    guide. Counted before label positives are removed from the mined set."""
     if not config.enabled:
         return {}
     text = None if guide_text is None else jax.lax.stop_gradient(guide_text)
@@ -413,9 +415,10 @@ def mining_statistics(config: MiningConfig, *, guide_text=None, guide_image=None
     m = min(num, max_rows)
     mined = _dense_mined_mask(config, None if text is None else text[:m], text,
                               None if image is None else image[:m], image, 0, step)
-    out = {"mined_per_row": jnp.mean(jnp.sum(mined, axis=1).astype(jnp.float32))}
+    per_row = lambda pairs: jnp.mean(jnp.sum(pairs, axis=1).astype(jnp.float32))  # noqa: E731
+    out = {"mined_per_row": per_row(mined)}
     if labels is not None:
-        other = (labels[:m, None] != labels[None, :]) & (labels[:m, None] >= 0) & (labels[None, :] >= 0)
-        out["mined_other_label_per_row"] = jnp.mean(
-            jnp.sum(mined & other, axis=1).astype(jnp.float32))
+        labelled = mined & (labels[:m, None] >= 0) & (labels[None, :] >= 0)
+        out["mined_labelled_per_row"] = per_row(labelled)
+        out["mined_other_label_per_row"] = per_row(labelled & (labels[:m, None] != labels[None, :]))
     return out

@@ -472,12 +472,15 @@ def _log_pending(pending, logger, config, images_per_s, wait_fraction, eta_s):
 
 
 def _mining_note(m) -> str:
-    """' | mined 2.1/row (0.3 other label)' when mining is on (mining.mining_statistics)."""
+    """' | mined 2.1/row (0.3 other label)' when mining is on (mining.mining_statistics); the
+    part in brackets only where mined pairs carry labels (in a caption corpus none do, and 0
+    pairs across labels would read as a perfect guide)."""
     if "mined_per_row" not in m:
         return ""
-    other = m.get("mined_other_label_per_row")
+    other, labelled = m.get("mined_other_label_per_row"), m.get("mined_labelled_per_row")
+    known = other is not None and labelled is not None and float(labelled) > 0
     return (f" | mined {float(m['mined_per_row']):.1f}/row"
-            + ("" if other is None else f" ({float(other):.1f} other label)"))
+            + (f" ({float(other):.1f} other label)" if known else ""))
 
 
 def _enable_compilation_cache(config):

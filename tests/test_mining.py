@@ -89,18 +89,22 @@ def test_mutual_cap_keeps_a_rare_class_from_mining_the_next_one():
 @pytest.mark.parametrize("mode,top_k,max_rows", [("text", 0, 256), ("both", 3, 256), ("text", 3, 10)])
 def test_mining_statistics_count_the_mined_pairs(batch, labels, mode, top_k, max_rows):
     """The training log's mining figures against the NumPy reference's mined pairs: per row,
-    all of them and those across two different labels >= 0, over the first max_rows rows."""
+    all of them, those between two labels >= 0 and those across two different labels >= 0,
+    over the first max_rows rows."""
     cfg = mining.MiningConfig(mode=mode, threshold=0.2, top_k=top_k, weight=0.5)
     mined = np_mined_targets(batch["guide"], batch["image"], mode, 0.2, top_k, 0.5) > 0
     np.fill_diagonal(mined, False)
     m = min(N, max_rows)
-    other = (labels[:, None] != labels[None, :]) & (labels >= 0)[:, None] & (labels >= 0)[None, :]
+    known = (labels >= 0)[:, None] & (labels >= 0)[None, :]
+    other = known & (labels[:, None] != labels[None, :])
     stats = jax.jit(lambda t, i, lab: mining.mining_statistics(
         cfg, guide_text=t, guide_image=i, labels=lab, max_rows=max_rows))(
             batch["guide"], batch["image"], labels)
     assert_close(stats["mined_per_row"], mined[:m].sum(axis=1).mean())
+    assert_close(stats["mined_labelled_per_row"], (mined & known)[:m].sum(axis=1).mean())
     assert_close(stats["mined_other_label_per_row"], (mined & other)[:m].sum(axis=1).mean())
-    assert 0 < float(stats["mined_other_label_per_row"]) < float(stats["mined_per_row"])
+    assert (0 < float(stats["mined_other_label_per_row"]) < float(stats["mined_labelled_per_row"])
+            < float(stats["mined_per_row"]))
     assert "mined_other_label_per_row" not in mining.mining_statistics(
         cfg, guide_text=batch["guide"], guide_image=batch["image"])
     assert mining.mining_statistics(mining.MiningConfig(mode="off")) == {}

@@ -377,9 +377,10 @@ def test_mining_terms_choose_which_terms_take_mined_positives():
     assert both["summary"] != pytest.approx(off["summary"], abs=1e-4)
     assert summary_only["global"] == pytest.approx(off["global"], abs=1e-6)
     assert summary_only["summary"] == pytest.approx(both["summary"], abs=1e-6)
-    # The log's mining figures: pairs were mined, none across labels (every label is -1).
+    # The log's mining figures: pairs were mined, none with labels (every label id is -1).
     assert "mined_per_row" not in off
-    assert 0 < both["mined_per_row"] <= 1 and both["mined_other_label_per_row"] == 0
+    assert 0 < both["mined_per_row"] <= 1
+    assert both["mined_labelled_per_row"] == both["mined_other_label_per_row"] == 0
     with pytest.raises(ValueError, match="config.loss.mining.terms"):
         terms("text", ("local",))
     # Without the summary term (configs/ablations.py:global_mining) the summary sentences still
@@ -394,8 +395,11 @@ def test_the_log_line_says_what_mining_found():
 
     assert _mining_note({"loss": 1.0}) == ""
     assert _mining_note({"mined_per_row": 2.07}) == " | mined 2.1/row"
-    assert _mining_note({"mined_per_row": 2.07, "mined_other_label_per_row": 0.26}) == \
-        " | mined 2.1/row (0.3 other label)"
+    assert _mining_note({"mined_per_row": 2.07, "mined_labelled_per_row": 1.5,
+                         "mined_other_label_per_row": 0.26}) == " | mined 2.1/row (0.3 other label)"
+    # No mined pair carries labels (a caption corpus): nothing to say about labels.
+    assert _mining_note({"mined_per_row": 2.07, "mined_labelled_per_row": 0.0,
+                         "mined_other_label_per_row": 0.0}) == " | mined 2.1/row"
 
 
 def test_evals_compile_once_and_agree_with_the_cli(tmp_path, datasets, monkeypatch):
