@@ -86,10 +86,13 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
                         au_drop_probability=syn.au_drop_probability,
                         appearance_captions=syn.appearance_captions)
     data = workdir / "data"
-    classes = json.loads((corpus / "corpus.json").read_text())["classes"]
-    # The held-out split keeps the generator's class order (label_id) for zero-shot scoring.
+    corpus_info = json.loads((corpus / "corpus.json").read_text())
+    classes = corpus_info["classes"]
+    # The held-out split keeps the generator's class order (label_id) for zero-shot scoring. The
+    # training faces get label ids too, over the basic and compound classes, so that label
+    # positives act and the log can count mined pairs across labels (before, every id was -1).
     for split, manifest, split_classes in (
-            ("train", corpus / "manifest.jsonl", None),
+            ("train", corpus / "manifest.jsonl", classes + corpus_info["compound_classes"]),
             ("eval", corpus / "eval" / "manifest.jsonl", classes)):
         out = data / split
         try:
@@ -136,6 +139,18 @@ def check_dataset(path: str, setting: str) -> None:
     if not metadata.get("num_records"):
         raise UsageError(f"{setting}={path}: the dataset holds no records (see its "
                          f"rejected.jsonl for why its inputs were rejected)")
+
+
+def check_label_ids(config, train_dir: str) -> None:
+    """Label positives need label ids: a dataset converted without a class order has every id -1,
+    and the option would change nothing, silently."""
+    if config.loss.get("label_positives", False) and not load_metadata(train_dir).get("classes"):
+        raise UsageError(
+            f"config.loss.label_positives=True, but {train_dir} records no class order, so every "
+            f"record's label_id is -1 and no pair would become positive; convert it with "
+            f"`python -m data_prep.captions --classes A,B,...` (or --captions-from-labels), or "
+            f"train the synthetic corpus in a new --workdir (older workdirs converted it "
+            f"without label ids)")
 
 
 def make_train_iterator(config, tokenizer, data_dir: str):
@@ -287,6 +302,7 @@ def train_and_evaluate(config, workdir) -> dict:
     storage.makedirs(workdir)
     # Before the JAX backend starts: data preparation forks worker processes.
     train_dir, eval_dir = prepare_data(config, workdir)
+    check_label_ids(config, train_dir)
     is_main = jax.process_index() == 0
     if is_main:
         storage.write_text(storage.join(workdir, "config.json"),

@@ -470,3 +470,33 @@ def test_the_generated_corpus_stores_the_runs_own_token_ids(tmp_path):
     config.data.synthetic.eval_per_class = 1
     train_dir, _ = train.prepare_data(config, str(tmp_path / "work"))
     assert load_metadata(train_dir)["tokenizer"] == sp.identity()
+
+
+def test_the_generated_corpus_gives_training_faces_label_ids(tmp_path, datasets):
+    """The synthetic corpus's training faces carry label ids over its basic and compound classes,
+    so label positives act on it; on a dataset converted without a class order (every id -1)
+    `loss.label_positives` is refused with a line that says why, instead of changing nothing."""
+    from configs.tiny import get_config
+    from emocap_jax import train
+    from emocap_jax.cli_errors import UsageError
+    from emocap_jax.data.example_codec import decode_record
+    from emocap_jax.data.shard_writer import load_metadata, shard_paths
+    from emocap_jax.data.source import ShardedTFRecordSource
+    from emocap_jax.data.synthetic.faces import BASIC_CLASSES, COMPOUND_CLASSES
+
+    config = get_config()
+    config.data.train_dir, config.eval.zero_shot_dir = "", ""
+    config.data.synthetic.update(num=24, size=32, eval_per_class=1)
+    train_dir, _ = train.prepare_data(config, str(tmp_path / "work"))
+    classes = load_metadata(train_dir)["classes"]
+    assert classes == list(BASIC_CLASSES) + list(COMPOUND_CLASSES)
+    source = ShardedTFRecordSource(shard_paths(train_dir))
+    records = [decode_record(source[i]) for i in range(len(source))]
+    assert len(records) == 24 and all(classes[r.label_id] == r.label for r in records)
+
+    config.loss.label_positives = True
+    train.check_label_ids(config, train_dir)  # ids there: accepted
+    with pytest.raises(UsageError, match=r"label_positives=True.*no class order.*label_id is -1"):
+        train.check_label_ids(config, datasets[0])
+    config.loss.label_positives = False
+    train.check_label_ids(config, datasets[0])  # off: nothing to check
