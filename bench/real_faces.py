@@ -50,6 +50,9 @@ VARIANTS = {
     "mining": ("mining from step 0, no label positives", [*_MINING, _NO_LABELS]),
     "mining_mutual": ("mining from step 0 with the mutual cap, no label positives",
                       [*_MINING, "--config.loss.mining.mutual=True", _NO_LABELS]),
+    "mining_global": ("mining from step 0 in the global term alone (the default's terms), no "
+                      "label positives", ["--config.loss.mining.mode=text",
+                                          "--config.loss.mining.terms=('global',)", _NO_LABELS]),
     "plain": ("neither: plain CLIP InfoNCE on the label captions (configs/real_faces.py as is)",
               [_NO_LABELS]),
 }
