@@ -39,20 +39,23 @@ sys.path.insert(0, str(REPO))
 _LABELS = "--config.loss.label_positives=True"
 _NO_LABELS = "--config.loss.label_positives=False"
 # The mining rows were measured with mined positives in both contrastive terms (the default until
-# ABLATIONS.md chose the global term alone), so they set it, as they set label_positives.
+# ABLATIONS.md chose the global term alone) and the one-sided cap (the default until the mutual
+# one), so they set both, as they set label_positives.
+_ONE_SIDED = "--config.loss.mining.mutual=False"
 _MINING = ["--config.loss.mining.mode=text", "--config.loss.mining.terms=('global', 'summary')"]
 VARIANTS = {
     "labels": ("label positives", [_LABELS]),
-    "labels_mining": ("label positives + mining from step 0", [_LABELS, *_MINING]),
+    "labels_mining": ("label positives + mining from step 0", [_LABELS, *_MINING, _ONE_SIDED]),
     "labels_mining_gated": ("label positives + mining from step 0, weighted by the in-batch "
-                            "agreement", [_LABELS, *_MINING,
+                            "agreement", [_LABELS, *_MINING, _ONE_SIDED,
                                           "--config.loss.mining.agreement_gate=True"]),
-    "mining": ("mining from step 0, no label positives", [*_MINING, _NO_LABELS]),
+    "mining": ("mining from step 0, no label positives", [*_MINING, _ONE_SIDED, _NO_LABELS]),
     "mining_mutual": ("mining from step 0 with the mutual cap, no label positives",
                       [*_MINING, "--config.loss.mining.mutual=True", _NO_LABELS]),
     "mining_global": ("mining from step 0 in the global term alone (the default's terms), no "
                       "label positives", ["--config.loss.mining.mode=text",
-                                          "--config.loss.mining.terms=('global',)", _NO_LABELS]),
+                                          "--config.loss.mining.terms=('global',)", _ONE_SIDED,
+                                          _NO_LABELS]),
     "plain": ("neither: plain CLIP InfoNCE on the label captions (configs/real_faces.py as is)",
               [_NO_LABELS]),
 }

@@ -66,5 +66,8 @@ def get_config(arg: str = "full"):
     # default until these tables chose the global term alone; kept so that they reproduce
     # (`--config.loss.mining.terms="('global',)"` gives the default's form).
     config.loss.mining.terms = ("global", "summary")
+    # The same for the one-sided cap, the default until the mutual one
+    # (`--config.loss.mining.mutual=True` gives the default's form).
+    config.loss.mining.mutual = False
     config.eval.benchmarks = EVALS
     return config

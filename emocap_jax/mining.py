@@ -107,7 +107,7 @@ class MiningConfig:
             raise ValueError(f"MiningConfig.min_spread={self.min_spread} must be >= 0")
         if self.mutual and self.top_k <= 0:
             raise ValueError("MiningConfig.mutual=True needs a cap (top_k > 0): mutual means within "
-                             "each other's top_k")
+                             "each other's top_k; set top_k > 0 or mutual=False")
 
     @property
     def enabled(self) -> bool:

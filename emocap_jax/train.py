@@ -35,7 +35,7 @@ from emocap_jax.evaluate.suite import run_config_evals
 from emocap_jax.models.clip import CLIP, init_params
 from emocap_jax.optim import make_optimizer, param_paths
 from emocap_jax.tokenizers import get_tokenizer, tokenizer_from_config
-from emocap_jax.train_step import initial_state, make_train_step
+from emocap_jax.train_step import initial_state, make_train_step, mining_config, mining_terms
 
 log = logging.getLogger("emocap_jax.train")
 
@@ -141,9 +141,16 @@ def check_dataset(path: str, setting: str) -> None:
                          f"rejected.jsonl for why its inputs were rejected)")
 
 
-def check_label_ids(config, train_dir: str) -> None:
-    """Label positives need label ids: a dataset converted without a class order has every id -1,
-    and the option would change nothing, silently."""
+def check_loss_settings(config, train_dir: str) -> None:
+    """The loss settings a run can use, checked before anything compiles (a wrong one would
+    otherwise fail inside the first step's trace). `config.loss.mining` must make a MiningConfig
+    and name known terms. Label positives need label ids: a dataset converted without a class
+    order has every id -1, and the option would change nothing, silently."""
+    try:
+        mining_config(config.loss)
+        mining_terms(config.loss)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"config.loss.mining: {e}") from None
     if config.loss.get("label_positives", False) and not load_metadata(train_dir).get("classes"):
         raise UsageError(
             f"config.loss.label_positives=True, but {train_dir} records no class order, so every "
@@ -302,7 +309,7 @@ def train_and_evaluate(config, workdir) -> dict:
     storage.makedirs(workdir)
     # Before the JAX backend starts: data preparation forks worker processes.
     train_dir, eval_dir = prepare_data(config, workdir)
-    check_label_ids(config, train_dir)
+    check_loss_settings(config, train_dir)
     is_main = jax.process_index() == 0
     if is_main:
         storage.write_text(storage.join(workdir, "config.json"),

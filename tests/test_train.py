@@ -495,8 +495,33 @@ def test_the_generated_corpus_gives_training_faces_label_ids(tmp_path, datasets)
     assert len(records) == 24 and all(classes[r.label_id] == r.label for r in records)
 
     config.loss.label_positives = True
-    train.check_label_ids(config, train_dir)  # ids there: accepted
+    train.check_loss_settings(config, train_dir)  # ids there: accepted
     with pytest.raises(UsageError, match=r"label_positives=True.*no class order.*label_id is -1"):
-        train.check_label_ids(config, datasets[0])
+        train.check_loss_settings(config, datasets[0])
     config.loss.label_positives = False
-    train.check_label_ids(config, datasets[0])  # off: nothing to check
+    train.check_loss_settings(config, datasets[0])  # off: nothing to check
+
+
+def test_bad_mining_settings_stop_the_run_before_it_compiles(datasets):
+    """The default mines with the mutual cap, which needs a cap: top_k=0 alone is refused with a
+    line that names the setting and the way out, as are a misspelt field and an unknown term."""
+    from configs.tiny import get_config
+    from emocap_jax import train
+    from emocap_jax.cli_errors import UsageError
+
+    config = get_config()
+    assert config.loss.mining.mutual and config.loss.mining.top_k > 0
+    train.check_loss_settings(config, datasets[0])
+    config.loss.mining.top_k = 0
+    with pytest.raises(UsageError, match=r"config\.loss\.mining: .*mutual=True needs a cap.*"
+                                         r"set top_k > 0 or mutual=False"):
+        train.check_loss_settings(config, datasets[0])
+    config.loss.mining.mutual = False
+    train.check_loss_settings(config, datasets[0])  # no cap, one-sided: fine
+    config.loss.mining.terms = ("local",)
+    with pytest.raises(UsageError, match=r"config\.loss\.mining: .*terms"):
+        train.check_loss_settings(config, datasets[0])
+    config.loss.mining.terms = ("global",)
+    config.loss.mining.treshold = 0.5
+    with pytest.raises(UsageError, match="treshold"):
+        train.check_loss_settings(config, datasets[0])
