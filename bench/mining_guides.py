@@ -5,7 +5,7 @@ recall, against the records' labels, of the positives that text-guided mining (D
     python bench/mining_guides.py --checkpoint runs/ablations/pretrain/export \\
         --data runs/ablations/pretrain/data/train [--guide summary] [--threshold 0.9 0.98] \\
         [--top-k 8] [--mutual] [--records 2048] [--batch 64] [--batches 50] [--seed 0] \\
-        [--suggest 0.99]
+        [--suggest 0.99] [--transitivity]
 
 --records labelled records drawn at random from --data are encoded once (their --guide sentence
 through the model's text tower, as the training step does; a face with a label and no captions
@@ -22,6 +22,11 @@ often mines together (the false positives).
 as a `--config.loss.mining.threshold` for training from this checkpoint. Mined pairs are pulled
 together, so a guide that starts imprecise stays so (ABLATIONS.md, "A precise guide"); the
 threshold is a cosine under this checkpoint's text tower and does not carry over to another.
+
+--transitivity also prints, for each threshold of --threshold and SUGGEST_GRID, over every pair of
+the --records (no batches, no cap): pairs per record above the threshold, their precision, and
+their transitivity (of the paths i-j-k with both pairs above it, the fraction whose i-k is above it
+too), a label-free measure; it does not find the precise threshold (ABLATIONS.md, "Next steps").
 """
 from __future__ import annotations
 
@@ -68,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--suggest", type=float, default=None, metavar="P",
                    help="also print the lowest threshold (of --threshold and SUGGEST_GRID) whose "
                         "precision reaches P, e.g. 0.99")
+    p.add_argument("--transitivity", action="store_true",
+                   help="also print the transitivity of the pairs above each threshold (all pairs)")
     args = p.parse_args(argv)
     if args.batch < 2:
         p.error(f"--batch must be at least 2, got {args.batch}")
@@ -139,6 +146,23 @@ def suggest_threshold(results: dict[float, dict], precision: float) -> float | N
     return min(passing) if passing else None
 
 
+def transitivity(guides: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """Over every pair of these unit guide rows (no cap): the pairs per row at or above
+    `threshold`, the fraction of them with the same label, and the fraction of paths i-j-k (i != k)
+    along two such pairs whose pair i-k is one too (1 when the pairs split into cliques, as a
+    precise guide's do; a whole class merged with another is a clique as well)."""
+    off = ~np.eye(len(labels), dtype=bool)
+    above = ((guides @ guides.T >= threshold) & off).astype(np.float64)
+    same = (labels[:, None] == labels[None, :]) & off
+    paths = above @ above
+    np.fill_diagonal(paths, 0.0)
+    pairs = above.sum()
+    return {"per_row": pairs / len(labels),
+            "precision": float((above * same).sum() / pairs) if pairs else float("nan"),
+            "transitivity": float((paths * above).sum() / paths.sum()) if paths.sum() else
+            float("nan")}
+
+
 def _config(args, threshold: float) -> mining.MiningConfig:
     return mining.MiningConfig(mode="text", threshold=threshold, top_k=args.top_k,
                                relative_threshold=args.relative_threshold,
@@ -177,6 +201,11 @@ def main(argv=None) -> int:
     first = results[args.threshold[0]]
     top = ", ".join(f"{a} / {b} {n}" for (a, b), n in first["confused"].most_common(8))
     print(f"wrong pairs mined most often (threshold {args.threshold[0]:g}): {top or 'none'}")
+    if args.transitivity:
+        for threshold in sorted(set(args.threshold) | set(SUGGEST_GRID)):
+            r = transitivity(guides, labels, threshold)
+            print(f"all pairs at threshold {threshold:g}: {r['per_row']:.1f} per record, precision "
+                  f"{100 * r['precision']:.1f}%, transitivity {100 * r['transitivity']:.1f}%")
     if args.suggest is not None:
         for threshold in (t for t in SUGGEST_GRID if t not in results):
             results[threshold] = measure(_config(args, threshold), guides, labels, args.batch,

@@ -30,6 +30,28 @@ def test_precision_recall_and_confused_labels_counted_by_hand():
     assert capped["per_row"] == pytest.approx(2.0)
 
 
+def test_transitivity_counts_the_closed_paths_by_hand():
+    """Records 0-1-2 a chain (0~1, 1~2 above the threshold, 0~2 below), 3-4 a pair, 5 alone:
+    ordered pairs 2+2+2 = 6; paths i-j-k (i != k) along them: 0-1-2 and 2-1-0, none closed ->
+    transitivity 0; with 0~2 above too the three form a clique: 6 paths, all closed."""
+    guides = np.zeros((6, 6), np.float32)
+    c = np.cos(np.pi / 6)  # 0 and 2 each 30 degrees from 1, 60 degrees from each other
+    guides[0, :2] = [c, -0.5]
+    guides[1, :2] = [1.0, 0.0]
+    guides[2, :2] = [c, 0.5]
+    guides[3, 2] = guides[4, 2] = 1.0
+    guides[5, 3] = 1.0
+    labels = np.array(list("aaabbc"), dtype=object)
+    chain = bench.transitivity(guides, labels, 0.8)
+    assert chain["per_row"] == pytest.approx(6 / 6)
+    assert chain["precision"] == 1.0 and chain["transitivity"] == 0.0
+    clique = bench.transitivity(guides, labels, 0.4)
+    assert clique["per_row"] == pytest.approx(8 / 6) and clique["transitivity"] == 1.0
+    # Labels do not enter transitivity: a class merged with another is a clique too.
+    merged = bench.transitivity(guides, np.array(list("abcbbc"), dtype=object), 0.4)
+    assert merged["transitivity"] == 1.0 and merged["precision"] == pytest.approx(2 / 8)
+
+
 def test_the_command_reports_every_threshold_and_refuses_too_few_records(tmp_path, capsys):
     from emocap_jax.data.manifest import convert_manifest
     from emocap_jax.data.synthetic.corpus import generate_corpus
@@ -49,6 +71,9 @@ def test_the_command_reports_every_threshold_and_refuses_too_few_records(tmp_pat
     assert "mean guide cosine: same label" in out
     assert bench.main(args + ["--threshold", "0.5", "--mutual"]) == 0
     assert "threshold 0.5, top-k 8 mutual:" in capsys.readouterr().out
+    assert bench.main(args + ["--threshold", "0.5", "--transitivity"]) == 0
+    out = capsys.readouterr().out
+    assert "all pairs at threshold 0.5: " in out and "all pairs at threshold 0.999: " in out
     assert bench.main(args + ["--threshold", "0.5", "--suggest", "0.99"]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith("suggested: --config.loss.mining.threshold=") or last.startswith(
