@@ -139,6 +139,21 @@ def test_subject_independent_folds_keep_subjects_apart():
         linear_probe.cv_folds(labels, groups, 25)
 
 
+def test_folds_refuse_a_benchmark_whose_subjects_are_partly_missing():
+    # One blank subject used to drop every group, and frames of one subject then sat on both
+    # sides of a fold without a word.
+    labels = np.tile(np.arange(3), 40)
+    groups = np.repeat([f"S{i:03d}" for i in range(20)], 6)
+    groups[7] = ""
+    with pytest.raises(ValueError, match="1 of 120 records have no group"):
+        linear_probe.cv_folds(labels, groups, 5)
+    with pytest.raises(ValueError, match="1 of 120 records have no group"):
+        linear_probe.validation_split(labels, groups)
+    # A benchmark without subjects (every group blank) folds by label alone.
+    folds = linear_probe.cv_folds(labels, np.full(len(labels), ""), 5, seed=0)
+    assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(len(labels)))
+
+
 def test_few_shot_sampling_and_separable_accuracy():
     feats, labels, _ = _clusters(per_class=40)
     shots = few_shot.sample_shots(labels, 4, seed=3)
@@ -152,6 +167,27 @@ def test_few_shot_sampling_and_separable_accuracy():
     for k in (1, 4):
         assert out["shots"][k]["uar"]["mean"] == 1.0
         assert [r["num_support"] for r in out["shots"][k]["runs"]] == [4 * k, 4 * k]
+
+
+def test_few_shot_follows_the_balanced_setting_when_a_class_is_short():
+    # The linear probe's rare-class case: at 128 shots the rare class has ~21 faces in the
+    # support set against 128, so the unweighted fit never predicts it; `--unbalanced-probe`
+    # used to reach only the linear probe.
+    rng = np.random.default_rng(0)
+    counts = (600, 600, 30)
+    centres = np.array([[2.0, 0.0], [-2.0, 0.0], [1.2, 0.8]])
+    x = np.concatenate([c + rng.normal(size=(n, 2)) for c, n in zip(centres, counts)])
+    y = np.repeat(np.arange(3), counts)
+    test = rng.random(len(y)) < 0.3
+    out = {b: few_shot.few_shot(x[~test], y[~test], x[test], y[test], ["f", "o", "r"],
+                                shots=(128,), seeds=(0, 1), balanced=b)["shots"][128]
+           for b in (True, False)}
+    for b in (True, False):
+        assert [r["balanced"] for r in out[b]["runs"]] == [b, b]
+    rare_hits = {b: [np.asarray(r["confusion_matrix"])[2, 2] for r in out[b]["runs"]]
+                 for b in (True, False)}
+    assert rare_hits[False] == [0, 0] and min(rare_hits[True]) > 0
+    assert out[True]["uar"]["mean"] > out[False]["uar"]["mean"] + 0.05
 
 
 # ----- AU detection, retrieval, multiple choice, compound
@@ -186,6 +222,36 @@ def test_retrieval_identical_embeddings_are_perfect():
     # Shifting the captions by one breaks every pair at rank 1.
     assert retrieval.retrieval_metrics(feats, np.roll(feats, 1, axis=0))["image_to_text"][
         "R@1"] == 0.0
+
+
+def test_retrieval_counts_an_identical_caption_as_a_match():
+    # Faces 0, 2 and 3 share one caption word for word; a model that embeds each face exactly as
+    # its caption is perfect, but with only the own copy counted the twins after the first lose
+    # the index tie at rank 1.
+    captions = [["Sad."], ["Happy."], ["Sad."], ["Sad."], ["Angry."]]
+    table = {"Sad.": [1.0, 0.0, 0.0], "Happy.": [0.0, 1.0, 0.0], "Angry.": [0.0, 0.0, 1.0]}
+    text = retrieval.caption_embeddings(lambda t: np.array([table[s] for s in t]), captions)
+    out = retrieval.retrieval_metrics(text, text, captions=captions)
+    assert out["mean_recall"] == 1.0 and out["num_distinct_captions"] == 3
+    strict = retrieval.retrieval_metrics(text, text)
+    assert strict["image_to_text"]["R@1"] == pytest.approx(3 / 5)   # faces 2 and 3 miss
+    # Against a brute-force count on noisy features: a query hits at k when an item with its
+    # caption is among its k best (ties to the lower index, as recall_at_k documents).
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(5, 3))
+    out = retrieval.retrieval_metrics(images, text, ks=(1, 2), captions=captions)
+    scores = images @ text.T
+    for k in (1, 2):
+        hits = [any(captions[j] == captions[i]
+                    for j in sorted(range(5), key=lambda j: (-scores[i, j], j))[:k])
+                for i in range(5)]
+        assert out["image_to_text"][f"R@{k}"] == pytest.approx(np.mean(hits))
+        hits = [any(captions[j] == captions[i]
+                    for j in sorted(range(5), key=lambda j: (-scores[j, i], j))[:k])
+                for i in range(5)]
+        assert out["text_to_image"][f"R@{k}"] == pytest.approx(np.mean(hits))
+    with pytest.raises(ValueError, match="4 captions for 5"):
+        retrieval.retrieval_metrics(images, text, captions=captions[:4])
 
 
 def test_caption_sentences_and_mean_embedding():

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", type=_int_list, default=(0, 1, 2),
                    help="few-shot sampling seeds (default 0,1,2)")
     g.add_argument("--unbalanced-probe", dest="balanced_probe", action="store_false",
-                   help="fit the linear probe unweighted (default: class-balanced, "
+                   help="fit the linear and few-shot probes unweighted (default: class-balanced, "
                         "each class weighted by 1 / its frequency, since the headline is UAR)")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the cross-validation and validation splits (default 0)")

@@ -43,8 +43,10 @@ def sample_shots(labels, k: int, seed: int, exclude=None) -> np.ndarray:
 
 def few_shot(train_x, train_y, test_x, test_y, class_names: Sequence[str],
              shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = DEFAULT_SEEDS,
-             c_grid: Sequence[float] = DEFAULT_C_GRID) -> dict:
-    """{"shots": {k: {"uar": {mean, std}, "war": {...}, "macro_f1": {...}, "runs": [...]}}}."""
+             c_grid: Sequence[float] = DEFAULT_C_GRID, balanced: bool = True) -> dict:
+    """{"shots": {k: {"uar": {mean, std}, "war": {...}, "macro_f1": {...}, "runs": [...]}}}.
+    balanced: fit class-balanced (a support set is balanced already, except for classes with
+    fewer than k examples)."""
     train_x, test_x = np.asarray(train_x), np.asarray(test_x)
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
     num_classes = len(class_names)
@@ -60,9 +62,11 @@ def few_shot(train_x, train_y, test_x, test_y, class_names: Sequence[str],
             probe = fit_probe(train_x[support], train_y[support],
                               train_x[val if has_val else support],
                               train_y[val if has_val else support], num_classes,
-                              c_grid if has_val else (DEFAULT_C,), refit_on_validation=False)
+                              c_grid if has_val else (DEFAULT_C,), refit_on_validation=False,
+                              balanced=balanced)
             cm = metrics.confusion_matrix(test_y, probe.model.predict(test_x), num_classes)
             runs.append({"seed": int(seed), "C": probe.C, "num_support": int(len(support)),
+                         "balanced": bool(balanced),
                          "C_chosen_on_validation": has_val,
                          "uar": metrics.uar(cm), "war": metrics.war(cm),
                          "macro_f1": metrics.macro_f1(cm), "confusion_matrix": cm.tolist()})

@@ -39,10 +39,20 @@ class ProbeFit:
 
 
 def _groups_or_none(groups) -> Optional[np.ndarray]:
+    """The subjects to keep apart, or None where a benchmark has none (every group empty)."""
     if groups is None:
         return None
     groups = np.asarray(groups)
-    return groups if np.all(groups != "") and len(np.unique(groups)) > 1 else None
+    empty = groups == ""
+    if empty.all():
+        return None
+    # Dropping every group for a few blank ones would put one subject's frames on both sides of
+    # a fold without a word; a benchmark with subjects needs them on every record.
+    if empty.any():
+        raise ValueError(f"{int(empty.sum())} of {len(groups)} records have no group (subject) "
+                         "while the others have one: subject-independent folds need a group on "
+                         "every record; fill in the missing ones in the converted dataset")
+    return groups if len(np.unique(groups)) > 1 else None
 
 
 def cv_folds(labels, groups, num_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

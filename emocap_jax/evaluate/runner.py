@@ -272,7 +272,8 @@ def run_few_shot(encoder: Encoder, spec, splits, options: Options) -> dict:
              for k, (tr, te) in enumerate(folds, start=1)]
         for train_x, train_y, test_x, test_y, fold in pairs:
             out = few_shot.few_shot(train_x, train_y, test_x, test_y, spec.classes,
-                                    options.shots, options.seeds, options.c_grid)
+                                    options.shots, options.seeds, options.c_grid,
+                                    balanced=options.balanced_probe)
             folds_out.append({"fold": fold, "dataset": split.test, **out})
             for k, entry in out["shots"].items():
                 per_k.setdefault(k, []).extend(entry["runs"])
@@ -318,9 +319,9 @@ def run_retrieval(encoder: Encoder, spec, splits, options: Options) -> dict:
         feats = encoder.images(split.test, _num_frames(spec, split.test, options.frames))
         if feats.ids != [r.id for r in records]:
             raise RuntimeError(f"{split.test}: features and records are not in the same order")
-        captions = retrieval.caption_embeddings(encoder.texts,
-                                                [s for s, k in zip(sentences, keep) if k])
-        report = retrieval.retrieval_metrics(feats.features[keep], captions)
+        kept = [s for s, k in zip(sentences, keep) if k]
+        captions = retrieval.caption_embeddings(encoder.texts, kept)
+        report = retrieval.retrieval_metrics(feats.features[keep], captions, captions=kept)
         report.update(fold=split.fold, dataset=split.test, caption_field=options.caption_field,
                       without_caption=int((~keep).sum()))
         reports.append(report)
