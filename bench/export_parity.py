@@ -34,10 +34,18 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
-import open_clip  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
+
+# The peers are not the project's dependencies: without them --help still works and a run says
+# what to install in one line.
+try:
+    import open_clip
+    import torch
+    import transformers
+    MISSING_PEER = None
+except ImportError as error:
+    open_clip = torch = transformers = None
+    MISSING_PEER = error.name
 
 import emocap_jax  # noqa: E402
 from emocap_jax import export, params_io  # noqa: E402
@@ -113,6 +121,11 @@ def main() -> int:
                              "(open_clip's pool_type eos, transformers' eos_token_id) instead of "
                              "at the largest id")
     args = parser.parse_args()
+    if MISSING_PEER is not None:
+        print(f"error: bench/export_parity.py needs torch, open_clip_torch and transformers "
+              f"({MISSING_PEER} is not installed); see this script's docstring for a virtualenv "
+              "that has them", file=sys.stderr)
+        return 2
     torch.set_grad_enabled(False)
     work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="export_parity_"))
     source = pathlib.Path(args.input) if args.input else work / "ours"

@@ -1,5 +1,5 @@
 """Input pipeline throughput: the Grain training pipeline (and tf.data, when installed) on the same
-TFRecord files, in images per second (DESIGN.md section 9).
+TFRecord files, in images per second (PERFORMANCE.md, "Input pipeline").
 
 Work per image, as in training: read the record (checksum verified), parse the Example, decode the
 JPEG, random resized crop to 224 + horizontal flip, token rows of the global, summary and sampled

@@ -1,6 +1,6 @@
 """Compiled per-device memory of the global contrastive loss (value and gradient) as N grows.
 
-Compares the three forms in emocap_jax.losses on simulated CPU devices (DESIGN section 3):
+Compares the three forms in emocap_jax.losses on simulated CPU devices:
   single   [N, N] logits on one device            -> O(N^2)
   sharded  [n, N] logits per device, n = N / D    -> O(n * N)
   chunked  [n, c] logit chunks per device         -> O(n * c) plus gathered embeddings O(N * D)

@@ -1,22 +1,22 @@
 """How well caption-guided mining finds same-class pairs on a trained model: the precision and
-recall, against the records' labels, of the positives that text-guided mining (DESIGN section 2,
+recall, against the records' labels, of the positives that text-guided mining (emocap_jax/mining.py,
 `config.loss.mining`) would mine in training batches.
 
     python bench/mining_guides.py --checkpoint runs/ablations/pretrain/export \\
         --data runs/ablations/pretrain/data/train [--guide summary] [--threshold 0.9 0.98] \\
-        [--top-k 8] [--mutual] [--records 2048] [--batch 64] [--batches 50] [--seed 0] \\
+        [--top-k 8] [--no-mutual] [--records 2048] [--batch 64] [--batches 50] [--seed 0] \\
         [--suggest 0.99] [--transitivity]
 
 --records labelled records drawn at random from --data are encoded once (their --guide sentence
 through the model's text tower, as the training step does; a face with a label and no captions
-gets the captions training makes from its label, `emocap_jax/data/label_captions.py`);
---batches random batches of --batch of them go through the loss's own rule
-(`mining.mined_positive_targets` with mode "text", each --threshold, --top-k,
---relative-threshold, --min-spread and --mutual). A mined pair is right when both records carry
-the same label. Printed per rule: mined positives per row, precision (the fraction of mined
-pairs with the same label) and recall (the fraction of same-label pairs mined); then the mean
-guide cosine of same-label and of other-label pairs, and the label pairs the first rule most
-often mines together (the false positives).
+gets the captions training makes from its label, `emocap_jax/data/label_captions.py`); --batches
+random batches of --batch of them go through the loss's own rule (`mining.mined_positive_targets`
+with mode "text", each --threshold, --top-k, --relative-threshold, --min-spread and --mutual,
+whose default is training's). A mined pair is right when both records carry the same label.
+Printed per rule: mined positives per row, precision (the fraction of mined pairs with the same
+label) and recall (the fraction of same-label pairs mined); then the mean guide cosine of
+same-label and of other-label pairs, and the label pairs the first rule most often mines together
+(the false positives).
 
 --suggest P also scans SUGGEST_GRID and prints the lowest threshold whose precision reaches P,
 as a `--config.loss.mining.threshold` for training from this checkpoint. Mined pairs are pulled
@@ -46,6 +46,7 @@ from emocap_jax.data import label_captions  # noqa: E402
 from emocap_jax.data.example_codec import decode_record  # noqa: E402
 from emocap_jax.data.shard_writer import shard_paths  # noqa: E402
 from emocap_jax.data.source import ShardedTFRecordSource  # noqa: E402
+from configs import default as default_config  # noqa: E402
 
 GUIDE_FIELDS = {"summary": "summary", "global": "global_caption"}
 # Thresholds --suggest tries: coarse where sentence cosines rarely separate labels, fine near 1,
@@ -64,8 +65,13 @@ def parse_args(argv=None):
     p.add_argument("--top-k", type=int, default=8)
     p.add_argument("--relative-threshold", type=float, default=None)
     p.add_argument("--min-spread", type=float, default=0.01)
-    p.add_argument("--mutual", action="store_true",
-                   help="the mutual cap (config.loss.mining.mutual): a pair within both rows' top-k")
+    # The default follows training's, so that a threshold --suggest finds is one for the rule a
+    # run with the default config mines with.
+    p.add_argument("--mutual", action=argparse.BooleanOptionalAction,
+                   default=default_config.get_config().loss.mining.mutual,
+                   help="the mutual cap (config.loss.mining.mutual): a pair within both rows' "
+                        "top-k; default as configs/default.py (%(default)s); --no-mutual: the "
+                        "one-sided cap ABLATIONS.md's guide figures were measured with")
     p.add_argument("--records", type=int, default=2048)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--batches", type=int, default=50)

@@ -1,4 +1,4 @@
-"""Ablations of the EmoCapCLIP objective (DESIGN section 2), on top of another config.
+"""Ablations of the EmoCapCLIP objective (emocap_jax/train_step.py), on top of another config.
 
     python -m emocap_jax.main --config=configs/ablations.py:global_only --workdir=runs/ab_global
     python -m emocap_jax.main --config=configs/ablations.py:mining_both,vitb16 --workdir=...
@@ -8,6 +8,11 @@ a CPU). NAMEs: global_only, global_mining (global term + text-guided mining, the
 only guiding it), summary (+ summary term), local (+ local term), mining (+ summary term +
 text-guided mining), full (everything, text mining), mining_text, mining_image, mining_both,
 mining_off (only the mining mode changes).
+
+Every variant that mines does so as ABLATIONS.md's tables were measured, not as the default
+config does: in both contrastive terms and with the one-sided cap (`loss.mining.terms=("global",
+"summary")`, `loss.mining.mutual=False`). `--config.loss.mining.terms="('global',)"
+--config.loss.mining.mutual=True` gives the default's rule.
 
 `bench/ablations.py` fine-tunes global_only, summary, local, mining and full from one
 synthetic-pretrained checkpoint and evaluates them with `config.eval.benchmarks` as set here

@@ -63,7 +63,7 @@ def get_config():
         dict(num=0, seed=0, size=96, eval_per_class=40, au_drop_probability=0.0,
              appearance_captions=False))
 
-    # ----- losses (DESIGN section 2)
+    # ----- losses (emocap_jax/train_step.py, emocap_jax/losses.py)
     config.loss = ml_collections.ConfigDict()
     config.loss.impl = "sharded"      # "single" | "sharded" | "chunked"
     config.loss.chunk_size = 0        # columns per chunk for impl=chunked (0: whole batch)
@@ -76,7 +76,7 @@ def get_config():
     # Label positives (UniCL): pairs whose records share a label_id >= 0 are positives of the
     # global and summary terms, each row's target spread over its same-label columns.
     config.loss.label_positives = False
-    # Mined positives (DESIGN section 2; emocap_jax/mining.py MiningConfig). guide: which sentence
+    # Mined positives (emocap_jax/mining.py MiningConfig). guide: which sentence
     # embeddings judge similarity ("summary" or "global"). threshold: absolute cosine floor (-1:
     # none); top_k: at most this many mined positives per row (0: no cap); relative_threshold: z,
     # a pair must reach its row's mean + z * std of guide similarity (unset: off); min_spread:

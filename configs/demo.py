@@ -1,6 +1,6 @@
 """The out-of-the-box demo: a small CLIP trained from scratch on the embedded synthetic-faces corpus
 (generated into the workdir on first use), then zero-shot evaluated on its held-out identities.
-Sized for a 2-core CPU in under 10 minutes:
+Sized for a 2-core CPU: about 5 minutes there (README, "Quick start"):
 
     python -m emocap_jax.main --config=configs/demo.py --workdir=runs/demo
 """

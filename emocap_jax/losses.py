@@ -1,6 +1,6 @@
 """Contrastive losses for EmoCapCLIP as pure functions: single-device, sharded and chunked forms.
 
-What is here (DESIGN sections 2 and 3):
+What is here:
 
 * `global_contrastive_loss`: symmetric CLIP InfoNCE (open_clip `ClipLoss`), optionally with soft
   targets. The summary term of the total loss is this same function applied to
@@ -147,7 +147,7 @@ def sentence_patch_logits(patch_tokens: jax.Array, sentence_emb: jax.Array, tau_
 def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
                                sentence_mask: jax.Array, logit_scale, tau_pool,
                                within_image_weight=0.0) -> jax.Array:
-    """Region-sentence alignment loss over one batch (DESIGN section 2); returns a scalar.
+    """Region-sentence alignment loss over one batch; returns a scalar.
 
     patch_tokens: [B, Np, D] projected patch tokens (not normalised).
     sentence_emb: [B, R, D] L2-normalised local sentence embeddings; slot r of image i is valid
@@ -424,7 +424,7 @@ def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, t
     """Local loss on each device's own batch of B / D images, averaged over devices.
 
     This is NOT the local loss of the global batch: negatives are only the images and sentences on
-    the same device (DESIGN allows this; the cost is B x B*R x P x D per device). It equals the mean
+    the same device (by design; the cost is B x B*R x P x D per device). It equals the mean
     over the D contiguous batch blocks of `local_region_sentence_loss` on each block.
     """
     batch = patch_tokens.shape[0]

@@ -1,5 +1,5 @@
 """Which pairs of a batch are positives of each other: label positives and caption-guided
-mining that cannot collapse (DESIGN section 2), as pure functions. `emocap_jax.losses` turns these
+mining that cannot collapse, as pure functions. `emocap_jax.losses` turns these
 targets into the contrastive loss in its single-device, sharded and chunked forms.
 
 * `mined_positive_targets`: row i's soft targets `normalize_L1(positive_i + weight * mined_i)`.
@@ -47,7 +47,7 @@ _MUTUAL_TIE_TOLERANCE = 1e-5
 
 @dataclasses.dataclass(frozen=True)
 class MiningConfig:
-    """Cross-modal guided positive mining (DESIGN section 2), built so that it cannot collapse.
+    """Cross-modal guided positive mining, built so that it cannot collapse.
 
     mode: "text" (guide = summary or global sentence embeddings), "image" (image-image similarity),
       "both" (a pair must pass both guides) or "off".

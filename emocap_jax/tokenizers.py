@@ -1,6 +1,6 @@
 """Text tokenizers behind one interface: OpenAI CLIP BPE and sentencepiece.
 
-Every caption sentence is tokenized on its own to a fixed context length (DESIGN.md section 2), so
+Every caption sentence is tokenized on its own to a fixed context length (as the losses read them), so
 the interface is built around fixed-width rows: ``[SOT] + tokens + [EOT]`` padded with ``pad_id``.
 Rows that are too long are cut and their last slot overwritten with EOT, exactly as open_clip does,
 so the text tower always finds an end-of-text token to pool at.

@@ -1,6 +1,6 @@
 """The jitted training step: the EmoCapCLIP objective, gradients, and one optimiser update.
 
-    L = L_global + summary_weight * L_summary + local_weight * L_local      (DESIGN section 2)
+    L = L_global + summary_weight * L_summary + local_weight * L_local
 
 All text (global, summary and the K sampled local sentences of every face) goes through the text
 tower in one call, laid out per face ([B, 2 + K, L] -> [B * (2 + K), L]) so each device encodes

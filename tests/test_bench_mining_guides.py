@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import load_bench_script
+from configs import default as default_config
 
 bench = load_bench_script("mining_guides")
 
@@ -64,12 +65,14 @@ def test_the_command_reports_every_threshold_and_refuses_too_few_records(tmp_pat
     export = make_tiny_export(tmp_path / "export")
     args = ["--checkpoint", str(export), "--data", str(tmp_path / "train"), "--batch", "8",
             "--batches", "2"]
-    assert bench.main(args + ["--threshold", "0.5", "0.99"]) == 0
+    assert bench.main(args + ["--threshold", "0.5", "0.99", "--no-mutual"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("24 records (")
     assert "threshold 0.5, top-k 8:" in out and "threshold 0.99, top-k 8:" in out
     assert "mean guide cosine: same label" in out
-    assert bench.main(args + ["--threshold", "0.5", "--mutual"]) == 0
+    # Without the flag the bench measures the rule a default training run mines with.
+    assert default_config.get_config().loss.mining.mutual
+    assert bench.main(args + ["--threshold", "0.5"]) == 0
     assert "threshold 0.5, top-k 8 mutual:" in capsys.readouterr().out
     assert bench.main(args + ["--threshold", "0.5", "--transitivity"]) == 0
     out = capsys.readouterr().out

@@ -329,7 +329,7 @@ def test_registry_class_orders_are_the_converters():
     for name in ("dfew", "mafw", "mafw-compound"):
         assert registry.get(name).official_folds == (1, 2, 3, 4, 5)
     assert registry.get("ckplus").cv_folds == 10
-    # Every benchmark of DESIGN section 1, with its paper numbers, in the paper's table.
+    # Every benchmark of the paper, with its paper numbers, in the paper's table.
     table = {b.name: (b.paper.emocapclip, b.paper.flip) for b in registry.paper_table()}
     assert len(table) == 21  # 20 benchmarks + CK+48 with CK+'s numbers
     assert table["rafdb"] == (62.8, 45.1) and table["dfew"] == (42.2, 27.5)

@@ -6,7 +6,7 @@ command line,
         [--num-shards 16] [--max-side PX] [--workers N] [--captions-from-labels] \\
         [--max-sentence-words 200] [--overwrite]
 
-Each manifest line is one JSON object (see DESIGN.md section 4):
+Each manifest line is one JSON object:
 
     {"id": "movie123_f0042", "image": "images/movie123_f0042.jpg",
      "global": "...", "local": ["...", "..."], "summary": "...",

@@ -15,7 +15,7 @@ Each entry fixes the class order (from `emocap_jax.data.class_orders`, the table
 write label_id by, so label_id means the same here as in the TFRecords), the prompt word and one
 description per class, the prompt templates, the splits and folds, the protocol and metric the
 paper reports, and the paper's EmoCapCLIP ViT-B/32 and FLIP-80M ViT-B/32 numbers (zero-shot, read
-off the paper's radar chart, +-0.1; DESIGN.md section 1).
+off the paper's radar chart, +-0.1).
 
     from emocap_jax.evaluate import registry
     spec = registry.get("rafdb")

@@ -4,7 +4,7 @@ Real caption corpora describe the person and the picture as well as the emotion 
 dark-haired woman in a red coat, lit from the side, looks astonished"). Those words tell faces of
 one emotion apart, so a contrastive loss that takes every other caption of the batch as a negative
 must also learn hair, skin, lighting and background: the false negatives that caption-guided
-positive mining is meant to remove (DESIGN section 2). `config.data.synthetic.appearance_captions`
+positive mining is meant to remove (emocap_jax/mining.py). `config.data.synthetic.appearance_captions`
 adds such a sentence to each global caption (after the affect, so a short context cuts the
 appearance, never the emotion); the images are unchanged.
 

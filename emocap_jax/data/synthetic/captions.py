@@ -1,6 +1,6 @@
 """EmoCap100K-style captions written from the action units that were drawn on a synthetic face.
 
-A caption has three parts (DESIGN.md section 4): a *global* sentence naming the emotion and its
+A caption has three parts (the manifest schema of emocap_jax/data/manifest.py): a *global* sentence naming the emotion and its
 intensity, one *local* sentence per active facial region describing each of its AUs with an
 intensity word and its FACS name and code ("... a strong inner brow raiser (AU1)"), and a *summary*
 naming the emotion and its strongest cues. Local sentences are derived from the AU intensities

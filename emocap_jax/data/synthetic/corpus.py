@@ -1,7 +1,7 @@
 """The embedded synthetic-faces corpus: a seeded generator of captioned, AU-labelled faces.
 
 A fresh machine trains and evaluates on this corpus with no download. The output has exactly the
-layout a user brings for a real caption corpus (DESIGN.md section 4)::
+layout a user brings for a real caption corpus (emocap_jax/data/manifest.py)::
 
     DIR/manifest.jsonl           training faces, one JSON object per line:
                                  {"id", "image" (relative to DIR), "global", "local", "summary",
