@@ -12,6 +12,7 @@ from PIL import Image
 
 from data_prep import benchmarks
 from data_prep.benchmark_formats import LayoutError
+from data_prep.benchmark_formats.common import natural_key
 from data_prep.benchmark_formats.decode import sample_indices
 from data_prep.benchmark_formats.fer import ferplus_majority
 from emocap_jax.data import example_codec, shard_writer, tfrecord
@@ -391,6 +392,14 @@ def test_imagefolder_with_and_without_classes(tmp_path):
     assert ds.codes() == {"other": "unknown_class"}
     with pytest.raises(ValueError, match="imagefolder"):
         convert("rafdb", root, tmp_path / "x", classes=["a"])
+
+
+def test_natural_order_is_total():
+    # Names the natural order ranks alike keep one order whatever order they are listed in.
+    names = ["frame10.jpg", "a.jpg", "frame2.jpg", "A.jpg", "1.jpg", "01.jpg"]
+    expected = ["01.jpg", "1.jpg", "A.jpg", "a.jpg", "frame2.jpg", "frame10.jpg"]
+    assert sorted(names, key=natural_key) == expected
+    assert sorted(reversed(names), key=natural_key) == expected
 
 
 # ---------------------------------------------------------------- real data: CK+48

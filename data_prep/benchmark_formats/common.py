@@ -109,9 +109,15 @@ def reject(code: str, detail: str, id: str | None = None,  # pylint: disable=red
     return Rejection(line=line, id=id, reason=f"{code}: {detail}")
 
 
-def natural_key(text: str) -> list:
-    """Sort key that orders "frame2" before "frame10"."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+def natural_key(text: str) -> tuple[list, str]:
+    """Sort key that orders "frame2" before "frame10".
+
+    Names the natural order ranks alike ("1.jpg" and "01.jpg", "A.jpg" and "a.jpg") are then
+    ordered by the text itself, so the order is total and never depends on the order in which
+    the file system lists them.
+    """
+    return ([int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)],
+            text)
 
 
 def relative_id(path: str, root: str) -> str:
