@@ -202,6 +202,22 @@ def test_affectnet_folder_form_7_and_8(tmp_path):
     assert Dataset(tmp_path / "a8/val").labels() == {"val_set/0": "surprise"}
 
 
+def test_affectnet_folder_form_one_image_per_stem(tmp_path):
+    root = tmp_path / "affectnet"
+    write_image(root / "train_set/images/1.png", value=10)
+    write_image(root / "train_set/images/1.jpg", value=200)
+    (root / "train_set/annotations").mkdir()
+    np.save(root / "train_set/annotations/1_exp.npy", np.array("3"))
+    convert("affectnet-8", root, tmp_path / "out", split="train")
+    train = Dataset(tmp_path / "out/train")
+    assert train.meta["num_inputs"] == 2  # both files: one written, one rejected
+    assert train.labels() == {"train_set/1": "surprise"}
+    assert train.codes() == {"train_set/1": "duplicate_id"}
+    assert "1.png has the stem of" in train.reasons["train_set/1"]
+    red = np.asarray(Image.open(io.BytesIO(train.records["train_set/1"].images[0])))[..., 0]
+    assert red.mean() > 150  # 1.jpg (first by name) is the one used
+
+
 def test_affectnet_csv_form(tmp_path):
     root = tmp_path / "affectnet"
     header = ("subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,"

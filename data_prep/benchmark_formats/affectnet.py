@@ -18,7 +18,8 @@ set is not public, papers report on val). Expression ids: 0 neutral, 1 happy, 2 
 3 surprise, 4 fear, 5 disgust, 6 anger, 7 contempt; label_id equals the id. affectnet-7 drops
 contempt (rejected as excluded_class). Ids 8 (none), 9 (uncertain), 10 (non-face) and any other
 value are rejected as label_out_of_range. In the folder form an image without its _exp.npy and
-an annotation without its image are both rejected.
+an annotation without its image are both rejected; of several images with one stem (1.jpg,
+1.png) the first by name is used and the others are rejected as duplicate_id.
 """
 
 from __future__ import annotations
@@ -68,14 +69,26 @@ def _folder_split(root: str, split: str, classes: tuple[str, ...], benchmark: st
                                     f"{_FOLDER_SETS[split]}/images/", root)
     notes_dir = common.require_dir(os.path.join(set_dir, "annotations"), benchmark,
                                    f"{_FOLDER_SETS[split]}/annotations/", root)
-    images = {os.path.splitext(f)[0]: os.path.join(images_dir, f)
-              for f in os.listdir(images_dir)
-              if os.path.splitext(f)[1].lower() in common.IMAGE_EXTENSIONS}
+    # One image per stem: when several share it (1.jpg, 1.png) the first in natural order of
+    # the file name is used and the others are rejected, whatever order os.listdir gives.
+    images: dict[str, str] = {}
+    extra_images: dict[str, list[str]] = {}
+    for f in sorted(os.listdir(images_dir), key=common.natural_key):
+        stem, extension = os.path.splitext(f)
+        if extension.lower() in common.IMAGE_EXTENSIONS:
+            if stem in images:
+                extra_images.setdefault(stem, []).append(os.path.join(images_dir, f))
+            else:
+                images[stem] = os.path.join(images_dir, f)
     notes = {f[:-len("_exp.npy")]: os.path.join(notes_dir, f)
              for f in os.listdir(notes_dir) if f.endswith("_exp.npy")}
     items: list[common.Entry | common.Rejection] = []
     for stem in sorted(images.keys() | notes.keys(), key=common.natural_key):
         record_id = f"{_FOLDER_SETS[split]}/{stem}"
+        for extra in extra_images.get(stem, []):
+            items.append(common.reject(common.DUPLICATE_ID, f"{extra} has the stem of "
+                                       f"{images[stem]}, which is used for {record_id}",
+                                       id=record_id))
         if stem not in notes:
             items.append(common.reject(common.MISSING_ANNOTATION, f"{images[stem]} has no "
                                        f"{stem}_exp.npy in {notes_dir}", id=record_id))
