@@ -218,6 +218,35 @@ def test_affectnet_folder_form_one_image_per_stem(tmp_path):
     assert red.mean() > 150  # 1.jpg (first by name) is the one used
 
 
+def test_affectnet_labels_are_whole_finite_numbers(tmp_path):
+    root = tmp_path / "affectnet"
+    for stem, value in (("1", np.array(3.0)), ("2", np.array(3, np.int64)),
+                        ("3", np.array(3.5))):
+        write_image(root / f"train_set/images/{stem}.jpg")
+        (root / "train_set/annotations").mkdir(exist_ok=True)
+        np.save(root / f"train_set/annotations/{stem}_exp.npy", value)
+    convert("affectnet-8", root, tmp_path / "folders", split="train")
+    train = Dataset(tmp_path / "folders/train")
+    assert train.labels() == {"train_set/1": "surprise", "train_set/2": "surprise"}
+    assert train.codes() == {"train_set/3": "bad_label"}
+    assert "3.5 is not a whole number" in train.reasons["train_set/3"]
+
+    root = tmp_path / "csv"
+    write_text(root / "training.csv", "".join(
+        f"1/{name}.jpg,0,0,16,16,x,{expression},0,0\n"
+        for name, expression in (("a", "1"), ("b", "2.7"), ("c", "inf"), ("d", "nan"),
+                                 ("e", "3.0"))))
+    for name in "abcde":
+        write_image(root / f"Manually_Annotated_Images/1/{name}.jpg")
+    convert("affectnet-8", root, tmp_path / "csv_out", split="train")
+    train = Dataset(tmp_path / "csv_out/train")
+    assert train.labels() == {"1/a": "happy", "1/e": "surprise"}
+    assert train.codes() == {"1/b": "bad_label", "1/c": "bad_label", "1/d": "bad_label"}
+    assert "line 2 of" in train.reasons["1/b"] and "'2.7' is not a whole number" in \
+        train.reasons["1/b"]
+    assert "'inf' is not a finite number" in train.reasons["1/c"]
+
+
 def test_affectnet_csv_form(tmp_path):
     root = tmp_path / "affectnet"
     header = ("subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,"
@@ -298,6 +327,22 @@ def test_ferplus(tmp_path):
     assert Dataset(tmp_path / "out/val").records == {}  # no PublicTest row: empty, not absent
 
 
+def test_ferplus_rejects_votes_that_are_not_finite(tmp_path):
+    root = tmp_path / "ferplus"
+    write_text(root / "fer2013.csv", "emotion,pixels,Usage\n" +
+               f"0,{_fer_pixels(30)},Training\n0,{_fer_pixels(60)},Training\n")
+    write_text(root / "fer2013new.csv",
+               "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,"
+               "contempt,unknown,NF\n"
+               "Training,fer0000000.png,0,10,0,0,0,0,0,0,0,0\n"
+               "Training,fer0000001.png,nan,10,0,0,0,0,0,0,0,0\n")
+    convert("ferplus", root, tmp_path / "out", split="train")
+    train = Dataset(tmp_path / "out/train")
+    assert train.labels() == {"fer0000000": "happiness"}
+    assert train.codes() == {"fer0000001": "bad_label"}
+    assert "line 3" in train.reasons["fer0000001"]
+
+
 def test_fer2013_folders(tmp_path):
     root = tmp_path / "fer"
     write_image(root / "train/angry/a.png", mode="L", size=(48, 48))
@@ -360,6 +405,22 @@ def test_ckplus_last_frames(tmp_path):
     assert ds.records["S005_001_00000001"].label == "neutral"
     assert ds.records["S005_001_00000001"].label_id == 0
     assert ds.records["S005_001_00000005"].label_id == 3  # the CK+ code itself
+
+
+def test_ckplus_rejects_a_label_that_is_not_a_whole_number(tmp_path):
+    root = tmp_path / "ck"
+    _ckplus_root(root)
+    for subject, text in (("S020", "nan\n"), ("S021", "4.5\n")):
+        write_image(root / f"cohn-kanade-images/{subject}/001/{subject}_001_00000001.png",
+                    mode="L")
+        write_text(root / f"Emotion/{subject}/001/{subject}_001_00000001_emotion.txt", text)
+    convert("ckplus", root, tmp_path / "out")
+    ds = Dataset(tmp_path / "out/all")
+    assert ds.labels() == {f"S005_001_{i:08d}": "disgust" for i in (3, 4, 5)}
+    assert ds.codes() == {"S010_002": "label_out_of_range", "S011_001": "image_not_found",
+                          "S020_001": "bad_label", "S021_001": "bad_label"}
+    assert "S020_001_00000001_emotion.txt" in ds.reasons["S020_001"]
+    assert "'nan' is not a finite number" in ds.reasons["S020_001"]
 
 
 def test_ckplus48_fabricated(tmp_path):
@@ -481,6 +542,21 @@ def test_dfew_fold_frames_and_rejections(tmp_path):
         convert("dfew", root, tmp_path / "all_folds")
     with pytest.raises(ValueError, match="folds"):
         convert("dfew", root, tmp_path / "bad_fold", fold=6)
+
+
+def test_dfew_labels_are_whole_finite_numbers(tmp_path):
+    root = tmp_path / "dfew"
+    write_text(root / "EmoLabel_DataSplit/train(single-labeled)/set_1.csv",
+               "video_name,label\n1,2.0\n2,3.9\n3,inf\n")
+    for n in (1, 2, 3):
+        write_frame_folder(root / f"Clip/clip_224x224/{n:05d}", num_frames=2)
+    convert("dfew", root, tmp_path / "out", fold=1, split="train", frames=2)
+    train = Dataset(tmp_path / "out/fold1/train")
+    assert train.labels() == {"00001": "sad"}
+    assert train.codes() == {"00002": "bad_label", "00003": "bad_label"}
+    assert "line 3 of" in train.reasons["00002"]
+    assert "'3.9' is not a whole number" in train.reasons["00002"]
+    assert "'inf' is not a finite number" in train.reasons["00003"]
 
 
 def test_ferv39k(tmp_path):

@@ -58,8 +58,9 @@ def _classify(expression: int, classes: tuple[str, ...], benchmark: str, record_
 
 def _read_expression(path: str) -> int:
     value = np.load(path, allow_pickle=False)
-    # The shared release stores the id as a 0-d string array ('1'); accept numbers too.
-    return int(str(np.asarray(value).reshape(-1)[0]).strip())
+    # The shared release stores the id as a 0-d string array ('1'); accept whole numbers too
+    # (3, 3.0), but not 3.5.
+    return common.whole_number(np.asarray(value).reshape(-1)[0].item())
 
 
 def _folder_split(root: str, split: str, classes: tuple[str, ...], benchmark: str
@@ -138,12 +139,10 @@ def _csv_split(root: str, split: str, classes: tuple[str, ...], benchmark: str
             rel_path = row[path_col].strip()
             record_id = os.path.splitext(rel_path)[0]
             try:
-                expression = int(float(row[expression_col]))
-            except ValueError:
-                items.append(common.reject(common.BAD_LABEL, f"expression "
-                                           f"{row[expression_col]!r} on line {line_no} of "
-                                           f"{csv_path} is not an integer", id=record_id,
-                                           line=line_no))
+                expression = common.whole_number(row[expression_col])
+            except ValueError as e:
+                items.append(common.reject(common.BAD_LABEL, f"expression on line {line_no} "
+                                           f"of {csv_path}: {e}", id=record_id, line=line_no))
                 continue
             where = f"line {line_no} of {name}"
             rejection = _classify(expression, classes, benchmark, record_id, where, line_no)

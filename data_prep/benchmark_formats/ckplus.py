@@ -69,17 +69,16 @@ def _ckplus_split(root, split, fold, options: common.ReaderOptions) -> common.Sp
                                            f"{label_files[0]})", id=seq_key))
             try:
                 with open(label_path, encoding="utf-8") as f:
-                    value = float(f.read().split()[0])
+                    code = common.whole_number(f.read().split()[0])
             except (OSError, ValueError, IndexError) as e:
-                items.append(common.reject(common.BAD_LABEL, f"{label_path} does not hold a "
-                                           f"number ({e})", id=seq_key))
+                items.append(common.reject(common.BAD_LABEL, f"{label_path} does not hold an "
+                                           f"emotion code ({e})", id=seq_key))
                 continue
-            if value != int(value) or not 1 <= int(value) <= 7:
+            if not 1 <= code <= 7:
                 items.append(common.reject(common.LABEL_OUT_OF_RANGE, f"{label_path} holds "
-                                           f"{value}, expected an emotion code 1..7",
+                                           f"{code}, expected an emotion code 1..7",
                                            id=seq_key))
                 continue
-            code = int(value)
             seq_dir = os.path.join(images_root, subject, sequence)
             frames = _sequence_frames(seq_dir) if os.path.isdir(seq_dir) else []
             if not frames:

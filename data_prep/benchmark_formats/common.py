@@ -13,6 +13,8 @@ Rejection reasons have the form "<code>: <detail>"; the codes are the constants 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -107,6 +109,38 @@ Reader = Callable[[str, str, int | None, ReaderOptions], SplitListing]
 def reject(code: str, detail: str, id: str | None = None,  # pylint: disable=redefined-builtin
            line: int | None = None) -> Rejection:
     return Rejection(line=line, id=id, reason=f"{code}: {detail}")
+
+
+def whole_number(value: Any) -> int:
+    """The integer a label value stands for: an int, or a finite number or number text with no
+    fractional part ("3", "3.0", "3.0000000e+00", 3.0).
+
+    Raises ValueError saying what the value is not (a number, finite, whole): a label is never
+    truncated ("2.7" is not 2) nor overflows into a traceback ("inf", "nan").
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
+    elif isinstance(value, numbers.Real):
+        number = float(value)
+    else:
+        raise ValueError(f"{value!r} is not a number")
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    if not number.is_integer():
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(number)
 
 
 def natural_key(text: str) -> tuple[list, str]:

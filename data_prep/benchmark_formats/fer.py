@@ -24,6 +24,7 @@ ROOT/test/<class>/*.png with class folders angry disgust fear happy neutral sad 
 from __future__ import annotations
 
 import csv
+import math
 import os
 
 from data_prep.benchmark_formats import common
@@ -142,6 +143,11 @@ def _ferplus_split(root, split, fold, options) -> common.SplitListing:
             items.append(common.reject(common.BAD_LABEL, f"vote counts on line {line_no} of "
                                        f"{new_path} are not numbers", id=record_id,
                                        line=line_no))
+            continue
+        if not all(math.isfinite(v) for v in votes):
+            items.append(common.reject(common.BAD_LABEL, f"vote counts {votes} on line "
+                                       f"{line_no} of {new_path} are not all finite",
+                                       id=record_id, line=line_no))
             continue
         winner = ferplus_majority(votes)
         if winner is None:

@@ -103,11 +103,10 @@ def _dfew_split(root, split, fold, options) -> common.SplitListing:
             name = row[0].strip()
             record_id = f"{int(name):05d}" if name.isdigit() else name
             try:
-                label = int(float(row[1]))
-            except ValueError:
-                items.append(common.reject(common.BAD_LABEL, f"label {row[1]!r} on line {line}"
-                                           f" of {rel} is not an integer", id=record_id,
-                                           line=line))
+                label = common.whole_number(row[1])
+            except ValueError as e:
+                items.append(common.reject(common.BAD_LABEL, f"label on line {line} of {rel}: "
+                                           f"{e}", id=record_id, line=line))
                 continue
             if not 1 <= label <= len(DFEW_CLASSES):
                 items.append(common.reject(common.LABEL_OUT_OF_RANGE, f"label {label} on line "
