@@ -223,8 +223,9 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
     lists the rejected questions.
 
     Raises ValueError for an unknown name, split or fold, LayoutError when root does not have
-    the expected layout (before anything is written), FileExistsError for an existing dataset
-    without overwrite.
+    the expected layout or a whole label file cannot be read (not UTF-8, a CSV quote left open:
+    the error names the file and line; before anything is written), FileExistsError for an
+    existing dataset without overwrite.
     """
     if name not in LAYOUTS:
         raise ValueError(f"unknown benchmark {name!r}; supported: {', '.join(LAYOUTS)}")

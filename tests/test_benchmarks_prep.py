@@ -291,6 +291,31 @@ def test_fer2013_csv(tmp_path):
     assert Dataset(tmp_path / "out/test").labels() == {"fer0000002": "neutral"}
 
 
+def test_fer2013_csv_that_cannot_be_read_names_the_line(tmp_path):
+    header = "emotion,pixels,Usage\n"
+    write_bytes(tmp_path / "utf/fer2013.csv", header.encode() +
+                f"0,{_fer_pixels(1)},Training\n".encode() + b"3,1 2 \xff,Training\n")
+    with pytest.raises(LayoutError, match=r"fer2013\.csv is not UTF-8 text: byte 6 of line 3 "
+                                          r"\(0xff\)"):
+        convert("fer2013", tmp_path / "utf", tmp_path / "out")
+    # A quote left open swallows the rows after it: past the csv module's field limit, or to
+    # the end of the file.
+    rows = [f"0,{_fer_pixels(1)},Training\n", f'2,"{_fer_pixels(1)},Training\n'] + \
+        [f"{i % 7},{_fer_pixels(1)},Training\n" for i in range(40)]
+    write_text(tmp_path / "long/fer2013.csv", header + "".join(rows))
+    with pytest.raises(LayoutError, match=r"fer2013\.csv: the CSV row that starts on line 3 "
+                                          "cannot be read"):
+        convert("fer2013", tmp_path / "long", tmp_path / "out")
+    write_text(tmp_path / "short/fer2013.csv", header + "".join(rows[:4]))
+    with pytest.raises(LayoutError, match="the CSV row that starts on line 3 runs on to line 5"):
+        convert("fer2013", tmp_path / "short", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # The other CSV lists read the same way.
+    write_bytes(tmp_path / "affectnet/training.csv", b"1/a.jpg,0,0,1,1,x,\xff1,0,0\n")
+    with pytest.raises(LayoutError, match=r"training\.csv is not UTF-8 text: byte 18 of line 1"):
+        convert("affectnet-8", tmp_path / "affectnet", tmp_path / "out", split="train")
+
+
 def test_ferplus_majority_rule():
     # Single votes are outliers: [3, 2, 1, 1, 1, 1, 1] has no raw majority (3 of 10) but
     # after dropping the 1s, 3 of 5 is one.

@@ -467,6 +467,16 @@ def test_faba_bench_emotion_and_au(tmp_path):
         convert("faba-bench", root, tmp_path / "none")
 
 
+def test_faba_annotation_file_that_is_not_utf8_names_line_and_byte(tmp_path):
+    path = tmp_path / "FABAInstruct/eval/eval_emotion_anno.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'[\n  {"image": "a.jpg",\n   "label": "caf\xe9"}\n]\n')
+    with pytest.raises(LayoutError, match=r"eval_emotion_anno\.json is not UTF-8 text: byte 16 "
+                                          r"of line 3 \(0xe9\)"):
+        convert("faba-bench", tmp_path, tmp_path / "out", split="emotion")
+    assert not (tmp_path / "out").exists()
+
+
 def test_faba_constants_match_the_registry():
     assert faba.EMOTION_CLASSES == registry.FABA_EMOTION_CLASSES
     assert faba.SCORED_AUS == registry.FABA_AUS

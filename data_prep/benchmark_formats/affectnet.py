@@ -24,7 +24,6 @@ an annotation without its image are both rejected; of several images with one st
 
 from __future__ import annotations
 
-import csv
 import functools
 import os
 
@@ -121,34 +120,33 @@ def _csv_split(root: str, split: str, classes: tuple[str, ...], benchmark: str
                                        is_dir=True) or root
     items: list[common.Entry | common.Rejection] = []
     path_col, expression_col = 0, 6
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if line_no == 1 and row[0].strip() == "subDirectory_filePath":
-                header = [cell.strip() for cell in row]
-                if "expression" not in header:
-                    raise common.LayoutError(f"{benchmark}: {csv_path} has no 'expression' "
-                                             f"column (columns: {header})")
-                expression_col = header.index("expression")
-                continue
-            if len(row) <= max(path_col, expression_col):
-                items.append(common.reject(common.MALFORMED_LINE, f"line {line_no} of "
-                                           f"{csv_path} has {len(row)} columns", line=line_no))
-                continue
-            rel_path = row[path_col].strip()
-            record_id = os.path.splitext(rel_path)[0]
-            try:
-                expression = common.whole_number(row[expression_col])
-            except ValueError as e:
-                items.append(common.reject(common.BAD_LABEL, f"expression on line {line_no} "
-                                           f"of {csv_path}: {e}", id=record_id, line=line_no))
-                continue
-            where = f"line {line_no} of {name}"
-            rejection = _classify(expression, classes, benchmark, record_id, where, line_no)
-            items.append(rejection or common.Entry(
-                id=record_id, label=classes[expression], label_id=expression,
-                source=os.path.join(image_root, rel_path), line=line_no))
+    for line_no, row in common.csv_rows(csv_path, benchmark):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if line_no == 1 and row[0].strip() == "subDirectory_filePath":
+            header = [cell.strip() for cell in row]
+            if "expression" not in header:
+                raise common.LayoutError(f"{benchmark}: {csv_path} has no 'expression' "
+                                         f"column (columns: {header})")
+            expression_col = header.index("expression")
+            continue
+        if len(row) <= max(path_col, expression_col):
+            items.append(common.reject(common.MALFORMED_LINE, f"line {line_no} of "
+                                       f"{csv_path} has {len(row)} columns", line=line_no))
+            continue
+        rel_path = row[path_col].strip()
+        record_id = os.path.splitext(rel_path)[0]
+        try:
+            expression = common.whole_number(row[expression_col])
+        except ValueError as e:
+            items.append(common.reject(common.BAD_LABEL, f"expression on line {line_no} "
+                                       f"of {csv_path}: {e}", id=record_id, line=line_no))
+            continue
+        where = f"line {line_no} of {name}"
+        rejection = _classify(expression, classes, benchmark, record_id, where, line_no)
+        items.append(rejection or common.Entry(
+            id=record_id, label=classes[expression], label_id=expression,
+            source=os.path.join(image_root, rel_path), line=line_no))
     return items
 
 

@@ -12,6 +12,7 @@ Rejection reasons have the form "<code>: <detail>"; the codes are the constants 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import numbers
@@ -46,6 +47,7 @@ NOT_A_VIDEO_FILE = "not_a_video_file"
 DUPLICATE_ID = "duplicate_id"
 DUPLICATE_VIDEO = "duplicate_video"
 
+_BOM = b"\xef\xbb\xbf"
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".flv", ".mov", ".mkv", ".webm", ".mpg", ".mpeg"})
@@ -246,6 +248,67 @@ def case_insensitive_lookup(names: Sequence[str], aliases: dict[str, str] | None
     for alias, name in (aliases or {}).items():
         table[alias.lower()] = name
     return lambda text: table.get(text.strip().lower())
+
+
+def _first_non_utf8(path: str) -> tuple[int, int, int] | None:
+    """(1-based line, 0-based byte in that line, byte value) of the first byte of `path` that is
+    not UTF-8, or None."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1:
+                raw = raw.removeprefix(_BOM)
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return line_no, e.start, raw[e.start]
+    return None
+
+
+def not_utf8_error(path: str, benchmark: str) -> LayoutError:
+    """The LayoutError for a text file that does not decode as UTF-8, naming where it breaks."""
+    where = _first_non_utf8(path)
+    detail = "" if where is None else \
+        f": byte {where[1]} of line {where[0]} (0x{where[2]:02x}) is not valid UTF-8"
+    return LayoutError(f"{benchmark}: {path} is not UTF-8 text{detail}")
+
+
+def read_text(path: str, benchmark: str) -> str:
+    """The whole text of a UTF-8 file (a BOM is dropped); LayoutError when it is not UTF-8."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise not_utf8_error(path, benchmark) from None
+
+
+def csv_rows(path: str, benchmark: str) -> Iterator[tuple[int, list[str]]]:
+    """(1-based line number, cells) of every row of a UTF-8 CSV file (a BOM is dropped).
+
+    Raises LayoutError naming the file and line when the bytes are not UTF-8 or a row cannot be
+    read as one line of CSV: no field of the benchmark lists holds a line break, so a row that
+    runs over several lines (or past the csv module's field limit) has a quote left open, which
+    would otherwise swallow the rows after it.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError:
+                raise not_utf8_error(path, benchmark) from None
+            except csv.Error as e:
+                raise LayoutError(f"{benchmark}: {path}: the CSV row that starts on line "
+                                  f"{start} cannot be read ({e}); is a quote left open?"
+                                  ) from None
+            if reader.line_num != start:
+                raise LayoutError(f"{benchmark}: {path}: the CSV row that starts on line "
+                                  f"{start} runs on to line {reader.line_num}; is a quote left "
+                                  "open?")
+            yield start, row
 
 
 def iter_text_lines(path: str) -> Iterator[tuple[int, str]]:

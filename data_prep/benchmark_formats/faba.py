@@ -113,8 +113,7 @@ def _list_split(root: str, split: str, fold: int | None,
     eval_dir = _eval_dir(root, split)
     path = os.path.join(eval_dir, ANNOTATION_FILES[split])
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            annotations = json.load(f)
+        annotations = json.loads(common.read_text(path, NAME))
     except json.JSONDecodeError as e:
         raise common.LayoutError(f"{NAME}: {path} is not JSON ({e.msg} at line {e.lineno})"
                                  ) from None

@@ -23,7 +23,6 @@ ROOT/test/<class>/*.png with class folders angry disgust fear happy neutral sad 
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 
@@ -48,14 +47,13 @@ def _fer2013_csv(root: str, benchmark: str) -> str:
 
 def _fer2013_rows(path: str, benchmark: str) -> list[tuple[int, dict[str, str]]]:
     """(1-based line number, row with lower-cased keys) of every data row."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [name.strip().lower() for name in next(reader, [])]
-        missing = [c for c in ("emotion", "pixels", "usage") if c not in header]
-        if missing:
-            raise common.LayoutError(f"{benchmark}: {path} lacks columns {missing} "
-                                     f"(header: {header})")
-        return [(reader.line_num, dict(zip(header, row))) for row in reader]
+    rows = common.csv_rows(path, benchmark)
+    header = [name.strip().lower() for name in next(rows, (0, []))[1]]
+    missing = [c for c in ("emotion", "pixels", "usage") if c not in header]
+    if missing:
+        raise common.LayoutError(f"{benchmark}: {path} lacks columns {missing} "
+                                 f"(header: {header})")
+    return [(line_no, dict(zip(header, row))) for line_no, row in rows]
 
 
 def _fer2013_split(root, split, fold, options) -> common.SplitListing:
@@ -107,10 +105,9 @@ def _ferplus_split(root, split, fold, options) -> common.SplitListing:
     new_path = common.require_file(os.path.join(root, "fer2013new.csv"), "ferplus",
                                    "fer2013new.csv", root)
     pixel_rows = _fer2013_rows(_fer2013_csv(root, "ferplus"), "ferplus")
-    with open(new_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        next(reader, None)
-        label_rows = [(reader.line_num, row) for row in reader]
+    rows = common.csv_rows(new_path, "ferplus")
+    next(rows, None)
+    label_rows = list(rows)
     if len(label_rows) != len(pixel_rows):
         raise common.LayoutError(
             f"ferplus: {new_path} has {len(label_rows)} data rows but fer2013.csv has "

@@ -35,7 +35,6 @@ mafw-compound — the compound lists Train & Test Set/compound/no_caption/set_<k
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections.abc import Callable
@@ -86,40 +85,38 @@ def _dfew_split(root, split, fold, options) -> common.SplitListing:
     list_path = common.require_file(os.path.join(root, rel), "dfew", rel, root)
     clip_root = os.path.join(root, "Clip")
     items: list[common.Entry | common.Rejection] = []
-    with open(list_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [c.strip().lower() for c in next(reader, [])]
-        if header[:2] != ["video_name", "label"]:
-            raise common.LayoutError(f"dfew: {list_path} should start with the header "
-                                     f"video_name,label (found {header})")
-        for row in reader:
-            line = reader.line_num
-            if not row or not any(c.strip() for c in row):
-                continue
-            if len(row) < 2:
-                items.append(common.reject(common.MALFORMED_LINE, f"line {line} of {rel}: "
-                                           f"{row}", line=line))
-                continue
-            name = row[0].strip()
-            record_id = f"{int(name):05d}" if name.isdigit() else name
-            try:
-                label = common.whole_number(row[1])
-            except ValueError as e:
-                items.append(common.reject(common.BAD_LABEL, f"label on line {line} of {rel}: "
-                                           f"{e}", id=record_id, line=line))
-                continue
-            if not 1 <= label <= len(DFEW_CLASSES):
-                items.append(common.reject(common.LABEL_OUT_OF_RANGE, f"label {label} on line "
-                                           f"{line} of {rel} (expected 1..7)", id=record_id,
-                                           line=line))
-                continue
-            items.append(_clip_entry(record_id, DFEW_CLASSES[label - 1], label - 1, [
-                (common.FRAMES, os.path.join(clip_root, "clip_224x224", record_id)),
-                (common.FRAMES, os.path.join(clip_root, "clip_224x224_16f", record_id)),
-                (common.VIDEO, os.path.join(clip_root, "clip_224x224", f"{record_id}.mp4")),
-                (common.VIDEO, os.path.join(clip_root, "original", f"{record_id}.avi")),
-                (common.VIDEO, os.path.join(clip_root, "original", f"{record_id}.mp4")),
-            ], line))
+    rows = common.csv_rows(list_path, "dfew")
+    header = [c.strip().lower() for c in next(rows, (0, []))[1]]
+    if header[:2] != ["video_name", "label"]:
+        raise common.LayoutError(f"dfew: {list_path} should start with the header "
+                                 f"video_name,label (found {header})")
+    for line, row in rows:
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) < 2:
+            items.append(common.reject(common.MALFORMED_LINE, f"line {line} of {rel}: "
+                                       f"{row}", line=line))
+            continue
+        name = row[0].strip()
+        record_id = f"{int(name):05d}" if name.isdigit() else name
+        try:
+            label = common.whole_number(row[1])
+        except ValueError as e:
+            items.append(common.reject(common.BAD_LABEL, f"label on line {line} of {rel}: "
+                                       f"{e}", id=record_id, line=line))
+            continue
+        if not 1 <= label <= len(DFEW_CLASSES):
+            items.append(common.reject(common.LABEL_OUT_OF_RANGE, f"label {label} on line "
+                                       f"{line} of {rel} (expected 1..7)", id=record_id,
+                                       line=line))
+            continue
+        items.append(_clip_entry(record_id, DFEW_CLASSES[label - 1], label - 1, [
+            (common.FRAMES, os.path.join(clip_root, "clip_224x224", record_id)),
+            (common.FRAMES, os.path.join(clip_root, "clip_224x224_16f", record_id)),
+            (common.VIDEO, os.path.join(clip_root, "clip_224x224", f"{record_id}.mp4")),
+            (common.VIDEO, os.path.join(clip_root, "original", f"{record_id}.avi")),
+            (common.VIDEO, os.path.join(clip_root, "original", f"{record_id}.mp4")),
+        ], line))
     return common.SplitListing(classes=list(DFEW_CLASSES), items=items)
 
 
