@@ -151,6 +151,18 @@ def test_rafdb_basic(tmp_path):
     assert "test_00002_aligned.jpg" in test.reasons["test_00002"]
 
 
+def test_rafdb_line_that_is_not_utf8_is_rejected_as_such(tmp_path):
+    root = tmp_path / "raf"
+    labels = write_bytes(root / "basic/EmoLabel/list_patition_label.txt",
+                         b"train_00001.jpg 5\ntrain_0000\xff2.jpg 1\n")
+    write_image(root / "basic/Image/aligned/train_00001_aligned.jpg")
+    convert("rafdb", root, tmp_path / "out", split="train")
+    train = Dataset(tmp_path / "out/train")
+    assert train.labels() == {"train_00001": "sadness"}
+    assert train.rejected == [{"line": 2, "id": None, "reason": f"not_utf8: byte 10 of line 2 "
+                               f"of {labels} is not valid UTF-8"}]
+
+
 def test_rafdb_compound_and_layout_error(tmp_path):
     root = tmp_path / "raf"
     write_text(root / "compound/EmoLabel/list_patition_label.txt",

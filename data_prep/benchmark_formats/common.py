@@ -21,14 +21,14 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from emocap_jax.data.manifest import BAD_IMAGE, IMAGE_NOT_FOUND, Rejection
+from emocap_jax.data.manifest import BAD_IMAGE, IMAGE_NOT_FOUND, NOT_UTF8, Rejection
 
 __all__ = [
-    "BAD_IMAGE", "IMAGE_NOT_FOUND", "Rejection", "Entry", "SplitListing", "Reader",
+    "BAD_IMAGE", "IMAGE_NOT_FOUND", "NOT_UTF8", "Rejection", "Entry", "SplitListing", "Reader",
     "LayoutError", "ReaderOptions",
 ]
 
-# Rejection codes (BAD_IMAGE and IMAGE_NOT_FOUND are shared with the caption converter).
+# Rejection codes (BAD_IMAGE, IMAGE_NOT_FOUND and NOT_UTF8 are shared with the caption converter).
 VIDEO_NOT_FOUND = "video_not_found"
 BAD_VIDEO = "bad_video"
 NO_FRAMES = "no_frames"
@@ -311,10 +311,23 @@ def csv_rows(path: str, benchmark: str) -> Iterator[tuple[int, list[str]]]:
             yield start, row
 
 
-def iter_text_lines(path: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, stripped text) of non-blank lines; tolerates a UTF-8 BOM."""
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        for line_no, text in enumerate(f, start=1):
-            text = text.strip()
-            if text:
-                yield line_no, text
+def iter_text_lines(path: str) -> Iterator[tuple[int, str | Rejection]]:
+    """(1-based line number, stripped text) of non-blank lines; tolerates a UTF-8 BOM.
+
+    A line that is not UTF-8 comes as (line number, a not_utf8 Rejection naming the line and
+    byte) instead of its text: decoding it with replacement characters would turn its name
+    into one that matches no file, rejected for the wrong reason.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    for line_no, raw in enumerate(data.splitlines(), start=1):
+        if line_no == 1:
+            raw = raw.removeprefix(_BOM)
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            yield line_no, reject(NOT_UTF8, f"byte {e.start} of line {line_no} of {path} is "
+                                  "not valid UTF-8", line=line_no)
+            continue
+        if text:
+            yield line_no, text

@@ -42,6 +42,9 @@ def _list_split(subset: str, classes: tuple[str, ...], benchmark: str, root: str
     where = f"{subset}/{LABEL_FILE}"
     items: list[common.Entry | common.Rejection] = []
     for line_no, text in common.iter_text_lines(label_path):
+        if isinstance(text, common.Rejection):
+            items.append(text)
+            continue
         parts = text.split()
         if len(parts) != 2:
             items.append(common.reject(common.MALFORMED_LINE, f"line {line_no} of {where} is "

@@ -132,6 +132,9 @@ def _ferv39k_split(root, split, fold, options) -> common.SplitListing:
     lookup = common.case_insensitive_lookup(FERV39K_CLASSES)
     items: list[common.Entry | common.Rejection] = []
     for line, text in common.iter_text_lines(list_path):
+        if isinstance(text, common.Rejection):
+            items.append(text)
+            continue
         match = _LIST_LINE.match(text)
         label = lookup(match.group(2)) if match else None
         if label is None and line == 1 and (match is None or "/" not in match.group(1)):
@@ -156,6 +159,9 @@ def _mafw_entries(root: str, list_path: str, classes: list[str],
     class_ids = {name: i for i, name in enumerate(classes)}
     items: list[common.Entry | common.Rejection] = []
     for line, text in common.iter_text_lines(list_path):
+        if isinstance(text, common.Rejection):
+            items.append(text)
+            continue
         parts = text.split()
         if len(parts) < 2:
             items.append(common.reject(common.MALFORMED_LINE, f"line {line} of {list_path}: "
@@ -207,7 +213,7 @@ def mafw_compound_classes(root: str) -> list[str]:
             path = os.path.join(lists_dir, set_dir, f"{split}.txt")
             if os.path.isfile(path):
                 for _, text in common.iter_text_lines(path):
-                    parts = text.split()
+                    parts = text.split() if isinstance(text, str) else []
                     if len(parts) >= 2 and _compound_parts(parts[1]) is not None:
                         labels.add(parts[1].strip().lower())
     return sorted(labels, key=lambda name: (len(name.split("_")), _compound_parts(name)))
