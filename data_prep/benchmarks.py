@@ -100,6 +100,25 @@ def _reject_duplicate_ids(items: list) -> list:
     return result
 
 
+def _reject_names_not_unicode(items: list) -> list:
+    """Entries whose id, label or group is not valid Unicode (a file name with bytes that are not
+    UTF-8) become bad_file_name rejections: a record cannot store them, and one such file must
+    not end the conversion of all the others. Rejections get printable ids and reasons."""
+    result = []
+    for item in items:
+        if isinstance(item, common.Entry):
+            if not all(common.is_unicode(text) for text in (item.id, item.label, item.group)):
+                item = common.reject(common.BAD_FILE_NAME, f"{common.printable(item.source)}: "
+                                     "the name is not UTF-8, so it cannot be a record id",
+                                     id=common.printable(item.id), line=item.line)
+        elif not common.is_unicode(item.reason) or \
+                (item.id is not None and not common.is_unicode(item.id)):
+            item = common.Rejection(line=item.line, reason=common.printable(item.reason),
+                                    id=None if item.id is None else common.printable(item.id))
+        result.append(item)
+    return result
+
+
 def holdout_key_fraction(key: str, seed: int) -> float:
     """A uniform number in [0, 1) fixed by (seed, key): the hold-out split's coin for one key."""
     digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
@@ -156,7 +175,9 @@ def _convert_listing(benchmark: Layout, listing: common.SplitListing, out_dir: s
         for result in tqdm(results, total=len(items), desc=desc,
                            unit="clip" if benchmark.video else "image", disable=not progress):
             if isinstance(result, common.Rejection):
-                writer.reject(result.line, result.id, result.reason)
+                # Reasons name paths, which may hold bytes that are not UTF-8.
+                writer.reject(result.line, None if result.id is None
+                              else common.printable(result.id), common.printable(result.reason))
                 rejected_by_reason[result.code] += 1
                 if result.id is not None:
                     image_rejections[result.id] = result.reason
@@ -254,6 +275,8 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
     # List every split first: a layout problem surfaces before any dataset is written.
     listings = [(f, s, READERS[name](root, s, f, options))
                 for f, s in _plan(benchmark, split, fold)]
+    for _, _, listing in listings:
+        listing.items = _reject_names_not_unicode(listing.items)
     if val_fraction:
         (f, _, listing), = listings
         train, val = split_holdout(listing, val_fraction, split_seed)

@@ -3,6 +3,7 @@
 split/fold membership are written, and broken entries land in rejected.jsonl with a reason."""
 import io
 import json
+import os
 import pathlib
 
 import av
@@ -506,6 +507,37 @@ def test_imagefolder_with_and_without_classes(tmp_path):
     assert ds.codes() == {"other": "unknown_class"}
     with pytest.raises(ValueError, match="imagefolder"):
         convert("rafdb", root, tmp_path / "x", classes=["a"])
+
+
+def test_file_names_that_are_not_utf8_are_rejected_one_by_one(tmp_path):
+    root = tmp_path / "folders"
+    write_image(root / "cls/ok.jpg")
+    image = write_image(tmp_path / "image.jpg").read_bytes()
+    bad_file = os.fsencode(root / "cls") + b"/\xff.jpg"
+    bad_folder = os.fsencode(root) + b"/cl\xe9s"
+    os.mkdir(bad_folder)
+    for path in (bad_file, bad_folder + b"/1.jpg"):
+        with open(path, "wb") as f:
+            f.write(image)
+    convert("imagefolder", root, tmp_path / "out")
+    ds = Dataset(tmp_path / "out/all")
+    assert ds.meta["classes"] == ["cls"]
+    assert ds.labels() == {"cls/ok": "cls"}
+    assert ds.codes() == {"cls/\\xff": "bad_file_name", "cl\\xe9s": "bad_file_name"}
+    assert "cls/\\xff.jpg: the name is not UTF-8" in ds.reasons["cls/\\xff"]
+    assert "its 1 files were not read" in ds.reasons["cl\\xe9s"]
+
+    # Other readers list such files too; the hold-out split hashes ids, so it must not see them.
+    write_image(tmp_path / "jaffe/KA.AN1.39.tiff", mode="L")
+    with open(os.fsencode(tmp_path / "jaffe") + b"/KA.AN1.4\xff.tiff", "wb") as f:
+        f.write(image)
+    with open(os.fsencode(tmp_path / "jaffe") + b"/KM.HA\xff.1.tiff", "wb") as f:
+        f.write(image)
+    convert("jaffe", tmp_path / "jaffe", tmp_path / "jaffe_out", val_fraction=0.5)
+    train, val = Dataset(tmp_path / "jaffe_out/train"), Dataset(tmp_path / "jaffe_out/val")
+    assert {**train.codes(), **val.codes()} == {"KA.AN1.4\\xff": "bad_file_name",
+                                                 "KM.HA\\xff.1": "bad_file_name"}
+    assert len(train.records) + len(val.records) == 1
 
 
 def test_natural_order_is_total():

@@ -156,6 +156,25 @@ def natural_key(text: str) -> tuple[list, str]:
             text)
 
 
+def is_unicode(text: str) -> bool:
+    """Whether `text` can be stored as UTF-8: False for a file name holding bytes that are not
+    UTF-8 (Python lists them as lone surrogates, e.g. "\\udcff")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """`text` with what cannot be stored as UTF-8 written as backslash escapes: the file name
+    bytes b"cls/\\xff.jpg" (listed as "cls/\\udcff.jpg") become "cls/\\\\xff.jpg"."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def relative_id(path: str, root: str) -> str:
     """Record id of a file found by scanning: its path under root, '/'-separated, no suffix."""
     rel = os.path.relpath(path, root)
@@ -205,8 +224,9 @@ def scan_class_folders(split_dir: str, id_root: str, classes: Sequence[str],
 
     Every file inside a recognised class folder becomes an entry (or a rejection when its
     extension is not an image/video one, or `group_of` rejects its name). A folder that is not
-    a class is rejected as a whole, as one item naming how many files it holds, so a stray
-    folder of thousands of files does not flood rejected.jsonl. Files directly in `split_dir`
+    a class (or whose name is not UTF-8) is rejected as a whole, as one item naming how many
+    files it holds, so a stray folder of thousands of files does not flood rejected.jsonl.
+    Files directly in `split_dir`
     (READMEs, licences) are not inputs and are ignored.
     """
     extensions = IMAGE_EXTENSIONS if kind == IMAGE else VIDEO_EXTENSIONS
@@ -215,6 +235,13 @@ def scan_class_folders(split_dir: str, id_root: str, classes: Sequence[str],
     items: list[Entry | Rejection] = []
     for folder in subdirectories(split_dir):
         folder_path = os.path.join(split_dir, folder)
+        if not is_unicode(folder):
+            count = len(files_under(folder_path))
+            items.append(reject(
+                BAD_FILE_NAME, f"the name of folder {printable(folder_path)} is not UTF-8; "
+                f"its {count} files were not read",
+                id=printable(os.path.relpath(folder_path, id_root).replace(os.sep, "/"))))
+            continue
         label = class_of_folder(folder)
         if label is None:
             count = len(files_under(folder_path))

@@ -46,7 +46,7 @@ def _imagefolder_split(root, split, fold, options: common.ReaderOptions
         known = set(classes)
         lookup = lambda folder: folder if folder in known else None  # noqa: E731
     else:
-        classes = sorted(folders)
+        classes = sorted(f for f in folders if common.is_unicode(f))  # others: bad_file_name
         lookup = lambda folder: folder  # noqa: E731
     if not folders:
         raise common.LayoutError(f"imagefolder: expected <class>/<image> folders under {root}, "
