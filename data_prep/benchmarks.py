@@ -22,7 +22,9 @@ class order the dataset defines), group (subject / actor / identity where the la
 it), action units where the benchmark annotates them (FABA-Bench's au split) and empty
 captions. Still images are stored as one RGB JPEG; clips as K = --frames JPEG
 frames sampled uniformly over the decoded frames. Every input entry (a label-file line, an
-image file, a clip) is either written or listed in rejected.jsonl as "<code>: <detail>".
+image file, a clip) is either written or listed in rejected.jsonl as "<code>: <detail>", once: a
+line of a label file that several splits read (RAF-DB, FER2013, FERPlus) but that belongs to
+none of them is listed with the first split converted.
 metadata.json also records the benchmark, split, fold, per-class counts and rejection counts.
 
 The multiple-choice benchmarks (face-human-bench, facexbench) write one record per image a
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import hashlib
 import math
 import multiprocessing
@@ -113,10 +116,21 @@ def _reject_names_not_unicode(items: list) -> list:
                                      id=common.printable(item.id), line=item.line)
         elif not common.is_unicode(item.reason) or \
                 (item.id is not None and not common.is_unicode(item.id)):
-            item = common.Rejection(line=item.line, reason=common.printable(item.reason),
-                                    id=None if item.id is None else common.printable(item.id))
+            item = dataclasses.replace(item, reason=common.printable(item.reason),
+                                       id=None if item.id is None else common.printable(item.id))
         result.append(item)
     return result
+
+
+def _list_splitless_once(listings: list) -> None:
+    """Keeps each splitless rejection (a line of a label file several splits read that belongs
+    to none of them) in the first listing of its fold only, so it is listed once in all."""
+    seen_folds = set()
+    for fold, _, listing in listings:
+        if fold in seen_folds:
+            listing.items = [item for item in listing.items
+                             if not isinstance(item, common.SplitlessRejection)]
+        seen_folds.add(fold)
 
 
 def holdout_key_fraction(key: str, seed: int) -> float:
@@ -277,6 +291,7 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
                 for f, s in _plan(benchmark, split, fold)]
     for _, _, listing in listings:
         listing.items = _reject_names_not_unicode(listing.items)
+    _list_splitless_once(listings)
     if val_fraction:
         (f, _, listing), = listings
         train, val = split_holdout(listing, val_fraction, split_seed)

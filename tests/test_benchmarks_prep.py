@@ -164,6 +164,28 @@ def test_rafdb_line_that_is_not_utf8_is_rejected_as_such(tmp_path):
                                f"of {labels} is not valid UTF-8"}]
 
 
+def test_rafdb_lines_of_no_split_are_listed_once(tmp_path):
+    root = tmp_path / "raf"
+    write_bytes(root / "basic/EmoLabel/list_patition_label.txt",
+                b"train_00001.jpg 5\ntrain_00002.jpg 9\ntest_00001.jpg 2\nval_00001.jpg 3\n"
+                b"train_0000\xff4.jpg 2\ntrain_00005.jpg 1 extra\ntest_00002.jpg 1 2\n"
+                b"bogus\ntrain_00005.jpg x\n")
+    for stem in ("train_00001", "test_00001"):
+        write_image(root / f"basic/Image/aligned/{stem}_aligned.jpg")
+    summary = convert("rafdb", root, tmp_path / "out")
+    assert sum(d["num_inputs"] for d in summary["datasets"]) == 9
+    train, test = Dataset(tmp_path / "out/train"), Dataset(tmp_path / "out/test")
+    assert sorted(r["line"] for r in train.rejected) == [2, 4, 5, 6, 8, 9]
+    assert [r["line"] for r in test.rejected] == [7]
+    assert train.labels() == {"train_00001": "sadness"}
+    assert test.labels() == {"test_00001": "fear"}
+
+    # Converting one split alone, the lines of no split are listed with it.
+    convert("rafdb", root, tmp_path / "test_only", split="test")
+    assert sorted(r["line"] for r in Dataset(tmp_path / "test_only/test").rejected) == \
+        [4, 5, 7, 8]
+
+
 def test_rafdb_compound_and_layout_error(tmp_path):
     root = tmp_path / "raf"
     write_text(root / "compound/EmoLabel/list_patition_label.txt",
@@ -302,6 +324,33 @@ def test_fer2013_csv(tmp_path):
     assert abs(np.asarray(img.convert("L")).mean() - 100) < 2
     assert Dataset(tmp_path / "out/val").labels() == {"fer0000001": "angry"}
     assert Dataset(tmp_path / "out/test").labels() == {"fer0000002": "neutral"}
+
+
+def test_fer2013_and_ferplus_rows_of_no_split_are_listed_once(tmp_path):
+    root = tmp_path / "fer"
+    write_text(root / "fer2013.csv", "emotion,pixels,Usage\n"
+               f"3,{_fer_pixels(100)},Training\n4,Training\n"
+               f"5,{_fer_pixels(100)},Bogus\n0,{_fer_pixels(50)},PublicTest\n")
+    summary = convert("fer2013", root, tmp_path / "out")
+    assert [d["num_inputs"] for d in summary["datasets"]] == [3, 1, 0]
+    train = Dataset(tmp_path / "out/train")
+    assert train.codes() == {"fer0000001": "malformed_line", "fer0000002": "malformed_line"}
+    assert train.reasons["fer0000001"] == \
+        f"malformed_line: line 3 of {root / 'fer2013.csv'} has 2 columns, expected 3"
+    assert "Usage 'Bogus' on line 4" in train.reasons["fer0000002"]
+    assert Dataset(tmp_path / "out/val").rejected == []
+
+    write_text(root / "fer2013new.csv",
+               "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,"
+               "contempt,unknown,NF\n"
+               "Training,fer0000000.png,0,10,0,0,0,0,0,0,0,0\n"
+               "Training,fer0000001.png,0,10\n"
+               "Bogus,fer0000002.png,0,10,0,0,0,0,0,0,0,0\n"
+               "PublicTest,fer0000003.png,10,0,0,0,0,0,0,0,0,0\n")
+    summary = convert("ferplus", root, tmp_path / "plus")
+    assert [d["num_inputs"] for d in summary["datasets"]] == [3, 1, 0]
+    assert Dataset(tmp_path / "plus/train").codes() == {"fer0000001": "malformed_line",
+                                                       "fer0000002": "malformed_line"}
 
 
 def test_fer2013_csv_that_cannot_be_read_names_the_line(tmp_path):

@@ -24,8 +24,8 @@ from typing import Any
 from emocap_jax.data.manifest import BAD_IMAGE, IMAGE_NOT_FOUND, NOT_UTF8, Rejection
 
 __all__ = [
-    "BAD_IMAGE", "IMAGE_NOT_FOUND", "NOT_UTF8", "Rejection", "Entry", "SplitListing", "Reader",
-    "LayoutError", "ReaderOptions",
+    "BAD_IMAGE", "IMAGE_NOT_FOUND", "NOT_UTF8", "Rejection", "SplitlessRejection", "Entry",
+    "SplitListing", "Reader", "LayoutError", "ReaderOptions",
 ]
 
 # Rejection codes (BAD_IMAGE, IMAGE_NOT_FOUND and NOT_UTF8 are shared with the caption converter).
@@ -75,6 +75,18 @@ class Entry:
     line: int | None = None
     pixels: str | None = None
     aus: tuple[tuple[str, float], ...] = ()  # (name, intensity) pairs, e.g. (("AU1", 1.0),)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitlessRejection(Rejection):
+    """A rejected line of a label file that several splits read, which belongs to none of them
+    (its split column or name prefix is missing or unknown). Every split's reader lists it; the
+    converter keeps it in the first split it converts (of each fold) only, so each input line
+    is listed once in all."""
+
+
+def splitless(rejection: Rejection) -> SplitlessRejection:
+    return SplitlessRejection(line=rejection.line, id=rejection.id, reason=rejection.reason)
 
 
 @dataclasses.dataclass

@@ -3,7 +3,8 @@
 fer2013 — ROOT holds `fer2013.csv` (or `fer2013/fer2013.csv`) with columns emotion, pixels,
 Usage (header required; column order free). `pixels` is 48*48 space-separated grayscale values.
 Classes (emotion 0..6): angry, disgust, fear, happy, sad, surprise, neutral. Splits by Usage:
-train = Training, val = PublicTest, test = PrivateTest. Record id: fer<row:07d>, the 0-based
+train = Training, val = PublicTest, test = PrivateTest (a row with another Usage, or too few
+columns to have one, is rejected once, with the first split converted). Record id: fer<row:07d>, the 0-based
 data row, which is also the name FERPlus gives the image.
 
 ferplus — ROOT holds `fer2013new.csv` (columns Usage, Image name, neutral, happiness, surprise,
@@ -45,28 +46,48 @@ def _fer2013_csv(root: str, benchmark: str) -> str:
     return path
 
 
-def _fer2013_rows(path: str, benchmark: str) -> list[tuple[int, dict[str, str]]]:
-    """(1-based line number, row with lower-cased keys) of every data row."""
+def _fer2013_rows(path: str, benchmark: str) -> list[tuple[int, dict[str, str], str]]:
+    """(1-based line number, row with lower-cased keys, "" or why the row is malformed) of every
+    data row."""
     rows = common.csv_rows(path, benchmark)
     header = [name.strip().lower() for name in next(rows, (0, []))[1]]
     missing = [c for c in ("emotion", "pixels", "usage") if c not in header]
     if missing:
         raise common.LayoutError(f"{benchmark}: {path} lacks columns {missing} "
                                  f"(header: {header})")
-    return [(line_no, dict(zip(header, row))) for line_no, row in rows]
+    return [(line_no, dict(zip(header, row)),
+             f"line {line_no} of {path} has {len(row)} columns, expected {len(header)}"
+             if len(row) < len(header) else "")
+            for line_no, row in rows]
+
+
+def _own_rejection(rejection: common.Rejection, usage: str, split: str
+                   ) -> common.Rejection | None:
+    """The rejection as the split with this Usage lists it: itself in that split, nothing in the
+    others, and once in all (splitless) when the Usage is none of the known ones."""
+    if usage not in _SPLIT_OF_USAGE:
+        return common.splitless(rejection)
+    return rejection if _SPLIT_OF_USAGE[usage] == split else None
 
 
 def _fer2013_split(root, split, fold, options) -> common.SplitListing:
     del fold, options
     path = _fer2013_csv(root, "fer2013")
     items: list[common.Entry | common.Rejection] = []
-    for row_index, (line_no, row) in enumerate(_fer2013_rows(path, "fer2013")):
+    for row_index, (line_no, row, problem) in enumerate(_fer2013_rows(path, "fer2013")):
         record_id = f"fer{row_index:07d}"
         usage = row.get("usage", "").strip()
-        if usage not in _SPLIT_OF_USAGE:
-            items.append(common.reject(common.MALFORMED_LINE, f"Usage {usage!r} on line "
-                                       f"{line_no} of {path} is none of "
-                                       f"{sorted(_SPLIT_OF_USAGE)}", id=record_id, line=line_no))
+        rejection = None
+        if problem:
+            rejection = common.reject(common.MALFORMED_LINE, problem, id=record_id, line=line_no)
+        elif usage not in _SPLIT_OF_USAGE:
+            rejection = common.reject(common.MALFORMED_LINE, f"Usage {usage!r} on line "
+                                      f"{line_no} of {path} is none of "
+                                      f"{sorted(_SPLIT_OF_USAGE)}", id=record_id, line=line_no)
+        if rejection is not None:
+            rejection = _own_rejection(rejection, usage, split)
+            if rejection is not None:
+                items.append(rejection)
             continue
         if _SPLIT_OF_USAGE[usage] != split:
             continue
@@ -113,22 +134,28 @@ def _ferplus_split(root, split, fold, options) -> common.SplitListing:
             f"ferplus: {new_path} has {len(label_rows)} data rows but fer2013.csv has "
             f"{len(pixel_rows)}; the two files must be row-aligned")
     items: list[common.Entry | common.Rejection] = []
-    for row_index, ((line_no, row), (_, pixel_row)) in enumerate(zip(label_rows, pixel_rows)):
+    for row_index, ((line_no, row), (_, pixel_row, _)) in enumerate(zip(label_rows, pixel_rows)):
         fallback_id = f"fer{row_index:07d}"
+        usage = row[0].strip() if row else ""
+        rejection = None
         if len(row) < 2 + len(FERPLUS_VOTE_COLUMNS):
-            items.append(common.reject(common.MALFORMED_LINE, f"line {line_no} of {new_path} "
-                                       f"has {len(row)} columns, expected "
-                                       f"{2 + len(FERPLUS_VOTE_COLUMNS)}", id=fallback_id,
-                                       line=line_no))
-            continue
-        usage, image_name = row[0].strip(), row[1].strip()
-        record_id = os.path.splitext(image_name)[0] or fallback_id
-        if usage not in _SPLIT_OF_USAGE:
-            items.append(common.reject(common.MALFORMED_LINE, f"Usage {usage!r} on line "
-                                       f"{line_no} of {new_path}", id=record_id, line=line_no))
+            rejection = common.reject(common.MALFORMED_LINE, f"line {line_no} of {new_path} "
+                                      f"has {len(row)} columns, expected "
+                                      f"{2 + len(FERPLUS_VOTE_COLUMNS)}", id=fallback_id,
+                                      line=line_no)
+        elif usage not in _SPLIT_OF_USAGE:
+            rejection = common.reject(common.MALFORMED_LINE, f"Usage {usage!r} on line "
+                                      f"{line_no} of {new_path}", line=line_no,
+                                      id=os.path.splitext(row[1].strip())[0] or fallback_id)
+        if rejection is not None:
+            rejection = _own_rejection(rejection, usage, split)
+            if rejection is not None:
+                items.append(rejection)
             continue
         if _SPLIT_OF_USAGE[usage] != split:
             continue
+        image_name = row[1].strip()
+        record_id = os.path.splitext(image_name)[0] or fallback_id
         if not image_name:
             items.append(common.reject(common.EXCLUDED_CLASS, f"line {line_no} of {new_path} "
                                        "has no image name (FERPlus dropped this image)",

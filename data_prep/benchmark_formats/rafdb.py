@@ -8,7 +8,8 @@ Layout (ROOT is the folder holding `basic/` and/or `compound/`):
     compound/EmoLabel/list_patition_label.txt  "train_0001.jpg 3" per line (labels 1..11)
     compound/Image/aligned/train_0001_aligned.jpg  (or compound/Image/original/)
 
-The split is the file-name prefix (train_ / test_). Label k maps to classes[k - 1]:
+The split is the file-name prefix (train_ / test_); a line without one is rejected once, with
+the first split converted. Label k maps to classes[k - 1]:
 basic: surprise, fear, disgust, happiness, sadness, anger, neutral;
 compound: happily surprised, happily disgusted, sadly fearful, sadly angry, sadly surprised,
 sadly disgusted, fearfully angry, fearfully surprised, angrily surprised, angrily disgusted,
@@ -43,22 +44,24 @@ def _list_split(subset: str, classes: tuple[str, ...], benchmark: str, root: str
     items: list[common.Entry | common.Rejection] = []
     for line_no, text in common.iter_text_lines(label_path):
         if isinstance(text, common.Rejection):
-            items.append(text)
+            items.append(common.splitless(text))
             continue
         parts = text.split()
+        stem = os.path.splitext(parts[0])[0]
+        line_split = next((s for s in ("train", "test") if stem.startswith(f"{s}_")), None)
+        if line_split is not None and line_split != split:
+            continue
         if len(parts) != 2:
-            items.append(common.reject(common.MALFORMED_LINE, f"line {line_no} of {where} is "
-                                       f"{text!r}, expected '<image name> <label>'",
-                                       line=line_no))
+            rejection = common.reject(common.MALFORMED_LINE, f"line {line_no} of {where} is "
+                                      f"{text!r}, expected '<image name> <label>'",
+                                      line=line_no)
+            items.append(rejection if line_split else common.splitless(rejection))
             continue
         name, raw_label = parts
-        stem = os.path.splitext(name)[0]
-        if not stem.startswith(("train_", "test_")):
-            items.append(common.reject(common.MALFORMED_LINE, f"{name} on line {line_no} of "
-                                       f"{where} starts with neither train_ nor test_",
-                                       id=stem, line=line_no))
-            continue
-        if not stem.startswith(f"{split}_"):
+        if line_split is None:
+            items.append(common.splitless(common.reject(
+                common.MALFORMED_LINE, f"{name} on line {line_no} of {where} starts with "
+                "neither train_ nor test_", id=stem, line=line_no)))
             continue
         try:
             label = int(raw_label)
