@@ -695,6 +695,21 @@ def test_ferv39k(tmp_path):
     assert_uniform_frames(test.records["Talk/Sad/0002"], num_source_frames=5)
 
 
+def test_ferv39k_first_line_is_data_unless_it_names_columns(tmp_path):
+    root = tmp_path / "ferv"
+    write_text(root / "4_setups/All_scenes/train_All.csv", "clip0 Joyful\nAction/Happy/0001 Happy\n")
+    write_text(root / "4_setups/All_scenes/test_All.csv", "video_path,label\nTalk/Sad/0002 Sad\n")
+    write_frame_folder(root / "2_ClipsforFaceCrop/Action/Happy/0001", num_frames=2)
+    write_frame_folder(root / "2_ClipsforFaceCrop/Talk/Sad/0002", num_frames=2)
+    convert("ferv39k", root, tmp_path / "out", frames=2)
+    train = Dataset(tmp_path / "out/train")
+    assert train.labels() == {"Action/Happy/0001": "happy"}
+    assert train.codes() == {"clip0": "unknown_class"}
+    assert train.rejected[0]["line"] == 1
+    test = Dataset(tmp_path / "out/test")  # the header is not an input
+    assert test.labels() == {"Talk/Sad/0002": "sad"} and test.rejected == []
+
+
 def test_mafw_single(tmp_path):
     root = tmp_path / "mafw"
     lists = root / "Train & Test Set/single/no_caption/set_2"

@@ -14,7 +14,8 @@ dfew — ROOT holds
 
 ferv39k — ROOT holds
     4_setups/All_scenes/train_All.csv and test_All.csv (also accepted: 0_7_LabelClassSplit/ or
-        ROOT itself); lines "<Scene>/<Class>/<clip> <Class>" (a header line is skipped)
+        ROOT itself); lines "<Scene>/<Class>/<clip> <Class>" (a first line of column names such as
+        "path label" is skipped; any other first line is data)
     2_ClipsforFaceCrop/<Scene>/<Class>/<clip>/*.jpg    frame folders
   Classes: angry disgust fear happy neutral sad surprise. Splits train and test. Record id: the
   clip path from the list.
@@ -50,6 +51,8 @@ MAFW_LISTS = "Train & Test Set"
 _DFEW_LIST_DIRS = {"train": "train(single-labeled)", "test": "test(single-labeled)"}
 _FERV_LIST_DIRS = (os.path.join("4_setups", "All_scenes"), "0_7_LabelClassSplit", "")
 _LIST_LINE = re.compile(r"^(.*?)[\s,]+(\S+)$")
+_HEADER_WORDS = frozenset({"label", "labels", "class", "classes", "emotion", "emotions",
+                           "expression", "expressions", "category"})
 
 
 def _clip_source(candidates: list[tuple[str, str]]) -> tuple[str, str] | None:
@@ -120,6 +123,16 @@ def _dfew_split(root, split, fold, options) -> common.SplitListing:
     return common.SplitListing(classes=list(DFEW_CLASSES), items=items)
 
 
+def _is_header(text: str, lookup: Callable[[str], str | None]) -> bool:
+    """Whether the first line of a list names its columns ("path label", "video,emotion_class"):
+    no field is a class and the last one names the label column. Any other first line is data
+    (a clip with an unknown class is rejected as such, not skipped as a header)."""
+    fields = [f for f in re.split(r"[\s,]+", text) if f]
+    if not fields or any(lookup(f) for f in fields):
+        return False
+    return any(part in _HEADER_WORDS for part in re.split(r"[_\-]", fields[-1].lower()))
+
+
 def _ferv39k_split(root, split, fold, options) -> common.SplitListing:
     del fold, options
     name = f"{split}_All.csv"
@@ -131,14 +144,14 @@ def _ferv39k_split(root, split, fold, options) -> common.SplitListing:
                                      "2_ClipsforFaceCrop/<Scene>/<Class>/<clip>/", root)
     lookup = common.case_insensitive_lookup(FERV39K_CLASSES)
     items: list[common.Entry | common.Rejection] = []
-    for line, text in common.iter_text_lines(list_path):
+    for index, (line, text) in enumerate(common.iter_text_lines(list_path)):
         if isinstance(text, common.Rejection):
             items.append(text)
             continue
+        if index == 0 and _is_header(text, lookup):
+            continue
         match = _LIST_LINE.match(text)
         label = lookup(match.group(2)) if match else None
-        if label is None and line == 1 and (match is None or "/" not in match.group(1)):
-            continue  # header row
         if match is None:
             items.append(common.reject(common.MALFORMED_LINE, f"line {line} of {list_path}: "
                                        f"{text!r}", line=line))
