@@ -342,3 +342,21 @@ def test_fixed_class_order_numbers_labels_and_rejects_unknown(tmp_path):
     rejected = [json.loads(line)
                 for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
     assert rejected[0]["id"] == "r2" and rejected[0]["reason"].startswith("unknown_label")
+
+
+def test_action_unit_values_must_fit_float32(tmp_path):
+    # 1e300 is a finite double but records store AUs as float32, where it would be inf.
+    Image.new("RGB", (16, 16), (90, 80, 120)).save(tmp_path / "a.png")
+    lines = [json.dumps({"id": f"r{i}", "image": "a.png", **_caption(i), "aus": {"AU1": value}})
+             for i, value in enumerate([0.5, 1e300, -1e39, 3e38])]
+    lines.append(json.dumps({"id": "r4", "image": "a.png", **_caption(4)})[:-1] +
+                 ', "aus": {"AU1": 1' + "0" * 400 + "}}")
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    summary = captions.convert_manifest(tmp_path / "m.jsonl", tmp_path, tmp_path / "out",
+                                        num_shards=1, workers=1, progress=False, tokenizer=None)
+    assert summary["rejected_by_reason"] == {"bad_value": 3}
+    rejected = {r["id"]: r["reason"] for r in read_rejected(tmp_path / "out")}
+    assert set(rejected) == {"r1", "r2", "r4"}
+    assert rejected["r1"] == "bad_value: 'aus'['AU1'] is 1e+300, not a finite float32 number"
+    records = {r.id: r for r in read_records(tmp_path / "out")}
+    assert records["r3"].aus["AU1"] == pytest.approx(3e38, rel=1e-6)

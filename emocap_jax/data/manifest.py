@@ -43,12 +43,12 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -76,6 +76,7 @@ MISSING_LABEL = "missing_label"
 UNKNOWN_LABEL = "unknown_label"
 
 JPEG_QUALITY = 95
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,8 +232,11 @@ def _validate_fields(obj: dict, record_id: str, line: int, options: ConvertOptio
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise _Invalid(BAD_TYPE, f"'aus'[{name!r}] must be a number, got "
                                f"{_type_name(value)}")
-            if not math.isfinite(value):
-                raise _Invalid(BAD_VALUE, f"'aus'[{name!r}] is {value}")
+            # Records store AUs as float32: 1e300 is a finite double but would be written as
+            # inf. (An int too large for a double is caught here too, before math.isfinite.)
+            if not abs(value) <= _FLOAT32_MAX:
+                raise _Invalid(BAD_VALUE, f"'aus'[{name!r}] is {value}, not a finite float32 "
+                               "number")
             aus[name] = float(value)
     group = _string_field(obj, "group", required=False, missing_code="")
 
