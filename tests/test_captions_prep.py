@@ -360,3 +360,15 @@ def test_action_unit_values_must_fit_float32(tmp_path):
     assert rejected["r1"] == "bad_value: 'aus'['AU1'] is 1e+300, not a finite float32 number"
     records = {r.id: r for r in read_records(tmp_path / "out")}
     assert records["r3"].aus["AU1"] == pytest.approx(3e38, rel=1e-6)
+
+
+def test_a_number_python_refuses_to_parse_is_malformed_json(tmp_path):
+    Image.new("RGB", (16, 16), (90, 80, 120)).save(tmp_path / "a.png")
+    good = json.dumps({"id": "ok", "image": "a.png", **_caption(0)})
+    huge = good.replace('"id": "ok"', '"id": "huge", "n": ' + "1" * 5000)
+    (tmp_path / "m.jsonl").write_text(good + "\n" + huge + "\n")
+    summary = captions.convert_manifest(tmp_path / "m.jsonl", tmp_path, tmp_path / "out",
+                                        num_shards=1, workers=1, progress=False, tokenizer=None)
+    assert (summary["num_written"], summary["rejected_by_reason"]) == (1, {"malformed_json": 1})
+    (rejected,) = read_rejected(tmp_path / "out")
+    assert rejected["line"] == 2 and "4300 digits" in rejected["reason"]

@@ -171,6 +171,8 @@ def _decode_line(raw: bytes) -> dict:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise _Invalid(MALFORMED_JSON, f"{e.msg} at column {e.colno}") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise _Invalid(MALFORMED_JSON, str(e)) from None
     if not isinstance(obj, dict):
         raise _Invalid(NOT_AN_OBJECT, f"expected a JSON object, got {_type_name(obj)}")
     return obj
