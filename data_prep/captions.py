@@ -19,6 +19,7 @@ import emocap_jax.storage as storage
 from emocap_jax.data.manifest import convert_manifest
 from emocap_jax.data.shard_writer import REJECTED_FILE
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
+from emocap_jax.tokenizers import get_tokenizer
 
 __all__ = ["convert_manifest", "main"]
 
@@ -73,6 +74,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.max_sentence_words < 1:
         parser.error(f"--max-sentence-words must be >= 1, got {args.max_sentence_words}")
+    if args.classes:
+        classes = [c.strip() for c in args.classes.split(",")]
+        if not all(classes):
+            parser.error(f"--classes {args.classes!r} has an empty class name (two commas in a "
+                         "row, or one at an end?)")
+        repeated = sorted({c for c in classes if classes.count(c) > 1})
+        if repeated:
+            parser.error(f"--classes names {', '.join(repeated)} more than once")
+        args.classes = classes
+    else:
+        args.classes = None
+    if args.tokenizer.lower() == "none":
+        args.tokenizer = None
+    else:
+        try:
+            args.tokenizer = get_tokenizer(args.tokenizer)
+        except FileNotFoundError:
+            parser.error(f"--tokenizer {args.tokenizer} is not a file")
+        except ValueError as e:
+            parser.error(f"--tokenizer: {e}")
     return args
 
 
@@ -85,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             max_side=args.max_side or None, workers=args.workers,
             captions_from_labels=args.captions_from_labels,
             max_sentence_words=args.max_sentence_words, overwrite=args.overwrite,
-            tokenizer=None if args.tokenizer.lower() == "none" else args.tokenizer,
-            classes=[c.strip() for c in args.classes.split(",")] if args.classes else None)
+            tokenizer=args.tokenizer, classes=args.classes)
     except FileExistsError as e:
         print(f"error: {e} (pass --overwrite to replace it)", file=sys.stderr)
         return 2

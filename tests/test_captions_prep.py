@@ -372,3 +372,21 @@ def test_a_number_python_refuses_to_parse_is_malformed_json(tmp_path):
     assert (summary["num_written"], summary["rejected_by_reason"]) == (1, {"malformed_json": 1})
     (rejected,) = read_rejected(tmp_path / "out")
     assert rejected["line"] == 2 and "4300 digits" in rejected["reason"]
+
+
+def test_cli_rejects_bad_classes_and_tokenizer_in_one_line(corpus, tmp_path, capsys):
+    manifest = corpus.write()
+    argv = ["--manifest", str(manifest), "--root", str(corpus.root), "--output",
+            str(tmp_path / "out"), "--workers", "1"]
+    for extra, message in [
+            (["--classes", "happy,,sad"], "--classes 'happy,,sad' has an empty class name"),
+            (["--classes", "happy,sad,happy"], "--classes names happy more than once"),
+            (["--tokenizer", str(tmp_path / "x.model")], f"--tokenizer {tmp_path}/x.model is "
+                                                         "not a file"),
+            (["--tokenizer", "gpt"], "--tokenizer: unknown tokenizer 'gpt'")]:
+        with pytest.raises(SystemExit) as info:
+            captions_cli.main(argv + extra)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
