@@ -67,7 +67,8 @@ def check_image_file(path: PathLike) -> None:
             img.size  # noqa: B018 (the header is parsed on open; size proves it was understood)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
 
 
@@ -82,8 +83,11 @@ def read_image(path: PathLike) -> Image.Image:
         raise ImageReadError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageReadError(f"{path}: is a directory, not an image file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        # SyntaxError is what Pillow raises for some malformed headers (e.g. broken PNG chunks).
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as e:
+        # SyntaxError is what Pillow raises for some malformed headers (e.g. broken PNG chunks);
+        # DecompressionBombError (not an OSError) for a header of more than twice
+        # Image.MAX_IMAGE_PIXELS pixels, refused before any decoding.
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
 
 

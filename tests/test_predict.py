@@ -126,6 +126,26 @@ def test_unreadable_files_are_named(tmp_path):
     pp.check_image_file(tmp_path / "cut.png")
     with pytest.raises(pp.ImageReadError, match="cut.png"):
         pp.load_images([tmp_path / "cut.png"], 32)
+    # A 20000 x 20000 header (99 bytes on disk): Pillow refuses it as a decompression bomb.
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header_only(20000, 20000))
+    for read in (pp.check_image_file, lambda path: pp.load_images([path], 32)):
+        with pytest.raises(pp.ImageReadError, match="bomb.png: not a readable image"):
+            read(bomb)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A grayscale PNG that claims width x height pixels and holds one compressed row."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(bytes(width + 1))) + chunk(b"IEND", b""))
 
 
 def test_directories_expand_sorted_and_recursive(tmp_path):
