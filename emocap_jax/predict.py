@@ -34,9 +34,9 @@ _DESCRIPTION = """\
 Zero-shot emotion recognition with an EmoCapCLIP (or any CLIP) checkpoint: each image is compared
 with a text embedding per label and the softmax of logit_scale x cosine similarity is printed.
 
-Images are read with Pillow (grayscale, palette, RGBA and 16-bit files become RGB; EXIF rotation is
-applied), their shorter side resized to the model's input size (bicubic) and the central square
-cropped, as CLIP's evaluation preprocessing does."""
+Images are read with Pillow (grayscale, palette, RGBA and 16-bit files become RGB, transparent
+pixels white as in training; EXIF rotation is applied), their shorter side resized to the model's
+input size (bicubic) and the central square cropped, as CLIP's evaluation preprocessing does."""
 
 _EPILOG = """\
 labels:

@@ -3,9 +3,10 @@
     batch = load_images(["a.jpg", "b.png"], size=224)     # [2, 224, 224, 3] uint8
     batch = preprocess([pil_image, array_hw3], size=224)   # the same for images already in memory
 
-Each image is converted to RGB (grayscale, palette, RGBA, 16-bit and CMYK inputs included), its
-shorter side resized to `size` with bicubic filtering and the central `size` x `size` square cut
-out: the preprocessing of OpenAI CLIP and open_clip, and of our own evaluation pipeline
+Each image is converted to RGB (grayscale, palette, RGBA, 16-bit and CMYK inputs included;
+transparent pixels onto white, by the rule the training converter uses: `to_rgb`), its shorter
+side resized to `size` with bicubic filtering and the central `size` x `size` square cut out: the
+preprocessing of OpenAI CLIP and open_clip, and of our own evaluation pipeline
 (`emocap_jax.data.augment.resize_center_crop`, which does the resize and crop here too). Pixels
 stay uint8; the model normalises them with CLIP's mean and std on the device.
 
@@ -91,29 +92,48 @@ def read_image(path: PathLike) -> Image.Image:
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
 
 
+# The modes Pillow opens high-bit-depth grayscale as: 16-bit PNG / TIFF, 32-bit integer, float.
+_DEEP_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB version of any Pillow image. Alpha is dropped as Pillow's convert("RGB") drops it (the
-    rule CLIP's preprocessing and our training pipeline use), so inference sees what training saw;
-    high-bit-depth grayscale is scaled to 8 bits instead of being clipped."""
+    """RGB version of any Pillow image. Transparency follows the training / benchmark converter
+    (`emocap_jax.data.manifest`), so a model sees at inference what it was trained and evaluated
+    on: transparent pixels (RGBA, LA, PA, a palette or grayscale image with a transparent colour)
+    are composited onto white. High-bit-depth grayscale is scaled to 8 bits instead of being
+    clipped; everything else goes through Pillow's convert("RGB")."""
     if img.mode == "RGB":
         return img
-    if img.mode == "P" and "transparency" in img.info:
-        # Pillow warns when a palette image with transparency goes straight to RGB.
-        img = img.convert("RGBA")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        # 16-bit files (PNG, TIFF) open as I;16 or I: map their full range onto 0..255. Float
-        # images in [0, 1] are scaled up; anything else that already fits in 8 bits is kept.
-        if img.mode.startswith("I;16") or values.max(initial=0) > 255:
-            values = values / 257.0
-        elif img.mode == "F" and values.max(initial=0) <= 1.0:
-            values = values * 255.0
-        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    if img.mode in _DEEP_GRAY_MODES:
+        img = _deep_gray_to_8_bit(img)
+    if img.has_transparency_data:
+        rgba = img.convert("RGBA")  # also what a palette with transparency needs (no warning)
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
 
 
+def _deep_gray_to_8_bit(img: Image.Image) -> Image.Image:
+    """L (or LA, when the file names a transparent gray level) from a high-bit-depth image."""
+    raw = np.asarray(img)
+    values = raw.astype(np.float64)
+    # 16-bit files (PNG, TIFF) open as I;16 or I: map their full range onto 0..255. Float
+    # images in [0, 1] are scaled up; anything else that already fits in 8 bits is kept.
+    if img.mode.startswith("I;16") or values.max(initial=0) > 255:
+        values = values / 257.0
+    elif img.mode == "F" and values.max(initial=0) <= 1.0:
+        values = values * 255.0
+    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    transparent = img.info.get("transparency")
+    if isinstance(transparent, (int, float)) and not isinstance(transparent, bool):
+        alpha = np.where(raw == transparent, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([gray, alpha], axis=-1))  # LA
+    return Image.fromarray(gray)  # L
+
+
 def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
-    """[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] uint8 -> [H, W, 3] uint8."""
+    """[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] uint8 -> [H, W, 3] uint8 ([H, W, 4] is RGBA:
+    composited onto white, as `to_rgb` does for an RGBA image)."""
     if array.dtype != np.uint8:
         raise ValueError(
             f"{where}: image arrays must be uint8 pixels (0..255), got dtype {array.dtype}; "
@@ -125,7 +145,7 @@ def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] == 3:
         return array
     if array.ndim == 3 and array.shape[-1] == 4:
-        return array[..., :3]  # as convert("RGB") does for RGBA
+        return np.asarray(to_rgb(Image.fromarray(np.ascontiguousarray(array))))  # RGBA
     raise ValueError(f"{where}: expected an image array [H, W], [H, W, 1], [H, W, 3] or "
                      f"[H, W, 4], got shape {array.shape}")
 

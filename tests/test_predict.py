@@ -73,9 +73,9 @@ def test_grayscale_alpha_palette_and_16_bit_inputs(tmp_path):
     np.testing.assert_array_equal(pp.preprocess(gray[..., None], 32)[0], expected)
 
     rgb = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    rgba = np.concatenate([rgb, np.full((32, 32, 1), 7, np.uint8)], axis=-1)
-    np.testing.assert_array_equal(pp.preprocess(Image.fromarray(rgba, "RGBA"), 32)[0], rgb)
-    np.testing.assert_array_equal(pp.preprocess(rgba, 32)[0], rgb)
+    opaque = np.concatenate([rgb, np.full((32, 32, 1), 255, np.uint8)], axis=-1)
+    np.testing.assert_array_equal(pp.preprocess(Image.fromarray(opaque, "RGBA"), 32)[0], rgb)
+    np.testing.assert_array_equal(pp.preprocess(opaque, 32)[0], rgb)
 
     # A grayscale PNG file and a 16-bit one (full range maps onto 0..255, not clipped).
     Image.fromarray(gray, "L").save(tmp_path / "gray.png")
@@ -98,6 +98,31 @@ def test_grayscale_alpha_palette_and_16_bit_inputs(tmp_path):
         pp.preprocess(gray.astype(np.float32), 32)
     with pytest.raises(ValueError, match=r"shape \(32, 32, 2\)"):
         pp.preprocess(np.zeros((32, 32, 2), np.uint8), 32)
+
+
+def test_transparency_is_composited_on_white_as_the_training_converter_does(tmp_path):
+    from emocap_jax.data.manifest import _to_rgb as converter_rgb
+
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    rgb[:, :8] = 0  # transparent pixels are often stored black
+    alpha = np.tile(np.linspace(0, 255, 32).round().astype(np.uint8), (32, 1))
+    alpha[:, :8], alpha[:, -8:] = 0, 255
+    palette = Image.fromarray(rgb[..., 1]).convert("P")
+    palette.info["transparency"] = 0  # the index of gray level 0: the black pixels
+    images = {"rgba": Image.fromarray(np.dstack([rgb, alpha])),
+              "la": Image.fromarray(np.dstack([rgb[..., 0], alpha])), "palette": palette}
+    for name, image in images.items():
+        expected = np.asarray(converter_rgb(image))
+        image.save(tmp_path / f"{name}.png")
+        np.testing.assert_array_equal(pp.preprocess(image, 32)[0], expected, err_msg=name)
+        np.testing.assert_array_equal(pp.load_images([tmp_path / f"{name}.png"], 32)[0],
+                                      expected, err_msg=name)
+        assert (expected[:, :8] == 255).all(), name  # transparent: white, not the stored black
+    # An RGBA array is the RGBA image; opaque pixels keep their colour.
+    out = pp.preprocess(np.dstack([rgb, alpha]), 32)[0]
+    np.testing.assert_array_equal(out, np.asarray(converter_rgb(images["rgba"])))
+    np.testing.assert_array_equal(out[:, -8:], rgb[:, -8:])
 
 
 def test_exif_orientation_is_applied(tmp_path):
