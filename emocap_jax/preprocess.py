@@ -4,7 +4,7 @@
     batch = preprocess([pil_image, array_hw3], size=224)   # the same for images already in memory
 
 Each image is converted to RGB (grayscale, palette, RGBA, 16-bit and CMYK inputs included;
-transparent pixels onto white, by the rule the training converter uses: `to_rgb`), its shorter
+transparent pixels onto white: `to_rgb`, which the training converter uses too), its shorter
 side resized to `size` with bicubic filtering and the central `size` x `size` square cut out: the
 preprocessing of OpenAI CLIP and open_clip, and of our own evaluation pipeline
 (`emocap_jax.data.augment.resize_center_crop`, which does the resize and crop here too). Pixels
@@ -97,11 +97,11 @@ _DEEP_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB version of any Pillow image. Transparency follows the training / benchmark converter
+    """RGB version of any Pillow image, also the training / benchmark converter's
     (`emocap_jax.data.manifest`), so a model sees at inference what it was trained and evaluated
     on: transparent pixels (RGBA, LA, PA, a palette or grayscale image with a transparent colour)
-    are composited onto white. High-bit-depth grayscale is scaled to 8 bits instead of being
-    clipped; everything else goes through Pillow's convert("RGB")."""
+    are composited onto white, high-bit-depth grayscale is scaled to 8 bits instead of being
+    clipped, everything else goes through Pillow's convert("RGB")."""
     if img.mode == "RGB":
         return img
     if img.mode in _DEEP_GRAY_MODES:

@@ -1,5 +1,6 @@
 """Inference: CLIP preprocessing of files and in-memory images, EmoCapCLIP.zero_shot against a NumPy
 reference, and the `python -m emocap_jax.predict` CLI as a user runs it."""
+import io
 import json
 import subprocess
 import sys
@@ -123,6 +124,23 @@ def test_transparency_is_composited_on_white_as_the_training_converter_does(tmp_
     out = pp.preprocess(np.dstack([rgb, alpha]), 32)[0]
     np.testing.assert_array_equal(out, np.asarray(converter_rgb(images["rgba"])))
     np.testing.assert_array_equal(out[:, -8:], rgb[:, -8:])
+
+
+def test_16_bit_grayscale_is_scaled_alike_by_inference_and_the_training_converter(tmp_path):
+    from emocap_jax.data.manifest import _to_rgb as converter_rgb, encode_face_image
+
+    ramp = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as image:
+        assert image.mode.startswith("I;16")
+        converted = np.asarray(converter_rgb(image))
+    inferred = pp.load_images([tmp_path / "deep.png"], 32)[0]
+    np.testing.assert_array_equal(converted, inferred)
+    np.testing.assert_array_equal(inferred[..., 1], np.rint(ramp / 257.0).astype(np.uint8))
+    # The converter's JPEG (what a shard stores) holds the ramp too, not saturated white.
+    stored = encode_face_image((tmp_path / "deep.png").read_bytes(), max_side=None)
+    stored = np.asarray(Image.open(io.BytesIO(stored)), np.float64)
+    assert abs(stored.mean() - inferred.mean()) < 2
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -291,13 +291,12 @@ def _validated_entries(manifest: str, options: ConvertOptions, counter: list[int
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.has_transparency_data:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
+    """Inference's own conversion (emocap_jax.preprocess.to_rgb), so a model is trained and
+    evaluated on the pixels it is later given: transparency composited onto white, 16-bit
+    grayscale scaled to 8 bits (Pillow's convert("RGB") saturates it)."""
+    from emocap_jax.preprocess import to_rgb
+
+    return to_rgb(img)
 
 
 def encode_face_image(data: bytes, max_side: int | None) -> bytes:
