@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from emocap_jax.preprocess import load_readable_images
+
 CAPTION_WIDTH = 26  # characters per caption line under a panel
 
 
@@ -90,10 +92,11 @@ def overlay_names(paths: Sequence[os.PathLike]) -> list[str]:
 
 
 def write_overlays(model, paths: Sequence[os.PathLike], sentences: Sequence[str], output,
-                   batch_size: int = 64) -> list[tuple[str, pathlib.Path]]:
+                   batch_size: int = 64, on_unreadable=None) -> list[tuple[str, pathlib.Path]]:
     """Explains every image file and writes its overlay PNG into `output` (created); returns
     (image path, PNG path) pairs. A sentence that does not fit the text context raises ValueError
-    before any image is read; an unreadable image raises `preprocess.ImageReadError` naming it."""
+    before any image is read; an unreadable image raises `preprocess.ImageReadError` naming it,
+    or, given `on_unreadable`, is passed to `on_unreadable(path, error)` and skipped."""
     sentences = model.check_sentences(sentences)
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -101,9 +104,16 @@ def write_overlays(model, paths: Sequence[os.PathLike], sentences: Sequence[str]
     written = []
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start:start + batch_size])
-        images = model.load_images(chunk)
+        chunk_names = names[start:start + len(chunk)]
+        if on_unreadable is None:
+            images = model.load_images(chunk)
+        else:
+            kept, images = load_readable_images(chunk, model.image_size, on_unreadable)
+            chunk, chunk_names = [chunk[i] for i in kept], [chunk_names[i] for i in kept]
+            if not kept:
+                continue
         maps = model.explain(images, sentences)
-        for path, name, image, face_maps in zip(chunk, names[start:], images, maps):
+        for path, name, image, face_maps in zip(chunk, chunk_names, images, maps):
             fig = overlay_figure(image, face_maps, sentences, title=str(path))
             target = output / name
             fig.savefig(target, dpi=100)

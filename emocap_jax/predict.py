@@ -21,7 +21,8 @@ import numpy as np
 from absl import logging as absl_logging
 
 import emocap_jax  # cheap: emocap_jax.load imports JAX and the model only when called
-from emocap_jax.preprocess import ImageReadError, check_image_file, expand_image_paths
+from emocap_jax.preprocess import (ImageReadError, check_image_file, expand_image_paths,
+                                   load_readable_images)
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
 
 # The eight basic-emotion nouns the demo and the synthetic corpus use (in their label order).
@@ -61,8 +62,15 @@ explain:
   the face, one heat map per sentence with the patch it points at outlined, and the sentence as
   its caption. A sentence longer than the text tower's context is an error, not cut.
 
-exit status: 0 on success, 2 for bad arguments, unreadable images or a checkpoint that
-does not load (one line on stderr), 1 for other failures."""
+unreadable images:
+  An image file that cannot be read (not an image, truncated, too large, a macOS "._" file) is
+  skipped: it is named on stderr with the reason, every other image is still classified and
+  printed (--json also lists it under "skipped"), and the exit status is 2. --strict stops at the
+  first one instead, printing no predictions.
+
+exit status: 0 when every image was read; 2 for bad arguments, a missing image path, a
+checkpoint that does not load, or any skipped image (one line on stderr each); 1 for an internal
+error (a traceback)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true",
         help="print one JSON document: {checkpoint, labels, predictions: [{image, label, "
-             "probability, probabilities: {label: p}, top: [{label, probability}] with --top}]}")
+             "probability, probabilities: {label: p}, top: [{label, probability}] with --top}], "
+             "skipped: [{image, error}]}")
     parser.add_argument(
         "--explain", action="append", metavar="SENTENCE",
         help="instead of classifying, write an overlay PNG per image of where SENTENCE points in "
@@ -112,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=int, default=64, metavar="N",
         help="images read and encoded per step; bounds memory for large folders (default: 64)")
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="stop at the first image that cannot be read (exit status 2, no predictions) "
+             "instead of skipping it and classifying the others")
     return parser
 
 
@@ -122,8 +135,30 @@ def parse_labels(text: Optional[str]) -> list[str]:
     return labels
 
 
-def _validate(args, parser) -> tuple[list, list[str]]:
-    """Everything that can be checked before JAX is imported, so mistakes fail in a second."""
+class _Skipped:
+    """The images left out because they cannot be read: each is named on stderr when found (or,
+    with --strict, stops the run), and counted for the last line and the exit status."""
+
+    def __init__(self, strict: bool, parser):
+        self.strict, self.parser, self.rows = strict, parser, []
+
+    def __call__(self, path, error: ImageReadError) -> None:
+        if self.strict:
+            self.parser.error(str(error))
+        report(f"{error}: skipped")
+        self.rows.append({"image": str(path), "error": str(error)})
+
+    def status(self, total: int) -> int:
+        """0, or after the last line on stderr 2 (the user's files are at fault)."""
+        if not self.rows:
+            return 0
+        return report(f"{len(self.rows)} of {total} images could not be read and were skipped "
+                      f"(named above); the results are for the other {total - len(self.rows)}")
+
+
+def _validate(args, parser, skipped: _Skipped) -> tuple[list, list[str]]:
+    """Everything that can be checked before JAX is imported, so mistakes fail in a second. Image
+    files whose header cannot be read go to `skipped`; none readable at all is an error."""
     labels = parse_labels(args.labels)
     if any(not label for label in labels):
         parser.error(f"--labels {args.labels!r}: empty label (check for doubled or trailing "
@@ -156,11 +191,19 @@ def _validate(args, parser) -> tuple[list, list[str]]:
         parser.error(f"--checkpoint {args.checkpoint}: no such file or directory")
     try:
         paths = expand_image_paths(args.images)
-        for path in paths:
-            check_image_file(path)
     except ImageReadError as e:
         parser.error(str(e))
-    return paths, labels
+    readable = []
+    for path in paths:
+        try:
+            check_image_file(path)
+        except ImageReadError as e:
+            skipped(path, e)
+        else:
+            readable.append(path)
+    if not readable:
+        parser.error(f"none of the {len(paths)} image files can be read (named above)")
+    return readable, labels
 
 
 def _format_table(rows: list[dict], labels: Sequence[str], top: Optional[int]) -> str:
@@ -188,7 +231,9 @@ def _format_table(rows: list[dict], labels: Sequence[str], top: Optional[int]) -
 
 
 def run(args, parser) -> int:
-    paths, labels = _validate(args, parser)
+    skipped = _Skipped(args.strict, parser)
+    paths, labels = _validate(args, parser, skipped)
+    total = len(paths) + len(skipped.rows)
     try:
         model = emocap_jax.load(args.checkpoint, source=args.source)
     except (OSError, ValueError, KeyError) as e:
@@ -200,23 +245,24 @@ def run(args, parser) -> int:
         # Only --explain draws (explain loads matplotlib): plain predictions never import it.
         from emocap_jax.explain import write_overlays
         try:
-            written = write_overlays(model, paths, args.explain, args.output, args.batch_size)
-        except ImageReadError as e:  # a file whose header was fine but whose data is not
-            parser.error(str(e))
+            # A file whose header was fine but whose data is not goes to `skipped` too.
+            written = write_overlays(model, paths, args.explain, args.output, args.batch_size,
+                                     on_unreadable=skipped)
         except ValueError as e:  # a sentence longer than the text context
             parser.error(f"--explain: {e}")
         for image, overlay in written:
             print(f"{image} -> {overlay}")
         print(f"wrote {len(written)} overlays to {args.output}")
-        return 0
+        return skipped.status(total)
     templates = tuple(args.templates) if args.templates else None
     rows = []
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]
-        try:
-            images = model.load_images(chunk)
-        except ImageReadError as e:  # a file whose header was fine but whose data is not
-            parser.error(str(e))
+        # A file whose header was fine but whose data is not goes to `skipped` too.
+        kept, images = load_readable_images(chunk, model.image_size, skipped)
+        if not kept:
+            continue
+        chunk = [chunk[i] for i in kept]
         probs = model.zero_shot(images, labels, templates=templates,
                                label_mode=args.label_mode)
         for path, p in zip(chunk, probs):
@@ -230,10 +276,10 @@ def run(args, parser) -> int:
             rows.append(row)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "labels": labels,
-                          "predictions": rows}, indent=1))
-    else:
+                          "predictions": rows, "skipped": skipped.rows}, indent=1))
+    elif rows:
         print(_format_table(rows, labels, args.top))
-    return 0
+    return skipped.status(total)
 
 
 @entry_point

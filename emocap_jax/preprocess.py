@@ -199,3 +199,19 @@ def load_images(paths: Sequence[PathLike], size: int) -> np.ndarray:
             raise TypeError(f"load_images takes file paths, got {type(path).__name__}; use "
                             "preprocess() for images already in memory")
     return preprocess(paths, size)
+
+
+def load_readable_images(paths: Sequence[PathLike], size: int, on_unreadable
+                         ) -> tuple[list[int], np.ndarray]:
+    """`load_images` for files that may include bad ones: a file that cannot be read is handed to
+    `on_unreadable(path, ImageReadError)` and left out instead of stopping the others. Returns the
+    positions in `paths` of the files read and their images [n, size, size, 3] uint8."""
+    kept, images = [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_images([path], size)[0])
+        except ImageReadError as e:
+            on_unreadable(path, e)
+        else:
+            kept.append(i)
+    return kept, (np.stack(images) if images else np.empty((0, size, size, 3), np.uint8))

@@ -151,8 +151,9 @@ def test_cli_errors_name_the_bad_input(export_dir, faces, tmp_path, capsys):
     garbage = tmp_path / "broken.jpg"
     garbage.write_bytes(b"\xff\xd8 not really a jpeg")
     result = _predict("--checkpoint", export_dir, "--explain", "open mouth", "--output", out,
-                      paths[0], garbage)
+                      garbage)
     assert result.returncode == 2 and "broken.jpg: not a readable image" in result.stderr
+    assert "none of the 1 image files can be read" in result.stderr
     for args, message in (
             (["--explain", "open mouth"], "--explain needs --output DIR"),
             (["--output", out], "--output is for the overlays of --explain"),
@@ -170,11 +171,18 @@ def test_cli_errors_name_the_bad_input(export_dir, faces, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert f"--explain: sentence {long!r} is" in err and "16-token context" in err
     assert not out.exists() or not any(out.iterdir())  # nothing written before the check
-    # A file whose header reads but whose pixels do not: named when it is decoded.
+    # A file whose header reads but whose pixels do not: named when it is decoded and skipped;
+    # the other face's overlay is written, and the exit status says a file was skipped.
     truncated = tmp_path / "truncated.png"
     data = (root / FACE_CLASSES[0] / paths[0].name).read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(SystemExit) as exit_info:
+    status = predict.main(["--checkpoint", str(export_dir), "--explain", "open mouth", "--output",
+                           str(out), str(truncated), str(paths[1])])
+    printed = capsys.readouterr()
+    assert status == 2 and "truncated.png: not a readable image" in printed.err
+    assert "1 of 2 images could not be read" in printed.err
+    assert f"wrote 1 overlays to {out}" in printed.out and len(list(out.iterdir())) == 1
+    with pytest.raises(SystemExit) as exit_info:  # --strict: stops at it
         predict.main(["--checkpoint", str(export_dir), "--explain", "open mouth", "--output",
-                      str(out), str(truncated)])
+                      str(tmp_path / "strict"), "--strict", str(truncated)])
     assert exit_info.value.code == 2 and "truncated.png: not a readable image" in capsys.readouterr().err

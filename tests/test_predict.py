@@ -332,6 +332,46 @@ def test_cli_bad_inputs_are_named(export_dir, faces, tmp_path):
     assert result.returncode == 2 and "empty label" in result.stderr
 
 
+def test_cli_skips_unreadable_images_names_them_and_exits_2(export_dir, faces, model, tmp_path,
+                                                           capsys):
+    from emocap_jax import predict
+
+    root, paths = faces
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = []
+    for path in paths[:2]:
+        good.append(folder / path.name)
+        good[-1].write_bytes(path.read_bytes())
+    (folder / "._face_000.png").write_bytes(b"\x00\x05\x16\x07" + bytes(80))  # macOS metadata
+    data = good[0].read_bytes()
+    cut = folder / "zz_cut.png"  # its header reads; its pixels do not
+    cut.write_bytes(data[:len(data) // 2])
+    labels = ["happiness", "sadness"]
+    status = predict.main(["--checkpoint", str(export_dir), "--labels", ",".join(labels),
+                           "--json", str(folder)])
+    out = capsys.readouterr()
+    assert status == 2
+    document = json.loads(out.out)
+    assert [row["image"] for row in document["predictions"]] == [str(p) for p in good]
+    np.testing.assert_allclose(
+        [[row["probabilities"][label] for label in labels] for row in document["predictions"]],
+        model.zero_shot(good, labels), atol=1e-5)
+    assert [row["image"] for row in document["skipped"]] == [str(folder / "._face_000.png"),
+                                                             str(cut)]
+    assert all("not a readable image" in row["error"] for row in document["skipped"])
+    err = out.err.strip().splitlines()
+    assert len(err) == 3, out.err
+    assert "._face_000.png: not a readable image" in err[0] and "zz_cut.png: not a readable" in err[1]
+    assert "2 of 4 images could not be read and were skipped" in err[2]
+    # --strict: the first unreadable file stops the run, with nothing printed.
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--checkpoint", str(export_dir), "--strict", str(good[0]), str(cut)])
+    out = capsys.readouterr()
+    assert exit_info.value.code == 2 and out.out == ""
+    assert out.err.strip().splitlines() == [out.err.strip()] and "zz_cut.png" in out.err
+
+
 def test_cli_help_documents_every_option(capsys):
     from emocap_jax import predict
 
@@ -340,5 +380,6 @@ def test_cli_help_documents_every_option(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--checkpoint", "--labels", "--label-mode", "--template", "--top", "--json",
-                   "--batch-size", "--source", "IMAGE", "recursively", "neutral, happiness"):
+                   "--batch-size", "--source", "--strict", "IMAGE", "recursively",
+                   "neutral, happiness", "skipped"):
         assert option in text, option
