@@ -241,6 +241,11 @@ def run(args, parser) -> int:
         return report(f"--checkpoint {args.checkpoint}: cannot load: {e} (give an emocap_jax "
                       f"export folder, a training workdir with export/, or open_clip / Hugging "
                       f"Face CLIP weights)")
+    if model.tokenizer is None:  # labels and --explain sentences are text: both need one
+        return report(f"--checkpoint {args.checkpoint}: this model has no known tokenizer (its "
+                      f"vocabulary is not CLIP BPE and its checkpoint records none), so it cannot "
+                      f"encode labels or sentences; give a checkpoint with CLIP's vocabulary or "
+                      f"an emocap_jax export, which records its tokenizer")
     if args.explain:
         # Only --explain draws (explain loads matplotlib): plain predictions never import it.
         from emocap_jax.explain import write_overlays

@@ -372,6 +372,19 @@ def test_cli_skips_unreadable_images_names_them_and_exits_2(export_dir, faces, m
     assert out.err.strip().splitlines() == [out.err.strip()] and "zz_cut.png" in out.err
 
 
+def test_cli_checkpoint_without_tokenizer_is_one_line(fixtures_dir, faces, tmp_path, capsys):
+    from emocap_jax import predict
+
+    _, paths = faces
+    checkpoint = fixtures_dir / "openclip_tiny_gelu"  # a 1000-token vocabulary: not CLIP BPE
+    for mode in ([], ["--explain", "open mouth", "--output", str(tmp_path / "overlays")]):
+        assert predict.main(["--checkpoint", str(checkpoint), *mode, str(paths[0])]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --checkpoint {checkpoint}: this model has no known "
+                              f"tokenizer") and err.count("\n") == 1, err
+    assert not (tmp_path / "overlays").exists()
+
+
 def test_cli_help_documents_every_option(capsys):
     from emocap_jax import predict
 
