@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging as absl_logging
 
 import emocap_jax  # cheap: emocap_jax.load imports JAX and the model only when called
+import emocap_jax.storage as storage
 from emocap_jax.preprocess import (ImageReadError, check_image_file, expand_image_paths,
                                    load_readable_images)
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
@@ -187,7 +188,11 @@ def _validate(args, parser, skipped: _Skipped) -> tuple[list, list[str]]:
                 parser.error(f"{flag} classifies; it cannot be combined with --explain")
     elif args.output:
         parser.error("--output is for the overlays of --explain")
-    if not os.path.exists(args.checkpoint):
+    try:  # a bucket too (gs://...): emocap_jax.load reads those through emocap_jax.storage
+        found = storage.exists(args.checkpoint)
+    except (OSError, ImportError, ValueError) as e:  # no gcsfs, no network, a bad URL
+        parser.error(f"--checkpoint {args.checkpoint}: cannot look it up: {e}")
+    if not found:
         parser.error(f"--checkpoint {args.checkpoint}: no such file or directory")
     try:
         paths = expand_image_paths(args.images)

@@ -385,6 +385,24 @@ def test_cli_checkpoint_without_tokenizer_is_one_line(fixtures_dir, faces, tmp_p
     assert not (tmp_path / "overlays").exists()
 
 
+def test_cli_checkpoint_on_a_bucket_reaches_load(model, faces, monkeypatch, capsys):
+    # A URL is looked up through emocap_jax.storage (gs:// as memory:// here), not os.path.
+    import emocap_jax
+    from emocap_jax import predict, storage
+
+    _, paths = faces
+    loaded = []
+    monkeypatch.setattr(emocap_jax, "load", lambda path, source: loaded.append(path) or model)
+    storage.write_bytes("memory://bucket/run/open_clip_model.safetensors", b"weights")
+    assert predict.main(["--checkpoint", "memory://bucket/run", str(paths[0])]) == 0
+    assert loaded == ["memory://bucket/run"] and str(paths[0]) in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--checkpoint", "memory://bucket/nothing", str(paths[0])])
+    assert exit_info.value.code == 2
+    assert "memory://bucket/nothing: no such file or directory" in capsys.readouterr().err
+    storage.rmtree("memory://bucket")
+
+
 def test_cli_help_documents_every_option(capsys):
     from emocap_jax import predict
 
