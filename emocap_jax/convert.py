@@ -350,28 +350,35 @@ def state_dict_to_params(state: dict, layout: str, config: CLIPConfig) -> dict:
 # Resolution change
 
 
-def resize_pos_embedding(pos: np.ndarray, new_grid: int) -> np.ndarray:
+def resize_pos_embedding(pos: np.ndarray, new_grid: int, class_token: bool = True) -> np.ndarray:
     """Resizes a ViT position table [1 + g*g, w] to [1 + new_grid**2, w]: the class-token row is
-    kept, the grid is resampled bicubically (as open_clip's `resize_pos_embed` does)."""
-    old_grid = math.isqrt(pos.shape[0] - 1)
+    kept, the grid is resampled bicubically (as open_clip's `resize_pos_embed` does). With
+    class_token=False the table is the grid alone, [g*g, w] -> [new_grid**2, w]."""
+    rows = 1 if class_token else 0
+    old_grid = math.isqrt(pos.shape[0] - rows)
     if old_grid == new_grid:
         return pos
-    grid = jnp.asarray(pos[1:]).reshape(old_grid, old_grid, -1)
+    grid = jnp.asarray(pos[rows:]).reshape(old_grid, old_grid, -1)
     grid = jax.image.resize(grid, (new_grid, new_grid, grid.shape[-1]), method="bicubic",
                             antialias=False)
-    return np.concatenate([pos[:1], np.asarray(grid).reshape(new_grid * new_grid, -1)], axis=0)
+    return np.concatenate([pos[:rows], np.asarray(grid).reshape(new_grid * new_grid, -1)], axis=0)
 
 
 def with_image_size(params: dict, config: CLIPConfig, image_size: int) -> tuple[dict, CLIPConfig]:
-    """Adapts parameters trained at one resolution to `image_size` (a multiple of the patch)."""
+    """Adapts parameters trained at one resolution to `image_size` (a multiple of the patch): the
+    position embeddings are resized, the ViT's and, with vision.local_head="patch_fine", the local
+    head's own (its finer grid, no class-token row)."""
     if image_size == config.vision.image_size:
         return params, config
     vision = VisionConfig(**{**config.vision.__dict__, "image_size": image_size})
     config = config.replace(vision=vision)  # validates divisibility by the patch size
     params = dict(params)
-    params["visual"] = dict(params["visual"])
-    params["visual"]["pos_embedding"] = resize_pos_embedding(
-        np.asarray(params["visual"]["pos_embedding"]), vision.grid_size)
+    params["visual"] = visual = dict(params["visual"])
+    visual["pos_embedding"] = resize_pos_embedding(np.asarray(visual["pos_embedding"]),
+                                                   vision.grid_size)
+    if "local_pos_embedding" in visual:
+        visual["local_pos_embedding"] = resize_pos_embedding(
+            np.asarray(visual["local_pos_embedding"]), vision.local_grid_size, class_token=False)
     return params, config
 
 

@@ -210,6 +210,29 @@ def test_load_at_another_image_size(fixtures_dir):
         emocap_jax.load(fixtures_dir / "openclip_tiny_gelu", image_size=50)
 
 
+def test_load_at_another_image_size_resizes_the_fine_local_head(tmp_path):
+    # vision.local_head="patch_fine" has its own position table on a grid twice as fine as the
+    # ViT's, with no class-token row; it is resized with the same bicubic resampling.
+    import dataclasses
+
+    from tests.inference_fixtures import make_tiny_export, tiny_model_config
+
+    config = tiny_model_config()
+    config = config.replace(vision=dataclasses.replace(config.vision, local_head="patch_fine"))
+    export = make_tiny_export(tmp_path / "export", config=config)
+    base = emocap_jax.load(export)
+    bigger = emocap_jax.load(export, image_size=48)
+    local = np.asarray(base.params["visual"]["local_pos_embedding"])
+    width = local.shape[-1]
+    assert local.shape == (8 * 8, width)  # 32 px / 4 px squares
+    resized = np.asarray(bigger.params["visual"]["local_pos_embedding"])
+    assert resized.shape == (12 * 12, width)
+    with_row = convert.resize_pos_embedding(np.concatenate([np.zeros((1, width)), local]), 12)
+    np.testing.assert_allclose(resized, with_row[1:], atol=1e-6)
+    maps = bigger.explain(np.zeros((1, 48, 48, 3), np.uint8), ["open mouth"])
+    assert maps.shape == (1, 1, 12, 12) and np.all(np.isfinite(maps))
+
+
 def test_resize_pos_embedding_interpolates_smooth_tables():
     # A table that is linear in the grid coordinates must stay linear (away from the border,
     # where bicubic resampling clamps) and keep its range; same size is the identity.
