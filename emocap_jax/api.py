@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 import emocap_jax.storage as storage
-from emocap_jax.convert import convert, default_tokenizer_config, with_image_size
+from emocap_jax.convert import (convert, default_tokenizer_config, not_a_checkpoint,
+                                with_image_size)
 from emocap_jax.evaluate.prompts import EMOTION_TEMPLATES
 from emocap_jax.losses import sentence_patch_logits
 from emocap_jax.models.clip import CLIP
@@ -376,7 +377,9 @@ def load(path, source: str = "auto", image_size: Optional[int] = None,
             params, config, description = load_params(export)
             tokenizer_cfg = description.get("tokenizer")
         elif source == "emocap":
-            raise FileNotFoundError(f"{path}: no emocap_jax export (model_config.json + params/)")
+            hint = None if storage.is_url(path) else not_a_checkpoint(path)
+            raise FileNotFoundError(
+                hint or f"{path}: no emocap_jax export (model_config.json + params/)")
     if export is None:
         if storage.is_url(path):
             if not (is_dir or storage.isfile(path)):

@@ -34,7 +34,7 @@ from emocap_jax.cli_errors import ArgumentParser, UsageError, entry_point
 from emocap_jax.export import TARGETS as EXPORT_TARGETS, export_model
 from emocap_jax.models.clip import count_params, param_shapes
 from emocap_jax.models.config import CLIPConfig, TextConfig, VisionConfig
-from emocap_jax.params_io import save_params
+from emocap_jax.params_io import CONFIG_FILE, PARAMS_DIR, is_params_dir, save_params
 from emocap_jax.weight_layouts import tensor_rules
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
                           "open_clip_pytorch_model.pt")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Weight files by suffix: safetensors is read directly, these through torch; nothing else is one.
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors",) + TORCH_SUFFIXES
 # Tensors that carry no learned state: buffers some exports include.
 _IGNORED_KEYS = re.compile(
     r"^(attn_mask|input_resolution|context_length|vocab_size|"
@@ -67,8 +70,10 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
             tensors = load_file(str(path))
         except Exception as e:  # bf16 safetensors need torch or ml_dtypes-aware loading
             tensors = _load_safetensors_any_dtype(path, e)
-    else:
+    elif path.suffix in TORCH_SUFFIXES:
         tensors = _read_torch_file(path)
+    else:
+        raise ConversionError(not_a_checkpoint(path) or _not_weights(path))
     return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()
             if not _IGNORED_KEYS.match(k)}
 
@@ -386,6 +391,68 @@ def with_image_size(params: dict, config: CLIPConfig, image_size: int) -> tuple[
 # Locating a checkpoint and its config
 
 
+def _not_weights(path) -> str:
+    return f"{path}: not a weights file (expected {', '.join(WEIGHT_SUFFIXES)})"
+
+
+def _training_run(path: pathlib.Path) -> Optional[dict]:
+    """A training workdir's config (its config.json, {} when unreadable), or None when `path` is
+    not one: a folder with checkpoints/ or with the config.json training writes."""
+    if not path.is_dir():
+        return None
+    config = _read_json_or_none(path / "config.json")
+    is_run = isinstance(config, dict) and "model" in config and "train" in config
+    if is_run or (path / "checkpoints").is_dir():
+        return config if is_run else {}
+    return None
+
+
+def _run_without_export(run: pathlib.Path, config: dict) -> str:
+    steps = sorted(int(p.name) for p in (run / "checkpoints").glob("*")
+                   if p.name.isdigit() and p.is_dir())
+    total = (config.get("train") or {}).get("num_steps")
+    newest = (f" (newest checkpoint: step {steps[-1]}" + (f" of {total})" if total else ")")
+              if steps else "")
+    return (f"{run} is a training workdir with no export/ yet{newest}: a run writes "
+            f"{run / 'export'} when training ends. Finish it by starting its training command "
+            f"again (`python -m emocap_jax.main --config=CONFIG --workdir={run}`, which resumes "
+            f"from the newest checkpoint), then give {run}")
+
+
+def not_a_checkpoint(path) -> Optional[str]:
+    """For a local path that is not itself a model to load: what it is and what to give instead (a
+    training workdir without export/ yet, one of its Orbax checkpoints, an export's params/
+    folder or model_config.json). None when it is none of these."""
+    path = pathlib.Path(path).absolute()
+    parent = path.parent
+    if path.is_file():
+        if path.name == CONFIG_FILE and is_params_dir(parent):
+            return f"{path} is the description file of the emocap_jax export {parent}: give {parent}"
+        config = _training_run(parent) if path.name == "config.json" else None
+        if config is not None:
+            if is_params_dir(parent / "export"):
+                return f"{path} is a training run's config: give the run folder {parent}"
+            return _run_without_export(parent, config)
+        return None
+    if path.name == PARAMS_DIR and is_params_dir(parent):
+        return f"{path} is the params/ folder of the emocap_jax export {parent}: give {parent}"
+    if path.name == "checkpoints" or (path.name.isdigit() and parent.name == "checkpoints"):
+        run = parent if path.name == "checkpoints" else parent.parent
+        what = (f"{path} holds a training run's Orbax checkpoints" if path.name == "checkpoints"
+                else f"{path} is an Orbax training checkpoint (step {path.name})")
+        if is_params_dir(run / "export"):
+            return (f"{what}, not a model export: give the run folder {run}, whose export/ holds "
+                    f"its final parameters")
+        config = _training_run(run)
+        if config is not None:
+            return f"{what}, not a model export. " + _run_without_export(run, config)
+        return f"{what}, not a model export: give the training workdir once it has export/"
+    config = _training_run(path)
+    if config is not None:
+        return _run_without_export(path, config)
+    return None
+
+
 def locate(path, source: str = "auto") -> tuple[str, pathlib.Path, Optional[dict]]:
     """Returns (layout, weights file, config dict or None) for a file or a model folder."""
     path = pathlib.Path(path)
@@ -396,11 +463,13 @@ def locate(path, source: str = "auto") -> tuple[str, pathlib.Path, Optional[dict
         for name in HF_WEIGHT_FILES:
             if (path / name).is_file() and source in ("auto", "hf"):
                 return "hf", path / name, _read_json(path / "config.json")
-        raise ConversionError(
+        raise ConversionError(not_a_checkpoint(path) or (
             f"{path}: no weights found for source={source!r}; expected one of "
-            f"{OPEN_CLIP_WEIGHT_FILES + HF_WEIGHT_FILES}")
+            f"{OPEN_CLIP_WEIGHT_FILES + HF_WEIGHT_FILES}"))
     if not path.is_file():
         raise FileNotFoundError(f"no such file or folder: {path}")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ConversionError(not_a_checkpoint(path) or _not_weights(path))
     config = None
     if (path.parent / "open_clip_config.json").is_file() and source != "hf":
         config = _read_json(path.parent / "open_clip_config.json")
@@ -414,6 +483,13 @@ def locate(path, source: str = "auto") -> tuple[str, pathlib.Path, Optional[dict
 def _read_json(path):
     path = pathlib.Path(path)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_json_or_none(path):
+    try:
+        return _read_json(path)
+    except (OSError, ValueError):
+        return None
 
 
 def convert(path, source: str = "auto", activation: Optional[str] = None,

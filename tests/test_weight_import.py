@@ -193,6 +193,40 @@ def test_torch_file_without_torch_explains_safetensors(tmp_path):
         convert.read_state_dict(path)
 
 
+def test_paths_that_are_not_models_say_what_to_give(tmp_path):
+    import re
+
+    from tests.inference_fixtures import make_tiny_export
+
+    # A training workdir with a checkpoint and no export/ yet, and its parts.
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "300"
+    step.mkdir(parents=True)
+    (step / "_CHECKPOINT_METADATA").write_text("{}")
+    (run / "config.json").write_text(json.dumps({"model": {}, "train": {"num_steps": 500}}))
+    no_export = (re.escape(f"{run} is a training workdir with no export/ yet (newest checkpoint: "
+                           f"step 300 of 500)") + ".*"
+                 + re.escape(f"`python -m emocap_jax.main --config=CONFIG --workdir={run}`"))
+    for path in (run, run / "checkpoints", step, run / "config.json"):
+        with pytest.raises(convert.ConversionError, match=no_export):
+            emocap_jax.load(path)
+    with pytest.raises(FileNotFoundError, match=no_export):
+        emocap_jax.load(run, source="emocap")
+    # Once the run has exported: its checkpoints and the export's parts point at what loads.
+    export = make_tiny_export(run / "export")
+    for path in (step, run / "checkpoints", run / "config.json"):
+        with pytest.raises(convert.ConversionError, match=re.escape(f"give the run folder {run}")):
+            emocap_jax.load(path)
+    for path in (export / "params", export / "model_config.json"):
+        with pytest.raises(convert.ConversionError, match=re.escape(f"export {export}: give {export}")):
+            emocap_jax.load(path)
+    # Only .safetensors / .bin / .pt / .pth files are weights (a JSON file is not a torch file).
+    (tmp_path / "notes.json").write_text("{}")
+    with pytest.raises(convert.ConversionError, match=r"notes.json: not a weights file \(expected "
+                                                      r"\.safetensors, \.bin, \.pt, \.pth\)"):
+        emocap_jax.load(tmp_path / "notes.json")
+
+
 def test_load_at_another_image_size(fixtures_dir):
     base = emocap_jax.load(fixtures_dir / "openclip_tiny_gelu")
     bigger = emocap_jax.load(fixtures_dir / "openclip_tiny_gelu", image_size=48)
