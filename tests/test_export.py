@@ -316,6 +316,8 @@ def test_model_card_names_training_data_evaluation_and_licence(tmp_path):
         assert "MIT" in card and "Copyright (c) 2021 OpenAI" in card
         assert "Permission is hereby granted" in card
         assert f'local-dir:{folder}' in card if target == "open_clip" else str(folder) in card
+        if target == "hf":  # transformers cuts a prompt longer than the context only when asked
+            assert "return_tensors=\"pt\", padding=True,\n" in card and "truncation=True)" in card
 
 
 def test_convert_cli_exports_a_run(tmp_path):

@@ -36,7 +36,8 @@ from transformers import CLIPModel, CLIPProcessor
 model = CLIPModel.from_pretrained("{dir}")
 processor = CLIPProcessor.from_pretrained("{dir}")
 inputs = processor(text=["This image portrays an expression of happiness."],
-                   images=Image.open("face.jpg"), return_tensors="pt", padding=True)
+                   images=Image.open("face.jpg"), return_tensors="pt", padding=True,
+                   truncation=True)  # a prompt longer than the text context is cut to it
 outputs = model(**inputs)   # outputs.image_embeds, outputs.text_embeds
 ```''',
 }
