@@ -89,7 +89,8 @@ class EmoCapCLIP:
         return np.concatenate(outs)
 
     def encode_image(self, images) -> np.ndarray:
-        """images: [B, H, W, 3] NHWC, float32 already CLIP-normalised, or uint8 (normalised here)."""
+        """images: [B, H, W, 3] NHWC, float32 already CLIP-normalised, or uint8 (normalised here).
+        The raw encoder: a float batch is taken as it is (zero_shot and explain check its range)."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"encode_image expects NHWC images [B, H, W, 3], got {images.shape}")
@@ -126,8 +127,8 @@ class EmoCapCLIP:
 
     def _image_batch(self, images) -> np.ndarray:
         """A batch encode_image takes: 4-D arrays already at the model's size pass through (uint8
-        pixels, or float32 already CLIP-normalised as encode_image documents); everything else is
-        preprocessed."""
+        pixels, or float32 already CLIP-normalised as encode_image documents, which is checked as
+        far as it can be: see `_check_normalised`); everything else is preprocessed."""
         if (not isinstance(images, (str, os.PathLike, Image.Image, list, tuple, np.ndarray))
                 and hasattr(images, "__array__")):
             images = np.asarray(images)  # e.g. a jax.Array
@@ -142,6 +143,7 @@ class EmoCapCLIP:
                         f"a float image batch must already be CLIP-normalised at the model's "
                         f"size [N, {size}, {size}, 3], got {images.shape}; pass uint8 pixels to "
                         f"have them resized and cropped")
+                _check_normalised(images)
                 return images
         return self.preprocess(images)
 
@@ -185,7 +187,9 @@ class EmoCapCLIP:
         of logit_scale x the cosine similarity between each image and each label's embedding.
 
         images: a path, PIL image or uint8 array, a sequence of those, or a 4-D batch (uint8
-            pixels at any size, or float32 already CLIP-normalised at the model's size).
+            pixels at any size, or float32 already CLIP-normalised at the model's size: a float
+            batch with values beyond +-3 is refused as pixels, not normalised values, and one
+            entirely within [0, 1] is warned about).
         class_names_or_prompts: the labels, in the output's column order. Which are class names
             (put into `templates`, embeddings averaged) and which are full prompts (encoded as
             given) follows `label_mode`: "auto" (the rule of `label_is_prompt`), "names" (all
@@ -344,6 +348,33 @@ def _check_labels(labels, templates, label_mode) -> tuple[tuple[str, ...], tuple
             raise ValueError(f"template {template!r} must contain exactly one '{{}}' for the "
                              f"class name")
     return labels, templates
+
+
+# CLIP-normalised pixels, (x / 255 - mean) / std per channel, lie within about [-1.8, 2.2]. A float
+# batch beyond this limit holds pixels (0..255), not normalised values.
+NORMALISED_LIMIT = 3.0
+
+
+def _check_normalised(images: np.ndarray) -> None:
+    """ValueError for a float batch that cannot be CLIP-normalised (values beyond
+    +-NORMALISED_LIMIT, or not finite); a warning for one entirely within [0, 1], which is what
+    pixels scaled to [0, 1] look like (a normalised face has negative values, wherever a channel
+    is darker than CLIP's mean, about 0.45)."""
+    if images.size == 0:
+        return
+    low, high = float(np.min(images)), float(np.max(images))
+    fix = ("pass uint8 pixels (0..255) to have them normalised here, or normalise with "
+           "emocap_jax.models.clip.CLIP_MEAN and CLIP_STD first")
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError("the float image batch holds NaN or infinite values")
+    if low < -NORMALISED_LIMIT or high > NORMALISED_LIMIT:
+        raise ValueError(
+            f"a float image batch must be CLIP-normalised (values within about -1.8..2.2), got "
+            f"values in [{low:.4g}, {high:.4g}], which look like pixels: {fix}")
+    if low >= 0.0 and high <= 1.0:
+        warnings.warn(f"every value of the float image batch is within [0, 1], as pixels scaled "
+                      f"to [0, 1] are, while CLIP-normalised faces have negative values; if these "
+                      f"are pixels, {fix}", stacklevel=4)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -264,6 +264,19 @@ def test_zero_shot_errors(model, faces):
         model.zero_shot(paths, ["anger"], templates=["no placeholder"])
     with pytest.raises(ValueError, match="CLIP-normalised"):
         model.zero_shot(np.zeros((1, 40, 40, 3), np.float32), ["anger"])
+    # A float batch at the model's size is taken as CLIP-normalised: pixels are not.
+    pixels = model.load_images(paths).astype(np.float32)
+    for images in (model.zero_shot, lambda x, labels: model.explain(x, labels)):
+        with pytest.raises(ValueError, match=r"got values in \[\d+, 255\], which look like pixels: "
+                                             r"pass uint8 pixels"):
+            images(pixels, ["anger"])
+    with pytest.warns(UserWarning, match=r"within \[0, 1\], as pixels scaled to \[0, 1\] are"):
+        model.zero_shot(pixels / 255.0, ["anger"])
+    from emocap_jax.models.clip import CLIP_MEAN, CLIP_STD
+    normalised = ((pixels / 255.0 - np.asarray(CLIP_MEAN)) / np.asarray(CLIP_STD))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.zero_shot(normalised.astype(np.float32), ["anger"])
     with pytest.raises(pp.ImageReadError, match="missing.png"):
         model.zero_shot([paths[0], paths[0].parent / "missing.png"], ["anger"])
     with pytest.warns(UserWarning, match="is cut"):
