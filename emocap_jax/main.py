@@ -124,12 +124,43 @@ def _with_installed_config(argv: list[str]) -> list[str]:
     return out
 
 
+def _check_tuple_overrides(argv: list[str], config) -> None:
+    """ml_collections reads `--config.init_exclude=(visual/proj,text/proj)` or `...=a,b` (elements
+    unquoted, so no Python literal) as the one-element tuple ('(visual/proj,text/proj)',): a
+    regex, class name or benchmark that silently means nothing. An override of a tuple field
+    that came out as one string holding the comma-separated text it was given is refused, saying
+    how to quote it."""
+    for arg in argv:
+        match = re.fullmatch(r"--config\.([\w.]+)=(.*)", arg, flags=re.DOTALL)
+        if not match:
+            continue
+        key, raw = match.groups()
+        value = config
+        try:
+            for part in key.split("."):
+                value = value[part]
+        except (KeyError, TypeError, AttributeError):
+            continue
+        if isinstance(value, tuple) and len(value) == 1 and value[0] == raw and "," in raw:
+            inner = raw.strip()
+            if inner[:1] in "([" and inner[-1:] in ")]":
+                inner = inner[1:-1]
+            elements = [e.strip() for e in inner.split(",") if e.strip()]
+            quoted = "(" + ",".join(repr(e) for e in elements) + ("," if len(elements) == 1
+                                                                    else "") + ")"
+            raise flags.Error(
+                f"--config.{key}={raw} is read as the single string {raw!r}, not as a tuple of "
+                f"{len(elements)} elements: quote each element, --config.{key}=\"{quoted}\"")
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag or config override answered in one line (status 2)
     instead of absl's FATAL message or a traceback."""
     argv = _with_installed_config(argv)
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+        _check_tuple_overrides(argv, flags.FLAGS["config"].value)
+        return rest
     except flags.Error as e:
         sys.exit(report(f"{e} (--helpfull lists the flags; configs/default.py documents every "
                         f"config field)"))

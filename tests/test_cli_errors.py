@@ -106,6 +106,16 @@ def test_train_with_an_override_of_the_wrong_type(places):
     _assert_one_line(result, "--config.train.num_steps=many")
 
 
+def test_train_with_a_tuple_override_whose_elements_are_unquoted(places):
+    """ml_collections reads `(visual/proj,text/proj)` as the one string '(visual/proj,text/proj)':
+    an init_exclude regex (or class name) that silently matches nothing."""
+    for value, quoted in (("(visual/proj,text/proj)", "\"('visual/proj','text/proj')\""),
+                          ("a,b", "\"('a','b')\"")):
+        result = _run(*TRAIN, f"--workdir={places['out']}", f"--config.init_exclude={value}")
+        _assert_one_line(result, f"--config.init_exclude={value}", "single string",
+                         f"--config.init_exclude={quoted}")
+
+
 def test_train_with_a_missing_config_file(places):
     result = _run("emocap_jax.main", "--config=configs/no_such_config.py",
                   f"--workdir={places['out']}")
