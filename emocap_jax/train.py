@@ -193,6 +193,14 @@ def load_init_params(config, model_config, shapes) -> dict:
     excluded = [re.compile(p) for p in config.init_exclude]
     paths = param_paths(shapes)
     flat_paths = jax.tree_util.tree_leaves(paths)
+    # A pattern that matches no parameter (a typo, "vision/proj" for "visual/proj") would load
+    # what the run meant to keep at random init, silently.
+    unmatched = [p.pattern for p in excluded if not any(p.fullmatch(path) for path in flat_paths)]
+    if unmatched:
+        raise UsageError(f"config.init_exclude: {', '.join(map(repr, unmatched))} matches no "
+                         f"parameter of the run's model (each pattern must match a whole path, "
+                         f"such as {flat_paths[0]!r} or {flat_paths[-1]!r}; `--mode=info` "
+                         f"shows the model)")
     loaded = {}
     for path, value in zip(jax.tree_util.tree_leaves(param_paths(params)),
                            jax.tree_util.tree_leaves(params)):

@@ -236,6 +236,10 @@ def test_init_from_converted_clip_with_exclusions_and_new_resolution(fixtures_di
     assert loaded["visual/pos_embedding"].shape == (1 + 36, 64)
     np.testing.assert_array_equal(loaded["text/transformer/blocks/mlp/fc/kernel"],
                                   src["text/transformer/blocks/mlp/fc/kernel"])
+    # A pattern that matches no parameter path is a mistake, not a silent no-op.
+    config.init_exclude = ("visual/proj", "vision/.*")
+    with pytest.raises(ValueError, match=r"init_exclude: 'vision/\.\*' matches no parameter"):
+        load_init_params(config, model_config, param_shapes(model_config))
     config.init_exclude = ()
     config.model.embed_dim = 32
     with pytest.raises(ValueError, match=r"(text|visual)/proj.*init_exclude"):
