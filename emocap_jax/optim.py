@@ -9,6 +9,8 @@ import re
 import jax
 import optax
 
+from emocap_jax.cli_errors import UsageError
+
 # Parameters that must not be decayed: shrinking biases, LayerNorm gains, embedding tables or the
 # temperature towards zero has no regularising meaning (CLIP and open_clip exclude them too).
 _NO_DECAY = re.compile(r"(bias|scale|embedding|logit_scale)$")
@@ -44,6 +46,14 @@ def make_optimizer(optim_config, num_steps: int, params):
     for pattern, _ in rules:
         re.compile(pattern)  # fail early on a malformed regex, naming it
     paths = param_paths(params)
+    flat_paths = jax.tree_util.tree_leaves(paths)
+    # A pattern that matches no parameter path (a typo) would leave the learning rates it was
+    # meant to change, or the tower it was meant to freeze, as they are, silently.
+    unmatched = [p for p, _ in rules if not any(re.fullmatch(p, path) for path in flat_paths)]
+    if unmatched:
+        raise UsageError(f"config.optim.lr_multipliers: {', '.join(map(repr, unmatched))} matches no "
+                         f"parameter path (each pattern must match a whole path, such as "
+                         f"{flat_paths[0]!r} or 'visual/.*')")
     decay_mask = jax.tree_util.tree_map(lambda p: not _NO_DECAY.search(p), paths)
 
     def adamw(mult):

@@ -196,6 +196,10 @@ def test_frozen_tower_and_weight_decay_mask():
             assert not np.any(np.asarray(u)), path
         else:
             assert np.any(np.asarray(u)), path
+    # A pattern that matches no parameter path is a mistake, not a silent no-op.
+    config.optim.lr_multipliers = (("vision/.*", 0.0),)
+    with pytest.raises(ValueError, match=r"optim.lr_multipliers: 'vision/\.\*' matches no parameter"):
+        make_optimizer(config.optim, 10, params)
     # With zero gradients only weight decay moves parameters: kernels yes; biases, LayerNorm
     # gains, embeddings and the temperature no.
     config.optim.lr_multipliers = ()
