@@ -16,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 import emocap_jax.storage as storage
+from emocap_jax.cli_errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ def record_positions_to_batches(state: Any, local_batch_size: int) -> Any:
 class TrainCheckpointer:
     def __init__(self, directory, keep: int = 3, async_save: bool = True,
                  replica_parallel: bool = False):
+        # Orbax's max_to_keep=0 keeps none: every save deletes every step, the one just written
+        # included, so a killed or preempted run had nothing to resume from.
+        if keep is None or int(keep) < 1:
+            raise UsageError(f"config.train.keep_checkpoints={keep!r}: keep at least 1 checkpoint "
+                             f"(the latest is what a resumed run continues from)")
         self.directory = storage.orbax_path(directory)
         # Orbax's replica-parallel writes split replicated arrays across their replicas, which
         # compiles a slicing program per parameter shape (about 20 s at the first save of a small

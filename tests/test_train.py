@@ -218,6 +218,25 @@ def test_frozen_tower_and_weight_decay_mask():
         assert not moved[p], p
 
 
+def test_keeping_no_checkpoint_is_refused(tmp_path):
+    """Orbax's max_to_keep=0 deletes every step it saves, the one just written too: a run with
+    keep_checkpoints=0 could never resume."""
+    from emocap_jax.checkpoint import TrainCheckpointer
+
+    with pytest.raises(ValueError, match=r"keep_checkpoints=0: keep at least 1"):
+        TrainCheckpointer(tmp_path / "checkpoints", keep=0, async_save=False)
+    checkpointer = TrainCheckpointer(tmp_path / "checkpoints", keep=1, async_save=False)
+    checkpointer.manager.save(1, args=ocp_composite({"w": np.ones(2)}), force=True)
+    checkpointer.close()
+    assert TrainCheckpointer(tmp_path / "checkpoints").latest_step() == 1
+
+
+def ocp_composite(state):
+    import orbax.checkpoint as ocp
+
+    return ocp.args.Composite(state=ocp.args.StandardSave(state))
+
+
 def test_init_from_converted_clip_with_exclusions_and_new_resolution(fixtures_dir):
     from configs import default
     from emocap_jax import api
