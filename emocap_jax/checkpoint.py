@@ -77,6 +77,15 @@ class TrainCheckpointer:
             log.info("checkpoint: saving step %d to %s", step, self.directory)
         return saved
 
+    def saved_config(self, step: int):
+        """The run config saved with `step` (a dict, as config.to_json_best_effort wrote it), or
+        None where the step has none."""
+        if not (self.directory / str(step) / "config").exists():
+            return None
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore()))
+        return restored["config"]
+
     def restore(self, step: int, abstract_state, data_iterator, local_batch_size: int):
         """Restores the train state (with the shardings of `abstract_state`) and sets
         `data_iterator` (this process's, `local_batch_size` rows a step) to where it was at

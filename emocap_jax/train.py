@@ -141,6 +141,41 @@ def check_dataset(path: str, setting: str) -> None:
                          f"rejected.jsonl for why its inputs were rejected)")
 
 
+# Fields a resumed run may set otherwise than the run it continues: where and how often it logs,
+# checkpoints and evaluates, how it computes the same result (sharding, remat, loss kernels),
+# where the dataset now lives, and how it starts a run (only a fresh one reads init_from). Every
+# other field (model, tokenizer, data order and augmentation, losses, optimiser, batch, seed)
+# must be the same, or the workdir's checkpoints continue another run than the config says.
+RESUME_MAY_CHANGE = (
+    "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.eval_every", "train.compilation_cache_dir", "train.checkpoint_replica_parallel",
+    "train.on_nonfinite", "data.train_dir", "data.worker_buffer_size", "mesh.", "eval.",
+    "init_from", "init_exclude", "loss.impl", "loss.chunk_size", "model.remat",
+    "model.remat_policy",
+)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def resume_config_differences(saved: dict, config) -> list[str]:
+    """The fields (besides RESUME_MAY_CHANGE) whose value in `config` differs from the `saved`
+    config of the checkpoint a run would resume, as "field: saved -> now". Fields the saved
+    config lacks (written before they existed) are not compared."""
+    now = _flatten(json.loads(config.to_json_best_effort()))
+    before = _flatten(saved)
+    return [f"{key}: {before[key]!r} -> {now[key]!r}" for key in sorted(now)
+            if key in before and before[key] != now[key]
+            and not any(key == f or (f.endswith(".") and key.startswith(f))
+                        for f in RESUME_MAY_CHANGE)]
+
+
 def check_loss_settings(config, train_dir: str) -> None:
     """The loss settings a run can use, checked before anything compiles (a wrong one would
     otherwise fail inside the first step's trace). `config.loss.mining` must make a MiningConfig
@@ -319,9 +354,6 @@ def train_and_evaluate(config, workdir) -> dict:
     train_dir, eval_dir = prepare_data(config, workdir)
     check_loss_settings(config, train_dir)
     is_main = jax.process_index() == 0
-    if is_main:
-        storage.write_text(storage.join(workdir, "config.json"),
-                           config.to_json_best_effort(indent=1))
 
     # ----- devices, data, tokenizer
     mesh = sharding.make_mesh(config.mesh)
@@ -359,6 +391,23 @@ def train_and_evaluate(config, workdir) -> dict:
                                      keep=config.train.keep_checkpoints,
                                      replica_parallel=config.train.checkpoint_replica_parallel)
     latest = checkpointer.latest_step()
+    if latest is not None:
+        saved = checkpointer.saved_config(latest)
+        differences = resume_config_differences(saved, config) if saved else []
+        if differences:
+            checkpointer.close()
+            _close(data_iter)
+            raise UsageError(
+                f"--workdir {workdir} holds checkpoints (step {latest}) of a run with another "
+                f"config: {'; '.join(differences)}. Resume it with its own config "
+                f"({storage.join(workdir, 'config.json')}), or start a new --workdir")
+        if saved and saved.get("train", {}).get("num_steps") not in (None, num_steps):
+            log.warning("resuming with train.num_steps=%d (the run was started with %s): the "
+                        "learning-rate schedule from here on is that of a %d-step run",
+                        num_steps, saved["train"]["num_steps"], num_steps)
+    if is_main:
+        storage.write_text(storage.join(workdir, "config.json"),
+                           config.to_json_best_effort(indent=1))
     make_state = jax.jit(lambda p: initial_state(p, optimizer), out_shardings=state_shardings,
                          donate_argnums=0)
     if latest is not None:

@@ -231,10 +231,45 @@ def test_keeping_no_checkpoint_is_refused(tmp_path):
     assert TrainCheckpointer(tmp_path / "checkpoints").latest_step() == 1
 
 
-def ocp_composite(state):
+def ocp_composite(state, config=None):
     import orbax.checkpoint as ocp
 
-    return ocp.args.Composite(state=ocp.args.StandardSave(state))
+    items = {"state": ocp.args.StandardSave(state)}
+    if config is not None:
+        items["config"] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
+    return ocp.args.Composite(**items)
+
+
+def test_a_workdir_of_another_config_is_not_resumed_silently(tmp_path):
+    """The run config saved with a checkpoint is compared with the resuming run's: a field that
+    changes what is trained (learning rate, model, seed, ...) is reported; where it logs,
+    checkpoints, evaluates or how it shards is not."""
+    from configs import tiny
+    from emocap_jax.checkpoint import TrainCheckpointer
+    from emocap_jax.train import resume_config_differences
+
+    config = tiny.get_config()
+    checkpointer = TrainCheckpointer(tmp_path / "checkpoints", async_save=False)
+    checkpointer.manager.save(10, args=ocp_composite({"w": np.ones(2)}, config), force=True)
+    checkpointer.close()
+    saved = TrainCheckpointer(tmp_path / "checkpoints").saved_config(10)
+    assert resume_config_differences(saved, config) == []
+    other = copy.deepcopy(config)
+    other.train.log_every = 1
+    other.train.num_steps = 40
+    other.mesh.data = 2
+    other.eval.classes = ("a", "b")
+    other.data.train_dir = "/elsewhere"
+    assert resume_config_differences(saved, other) == []
+    other.optim.learning_rate = 1e-3
+    other.model.vision.image_size = 48
+    other.loss.mining.terms = ("global", "summary")
+    assert resume_config_differences(saved, other) == [
+        "loss.mining.terms: ['global'] -> ['global', 'summary']",
+        "model.vision.image_size: 32 -> 48", "optim.learning_rate: 0.0005 -> 0.001"]
+    # A field the saved config lacks (written before it existed) is not compared.
+    del saved["optim"]["learning_rate"]
+    assert len(resume_config_differences(saved, other)) == 2
 
 
 def test_init_from_converted_clip_with_exclusions_and_new_resolution(fixtures_dir):
