@@ -271,7 +271,10 @@ class MetricsLogger:
     # uploaded whole, at most this often (and at every checkpoint and at the end).
     REMOTE_FLUSH_SECONDS = 60.0
 
-    def __init__(self, workdir: str, enabled: bool):
+    def __init__(self, workdir: str, enabled: bool, start_step: int = 0):
+        """`start_step`: the step the run starts (or resumes) at. A resumed run continues the
+        files, less what the killed run logged after that step (up to the next checkpoint),
+        which it logs again: one line per step and kind, and no second TensorBoard curve."""
         self.enabled = enabled
         self.remote = storage.is_url(workdir)
         self.path = storage.join(workdir, "metrics.jsonl")
@@ -279,17 +282,25 @@ class MetricsLogger:
         self.lines: list[str] = []
         self.dirty = False
         self.last_flush = time.monotonic()
-        if enabled and self.remote:
-            # A resumed run continues the file: its lines are kept and uploaded with the new.
-            self.lines = [storage.read_text(self.path)] if storage.isfile(self.path) else []
-        elif enabled:
+        if enabled and storage.isfile(self.path):
+            old = storage.read_text(self.path).splitlines(keepends=True)
+            self.lines = [line if line.endswith("\n") else line + "\n" for line in old
+                          if _logged_step(line) <= start_step]
+            self.dirty = self.lines != old
+            if self.dirty and not self.remote:
+                storage.write_text(self.path, "".join(self.lines))
+                self.dirty = False
+        if enabled and not self.remote:
             self.jsonl = open(self.path, "a")
+            self.lines = []
         self.tb = None
         if enabled:
             try:
                 from tensorboardX import SummaryWriter  # optional: TensorBoard events only
                 # tensorboardX writes gs:// itself (google-cloud-storage), whole file per flush.
+                # purge_step hides the earlier events at the steps this run logs again.
                 self.tb = SummaryWriter(storage.join(workdir, "tensorboard"),
+                                        purge_step=start_step + 1,
                                         flush_secs=self.REMOTE_FLUSH_SECONDS if self.remote
                                         else 120)
             except ImportError:
@@ -331,6 +342,15 @@ class MetricsLogger:
             self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line that is not a record (a torn last line of a
+    killed run) counts as past every step, so that it is dropped."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def _format_eta(seconds: float) -> str:
@@ -437,9 +457,9 @@ def train_and_evaluate(config, workdir) -> dict:
                          donate_argnums=0)
 
     # ----- the loop
-    logger = MetricsLogger(workdir, is_main)
-    stop = distributed.Preemption()
     start_step = int(jax.device_get(state["step"]))
+    logger = MetricsLogger(workdir, is_main, start_step)
+    stop = distributed.Preemption()
     config_json = config.to_json_best_effort()
     pending: list = []
     wait_time, t_last, steps_since = 0.0, time.perf_counter(), 0

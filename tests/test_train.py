@@ -272,6 +272,27 @@ def test_a_workdir_of_another_config_is_not_resumed_silently(tmp_path):
     assert len(resume_config_differences(saved, other)) == 2
 
 
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """A run killed after its checkpoint at step 2 had logged steps 3 and 4 (and half a line):
+    resumed at step 2, it logs them again, and metrics.jsonl holds each step once."""
+    from emocap_jax.train import MetricsLogger
+
+    lines = [json.dumps({"step": s, "kind": k, "loss": float(s)})
+             for s in (1, 2, 3, 4) for k in ("train", "perf")]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 5, "ki')
+    logger = MetricsLogger(str(tmp_path), True, start_step=2)
+    for s in (3, 4):
+        logger.write(s, {"loss": 10.0 * s})
+    logger.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["kind"]) for r in records] == [
+        (1, "train"), (1, "perf"), (2, "train"), (2, "perf"), (3, "train"), (4, "train")]
+    assert [r["loss"] for r in records if r["step"] > 2] == [30.0, 40.0]
+    # A fresh run's logger leaves a file alone where nothing is past its start.
+    MetricsLogger(str(tmp_path), True, start_step=4).close()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 6
+
+
 def test_init_from_converted_clip_with_exclusions_and_new_resolution(fixtures_dir):
     from configs import default
     from emocap_jax import api
