@@ -176,6 +176,23 @@ def resume_config_differences(saved: dict, config) -> list[str]:
                         for f in RESUME_MAY_CHANGE)]
 
 
+def check_batch_settings(config, num_batch_shards: int) -> None:
+    """The global batch splits into `num_batch_shards` devices, and each device's rows into
+    optim.grad_accum_steps micro-batches (checked before anything compiles)."""
+    gbs, accum = config.train.global_batch_size, config.optim.grad_accum_steps
+    if not isinstance(accum, int) or accum < 1:
+        raise UsageError(f"config.optim.grad_accum_steps={accum!r}: give a whole number of "
+                         f"micro-batches per step, at least 1 (1: no accumulation)")
+    unit = num_batch_shards * accum
+    if gbs < 1 or gbs % unit:
+        below = gbs // unit * unit
+        nearest = (f"the nearest are {below} and {below + unit}" if below > 0
+                   else f"the smallest is {unit}")
+        raise UsageError(
+            f"config.train.global_batch_size={gbs} must be a positive multiple of {unit} "
+            f"({num_batch_shards} devices x optim.grad_accum_steps={accum}); {nearest}")
+
+
 def check_loss_settings(config, train_dir: str) -> None:
     """The loss settings a run can use, checked before anything compiles (a wrong one would
     otherwise fail inside the first step's trace). `config.loss.mining` must make a MiningConfig
@@ -380,9 +397,7 @@ def train_and_evaluate(config, workdir) -> dict:
     axes = sharding.batch_axes(mesh)
     num_batch_shards = int(np.prod([mesh.shape[a] for a in axes]))
     gbs = config.train.global_batch_size
-    if gbs % num_batch_shards or (gbs // num_batch_shards) % config.optim.grad_accum_steps:
-        raise ValueError(f"train.global_batch_size={gbs} must divide into {num_batch_shards} "
-                         f"devices x optim.grad_accum_steps={config.optim.grad_accum_steps}")
+    check_batch_settings(config, num_batch_shards)
     model_config = clip_config(config)
     tokenizer = get_tokenizer(config.tokenizer, model_config.text.context_length)
     if tokenizer.vocab_size > model_config.text.vocab_size:

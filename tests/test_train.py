@@ -218,6 +218,28 @@ def test_frozen_tower_and_weight_decay_mask():
         assert not moved[p], p
 
 
+def test_a_batch_that_does_not_split_is_refused_in_one_line():
+    from configs import tiny
+    from emocap_jax.cli_errors import UsageError
+    from emocap_jax.train import check_batch_settings
+
+    config = tiny.get_config()  # global batch 16
+    check_batch_settings(config, 8)
+    config.optim.grad_accum_steps = 2
+    check_batch_settings(config, 8)
+    config.optim.grad_accum_steps = 4
+    with pytest.raises(UsageError, match=r"global_batch_size=16 must be a positive multiple of "
+                       r"32 \(8 devices x optim.grad_accum_steps=4\); the smallest is 32"):
+        check_batch_settings(config, 8)
+    config.optim.grad_accum_steps = 1
+    config.train.global_batch_size = 12
+    with pytest.raises(UsageError, match=r"global_batch_size=12 .* nearest are 8 and 16"):
+        check_batch_settings(config, 8)
+    config.optim.grad_accum_steps = 0  # was a ZeroDivisionError
+    with pytest.raises(UsageError, match=r"grad_accum_steps=0"):
+        check_batch_settings(config, 8)
+
+
 def test_keeping_no_checkpoint_is_refused(tmp_path):
     """Orbax's max_to_keep=0 deletes every step it saves, the one just written too: a run with
     keep_checkpoints=0 could never resume."""
