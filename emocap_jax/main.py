@@ -124,6 +124,43 @@ def _with_installed_config(argv: list[str]) -> list[str]:
     return out
 
 
+def _unset_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """`--config.FIELD=None` for a field that may be unset (an ml_collections placeholder such as
+    loss.mining.relative_threshold or model.text.eot_token_id): ml_collections parses the value
+    with the field's type ("could not convert string to float: 'None'"), so a setting a config
+    file made could not be switched off from the command line. Such overrides are taken out of
+    argv (the last one of a field wins, as absl's order would have it) and applied after parsing
+    (_apply_unset). Returns (the other arguments, [(field, the argument)])."""
+    rest, unset = [], []
+    for i, arg in enumerate(argv):
+        match = re.fullmatch(r"--config\.([\w.]+)=None", arg)
+        later = match and any(a.startswith(f"--config.{match.group(1)}=")
+                              for a in argv[i + 1:])
+        if match and not later:
+            unset.append((match.group(1), arg))
+        elif not (match and later):
+            rest.append(arg)
+    return rest, unset
+
+
+def _apply_unset(unset: list[tuple[str, str]], config) -> None:
+    from ml_collections import config_dict
+
+    for key, arg in unset:
+        *parents, name = key.split(".")
+        parent = config
+        try:
+            for part in parents:
+                parent = parent[part]
+            field = parent._fields[name]
+        except (KeyError, TypeError, AttributeError):
+            raise flags.Error(f"{arg}: the config has no field {key!r}") from None
+        if not isinstance(field, config_dict.FieldReference):
+            raise flags.Error(f"{arg}: config.{key} cannot be unset (None); give a value of "
+                              f"its type ({type(field).__name__})")
+        parent[name] = None
+
+
 def _check_tuple_overrides(argv: list[str], config) -> None:
     """ml_collections reads `--config.init_exclude=(visual/proj,text/proj)` or `...=a,b` (elements
     unquoted, so no Python literal) as the one-element tuple ('(visual/proj,text/proj)',): a
@@ -157,9 +194,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag or config override answered in one line (status 2)
     instead of absl's FATAL message or a traceback."""
     argv = _with_installed_config(argv)
+    parsed, unset = _unset_overrides(argv)
     try:
-        rest = flags.FLAGS(argv)
-        _check_tuple_overrides(argv, flags.FLAGS["config"].value)
+        rest = flags.FLAGS(parsed)
+        _check_tuple_overrides(parsed, flags.FLAGS["config"].value)
+        _apply_unset(unset, flags.FLAGS["config"].value)
         return rest
     except flags.Error as e:
         sys.exit(report(f"{e} (--helpfull lists the flags; configs/default.py documents every "

@@ -116,6 +116,37 @@ def test_train_with_a_tuple_override_whose_elements_are_unquoted(places):
                          f"--config.init_exclude={quoted}")
 
 
+def _parsed_config(*args):
+    """The config main's flag parsing makes of `args` (in a subprocess: absl's flags are global)."""
+    code = ("import json, sys\nfrom emocap_jax import main\nmain._parse_flags(sys.argv)\n"
+            "print(json.dumps(main._CONFIG.value.to_dict()))")
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_an_optional_field_can_be_unset_from_the_command_line(places):
+    """configs/real_faces.py sets loss.mining.relative_threshold (a placeholder: None is off);
+    `=None` switched it off only in Python, the command line said "could not convert string to
+    float: 'None'"."""
+    config = _parsed_config("--config=configs/real_faces.py",
+                            "--config.loss.mining.relative_threshold=None",
+                            "--config.model.text.eot_token_id=None")
+    assert config["loss"]["mining"]["relative_threshold"] is None
+    assert config["model"]["text"]["eot_token_id"] is None
+    # The last override of a field wins, as with any other value.
+    config = _parsed_config("--config=configs/real_faces.py",
+                            "--config.loss.mining.relative_threshold=None",
+                            "--config.loss.mining.relative_threshold=0.5")
+    assert config["loss"]["mining"]["relative_threshold"] == 0.5
+    assert _parsed_config("--config=configs/real_faces.py")["loss"]["mining"][
+        "relative_threshold"] == 1.5
+    # A field that cannot be None still says so, in one line.
+    result = _run(*TRAIN, f"--workdir={places['out']}", "--config.train.num_steps=None")
+    _assert_one_line(result, "--config.train.num_steps=None", "cannot be unset")
+
+
 def test_train_with_a_missing_config_file(places):
     result = _run("emocap_jax.main", "--config=configs/no_such_config.py",
                   f"--workdir={places['out']}")
