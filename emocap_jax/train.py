@@ -193,6 +193,14 @@ def check_batch_settings(config, num_batch_shards: int) -> None:
             f"({num_batch_shards} devices x optim.grad_accum_steps={accum}); {nearest}")
 
 
+def check_train_settings(config) -> None:
+    """Loop settings whose typo would otherwise go unnoticed (checked before anything compiles):
+    any train.on_nonfinite other than "error" skipped non-finite steps."""
+    if config.train.on_nonfinite not in ("error", "skip"):
+        raise UsageError(f"config.train.on_nonfinite={config.train.on_nonfinite!r}: choose "
+                         f"'error' (stop at a non-finite loss or gradient) or 'skip'")
+
+
 def check_loss_settings(config, train_dir: str) -> None:
     """The loss settings a run can use, checked before anything compiles (a wrong one would
     otherwise fail inside the first step's trace). `config.loss.mining` must make a MiningConfig
@@ -390,6 +398,7 @@ def train_and_evaluate(config, workdir) -> dict:
     # Before the JAX backend starts: data preparation forks worker processes.
     train_dir, eval_dir = prepare_data(config, workdir)
     check_loss_settings(config, train_dir)
+    check_train_settings(config)
     is_main = jax.process_index() == 0
 
     # ----- devices, data, tokenizer
@@ -512,6 +521,10 @@ def train_and_evaluate(config, workdir) -> dict:
                 _log_pending(pending, logger, config, gbs / per_step if steps_since else 0.0,
                              wait_time / elapsed, (num_steps - step) * per_step)
                 pending, wait_time, t_last, steps_since = [], 0.0, time.perf_counter(), 0
+                if config.train.on_nonfinite == "error":
+                    # The step's metrics are on the host already: stop now, not at the next
+                    # checkpoint (up to checkpoint_every steps of skipped updates later).
+                    _check_finite(state, config)
             if step % config.train.checkpoint_every == 0 or last or stopping:
                 _check_finite(state, config)
                 checkpointer.save(step, state, data_iter, config_json, force=True)

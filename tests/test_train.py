@@ -130,6 +130,38 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path, datasets, cache_dir):
     assert saved == [last_step]
 
 
+@pytest.mark.slow
+def test_a_nonfinite_loss_stops_the_run_at_the_next_log_not_the_next_checkpoint(
+        tmp_path, datasets, cache_dir):
+    """on_nonfinite=error: a learning rate of 1e38 makes step 2 non-finite; the run stops there
+    (its metrics are on the host at each log), not ten steps later at the checkpoint."""
+    workdir = tmp_path / "diverged"
+    result = _run(_command(workdir, datasets, cache_dir, "--config.train.num_steps=20",
+                           "--config.train.checkpoint_every=10",
+                           "--config.optim.learning_rate=1e38", "--config.optim.warmup_steps=0",
+                           "--config.optim.grad_clip_norm=0"))
+    assert result.returncode != 0
+    assert "NonFiniteLossError: non-finite loss or gradient at step 2" in result.stderr, \
+        result.stderr[-3000:]
+    assert max(_train_losses(workdir)) == 2
+    assert not [p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_an_unknown_on_nonfinite_is_refused():
+    """A typo ("eror") used to mean "skip": only "error" stopped the run."""
+    from configs import tiny
+    from emocap_jax.cli_errors import UsageError
+    from emocap_jax.train import check_train_settings
+
+    config = tiny.get_config()
+    check_train_settings(config)
+    config.train.on_nonfinite = "skip"
+    check_train_settings(config)
+    config.train.on_nonfinite = "eror"
+    with pytest.raises(UsageError, match=r"on_nonfinite='eror': choose 'error'"):
+        check_train_settings(config)
+
+
 # ---------------------------------------------------------------------------------------------
 # In-process checks of the step and its helpers (single device, tiny model).
 
