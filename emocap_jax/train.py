@@ -143,13 +143,16 @@ def check_dataset(path: str, setting: str) -> None:
 
 # Fields a resumed run may set otherwise than the run it continues: where and how often it logs,
 # checkpoints and evaluates, how it computes the same result (sharding, remat, loss kernels),
-# where the dataset now lives, and how it starts a run (only a fresh one reads init_from). Every
+# where the dataset now lives and what to do with a corrupt record found in it (a run stopped by
+# one can resume with on_corrupt="skip"), and how it starts a run (only a fresh one reads
+# init_from). The batches do not depend on read_threads; they do on worker_count. Every
 # other field (model, tokenizer, data order and augmentation, losses, optimiser, batch, seed)
 # must be the same, or the workdir's checkpoints continue another run than the config says.
 RESUME_MAY_CHANGE = (
     "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.eval_every", "train.compilation_cache_dir", "train.checkpoint_replica_parallel",
-    "train.on_nonfinite", "data.train_dir", "data.worker_buffer_size", "mesh.", "eval.",
+    "train.on_nonfinite", "data.train_dir", "data.worker_buffer_size", "data.read_threads",
+    "data.on_corrupt", "mesh.", "eval.",
     "init_from", "init_exclude", "loss.impl", "loss.chunk_size", "model.remat",
     "model.remat_policy",
 )

@@ -314,16 +314,18 @@ def test_a_workdir_of_another_config_is_not_resumed_silently(tmp_path):
     other.mesh.data = 2
     other.eval.classes = ("a", "b")
     other.data.train_dir = "/elsewhere"
+    other.data.on_corrupt = "skip"
     assert resume_config_differences(saved, other) == []
     other.optim.learning_rate = 1e-3
     other.model.vision.image_size = 48
     other.loss.mining.terms = ("global", "summary")
+    other.data.worker_count = 2  # Grain's saved state holds one position per worker
     assert resume_config_differences(saved, other) == [
-        "loss.mining.terms: ['global'] -> ['global', 'summary']",
+        "data.worker_count: 0 -> 2", "loss.mining.terms: ['global'] -> ['global', 'summary']",
         "model.vision.image_size: 32 -> 48", "optim.learning_rate: 0.0005 -> 0.001"]
     # A field the saved config lacks (written before it existed) is not compared.
     del saved["optim"]["learning_rate"]
-    assert len(resume_config_differences(saved, other)) == 2
+    assert len(resume_config_differences(saved, other)) == 3
 
 
 def test_a_resumed_run_logs_each_step_once(tmp_path):
