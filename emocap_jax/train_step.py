@@ -162,7 +162,16 @@ def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None,
 
         def update(params, opt_state, grads):
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), new_opt_state
+            new_params = optax.apply_updates(params, updates)
+            # The model clips the log-temperature where it is used, which passes no gradient
+            # above the cap: a parameter the optimiser pushed past it stayed there for good,
+            # the temperature pinned at the cap. Clamped here after each update, as CLIP and
+            # open_clip do, it stays at the cap, where the gradient still reaches it.
+            if "logit_scale" in new_params:
+                new_params = dict(new_params, logit_scale=jnp.minimum(
+                    new_params["logit_scale"],
+                    jnp.asarray(model.config.max_logit_scale, new_params["logit_scale"].dtype)))
+            return new_params, new_opt_state
 
         # A conditional, not where(finite, new, old): selecting between old and new made XLA copy
         # the optimiser moments every step (the select reads the old value after the in-place

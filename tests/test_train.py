@@ -213,6 +213,30 @@ def test_nonfinite_step_changes_nothing_and_is_reported():
     _check_finite(new_state, config)  # warns, does not raise
 
 
+def test_the_log_temperature_is_clamped_at_its_cap_after_each_update():
+    """The model clips log(logit_scale) at max_logit_scale where it is used, so no gradient
+    reaches a parameter above the cap: one the optimiser pushed past it never came back. The step
+    clamps it (CLIP's clamp_ after each update); at the cap the gradient still reaches it."""
+    import math
+
+    config, params, optimizer, step, batch, initial_state = _tiny_setup()
+    cap = math.log(100.0)
+    above = dict(params, logit_scale=jnp.asarray(cap + 0.5, jnp.float32))
+    state = jax.jit(lambda p: initial_state(p, optimizer))(above)
+    for _ in range(3):  # the first step has learning rate 0
+        state, metrics = step(state, batch)
+        assert bool(metrics["finite"])
+        assert float(state["params"]["logit_scale"]) <= cap + 1e-6
+    from emocap_jax.train_step import compute_losses
+    from emocap_jax.config_utils import clip_config
+    from emocap_jax.models.clip import CLIP
+
+    grads = jax.grad(lambda p: compute_losses(p, batch, 0, model=CLIP(clip_config(config)),
+                                              loss_config=config.loss, mesh=None,
+                                              batch_axes=None)[0])(state["params"])
+    assert float(grads["logit_scale"]) != 0.0
+
+
 def test_frozen_tower_and_weight_decay_mask():
     from emocap_jax.optim import make_optimizer, param_paths
 
