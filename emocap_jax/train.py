@@ -198,10 +198,20 @@ def check_batch_settings(config, num_batch_shards: int) -> None:
 
 def check_train_settings(config) -> None:
     """Loop settings whose typo would otherwise go unnoticed (checked before anything compiles):
-    any train.on_nonfinite other than "error" skipped non-finite steps."""
+    any train.on_nonfinite other than "error" skipped non-finite steps; a log_every or
+    checkpoint_every below 1 ended the run after its first (compiled) step with a
+    ZeroDivisionError."""
     if config.train.on_nonfinite not in ("error", "skip"):
         raise UsageError(f"config.train.on_nonfinite={config.train.on_nonfinite!r}: choose "
                          f"'error' (stop at a non-finite loss or gradient) or 'skip'")
+    for name in ("log_every", "checkpoint_every"):
+        value = config.train[name]
+        if not isinstance(value, int) or value < 1:
+            raise UsageError(f"config.train.{name}={value!r}: give a number of steps, at least 1 "
+                             f"(the last step is always logged and checkpointed)")
+    if not isinstance(config.train.eval_every, int) or config.train.eval_every < 0:
+        raise UsageError(f"config.train.eval_every={config.train.eval_every!r}: give a number "
+                         f"of steps (0: evaluate only at the end)")
 
 
 def check_loss_settings(config, train_dir: str) -> None:

@@ -147,7 +147,7 @@ def test_a_nonfinite_loss_stops_the_run_at_the_next_log_not_the_next_checkpoint(
     assert not [p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
 
 
-def test_an_unknown_on_nonfinite_is_refused():
+def test_an_unknown_on_nonfinite_or_a_zero_interval_is_refused():
     """A typo ("eror") used to mean "skip": only "error" stopped the run."""
     from configs import tiny
     from emocap_jax.cli_errors import UsageError
@@ -159,6 +159,10 @@ def test_an_unknown_on_nonfinite_is_refused():
     check_train_settings(config)
     config.train.on_nonfinite = "eror"
     with pytest.raises(UsageError, match=r"on_nonfinite='eror': choose 'error'"):
+        check_train_settings(config)
+    config.train.on_nonfinite = "error"
+    config.train.checkpoint_every = 0  # was a ZeroDivisionError after the first step
+    with pytest.raises(UsageError, match=r"checkpoint_every=0: give a number of steps"):
         check_train_settings(config)
 
 
