@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from emocap_jax.cli_errors import UsageError
@@ -70,5 +71,33 @@ def make_optimizer(optim_config, num_steps: int, params):
             {str(m): (optax.set_to_zero() if m == 0 else adamw(m)) for m in mults}, labels)
     chain = [inner]
     if optim_config.grad_clip_norm and optim_config.grad_clip_norm > 0:
-        chain.insert(0, optax.clip_by_global_norm(optim_config.grad_clip_norm))
+        if 0.0 in mults:
+            # A frozen parameter's gradient is computed but never applied: counted in the
+            # global norm it shrank the clip factor of the parameters that do train.
+            trained = jax.tree_util.tree_map(lambda p: multiplier_for(p, rules) != 0, paths)
+            chain.insert(0, _clip_by_global_norm_of(optim_config.grad_clip_norm, trained))
+        else:
+            chain.insert(0, optax.clip_by_global_norm(optim_config.grad_clip_norm))
     return optax.chain(*chain), schedule
+
+
+def _clip_by_global_norm_of(max_norm: float, mask):
+    """optax.clip_by_global_norm with the norm taken over the leaves where `mask` is True (the
+    same formula and the same, empty, state, so checkpoints keep their layout)."""
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        counted = [u for u, keep in zip(jax.tree_util.tree_leaves(updates),
+                                        jax.tree_util.tree_leaves(mask)) if keep]
+        g_norm = optax.tree.norm(counted)
+        trigger = jnp.squeeze(g_norm < max_norm)
+        updates = jax.tree_util.tree_map(
+            lambda t: jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm),
+            updates)
+        return updates, state
+
+    return optax.GradientTransformation(init, update)

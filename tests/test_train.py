@@ -377,6 +377,35 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 6
 
 
+def test_a_frozen_towers_gradient_does_not_clip_the_trained_one():
+    """Gradient clipping takes the global norm of the gradients that are applied: a frozen
+    tower's (multiplier 0), computed but never applied, used to shrink the other's clip factor."""
+    from emocap_jax.optim import make_optimizer, param_paths
+
+    config, params, _, _, _, _ = _tiny_setup()
+    config.optim.lr_multipliers = (("visual/.*", 0.0),)
+    config.optim.warmup_steps = 0
+    optimizer, _ = make_optimizer(config.optim, 10, params)
+    paths = param_paths(params)
+
+    def grads(visual):
+        return jax.tree_util.tree_map(
+            lambda p, x: jnp.full_like(x, visual if p.startswith("visual/") else 0.1),
+            paths, params)
+
+    update = jax.jit(optimizer.update)
+    with_big, _ = update(grads(1e6), optimizer.init(params), params)
+    without, _ = update(grads(0.0), optimizer.init(params), params)
+    for path, a, b in zip(jax.tree_util.tree_leaves(paths), jax.tree_util.tree_leaves(with_big),
+                          jax.tree_util.tree_leaves(without)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=path)
+    # The checkpointed optimiser state keeps its layout: the clip step's state is empty, as
+    # optax.clip_by_global_norm's.
+    import optax
+
+    assert optimizer.init(params)[0] == optax.EmptyState()
+
+
 def test_init_from_converted_clip_with_exclusions_and_new_resolution(fixtures_dir):
     from configs import default
     from emocap_jax import api
