@@ -7,6 +7,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from emocap_jax.cli_errors import UsageError
+
 # Parameters smaller than this stay replicated under FSDP: sharding them saves nothing and costs
 # an all-gather each.
 FSDP_MIN_SIZE = 2 ** 16
@@ -17,13 +19,17 @@ def make_mesh(mesh_config) -> Mesh:
     devices = jax.devices()
     data, fsdp = int(mesh_config.data), int(mesh_config.fsdp)
     if data == -1 and fsdp == -1:
-        raise ValueError("mesh.data and mesh.fsdp cannot both be -1")
+        raise UsageError("config.mesh.data and config.mesh.fsdp cannot both be -1")
+    if data == 0 or fsdp == 0 or data < -1 or fsdp < -1:
+        raise UsageError(f"config.mesh.data={data}, config.mesh.fsdp={fsdp}: each is a number "
+                         f"of devices (at least 1), or -1 for the remaining devices")
     if data == -1:
         data = len(devices) // fsdp
     if fsdp == -1:
         fsdp = len(devices) // data
     if data * fsdp != len(devices):
-        raise ValueError(f"mesh.data={data} x mesh.fsdp={fsdp} != {len(devices)} devices")
+        raise UsageError(f"config.mesh.data={data} x config.mesh.fsdp={fsdp} != "
+                         f"{len(devices)} devices: the mesh must use every device")
     return Mesh(np.asarray(devices).reshape(data, fsdp), ("data", "fsdp"))
 
 

@@ -300,6 +300,20 @@ def test_a_batch_that_does_not_split_is_refused_in_one_line():
         check_batch_settings(config, 8)
 
 
+def test_a_mesh_that_does_not_fit_the_devices_is_a_usage_error():
+    """A one-line error from the command line (a UsageError), not a traceback; mesh.data=0 used
+    to die in a ZeroDivisionError."""
+    from emocap_jax import sharding
+    from emocap_jax.cli_errors import UsageError
+
+    mesh = lambda data, fsdp: type("M", (), {"data": data, "fsdp": fsdp})()  # noqa: E731
+    assert sharding.make_mesh(mesh(-1, 2)).shape == {"data": 4, "fsdp": 2}
+    with pytest.raises(UsageError, match=r"mesh.data=3 x config.mesh.fsdp=2 != 8 devices"):
+        sharding.make_mesh(mesh(3, 2))
+    with pytest.raises(UsageError, match=r"mesh.data=0, config.mesh.fsdp=-1"):
+        sharding.make_mesh(mesh(0, -1))
+
+
 def test_keeping_no_checkpoint_is_refused(tmp_path):
     """Orbax's max_to_keep=0 deletes every step it saves, the one just written too: a run with
     keep_checkpoints=0 could never resume."""
