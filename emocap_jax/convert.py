@@ -470,14 +470,22 @@ def locate(path, source: str = "auto") -> tuple[str, pathlib.Path, Optional[dict
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.suffix not in WEIGHT_SUFFIXES:
         raise ConversionError(not_a_checkpoint(path) or _not_weights(path))
-    config = None
-    if (path.parent / "open_clip_config.json").is_file() and source != "hf":
-        config = _read_json(path.parent / "open_clip_config.json")
-    elif (path.parent / "config.json").is_file() and source != "open_clip":
-        cfg = _read_json(path.parent / "config.json")
-        config = cfg if cfg.get("model_type") == "clip" else None
-    layout = {"open_clip": "open_clip", "openai": "open_clip", "hf": "hf"}.get(source)
-    return layout or "auto", path, config
+    layout = {"open_clip": "open_clip", "openai": "open_clip", "hf": "hf"}.get(source, "auto")
+    # With source=auto the layout is known only once the tensors are read: `convert` then picks
+    # the config that belongs to it.
+    return layout, path, None if layout == "auto" else config_beside(path, layout)
+
+
+def config_beside(weights, layout: str) -> Optional[dict]:
+    """The config of a weights file in `layout`, read from beside it: open_clip_config.json for
+    open_clip/OpenAI weights, a CLIPModel config.json for Hugging Face ones, else None. Hub folders
+    often hold both (open_clip_model.safetensors and model.safetensors), and each file's
+    architecture is in its own layout's config only."""
+    folder = pathlib.Path(weights).parent
+    if layout == "open_clip":
+        return _read_json(folder / "open_clip_config.json")
+    cfg = _read_json(folder / "config.json")
+    return cfg if isinstance(cfg, dict) and cfg.get("model_type") == "clip" else None
 
 
 def _read_json(path):
@@ -500,6 +508,8 @@ def convert(path, source: str = "auto", activation: Optional[str] = None,
     detected = detect_layout(state)
     if layout not in ("auto", detected):
         raise ConversionError(f"{weights}: --source {source} but the keys are in {detected} layout")
+    if layout == "auto" and not pathlib.Path(path).is_dir():
+        cfg = config_beside(weights, detected)
     if detected == "open_clip":
         oc_cfg = cfg.get("model_cfg", cfg) if cfg else None
         if source == "openai" and activation is None:

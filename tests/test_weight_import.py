@@ -60,6 +60,32 @@ def test_safetensors_file_path_is_recognised(fixtures_dir, tmp_path):
     assert model.config.activation == "gelu"
 
 
+def test_weights_file_is_read_with_its_own_layouts_config(fixtures_dir, tmp_path):
+    # Hub folders of open_clip models hold both layouts: open_clip_model.safetensors with
+    # open_clip_config.json and model.safetensors with config.json. A model.safetensors given as a
+    # file must be read with config.json (here: exact GELU, 2 heads), not with the open_clip
+    # config that happens to lie beside it.
+    from emocap_jax.export import export_model
+    from emocap_jax.params_io import save_params
+
+    params, config, _ = convert.convert(fixtures_dir / "openclip_tiny_gelu")
+    save_params(tmp_path / "export", params, config)
+    hub = export_model(tmp_path / "export", "hf", tmp_path / "hub")[0].parent
+    shutil.copy(fixtures_dir / "openclip_tiny_gelu" / "open_clip_config.json", hub)
+    model = emocap_jax.load(hub / "model.safetensors")
+    assert model.config.activation == "gelu" and model.config.vision.heads == 2
+    images, tokens, out = _peer_io(fixtures_dir / "openclip_tiny_gelu")
+    np.testing.assert_allclose(model.encode_image(images), out["image_features"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(model.encode_text(tokens), out["text_features"], atol=1e-4, rtol=0)
+    # And open_clip weights beside a Hugging Face config.json alone have no config of their own.
+    oc_only = tmp_path / "oc_only"
+    oc_only.mkdir()
+    shutil.copy(fixtures_dir / "openclip_tiny_quickgelu" / "open_clip_model.safetensors", oc_only)
+    shutil.copy(fixtures_dir / "hf_clip_tiny" / "config.json", oc_only)
+    with pytest.raises(convert.ConversionError, match="--activation"):
+        emocap_jax.load(oc_only / "open_clip_model.safetensors")
+
+
 def test_numpy_reference_matches_peers(fixtures_dir):
     # The reference used for full-size checks below must itself agree with open_clip.
     for name, quick in (("openclip_tiny_quickgelu", True), ("openclip_tiny_gelu", False)):
