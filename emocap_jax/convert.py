@@ -357,7 +357,9 @@ def state_dict_to_params(state: dict, layout: str, config: CLIPConfig) -> dict:
 
 def resize_pos_embedding(pos: np.ndarray, new_grid: int, class_token: bool = True) -> np.ndarray:
     """Resizes a ViT position table [1 + g*g, w] to [1 + new_grid**2, w]: the class-token row is
-    kept, the grid is resampled bicubically (as open_clip's `resize_pos_embed` does). With
+    kept, the grid is resampled bicubically with antialiasing, as open_clip's `resize_pos_embed`
+    does (F.interpolate(mode="bicubic", antialias=True, align_corners=False), which is Pillow's
+    bicubic resize: without the antialiasing a smaller grid would differ from open_clip's). With
     class_token=False the table is the grid alone, [g*g, w] -> [new_grid**2, w]."""
     rows = 1 if class_token else 0
     old_grid = math.isqrt(pos.shape[0] - rows)
@@ -365,7 +367,7 @@ def resize_pos_embedding(pos: np.ndarray, new_grid: int, class_token: bool = Tru
         return pos
     grid = jnp.asarray(pos[rows:]).reshape(old_grid, old_grid, -1)
     grid = jax.image.resize(grid, (new_grid, new_grid, grid.shape[-1]), method="bicubic",
-                            antialias=False)
+                            antialias=True)
     return np.concatenate([pos[:rows], np.asarray(grid).reshape(new_grid * new_grid, -1)], axis=0)
 
 

@@ -305,3 +305,20 @@ def test_resize_pos_embedding_interpolates_smooth_tables():
     row = big[8, 5:11, 0]
     np.testing.assert_allclose(np.diff(row), np.full(5, 0.5), atol=1e-5)
     assert big[..., 0].min() >= -0.3 and big[..., 0].max() <= 7.3
+
+
+@pytest.mark.parametrize("old,new", [(8, 4), (14, 10), (4, 6), (7, 16)])
+def test_resize_pos_embedding_matches_open_clips_antialiased_bicubic(old, new):
+    # open_clip resizes with F.interpolate(mode="bicubic", antialias=True, align_corners=False),
+    # which reproduces Pillow's bicubic resize; a smaller grid (another --image-size below the
+    # checkpoint's) must be low-pass filtered as there, not merely sampled.
+    from PIL import Image
+
+    rng = np.random.default_rng(old * 100 + new)
+    grid = rng.standard_normal((old, old, 3)).astype(np.float32)
+    pos = np.concatenate([np.full((1, 3), 5.0, np.float32), grid.reshape(old * old, 3)])
+    want = np.stack([np.asarray(Image.fromarray(grid[..., c]).resize(
+        (new, new), Image.BICUBIC)) for c in range(3)], -1).reshape(new * new, 3)
+    got = convert.resize_pos_embedding(pos, new)
+    np.testing.assert_array_equal(got[0], pos[0])
+    np.testing.assert_allclose(got[1:], want, atol=1e-5, rtol=0)
