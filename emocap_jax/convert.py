@@ -180,7 +180,7 @@ _OPEN_CLIP_SUPPORTED_TEXT = {"context_length", "vocab_size", "width", "heads", "
 OPEN_CLIP_VISION_POOLS = {"tok": "token", "avg": "gap"}
 OPEN_CLIP_TEXT_POOLS = ("argmax", "eos")
 _OPEN_CLIP_DEFAULT_OK = {"ls_init_value": None, "patch_dropout": 0.0, "attentional_pool": False,
-                         "no_ln_pre": False,
+                         "no_ln_pre": False, "no_causal_mask": False,
                          "final_ln_after_pool": False, "output_tokens": False,
                          "proj_bias": False, "embed_cls": False, "pad_id": 0,
                          "norm_kwargs": {}, "act_kwargs": {}, "proj_type": "linear",

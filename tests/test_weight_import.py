@@ -204,6 +204,13 @@ def test_unsupported_open_clip_architecture_is_refused(fixtures_dir, tmp_path):
     (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
     with pytest.raises(convert.ConversionError, match="attentional_pool"):
         emocap_jax.load(tmp_path)
+    # A text tower without the causal mask (open_clip's text_cfg.no_causal_mask) computes other
+    # features from the same tensors: refused, not merely logged as an ignored key.
+    cfg["model_cfg"]["vision_cfg"].pop("attentional_pool")
+    cfg["model_cfg"]["text_cfg"]["no_causal_mask"] = True
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(convert.ConversionError, match="no_causal_mask"):
+        emocap_jax.load(tmp_path)
 
 
 @pytest.mark.skipif("torch" in sys.modules, reason="only meaningful without torch")
