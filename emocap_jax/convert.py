@@ -215,6 +215,14 @@ def infer_open_clip_config(state: dict, oc_cfg: Optional[dict] = None,
     if oc_cfg:
         _check_open_clip_tower_cfg(vcfg, _OPEN_CLIP_SUPPORTED_VISION, "vision")
         _check_open_clip_tower_cfg(tcfg, _OPEN_CLIP_SUPPORTED_TEXT, "text")
+    for key in ("image_size", "patch_size"):
+        # open_clip takes (height, width) pairs; the position table alone cannot tell an 8 x 2 grid
+        # from a 4 x 4 one, so a non-square pair would load as a wrong square model.
+        value = vcfg.get(key)
+        if isinstance(value, (list, tuple)) and len(set(value)) > 1:
+            raise ConversionError(
+                f"open_clip config vision_cfg.{key}={value!r}: non-square images or patches are "
+                f"not supported (emocap_jax's ViT has a square patch grid)")
     v_pool, t_pool = vcfg.get("pool_type", "tok"), tcfg.get("pool_type", "argmax")
     if v_pool not in OPEN_CLIP_VISION_POOLS or t_pool not in OPEN_CLIP_TEXT_POOLS:
         raise ConversionError(

@@ -211,6 +211,16 @@ def test_unsupported_open_clip_architecture_is_refused(fixtures_dir, tmp_path):
     (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
     with pytest.raises(convert.ConversionError, match="no_causal_mask"):
         emocap_jax.load(tmp_path)
+    # A 64 x 16 image of 8 px patches has 8 x 2 = 16 positions, as many as the 4 x 4 grid:
+    # the shapes alone would load it as a square 32 px model.
+    cfg["model_cfg"]["text_cfg"].pop("no_causal_mask")
+    cfg["model_cfg"]["vision_cfg"]["image_size"] = [64, 16]
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(convert.ConversionError, match=r"image_size=\[64, 16\].*non-square"):
+        emocap_jax.load(tmp_path)
+    cfg["model_cfg"]["vision_cfg"]["image_size"] = [32, 32]  # a square pair is fine
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    assert emocap_jax.load(tmp_path).config.vision.image_size == 32
 
 
 @pytest.mark.skipif("torch" in sys.modules, reason="only meaningful without torch")
