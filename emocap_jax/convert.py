@@ -205,11 +205,45 @@ def _check_open_clip_tower_cfg(cfg: dict, supported: set, tower: str):
         log.warning("open_clip config %s_cfg.%s=%r ignored", tower, key, value)
 
 
+# The tensors each layout's architecture is read from: a checkpoint that lacks one is not a
+# two-tower CLIP ViT in that layout (a ResNet image tower, a custom text tower, one tower alone).
+_SHAPE_KEYS = {
+    "open_clip": ("visual.conv1.weight", "visual.positional_embedding", "visual.proj",
+                  "visual.transformer.resblocks.0.mlp.c_fc.weight", "token_embedding.weight",
+                  "positional_embedding", "transformer.resblocks.0.mlp.c_fc.weight",
+                  "text_projection"),
+    "hf": ("vision_model.embeddings.patch_embedding.weight",
+           "vision_model.embeddings.position_embedding.weight",
+           "vision_model.encoder.layers.0.mlp.fc1.weight", "visual_projection.weight",
+           "text_model.embeddings.token_embedding.weight",
+           "text_model.embeddings.position_embedding.weight",
+           "text_model.encoder.layers.0.mlp.fc1.weight", "text_projection.weight"),
+}
+
+
+def _require_clip_vit(state: dict, layout: str):
+    missing = [k for k in _SHAPE_KEYS[layout] if k not in state]
+    if not missing:
+        return
+    if any(k.startswith(("visual.layer1.", "visual.attnpool.")) for k in state):
+        what = "its image tower is a ResNet (OpenAI's RN50 family)"
+    elif any(k.startswith("text.") for k in state):
+        what = "its text tower is not CLIP's (open_clip custom_text, CoCa or a Hugging Face model)"
+    else:
+        what = f"it has no tensor {missing[0]}" + (
+            f" (nor {len(missing) - 1} more the architecture is read from)" if len(missing) > 1
+            else "")
+    raise ConversionError(
+        f"not a CLIP ViT checkpoint in {layout} layout: {what}. emocap_jax imports standard CLIP "
+        f"ViTs with both towers (image and text) only")
+
+
 def infer_open_clip_config(state: dict, oc_cfg: Optional[dict] = None,
                            activation: Optional[str] = None) -> CLIPConfig:
     """Architecture of an open_clip/OpenAI state dict. `oc_cfg` is open_clip's `model_cfg` (from
     `open_clip_config.json`); without it the attention heads default to width/64 (all OpenAI CLIPs)
     and the activation must be given."""
+    _require_clip_vit(state, "open_clip")
     vcfg = dict((oc_cfg or {}).get("vision_cfg", {}))
     tcfg = dict((oc_cfg or {}).get("text_cfg", {}))
     if oc_cfg:
@@ -262,6 +296,7 @@ _HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 
 def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
                     activation: Optional[str] = None) -> CLIPConfig:
+    _require_clip_vit(state, "hf")
     vcfg = dict((hf_cfg or {}).get("vision_config", {}))
     tcfg = dict((hf_cfg or {}).get("text_config", {}))
     conv = state["vision_model.embeddings.patch_embedding.weight"]

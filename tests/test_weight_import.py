@@ -223,6 +223,28 @@ def test_unsupported_open_clip_architecture_is_refused(fixtures_dir, tmp_path):
     assert emocap_jax.load(tmp_path).config.vision.image_size == 32
 
 
+def test_checkpoints_that_are_not_clip_vits_say_so(fixtures_dir, tmp_path):
+    # Keys the architecture is read from are missing: a one-line error at the command line, not a
+    # KeyError traceback.
+    sd = load_file(str(fixtures_dir / "openclip_tiny_gelu" / "open_clip_model.safetensors"))
+    resnet = {k: v for k, v in sd.items() if k != "visual.positional_embedding"}
+    resnet["visual.attnpool.positional_embedding"] = sd["visual.positional_embedding"]
+    save_file(resnet, str(tmp_path / "rn50.safetensors"))
+    hf = load_file(str(fixtures_dir / "hf_clip_tiny" / "model.safetensors"))
+    save_file({k: v for k, v in hf.items() if not k.startswith("text_model.")},
+              str(tmp_path / "vision_only.safetensors"))
+    for name, message in (("rn50", "image tower is a ResNet"),
+                          ("vision_only", "no tensor text_model.embeddings.token_embedding.weight")):
+        with pytest.raises(convert.ConversionError, match=message):
+            emocap_jax.load(tmp_path / f"{name}.safetensors", activation="gelu")
+        result = subprocess.run(
+            [sys.executable, "-m", "emocap_jax.convert", "--activation", "gelu", "--input",
+             str(tmp_path / f"{name}.safetensors"), "--output", str(tmp_path / name)],
+            capture_output=True, text=True)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "not a CLIP ViT checkpoint" in result.stderr
+
+
 @pytest.mark.skipif("torch" in sys.modules, reason="only meaningful without torch")
 def test_torch_file_without_torch_explains_safetensors(tmp_path):
     try:
