@@ -54,7 +54,7 @@ def save_params(path, params, model_config: CLIPConfig, tokenizer: Optional[dict
     if storage.exists(params_dir):
         raise FileExistsError(f"{params_dir} already exists; choose an empty output folder")
     storage.makedirs(path)
-    params = _to_numpy(params)
+    params = _as_float32(_to_numpy(params))
     checkpointer = _this_process_checkpointer()
     checkpointer.save(storage.orbax_path(params_dir), params)
     checkpointer.wait_until_finished()
@@ -80,11 +80,22 @@ def load_params(path) -> tuple[dict, CLIPConfig, dict]:
     description = read_description(path)
     params = _this_process_checkpointer().restore(
         storage.orbax_path(storage.join(path, PARAMS_DIR)))
-    return params, CLIPConfig.from_dict(description["model"]), description
+    # Parameters are float32 everywhere (CLIPConfig.dtype is the compute dtype only); an export
+    # written with 16-bit arrays (by an older version, or by hand) would otherwise start a
+    # fine-tuning run (init_from) with bfloat16 weights and optimizer moments.
+    return _as_float32(params), CLIPConfig.from_dict(description["model"]), description
 
 
 def _to_numpy(tree):
     return jax.tree_util.tree_map(lambda x: np.asarray(x), tree)
+
+
+def _as_float32(tree):
+    """Floating leaves (bfloat16 and float16 included) as float32 NumPy arrays."""
+    def cast(x):
+        x = np.asarray(x)
+        return x.astype(np.float32) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x
+    return jax.tree_util.tree_map(cast, tree)
 
 
 def _this_process_checkpointer() -> ocp.StandardCheckpointer:

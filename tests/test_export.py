@@ -333,3 +333,23 @@ def test_convert_cli_exports_a_run(tmp_path):
                               "vocab.json", "merges.txt", "tokenizer_config.json",
                               "special_tokens_map.json", "README.md"])
     assert emocap_jax.load(tmp_path / "hf").config == tiny_model_config()
+
+
+def test_params_are_written_and_read_as_float32(fixtures_dir, tmp_path):
+    # CLIPConfig.dtype is the compute dtype; the parameters of an export are float32. 16-bit
+    # arrays handed to save_params, or found in an export written with them, come back float32
+    # (else init_from would fine-tune bfloat16 weights and optimizer moments).
+    import jax
+    import ml_dtypes
+    import orbax.checkpoint as ocp
+
+    params, config, _ = convert.convert(fixtures_dir / "openclip_tiny_gelu")
+    half = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16), params)
+    folder = save_params(tmp_path / "bf16", half, config)
+    raw = ocp.StandardCheckpointer().restore(folder / "params")
+    assert {np.asarray(x).dtype for x in jax.tree_util.tree_leaves(raw)} == {np.dtype(np.float32)}
+    loaded, _, _ = load_params(folder)
+    dtypes = {np.asarray(x).dtype for x in jax.tree_util.tree_leaves(loaded)}
+    assert dtypes == {np.dtype(np.float32)}
+    for (path, a), (_, b) in zip(convert._flatten_paths(loaded), convert._flatten_paths(half)):
+        np.testing.assert_array_equal(a, np.asarray(b, np.float32), err_msg=path)
