@@ -324,10 +324,11 @@ def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
             raise ConversionError(f"Hugging Face config activations {sorted(acts)} unsupported: "
                                   f"both towers must use quick_gelu or gelu")
         activation = _HF_ACT[acts.pop()]
-        eps = {vcfg.get("layer_norm_eps", 1e-5), tcfg.get("layer_norm_eps", 1e-5)}
-        if eps != {1e-5}:
-            raise ConversionError(f"Hugging Face config layer_norm_eps {sorted(eps)}: only 1e-5 "
-                                  f"is supported")
+    # --activation overrides the activation only: another LayerNorm epsilon is still refused.
+    eps = {vcfg.get("layer_norm_eps", 1e-5), tcfg.get("layer_norm_eps", 1e-5)}
+    if eps != {1e-5}:
+        raise ConversionError(f"Hugging Face config layer_norm_eps {sorted(eps)}: only 1e-5 "
+                              f"is supported")
     return CLIPConfig(embed_dim=state["visual_projection.weight"].shape[0], vision=vision,
                       text=text, activation=activation)
 

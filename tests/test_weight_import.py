@@ -245,6 +245,17 @@ def test_checkpoints_that_are_not_clip_vits_say_so(fixtures_dir, tmp_path):
         assert "not a CLIP ViT checkpoint" in result.stderr
 
 
+def test_hf_layer_norm_eps_is_checked_with_activation_given(fixtures_dir):
+    # --activation overrides hidden_act; it must not also skip the layer_norm_eps check (the
+    # model would silently use 1e-5).
+    state = load_file(str(fixtures_dir / "hf_clip_tiny" / "model.safetensors"))
+    cfg = json.loads((fixtures_dir / "hf_clip_tiny" / "config.json").read_text())
+    cfg["vision_config"]["layer_norm_eps"] = 1e-6
+    for activation in (None, "quick_gelu"):
+        with pytest.raises(convert.ConversionError, match="layer_norm_eps"):
+            convert.infer_hf_config(state, cfg, activation)
+
+
 @pytest.mark.skipif("torch" in sys.modules, reason="only meaningful without torch")
 def test_torch_file_without_torch_explains_safetensors(tmp_path):
     try:
