@@ -152,9 +152,19 @@ def _num_layers(state, prefix):
     return len(ids)
 
 
+# Image towers of the standard CLIPs whose heads are not 64 wide (open_clip's ViT-H-14/-16,
+# ViT-g-14 and ViT-bigG-14 configs: head_width 80, 88 and 104, i.e. 16 heads), by width. Their text
+# towers, and every other standard tower, use 64-wide heads.
+_VISION_HEAD_WIDTHS = {1280: 80, 1408: 88, 1664: 104}
+
+
+def _vision_head_width(width: int) -> int:
+    return _VISION_HEAD_WIDTHS.get(width, 64)
+
+
 def _heads(width, head_width, what):
-    # Attention heads are invisible in the tensor shapes; every OpenAI/open_clip standard CLIP uses
-    # 64-wide heads, so that is the fallback when no config says otherwise.
+    # Attention heads are invisible in the tensor shapes; the standard CLIPs use 64-wide heads
+    # (image towers: _VISION_HEAD_WIDTHS), so that is the fallback when no config says otherwise.
     if head_width <= 0 or width % head_width:
         raise ConversionError(
             f"{what}: cannot infer the number of attention heads for width {width} (head width "
@@ -241,8 +251,9 @@ def _require_clip_vit(state: dict, layout: str):
 def infer_open_clip_config(state: dict, oc_cfg: Optional[dict] = None,
                            activation: Optional[str] = None) -> CLIPConfig:
     """Architecture of an open_clip/OpenAI state dict. `oc_cfg` is open_clip's `model_cfg` (from
-    `open_clip_config.json`); without it the attention heads default to width/64 (all OpenAI CLIPs)
-    and the activation must be given."""
+    `open_clip_config.json`); without it the attention heads are those of the standard
+    architecture of that width (64-wide, as in all OpenAI CLIPs, except the image towers of
+    open_clip's ViT-H/g/bigG: 16 heads) and the activation must be given."""
     _require_clip_vit(state, "open_clip")
     vcfg = dict((oc_cfg or {}).get("vision_cfg", {}))
     tcfg = dict((oc_cfg or {}).get("text_cfg", {}))
@@ -273,8 +284,11 @@ def infer_open_clip_config(state: dict, oc_cfg: Optional[dict] = None,
     v_width, _, patch, _ = conv.shape
     grid = _grid(state["visual.positional_embedding"].shape[0], "visual.positional_embedding")
     v_layers = _num_layers(state, "visual.transformer.resblocks.")
+    # With a config, open_clip's own default head_width (64) applies; without one, the standard
+    # architecture of this width.
     v_heads = int(vcfg["heads"]) if "heads" in vcfg else _heads(
-        v_width, int(vcfg.get("head_width", 64)), "image tower")
+        v_width, int(vcfg.get("head_width", 64 if oc_cfg else _vision_head_width(v_width))),
+        "image tower")
     vision = VisionConfig(
         image_size=grid * patch, patch_size=patch, width=v_width, layers=v_layers, heads=v_heads,
         mlp_dim=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
@@ -306,7 +320,8 @@ def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
     vision = VisionConfig(
         image_size=grid * patch, patch_size=patch, width=v_width,
         layers=_num_layers(state, "vision_model.encoder.layers."),
-        heads=int(vcfg.get("num_attention_heads", 0)) or _heads(v_width, 64, "image tower"),
+        heads=int(vcfg.get("num_attention_heads", 0))
+        or _heads(v_width, _vision_head_width(v_width), "image tower"),
         mlp_dim=state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0])
     vocab, t_width = state["text_model.embeddings.token_embedding.weight"].shape
     eos = tcfg.get("eos_token_id", 2)

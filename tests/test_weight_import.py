@@ -170,6 +170,25 @@ def test_standard_shapes_infer_standard_architectures():
         assert convert.infer_open_clip_config(sd, activation="quick_gelu") == variant(name), name
 
 
+@pytest.mark.parametrize("name,v_width,v_mlp,t_width,embed_dim", [
+    ("ViT-H-14", 1280, 5120, 1024, 1024), ("ViT-g-14", 1408, 6144, 1024, 1024),
+    ("ViT-bigG-14", 1664, 8192, 1280, 1280)])
+def test_big_image_towers_without_config_get_their_16_heads(name, v_width, v_mlp, t_width,
+                                                            embed_dim):
+    # open_clip's ViT-H/g/bigG image towers have 80/88/104-wide heads (16 heads), not 64-wide:
+    # width/64 would give 20/22/26 heads and silently other features. Their text towers are 64.
+    shapes = dict(image_size=224, patch=14, v_width=v_width, v_layers=2, v_mlp=v_mlp,
+                  embed_dim=embed_dim, ctx=77, vocab=49408, t_width=t_width, t_layers=2,
+                  t_mlp=4 * t_width)
+    sd = {k: np.broadcast_to(np.float32(0), s) for k, s in ref.open_clip_shapes(**shapes).items()}
+    for config in (convert.infer_open_clip_config(sd, activation="gelu"),
+                   convert.infer_hf_config(ref.open_clip_to_hf_names(sd), activation="gelu")):
+        assert (config.vision.heads, config.text.heads) == (16, t_width // 64), name
+    # A config still decides: open_clip's own default head_width is 64.
+    with_cfg = convert.infer_open_clip_config(sd, {"vision_cfg": {"width": v_width}})
+    assert with_cfg.vision.heads == v_width // 64
+
+
 def test_shape_mismatch_names_parameter_and_both_shapes(fixtures_dir):
     sd = load_file(str(fixtures_dir / "openclip_tiny_gelu" / "open_clip_model.safetensors"))
     sd["transformer.resblocks.1.mlp.c_fc.weight"] = np.zeros((100, 32), np.float32)
