@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import pathlib
 import re
 import sys
@@ -434,6 +435,12 @@ def with_image_size(params: dict, config: CLIPConfig, image_size: int) -> tuple[
     """Adapts parameters trained at one resolution to `image_size` (a multiple of the patch): the
     position embeddings are resized, the ViT's and, with vision.local_head="patch_fine", the local
     head's own (its finer grid, no class-token row)."""
+    patch = config.vision.patch_size
+    if not isinstance(image_size, numbers.Integral) or image_size <= 0 or image_size % patch:
+        raise ConversionError(
+            f"image size {image_size!r}: must be a positive multiple of the model's patch size "
+            f"{patch} (it was trained at {config.vision.image_size})")
+    image_size = int(image_size)
     if image_size == config.vision.image_size:
         return params, config
     vision = VisionConfig(**{**config.vision.__dict__, "image_size": image_size})
@@ -579,7 +586,7 @@ def convert(path, source: str = "auto", activation: Optional[str] = None,
     else:
         config = infer_hf_config(state, cfg, activation)
     params = state_dict_to_params(state, detected, config)
-    if image_size:
+    if image_size is not None:
         params, config = with_image_size(params, config, image_size)
     return params, config, {"layout": detected, "weights": str(weights.absolute())}
 

@@ -339,6 +339,20 @@ def test_load_at_another_image_size(fixtures_dir):
         emocap_jax.load(fixtures_dir / "openclip_tiny_gelu", image_size=50)
 
 
+@pytest.mark.parametrize("size", ["50", "0", "-8"])
+def test_convert_cli_refuses_an_impossible_image_size(fixtures_dir, tmp_path, size):
+    # Not a positive multiple of the 8 px patch: one line and status 2, not a traceback (50), not
+    # silently ignored (0), not a concatenation error from a negative grid (-8).
+    result = subprocess.run(
+        [sys.executable, "-m", "emocap_jax.convert", "--input",
+         str(fixtures_dir / "openclip_tiny_gelu"), "--output", str(tmp_path / "out"),
+         f"--image-size={size}"], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "positive multiple of the model's patch size 8" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_load_at_another_image_size_resizes_the_fine_local_head(tmp_path):
     # vision.local_head="patch_fine" has its own position table on a grid twice as fine as the
     # ViT's, with no class-token row; it is resized with the same bicubic resampling.
