@@ -396,7 +396,7 @@ def load(path, source: str = "auto", image_size: Optional[int] = None,
 
     source: "auto" (recognise the kind), "emocap", "open_clip", "openai" or "hf".
     image_size: run at another resolution (position embeddings are resized).
-    activation: override for open_clip weights that come without their config.
+    activation: override for open_clip or Hugging Face weights that come without their config.
     dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
     """
     path = storage.fspath(path)

@@ -312,6 +312,12 @@ _HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
                     activation: Optional[str] = None) -> CLIPConfig:
     _require_clip_vit(state, "hf")
+    if activation is None and hf_cfg is None:
+        # transformers' default (quick_gelu) is no evidence: LAION's CLIPs on the Hub are gelu.
+        raise ConversionError(
+            "the activation cannot be read off the weights: pass --activation quick_gelu "
+            "(OpenAI's CLIPs) or --activation gelu (LAION's and most other CLIPs), or put the "
+            "checkpoint's config.json beside the weights")
     vcfg = dict((hf_cfg or {}).get("vision_config", {}))
     tcfg = dict((hf_cfg or {}).get("text_config", {}))
     conv = state["vision_model.embeddings.patch_embedding.weight"]
@@ -626,7 +632,7 @@ def main(argv=None):
                              "and its config (open_clip_config.json or config.json)")
     parser.add_argument("--output", required=True, help="output folder (must not hold params)")
     parser.add_argument("--activation", choices=("quick_gelu", "gelu"),
-                        help="override the activation (needed for open_clip weights without config)")
+                        help="override the activation (needed for weights without their config)")
     parser.add_argument("--image-size", type=int,
                         help="adapt to this input resolution (position embeddings are resized)")
     parser.add_argument("--to", choices=EXPORT_TARGETS,

@@ -214,6 +214,16 @@ def test_missing_config_requires_activation_and_standard_heads(fixtures_dir, tmp
     # The tiny model's 32-wide heads differ from the standard 64: without its config, say so.
     with pytest.raises(convert.ConversionError, match="attention heads.*config"):
         emocap_jax.load(tmp_path / "weights.safetensors", activation="gelu")
+    # The same for Hugging Face weights without their config.json: transformers' default
+    # (quick_gelu) says nothing about a checkpoint (LAION's are gelu), so it is not assumed.
+    shutil.copy(fixtures_dir / "hf_clip_tiny" / "model.safetensors", tmp_path / "hf.safetensors")
+    with pytest.raises(convert.ConversionError, match="--activation"):
+        emocap_jax.load(tmp_path / "hf.safetensors")
+    sd = {k: np.broadcast_to(np.float32(0), s) for k, s in ref.open_clip_shapes(**B16_SHAPES).items()}
+    with pytest.raises(convert.ConversionError, match="--activation"):
+        convert.infer_hf_config(ref.open_clip_to_hf_names(sd))
+    assert convert.infer_hf_config(ref.open_clip_to_hf_names(sd), activation="gelu") == \
+        variant("ViT-B-16").replace(activation="gelu")
 
 
 def test_unsupported_open_clip_architecture_is_refused(fixtures_dir, tmp_path):
