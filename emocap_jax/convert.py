@@ -181,8 +181,10 @@ def _grid(num_positions, what):
     return grid
 
 
+# patch_dropout acts in training only (open_clip's PatchDropout returns its input in eval mode),
+# so any rate describes the same inference model.
 _OPEN_CLIP_SUPPORTED_VISION = {"image_size", "patch_size", "width", "layers", "head_width",
-                               "mlp_ratio", "heads", "pool_type"}
+                               "mlp_ratio", "heads", "pool_type", "patch_dropout"}
 _OPEN_CLIP_SUPPORTED_TEXT = {"context_length", "vocab_size", "width", "heads", "layers",
                              "mlp_ratio", "hf_tokenizer_name", "tokenizer_kwargs", "pool_type",
                              "eos_id"}
@@ -190,7 +192,7 @@ _OPEN_CLIP_SUPPORTED_TEXT = {"context_length", "vocab_size", "width", "heads", "
 # argmax(ids) or at the first `eos_id` (TextConfig.eot_token_id).
 OPEN_CLIP_VISION_POOLS = {"tok": "token", "avg": "gap"}
 OPEN_CLIP_TEXT_POOLS = ("argmax", "eos")
-_OPEN_CLIP_DEFAULT_OK = {"ls_init_value": None, "patch_dropout": 0.0, "attentional_pool": False,
+_OPEN_CLIP_DEFAULT_OK = {"ls_init_value": None, "attentional_pool": False,
                          "no_ln_pre": False, "no_causal_mask": False,
                          "final_ln_after_pool": False, "output_tokens": False,
                          "proj_bias": False, "embed_cls": False, "pad_id": 0,

@@ -86,6 +86,18 @@ def test_weights_file_is_read_with_its_own_layouts_config(fixtures_dir, tmp_path
         emocap_jax.load(oc_only / "open_clip_model.safetensors")
 
 
+def test_patch_dropout_in_the_config_is_accepted(fixtures_dir, tmp_path):
+    # Patch dropout is a training-time regulariser (open_clip's PatchDropout is the identity in
+    # eval mode): a config trained with it describes the same inference model.
+    cfg = json.loads((fixtures_dir / "openclip_tiny_gelu" / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["vision_cfg"]["patch_dropout"] = 0.5
+    shutil.copy(fixtures_dir / "openclip_tiny_gelu" / "open_clip_model.safetensors", tmp_path)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    model = emocap_jax.load(tmp_path)
+    images, tokens, out = _peer_io(fixtures_dir / "openclip_tiny_gelu")
+    np.testing.assert_allclose(model.encode_image(images), out["image_features"], atol=1e-4, rtol=0)
+
+
 def test_numpy_reference_matches_peers(fixtures_dir):
     # The reference used for full-size checks below must itself agree with open_clip.
     for name, quick in (("openclip_tiny_quickgelu", True), ("openclip_tiny_gelu", False)):
