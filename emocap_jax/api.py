@@ -418,7 +418,7 @@ def load(path, source: str = "auto", image_size: Optional[int] = None,
             params, config, description = _convert_remote(path, source, activation)
         else:
             params, config, description = convert(pathlib.Path(path), source, activation)
-        tokenizer_cfg = default_tokenizer_config(config)
+        tokenizer_cfg = default_tokenizer_config(config, description)
     if image_size:
         params, config = with_image_size(params, config, image_size)
     if dtype:

@@ -591,16 +591,42 @@ def convert(path, source: str = "auto", activation: Optional[str] = None,
         if source == "openai" and activation is None:
             activation = "quick_gelu"
         config = infer_open_clip_config(state, oc_cfg, activation)
+        peer_tokenizer = _open_clip_tokenizer(dict((oc_cfg or {}).get("text_cfg") or {}))
     else:
         config = infer_hf_config(state, cfg, activation)
+        peer_tokenizer = None
     params = state_dict_to_params(state, detected, config)
     if image_size is not None:
         params, config = with_image_size(params, config, image_size)
-    return params, config, {"layout": detected, "weights": str(weights.absolute())}
+    source_info = {"layout": detected, "weights": str(weights.absolute())}
+    if peer_tokenizer:
+        log.warning("the checkpoint's text tower was trained with open_clip's tokenizer %s, not "
+                    "the CLIP BPE emocap_jax implements: no tokenizer is recorded (tokenize with "
+                    "that tokenizer and call encode_text)", peer_tokenizer)
+        source_info["peer_tokenizer"] = peer_tokenizer
+    return params, config, source_info
 
 
-def default_tokenizer_config(config: CLIPConfig) -> Optional[dict]:
-    """CLIP BPE for models with its 49408-token vocabulary; None (unknown) otherwise."""
+def _open_clip_tokenizer(tcfg: dict) -> Optional[str]:
+    """The tokenizer an open_clip text_cfg names when it is not the CLIP BPE with open_clip's
+    default 'lower' cleaning (what ClipBpeTokenizer implements), else None. open_clip's
+    get_tokenizer takes text_cfg.hf_tokenizer_name (a Hugging Face tokenizer) or passes
+    text_cfg.tokenizer_kwargs to SimpleTokenizer (clean='canonicalize' or 'whitespace',
+    reduction_mask, ... give other ids)."""
+    if tcfg.get("hf_tokenizer_name"):
+        return f"hf_tokenizer_name={tcfg['hf_tokenizer_name']!r}"
+    kwargs = dict(tcfg.get("tokenizer_kwargs") or {})
+    if kwargs.get("clean", "lower") == "lower":
+        kwargs.pop("clean", None)
+    kwargs.pop("context_length", None)
+    return f"tokenizer_kwargs={tcfg['tokenizer_kwargs']!r}" if kwargs else None
+
+
+def default_tokenizer_config(config: CLIPConfig, source: Optional[dict] = None) -> Optional[dict]:
+    """CLIP BPE for models with its 49408-token vocabulary, unless the checkpoint's config names
+    another tokenizer (`source["peer_tokenizer"]`, from `convert`); None (unknown) otherwise."""
+    if (source or {}).get("peer_tokenizer"):
+        return None
     if config.text.vocab_size == 49408:
         return {"type": "clip_bpe", "context_length": config.text.context_length}
     return None
@@ -648,7 +674,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         params, config, source = convert(args.input, args.source, args.activation, args.image_size)
-        out = save_params(args.output, params, config, default_tokenizer_config(config), source)
+        out = save_params(args.output, params, config, default_tokenizer_config(config, source),
+                          source)
     except (ConversionError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

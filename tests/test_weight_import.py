@@ -98,6 +98,36 @@ def test_patch_dropout_in_the_config_is_accepted(fixtures_dir, tmp_path):
     np.testing.assert_allclose(model.encode_image(images), out["image_features"], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("text_cfg,bpe", [
+    ({}, True), ({"tokenizer_kwargs": {"clean": "lower"}}, True),
+    ({"tokenizer_kwargs": {"clean": "canonicalize"}}, False),
+    ({"hf_tokenizer_name": "bert-base-uncased"}, False)])
+def test_open_clip_tokenizer_named_in_the_config_is_not_replaced_by_clip_bpe(tmp_path, text_cfg,
+                                                                            bpe):
+    # A CLIP-vocabulary (49408) text tower whose config names another tokenizer (open_clip's
+    # SimpleTokenizer with clean="canonicalize", or a Hugging Face one) gives other ids than
+    # ClipBpeTokenizer ("lower" cleaning): no tokenizer is better than the wrong one.
+    shapes = dict(image_size=32, patch=8, v_width=64, v_layers=1, v_mlp=256, embed_dim=24, ctx=16,
+                  vocab=49408, t_width=32, t_layers=1, t_mlp=128)
+    save_file(_random_state_dict(ref.open_clip_shapes(**shapes)),
+              str(tmp_path / "open_clip_model.safetensors"))
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
+        "embed_dim": 24, "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1,
+                       "head_width": 32},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                     "layers": 1, **text_cfg}}}))
+    model = emocap_jax.load(tmp_path)
+    assert (model.tokenizer is not None) == bpe
+    if not bpe:
+        with pytest.raises(ValueError, match="no known tokenizer"):
+            model.tokenize("a face")
+        out = tmp_path / "converted"
+        subprocess.run([sys.executable, "-m", "emocap_jax.convert", "--input", str(tmp_path),
+                        "--output", str(out)], check=True, capture_output=True)
+        assert json.loads((out / "model_config.json").read_text())["tokenizer"] is None
+
+
 def test_numpy_reference_matches_peers(fixtures_dir):
     # The reference used for full-size checks below must itself agree with open_clip.
     for name, quick in (("openclip_tiny_quickgelu", True), ("openclip_tiny_gelu", False)):
