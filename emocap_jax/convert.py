@@ -192,6 +192,7 @@ _OPEN_CLIP_SUPPORTED_TEXT = {"context_length", "vocab_size", "width", "heads", "
 # argmax(ids) or at the first `eos_id` (TextConfig.eot_token_id).
 OPEN_CLIP_VISION_POOLS = {"tok": "token", "avg": "gap"}
 OPEN_CLIP_TEXT_POOLS = ("argmax", "eos")
+OPEN_CLIP_TEXT_HEADS = 8  # open_clip's CLIPTextCfg.heads default
 _OPEN_CLIP_DEFAULT_OK = {"ls_init_value": None, "attentional_pool": False,
                          "no_ln_pre": False, "no_causal_mask": False,
                          "final_ln_after_pool": False, "output_tokens": False,
@@ -300,7 +301,9 @@ def infer_open_clip_config(state: dict, oc_cfg: Optional[dict] = None,
     text = TextConfig(
         context_length=state["positional_embedding"].shape[0], vocab_size=vocab, width=t_width,
         layers=_num_layers(state, "transformer.resblocks."),
-        heads=int(tcfg["heads"]) if "heads" in tcfg else _heads(t_width, 64, "text tower"),
+        # A text_cfg without "heads" means open_clip's CLIPTextCfg default, 8.
+        heads=int(tcfg.get("heads", OPEN_CLIP_TEXT_HEADS)) if "text_cfg" in (oc_cfg or {})
+        else _heads(t_width, 64, "text tower"),
         mlp_dim=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         # open_clip's CLIPTextCfg.eos_id defaults to 2.
         eot_token_id=int(tcfg.get("eos_id", 2)) if t_pool == "eos" else None)

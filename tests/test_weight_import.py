@@ -128,6 +128,20 @@ def test_open_clip_tokenizer_named_in_the_config_is_not_replaced_by_clip_bpe(tmp
         assert json.loads((out / "model_config.json").read_text())["tokenizer"] is None
 
 
+def test_open_clip_text_heads_default_is_open_clips(fixtures_dir):
+    # A text_cfg without "heads" builds open_clip's default 8 heads (CLIPTextCfg.heads), whatever
+    # the width: not width/64 (here 32/64, which is no head count at all).
+    sd = load_file(str(fixtures_dir / "openclip_tiny_gelu" / "open_clip_model.safetensors"))
+    cfg = json.loads((fixtures_dir / "openclip_tiny_gelu" / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["text_cfg"].pop("heads")
+    assert convert.infer_open_clip_config(sd, cfg["model_cfg"]).text.heads == 8
+    # A config without text_cfg (no open_clip model's) keeps the standard 64-wide guess.
+    l14_text = dict(B16_SHAPES, t_width=768, t_mlp=3072)
+    sd = {k: np.broadcast_to(np.float32(0), s) for k, s in ref.open_clip_shapes(**l14_text).items()}
+    assert convert.infer_open_clip_config(sd, {"quick_gelu": True}).text.heads == 12
+    assert convert.infer_open_clip_config(sd, {"text_cfg": {"heads": 12}}, "gelu").text.heads == 12
+
+
 def test_numpy_reference_matches_peers(fixtures_dir):
     # The reference used for full-size checks below must itself agree with open_clip.
     for name, quick in (("openclip_tiny_quickgelu", True), ("openclip_tiny_gelu", False)):
