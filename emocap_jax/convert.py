@@ -314,6 +314,25 @@ def infer_open_clip_config(state: dict, oc_cfg: Optional[dict] = None,
 _HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 
 
+# transformers' CLIPVisionConfig / CLIPTextConfig default num_attention_heads.
+_HF_DEFAULT_HEADS = {"vision_config": 12, "text_config": 8}
+
+
+def _hf_heads(hf_cfg: Optional[dict], tower: str, width: int, head_width: int) -> int:
+    """Heads of a tower: its config's num_attention_heads; transformers' default when the tower's
+    config omits it (what CLIPModel builds); without a config, the standard head width's."""
+    what = "image tower" if tower == "vision_config" else "text tower"
+    tower_cfg = (hf_cfg or {}).get(tower)
+    if not isinstance(tower_cfg, dict):
+        return _heads(width, head_width, what)
+    heads = int(tower_cfg.get("num_attention_heads", _HF_DEFAULT_HEADS[tower]))
+    if heads <= 0 or width % heads:
+        raise ConversionError(f"Hugging Face config {tower}.num_attention_heads={heads} "
+                              f"(transformers' default when absent) does not divide the "
+                              f"{what}'s width {width}")
+    return heads
+
+
 def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
                     activation: Optional[str] = None) -> CLIPConfig:
     _require_clip_vit(state, "hf")
@@ -332,15 +351,14 @@ def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
     vision = VisionConfig(
         image_size=grid * patch, patch_size=patch, width=v_width,
         layers=_num_layers(state, "vision_model.encoder.layers."),
-        heads=int(vcfg.get("num_attention_heads", 0))
-        or _heads(v_width, _vision_head_width(v_width), "image tower"),
+        heads=_hf_heads(hf_cfg, "vision_config", v_width, _vision_head_width(v_width)),
         mlp_dim=state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0])
     vocab, t_width = state["text_model.embeddings.token_embedding.weight"].shape
     eos = tcfg.get("eos_token_id", 2)
     text = TextConfig(
         context_length=state["text_model.embeddings.position_embedding.weight"].shape[0],
         vocab_size=vocab, width=t_width, layers=_num_layers(state, "text_model.encoder.layers."),
-        heads=int(tcfg.get("num_attention_heads", 0)) or _heads(t_width, 64, "text tower"),
+        heads=_hf_heads(hf_cfg, "text_config", t_width, 64),
         mlp_dim=state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
         # transformers pools at argmax(ids) when eos_token_id == 2 (configs written before it knew
         # the real end token), else at the first end token.

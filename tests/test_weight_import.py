@@ -142,6 +142,18 @@ def test_open_clip_text_heads_default_is_open_clips(fixtures_dir):
     assert convert.infer_open_clip_config(sd, {"text_cfg": {"heads": 12}}, "gelu").text.heads == 12
 
 
+def test_hf_heads_default_is_transformers(fixtures_dir):
+    # A config.json tower without num_attention_heads builds transformers' default (text 8,
+    # vision 12), not width/64.
+    state = load_file(str(fixtures_dir / "hf_clip_tiny" / "model.safetensors"))
+    cfg = json.loads((fixtures_dir / "hf_clip_tiny" / "config.json").read_text())
+    del cfg["text_config"]["num_attention_heads"]
+    assert convert.infer_hf_config(state, cfg).text.heads == 8
+    del cfg["vision_config"]["num_attention_heads"]  # 12 does not divide the width 64
+    with pytest.raises(convert.ConversionError, match="num_attention_heads=12.*width 64"):
+        convert.infer_hf_config(state, cfg)
+
+
 def test_numpy_reference_matches_peers(fixtures_dir):
     # The reference used for full-size checks below must itself agree with open_clip.
     for name, quick in (("openclip_tiny_quickgelu", True), ("openclip_tiny_gelu", False)):
