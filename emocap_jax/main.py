@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
 
 from emocap_jax import host_memory
 from emocap_jax.cli_errors import UsageError, entry_point, report
@@ -144,8 +144,6 @@ def _unset_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]
 
 
 def _apply_unset(unset: list[tuple[str, str]], config) -> None:
-    from ml_collections import config_dict
-
     for key, arg in unset:
         *parents, name = key.split(".")
         parent = config
