@@ -106,16 +106,22 @@ def test_probe_picks_c_on_validation_and_prefers_smaller_on_ties():
     assert fit.validation_uar == {10.0: 1.0, 100.0: 1.0} and fit.C == 10.0
 
 
-def test_balanced_probe_recalls_a_rare_class_the_unweighted_fit_ignores():
-    """FER2013's situation in small: a rare class that overlaps a frequent one. The unweighted fit
-    (what it did before) never predicts it; the class-balanced default does, and scores a higher
-    UAR, while balanced=False still gives the unweighted fit."""
+def _rare_class_split():
+    """Two frequent classes and a rare one (30 of 1,230) that overlaps the first: features,
+    labels and a ~30% test mask."""
     rng = np.random.default_rng(0)
     counts = (600, 600, 30)
     centres = np.array([[2.0, 0.0], [-2.0, 0.0], [1.2, 0.8]])
     x = np.concatenate([c + rng.normal(size=(n, 2)) for c, n in zip(centres, counts)])
     y = np.repeat(np.arange(3), counts)
-    test = rng.random(len(y)) < 0.3
+    return x, y, rng.random(len(y)) < 0.3
+
+
+def test_balanced_probe_recalls_a_rare_class_the_unweighted_fit_ignores():
+    """FER2013's situation in small: a rare class that overlaps a frequent one. The unweighted fit
+    (what it did before) never predicts it; the class-balanced default does, and scores a higher
+    UAR, while balanced=False still gives the unweighted fit."""
+    x, y, test = _rare_class_split()
     names = ["frequent", "other", "rare"]
     unweighted = linear_probe.linear_probe(x[~test], y[~test], x[test], y[test], names,
                                            balanced=False)
@@ -173,12 +179,7 @@ def test_few_shot_follows_the_balanced_setting_when_a_class_is_short():
     # The linear probe's rare-class case: at 128 shots the rare class has ~21 faces in the
     # support set against 128, so the unweighted fit never predicts it; `--unbalanced-probe`
     # used to reach only the linear probe.
-    rng = np.random.default_rng(0)
-    counts = (600, 600, 30)
-    centres = np.array([[2.0, 0.0], [-2.0, 0.0], [1.2, 0.8]])
-    x = np.concatenate([c + rng.normal(size=(n, 2)) for c, n in zip(centres, counts)])
-    y = np.repeat(np.arange(3), counts)
-    test = rng.random(len(y)) < 0.3
+    x, y, test = _rare_class_split()
     out = {b: few_shot.few_shot(x[~test], y[~test], x[test], y[test], ["f", "o", "r"],
                                 shots=(128,), seeds=(0, 1), balanced=b)["shots"][128]
            for b in (True, False)}
