@@ -2,6 +2,7 @@
 slots, padded evaluation and global batches, on a small dataset made by emocap_jax.data.manifest."""
 
 import io
+import math
 import pickle
 import json
 import os
@@ -449,6 +450,32 @@ def test_augmentation_is_a_function_of_the_rng():
         left, top, w, h = augment.random_resized_crop_box(40, 50, rng, (0.6, 1.0), (0.75, 4 / 3))
         assert 0 <= left and left + w <= 50 and 0 <= top and top + h <= 40
         assert 0.55 <= w * h / 2000 <= 1.0 and 0.7 <= w / h <= 1.4
+
+
+@pytest.mark.parametrize("scale, ratio", [((0.6, 1.0), (3 / 4, 4 / 3)),
+                                          ((0.35, 0.9), (0.5, 0.8)), ((0.5, 1.0), (1.2, 1.6))])
+def test_a_crop_of_a_reduced_decode_is_never_enlarged(scale, ratio):
+    """`decode_min_side` is the smallest side a JPEG may be decoded at (libjpeg-turbo's DCT
+    scaling) while every crop the sampler can draw still has both sides >= the output size, so
+    the resize only ever shrinks. The narrowest crop side (reference: the crop of area fraction
+    scale[0] at the most extreme aspect ratio, sides sqrt(a * r) and sqrt(a / r)) bounds it;
+    ignoring the ratio gave 290 px for 224 px crops, where 18% of the crops were enlarged from
+    as few as 202 px although the full decode had twice the pixels."""
+    size = 224
+    params = augment.AugmentParams(crop_scale=scale, crop_ratio=ratio)
+    side = params.decode_min_side(size)
+    rng = np.random.default_rng(0)
+    for height, width in ((side, side), (side, side + 57), (side + 91, side)):
+        smallest = min(min(augment.random_resized_crop_box(height, width, rng, scale, ratio)[2:])
+                       for _ in range(5000))
+        assert smallest >= size, (side, height, width, smallest)
+    narrowest = side * math.sqrt(scale[0]) * min(math.sqrt(ratio[0]), 1 / math.sqrt(ratio[1]))
+    assert size <= narrowest < size + 1  # the bound, and not more than it needs
+    # A 600 px JPEG: the DCT-scaled decode keeps both sides >= decode_min_side.
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((600, 600, 3), np.uint8)).save(buf, "JPEG")
+    decoded = augment.decode_image(buf.getvalue(), "jpeg", side)
+    assert min(decoded.shape[:2]) >= side
 
 
 def test_colour_jitter_matches_pillow_image_enhance():

@@ -91,8 +91,13 @@ class AugmentParams:
                 raise ValueError(f"{name} jitter strength must be >= 0, got {getattr(self, name)}")
 
     def decode_min_side(self, size: int) -> int:
-        """Smallest decoded side that still gives the smallest allowed crop >= `size` pixels."""
-        return math.ceil(size / math.sqrt(self.crop_scale[0]))
+        """Smallest decoded side (of both) at which every crop the sampler can draw still has
+        both sides >= `size` pixels, so the resize never enlarges what a full decode would have
+        shrunk. A crop of area fraction s and aspect ratio r of an H x W image has sides
+        sqrt(s H W r) and sqrt(s H W / r): the narrowest comes at the smallest s and the ratio
+        farthest from 1 on the narrow side, min(r_lo, 1 / r_hi), not at the area alone."""
+        lo, hi = self.crop_ratio
+        return math.ceil(size / math.sqrt(self.crop_scale[0] * min(lo, 1.0 / hi)))
 
 
 def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
