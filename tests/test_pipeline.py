@@ -129,6 +129,23 @@ def test_processes_split_an_epoch_into_disjoint_shares(dataset, tok, id_of_token
     assert shares[0] | shares[1] == set(dataset["records"])
 
 
+def test_records_left_out_of_the_last_epoch_are_reported(dataset, tok, caplog):
+    """With num_epochs, steps are whole global batches: 48 records in batches of 10 make 4
+    steps and 8 records of the epoch are never read. That is said once, with the count, when
+    the pipeline is made (not left to be discovered in the evaluation numbers)."""
+    with caplog.at_level("WARNING", logger="emocap_jax.data.pipeline"):
+        it = pipeline.make_train_iterator(_config(dataset["dir"], num_epochs=1), tok, 10, 0, 1)
+    rows = sum(b["image"].shape[0] for b in it)
+    assert rows == 40
+    (warning,) = [r for r in caplog.records if r.name == "emocap_jax.data.pipeline"]
+    assert "the last 8 of the 48 records" in warning.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="emocap_jax.data.pipeline"):
+        pipeline.make_train_iterator(_config(dataset["dir"], num_epochs=1), tok, 8, 0, 1)
+        pipeline.make_train_iterator(_config(dataset["dir"]), tok, 10, 0, 1)  # repeats forever
+    assert not [r for r in caplog.records if r.name == "emocap_jax.data.pipeline"]
+
+
 def test_restored_state_replays_the_same_batches(dataset, tok):
     config = _config(dataset["dir"])
     it = pipeline.make_train_iterator(config, tok, 8, 0, 1)

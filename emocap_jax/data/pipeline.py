@@ -24,7 +24,8 @@ used this step) comes from the seed: the shuffle seed and a per-record generator
 The position, not the wall clock or the worker that happens to process it, decides a record's
 augmentation, and a step's batch is made from fixed positions, so an iterator restored from
 `get_state()` replays the same batches, the batches are the same whatever the worker count, and
-all processes together see every record of an epoch exactly once. Each process only computes
+all processes together see every record of an epoch exactly once (with num_epochs, but for the
+remainder of the last epoch that does not fill a global batch). Each process only computes
 the rows it takes.
 
 A batch is a dict of NumPy arrays for this process's rows (b = global_batch_size /
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import sys
@@ -77,6 +79,8 @@ from emocap_jax.data import shard_writer
 from emocap_jax.data import shm_transport
 from emocap_jax.data.source import ON_CORRUPT_CHOICES, ShardedTFRecordSource
 
+_LOG = logging.getLogger(__name__)
+
 # How often a worker process checks that its parent (the trainer) is alive.
 _PARENT_POLL_S = 0.25
 
@@ -98,7 +102,10 @@ class TrainPipelineConfig:
     crop_scale, crop_ratio, flip_prob, brightness, contrast, saturation, grayscale_prob:
         augmentation, see `augment.AugmentParams`.
     seed: seeds the epoch shuffles and the per-record augmentation / sentence sampling.
-    num_epochs: None repeats forever; an int ends the iterator after that many epochs.
+    num_epochs: None repeats forever; an int ends the iterator after that many epochs, less
+        the records past the last whole global batch (batches run across epoch boundaries, so
+        only the last epoch loses any: num_epochs * records % global_batch_size of them, which
+        a warning counts).
     worker_count: data worker processes; 0 runs everything in the calling process.
     worker_buffer_size: batches each worker process prepares ahead.
     read_threads: threads making batches in each process (the calling one or each worker);
@@ -500,6 +507,15 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
     # Equal shares, so every process runs the same number of steps (a multi-host step is a
     # collective); with num_epochs, the last partial global batch is dropped.
     num_steps = len(stream) // global_batch_size  # len is sys.maxsize when repeating forever
+    left_out = len(stream) - num_steps * global_batch_size
+    if config.num_epochs is not None and left_out:
+        # Every process makes the same pipeline: only the first says it.
+        if process_index == 0:
+            _LOG.warning(
+                "num_epochs=%d: the last %d of the %d records in the stream (%d epochs x %d "
+                "records) are never read: every step is a whole global batch of %d",
+                config.num_epochs, left_out, len(stream), config.num_epochs, len(source),
+                global_batch_size)
     example = _TrainExample(tokenizer, config, use_stored)
     seed = _derived_seed(config.seed, _AUGMENT_STREAM)
     # Whole batches are the elements: the reader threads make batches side by side, and
