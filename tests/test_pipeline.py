@@ -495,6 +495,58 @@ def test_a_crop_of_a_reduced_decode_is_never_enlarged(scale, ratio):
     assert min(decoded.shape[:2]) >= side
 
 
+def _torchvision_crop_params(height, width, scale, ratio, uniform, randint):
+    """torchvision.transforms.RandomResizedCrop.get_params (v0.20), line for line, with its
+    torch draws replaced by `uniform(lo, hi)` and `randint(lo, hi_exclusive)`; returns
+    (top, left, h, w) as torchvision does."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * uniform(scale[0], scale[1])
+        aspect_ratio = math.exp(uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            i = randint(0, height - h + 1)
+            j = randint(0, width - w + 1)
+            return i, j, h, w
+    in_ratio = float(width) / float(height)
+    if in_ratio < min(ratio):
+        w = width
+        h = int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        h = height
+        w = int(round(h * max(ratio)))
+    else:
+        w = width
+        h = height
+    i = (height - h) // 2
+    j = (width - w) // 2
+    return i, j, h, w
+
+
+def test_crop_box_is_torchvisions_random_resized_crop():
+    """random_resized_crop_box against torchvision's get_params fed the same uniform draws:
+    ten tries of area fraction and log-uniform ratio, then the centred fallback (the thin
+    images below never fit a try), on square, wide, tall and tiny images."""
+    for seed, (height, width), scale, ratio in [
+            (0, (40, 48), (0.6, 1.0), (3 / 4, 4 / 3)), (1, (427, 640), (0.08, 1.0), (3 / 4, 4 / 3)),
+            (2, (300, 90), (0.35, 0.9), (0.5, 0.8)), (3, (3, 2), (0.5, 1.0), (3 / 4, 4 / 3)),
+            (4, (12, 401), (0.6, 1.0), (3 / 4, 4 / 3)), (5, (401, 12), (0.6, 1.0), (3 / 4, 4 / 3)),
+            (6, (50, 50), (0.9, 1.0), (2.0, 3.0))]:
+        ours_rng, ref_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+        for _ in range(300):
+            left, top, w, h = augment.random_resized_crop_box(height, width, ours_rng, scale,
+                                                               ratio)
+            want = _torchvision_crop_params(
+                height, width, scale, ratio, lambda a, b: ref_rng.uniform(a, b),
+                lambda a, b: int(ref_rng.integers(a, b)))
+            assert (top, left, h, w) == want, (height, width, scale, ratio)
+    # The fallback: a 12 x 401 strip is wider than 4/3 -> its full height, 16 px wide, centred.
+    assert augment.random_resized_crop_box(12, 401, np.random.default_rng(0), (0.6, 1.0),
+                                           (3 / 4, 4 / 3)) == (192, 0, 16, 12)
+
+
 def test_colour_jitter_matches_pillow_image_enhance():
     """The OpenCV jitter against Pillow's ImageEnhance (torchvision's ColorJitter on PIL images)
     on a photo: the same arithmetic up to rounding (OpenCV rounds where Pillow's blend
