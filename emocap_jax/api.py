@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import posixpath
 import re
 import tempfile
 import warnings
@@ -30,8 +31,9 @@ import numpy as np
 from PIL import Image
 
 import emocap_jax.storage as storage
-from emocap_jax.convert import (convert, default_tokenizer_config, not_a_checkpoint,
-                                with_image_size)
+from emocap_jax.convert import (WEIGHT_SUFFIXES, ConversionError, convert,
+                                default_tokenizer_config, no_weights_message, not_a_checkpoint,
+                                not_weights_message, weights_in, with_image_size)
 from emocap_jax.evaluate.prompts import EMOTION_TEMPLATES
 from emocap_jax.losses import sentence_patch_logits
 from emocap_jax.models.clip import CLIP
@@ -408,9 +410,9 @@ def load(path, source: str = "auto", image_size: Optional[int] = None,
             params, config, description = load_params(export)
             tokenizer_cfg = description.get("tokenizer")
         elif source == "emocap":
-            hint = None if storage.is_url(path) else not_a_checkpoint(path)
             raise FileNotFoundError(
-                hint or f"{path}: no emocap_jax export (model_config.json + params/)")
+                not_a_checkpoint(path) or f"{path}: no emocap_jax export (model_config.json + "
+                                          f"params/)")
     if export is None:
         if storage.is_url(path):
             if not (is_dir or storage.isfile(path)):
@@ -431,22 +433,32 @@ CONFIG_FILES_BESIDE_WEIGHTS = ("open_clip_config.json", "config.json")
 
 
 def _convert_remote(url: str, source: str, activation: Optional[str]):
-    """A peer checkpoint (file, or folder with its config) at a URL, copied locally and read. A
-    weights file comes with the config files beside it, which `convert` reads as it does locally."""
+    """A peer checkpoint (file, or folder with its config) at a URL: its weights file and the
+    config files beside it are copied to a temporary local folder and read there, as `convert`
+    reads them locally. A folder's weights file is found from its listing first, so a folder that
+    holds none (a training run without export/ yet, its checkpoints) fails with the message a local
+    one gets, having copied nothing, and of a Hub folder only the weights that load are copied."""
     fs, remote = storage.filesystem(url)
+    is_dir = fs.isdir(remote)
+    if is_dir:
+        name = weights_in(storage.listdir(url), source)
+        if name is None:
+            raise ConversionError(no_weights_message(url, source))
+        weights = storage.join(url, name)
+    elif posixpath.splitext(remote)[1] in WEIGHT_SUFFIXES:
+        weights = url
+    else:
+        raise ConversionError(not_weights_message(url))
     with tempfile.TemporaryDirectory(prefix="emocap_load_") as tmp:
-        local = os.path.join(tmp, storage.basename(url) or "checkpoint")
-        if fs.isdir(remote):
-            fs.get(remote.rstrip("/") + "/", local + "/", recursive=True)
-        else:
-            fs.get_file(remote, local)
-            for name in CONFIG_FILES_BESIDE_WEIGHTS:
-                sibling = storage.join(storage.dirname(url), name)
-                if storage.isfile(sibling):
-                    fs.get_file(storage.filesystem(sibling)[1], os.path.join(tmp, name))
-        params, config, description = convert(pathlib.Path(local), source, activation)
-    weights = str(description.get("weights", ""))
-    local = str(pathlib.Path(local).absolute())
-    if weights.startswith(local):  # where the weights are, not the deleted temporary copy
-        description = dict(description, weights=url.rstrip("/") + weights[len(local):])
+        local = os.path.join(tmp, storage.basename(weights))
+        fs.get_file(storage.filesystem(weights)[1], local)
+        for config_name in CONFIG_FILES_BESIDE_WEIGHTS:
+            sibling = storage.join(storage.dirname(weights), config_name)
+            if storage.isfile(sibling):
+                fs.get_file(storage.filesystem(sibling)[1], os.path.join(tmp, config_name))
+        params, config, description = convert(pathlib.Path(tmp if is_dir else local), source,
+                                              activation)
+        if description.get("weights") == str(pathlib.Path(local).absolute()):
+            # Where the weights are, not the deleted temporary copy.
+            description = dict(description, weights=weights)
     return params, config, description

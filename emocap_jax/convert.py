@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+import emocap_jax.storage as storage
 from emocap_jax.cli_errors import ArgumentParser, UsageError, entry_point
 from emocap_jax.export import TARGETS as EXPORT_TARGETS, export_model
 from emocap_jax.models.clip import count_params, param_shapes
@@ -74,7 +75,7 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     elif path.suffix in TORCH_SUFFIXES:
         tensors = _read_torch_file(path)
     else:
-        raise ConversionError(not_a_checkpoint(path) or _not_weights(path))
+        raise ConversionError(not_weights_message(path))
     return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()
             if not _IGNORED_KEYS.match(k)}
 
@@ -488,56 +489,95 @@ def with_image_size(params: dict, config: CLIPConfig, image_size: int) -> tuple[
 # Locating a checkpoint and its config
 
 
-def _not_weights(path) -> str:
-    return f"{path}: not a weights file (expected {', '.join(WEIGHT_SUFFIXES)})"
+def not_weights_message(path) -> str:
+    """Why the file `path` (local or a URL), whose suffix is no weights file's, cannot be loaded,
+    and what to give instead when it is part of an export or a training run."""
+    return not_a_checkpoint(path) or (
+        f"{path}: not a weights file (expected {', '.join(WEIGHT_SUFFIXES)})")
 
 
-def _training_run(path: pathlib.Path) -> Optional[dict]:
+def weights_in(names, source: str = "auto") -> Optional[str]:
+    """The weights file `locate` reads in a folder holding the files `names`, or None: an
+    open_clip/OpenAI file before a Hugging Face one (Hub folders often hold both)."""
+    names = set(names)
+    if source in ("auto", "open_clip", "openai"):
+        for name in OPEN_CLIP_WEIGHT_FILES:
+            if name in names:
+                return name
+    if source in ("auto", "hf"):
+        for name in HF_WEIGHT_FILES:
+            if name in names:
+                return name
+    return None
+
+
+def no_weights_message(folder, source: str) -> str:
+    """Why the folder `folder` (local or a URL), which holds no weights file for `source`, cannot
+    be loaded (a training run without export/ yet, its checkpoints, ...)."""
+    return not_a_checkpoint(folder) or (
+        f"{folder}: no weights found for source={source!r}; expected one of "
+        f"{OPEN_CLIP_WEIGHT_FILES + HF_WEIGHT_FILES}")
+
+
+def _training_run(path: str) -> Optional[dict]:
     """A training workdir's config (its config.json, {} when unreadable), or None when `path` is
     not one: a folder with checkpoints/ or with the config.json training writes."""
-    if not path.is_dir():
+    if not storage.isdir(path):
         return None
-    config = _read_json_or_none(path / "config.json")
+    config = _read_json_or_none(storage.join(path, "config.json"))
     is_run = isinstance(config, dict) and "model" in config and "train" in config
-    if is_run or (path / "checkpoints").is_dir():
+    if is_run or storage.isdir(storage.join(path, "checkpoints")):
         return config if is_run else {}
     return None
 
 
-def _run_without_export(run: pathlib.Path, config: dict) -> str:
-    steps = sorted(int(p.name) for p in (run / "checkpoints").glob("*")
-                   if p.name.isdigit() and p.is_dir())
+def _newest_step(checkpoints: str) -> Optional[int]:
+    """The highest step folder under a run's checkpoints/ (None when there is none). Only the
+    candidates down to the first real folder are checked: one listing and, usually, one more
+    request on a bucket, however many checkpoints the run kept."""
+    names = storage.listdir(checkpoints) if storage.isdir(checkpoints) else []
+    for step in sorted((int(n) for n in names if n.isdigit()), reverse=True):
+        if storage.isdir(storage.join(checkpoints, str(step))):
+            return step
+    return None
+
+
+def _run_without_export(run: str, config: dict) -> str:
+    step = _newest_step(storage.join(run, "checkpoints"))
     total = (config.get("train") or {}).get("num_steps")
-    newest = (f" (newest checkpoint: step {steps[-1]}" + (f" of {total})" if total else ")")
-              if steps else "")
+    newest = (f" (newest checkpoint: step {step}" + (f" of {total})" if total else ")")
+              if step is not None else "")
     return (f"{run} is a training workdir with no export/ yet{newest}: a run writes "
-            f"{run / 'export'} when training ends. Finish it by starting its training command "
-            f"again (`python -m emocap_jax.main --config=CONFIG --workdir={run}`, which resumes "
-            f"from the newest checkpoint), then give {run}")
+            f"{storage.join(run, 'export')} when training ends. Finish it by starting its training "
+            f"command again (`python -m emocap_jax.main --config=CONFIG --workdir={run}`, which "
+            f"resumes from the newest checkpoint), then give {run}")
 
 
 def not_a_checkpoint(path) -> Optional[str]:
-    """For a local path that is not itself a model to load: what it is and what to give instead (a
-    training workdir without export/ yet, one of its Orbax checkpoints, an export's params/
-    folder or model_config.json). None when it is none of these."""
-    path = pathlib.Path(path).absolute()
-    parent = path.parent
-    if path.is_file():
-        if path.name == CONFIG_FILE and is_params_dir(parent):
+    """For a path (local or a URL) that is not itself a model to load: what it is and what to give
+    instead (a training workdir without export/ yet, one of its Orbax checkpoints, an export's
+    params/ folder or model_config.json). None when it is none of these. On a bucket this costs a
+    few listings and reads a run's config.json at most: nothing is copied."""
+    path = storage.absolute(path).rstrip("/") if storage.is_url(path) else str(
+        pathlib.Path(path).absolute())
+    parent = storage.dirname(path)
+    name = storage.basename(path)
+    if storage.isfile(path):
+        if name == CONFIG_FILE and is_params_dir(parent):
             return f"{path} is the description file of the emocap_jax export {parent}: give {parent}"
-        config = _training_run(parent) if path.name == "config.json" else None
+        config = _training_run(parent) if name == "config.json" else None
         if config is not None:
-            if is_params_dir(parent / "export"):
+            if is_params_dir(storage.join(parent, "export")):
                 return f"{path} is a training run's config: give the run folder {parent}"
             return _run_without_export(parent, config)
         return None
-    if path.name == PARAMS_DIR and is_params_dir(parent):
+    if name == PARAMS_DIR and is_params_dir(parent):
         return f"{path} is the params/ folder of the emocap_jax export {parent}: give {parent}"
-    if path.name == "checkpoints" or (path.name.isdigit() and parent.name == "checkpoints"):
-        run = parent if path.name == "checkpoints" else parent.parent
-        what = (f"{path} holds a training run's Orbax checkpoints" if path.name == "checkpoints"
-                else f"{path} is an Orbax training checkpoint (step {path.name})")
-        if is_params_dir(run / "export"):
+    if name == "checkpoints" or (name.isdigit() and storage.basename(parent) == "checkpoints"):
+        run = parent if name == "checkpoints" else storage.dirname(parent)
+        what = (f"{path} holds a training run's Orbax checkpoints" if name == "checkpoints"
+                else f"{path} is an Orbax training checkpoint (step {name})")
+        if is_params_dir(storage.join(run, "export")):
             return (f"{what}, not a model export: give the run folder {run}, whose export/ holds "
                     f"its final parameters")
         config = _training_run(run)
@@ -554,19 +594,16 @@ def locate(path, source: str = "auto") -> tuple[str, pathlib.Path, Optional[dict
     """Returns (layout, weights file, config dict or None) for a file or a model folder."""
     path = pathlib.Path(path)
     if path.is_dir():
-        for name in OPEN_CLIP_WEIGHT_FILES:
-            if (path / name).is_file() and source in ("auto", "open_clip", "openai"):
-                return "open_clip", path / name, _read_json(path / "open_clip_config.json")
-        for name in HF_WEIGHT_FILES:
-            if (path / name).is_file() and source in ("auto", "hf"):
-                return "hf", path / name, _read_json(path / "config.json")
-        raise ConversionError(not_a_checkpoint(path) or (
-            f"{path}: no weights found for source={source!r}; expected one of "
-            f"{OPEN_CLIP_WEIGHT_FILES + HF_WEIGHT_FILES}"))
+        name = weights_in((p.name for p in path.iterdir() if p.is_file()), source)
+        if name is None:
+            raise ConversionError(no_weights_message(path, source))
+        if name in OPEN_CLIP_WEIGHT_FILES:
+            return "open_clip", path / name, _read_json(path / "open_clip_config.json")
+        return "hf", path / name, _read_json(path / "config.json")
     if not path.is_file():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ConversionError(not_a_checkpoint(path) or _not_weights(path))
+        raise ConversionError(not_weights_message(path))
     layout = {"open_clip": "open_clip", "openai": "open_clip", "hf": "hf"}.get(source, "auto")
     # With source=auto the layout is known only once the tensors are read: `convert` then picks
     # the config that belongs to it.
@@ -590,9 +627,10 @@ def _read_json(path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _read_json_or_none(path):
+def _read_json_or_none(path) -> Optional[dict]:
+    """A JSON file (local or a URL) parsed, or None when it is absent or unreadable."""
     try:
-        return _read_json(path)
+        return json.loads(storage.read_text(path)) if storage.isfile(path) else None
     except (OSError, ValueError):
         return None
 

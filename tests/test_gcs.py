@@ -195,3 +195,30 @@ def test_convert_train_kill_resume_export_and_load_on_a_bucket(gcs, tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
     text = np.asarray(model.encode_text(model.tokenize(["a happy face"])))
     assert text.shape[0] == 1 and np.all(np.isfinite(text))
+
+
+def test_run_without_export_on_a_bucket_fails_fast_copying_nothing(gcs, monkeypatch):
+    """load() of a bucket's training run with no export/ yet finds that out from listings: the
+    local run's message, naming the URL, and no checkpoint is downloaded."""
+    import re
+
+    import emocap_jax
+    from emocap_jax import storage
+    from emocap_jax.convert import ConversionError
+
+    run = f"gs://{BUCKET}/runs/no_export"
+    storage.write_text(f"{run}/config.json", json.dumps({"model": {}, "train": {"num_steps": 9}}))
+    storage.write_bytes(f"{run}/checkpoints/4/state/data", b"x" * 100_000)
+    storage.write_text(f"{run}/checkpoints/4/_CHECKPOINT_METADATA", "{}")
+    fs, _ = storage.filesystem(run)
+    copied = []
+    for method in ("get", "get_file"):
+        original = getattr(fs, method)
+        monkeypatch.setattr(fs, method, lambda rpath, *a, _f=original, **k: (
+            copied.append(rpath), _f(rpath, *a, **k))[1])
+    message = re.escape(f"{run} is a training workdir with no export/ yet (newest checkpoint: "
+                        f"step 4 of 9): a run writes {run}/export")
+    for path in (run, f"{run}/checkpoints/4"):
+        with pytest.raises(ConversionError, match=message):
+            emocap_jax.load(path)
+    assert copied == []

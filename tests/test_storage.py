@@ -230,6 +230,76 @@ def test_load_reads_a_peer_checkpoint_from_a_url(fixtures_dir, mem, name):
         emocap_jax.load(storage.join(mem, "absent"))
 
 
+@pytest.fixture
+def copies(monkeypatch):
+    """Every file copied off the in-memory filesystem to a local path (get / get_file)."""
+    fs = fsspec.filesystem("memory")
+    calls = []
+    get, get_file = fs.get, fs.get_file
+
+    def spy_get(rpath, lpath, *args, **kwargs):
+        calls.append(rpath)
+        return get(rpath, lpath, *args, **kwargs)
+
+    def spy_get_file(rpath, lpath, *args, **kwargs):
+        calls.append(rpath)
+        return get_file(rpath, lpath, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "get", spy_get)
+    monkeypatch.setattr(fs, "get_file", spy_get_file)
+    return calls
+
+
+def test_remote_run_without_export_fails_fast_copying_nothing(mem, copies, tmp_path):
+    """A training run on a bucket with no export/ yet (and its checkpoints, its config.json) get
+    the message a local one gets, naming the URL, before anything is copied; a Hub folder on a
+    bucket copies only the weights file that loads and its config."""
+    import re
+
+    import emocap_jax  # here: loads JAX, which the other tests of this file do not need
+    from emocap_jax.convert import ConversionError
+
+    run = storage.join(mem, "run")
+    storage.write_text(storage.join(run, "config.json"),
+                       json.dumps({"model": {}, "train": {"num_steps": 500}}))
+    for step in (100, 300):
+        storage.write_bytes(storage.join(run, "checkpoints", str(step), "state", "data"), b"x" * 4096)
+    no_export = (re.escape(f"{run} is a training workdir with no export/ yet (newest checkpoint: "
+                           f"step 300 of 500): a run writes {run}/export") + ".*"
+                 + re.escape(f"--workdir={run}`"))
+    for path in (run, run + "/", storage.join(run, "checkpoints"),
+                 storage.join(run, "checkpoints", "300"), storage.join(run, "config.json")):
+        with pytest.raises(ConversionError, match=no_export):
+            emocap_jax.load(path)
+    with pytest.raises(FileNotFoundError, match=no_export):
+        emocap_jax.load(run, source="emocap")
+    assert copies == []
+    # The same run folder locally: the same message, with the local path.
+    local = tmp_path / "run"
+    (local / "checkpoints" / "300").mkdir(parents=True)
+    (local / "config.json").write_text(json.dumps({"model": {}, "train": {"num_steps": 500}}))
+    with pytest.raises(ConversionError, match=re.escape(f"{local} is a training workdir with no "
+                                                        f"export/ yet (newest checkpoint: step "
+                                                        f"300 of 500)")):
+        emocap_jax.load(local)
+
+
+def test_remote_hub_folder_copies_only_the_weights_that_load(fixtures_dir, mem, copies):
+    import emocap_jax  # here: loads JAX, which the other tests of this file do not need
+
+    folder = storage.join(mem, "hub")
+    source = fixtures_dir / "openclip_tiny_gelu"
+    for name in ("open_clip_model.safetensors", "open_clip_config.json"):
+        storage.write_bytes(storage.join(folder, name), (source / name).read_bytes())
+    # Files a Hub folder also holds, which the open_clip weights do not need.
+    storage.write_bytes(storage.join(folder, "open_clip_pytorch_model.bin"), b"x" * 4096)
+    storage.write_bytes(storage.join(folder, "model.safetensors"), b"x" * 4096)
+    model = emocap_jax.load(folder)
+    assert model.description["weights"] == storage.join(folder, "open_clip_model.safetensors")
+    assert sorted(storage.basename(c) for c in copies) == ["open_clip_config.json",
+                                                           "open_clip_model.safetensors"]
+
+
 def test_evaluation_report_on_a_url_matches_the_local_one(tmp_path, mem):
     """write_result / write_report into a URL folder: the same files, with the same content."""
     from emocap_jax.evaluate import report  # here: loads matplotlib, only this test needs it
