@@ -19,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import emocap_jax.storage as storage
+from emocap_jax.cli_errors import UsageError
 from emocap_jax.models.config import CLIPConfig
 
 FORMAT = "emocap_jax.params"
@@ -74,16 +75,36 @@ def read_description(path) -> dict[str, Any]:
     return description
 
 
+class IncompleteExportError(UsageError):
+    """An export folder whose params/ is empty or lacks part of what Orbax wrote."""
+
+
 def load_params(path) -> tuple[dict, CLIPConfig, dict]:
     """Returns (params as NumPy arrays, model config, the full description)."""
     path = storage.absolute(path)
     description = read_description(path)
-    params = _this_process_checkpointer().restore(
-        storage.orbax_path(storage.join(path, PARAMS_DIR)))
+    params_dir = storage.join(path, PARAMS_DIR)
+    try:
+        params = _this_process_checkpointer().restore(storage.orbax_path(params_dir))
+    # Orbax's own errors name its files, not the export: a missing tree metadata file is a
+    # FileNotFoundError, missing or cut array data TensorStore's NOT_FOUND / FAILED_PRECONDITION,
+    # raised as ValueError.
+    except (FileNotFoundError, ValueError) as e:
+        raise IncompleteExportError(_incomplete(path, params_dir, e)) from e
     # Parameters are float32 everywhere (CLIPConfig.dtype is the compute dtype only); an export
     # written with 16-bit arrays (by an older version, or by hand) would otherwise start a
     # fine-tuning run (init_from) with bfloat16 weights and optimizer moments.
     return _as_float32(params), CLIPConfig.from_dict(description["model"]), description
+
+
+def _incomplete(path: str, params_dir: str, error: Exception) -> str:
+    contents = storage.listdir(params_dir) if storage.isdir(params_dir) else []
+    what = (f"its {PARAMS_DIR}/ folder is empty" if not contents else
+            f"its {PARAMS_DIR}/ folder is incomplete ({' '.join(str(error).split())[:300]})")
+    return (f"the emocap_jax export {path} cannot be read: {what}. The folder was copied only in "
+            f"part, or written by an export that was interrupted: copy it again whole, or write "
+            f"it again (a training run writes export/ when its training command runs to the end; "
+            f"`python -m emocap_jax.convert` writes a converted checkpoint's)")
 
 
 def _to_numpy(tree):

@@ -353,3 +353,28 @@ def test_params_are_written_and_read_as_float32(fixtures_dir, tmp_path):
     assert dtypes == {np.dtype(np.float32)}
     for (path, a), (_, b) in zip(convert._flatten_paths(loaded), convert._flatten_paths(half)):
         np.testing.assert_array_equal(a, np.asarray(b, np.float32), err_msg=path)
+
+
+def test_export_with_empty_or_partial_params_names_the_folder(tmp_path):
+    """An export whose params/ is empty, or lacks Orbax's tree metadata or array data (a folder
+    copied in part, an interrupted export), is an error naming the export and what to do, not
+    Orbax's own message about its files."""
+    import re
+    import shutil
+
+    from emocap_jax.params_io import IncompleteExportError
+
+    complete = make_tiny_export(tmp_path / "complete")
+    for case, remove, what in (("empty", "*", "its params/ folder is empty"),
+                               ("no_metadata", "_METADATA", "its params/ folder is incomplete"),
+                               ("no_data", "d", "its params/ folder is incomplete")):
+        broken = tmp_path / case
+        shutil.copytree(complete, broken)
+        for path in (broken / "params").glob(remove):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        message = (re.escape(f"the emocap_jax export {broken} cannot be read: {what}") + ".*"
+                   + "copy it again whole, or write it again")
+        with pytest.raises(IncompleteExportError, match=message):
+            emocap_jax.load(broken)
+        with pytest.raises(ValueError, match=message):  # a UsageError: one line in the CLIs
+            load_params(broken)
