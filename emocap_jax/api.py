@@ -397,7 +397,8 @@ def load(path, source: str = "auto", image_size: Optional[int] = None,
     copied to a temporary local folder first.
 
     source: "auto" (recognise the kind), "emocap", "open_clip", "openai" or "hf".
-    image_size: run at another resolution (position embeddings are resized).
+    image_size: run at another resolution (position embeddings are resized): a positive multiple
+        of the model's patch size, else a ValueError; None keeps the model's own.
     activation: override for open_clip or Hugging Face weights that come without their config.
     dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
     """
@@ -421,7 +422,7 @@ def load(path, source: str = "auto", image_size: Optional[int] = None,
         else:
             params, config, description = convert(pathlib.Path(path), source, activation)
         tokenizer_cfg = default_tokenizer_config(config, description)
-    if image_size:
+    if image_size is not None:  # 0 is refused by with_image_size, not taken as "keep"
         params, config = with_image_size(params, config, image_size)
     if dtype:
         config = config.replace(dtype=dtype)

@@ -466,9 +466,11 @@ def with_image_size(params: dict, config: CLIPConfig, image_size: int) -> tuple[
     position embeddings are resized, the ViT's and, with vision.local_head="patch_fine", the local
     head's own (its finer grid, no class-token row)."""
     patch = config.vision.patch_size
-    if not isinstance(image_size, numbers.Integral) or image_size <= 0 or image_size % patch:
+    # bool is an Integral, and True would otherwise read as 1 pixel.
+    if (not isinstance(image_size, numbers.Integral) or isinstance(image_size, bool)
+            or image_size <= 0 or image_size % patch):
         raise ConversionError(
-            f"image size {image_size!r}: must be a positive multiple of the model's patch size "
+            f"image_size={image_size!r}: must be a positive multiple of the model's patch size "
             f"{patch} (it was trained at {config.vision.image_size})")
     image_size = int(image_size)
     if image_size == config.vision.image_size:

@@ -1,5 +1,6 @@
 """Weight import: parity with the peers' outputs, full-size shape logic, errors, resolution change."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -415,6 +416,23 @@ def test_load_at_another_image_size(fixtures_dir):
         base.encode_image(images)
     with pytest.raises(ValueError, match="multiple"):
         emocap_jax.load(fixtures_dir / "openclip_tiny_gelu", image_size=50)
+
+
+@pytest.mark.parametrize("size", [0, -8, 50, 0.0, 32.0, "32", True, False])
+def test_load_refuses_an_image_size_the_model_cannot_run_at(fixtures_dir, size):
+    # Not silently ignored (0, 0.0, False were falsy and kept 32 px): a ValueError naming
+    # image_size, as for any other size that is not a positive multiple of the 8 px patch.
+    with pytest.raises(ValueError, match=re.escape(f"image_size={size!r}: must be a positive "
+                                                   f"multiple of the model's patch size 8")):
+        emocap_jax.load(fixtures_dir / "openclip_tiny_gelu", image_size=size)
+
+
+def test_load_image_size_none_or_its_own_keeps_the_model(fixtures_dir):
+    base = emocap_jax.load(fixtures_dir / "openclip_tiny_gelu", image_size=None)
+    same = emocap_jax.load(fixtures_dir / "openclip_tiny_gelu", image_size=np.int64(32))
+    assert base.image_size == same.image_size == 32
+    np.testing.assert_array_equal(same.params["visual"]["pos_embedding"],
+                                  base.params["visual"]["pos_embedding"])
 
 
 @pytest.mark.parametrize("size", ["50", "0", "-8"])
