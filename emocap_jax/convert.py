@@ -487,6 +487,87 @@ def with_image_size(params: dict, config: CLIPConfig, image_size: int) -> tuple[
     return params, config
 
 
+def resize_text_pos_embedding(pos: np.ndarray, context_length: int) -> np.ndarray:
+    """Resizes a text position table [T, w] to [context_length, w] as open_clip's
+    `resize_text_pos_embed` does: F.interpolate(mode="linear", antialias=False,
+    align_corners=False) along the positions, i.e. position j samples the old table at
+    (j + 0.5) * T / context_length - 0.5, linearly between its two neighbours and clamped to the
+    first and last rows."""
+    if pos.shape[0] == context_length:
+        return pos
+    # jax's triangle kernel, renormalised over the rows that exist, is exactly torch's clamping
+    # at both ends (checked against a plain formula in tests/test_weight_import.py).
+    out = jax.image.resize(jnp.asarray(pos, jnp.float32), (context_length, pos.shape[1]),
+                           method="linear", antialias=False)
+    return np.asarray(out, np.float32)
+
+
+def _cfg_size(value, what: str) -> int:
+    # open_clip takes an int or an (h, w) pair; non-square pairs are refused before this.
+    if isinstance(value, (list, tuple)):
+        value = value[0]
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+        raise ConversionError(f"open_clip config {what}={value!r}: not a positive integer")
+    return int(value)
+
+
+def open_clip_config_sizes(params: dict, config: CLIPConfig,
+                           oc_cfg: dict) -> tuple[dict, CLIPConfig]:
+    """The model open_clip builds from its config, with these weights: open_clip makes the model
+    from `model_cfg` and, loading a checkpoint into it (`load_checkpoint`), resizes the
+    checkpoint's position tables to the model's: the image grid to vision_cfg.image_size //
+    patch_size (bicubic, antialiased: `resize_pos_embedding`) and the text table to
+    text_cfg.context_length (linear: `resize_text_pos_embedding`). Any other size the config
+    gives that the weights do not have (width, layers, patch, vocabulary, embedding) is a shape
+    mismatch open_clip refuses, and so is refused here, naming both."""
+    vcfg = dict(oc_cfg.get("vision_cfg") or {})
+    tcfg = dict(oc_cfg.get("text_cfg") or {})
+    v, t = config.vision, config.text
+    fixed = [("vision_cfg.patch_size", vcfg.get("patch_size"), v.patch_size),
+             ("vision_cfg.width", vcfg.get("width"), v.width),
+             ("vision_cfg.layers", vcfg.get("layers"), v.layers),
+             ("text_cfg.width", tcfg.get("width"), t.width),
+             ("text_cfg.layers", tcfg.get("layers"), t.layers),
+             ("text_cfg.vocab_size", tcfg.get("vocab_size"), t.vocab_size),
+             ("embed_dim", oc_cfg.get("embed_dim"), config.embed_dim)]
+    # open_clip's MLP width is int(width * mlp_ratio).
+    for key, cfg, tower in (("vision_cfg", vcfg, v), ("text_cfg", tcfg, t)):
+        ratio = cfg.get("mlp_ratio")
+        if isinstance(ratio, numbers.Real) and int(tower.width * ratio) != tower.mlp_dim:
+            raise ConversionError(
+                f"open_clip config {key}.mlp_ratio={ratio!r} (MLP width "
+                f"{int(tower.width * ratio)}) but the weights' MLP is {tower.mlp_dim} wide: open_clip "
+                f"cannot load these weights into the model its config describes")
+    for key, value, weights in fixed:
+        if value is not None and _cfg_size(value, key) != weights:
+            raise ConversionError(
+                f"open_clip config {key}={value!r} but the weights have {weights}: open_clip "
+                f"cannot load these weights into the model its config describes")
+    if "image_size" in vcfg:
+        size = _cfg_size(vcfg["image_size"], "vision_cfg.image_size")
+        if size % v.patch_size:
+            raise ConversionError(
+                f"open_clip config vision_cfg.image_size={size} is not a multiple of the "
+                f"{v.patch_size} px patch: open_clip would drop the last {size % v.patch_size} "
+                f"pixel rows and columns, which emocap_jax's ViT does not")
+        if size != v.image_size:
+            log.info("open_clip config vision_cfg.image_size=%d: the weights' %d px position "
+                     "grid is resized to it, as open_clip does", size, v.image_size)
+            params, config = with_image_size(params, config, size)
+    if "context_length" in tcfg:
+        length = _cfg_size(tcfg["context_length"], "text_cfg.context_length")
+        if length != t.context_length:
+            log.info("open_clip config text_cfg.context_length=%d: the weights' %d text "
+                     "positions are resized to it, as open_clip does", length, t.context_length)
+            params = dict(params)
+            params["text"] = dict(params["text"])
+            params["text"]["pos_embedding"] = resize_text_pos_embedding(
+                np.asarray(params["text"]["pos_embedding"]), length)
+            config = config.replace(text=TextConfig(**{**config.text.__dict__,
+                                                       "context_length": length}))
+    return params, config
+
+
 # ----------------------------------------------------------------------------------------------
 # Locating a checkpoint and its config
 
@@ -657,6 +738,8 @@ def convert(path, source: str = "auto", activation: Optional[str] = None,
         config = infer_hf_config(state, cfg, activation)
         peer_tokenizer = None
     params = state_dict_to_params(state, detected, config)
+    if detected == "open_clip" and oc_cfg:
+        params, config = open_clip_config_sizes(params, config, oc_cfg)
     if image_size is not None:
         params, config = with_image_size(params, config, image_size)
     source_info = {"layout": detected, "weights": str(weights.absolute())}

@@ -501,3 +501,73 @@ def test_resize_pos_embedding_matches_open_clips_antialiased_bicubic(old, new):
     got = convert.resize_pos_embedding(pos, new)
     np.testing.assert_array_equal(got[0], pos[0])
     np.testing.assert_allclose(got[1:], want, atol=1e-5, rtol=0)
+
+
+def _torch_linear_resize(rows, new):
+    """PyTorch's F.interpolate(mode="linear", align_corners=False, antialias=False) along the
+    first axis, written from its definition in plain Python: output j samples the input at
+    (j + 0.5) * old / new - 0.5, clamped below at 0, between rows floor(src) and the next one (the
+    last row when there is none)."""
+    old = len(rows)
+    out = []
+    for j in range(new):
+        src = max((j + 0.5) * old / new - 0.5, 0.0)
+        i0 = int(src)
+        i1 = i0 + 1 if i0 < old - 1 else i0
+        w1 = src - i0
+        out.append([(1 - w1) * a + w1 * b for a, b in zip(rows[i0], rows[i1])])
+    return out
+
+
+@pytest.mark.parametrize("old,new", [(16, 20), (20, 16), (77, 64), (5, 77), (77, 32), (3, 3)])
+def test_resize_text_pos_embedding_matches_open_clips_linear_interpolation(old, new):
+    rng = np.random.default_rng(old * 100 + new)
+    pos = rng.standard_normal((old, 4)).astype(np.float32)
+    got = convert.resize_text_pos_embedding(pos, new)
+    assert got.shape == (new, 4)
+    np.testing.assert_allclose(got, _torch_linear_resize(pos.tolist(), new), atol=1e-5, rtol=0)
+
+
+def test_open_clip_config_sizes_win_as_in_open_clip(fixtures_dir, tmp_path):
+    # open_clip builds the model from its config and resizes the checkpoint's position tables to
+    # it on load; here the config asks 48 px (a 6 x 6 grid of the 8 px patches) and 20 tokens
+    # where the weights hold a 4 x 4 grid and 16 positions.
+    source = fixtures_dir / "openclip_tiny_gelu"
+    shutil.copy(source / "open_clip_model.safetensors", tmp_path)
+    cfg = json.loads((source / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["vision_cfg"]["image_size"] = 48
+    cfg["model_cfg"]["text_cfg"]["context_length"] = 20
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    model = emocap_jax.load(tmp_path)
+    assert model.config.vision.image_size == 48 and model.config.text.context_length == 20
+    state = load_file(str(source / "open_clip_model.safetensors"))
+    np.testing.assert_array_equal(model.params["visual"]["pos_embedding"],
+                                  convert.resize_pos_embedding(state["visual.positional_embedding"],
+                                                               6))
+    np.testing.assert_allclose(model.params["text"]["pos_embedding"],
+                               _torch_linear_resize(state["positional_embedding"].tolist(), 20),
+                               atol=1e-5, rtol=0)
+    tokens = np.zeros((2, 20), np.int32)
+    tokens[:, :3] = [1, 5, 999]
+    assert model.encode_text(tokens).shape == (2, 24)
+    assert model.encode_image(np.zeros((1, 48, 48, 3), np.uint8)).shape == (1, 24)
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("vision_cfg", "image_size", 36, "vision_cfg.image_size=36 is not a multiple of the 8 px patch"),
+    ("vision_cfg", "width", 96, "vision_cfg.width=96 but the weights have 64"),
+    ("vision_cfg", "patch_size", 16, "vision_cfg.patch_size=16 but the weights have 8"),
+    ("text_cfg", "layers", 3, "text_cfg.layers=3 but the weights have 2"),
+    ("text_cfg", "vocab_size", 2000, "text_cfg.vocab_size=2000 but the weights have 1000"),
+    ("vision_cfg", "mlp_ratio", 2.0, "vision_cfg.mlp_ratio=2.0 (MLP width 128) but the weights' "
+                                     "MLP is 256 wide"),
+    (None, "embed_dim", 32, "embed_dim=32 but the weights have 24")])
+def test_open_clip_config_sizes_the_weights_cannot_have_are_refused(fixtures_dir, tmp_path,
+                                                                     section, key, value, message):
+    source = fixtures_dir / "openclip_tiny_gelu"
+    shutil.copy(source / "open_clip_model.safetensors", tmp_path)
+    cfg = json.loads((source / "open_clip_config.json").read_text())
+    (cfg["model_cfg"][section] if section else cfg["model_cfg"])[key] = value
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(convert.ConversionError, match=re.escape(message)):
+        emocap_jax.load(tmp_path)
