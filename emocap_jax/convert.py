@@ -47,7 +47,13 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Weight files by suffix: safetensors is read directly, these through torch; nothing else is one.
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 WEIGHT_SUFFIXES = (".safetensors",) + TORCH_SUFFIXES
-# Tensors that carry no learned state: buffers some exports include.
+# Tensors that carry no learned state, which some exports include: OpenAI's TorchScript scalars
+# input_resolution, context_length and vocab_size (open_clip's build_model_from_openai_state_dict
+# pops them too; the sizes are read off the tables' shapes), transformers' position_ids buffer
+# (arange(max_positions), which open_clip's load_checkpoint also deletes), and the text tower's
+# attention mask, which open_clip rebuilds from context_length (a non-persistent buffer since
+# 2022: build_causal_mask) and so is dropped only once `_check_causal_mask` has found it to be
+# that causal mask: the text tower here is always causal.
 _IGNORED_KEYS = re.compile(
     r"^(attn_mask|input_resolution|context_length|vocab_size|"
     r"(vision_model|text_model)\.embeddings\.position_ids)$")
@@ -76,8 +82,31 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
         tensors = _read_torch_file(path)
     else:
         raise ConversionError(not_weights_message(path))
+    if "attn_mask" in tensors:
+        _check_causal_mask(np.asarray(tensors["attn_mask"]), path)
     return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()
             if not _IGNORED_KEYS.match(k)}
+
+
+def _check_causal_mask(mask: np.ndarray, path) -> None:
+    """A checkpoint's `attn_mask` must be the causal mask the text tower applies anyway: additive
+    (0 on and below the diagonal, -inf or a large negative number above, open_clip's
+    build_causal_mask) or boolean (True above the diagonal: masked, as torch reads a bool mask).
+    Anything else would attend differently from what loads here, so it is refused."""
+    square = mask.ndim == 2 and mask.shape[0] == mask.shape[1]
+    if square:
+        above = np.triu(np.ones(mask.shape, bool), 1)
+        if mask.dtype == np.bool_:
+            causal = np.array_equal(mask, above)
+        else:
+            values = mask.astype(np.float32)
+            causal = bool(np.all(values[~above] == 0) and np.all(values[above] <= -1e4))
+        if causal:
+            return
+    raise ConversionError(
+        f"{path}: tensor attn_mask (shape {tuple(mask.shape)}) is not the causal text mask "
+        f"(0 on and below the diagonal, -inf above): emocap_jax's text tower is always causal, "
+        f"so this checkpoint would attend differently here")
 
 
 def _load_safetensors_any_dtype(path, first_error):
@@ -188,12 +217,15 @@ _OPEN_CLIP_SUPPORTED_VISION = {"image_size", "patch_size", "width", "layers", "h
                                "mlp_ratio", "heads", "pool_type", "patch_dropout"}
 _OPEN_CLIP_SUPPORTED_TEXT = {"context_length", "vocab_size", "width", "heads", "layers",
                              "mlp_ratio", "hf_tokenizer_name", "tokenizer_kwargs", "pool_type",
-                             "eos_id"}
+                             "eos_id", "text_mask"}
 # open_clip pooling -> ours: the image's class token or patch mean (VisionConfig.pool); the text at
 # argmax(ids) or at the first `eos_id` (TextConfig.eot_token_id).
 OPEN_CLIP_VISION_POOLS = {"tok": "token", "avg": "gap"}
 OPEN_CLIP_TEXT_POOLS = ("argmax", "eos")
 OPEN_CLIP_TEXT_HEADS = 8  # open_clip's CLIPTextCfg.heads default
+# open_clip's text_cfg.text_mask values that select another tokenize function (see
+# _open_clip_tokenizer).
+OPEN_CLIP_TEXT_MASKS = ("syntax", "random", "block")
 _OPEN_CLIP_DEFAULT_OK = {"ls_init_value": None, "attentional_pool": False,
                          "no_ln_pre": False, "no_causal_mask": False,
                          "final_ln_after_pool": False, "output_tokens": False,
@@ -759,6 +791,12 @@ def _open_clip_tokenizer(tcfg: dict) -> Optional[str]:
     reduction_mask, ... give other ids)."""
     if tcfg.get("hf_tokenizer_name"):
         return f"hf_tokenizer_name={tcfg['hf_tokenizer_name']!r}"
+    # open_clip's text_cfg.text_mask (CLIPA; on its main branch between v2.22.0 and v2.23.0, which
+    # replaced it by tokenizer_kwargs.reduction_mask): how get_tokenizer shortens a text longer
+    # than the context. These three keep other tokens than the plain truncation ("first", or any
+    # other value) that ClipBpeTokenizer does.
+    if tcfg.get("text_mask") in OPEN_CLIP_TEXT_MASKS:
+        return f"text_mask={tcfg['text_mask']!r}"
     kwargs = dict(tcfg.get("tokenizer_kwargs") or {})
     if kwargs.get("clean", "lower") == "lower":
         kwargs.pop("clean", None)

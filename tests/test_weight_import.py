@@ -102,7 +102,11 @@ def test_patch_dropout_in_the_config_is_accepted(fixtures_dir, tmp_path):
 @pytest.mark.parametrize("text_cfg,bpe", [
     ({}, True), ({"tokenizer_kwargs": {"clean": "lower"}}, True),
     ({"tokenizer_kwargs": {"clean": "canonicalize"}}, False),
-    ({"hf_tokenizer_name": "bert-base-uncased"}, False)])
+    ({"hf_tokenizer_name": "bert-base-uncased"}, False),
+    # open_clip's pre-v2.23 CLIPA key: "syntax" shortens long texts by part of speech, "first"
+    # truncates as ClipBpeTokenizer does.
+    ({"text_mask": "syntax"}, False), ({"text_mask": "block"}, False),
+    ({"text_mask": "first"}, True)])
 def test_open_clip_tokenizer_named_in_the_config_is_not_replaced_by_clip_bpe(tmp_path, text_cfg,
                                                                             bpe):
     # A CLIP-vocabulary (49408) text tower whose config names another tokenizer (open_clip's
@@ -571,3 +575,31 @@ def test_open_clip_config_sizes_the_weights_cannot_have_are_refused(fixtures_dir
     (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
     with pytest.raises(convert.ConversionError, match=re.escape(message)):
         emocap_jax.load(tmp_path)
+
+
+def _with_attn_mask(fixtures_dir, tmp_path, mask):
+    source = fixtures_dir / "openclip_tiny_gelu"
+    state = load_file(str(source / "open_clip_model.safetensors"))
+    tmp_path.mkdir()
+    save_file(dict(state, attn_mask=mask), str(tmp_path / "open_clip_model.safetensors"))
+    shutil.copy(source / "open_clip_config.json", tmp_path)
+    return tmp_path
+
+
+def test_attn_mask_tensor_is_dropped_only_when_it_is_the_causal_mask(fixtures_dir, tmp_path):
+    # open_clip rebuilds the text tower's causal mask (build_causal_mask: -inf above the
+    # diagonal); a checkpoint that stores one loads as without it. A mask that lets a token see
+    # the tokens after it describes another model and is refused, naming the tensor.
+    base = emocap_jax.load(fixtures_dir / "openclip_tiny_gelu")
+    causal = np.triu(np.full((16, 16), -np.inf, np.float32), 1)
+    for mask in (causal, np.triu(np.ones((16, 16), bool), 1)):
+        folder = _with_attn_mask(fixtures_dir, tmp_path / str(mask.dtype), mask)
+        model = emocap_jax.load(folder)
+        np.testing.assert_array_equal(model.params["text"]["pos_embedding"],
+                                      base.params["text"]["pos_embedding"])
+    for name, mask in (("bidirectional", np.zeros((16, 16), np.float32)),
+                       ("transposed", causal.T.copy()), ("flat", np.zeros(16, np.float32))):
+        folder = _with_attn_mask(fixtures_dir, tmp_path / name, mask)
+        with pytest.raises(convert.ConversionError, match=r"tensor attn_mask \(shape .*\) is not "
+                                                           r"the causal text mask"):
+            emocap_jax.load(folder)
