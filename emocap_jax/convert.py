@@ -347,6 +347,9 @@ def infer_open_clip_config(state: dict, oc_cfg: Optional[dict] = None,
 _HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 
 
+# transformers' CLIPTextConfig default eos_token_id (since its PR #24773, v4.31; it was 2 before,
+# the value it still reads as "pool at the argmax").
+HF_DEFAULT_EOS_TOKEN_ID = 49407
 # transformers' CLIPVisionConfig / CLIPTextConfig default num_attention_heads.
 _HF_DEFAULT_HEADS = {"vision_config": 12, "text_config": 8}
 
@@ -387,7 +390,10 @@ def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
         heads=_hf_heads(hf_cfg, "vision_config", v_width, _vision_head_width(v_width)),
         mlp_dim=state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0])
     vocab, t_width = state["text_model.embeddings.token_embedding.weight"].shape
-    eos = tcfg.get("eos_token_id", 2)
+    # Without the key, a config means transformers' CLIPTextConfig default, 49407 (CLIP BPE's end
+    # of text, pooled at its first occurrence: the argmax for CLIP BPE ids, not for a vocabulary
+    # with added tokens); without any config, CLIP's own argmax rule.
+    eos = tcfg.get("eos_token_id", HF_DEFAULT_EOS_TOKEN_ID if hf_cfg is not None else 2)
     text = TextConfig(
         context_length=state["text_model.embeddings.position_embedding.weight"].shape[0],
         vocab_size=vocab, width=t_width, layers=_num_layers(state, "text_model.encoder.layers."),

@@ -159,6 +159,24 @@ def test_hf_heads_default_is_transformers(fixtures_dir):
         convert.infer_hf_config(state, cfg)
 
 
+def test_hf_eos_token_id_default_is_transformers(fixtures_dir):
+    # transformers pools at argmax(ids) when eos_token_id is 2 and at the first eos_token_id
+    # otherwise; a text_config without the key gets CLIPTextConfig's default, 49407, not 2.
+    state = load_file(str(fixtures_dir / "hf_clip_tiny" / "model.safetensors"))
+    cfg = json.loads((fixtures_dir / "hf_clip_tiny" / "config.json").read_text())
+    assert convert.infer_hf_config(state, cfg).text.eot_token_id == 999
+    cfg["text_config"]["eos_token_id"] = 2
+    assert convert.infer_hf_config(state, cfg).text.eot_token_id is None
+    del cfg["text_config"]["eos_token_id"]
+    assert convert.infer_hf_config(state, cfg).text.eot_token_id == 49407
+    # Without any config there is no transformers default to follow: CLIP's argmax rule.
+    state = ref.open_clip_to_hf_names({k: np.broadcast_to(np.float32(0), s) for k, s in
+                                       ref.open_clip_shapes(**B16_SHAPES).items()})
+    assert convert.infer_hf_config(state, None, "gelu").text.eot_token_id is None
+    assert convert.infer_hf_config(state, {"vision_config": {"num_attention_heads": 12},
+                                           "text_config": {}}).text.eot_token_id == 49407
+
+
 def test_numpy_reference_matches_peers(fixtures_dir):
     # The reference used for full-size checks below must itself agree with open_clip.
     for name, quick in (("openclip_tiny_quickgelu", True), ("openclip_tiny_gelu", False)):
