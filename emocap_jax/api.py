@@ -424,7 +424,7 @@ def load(path, source: str = "auto", image_size: Optional[int] = None,
         tokenizer_cfg = default_tokenizer_config(config, description)
     if image_size is not None:  # 0 is refused by with_image_size, not taken as "keep"
         params, config = with_image_size(params, config, image_size)
-    if dtype:
+    if dtype is not None:  # "" is refused by CLIPConfig's check, not taken as "keep"
         config = config.replace(dtype=dtype)
     return EmoCapCLIP(params, config, _tokenizer_for(tokenizer_cfg), description)
 

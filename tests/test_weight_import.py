@@ -457,6 +457,13 @@ def test_load_image_size_none_or_its_own_keeps_the_model(fixtures_dir):
                                   base.params["visual"]["pos_embedding"])
 
 
+@pytest.mark.parametrize("dtype", ["", "float16", "bf16"])
+def test_load_refuses_an_unknown_dtype(fixtures_dir, dtype):
+    # "" was falsy and silently kept float32; every other unknown name is refused the same way.
+    with pytest.raises(ValueError, match=re.escape(f"model.dtype={dtype!r}: expected one of")):
+        emocap_jax.load(fixtures_dir / "openclip_tiny_gelu", dtype=dtype)
+
+
 @pytest.mark.parametrize("size", ["50", "0", "-8"])
 def test_convert_cli_refuses_an_impossible_image_size(fixtures_dir, tmp_path, size):
     # Not a positive multiple of the 8 px patch: one line and status 2, not a traceback (50), not
