@@ -166,6 +166,18 @@ def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
     image, and negatives are other images), and one patch that carries the whole face satisfies
     it: measured in ABLATIONS.md, every sentence's map then peaks on the same patch.
     """
+    # A part with nothing to average is 0 already, so its flag is not needed here.
+    pair_term, _, within_term, _ = _local_loss_parts(
+        patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, within_image_weight)
+    return pair_term + within_image_weight * within_term
+
+
+def _local_loss_parts(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool,
+                      within_image_weight):
+    """The parts of `local_region_sentence_loss`: (the sentence/image term, whether the batch
+    holds a valid sentence, the within-image term or 0 when within_image_weight is 0, whether an
+    image holds two valid sentences). A part with nothing to average is 0; the sharded form
+    averages each part over the devices where it has something to average."""
     if patch_tokens.ndim != 3 or sentence_emb.ndim != 3:
         raise ValueError(f"patch_tokens {patch_tokens.shape} must be [B, Np, D] and sentence_emb "
                          f"{sentence_emb.shape} [B, R, D]")
@@ -201,14 +213,16 @@ def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
     has_sentences = own_count > 0
     image_term = (jnp.sum(jnp.where(has_sentences, image_to_sentence, 0.0))
                   / jnp.maximum(jnp.sum(has_sentences), 1))
-    loss = 0.5 * (sentence_term + image_term)
+    pair_term = 0.5 * (sentence_term + image_term)
+    valid_per_image = valid.reshape(batch, num_slots)
+    has_two = jnp.any(jnp.sum(valid_per_image, axis=1) >= 2)
+    within_term = jnp.zeros((), jnp.float32)
     if within_image_weight:
         # Image i's pooled vector for its own slot r: entry (i, i * R + r) of `pooled`.
         own_pooled = pooled.reshape(batch, batch, num_slots, dim)[jnp.arange(batch), jnp.arange(batch)]
-        loss = loss + within_image_weight * _within_image_term(
-            own_pooled, sentences.reshape(batch, num_slots, dim),
-            valid.reshape(batch, num_slots), logit_scale)
-    return loss
+        within_term = _within_image_term(own_pooled, sentences.reshape(batch, num_slots, dim),
+                                         valid_per_image, logit_scale)
+    return pair_term, num_valid > 0, within_term, has_two
 
 
 def _within_image_term(own_pooled: jax.Array, own_sentences: jax.Array, valid: jax.Array,
@@ -424,15 +438,27 @@ def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, t
     """Local loss on each device's own batch of B / D images, averaged over devices.
 
     This is NOT the local loss of the global batch: negatives are only the images and sentences on
-    the same device (by design; the cost is B x B*R x P x D per device). It equals the mean
-    over the D contiguous batch blocks of `local_region_sentence_loss` on each block.
+    the same device (by design; the cost is B x B*R x P x D per device), so its value depends on
+    the number of devices. On the D contiguous batch blocks, it is the mean of
+    `local_region_sentence_loss`'s sentence/image term over the blocks holding a valid sentence,
+    plus within_image_weight x the mean of its within-image term over the blocks holding an image
+    with two. A block without one has nothing to average; counting it as 0 would shrink the loss
+    and its gradient by 1/D for each such device. No valid sentence anywhere gives 0.
     """
     batch = patch_tokens.shape[0]
     _check_batch("local loss", batch, _axis_size(mesh, axis), axis)
 
+    def mean_where(value, present):
+        present = present.astype(jnp.float32)
+        return jax.lax.psum(value * present, axis) / jnp.maximum(jax.lax.psum(present, axis), 1.0)
+
     def body(patches, sentences, mask, scale, tau):
-        return jax.lax.pmean(local_region_sentence_loss(patches, sentences, mask, scale, tau,
-                                                        within_image_weight), axis)
+        pair_term, has_sentences, within_term, has_two = _local_loss_parts(
+            patches, sentences, mask, scale, tau, within_image_weight)
+        loss = mean_where(pair_term, has_sentences)
+        if within_image_weight:
+            loss = loss + within_image_weight * mean_where(within_term, has_two)
+        return loss
 
     fn = jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P()), out_specs=P())
     return fn(patch_tokens, sentence_emb, sentence_mask, jnp.asarray(logit_scale, jnp.float32),

@@ -338,6 +338,44 @@ def test_sharded_local_loss_is_mean_of_per_device_block_losses(mesh, local_batch
     assert abs(float(whole) - float(value)) > 1e-3
 
 
+@pytest.mark.parametrize("within", [0.0, 0.7])
+def test_a_device_without_local_sentences_does_not_dilute_the_sharded_local_loss(
+        mesh, local_batch, within):
+    """A device whose faces carry no valid local sentence (a corpus mixing faces with and without
+    local captions) has nothing to average; it used to enter the mean over devices as a 0, so the
+    loss and its gradient shrank by 1/D for every such device. The mean is over the devices that
+    hold a valid sentence, and the within-image part over those holding an image with two, each
+    against the plain-loop reference per device; on a device left with one valid sentence per
+    image the within-image part has nothing to tell apart."""
+    patches, sentences, mask = local_batch
+    mask = mask.copy()
+    mask[4:6] = False  # device 2: no valid sentence at all
+    mask[8:10] = [[True, False, False], [False, True, False]]  # device 4: one per image
+    block = LOCAL_B // 8
+    blocks = [slice(d * block, (d + 1) * block) for d in range(8)]
+    parts = []
+    for b in blocks:
+        pair = _np_local_loss(patches[b], sentences[b], mask[b], SCALE, TAU)
+        parts.append((pair, _np_local_loss(patches[b], sentences[b], mask[b], SCALE, TAU, 1.0) - pair,
+                      mask[b].any(), (mask[b].sum(axis=1) >= 2).any()))
+    expected = (np.mean([p for p, _, has, _ in parts if has])
+                + within * np.mean([w for _, w, _, has_two in parts if has_two]))
+    fn = jax.jit(jax.value_and_grad(lambda p, s: losses.local_loss(
+        p, s, mask, SCALE, TAU, mesh=mesh, impl="sharded", within_image_weight=within), (0, 1)))
+    value, (g_patches, g_sentences) = fn(patches, sentences)
+    assert_close(value, expected)
+    # The gradient is the per-device losses', each weighted by 1 / (the devices that count).
+    count, count_two = sum(p[2] for p in parts), sum(p[3] for p in parts)
+    for d, b in enumerate(blocks):
+        per_device = jax.grad(lambda p, s, b=b: (
+            losses.local_region_sentence_loss(p, s, mask[b], SCALE, TAU) / count
+            + within * (losses.local_region_sentence_loss(p, s, mask[b], SCALE, TAU, 1.0)
+                        - losses.local_region_sentence_loss(p, s, mask[b], SCALE, TAU)) / count_two),
+            (0, 1))(patches[b], sentences[b])
+        assert_close(g_patches[b], per_device[0])
+        assert_close(g_sentences[b], per_device[1])
+
+
 # ------------------------------------------------------------------------------------------------
 # Label positives and capped mining in every form
 # ------------------------------------------------------------------------------------------------
