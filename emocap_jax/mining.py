@@ -231,12 +231,16 @@ def _row_stats_chunked(guide: Guide, row_offset, k: int, moments: bool, chunk_si
             new["cols"] = jnp.take_along_axis(cols, picked, axis=1)
         if moments:
             c_count = jnp.sum(off, axis=1).astype(jnp.float32)
-            c_mean = jnp.sum(jnp.where(off, sim, 0.0), axis=1) / c_count
+            # A chunk of one column holds nothing but the row's own diagonal (c_count 0), and it
+            # may come first (count 0): the floors keep 0 / 0 from making the moments NaN, and
+            # the merge with an empty side leaves the other side as it is.
+            c_mean = jnp.sum(jnp.where(off, sim, 0.0), axis=1) / jnp.maximum(c_count, 1.0)
             c_m2 = jnp.sum(jnp.where(off, jnp.square(sim - c_mean[:, None]), 0.0), axis=1)
             count = carry["count"] + c_count
             delta = c_mean - carry["mean"]
-            new["mean"] = carry["mean"] + delta * c_count / count
-            new["m2"] = carry["m2"] + c_m2 + jnp.square(delta) * carry["count"] * c_count / count
+            share = c_count / jnp.maximum(count, 1.0)
+            new["mean"] = carry["mean"] + delta * share
+            new["m2"] = carry["m2"] + c_m2 + jnp.square(delta) * carry["count"] * share
             new["count"] = count
         return new, None
 

@@ -213,3 +213,17 @@ def test_chunked_row_statistics_equal_full_ones(mesh, batch):
         a, b, SCALE, mesh=mesh, impl="chunked", chunk_size=CHUNK, mining=cfg, guide_text=g))(
             batch["image"], batch["text"], batch["guide"])
     assert_close(chunked, single)
+
+
+def test_chunks_of_one_column_keep_the_row_statistics(mesh, batch):
+    """chunk_size=1 divides every batch: each row then meets a chunk holding only its own
+    diagonal, whose empty mean (0 / 0) made the row's mean and std NaN, so the spread gate and the
+    relative threshold silently mined nothing. The chunked loss equals the single form's."""
+    for cfg in (mining.MiningConfig(mode="text", threshold=0.2, top_k=3, min_spread=0.01),
+                mining.MiningConfig(mode="text", threshold=0.2, relative_threshold=0.5)):
+        loss = lambda impl, cfg=cfg: float(jax.jit(lambda a, b, g: losses.contrastive_loss(  # noqa: E731
+            a, b, SCALE, mesh=mesh, impl=impl, chunk_size=1, mining=cfg, guide_text=g))(
+                batch["image"], batch["text"], batch["guide"]))
+        plain = float(jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE))
+        assert abs(loss("single") - plain) > 1e-3, "the config should mine"
+        assert_close(loss("chunked"), loss("single"))
