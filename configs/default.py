@@ -68,6 +68,8 @@ def get_config():
     config.loss.impl = "sharded"      # "single" | "sharded" | "chunked"
     config.loss.chunk_size = 0        # columns per chunk for impl=chunked (0: whole batch)
     config.loss.summary_weight = 1.0
+    # The local term's negatives are the faces on the same device (losses.sharded_local_loss),
+    # global_batch_size / devices of them: its value depends on the number of devices.
     config.loss.local_weight = 1.0
     config.loss.local_pool_temperature = 0.1
     # Weight of the local term's within-image part: an image's own sentences told apart by what it
@@ -119,6 +121,11 @@ def get_config():
     # Per-parameter learning-rate multipliers: ((regex, multiplier), ...), first match wins;
     # multiplier 0 freezes (e.g. (("visual/.*", 0.0),) trains only the text tower).
     config.optim.lr_multipliers = ()
+    # k > 1 splits each step's batch into k micro-batches (micro-batch j: faces j, j+k, j+2k, ...,
+    # so every device keeps its own faces) and averages their losses and gradients. It saves
+    # memory, not the batch: the global and summary terms' negatives (and the mined positives)
+    # span one micro-batch of global_batch_size / k faces, the local term's one device's share of
+    # it, so k micro-batches are not the contrastive loss of the whole batch.
     config.optim.grad_accum_steps = 1
 
     # ----- training loop

@@ -1,0 +1,67 @@
+"""Gradient accumulation in the training step (train_step.make_train_step, grad_accum_steps=k):
+what one accumulated step computes, on one device and sharded over the 8 simulated CPU devices
+set up by conftest.py."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+B, K = 32, 2
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from configs import tiny
+    from emocap_jax.config_utils import clip_config
+    from emocap_jax.models.clip import CLIP, init_params
+
+    config = tiny.get_config()
+    config.model.vision.image_size = 32
+    config.loss.summary_weight = 1.0
+    config.loss.label_positives = True
+    config.loss.mining.update(mode="text", warmup_steps=0, threshold=0.5, top_k=2,
+                              min_spread=0.0, mutual=True)
+    model_config = clip_config(config)
+    params = jax.jit(lambda r: init_params(model_config, r))(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    length = model_config.text.context_length
+    batch = {"image": rng.integers(0, 255, (B, 32, 32, 3), dtype=np.uint8),
+             "global_tokens": rng.integers(1, 49000, (B, length)).astype(np.int32),
+             "summary_tokens": rng.integers(1, 49000, (B, length)).astype(np.int32),
+             "local_tokens": rng.integers(1, 49000, (B, 4, length)).astype(np.int32),
+             "local_mask": rng.random((B, 4)) < 0.7,
+             "label_id": rng.integers(-1, 3, (B,)).astype(np.int32)}
+    return config, CLIP(model_config), params, batch
+
+
+def test_an_accumulated_step_is_the_mean_over_micro_batches_of_every_kth_face(setup):
+    """With grad_accum_steps=k the step's loss and gradient are the mean over j < k of those of
+    micro-batch j = faces j, j + k, j + 2k, ... (each device keeps its own faces), so the
+    contrastive negatives span B / k faces: it is not the loss of the whole batch. Checked on the
+    update of plain SGD with learning rate 1, which is minus the gradient; sharded, so that a
+    micro-batch taking faces out of order across devices would show."""
+    from emocap_jax.train_step import compute_losses, initial_state, make_train_step
+
+    config, model, params, batch = setup
+    mesh, axes = Mesh(np.array(jax.devices()), ("data",)), ("data",)
+    placed = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    optimizer = optax.sgd(1.0)
+    step = jax.jit(make_train_step(model, optimizer, lambda s: 1.0, config.loss, mesh=mesh,
+                                   batch_axes=axes, grad_accum_steps=K))
+    new_state, metrics = step(initial_state(params, optimizer), placed)
+    update = jax.tree_util.tree_map(lambda old, new: old - new, params, new_state["params"])
+
+    loss_and_grad = jax.jit(jax.value_and_grad(lambda p, b: compute_losses(
+        p, b, 0, model=model, loss_config=config.loss, mesh=mesh, batch_axes=axes)[0]))
+    micro = [loss_and_grad(params, {k: v[j::K] for k, v in batch.items()}) for j in range(K)]
+    expected_loss = np.mean([float(v) for v, _ in micro])
+    expected_grad = jax.tree_util.tree_map(lambda *g: sum(g) / K, *[g for _, g in micro])
+    np.testing.assert_allclose(float(metrics["loss"]), expected_loss, rtol=1e-5)
+    for got, want in zip(jax.tree_util.tree_leaves(update), jax.tree_util.tree_leaves(expected_grad)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+    assert float(jnp.abs(update["logit_scale"])) > 0
+    whole = float(jax.jit(lambda p, b: compute_losses(
+        p, b, 0, model=model, loss_config=config.loss, mesh=mesh, batch_axes=axes)[0])(params, batch))
+    assert abs(whole - expected_loss) > 1e-3, "the whole batch's negatives would differ"
