@@ -19,12 +19,19 @@ from emocap_jax.mining import MiningConfig, mining_statistics, pair_agreement
 from emocap_jax.models.clip import CLIP, l2_normalize
 
 
+MINING_GUIDES = ("summary", "global")
+
+
 def mining_config(loss_config) -> MiningConfig:
     """`config.loss.mining` as a MiningConfig, field for field (an unknown field is an error);
-    its `guide` picks which sentence embeddings the step passes as the text guide."""
+    its `guide` picks which sentence embeddings the step passes as the text guide (any other
+    value is an error: it used to mean the global sentences, silently)."""
     m = loss_config.mining
     fields = dict(m.to_dict() if hasattr(m, "to_dict") else m)
-    fields.pop("guide", None)
+    guide = fields.pop("guide", "summary")
+    if guide not in MINING_GUIDES:
+        raise ValueError(f"config.loss.mining.guide={guide!r}: choose one of {MINING_GUIDES} "
+                         f"(which sentence embeddings judge the similarity of two faces)")
     fields.pop("terms", None)
     return MiningConfig(**fields)
 

@@ -540,6 +540,21 @@ def test_config_reaches_every_mining_field():
         mining_config(config.loss)
 
 
+def test_an_unknown_mining_guide_is_refused():
+    """Any guide but "summary" used to mean the global sentences, silently ("summaries" too)."""
+    from configs import default
+    from emocap_jax.train_step import mining_config
+
+    config = default.get_config()
+    for guide in ("summary", "global"):
+        config.loss.mining.guide = guide
+        mining_config(config.loss)
+    config.loss.mining.guide = "summaries"
+    with pytest.raises(ValueError, match=r"mining\.guide='summaries': choose one of "
+                                         r"\('summary', 'global'\)"):
+        mining_config(config.loss)
+
+
 def test_mining_terms_choose_which_terms_take_mined_positives():
     """loss.mining.terms=("summary",): the global term is the no-mining one and the summary term
     the mining one, value for value; with both, a mined pair changes both terms; by default
