@@ -1,6 +1,6 @@
 """Gradient accumulation in the training step (train_step.make_train_step, grad_accum_steps=k):
-what one accumulated step computes, on one device and sharded over the 8 simulated CPU devices
-set up by conftest.py."""
+what one accumulated step computes, sharded over the 8 simulated CPU devices set up by
+conftest.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,15 +8,16 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from configs import tiny
+from emocap_jax.config_utils import clip_config
+from emocap_jax.models.clip import CLIP, init_params
+from emocap_jax.train_step import compute_losses, initial_state, make_train_step
+
 B, K = 32, 2
 
 
 @pytest.fixture(scope="module")
 def setup():
-    from configs import tiny
-    from emocap_jax.config_utils import clip_config
-    from emocap_jax.models.clip import CLIP, init_params
-
     config = tiny.get_config()
     config.model.vision.image_size = 32
     config.loss.summary_weight = 1.0
@@ -42,8 +43,6 @@ def test_an_accumulated_step_is_the_mean_over_micro_batches_of_every_kth_face(se
     contrastive negatives span B / k faces: it is not the loss of the whole batch. Checked on the
     update of plain SGD with learning rate 1, which is minus the gradient; sharded, so that a
     micro-batch taking faces out of order across devices would show."""
-    from emocap_jax.train_step import compute_losses, initial_state, make_train_step
-
     config, model, params, batch = setup
     mesh, axes = Mesh(np.array(jax.devices()), ("data",)), ("data",)
     placed = jax.device_put(batch, NamedSharding(mesh, P("data")))
