@@ -424,3 +424,17 @@ def test_cap_and_gate_hold_in_sharded_and_chunked_forms(mesh, batch):
             assert ((targets > 0).sum(axis=1) == 5).all()  # the pair + exactly the cap
             assert_close(values[0], _np_global_loss(batch["image"], batch["text"], SCALE, targets))
 
+
+
+@pytest.mark.parametrize("impl", ["single", "sharded"])
+def test_a_batch_without_local_sentences_gives_zero_loss_and_gradient(mesh, local_batch, impl):
+    """Nothing to average (every slot masked, e.g. a label-only corpus): the local term is 0 with
+    a zero, finite gradient, not 0 / 0."""
+    patches, sentences, _ = local_batch
+    none = np.zeros((LOCAL_B, SLOTS), bool)
+    value, grads = jax.jit(jax.value_and_grad(lambda p, s, scale: losses.local_loss(
+        p, s, none, scale, TAU, mesh=mesh, impl=impl, within_image_weight=0.5), (0, 1, 2)))(
+            patches, sentences, jnp.float32(SCALE))
+    assert float(value) == 0.0
+    for g in grads:
+        assert np.all(np.asarray(g) == 0)
