@@ -103,6 +103,26 @@ class Tokenizer(abc.ABC):
         Converters record it in a dataset's metadata.json next to the token ids they store; the
         input pipeline uses those ids only for a tokenizer with an equal identity."""
 
+    def pooling_problem(self, eot_token_id: int | None) -> str | None:
+        """Why a text tower pooling by ``eot_token_id`` (``TextConfig.eot_token_id``) would miss this
+        tokenizer's end-of-text token in its rows, or None when it finds it in every row.
+
+        None pools at each row's largest id (CLIP's argmax rule): that is EOT only when EOT is
+        larger than every other id a row holds (vocabulary ids, SOT, padding), as for CLIP BPE and
+        models from ``SentencePieceTokenizer.train``, but not for a sentencepiece model with
+        sentencepiece's default ids (eos 2), where argmax lands on some word. An int pools at its
+        first occurrence and must be this tokenizer's EOT."""
+        if eot_token_id is not None:
+            if int(eot_token_id) == self.eot_id:
+                return None
+            return (f"pools at the first token id {eot_token_id}, but this tokenizer's end-of-text "
+                    f"id is {self.eot_id}")
+        if self.eot_id >= self.vocab_size - 1 and self.eot_id > self.sot_id and self.eot_id >= self.pad_id:
+            return None
+        return (f"pools at each row's largest token id (eot_token_id unset), but this tokenizer's "
+                f"end-of-text id {self.eot_id} is not its largest (vocabulary of {self.vocab_size} ids, "
+                f"start id {self.sot_id}, pad id {self.pad_id})")
+
     def _strip_specials(self, ids: Sequence[int]) -> list[int]:
         ids = [int(i) for i in ids]
         if ids and ids[0] == self.sot_id:

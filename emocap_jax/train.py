@@ -196,6 +196,21 @@ def check_batch_settings(config, num_batch_shards: int) -> None:
             f"({num_batch_shards} devices x optim.grad_accum_steps={accum}); {nearest}")
 
 
+def check_tokenizer(config, model_config, tokenizer) -> None:
+    """The run's tokenizer fits the text tower (checked before anything compiles): its ids index
+    the token embedding, and the tower's pooling rule (model.text.eot_token_id) finds its
+    end-of-text token. A sentencepiece model with sentencepiece's default ids (eos 2) under the
+    default argmax pooling used to train a text tower pooled at an arbitrary word, silently."""
+    text = model_config.text
+    if tokenizer.vocab_size > text.vocab_size:
+        raise UsageError(f"config.tokenizer={config.tokenizer!r} has {tokenizer.vocab_size} ids but "
+                         f"config.model.text.vocab_size={text.vocab_size}")
+    problem = tokenizer.pooling_problem(text.eot_token_id)
+    if problem:
+        raise UsageError(f"config.tokenizer={config.tokenizer!r} does not fit the text tower, which "
+                         f"{problem}: set --config.model.text.eot_token_id={tokenizer.eot_id}")
+
+
 def check_train_settings(config) -> None:
     """Loop settings whose typo would otherwise go unnoticed (checked before anything compiles):
     any train.on_nonfinite other than "error" skipped non-finite steps; a log_every or
@@ -422,9 +437,7 @@ def train_and_evaluate(config, workdir) -> dict:
     check_batch_settings(config, num_batch_shards)
     model_config = clip_config(config)
     tokenizer = get_tokenizer(config.tokenizer, model_config.text.context_length)
-    if tokenizer.vocab_size > model_config.text.vocab_size:
-        raise ValueError(f"tokenizer {config.tokenizer!r} has {tokenizer.vocab_size} ids but "
-                         f"model.text.vocab_size={model_config.text.vocab_size}")
+    check_tokenizer(config, model_config, tokenizer)
     data_iter = make_train_iterator(config, tokenizer, train_dir)
 
     # ----- model, optimiser, shardings

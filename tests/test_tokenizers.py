@@ -8,11 +8,13 @@ import subprocess
 import sys
 
 import ftfy
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import sentencepiece as spm
 
 from emocap_jax import tokenizers as tk
+from emocap_jax.models.text import end_of_text_index
 from emocap_jax.tokenizers import (
     ClipBpeTokenizer,
     SentencePieceTokenizer,
@@ -270,6 +272,33 @@ def test_sp_model_defaults_and_missing_specials(tmp_path, sp_corpus):
                                    vocab_size=100, bos_id=-1, eos_id=-1, minloglevel=2)
     with pytest.raises(ValueError, match=r"nospecial\.model.*bos"):
         SentencePieceTokenizer(tmp_path / "nospecial.model")
+
+
+@pytest.fixture(scope="module")
+def sp_default_ids(tmp_path_factory, sp_corpus):
+    """A model with sentencepiece's own special ids (unk 0, bos 1, eos 2, no pad), as a model
+    trained outside ``SentencePieceTokenizer.train`` has them: EOT is not the largest id."""
+    prefix = tmp_path_factory.mktemp("sp_default") / "plain"
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sp_corpus), model_prefix=str(prefix),
+                                   vocab_size=100, minloglevel=2)
+    return SentencePieceTokenizer(f"{prefix}.model", context_length=24)
+
+
+def test_pooling_problem_says_whether_the_text_tower_finds_eot(clip, sp, sp_default_ids, sp_corpus):
+    """``pooling_problem(eot_token_id)`` is None exactly when the text tower's pooling rule
+    (models.text.end_of_text_index) lands on each row's EOT."""
+    sentences = sp_corpus[:40] + ["", "joy!"]
+    for tok in (clip, sp, sp_default_ids):
+        rows = tok(sentences)
+        eot_at = np.array([row.tolist().index(tok.eot_id) for row in rows])
+        for rule in (None, tok.eot_id, 2, 7):
+            pooled = np.asarray(end_of_text_index(jnp.asarray(rows), rule))
+            finds_eot = bool((pooled == eot_at).all())
+            assert (tok.pooling_problem(rule) is None) == finds_eot, (tok, rule)
+    # argmax pooling misses the EOT of sentencepiece's default ids; first-EOT pooling finds it.
+    assert "end-of-text id 2 is not its largest" in sp_default_ids.pooling_problem(None)
+    assert sp_default_ids.pooling_problem(2) is None
+    assert "first token id 49407" in sp.pooling_problem(49407)
 
 
 def test_sp_train_errors(tmp_path, sp_corpus):

@@ -166,6 +166,35 @@ def test_an_unknown_on_nonfinite_or_a_zero_interval_is_refused():
         check_train_settings(config)
 
 
+def test_a_tokenizer_the_text_tower_cannot_pool_is_refused(tmp_path):
+    """A sentencepiece model with sentencepiece's default ids (eos 2, not the largest id) under the
+    default argmax pooling used to train a text tower pooled at an arbitrary word, silently."""
+    import sentencepiece as spm
+
+    from configs import tiny
+    from emocap_jax.cli_errors import UsageError
+    from emocap_jax.config_utils import clip_config
+    from emocap_jax.tokenizers import get_tokenizer
+    from emocap_jax.train import check_tokenizer
+
+    sentences = [f"The {w} are raised, showing {i} signs of surprise." for i in range(200)
+                 for w in ("brows", "cheeks", "lip corners")]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), vocab_size=40,
+                                   model_prefix=str(tmp_path / "plain"), minloglevel=2)
+    config = tiny.get_config()
+    check_tokenizer(config, clip_config(config), get_tokenizer(config.tokenizer))
+    config.tokenizer = str(tmp_path / "plain.model")
+    model = clip_config(config)
+    tokenizer = get_tokenizer(config.tokenizer, model.text.context_length)
+    with pytest.raises(UsageError, match=r"plain\.model.*largest token id.*eot_token_id=2"):
+        check_tokenizer(config, model, tokenizer)
+    config.model.text.eot_token_id = 2  # first-EOT pooling, as the message says
+    check_tokenizer(config, clip_config(config), tokenizer)
+    config.model.text.vocab_size = 30
+    with pytest.raises(UsageError, match=r"40 ids but config\.model\.text\.vocab_size=30"):
+        check_tokenizer(config, clip_config(config), tokenizer)
+
+
 # ---------------------------------------------------------------------------------------------
 # In-process checks of the step and its helpers (single device, tiny model).
 
