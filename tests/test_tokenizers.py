@@ -15,6 +15,7 @@ import sentencepiece as spm
 
 from emocap_jax import tokenizers as tk
 from emocap_jax.models.text import end_of_text_index
+from tests import open_clip_tokenizer_reference
 from emocap_jax.tokenizers import (
     ClipBpeTokenizer,
     SentencePieceTokenizer,
@@ -92,6 +93,51 @@ def test_clip_matches_open_clip_ids(clip, clip_fixture):
     assert got.dtype == np.int32 and got.shape == expected.shape
     for sentence, row, want in zip(clip_fixture["sentences"], got, expected):
         np.testing.assert_array_equal(row, want, err_msg=repr(sentence))
+
+
+@pytest.fixture(scope="module")
+def open_clip_reference(clip_fixture):
+    ref = open_clip_tokenizer_reference.SimpleTokenizer()
+    np.testing.assert_array_equal(ref(clip_fixture["sentences"], clip_fixture["context_length"]),
+                                  clip_fixture["ids"])  # the transliteration is open_clip's
+    return ref
+
+
+# Text the fixture's nine sentences leave out: contractions (straight and curly), numbers and
+# other scripts' digits, accents (composed and not), ligatures, emoji with modifiers and joiners,
+# CJK, Cyrillic, Arabic, Turkish dotted I, HTML entities (double-escaped too), control characters,
+# every kind of whitespace, literal special tokens, long words, and lengths around the context.
+HARD_TEXTS = [
+    "don't", "DON'T", "I'M happy, she'S sad", "it's they'll we've you're I'd", "rock'n'roll",
+    "don\u2019t", "\u2018quoted\u2019 \u201cdouble\u201d", "1234567 3.14 1e10 \u0663\u0664 \u00bd \u00b2",
+    "caf\u00e9 na\u00efve \u00dcber \u00c5NGSTR\u00d6M", "cafe\u0301", "\ufb01ne \ufb02ow", "\u2167 \u216b",
+    "\U0001f600\U0001f602 \U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "\u4e2d\u6587\u5b57\u7b26 \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8 \ud55c\uad6d\uc5b4",
+    "\u041f\u0440\u0438\u0432\u0435\u0442 \u043c\u0438\u0440", "\u0645\u0631\u062d\u0628\u0627",
+    "\u0130stanbul \u00df \u1e9e", "\u03a3\u0391\u03a3 \u038c\u03a3\u039f\u03a3",
+    "&amp;amp; &lt;b&gt; &#39;s &quot;x&quot; &nbsp;a", "Tom &amp; Jerry\u2019s", "a&b", "&", "&amp",
+    "<b>bold</b> &amp; text", "&amp;amp;amp;lt; &amp;#39;", "<i>&amp;amp;</i>",
+    "a\tb\nc\r\nd\x0be\x0cf\x85g\u2028h", "  lots    of   space  ",
+    "\u00a0\u2003\u3000nbsp", "\x00\x1b[31mred\x1b[0m", "caf\u00c3\u00a9", "\ufeffbom \u200bzero",
+    "<start_of_text>", "<START_OF_TEXT> hi <end_of_text>", "<end_of_text><end_of_text>",
+    "x" * 300, "supercalifragilisticexpialidocious" * 4, "A\u0300" * 40, "'s's's", "''", "'",
+    "https://example.com/a?b=c&d=e #tag @user ....!!!???", "\u2013\u2014\u2015 \u2026",
+    "", " ", "word " * 74, "word " * 75, "word " * 76,
+]
+
+
+@pytest.mark.parametrize("context_length", [77, 8])
+def test_clip_matches_open_clip_on_hard_text(clip, open_clip_reference, context_length):
+    texts = list(HARD_TEXTS)
+    rng = random.Random(0)  # and random mixtures of the characters that take the slow paths
+    alphabet = [chr(c) for c in range(0x20, 0x7F)] + list("\t\n\r\x00\x85\xa0\u00e9\u00df\u0130\ufb01"
+                                                          "\u2019\u201c\U0001f600\u4e2d\u03a3\u0301\u200d")
+    alphabet += ["&amp;", "&lt;", "&#39;", "'s", "'T"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(300)]
+    got = clip(texts, context_length=context_length)
+    want = open_clip_reference(texts, context_length)
+    for text, row, expected in zip(texts, got, want):
+        np.testing.assert_array_equal(row, expected, err_msg=repr(text))
 
 
 def test_clip_matches_fixture_when_word_cache_keeps_overflowing(clip_fixture, monkeypatch):
