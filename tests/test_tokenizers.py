@@ -330,11 +330,17 @@ def sp_default_ids(tmp_path_factory, sp_corpus):
     return SentencePieceTokenizer(f"{prefix}.model", context_length=24)
 
 
-def test_pooling_problem_says_whether_the_text_tower_finds_eot(clip, sp, sp_default_ids, sp_corpus):
+def test_pooling_problem_says_whether_the_text_tower_finds_eot(clip, sp, sp_default_ids, sp_corpus,
+                                                               tmp_path):
     """``pooling_problem(eot_token_id)`` is None exactly when the text tower's pooling rule
     (models.text.end_of_text_index) lands on each row's EOT."""
+    # Padding with the largest id: argmax pooling lands on the first pad, after EOT.
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sp_corpus), model_prefix=str(tmp_path / "pad_top"),
+                                   vocab_size=100, unk_id=0, bos_id=97, eos_id=98, pad_id=99, minloglevel=2)
+    pad_top = SentencePieceTokenizer(tmp_path / "pad_top.model", context_length=24)
+    assert (pad_top.eot_id, pad_top.pad_id) == (98, 99)
     sentences = sp_corpus[:40] + ["", "joy!"]
-    for tok in (clip, sp, sp_default_ids):
+    for tok in (clip, sp, sp_default_ids, pad_top):
         rows = tok(sentences)
         eot_at = np.array([row.tolist().index(tok.eot_id) for row in rows])
         for rule in (None, tok.eot_id, 2, 7):
