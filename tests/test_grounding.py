@@ -179,7 +179,9 @@ def test_a_dataset_without_regions_is_named(tmp_path):
 
 def _reference_point(scores, grid, patch, input_size, stored, boxes, tolerance):
     """Plain NumPy: argmax patch -> its pixel centre through an explicit resize + crop -> inside a
-    box; chance by counting sub-pixel samples of the image inside the boxes."""
+    box; chance by counting sub-pixel samples of the part of the stored image the model's input
+    square maps back to inside the boxes (what a point drawn uniformly over what the model sees
+    hits)."""
     width, height = stored
     best = int(np.argmax(scores))
     row, col = divmod(best, grid)
@@ -190,12 +192,18 @@ def _reference_point(scores, grid, patch, input_size, stored, boxes, tolerance):
     else:
         new_w, new_h = input_size, int(input_size * height / width)
     left, top = round((new_w - input_size) / 2), round((new_h - input_size) / 2)
-    x = ((col + 0.5) * patch + left) * width / new_w
-    y = ((row + 0.5) * patch + top) * height / new_h
+
+    def to_stored(x_in, y_in):
+        return (x_in + left) * width / new_w, (y_in + top) * height / new_h
+
+    x, y = to_stored((col + 0.5) * patch, (row + 0.5) * patch)
     hit = any(x0 - tolerance <= x < x1 + tolerance and y0 - tolerance <= y < y1 + tolerance
               for x0, y0, x1, y1 in boxes)
+    # Quarter-pixel samples of the stored image between the input square's corners mapped back
+    # (exact for the integer boxes and views of these tests).
+    (vx0, vy0), (vx1, vy1) = to_stored(0, 0), to_stored(input_size, input_size)
     step = 0.25
-    xs, ys = np.meshgrid(np.arange(0, width, step) + step / 2, np.arange(0, height, step) + step / 2)
+    xs, ys = np.meshgrid(np.arange(vx0, vx1, step) + step / 2, np.arange(vy0, vy1, step) + step / 2)
     inside = np.zeros_like(xs, bool)
     for x0, y0, x1, y1 in boxes:
         x0, y0, x1, y1 = x0 - tolerance, y0 - tolerance, x1 + tolerance, y1 + tolerance
@@ -224,7 +232,7 @@ def test_pointing_game_matches_a_numpy_reference_on_hand_made_maps():
         (peak_at_15, np.array([[0, 0, 8, 8], [50, 50, 60, 60]]), 0.0, True),  # second box hits
     ]
     for scores, boxes, tolerance, expected in cases:
-        out = grounding.point(scores, centres, boxes, (64, 64), tolerance)
+        out = grounding.point(scores, centres, boxes, (0, 0, 64, 64), tolerance)
         hit, chance = _reference_point(scores, 4, 16, 64, (64, 64), boxes, tolerance)
         assert out["hit"] == hit == expected, (boxes, tolerance)
         assert out["chance"] == pytest.approx(chance, abs=1e-9)
@@ -232,18 +240,42 @@ def test_pointing_game_matches_a_numpy_reference_on_hand_made_maps():
             np.mean([any(x0 - tolerance <= cx < x1 + tolerance and y0 - tolerance <= cy < y1 + tolerance
                          for x0, y0, x1, y1 in boxes) for cx, cy in centres]))
     # Chance is the area fraction of the boxes' union: overlaps count once, dilation is clipped.
-    assert grounding.point(peak_at_1, centres, brows, (64, 64))["chance"] == pytest.approx(256 / 4096)
+    assert grounding.point(peak_at_1, centres, brows, (0, 0, 64, 64))["chance"] == pytest.approx(256 / 4096)
     overlapping = np.array([[0, 0, 10, 10], [5, 5, 15, 15]])
     assert grounding.union_area(overlapping) == pytest.approx(175)
-    assert grounding.point(peak_at_1, centres, overlapping, (64, 64), 2.0)["chance"] == \
+    assert grounding.point(peak_at_1, centres, overlapping, (0, 0, 64, 64), 2.0)["chance"] == \
         pytest.approx((12 * 12 + 14 * 14 - 9 * 9) / 4096)  # [0, 12)^2 and [3, 17)^2
     # Non-square stored images go through the shorter-side resize and the central crop.
     for stored in [(80, 60), (60, 80), (45, 30), (30, 30)]:
         scores = np.random.default_rng(sum(stored)).normal(size=9)
         boxes = np.array([[5, 5, 20, 25], [22, 10, 40, 28]])
-        out = grounding.point(scores, grounding.patch_centres(3, 10, 30, stored), boxes, stored)
-        hit, chance = _reference_point(scores, 3, 10, 30, stored, boxes, 0.0)
-        assert out["hit"] == hit and out["chance"] == pytest.approx(chance, abs=1e-9)
+        for tolerance in (0.0, 3.0):
+            out = grounding.point(scores, grounding.patch_centres(3, 10, 30, stored), boxes,
+                                  grounding.view_box(30, stored), tolerance)
+            hit, chance = _reference_point(scores, 3, 10, 30, stored, boxes, tolerance)
+            assert out["hit"] == hit and out["chance"] == pytest.approx(chance, abs=1e-9), stored
+
+
+def test_chance_counts_only_the_part_of_the_image_the_model_sees():
+    # An 80 x 40 image at a 40-px input: the central crop shows x in [20, 60). A region the crop
+    # hides can never be pointed at (chance 0, not its 25% of the image); one that fills half
+    # the view is hit by half the points drawn over it (not 25%).
+    stored = (80, 40)
+    np.testing.assert_allclose(grounding.view_box(40, stored), [20, 0, 60, 40])
+    centres = grounding.patch_centres(4, 10, 40, stored)
+    scores = np.zeros(16)
+    for boxes, chance, patch_chance in (([[0, 0, 20, 40]], 0.0, 0.0),
+                                        ([[20, 0, 40, 40]], 0.5, 0.5),
+                                        ([[10, 0, 30, 20]], 0.125, 0.125),  # x in [20, 30) seen
+                                        ([[0, 0, 80, 40]], 1.0, 1.0)):
+        out = grounding.point(scores, centres, np.array(boxes), grounding.view_box(40, stored))
+        assert out["chance"] == pytest.approx(chance), boxes
+        assert out["patch_chance"] == pytest.approx(patch_chance), boxes
+        assert out["chance"] == pytest.approx(
+            _reference_point(scores, 4, 10, 40, stored, boxes, 0.0)[1], abs=1e-9)
+    # Through a resize too: 120 x 60 -> 80 x 40, the view is x in [30, 90) of the stored image.
+    np.testing.assert_allclose(grounding.view_box(40, (120, 60)), [30, 0, 90, 60])
+    np.testing.assert_allclose(grounding.view_box(40, (60, 120)), [0, 30, 60, 90])
 
 
 def test_patch_centres_follow_the_pixels_through_the_preprocessing():

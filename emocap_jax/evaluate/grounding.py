@@ -21,8 +21,10 @@ where centre(p*) is the centre of patch p* in the model's input, mapped back int
 image's pixel coordinates through the evaluation preprocessing (shorter side resized to the
 model's input size, central square crop). Boxes are half-open in continuous pixel coordinates
 (pixel j spans [j, j + 1)). Accuracy = hits / pairs, per region and over all pairs. Chance is the
-area fraction of the union of the region's (dilated, clipped) boxes in the image, averaged over
-the pairs: the hit rate of a point drawn uniformly over the image. Since the pointer can only land
+area fraction of the union of the region's (dilated) boxes in the part of the stored image the
+model sees (its central crop: all of a square image), averaged over the pairs: the hit rate of a
+point drawn uniformly over the model's input. A box the crop hides counts for nothing, since no
+patch can land there. Since the pointer can only land
 on patch centres, `patch_chance` (the fraction of patch centres inside the boxes, averaged over
 the pairs) is reported too: the hit rate of a uniformly drawn patch, and 0 for a region that no
 patch centre reaches on a coarse grid (a larger --grounding-tolerance then helps). Sentences with
@@ -104,11 +106,9 @@ def load_regions(path) -> dict[str, dict]:
 # Geometry and the pointing game (pure NumPy)
 
 
-def patch_centres(grid: int, patch_size: int, input_size: int, stored_size: Sequence[int]
-                  ) -> np.ndarray:
-    """[grid * grid, 2] (x, y) centres of the patches (row-major, the tokens' order) in the
-    stored image's continuous pixel coordinates, inverting `augment.resize_center_crop`: the
-    shorter side resized to `input_size` (the longer truncated to int), then the central crop."""
+def _resized(input_size: int, stored_size: Sequence[int]) -> tuple[int, int, int, int]:
+    """(new_w, new_h, left, top) of `augment.resize_center_crop`: the stored image resized so its
+    shorter side is `input_size` (the longer truncated to int), and the crop's offset in it."""
     width, height = (int(v) for v in stored_size)
     size = int(input_size)
     if min(width, height) == size:
@@ -117,18 +117,37 @@ def patch_centres(grid: int, patch_size: int, input_size: int, stored_size: Sequ
         new_h, new_w = size, int(size * width / height)
     else:
         new_h, new_w = int(size * height / width), size
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return new_w, new_h, int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+
+
+def patch_centres(grid: int, patch_size: int, input_size: int, stored_size: Sequence[int]
+                  ) -> np.ndarray:
+    """[grid * grid, 2] (x, y) centres of the patches (row-major, the tokens' order) in the
+    stored image's continuous pixel coordinates, inverting `augment.resize_center_crop`: the
+    shorter side resized to `input_size` (the longer truncated to int), then the central crop."""
+    width, height = (int(v) for v in stored_size)
+    new_w, new_h, left, top = _resized(input_size, stored_size)
     rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
     x = ((cols.ravel() + 0.5) * patch_size + left) * (width / new_w)
     y = ((rows.ravel() + 0.5) * patch_size + top) * (height / new_h)
     return np.stack([x, y], axis=-1)
 
 
-def dilate(boxes: np.ndarray, tolerance: float, image_size: Sequence[int]) -> np.ndarray:
-    """Boxes grown by `tolerance` pixels on every side and clipped to the image."""
-    width, height = image_size
+def view_box(input_size: int, stored_size: Sequence[int]) -> np.ndarray:
+    """[4] (x0, y0, x1, y1): the part of the stored image the model sees, the central crop of
+    `augment.resize_center_crop` in stored pixel coordinates (the whole image when square)."""
+    width, height = (int(v) for v in stored_size)
+    new_w, new_h, left, top = _resized(input_size, stored_size)
+    size = int(input_size)
+    return np.array([left * width / new_w, top * height / new_h,
+                     (left + size) * width / new_w, (top + size) * height / new_h], np.float64)
+
+
+def dilate(boxes: np.ndarray, tolerance: float, bounds: Sequence[float]) -> np.ndarray:
+    """Boxes grown by `tolerance` pixels on every side and clipped to `bounds` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = (float(v) for v in bounds)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4) + np.array([-1, -1, 1, 1]) * tolerance
-    return np.clip(boxes, 0, [width, height, width, height])
+    return np.clip(boxes, [x0, y0, x0, y0], [x1, y1, x1, y1])
 
 
 def in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -154,21 +173,22 @@ def union_area(boxes: np.ndarray) -> float:
     return float(np.sum(covered * np.outer(np.diff(xs), np.diff(ys))))
 
 
-def point(scores: np.ndarray, centres: np.ndarray, boxes: np.ndarray, image_size: Sequence[int],
+def point(scores: np.ndarray, centres: np.ndarray, boxes: np.ndarray, view: Sequence[float],
           tolerance: float = 0.0) -> dict:
     """The pointing game for one (face, sentence) pair.
 
     scores: [Np] the sentence's map over the patches (any monotone transform of the local
     loss's logits: only the argmax matters); centres: [Np, 2] patch centres in image pixels;
-    boxes: [K, 4] the region's boxes. Returns the argmax patch, its centre, whether it hits, the
-    area fraction of the (dilated) boxes (chance) and the fraction of patch centres inside them
-    (patch chance)."""
-    width, height = image_size
-    grown = dilate(boxes, tolerance, image_size)
+    boxes: [K, 4] the region's boxes; view: (x0, y0, x1, y1) the part of the image the model
+    sees (`view_box`). Returns the argmax patch, its centre, whether it hits, the fraction of the
+    view the (dilated) boxes cover (chance: a non-square image's crop hides part of it, and a
+    pointer can never land there) and the fraction of patch centres inside them (patch chance)."""
+    x0, y0, x1, y1 = (float(v) for v in view)
+    grown = dilate(boxes, tolerance, view)
     best = int(np.argmax(scores))
-    inside = in_boxes(centres, grown)
+    inside = in_boxes(centres, grown)  # the centres lie in the view
     return {"patch": best, "x": float(centres[best, 0]), "y": float(centres[best, 1]),
-            "hit": bool(inside[best]), "chance": union_area(grown) / float(width * height),
+            "hit": bool(inside[best]), "chance": union_area(grown) / ((x1 - x0) * (y1 - y0)),
             "patch_chance": float(inside.mean()), "patch_hits": inside}
 
 
@@ -329,12 +349,13 @@ def evaluate_split(encoder, data_dir: str, regions_path: Optional[str] = None,
             size = sizes[row]
             scale = np.array([size[0] / entry["image_size"][0], size[1] / entry["image_size"][1]] * 2)
             centres = patch_centres(grid, vision.local_patch_size, vision.image_size, size)
+            view = view_box(vision.image_size, size)
             u = embeddings[[row_of[text] for _, _, _, text in face_pairs]]
             # The local loss's map; its softmax (tau_pool) does not move the argmax.
             logits = np.asarray(sentence_patch_logits(face_tokens[None], u, 1.0))[0]
             for (i, k, region, text), scores in zip(face_pairs, logits):
                 boxes = entry["regions"][region] * scale
-                out = point(scores, centres, boxes, size, tolerance)
+                out = point(scores, centres, boxes, view, tolerance)
                 results.append((region, out))
                 rows.append({"id": ids[i], "sentence": k, "region": region,
                              "patch_row": out["patch"] // grid, "patch_col": out["patch"] % grid,
