@@ -397,6 +397,24 @@ def test_grounding_protocol_matches_a_numpy_recomputation(bench):
         runner.run(encoder, "synthetic", "grounding", data, runner.Options(regions=str(stale)))
 
 
+def test_boxes_of_another_aspect_ratio_are_refused_naming_the_record(bench, tmp_path):
+    # The 40 x 40 faces with boxes recorded for an 80 x 40 image: stretching them onto the faces
+    # would score a pointing game against the wrong places. Refused before any model runs.
+    _, data = bench
+    lines = [json.loads(line) for line in (data / "basic" / "regions.jsonl").read_text().splitlines()]
+    lines[1]["image_size"] = [80, 40]
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(ValueError, match=rf"other.jsonl: record {lines[1]['id']!r} is 40x40 pixels "
+                                         r".* boxes are for a 80x40 image"):
+        grounding.evaluate_split(None, str(data / "basic"), str(other))
+    # A uniformly resized copy is fine (sides truncated to int): the boxes are scaled.
+    np.testing.assert_allclose(grounding.box_scale((96, 96), (48, 48)), [0.5] * 4)
+    np.testing.assert_allclose(grounding.box_scale((97, 61), (48, 30)), [48 / 97, 30 / 61] * 2)
+    assert grounding.box_scale((96, 96), (80, 60)) is None
+    assert grounding.box_scale((60, 80), (80, 60)) is None  # width and height swapped
+
+
 @pytest.mark.slow
 def test_grounding_cli_writes_json_and_prints_the_table(bench, tmp_path):
     import subprocess

@@ -7,7 +7,9 @@ the sentence describes? (the pointing game, Zhang et al., ECCV 2016)
 Needs a regions file beside the dataset (`regions.jsonl`, written for the synthetic eval faces by
 the corpus generator, `prepare_data` and `data_prep.synthetic_benchmarks`; format:
 `emocap_jax.data.synthetic.corpus.grounding_record`): per face, pixel boxes of its brows, eyes,
-cheeks, nose, mouth and jaw in the stored image, and the region each local sentence describes.
+cheeks, nose, mouth and jaw in the stored image (boxes given for a larger or smaller copy of it
+are scaled; boxes of an image with another aspect ratio are refused), and the region each local
+sentence describes.
 
 For face i with projected patch tokens P_i ([Np, D], not normalised, the tokens the local loss
 pools) and a local sentence u (its unit-norm text embedding, tokenised as in training) whose
@@ -148,6 +150,18 @@ def dilate(boxes: np.ndarray, tolerance: float, bounds: Sequence[float]) -> np.n
     x0, y0, x1, y1 = (float(v) for v in bounds)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4) + np.array([-1, -1, 1, 1]) * tolerance
     return np.clip(boxes, [x0, y0, x0, y0], [x1, y1, x1, y1])
+
+
+def box_scale(regions_size: Sequence[int], stored_size: Sequence[int]) -> Optional[np.ndarray]:
+    """[4] factors taking boxes given for an image of `regions_size` (w, h) to the stored image's
+    pixels: the stored image may be a resized copy (sides truncated to int, so each side may be
+    up to a pixel short of a uniform scale); None where the aspect ratios differ by more than
+    that, i.e. the boxes describe some other image."""
+    (rw, rh), (w, h) = ([float(v) for v in regions_size], [float(v) for v in stored_size])
+    sx, sy = w / rw, h / rh
+    if abs(rw * sy - w) > 1.0 or abs(rh * sx - h) > 1.0:
+        return None
+    return np.array([sx, sy, sx, sy])
 
 
 def in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -321,6 +335,13 @@ def evaluate_split(encoder, data_dir: str, regions_path: Optional[str] = None,
             raise ValueError(f"{regions_path}: record {ids[i]!r} has local sentences "
                              f"{record_local[i]} in {data_dir} but {texts} in the regions file "
                              "(a regions file of other faces?)")
+        scale = box_scale(entries[ids[i]]["image_size"], sizes[i])
+        if scale is None:
+            raise ValueError(f"{regions_path}: record {ids[i]!r} is {sizes[i][0]}x{sizes[i][1]} "
+                             f"pixels in {data_dir} but its boxes are for a "
+                             f"{entries[ids[i]]['image_size'][0]}x"
+                             f"{entries[ids[i]]['image_size'][1]} image (another aspect ratio: a "
+                             "regions file of other images?)")
     # Pairs: (record row, sentence, region); sentences without a region are skipped.
     pairs, skipped = [], 0
     for i in matched:
@@ -347,7 +368,7 @@ def evaluate_split(encoder, data_dir: str, regions_path: Optional[str] = None,
                 continue
             entry = entries[ids[row]]
             size = sizes[row]
-            scale = np.array([size[0] / entry["image_size"][0], size[1] / entry["image_size"][1]] * 2)
+            scale = box_scale(entry["image_size"], size)  # checked above
             centres = patch_centres(grid, vision.local_patch_size, vision.image_size, size)
             view = view_box(vision.image_size, size)
             u = embeddings[[row_of[text] for _, _, _, text in face_pairs]]
