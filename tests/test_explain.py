@@ -46,8 +46,20 @@ def _reference_maps(model, images, sentences, tau):
     logits -= logits.max(axis=-1, keepdims=True)
     maps = np.exp(logits)
     maps /= maps.sum(axis=-1, keepdims=True)
-    grid = model.config.vision.image_size // model.config.vision.patch_size
+    grid = model.config.vision.local_grid_size
     return maps.reshape(len(images), len(sentences), grid, grid)
+
+
+def _bilinear(grid_map, size):
+    """NumPy: a [g, g] map resized to [size, size], each output pixel's centre placed in grid
+    units ((i + 0.5) * g / size - 0.5, so cell k covers pixels [k * size / g, (k + 1) * size / g))
+    and interpolated between the two nearest cell centres, the edge cells held beyond theirs."""
+    g = grid_map.shape[0]
+    t = np.clip((np.arange(size) + 0.5) * g / size - 0.5, 0, g - 1)
+    lo = np.floor(t).astype(int)
+    hi, w = np.minimum(lo + 1, g - 1), t - lo
+    rows = grid_map[lo] * (1 - w)[:, None] + grid_map[hi] * w[:, None]
+    return rows[:, lo] * (1 - w)[None] + rows[:, hi] * w[None]
 
 
 def test_explain_matches_numpy_recomputation(model, faces):
@@ -64,10 +76,47 @@ def test_explain_matches_numpy_recomputation(model, faces):
     assert np.array_equal(flat.reshape(*flat.shape[:2], -1).argmax(-1),
                           maps.reshape(*maps.shape[:2], -1).argmax(-1))
     assert flat.max() < maps.max()
-    # Upsampled: the model's input pixels, bilinear from the grid.
-    up = model.explain(images[:1], SENTENCES[:1], upsample=True)
-    assert up.shape == (1, 1, 32, 32)
-    assert up.min() >= maps[0, 0].min() - 1e-6 and up.max() <= maps[0, 0].max() + 1e-6
+    # Upsampled: the model's input pixels, bilinear from the grid, each cell's value at the
+    # centre of the 8 x 8 pixels of its patch (not corner-aligned, rows not swapped with columns).
+    up = model.explain(images[:2], SENTENCES, upsample=True)
+    assert up.shape == (2, len(SENTENCES), 32, 32) and up.dtype == np.float32
+    for i in range(2):
+        for k in range(len(SENTENCES)):
+            np.testing.assert_allclose(up[i, k], _bilinear(maps[i, k].astype(np.float64), 32),
+                                       atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def fine_model(tmp_path_factory):
+    import dataclasses
+
+    import emocap_jax
+    from tests.inference_fixtures import tiny_model_config
+
+    config = tiny_model_config()
+    config = config.replace(vision=dataclasses.replace(config.vision, local_head="patch_fine"))
+    return emocap_jax.load(make_tiny_export(tmp_path_factory.mktemp("fine") / "export",
+                                            config=config))
+
+
+def test_explain_maps_the_fine_heads_grid(fine_model, faces):
+    # local_head="patch_fine": 4-px squares, an 8 x 8 grid on the 32-px input (the ViT's is 4 x 4).
+    images = fine_model.preprocess(faces[1][:2])
+    assert fine_model.config.vision.local_grid_size == 8
+    maps = fine_model.explain(images, SENTENCES[:2])
+    assert maps.shape == (2, 2, 8, 8)
+    np.testing.assert_allclose(maps, _reference_maps(fine_model, images, SENTENCES[:2], 0.1),
+                               atol=2e-5)
+    up = fine_model.explain(images[:1], SENTENCES[:1], upsample=True)
+    np.testing.assert_allclose(up[0, 0], _bilinear(maps[0, 0].astype(np.float64), 32), atol=1e-6)
+    # Cell (r, c) is the square of rows 4r..4r+3 and columns 4c..4c+3: changing the pixel at
+    # row 13, column 22 changes the map's logits only in cell (3, 5), whose weight moves against
+    # every other cell's.
+    changed = images[:1].copy()
+    changed[0, 13, 22] = 255 - changed[0, 13, 22]
+    ratio = np.log(fine_model.explain(changed, SENTENCES[:1])[0, 0]) - np.log(maps[0, 0])
+    moved = np.abs(ratio - np.median(ratio)) > 1e-4
+    assert np.argwhere(moved).tolist() == [[3, 5]]
 
 
 def test_explain_uses_the_recorded_pool_temperature(export_dir, tmp_path, model, faces):
