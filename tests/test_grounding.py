@@ -295,6 +295,37 @@ def test_patch_centres_follow_the_pixels_through_the_preprocessing():
             np.testing.assert_allclose(means[interior], centres[interior, channel], atol=0.6)
 
 
+@pytest.mark.parametrize("local_head", ["patch_mlp", "patch_fine"])
+def test_patch_centres_are_where_each_local_token_looks(local_head, tmp_path):
+    # With a per-patch local head a token sees only its own square of the input: the token a
+    # pixel reaches must be the one whose centre (token_centres, what evaluate_split points with)
+    # lies within half a square of that pixel, in x and in y.
+    import dataclasses
+
+    import emocap_jax
+    from tests.inference_fixtures import make_tiny_export, tiny_model_config
+
+    config = tiny_model_config()
+    config = config.replace(vision=dataclasses.replace(config.vision, local_head=local_head))
+    model = emocap_jax.load(make_tiny_export(tmp_path / "export", config=config))
+    vision = model.config.vision
+    grid, patch, size = vision.local_grid_size, vision.local_patch_size, vision.image_size
+    assert grid * patch == size and grid == {"patch_mlp": 4, "patch_fine": 8}[local_head]
+    centres = grounding.token_centres(vision, (size, size))
+    assert len(centres) == grid * grid
+    image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), np.uint8)
+    pixels = [(13, 22), (2, 29), (30, 5)]  # (y, x)
+    batch = np.repeat(image, len(pixels) + 1, axis=0)
+    for i, (y, x) in enumerate(pixels, start=1):
+        batch[i, y, x] = 255 - batch[i, y, x]
+    tokens = np.asarray(model._patch_tokens(model.params, batch))
+    for i, (y, x) in enumerate(pixels, start=1):
+        reached = np.flatnonzero(np.abs(tokens[i] - tokens[0]).max(axis=-1) > 0)
+        assert len(reached) == 1, (local_head, y, x)
+        cx, cy = centres[reached[0]]
+        assert abs(cx - (x + 0.5)) < patch / 2 and abs(cy - (y + 0.5)) < patch / 2, (y, x)
+
+
 def test_summary_per_region_and_overall():
     # Which of 4 patches would hit, per pair: the best fixed patch for the eyes is patch 2 (hits
     # both eyes pairs), for the mouth patch 0, for the brows any (the first, 0).

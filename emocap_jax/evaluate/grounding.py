@@ -135,6 +135,13 @@ def patch_centres(grid: int, patch_size: int, input_size: int, stored_size: Sequ
     return np.stack([x, y], axis=-1)
 
 
+def token_centres(vision, stored_size: Sequence[int]) -> np.ndarray:
+    """patch_centres of the local tokens of a model with VisionConfig `vision`: the local head's
+    grid and square side (half the ViT's patch with local_head="patch_fine"), not the ViT's."""
+    return patch_centres(vision.local_grid_size, vision.local_patch_size, vision.image_size,
+                         stored_size)
+
+
 def view_box(input_size: int, stored_size: Sequence[int]) -> np.ndarray:
     """[4] (x0, y0, x1, y1): the part of the stored image the model sees, the central crop of
     `augment.resize_center_crop` in stored pixel coordinates (the whole image when square)."""
@@ -369,7 +376,7 @@ def evaluate_split(encoder, data_dir: str, regions_path: Optional[str] = None,
             entry = entries[ids[row]]
             size = sizes[row]
             scale = box_scale(entry["image_size"], size)  # checked above
-            centres = patch_centres(grid, vision.local_patch_size, vision.image_size, size)
+            centres = token_centres(vision, size)
             view = view_box(vision.image_size, size)
             u = embeddings[[row_of[text] for _, _, _, text in face_pairs]]
             # The local loss's map; its softmax (tau_pool) does not move the argmax.
