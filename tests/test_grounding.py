@@ -300,8 +300,6 @@ def test_patch_centres_are_where_each_local_token_looks(local_head, tmp_path):
     # With a per-patch local head a token sees only its own square of the input: the token a
     # pixel reaches must be the one whose centre (token_centres, what evaluate_split points with)
     # lies within half a square of that pixel, in x and in y.
-    import dataclasses
-
     import emocap_jax
     from tests.inference_fixtures import make_tiny_export, tiny_model_config
 
