@@ -81,6 +81,25 @@ def make_optimizer(optim_config, num_steps: int, params):
     return optax.chain(*chain), schedule
 
 
+def at_schedule_step(opt_state, step):
+    """`opt_state` with the counter of every learning-rate schedule in it (one per multiplier
+    group) set to the run's `step`; Adam's moments and its own count (its bias correction) are
+    left as they are. A skipped step (train.on_nonfinite=skip) applies no update, so optax's
+    counters stop while the run's step goes on: the schedule fell behind by one step per skip
+    and the logged learning rate (schedule(step)) was not the one applied. As in open_clip,
+    whose scheduler steps every iteration while Adam's step count stops when AMP skips one.
+    Only the counters' values change, never the state's tree (checkpoints keep their layout).
+    (The weight decay is a constant; a scheduled one would hold a counter of its own.)"""
+
+    def at_step(state):
+        if isinstance(state, optax.ScaleByScheduleState):
+            return state._replace(count=jnp.asarray(step, state.count.dtype))
+        return state
+
+    return jax.tree_util.tree_map(
+        at_step, opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+
+
 def _clip_by_global_norm_of(max_norm: float, mask):
     """optax.clip_by_global_norm with the norm taken over the leaves where `mask` is True (the
     same formula and the same, empty, state, so checkpoints keep their layout)."""

@@ -17,6 +17,7 @@ import optax
 from emocap_jax import losses
 from emocap_jax.mining import MiningConfig, mining_statistics, pair_agreement
 from emocap_jax.models.clip import CLIP, l2_normalize
+from emocap_jax.optim import at_schedule_step
 
 
 MINING_GUIDES = ("summary", "global")
@@ -128,9 +129,10 @@ def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None,
     """Returns step(state, batch) -> (state, metrics). state = {"step", "params", "opt_state",
     "nonfinite": {"count", "first_step"}}.
 
-    A step whose loss or gradient is not finite never changes the parameters or optimiser state;
-    it is counted in state["nonfinite"], so the loop can stop (or go on) without a host sync per
-    step and no checkpoint ever holds a bad update."""
+    A step whose loss or gradient is not finite never changes the parameters or Adam's state
+    (moments and count); it is counted in state["nonfinite"], so the loop can stop (or go on)
+    without a host sync per step and no checkpoint ever holds a bad update. The learning-rate
+    schedule follows the run's step, skipped steps included (optim.at_schedule_step)."""
     loss_fn = functools.partial(compute_losses, model=model, loss_config=loss_config, mesh=mesh,
                                 batch_axes=batch_axes)
 
@@ -180,13 +182,18 @@ def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None,
                     jnp.asarray(model.config.max_logit_scale, new_params["logit_scale"].dtype)))
             return new_params, new_opt_state
 
+        def skip(params, opt_state, grads):
+            del grads
+            return params, at_schedule_step(opt_state, step + 1)
+
         # A conditional, not where(finite, new, old): selecting between old and new made XLA copy
         # the optimiser moments every step (the select reads the old value after the in-place
         # update would have overwritten it), ~1.2 GB of copies per ViT-B/16 step; here the old
-        # state is only read on the branch that keeps it.
+        # state is only read on the branch that keeps it. The schedule's counters are set to the
+        # step first: a checkpoint written before skips advanced them holds counters that lag.
         new_params, new_opt_state = jax.lax.cond(
-            finite, update, lambda params, opt_state, grads: (params, opt_state),
-            state["params"], state["opt_state"], grads)
+            finite, update, skip, state["params"], at_schedule_step(state["opt_state"], step),
+            grads)
         nonfinite = state["nonfinite"]
         new_state = {
             "step": step + 1,
