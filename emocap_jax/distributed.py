@@ -31,6 +31,12 @@ import signal
 import sys
 
 import jax
+# Private, for want of a public equivalent in jax==0.10.2: jax.distributed exports only
+# initialize, is_initialized and shutdown. Its state holds this process's index and the number of
+# processes before the backend starts (jax.process_index() would start it, and these are read
+# before data preparation forks), and its client has a barrier with a timeout that needs no
+# backend (multihost_utils.sync_global_devices is a device collective: it starts the backend,
+# has no timeout, and on CPU gloo fails when the processes reach it over 30 s apart).
 from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
