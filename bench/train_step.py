@@ -67,7 +67,10 @@ GPU_PEAK_FLOPS = {
 }
 
 def forward_flops(cfg, batch: int) -> float:
-    """Matmul FLOPs of one forward pass of both towers (2 per multiply-add), from the config."""
+    """Matmul FLOPs of one forward pass of both towers and the global loss's logits (2 per
+    multiply-add), from the config. Each tower projects its pooled token only (open_clip's step;
+    emocap_jax's image tower also projects every patch token, for the local loss, which the global
+    objective discards)."""
     def tower(tokens, width, layers, mlp_dim):
         per_layer = 2 * tokens * (3 * width * width + width * width + 2 * width * mlp_dim)
         attention = 2 * 2 * tokens * tokens * width          # q.k^T and probs.v
@@ -80,8 +83,9 @@ def forward_flops(cfg, batch: int) -> float:
     vision += 2 * v.width * cfg.embed_dim                          # projection (pooled token)
     text = tower(t.context_length, t.width, t.layers, t.mlp_dim)
     text += 2 * t.width * cfg.embed_dim
-    logits = 2 * 2 * batch * cfg.embed_dim                         # per example, both directions
-    return batch * (vision + text) + batch * logits
+    # One [B, D] x [D, B] product: both directions of the symmetric loss read the same logits.
+    logits = 2 * batch * batch * cfg.embed_dim
+    return batch * (vision + text) + logits
 
 
 def _peak_rss_bytes() -> int:

@@ -1,4 +1,13 @@
-"""bench/train_step.py's pooling of alternating rounds into one table row."""
+"""bench/train_step.py: pooling of alternating rounds into one table row, the pipeline-fed timing
+and the model FLOPs that MFU is computed from."""
+import math
+
+import jax
+import jax.numpy as jnp
+
+from emocap_jax import losses
+from emocap_jax.models.clip import CLIP, init_params, l2_normalize
+from emocap_jax.models.config import CLIPConfig, TextConfig, VisionConfig, variant
 from tests.conftest import load_bench_script
 
 bench = load_bench_script("train_step")
@@ -108,3 +117,86 @@ def test_each_fed_step_is_timed_from_the_previous_result_to_its_own(tmp_path, mo
     fed = bench.run_emocap_fed(args, cfg, compiled, state=None)
     assert 0.5 * step_s <= fed["min_s"] <= fed["max_s"] <= 3 * step_s, fed
     assert step_s <= fed["median_s"] <= 2 * step_s, fed  # a sleep never ends early
+
+
+# ------------------------------------------------------------------------------- model FLOPs
+
+def test_model_flops_of_vit_b16_counted_by_hand():
+    """ViT-B/16 + the 77-token text tower at batch 4, each product written out (2 FLOPs per
+    multiply-add): per layer q/k/v, output projection, the two MLP matmuls, q.k^T and probs.v."""
+    b, d = 4, 512
+    t, w, m = 197, 768, 3072                        # image tower: 196 patches + class token
+    vision = 12 * (2 * t * w * 3 * w + 2 * t * w * w + 2 * t * w * m + 2 * t * m * w
+                   + 2 * t * t * w + 2 * t * t * w)
+    vision += 2 * 196 * (16 * 16 * 3) * w          # patch embedding
+    vision += 2 * w * d                              # projection of the class token
+    t, w, m = 77, 512, 2048                          # text tower
+    text = 12 * (2 * t * w * 3 * w + 2 * t * w * w + 2 * t * w * m + 2 * t * m * w
+                 + 2 * t * t * w + 2 * t * t * w)
+    text += 2 * w * d                                # projection of the end-of-text token
+    logits = 2 * b * b * d                           # the [B, B] logits, once
+    assert bench.forward_flops(variant("ViT-B-16"), b) == b * (vision + text) + logits
+    # 3x forward at batch 256, as PERFORMANCE.md's H200 table quotes it.
+    assert round(3 * bench.forward_flops(variant("ViT-B-16"), 256) / 1e12, 2) == 31.55
+
+
+def _matmul_flops(jaxpr) -> int:
+    """2 x multiply-adds of every dot_general in a jaxpr, a scan's body counted once per layer."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (_, rhs_contract), (_, rhs_batch) = eqn.params["dimension_numbers"]
+            lhs, rhs = (v.aval.shape for v in eqn.invars)
+            rhs_free = [n for i, n in enumerate(rhs) if i not in rhs_contract + rhs_batch]
+            total += 2 * math.prod(lhs) * math.prod(rhs_free)
+        assert eqn.primitive.name != "conv_general_dilated", "a convolution is not counted"
+        times = eqn.params["length"] if eqn.primitive.name == "scan" else 1
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += times * _matmul_flops(inner)
+    return total
+
+
+def _global_loss_fn(cfg):
+    model = CLIP(cfg)
+
+    def loss(params, images, tokens):  # the bench's objective: both towers, global InfoNCE
+        image = model.apply({"params": params}, images, method=CLIP.encode_image)
+        text = model.apply({"params": params}, tokens, method=CLIP.encode_text)
+        return losses.global_contrastive_loss(l2_normalize(image), l2_normalize(text), 1.0)
+    return loss
+
+
+def _inputs(cfg, b):
+    v, t = cfg.vision, cfg.text
+    return (jnp.zeros((b, v.image_size, v.image_size, 3), jnp.uint8),
+            jnp.ones((b, t.context_length), jnp.int32))
+
+
+def test_model_flops_equal_the_matmuls_the_model_traces():
+    """Against the model itself: every matmul of the traced forward pass (towers of 2 and 3
+    scanned layers, the loss's logits), less the projection of the patch tokens, which the global
+    objective discards (the formula, like open_clip's step, projects the pooled token only)."""
+    cfg = CLIPConfig(embed_dim=24, vision=VisionConfig(32, 8, 64, 2, 2, 256),
+                     text=TextConfig(16, 1000, 32, 3, 2, 128))
+    b = 4
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    traced = _matmul_flops(jax.make_jaxpr(_global_loss_fn(cfg))(params, *_inputs(cfg, b)).jaxpr)
+    patch_tokens_projection = 2 * b * cfg.vision.num_patches * cfg.vision.width * cfg.embed_dim
+    assert bench.forward_flops(cfg, b) == traced - patch_tokens_projection
+
+
+def test_three_times_the_forward_is_xlas_count_of_a_training_step():
+    """The MFU convention (forward + backward = 3x the forward matmuls) against XLA's own count of
+    the compiled gradient, which also counts element-wise work (hence the slack). One layer per
+    tower: XLA's cost analysis counts a scanned layer's body once."""
+    cfg = CLIPConfig(embed_dim=128, vision=VisionConfig(64, 8, 256, 1, 4, 1024),
+                     text=TextConfig(77, 1000, 256, 1, 4, 1024))
+    b = 16
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    cost = jax.jit(jax.grad(_global_loss_fn(cfg))).lower(params, *_inputs(cfg, b)).compile() \
+        .cost_analysis()
+    xla_flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    assert 0.95 < 3 * bench.forward_flops(cfg, b) / xla_flops <= 1.0, xla_flops
