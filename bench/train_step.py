@@ -37,9 +37,9 @@ Figures printed per implementation:
   alone: the kernel's high-water mark is reset after warm-up); on GPU the allocator's peak;
 - on CPU, page faults and system/user CPU time per timed step (memory faulted in afresh every step
   shows up as system time);
-- model FLOPs per step: 3x the forward matmul FLOPs of both towers, from the architecture (the MFU
-  convention: remat recomputation and optimiser arithmetic are not counted; XLA's cost analysis is
-  not used because it counts a scanned layer stack's body once);
+- model FLOPs per step: 3x the forward matmul FLOPs of both towers and of the loss's logits, from
+  the architecture (the MFU convention: remat recomputation and optimiser arithmetic are not
+  counted; XLA's cost analysis is not used because it counts a scanned layer stack's body once);
 - MFU: model FLOPs per second over the device's peak (bf16 dense tensor-core peak for H100/H200,
   TF32 for fp32 there); on CPU, over the best measured 2048^3 fp32 matmul rate of either framework
   on the same cores (each printed).
