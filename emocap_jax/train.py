@@ -34,6 +34,7 @@ from emocap_jax.evaluate.features import Encoder
 from emocap_jax.evaluate.suite import run_config_evals
 from emocap_jax.models.clip import CLIP, init_params
 from emocap_jax.optim import make_optimizer, param_paths
+from emocap_jax.step_clock import StepClock
 from emocap_jax.tokenizers import get_tokenizer, tokenizer_from_config
 from emocap_jax.train_step import initial_state, make_train_step, mining_config, mining_terms
 
@@ -512,7 +513,7 @@ def train_and_evaluate(config, workdir) -> dict:
     stop = distributed.Preemption()
     config_json = config.to_json_best_effort()
     pending: list = []
-    wait_time, t_last, steps_since = 0.0, time.perf_counter(), 0
+    clock = StepClock()  # one step in flight; images/s and data wait between log lines
     t_start = time.perf_counter()
     step = start_step
     log.info("training steps %d..%d, global batch %d on %d devices (%s)", start_step, num_steps,
@@ -520,8 +521,7 @@ def train_and_evaluate(config, workdir) -> dict:
     try:
         while step < num_steps:
             t0 = time.perf_counter()
-            local_batch = next(data_iter)
-            wait_time += time.perf_counter() - t0
+            local_batch = clock.next_batch(data_iter)
             batch = to_global_batch(local_batch, mesh, axes)
             if step == start_step and jax.process_count() > 1:
                 # Every process compiles (or loads from the cache, which can take a minute less)
@@ -529,36 +529,38 @@ def train_and_evaluate(config, workdir) -> dict:
                 # than 30 s apart.
                 train_step = train_step.lower(state, batch).compile()
                 distributed.host_barrier("emocap_jax: train step compiled")
-            state, metrics = train_step(state, batch)
+            state, metrics = clock.dispatch(train_step, state, batch)
             step += 1
-            steps_since += 1
             stopping = stop.stop_after(step)  # the same step on every process
             if step == start_step + 1:
                 # The first step includes compilation: keep it out of throughput and ETA.
                 jax.block_until_ready(metrics)
                 log.info("first step done (compiled) in %.1f s", time.perf_counter() - t0)
-                wait_time, t_last, steps_since = 0.0, time.perf_counter(), 0
+                clock.restart()
             pending.append((step, metrics))
             last = step == num_steps
             if step % config.train.log_every == 0 or last or stopping:
                 jax.block_until_ready(metrics)
-                elapsed = max(time.perf_counter() - t_last, 1e-9)
-                per_step = elapsed / max(steps_since, 1)
-                _log_pending(pending, logger, config, gbs / per_step if steps_since else 0.0,
-                             wait_time / elapsed, (num_steps - step) * per_step)
-                pending, wait_time, t_last, steps_since = [], 0.0, time.perf_counter(), 0
+                images_per_s, wait_fraction, per_step = clock.rates(gbs)
+                _log_pending(pending, logger, config, images_per_s, wait_fraction,
+                             (num_steps - step) * per_step)
+                pending = []
+                clock.restart()
                 if config.train.on_nonfinite == "error":
                     # The step's metrics are on the host already: stop now, not at the next
                     # checkpoint (up to checkpoint_every steps of skipped updates later).
                     _check_finite(state, config)
             if step % config.train.checkpoint_every == 0 or last or stopping:
-                _check_finite(state, config)
-                checkpointer.save(step, state, data_iter, config_json, force=True)
-                logger.flush()  # the metrics up to a checkpoint outlive a kill after it
-                _fault_injection_after_checkpoint(step, checkpointer, workdir)
+                with clock.paused():  # the next log line's images/s are the steps' alone
+                    _check_finite(state, config)
+                    checkpointer.save(step, state, data_iter, config_json, force=True)
+                    logger.flush()  # the metrics up to a checkpoint outlive a kill after it
+                    _fault_injection_after_checkpoint(step, checkpointer, workdir)
             if config.train.eval_every and step % config.train.eval_every == 0 and not last \
                     and eval_dir:
-                _periodic_eval(state, model_config, tokenizer, eval_dir, config, mesh, logger, step)
+                with clock.paused():
+                    _periodic_eval(state, model_config, tokenizer, eval_dir, config, mesh, logger,
+                                   step)
             if stopping:
                 log.info("SIGTERM: checkpoint at step %d written; exiting", step)
                 break
