@@ -271,12 +271,14 @@ def _pipeline_data_dir(args) -> str:
 
 
 def run_emocap_fed(args, cfg, compiled, state) -> dict:
-    """The same compiled step fed by the Grain training pipeline: wall time per step with one step
-    in flight (the next batch is read while the device runs the current one, as train.py does),
-    and the share of that time spent in next(iterator)."""
+    """The same compiled step fed by the Grain training pipeline, through the training loop's
+    StepClock (emocap_jax/step_clock.py): one step in flight (the next batch is read while the
+    device runs the current one), wall time per step, and the share of it the device waited for
+    data (time in next() and the host-to-device copy once the step in flight was done)."""
     import jax
 
     from emocap_jax.data import pipeline
+    from emocap_jax.step_clock import StepClock
     from emocap_jax.tokenizers import get_tokenizer
 
     data_config = pipeline.TrainPipelineConfig(
@@ -286,40 +288,36 @@ def run_emocap_fed(args, cfg, compiled, state) -> dict:
     iterator = pipeline.make_train_iterator(data_config, tokenizer, args.batch, 0, 1)
     fields = ("image", "global_tokens")  # what the global-loss step reads
 
-    def next_batch():
-        local = next(iterator)
-        return jax.device_put({k: local[k] for k in fields})
+    def device_batches():
+        while True:
+            local = next(iterator)
+            yield jax.device_put({k: local[k] for k in fields})
 
+    batches = device_batches()
+    clock = StepClock()
     try:
         metrics = None
         for _ in range(args.warmup + 1):  # the first batch waits for the workers to start
-            state, metrics = compiled(state, next_batch())
+            state, metrics = clock.dispatch(compiled, state, clock.next_batch(batches))
         jax.block_until_ready(metrics)
-        wait = 0.0
-        t_start = time.perf_counter()
+        clock.restart()
         # When each timed step's result is ready. With one step in flight, the time of one loop
         # turn is not a step's (the first turn finds its previous step long done), so a step's
         # time is the gap between the readiness of its result and of the one before.
-        done = [t_start]
-        previous = None
-        for _ in range(args.steps):
-            t = time.perf_counter()
-            batch = next_batch()
-            wait += time.perf_counter() - t
-            state, metrics = compiled(state, batch)
-            if previous is not None:
-                jax.block_until_ready(previous)  # keep one step in flight, not a queue
+        done = [clock.start]
+        for i in range(args.steps):
+            state, metrics = clock.dispatch(compiled, state, clock.next_batch(batches))
+            if i:  # dispatch waited for the previous step's result
                 done.append(time.perf_counter())
-            previous = metrics
         jax.block_until_ready(metrics)
         done.append(time.perf_counter())
-        total = done[-1] - t_start
+        _, wait_fraction, per_step = clock.rates(args.batch)
     finally:
         if hasattr(iterator, "close"):
             iterator.close()
     times = [b - a for a, b in zip(done, done[1:])]
-    return {"median_s": total / args.steps, "min_s": min(times), "max_s": max(times),
-            "data_wait_fraction": wait / total, "workers": args.data_workers}
+    return {"median_s": per_step, "min_s": min(times), "max_s": max(times),
+            "data_wait_fraction": wait_fraction, "workers": args.data_workers}
 
 
 # ------------------------------------------------------------------------------------ open_clip
