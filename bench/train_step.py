@@ -59,8 +59,12 @@ import types
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # emocap_jax from this checkout
 
-# Dense peak throughput per GPU (NVIDIA datasheets, SXM parts), by precision.
+# Dense peak throughput per GPU (NVIDIA datasheets; the sparse figures are twice these), by
+# precision, matched against the device name most specific first: "NVIDIA H100 PCIe" is not the
+# SXM part's 989 TFLOP/s.
 GPU_PEAK_FLOPS = {
+    "H100 PCIe": {"bf16": 756e12, "fp32": 378e12},
+    "H100 NVL": {"bf16": 835e12, "fp32": 418e12},
     "H100": {"bf16": 989e12, "fp32": 494e12},   # fp32 matmuls run as TF32 on tensor cores
     "H200": {"bf16": 989e12, "fp32": 494e12},
     "A100": {"bf16": 312e12, "fp32": 156e12},

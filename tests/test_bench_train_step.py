@@ -200,3 +200,12 @@ def test_three_times_the_forward_is_xlas_count_of_a_training_step():
         .cost_analysis()
     xla_flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
     assert 0.95 < 3 * bench.forward_flops(cfg, b) / xla_flops <= 1.0, xla_flops
+
+
+def test_the_peak_is_the_dense_one_of_the_exact_part():
+    assert bench._gpu_peak("NVIDIA H200", "bf16") == 989e12       # not the sparse 1979
+    assert bench._gpu_peak("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert bench._gpu_peak("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert bench._gpu_peak("NVIDIA H100 PCIe", "fp32") == 378e12
+    assert bench._gpu_peak("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
+    assert bench._gpu_peak("Tesla T4", "bf16") is None              # MFU printed as "-"
