@@ -41,8 +41,8 @@ def decode_image(data: bytes, image_format: str = "jpeg", min_side: int = 0) -> 
     For JPEG, `min_side` > 0 lets libjpeg-turbo decode at the smallest reduced DCT scale M/8
     (7/8, 3/4, ..., 1/8; Pillow's draft: 1/2, 1/4, 1/8) that keeps both sides at least `min_side`
     pixels: a large photo that ends up as a small crop then costs a fraction of a full decode.
-    Scales come in eighths, so even a source only 8/7 of `min_side` is decoded smaller. JPEGs that simplejpeg refuses (CMYK, progressive
-    oddities, arithmetic coding) fall back to Pillow.
+    Scales come in eighths, so even a source only 8/7 of `min_side` is decoded smaller. JPEGs
+    that simplejpeg refuses (CMYK, progressive oddities, arithmetic coding) fall back to Pillow.
     """
     if image_format.lower() in _JPEG_FORMATS:
         try:
