@@ -21,6 +21,7 @@ compound protocol on the synthetic compound faces, and the grounding protocol (p
 of the local term's sentence-to-patch maps) on the basic faces.
 """
 import importlib
+import pkgutil
 
 ABLATIONS = {
     "global_only": dict(summary_weight=0.0, local_weight=0.0, mining="off"),
@@ -46,6 +47,11 @@ def get_config(arg: str = "full"):
     name, _, base = arg.partition(",")
     if name not in ABLATIONS:
         raise ValueError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
+    # A base that is no config module would otherwise end in an import traceback.
+    bases = sorted(m.name for m in pkgutil.iter_modules(importlib.import_module("configs").__path__)
+                   if m.name != "ablations")
+    if (base or "demo") not in bases:
+        raise ValueError(f"unknown base config {base!r} in {arg!r}; choose one of {bases}")
     default = importlib.import_module("configs.default").get_config()
     config = importlib.import_module(f"configs.{base or 'demo'}").get_config()
     choice = ABLATIONS[name]

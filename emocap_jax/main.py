@@ -11,6 +11,7 @@ one line and exit status 2 (emocap_jax.cli_errors).
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import re
@@ -188,30 +189,88 @@ def _check_tuple_overrides(argv: list[str], config) -> None:
                 f"{len(elements)} elements: quote each element, --config.{key}=\"{quoted}\"")
 
 
+# absl's help flags. absl ends them with exit status 1; asked-for help is no failure, and `-h`
+# (argparse's spelling, which every other emocap command takes) is the same as --help.
+_HELP_FLAGS = ("--help", "--helpshort", "--helpfull", "--helpxml", "-?")
+
+
+def _override_problem(argv: list[str], config) -> str | None:
+    """The first `--config.A.B=...` in argv whose path the config does not have, in words
+    naming the override and the field (with the nearest field name when one is close); None
+    when every override's path exists. Walked here rather than read off ml_collections'
+    exception, whose text does not always name the field ("Attribute <class 'int'>.x does not
+    exist") or is a TypeError or ValueError from indexing a tuple or an unset placeholder."""
+    if not isinstance(config, config_dict.ConfigDict):  # no config loaded: nothing to walk
+        return None
+    for arg in argv:
+        match = re.fullmatch(r"--config\.([^=]+)(=.*)?", arg, flags=re.DOTALL)
+        if not match:
+            continue
+        node, walked = config, "config"
+        for part in match.group(1).split("."):
+            if not isinstance(node, config_dict.ConfigDict):
+                return (f"--config.{match.group(1)}: {walked} is a single value ({node!r}), "
+                        f"not a group of fields, so it has no field {part!r}")
+            if part not in node:
+                close = difflib.get_close_matches(part, list(node.keys()), n=1)
+                where = "" if walked == "config" else f" in {walked}"
+                return (f"--config.{match.group(1)}: the config has no field {part!r}{where}"
+                        + (f" (did you mean {close[0]!r}?)" if close else ""))
+            node, walked = node[part], f"{walked}.{part}"
+    return None
+
+
+def _config_named_in(argv: list[str]):
+    """The config that argv's --config names, loaded afresh: an override's path error is raised
+    while ml_collections parses --config itself, before the flag holds a value. None when there
+    is none or it does not load (the caller then lets the original error through)."""
+    paths = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    paths += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    if not paths:
+        return None
+    try:
+        return flags.FLAGS["config"].parser.parse(paths[-1])
+    except Exception:  # any failure to load: the error being reported stays the original one
+        return None
+
+
+def _config_file_error(message: str) -> str | None:
+    """ml_collections reports a config file's get_config() raising ValueError or TypeError (an
+    unknown `configs/ablations.py:NAME`, an argument to a config that takes none) as the whole
+    traceback inside the flag error; the one line for it is the flag and the exception's own
+    message (the traceback's last line). None for any other flag error."""
+    flag, marker, trace = message.partition(": Error whilst parsing config file:")
+    if not marker or not trace.strip():
+        return None
+    last = trace.strip().splitlines()[-1]
+    return f"{flag.removeprefix('flag ')}: {re.sub(r'^[A-Za-z_.]*(Error|Exception): ', '', last)}"
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag or config override answered in one line (status 2)
-    instead of absl's FATAL message or a traceback."""
-    argv = _with_installed_config(argv)
+    instead of absl's FATAL message or a traceback, and help (--help, -h, --helpfull) ending
+    with status 0."""
+    argv = ["--help" if a == "-h" else a for a in _with_installed_config(argv)]
     parsed, unset = _unset_overrides(argv)
     try:
         rest = flags.FLAGS(parsed)
         _check_tuple_overrides(parsed, flags.FLAGS["config"].value)
         _apply_unset(unset, flags.FLAGS["config"].value)
         return rest
+    except SystemExit as e:
+        if e.code == 1 and any(a in _HELP_FLAGS for a in parsed[1:]):
+            sys.exit(0)
+        raise
     except flags.Error as e:
-        sys.exit(report(f"{e} (--helpfull lists the flags; configs/default.py documents every "
-                        f"config field)"))
-    except (AttributeError, KeyError) as e:  # --config.FIELD=... for a field the config lacks
-        # ml_collections nests the field name in quoted reprs: "'\\'num_stepz\\'\\nDid you ..."
-        text = str(e).replace("\\", "")
-        key = re.search(r"([A-Za-z_]\w*)", text)
-        key = key.group(1) if key else "?"
-        hint = re.search(r'Did you mean "(\w+)"', text)
-        given = [a.split("=")[0] for a in argv if a.startswith("--config.")
-                 and re.search(rf"[.]{re.escape(key)}(=|[.]|$)", a.split("=")[0])]
-        sys.exit(report(f"{given[0] if given else 'config override'}: the config has no field "
-                        f"{key!r}" + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-                        + "; configs/default.py documents every field"))
+        sys.exit(report(_config_file_error(str(e)) or f"{e} (--helpfull lists the flags; "
+                        f"configs/default.py documents every config field)"))
+    # --config.FIELD=... for a field the config lacks; what ml_collections raises depends on what
+    # the path runs into (a missing key, an int, a tuple, an unset placeholder).
+    except (AttributeError, KeyError, TypeError, ValueError):
+        problem = _override_problem(parsed, _config_named_in(parsed))
+        if problem is None:
+            raise
+        sys.exit(report(f"{problem}; configs/default.py documents every field"))
 
 
 def run() -> None:

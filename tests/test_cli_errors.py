@@ -147,6 +147,46 @@ def test_an_optional_field_can_be_unset_from_the_command_line(places):
     _assert_one_line(result, "--config.train.num_steps=None", "cannot be unset")
 
 
+def test_train_with_an_override_through_a_field_that_holds_a_value(places):
+    """An override path that runs into an int, a tuple or an unset placeholder names the field
+    (it was "no field 'Attribute'", or a TypeError / ValueError traceback)."""
+    for override, field, value in (("train.num_steps.x", "config.train.num_steps", "(20)"),
+                                   ("init_exclude.x", "config.init_exclude", "(())"),
+                                   ("model.text.eot_token_id.x", "config.model.text.eot_token_id",
+                                    "(None)")):
+        result = _run(*TRAIN, f"--workdir={places['out']}", f"--config.{override}=1")
+        _assert_one_line(result, f"--config.{override}: {field} is a single value {value}",
+                         "no field 'x'")
+
+
+def test_train_with_an_override_misspelled_in_a_nested_group(places):
+    result = _run(*TRAIN, f"--workdir={places['out']}", "--config.loss.minning.mode=text")
+    _assert_one_line(result, "--config.loss.minning.mode", "no field 'minning' in config.loss",
+                     "did you mean 'mining'?")
+
+
+@pytest.mark.parametrize("config, message", [
+    ("configs/tiny.py:foo", "get_config() takes 0 positional arguments but 1 was given"),
+    ("configs/ablations.py:nope", "unknown ablation 'nope'; choose one of ['full',"),
+    ("configs/ablations.py:full,nope", "unknown base config 'nope' in 'full,nope'; choose one "
+                                       "of ['default', 'demo',"),
+])
+def test_train_with_a_config_argument_its_get_config_refuses(places, config, message):
+    """The config file's own message in one line, not ml_collections' traceback folded into it
+    (or, for an unknown ablation base, an import traceback and status 1)."""
+    result = _run("emocap_jax.main", f"--config={config}", f"--workdir={places['out']}")
+    _assert_one_line(result, f"--config={config}: {message}")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h", "--helpfull"])
+def test_train_help_exits_0(flag):
+    """Help asked for is no failure (absl ends it with status 1), and -h, which every other
+    command takes, is --help (it was "Unknown command line flag 'h'", status 2)."""
+    result = _run("emocap_jax.main", flag)
+    assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
+    assert "--workdir" in result.stdout and "--mode" in result.stdout
+
+
 def test_train_with_a_missing_config_file(places):
     result = _run("emocap_jax.main", "--config=configs/no_such_config.py",
                   f"--workdir={places['out']}")
