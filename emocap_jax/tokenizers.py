@@ -39,6 +39,8 @@ import regex
 import sentencepiece as spm
 from tqdm import tqdm
 
+from emocap_jax.cli_errors import ArgumentParser
+
 DEFAULT_CONTEXT_LENGTH = 77
 CLIP_BPE_VOCAB_PATH = pathlib.Path(__file__).resolve().parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 
@@ -599,7 +601,9 @@ def _parse_trainer_option(text: str) -> tuple[str, Any]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m emocap_jax.tokenizers", description=__doc__.split("\n\n")[0])
+    # cli_errors.ArgumentParser (its sub-command parser too): a bad argument is one `error: ...`
+    # line and status 2, as on every other command, not argparse's usage block.
+    parser = ArgumentParser(prog="python -m emocap_jax.tokenizers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
         "train-sentencepiece",
@@ -615,7 +619,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--format", choices=("auto", "text", "manifest"), default="auto",
         help="input format; auto treats .jsonl files as manifests and anything else as text (default: auto)",
     )
-    train.add_argument("--model-type", choices=("unigram", "bpe", "char", "word"), default="unigram")
+    train.add_argument("--model-type", choices=("unigram", "bpe", "char", "word"), default="unigram",
+                       help="sentencepiece's segmentation algorithm (default: unigram)")
     train.add_argument("--character-coverage", type=float, default=1.0, help="share of characters kept (default: 1.0)")
     train.add_argument(
         "--option", action="append", type=_parse_trainer_option, default=[], metavar="KEY=VALUE",
