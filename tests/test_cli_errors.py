@@ -298,6 +298,20 @@ def test_export_to_an_unknown_target(places):
     _assert_one_line(result, "--to", "'onnx'", "open_clip", "hf")
 
 
+# ---------------------------------------------------------------- tokenizers
+
+@pytest.mark.parametrize("args, message", [
+    ((), "required: command"),
+    (("train-sentenc",), "invalid choice: 'train-sentenc'"),
+    (("train-sentencepiece", "--input", "a.txt", "--model-prefix", "m", "--vocab-size", "64",
+      "--option", "bogus"), "--option: expected KEY=VALUE, got 'bogus'"),
+])
+def test_tokenizers_bad_arguments(args, message):
+    """argparse's own mistakes in one line (it printed its usage block and a second
+    `python -m emocap_jax.tokenizers: error:` line, unlike every other command)."""
+    _assert_one_line(_run("emocap_jax.tokenizers", *args), message)
+
+
 # ---------------------------------------------------------------- data_prep
 
 def test_prep_unknown_benchmark(places):
@@ -336,6 +350,16 @@ def test_prep_missing_manifest(places):
 def test_prep_bad_synthetic_size(places):
     result = _run("data_prep.synthetic", "--output", places["out"], "--num", "-3")
     _assert_one_line(result, "num must be a non-negative integer")
+
+
+def test_prep_synthetic_benchmarks_with_no_splits(places):
+    """`--splits ""` (or only commas) wrote nothing and exited 0, as if it had succeeded."""
+    output = places["root"] / "no_splits"
+    for splits in ("", " , "):
+        result = _run("data_prep.synthetic_benchmarks", "--output", str(output),
+                      "--splits", splits, "--no-progress")
+        _assert_one_line(result, "no splits given", "'basic', 'compound', 'video'")
+    assert not output.exists()
 
 
 def test_prep_unknown_command_of_the_umbrella(places):

@@ -204,6 +204,8 @@ def generate_benchmarks(
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         problems.append(f"unknown splits {unknown}; known: {list(SPLITS)}")
+    if not list(splits):  # would write nothing and report success (`--splits ""`)
+        problems.append(f"no splits given; choose from {list(SPLITS)}")
     if problems:
         raise ValueError("; ".join(problems))
     out = pathlib.Path(output_dir)
