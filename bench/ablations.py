@@ -78,12 +78,19 @@ COLUMNS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Any --config.FIELD=VALUE argument goes to every run (pretrain,\n"
+                                       "fine-tuning corpus and fine-tunes); configs/default.py "
+                                       "documents the fields.")
     p.add_argument("--work", default="runs/ablations", help="pretrain and fine-tune run folders")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--pretrain-steps", type=int, default=700)
-    p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="fine-tune each variant once per seed (default: 0 1 2)")
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
+                   help=f"configs/ablations.py variants to fine-tune (default: {' '.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--pretrain-steps", type=int, default=700,
+                   help="steps of the shared pretrain run (default: 700)")
+    p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS,
+                   help=f"steps of each fine-tune (default: {FINETUNE_STEPS})")
     p.add_argument("--finetune-au-drop", type=float, default=0.0, metavar="P",
                    help="fine-tune on a corpus like the pretrain's but with each action unit of a "
                    "face's class left out with probability P (0: the pretrain's own corpus)")
@@ -92,7 +99,8 @@ def parse_args(argv=None):
                    "name each face's looks (skin, hair, tilt, light, background, clothes)")
     p.add_argument("--base", default="demo", help="config module the ablations sit on")
     p.add_argument("--jobs", type=int, default=1, help="fine-tunes run at once")
-    p.add_argument("--output", default="ABLATIONS.md")
+    p.add_argument("--output", default="ABLATIONS.md",
+                   help="Markdown file whose table between the markers is rewritten (default: ABLATIONS.md)")
     p.add_argument("--render-only", action="store_true",
                    help="rebuild the table from finished runs, train nothing")
     args, extra = p.parse_known_args(argv)

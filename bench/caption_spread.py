@@ -33,8 +33,10 @@ def parse_args(argv=None):
     p.add_argument("--baseline", help="a manifest holding the same ids with other captions")
     p.add_argument("--checkpoint", nargs="+", required=True,
                    help="run or export folders (emocap_jax.load)")
-    p.add_argument("--field", default="global", choices=["global", "summary"])
-    p.add_argument("--records", type=int, default=400)
+    p.add_argument("--field", default="global", choices=["global", "summary"],
+                   help="which sentence of each record is compared (default: global)")
+    p.add_argument("--records", type=int, default=400,
+                   help="the first this many records of --manifest are used (default: 400)")
     args = p.parse_args(argv)
     if args.records < 2:
         p.error(f"--records must be at least 2, got {args.records}")

@@ -113,7 +113,9 @@ def main() -> int:
     parser.add_argument("--input", help="a training workdir or export folder (default: a "
                                         "random-init model of the demo's architecture)")
     parser.add_argument("--work", help="folder for the exports (default: a temporary one)")
-    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest absolute feature difference on the same inputs that passes; "
+                             "above it the exit status is 1 (default: 1e-4)")
     parser.add_argument("--vision-pool", choices=("token", "gap"), default="token",
                         help="random model only: image pooling (gap: open_clip's pool_type avg)")
     parser.add_argument("--eot-pooling", action="store_true",

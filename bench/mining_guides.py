@@ -60,11 +60,21 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="an export folder (emocap_jax.load)")
     p.add_argument("--data", required=True, help="a converted dataset folder (TFRecord shards)")
-    p.add_argument("--guide", choices=sorted(GUIDE_FIELDS), default="summary")
-    p.add_argument("--threshold", type=float, nargs="+", default=[0.9])
-    p.add_argument("--top-k", type=int, default=8)
-    p.add_argument("--relative-threshold", type=float, default=None)
-    p.add_argument("--min-spread", type=float, default=0.01)
+    p.add_argument("--guide", choices=sorted(GUIDE_FIELDS), default="summary",
+                   help="the sentence whose embeddings judge similarity (config.loss.mining.guide; "
+                        "default: summary)")
+    p.add_argument("--threshold", type=float, nargs="+", default=[0.9],
+                   help="cosine floors to try, one rule each (config.loss.mining.threshold; "
+                        "default: 0.9)")
+    p.add_argument("--top-k", type=int, default=8,
+                   help="at most this many mined positives per row, 0: no cap "
+                        "(config.loss.mining.top_k; default: 8)")
+    p.add_argument("--relative-threshold", type=float, default=None,
+                   help="z: a pair must reach its row's mean + z * std of guide similarity "
+                        "(config.loss.mining.relative_threshold; default: off)")
+    p.add_argument("--min-spread", type=float, default=0.01,
+                   help="rows whose guide similarities have a smaller std mine nothing "
+                        "(config.loss.mining.min_spread; default: 0.01)")
     # The default follows training's, so that a threshold --suggest finds is one for the rule a
     # run with the default config mines with.
     p.add_argument("--mutual", action=argparse.BooleanOptionalAction,
@@ -72,10 +82,13 @@ def parse_args(argv=None):
                    help="the mutual cap (config.loss.mining.mutual): a pair within both rows' "
                         "top-k; default as configs/default.py (%(default)s); --no-mutual: the "
                         "one-sided cap ABLATIONS.md's guide figures were measured with")
-    p.add_argument("--records", type=int, default=2048)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--batches", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--records", type=int, default=2048,
+                   help="labelled records drawn from --data and encoded once (default: 2048)")
+    p.add_argument("--batch", type=int, default=64, help="records per mining batch (default: 64)")
+    p.add_argument("--batches", type=int, default=50,
+                   help="random batches the rules are measured on (default: 50)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the record draw and the batches (default: 0)")
     p.add_argument("--suggest", type=float, default=None, metavar="P",
                    help="also print the lowest threshold (of --threshold and SUGGEST_GRID) whose "
                         "precision reaches P, e.g. 0.99")

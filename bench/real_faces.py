@@ -64,16 +64,20 @@ PIXEL_SIDE = 24
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Any --config.FIELD=VALUE argument goes to every training run;\n"
+                                       "configs/default.py documents the fields.")
     p.add_argument("--fer", required=True, help="FER2013 training faces as class folders")
     p.add_argument("--ckplus", required=True, help="CK+48 class folders")
     p.add_argument("--work", default="runs/real_faces", help="converted data and run folders")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="train each variant once per seed (default: 0 1 2)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                    help="which rows (default: all)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of FER2013's training faces held out for validation")
-    p.add_argument("--output", default="RESULTS.md")
+    p.add_argument("--output", default="RESULTS.md",
+                   help="Markdown file whose table between the markers is rewritten (default: RESULTS.md)")
     p.add_argument("--skip-pixels", action="store_true", help="leave out the raw-pixel row")
     p.add_argument("--render-only", action="store_true",
                    help="train nothing: build the table from the runs already finished in --work")

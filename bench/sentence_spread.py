@@ -35,8 +35,11 @@ def parse_args(argv=None):
     p.add_argument("--regions", required=True, help="a grounding regions file (regions.jsonl)")
     p.add_argument("--checkpoint", nargs="+", required=True,
                    help="run or export folders (emocap_jax.load)")
-    p.add_argument("--region", nargs="+", default=["brows", "eyes", "mouth", "jaw"])
-    p.add_argument("--per-region", type=int, default=60)
+    p.add_argument("--region", nargs="+", default=["brows", "eyes", "mouth", "jaw"],
+                   help="regions whose sentences are compared, at least two "
+                        "(default: brows eyes mouth jaw)")
+    p.add_argument("--per-region", type=int, default=60,
+                   help="the first this many distinct sentences of each region (default: 60)")
     args = p.parse_args(argv)
     if len(args.region) < 2:
         p.error("--region needs at least two regions to compare")

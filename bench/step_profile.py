@@ -29,11 +29,14 @@ _AGGREGATE_LINES = {"XLA Modules", "Steps", "Launch Stats", "TensorFlow Name Sco
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="ViT-B-16")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--model", default="ViT-B-16",
+                        help="architecture (open_clip name; default: ViT-B-16)")
+    parser.add_argument("--batch", type=int, default=8, help="global batch size (default: 8)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="compute dtype of the model (default: fp32)")
     parser.add_argument("--remat", default="dots", help="none, full or dots")
-    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--attention", default="auto",
+                        help="attention kernel: auto, xla or cudnn (default: auto)")
     parser.add_argument("--top", type=int, default=15, help="single operations to list")
     args = parser.parse_args()
 

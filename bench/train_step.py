@@ -513,13 +513,16 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-16", help="architecture (open_clip name)")
     parser.add_argument("--batch", type=int, default=32, help="global batch size")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="compute dtype (bf16: emocap_jax bfloat16 compute, open_clip torch "
+                             "autocast; default: fp32)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every implementation this many times, alternating, each in a "
                              "fresh process; the table pools all timed steps")
-    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--lr", type=float, default=1e-5,
+                        help="AdamW learning rate of both implementations (default: 1e-5)")
     parser.add_argument("--impls", default="emocap,open_clip",
                         help="comma-separated: emocap, open_clip, open_clip+hugepages (open_clip "
                              "with emocap_jax's huge-page allocator setting); open_clip rows are "

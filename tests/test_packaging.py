@@ -66,3 +66,60 @@ def test_the_gpu_wheels_take_their_versions_from_requirements():
     pinned = {line.split("==")[0].lower() for line in
               (REPO_ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
     assert [name for name in names if name.lower() not in pinned] == []
+
+
+# Every argparse command: the console scripts' modules (emocap_jax.main is absl's, whose flags
+# all take a help string), the converters emocap-prep dispatches to, the tokenizer trainer and
+# every bench script that parses arguments.
+ARGPARSE_COMMANDS = (
+    ["emocap_jax.evaluate", "emocap_jax.predict", "emocap_jax.convert", "emocap_jax.tokenizers",
+     "data_prep.benchmarks", "data_prep.captions", "data_prep.synthetic",
+     "data_prep.synthetic_benchmarks"]
+    + sorted(f"bench/{p.name}" for p in (REPO_ROOT / "bench").glob("*.py")
+             if "argparse" in p.read_text()))
+
+# Runs each command with parse_args replaced by a listing of its options (and its sub-commands')
+# that carry no help text, so that nothing else of the command runs.
+_LIST_UNDOCUMENTED = """
+import argparse, json, runpy, sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/bench"]
+found = []
+class Listed(Exception):
+    pass
+def listing(self, args=None, namespace=None):
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    walk(subparser, f"{name} {sub}")
+            elif action.option_strings and not action.help:
+                found.append(f"{name} {'/'.join(action.option_strings)}")
+    walk(self, target)
+    raise Listed
+argparse.ArgumentParser.parse_args = listing
+argparse.ArgumentParser.parse_known_args = listing
+for target in sys.argv[2:]:
+    sys.argv[1:] = []
+    try:
+        if target.endswith(".py"):
+            runpy.run_path(target, run_name="__main__")
+        else:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        found.append(f"{target}: parsed no arguments")
+    except Listed:
+        pass
+print(json.dumps(found))
+"""
+
+
+def test_every_option_of_every_command_has_help():
+    """`--help` documents every option: an option without help text shows only its name."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _LIST_UNDOCUMENTED, str(REPO_ROOT),
+                             *ARGPARSE_COMMANDS], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == []
