@@ -66,7 +66,8 @@ def get_config():
     # ----- losses (emocap_jax/train_step.py, emocap_jax/losses.py)
     config.loss = ml_collections.ConfigDict()
     config.loss.impl = "sharded"      # "single" | "sharded" | "chunked"
-    config.loss.chunk_size = 0        # columns per chunk for impl=chunked (0: whole batch)
+    # Columns per chunk for impl=chunked, a divisor of the step's batch (unused by the others).
+    config.loss.chunk_size = 0
     config.loss.summary_weight = 1.0
     # The local term's negatives are the faces on the same device (losses.sharded_local_loss),
     # global_batch_size / devices of them: its value depends on the number of devices.

@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from emocap_jax import api, convert, distributed, params_io, sharding, storage
+from emocap_jax import api, convert, distributed, losses, params_io, sharding, storage
 from emocap_jax.cli_errors import UsageError
 from emocap_jax.checkpoint import TrainCheckpointer, abstract_like
 from emocap_jax.config_utils import clip_config
@@ -240,6 +240,7 @@ def check_loss_settings(config, train_dir: str) -> None:
         mining_terms(config.loss)
     except (TypeError, ValueError) as e:
         raise UsageError(f"config.loss.mining: {e}") from None
+    _check_loss_impl(config)
     if config.loss.get("label_positives", False) and not load_metadata(train_dir).get("classes"):
         raise UsageError(
             f"config.loss.label_positives=True, but {train_dir} records no class order, so every "
@@ -247,6 +248,26 @@ def check_loss_settings(config, train_dir: str) -> None:
             f"`python -m data_prep.captions --classes A,B,...` (or --captions-from-labels), or "
             f"train the synthetic corpus in a new --workdir (older workdirs converted it "
             f"without label ids)")
+
+
+def _check_loss_impl(config) -> None:
+    """loss.impl and, for "chunked", loss.chunk_size: the contrastive terms scan the columns of
+    each step's (micro-)batch, global_batch_size / optim.grad_accum_steps of them, chunk_size at a
+    time. A wrong one failed inside the first step's trace, after the data was prepared."""
+    impl, chunk = config.loss.impl, config.loss.chunk_size
+    if impl not in losses.GLOBAL_IMPLS:
+        raise UsageError(f"config.loss.impl={impl!r}: choose one of {', '.join(losses.GLOBAL_IMPLS)}")
+    if impl != "chunked":
+        return
+    accum = config.optim.grad_accum_steps
+    micro = config.train.global_batch_size // accum if isinstance(accum, int) and accum >= 1 else None
+    if not isinstance(chunk, int) or chunk < 1 or (micro and micro % chunk):
+        raise UsageError(
+            f"config.loss.chunk_size={chunk!r}: loss.impl='chunked' scans the batch's columns "
+            f"chunk_size at a time; give a whole number that divides the "
+            + (f"{micro} columns of a step" if micro else "columns of a step")
+            + (f" (global_batch_size {config.train.global_batch_size} / optim.grad_accum_steps "
+               f"{accum})" if micro and accum > 1 else ""))
 
 
 def make_train_iterator(config, tokenizer, data_dir: str):

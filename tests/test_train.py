@@ -845,6 +845,35 @@ def test_the_generated_corpus_gives_training_faces_label_ids(tmp_path, datasets)
     train.check_loss_settings(config, datasets[0])  # off: nothing to check
 
 
+def test_bad_loss_impl_settings_stop_the_run_before_it_compiles():
+    """loss.impl and its chunk_size are checked with the other loss settings: a misspelt impl, and
+    impl="chunked" with the default chunk_size=0 (which default.py once called "whole batch") or
+    one that does not divide the step's columns, failed inside the first step's trace."""
+    from configs.tiny import get_config
+    from emocap_jax import train
+    from emocap_jax.cli_errors import UsageError
+
+    config = get_config()   # global batch 16
+    config.loss.impl = "shardd"
+    with pytest.raises(UsageError, match=r"config\.loss\.impl='shardd': choose one of single, "
+                                         r"sharded, chunked"):
+        train.check_loss_settings(config, "")
+    config.loss.impl = "chunked"
+    for chunk in (0, 5, -4):
+        config.loss.chunk_size = chunk
+        with pytest.raises(UsageError, match=rf"config\.loss\.chunk_size={chunk}: .*divides the "
+                                             r"16 columns of a step"):
+            train.check_loss_settings(config, "")
+    config.loss.chunk_size = 8
+    train.check_loss_settings(config, "")
+    config.optim.grad_accum_steps = 4   # micro-batches of 4 columns
+    with pytest.raises(UsageError, match=r"divides the 4 columns of a step \(global_batch_size 16 "
+                                         r"/ optim\.grad_accum_steps 4\)"):
+        train.check_loss_settings(config, "")
+    config.loss.chunk_size = 2
+    train.check_loss_settings(config, "")
+
+
 def test_bad_mining_settings_stop_the_run_before_it_compiles(datasets):
     """The default mines with the mutual cap, which needs a cap: top_k=0 alone is refused with a
     line that names the setting and the way out, as are a misspelt field and an unknown term."""
