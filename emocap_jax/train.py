@@ -216,7 +216,10 @@ def check_train_settings(config) -> None:
     """Loop settings whose typo would otherwise go unnoticed (checked before anything compiles):
     any train.on_nonfinite other than "error" skipped non-finite steps; a log_every or
     checkpoint_every below 1 ended the run after its first (compiled) step with a
-    ZeroDivisionError."""
+    ZeroDivisionError; a negative num_steps trained nothing and exited 0."""
+    if not isinstance(config.train.num_steps, int) or config.train.num_steps < 0:
+        raise UsageError(f"config.train.num_steps={config.train.num_steps!r}: give a number of "
+                         f"steps, at least 0 (0: export and evaluate the initial parameters)")
     if config.train.on_nonfinite not in ("error", "skip"):
         raise UsageError(f"config.train.on_nonfinite={config.train.on_nonfinite!r}: choose "
                          f"'error' (stop at a non-finite loss or gradient) or 'skip'")
@@ -270,9 +273,11 @@ def _check_loss_impl(config) -> None:
                f"{accum})" if micro and accum > 1 else ""))
 
 
-def make_train_iterator(config, tokenizer, data_dir: str):
+def train_pipeline_config(config, data_dir: str) -> pipeline.TrainPipelineConfig:
+    """The input pipeline's settings from config.data (and the model's input sizes); a bad one is
+    a ValueError naming it."""
     d = config.data
-    pipe = pipeline.TrainPipelineConfig(
+    return pipeline.TrainPipelineConfig(
         data_dir=data_dir, image_size=config.model.vision.image_size,
         context_length=config.model.text.context_length,
         max_local_sentences=d.max_local_sentences,
@@ -282,9 +287,43 @@ def make_train_iterator(config, tokenizer, data_dir: str):
         worker_count=d.worker_count, worker_buffer_size=d.worker_buffer_size,
         read_threads=d.read_threads, on_corrupt=d.on_corrupt,
         captions_from_labels=d.get("captions_from_labels", True))
+
+
+def make_train_iterator(config, tokenizer, data_dir: str):
     return pipeline.make_train_iterator(
-        pipe, tokenizer, config.train.global_batch_size,
+        train_pipeline_config(config, data_dir), tokenizer, config.train.global_batch_size,
         process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def check_model_and_data_settings(config) -> None:
+    """The model, tokenizer, input-pipeline and evaluation settings, checked before the data is
+    prepared (generating the synthetic corpus takes minutes) and before anything compiles. A
+    bad one (--config.model.activation=relu, --config.data.on_corrupt=skp,
+    --config.tokenizer=bert, --config.eval.batch_size=0) ended the run in a ValueError
+    traceback, the input pipeline's and the evaluation's only after the data was prepared, the
+    last only after training."""
+    try:
+        model_config = clip_config(config)
+    except ValueError as e:
+        message = str(e)
+        raise UsageError(f"config.{message}" if message.startswith("model.")
+                         else f"config.model: {message}") from None
+    try:
+        get_tokenizer(config.tokenizer, model_config.text.context_length)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"config.tokenizer={config.tokenizer!r}: {e}") from None
+    try:
+        train_pipeline_config(config, data_dir="")
+    except (TypeError, ValueError) as e:
+        # In config.data's names: the pipeline's seed is shuffle_seed, and its brightness,
+        # contrast and saturation are all color_jitter.
+        message = str(e).removeprefix("invalid TrainPipelineConfig: ")
+        message = re.sub(r"\bseed\b", "shuffle_seed", message)
+        message = re.sub(r"\b(brightness|contrast|saturation)\b", "color_jitter", message)
+        raise UsageError(f"config.data: {message}") from None
+    batch = config.eval.batch_size
+    if not isinstance(batch, int) or batch < 1:
+        raise UsageError(f"config.eval.batch_size={batch!r}: give a number of images, at least 1")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -445,10 +484,11 @@ def train_and_evaluate(config, workdir) -> dict:
     _enable_compilation_cache(config)
     workdir = storage.absolute(workdir)
     storage.makedirs(workdir)
+    check_train_settings(config)
+    check_model_and_data_settings(config)
     # Before the JAX backend starts: data preparation forks worker processes.
     train_dir, eval_dir = prepare_data(config, workdir)
     check_loss_settings(config, train_dir)
-    check_train_settings(config)
     is_main = jax.process_index() == 0
 
     # ----- devices, data, tokenizer

@@ -187,6 +187,26 @@ def test_train_help_exits_0(flag):
     assert "--workdir" in result.stdout and "--mode" in result.stdout
 
 
+def test_train_with_a_bad_input_pipeline_setting_stops_before_the_data_is_prepared(places):
+    workdir = places["root"] / "bad_pipeline_setting"
+    result = _run(*TRAIN, f"--workdir={workdir}", "--config.data.on_corrupt=skp",
+                  "--config.data.synthetic.num=16", "--config.data.synthetic.size=32")
+    _assert_one_line(result, "config.data: on_corrupt must be one of", "got 'skp'")
+    assert not (workdir / "synthetic").exists() and not (workdir / "data").exists()
+
+
+def test_an_unknown_eval_benchmark_is_a_usage_error():
+    """--mode=eval's config.eval.benchmarks entries are checked with a UsageError (one line on
+    the command line; it was a ValueError traceback), still a ValueError to library callers."""
+    from emocap_jax.evaluate import suite
+
+    for entry, message in (("nope:zero_shot", "unknown benchmark 'nope'"),
+                           ("synthetic", "is not BENCHMARK:PROTOCOL"),
+                           ("synthetic:zero_shots", "synthetic supports zero_shot")):
+        with pytest.raises(cli_errors.UsageError, match=message):
+            suite.parse_entry(entry)
+
+
 def test_train_with_a_missing_config_file(places):
     result = _run("emocap_jax.main", "--config=configs/no_such_config.py",
                   f"--workdir={places['out']}")

@@ -874,6 +874,40 @@ def test_bad_loss_impl_settings_stop_the_run_before_it_compiles():
     train.check_loss_settings(config, "")
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("model.activation", "relu", r"^config\.model\.activation='relu': expected one of"),
+    ("model.vision.image_size", 30, r"^config\.model\.vision\.image_size=30 is not a multiple"),
+    ("tokenizer", "bert", r"^config\.tokenizer='bert': unknown tokenizer"),
+    ("data.on_corrupt", "skp", r"^config\.data: on_corrupt must be one of \('raise', 'skip'\), "
+                               r"got 'skp'"),
+    ("data.worker_count", -1, r"^config\.data: worker_count must be >= 0, got -1"),
+    ("data.shuffle_seed", -1, r"^config\.data: shuffle_seed must lie in"),
+    ("data.local_sentences_per_step", 9, r"^config\.data: local_sentences_per_step \(9\) must "
+                                         r"not exceed max_local_sentences \(8\)"),
+    ("eval.batch_size", 0, r"^config\.eval\.batch_size=0: give a number of images"),
+    ("train.num_steps", -5, r"^config\.train\.num_steps=-5: give a number of steps, at least 0"),
+])
+def test_bad_model_data_and_eval_settings_are_usage_errors(field, value, message):
+    """Each was a ValueError traceback (status 1), the input pipeline's only after the data was
+    prepared and eval.batch_size's only after training; a negative num_steps trained nothing
+    and exited 0. train_and_evaluate runs these checks before preparing the data."""
+    from configs.tiny import get_config
+    from emocap_jax import train
+    from emocap_jax.cli_errors import UsageError
+
+    config = get_config()
+    train.check_train_settings(config)
+    train.check_model_and_data_settings(config)
+    *parents, name = field.split(".")
+    group = config
+    for part in parents:
+        group = group[part]
+    group[name] = value
+    with pytest.raises(UsageError, match=message):
+        train.check_train_settings(config)
+        train.check_model_and_data_settings(config)
+
+
 def test_bad_mining_settings_stop_the_run_before_it_compiles(datasets):
     """The default mines with the mutual cap, which needs a cap: top_k=0 alone is refused with a
     line that names the setting and the way out, as are a misspelt field and an unknown term."""

@@ -20,6 +20,7 @@ from typing import Optional
 import jax
 
 from emocap_jax import distributed
+from emocap_jax.cli_errors import UsageError
 import emocap_jax.storage as storage
 from emocap_jax.data.shard_writer import load_metadata
 from emocap_jax.evaluate import registry, report, runner
@@ -38,23 +39,25 @@ class Entry:
 
 
 def parse_entry(text: str) -> Entry:
+    """One config.eval.benchmarks entry; a malformed or unknown one is a UsageError (one line on
+    the command line, like every other bad setting; still a ValueError to library callers)."""
     parts = str(text).split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise ValueError(f"config.eval.benchmarks entry {text!r} is not BENCHMARK:PROTOCOL"
+        raise UsageError(f"config.eval.benchmarks entry {text!r} is not BENCHMARK:PROTOCOL"
                          "[:DATA_DIR]")
     benchmark, protocol = parts[0].strip(), parts[1].strip()
     if benchmark not in registry.BENCHMARKS:
-        raise ValueError(f"config.eval.benchmarks entry {text!r}: unknown benchmark "
+        raise UsageError(f"config.eval.benchmarks entry {text!r}: unknown benchmark "
                          f"{benchmark!r}; known: {', '.join(registry.names())}")
     if protocol not in registry.get(benchmark).protocols:
-        raise ValueError(f"config.eval.benchmarks entry {text!r}: {benchmark} supports "
+        raise UsageError(f"config.eval.benchmarks entry {text!r}: {benchmark} supports "
                          f"{', '.join(registry.get(benchmark).protocols)}")
     return Entry(benchmark, protocol, parts[2].strip() if len(parts) == 3 and parts[2] else None)
 
 
 def _synthetic_benchmarks(config, workdir, split: str) -> str:
     if storage.is_url(workdir):
-        raise ValueError(f"the synthetic {split} benchmark is generated into a local workdir, not "
+        raise UsageError(f"the synthetic {split} benchmark is generated into a local workdir, not "
                          f"{workdir}: give its data folder (synthetic...:PROTOCOL:DATA_DIR, from "
                          f"`python -m data_prep.synthetic_benchmarks`)")
     root = pathlib.Path(workdir) / SYNTHETIC_BENCH_DIR
@@ -87,7 +90,7 @@ def resolve_entry(entry: Entry, config, workdir, eval_dir: str) -> tuple[str, st
         return entry.benchmark, _synthetic_benchmarks(config, workdir, "compound")
     if entry.benchmark == "synthetic-video":
         return entry.benchmark, _synthetic_benchmarks(config, workdir, "video")
-    raise ValueError(f"config.eval.benchmarks entry {entry.benchmark}:{entry.protocol} needs its "
+    raise UsageError(f"config.eval.benchmarks entry {entry.benchmark}:{entry.protocol} needs its "
                      f"data folder: {entry.benchmark}:{entry.protocol}:/path/to/data")
 
 
@@ -96,7 +99,7 @@ def run_config_evals(config, workdir, encoder, eval_dir: str) -> list[dict]:
     workdir = storage.fspath(workdir)
     entries = [parse_entry(e) for e in config.eval.benchmarks]  # all checked before any runs
     if not entries:
-        raise ValueError("config.eval.benchmarks is empty: nothing to evaluate")
+        raise UsageError("config.eval.benchmarks is empty: nothing to evaluate")
     output = storage.join(workdir, "eval")
     results = []
     for entry in entries:
