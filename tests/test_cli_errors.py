@@ -269,6 +269,15 @@ def test_evaluate_missing_dataset(places):
                      f"--data {places['missing']}", "no such directory")
 
 
+@pytest.mark.parametrize("template, fragment", [
+    ("{0}", "(it names '0')"), ("{question}", "use {option}"), ("{option", "expected '}'")])
+def test_evaluate_multiple_choice_template_without_its_option(places, template, fragment):
+    """{0} ended in an IndexError traceback; {question} alone gave every option the same text
+    and the protocol a meaningless accuracy, with status 0."""
+    result = _evaluate(places, **{"--protocol": "multiple_choice", "--mc-template": template})
+    _assert_one_line(result, f"--mc-template {template!r}", fragment)
+
+
 def test_evaluate_empty_dataset(places):
     _assert_one_line(_evaluate(places, **{"--data": places["empty_dataset"]}),
                      places["empty_dataset"], "holds no records")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import string
 import sys
 from typing import Optional, Sequence
 
@@ -218,6 +219,7 @@ def _check(args, parser) -> None:
         parser.error(f"--templates {args.templates}: no such file")
     if args.regions is not None and not storage.isfile(args.regions):
         parser.error(f"--regions {args.regions}: no such file")
+    _check_mc_template(args.mc_template, parser)
     if args.grounding_tolerance < 0:
         parser.error(f"--grounding-tolerance must be >= 0, got {args.grounding_tolerance}")
     for flag, value, low in (("batch-size", args.batch_size, 1), ("frames", args.frames, 1),
@@ -228,6 +230,21 @@ def _check(args, parser) -> None:
         parser.error(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
     if storage.isfile(args.output):
         parser.error(f"--output {args.output} exists and is not a directory")
+
+
+def _check_mc_template(template: str, parser) -> None:
+    """--mc-template names {option} (and may name {question}), nothing else: another field ended
+    the run in a KeyError or IndexError traceback, and a template without {option} gave every
+    option the same text, so the protocol measured nothing, silently."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        parser.error(f"--mc-template {template!r}: {e}")
+    unknown = sorted(fields - {"question", "option"})
+    if unknown or "option" not in fields:
+        parser.error(f"--mc-template {template!r}: use {{option}} for the answer option and "
+                     f"optionally {{question}}, no other field"
+                     + (f" (it names {', '.join(repr(f) for f in unknown)})" if unknown else ""))
 
 
 def options_from_args(args):
