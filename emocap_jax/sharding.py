@@ -23,6 +23,13 @@ def make_mesh(mesh_config) -> Mesh:
     if data == 0 or fsdp == 0 or data < -1 or fsdp < -1:
         raise UsageError(f"config.mesh.data={data}, config.mesh.fsdp={fsdp}: each is a number "
                          f"of devices (at least 1), or -1 for the remaining devices")
+    # A -1 axis takes what the other leaves: the other must divide the devices (reported in the
+    # sizes the user gave, not as the "config.mesh.data=0" that len // fsdp made of them).
+    for given, other in ((fsdp, data), (data, fsdp)):
+        if other == -1 and len(devices) % given:
+            fixed, rest = ("fsdp", "data") if given == fsdp else ("data", "fsdp")
+            raise UsageError(f"config.mesh.{fixed}={given} does not divide the {len(devices)} "
+                             f"devices, so config.mesh.{rest}=-1 cannot take the rest")
     if data == -1:
         data = len(devices) // fsdp
     if fsdp == -1:

@@ -430,6 +430,13 @@ def test_a_mesh_that_does_not_fit_the_devices_is_a_usage_error():
         sharding.make_mesh(mesh(3, 2))
     with pytest.raises(UsageError, match=r"mesh.data=0, config.mesh.fsdp=-1"):
         sharding.make_mesh(mesh(0, -1))
+    # Said in the sizes given: it was "config.mesh.data=2 x config.mesh.fsdp=3 != 8 devices".
+    with pytest.raises(UsageError, match=r"config\.mesh\.fsdp=3 does not divide the 8 devices, "
+                                         r"so config\.mesh\.data=-1 cannot take the rest"):
+        sharding.make_mesh(mesh(-1, 3))
+    with pytest.raises(UsageError, match=r"config\.mesh\.data=5 does not divide the 8 devices, "
+                                         r"so config\.mesh\.fsdp=-1"):
+        sharding.make_mesh(mesh(5, -1))
 
 
 def test_keeping_no_checkpoint_is_refused(tmp_path):
