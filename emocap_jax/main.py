@@ -111,8 +111,15 @@ def main(argv):
 
 def _with_installed_config(argv: list[str]) -> list[str]:
     """--config=configs/NAME.py[:ARG] names the config shipped with the package when no such file
-    is below the current directory (an installed `emocap-train` run from anywhere)."""
-    out = list(argv)
+    is below the current directory (an installed `emocap-train` run from anywhere). absl's
+    other spelling, `--config configs/NAME.py`, is joined into the first one so that it is
+    resolved alike."""
+    out = []
+    for arg in argv:
+        if out and out[-1] == "--config" and not arg.startswith("-"):
+            out[-1] = f"--config={arg}"
+        else:
+            out.append(arg)
     for i, arg in enumerate(out):
         match = re.fullmatch(r"--config=(configs/[^:]+\.py)(:.*)?", arg)
         if match and not os.path.isfile(match.group(1)):

@@ -207,6 +207,19 @@ def test_an_unknown_eval_benchmark_is_a_usage_error():
             suite.parse_entry(entry)
 
 
+@pytest.mark.parametrize("spelling", [("--config=configs/tiny.py",),
+                                      ("--config", "configs/tiny.py")])
+def test_a_config_of_the_package_is_found_from_another_directory(tmp_path, spelling):
+    """configs/NAME.py names the shipped config when the current directory has none, in both of
+    absl's spellings (`--config configs/tiny.py` was 'No such file or directory')."""
+    result = subprocess.run([sys.executable, "-m", "emocap_jax.main", *spelling, "--mode=info"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "EMOCAP_NO_HUGE_PAGES": "1",
+                                 "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model: tiny" in result.stdout
+
+
 def test_train_with_a_missing_config_file(places):
     result = _run("emocap_jax.main", "--config=configs/no_such_config.py",
                   f"--workdir={places['out']}")
