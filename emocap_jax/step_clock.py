@@ -6,9 +6,10 @@ asynchronous and the host runs ahead of the device by up to a log interval; its 
 reads as data wait even where the input pipeline is faster than the device (the host waits for
 batches it will not need for seconds), and the batches queued on the device hold its memory.
 
-Data wait counts the time spent in next() only where the step in flight had already finished when
-the batch came: while that step still runs, the wait overlaps it and costs the device nothing (an
-in-process pipeline that decodes in next() is not input-bound as long as the device is slower). So
+Data wait counts the time spent in next() and in the batch's copy to the devices only where the
+step in flight had already finished when the batch came: while that step still runs, the wait
+overlaps it and costs the device nothing (an in-process pipeline that decodes in next() is not
+input-bound as long as the device is slower). So
 the share is 0 for a run the pipeline keeps fed; where it is not, it is an upper bound of the
 device's idle share (the wait may begin before the step in flight ends).
 """
@@ -40,9 +41,13 @@ class StepClock:
         self.waited = 0.0
         self.paused_s = 0.0
 
-    def next_batch(self, iterator):
+    def next_batch(self, iterator, prepare=None):
+        """next(iterator), then `prepare` of it (the copy to the devices): the device waits for
+        both once the step in flight is done, so both count."""
         t = time.perf_counter()
         batch = next(iterator)
+        if prepare is not None:
+            batch = prepare(batch)
         waited = time.perf_counter() - t
         if self.in_flight is None or _done(self.in_flight):
             self.waited += waited

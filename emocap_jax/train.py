@@ -582,8 +582,7 @@ def train_and_evaluate(config, workdir) -> dict:
     try:
         while step < num_steps:
             t0 = time.perf_counter()
-            local_batch = clock.next_batch(data_iter)
-            batch = to_global_batch(local_batch, mesh, axes)
+            batch = clock.next_batch(data_iter, lambda b: to_global_batch(b, mesh, axes))
             if step == start_step and jax.process_count() > 1:
                 # Every process compiles (or loads from the cache, which can take a minute less)
                 # before any runs the step: gloo gives up on a collective whose peers are more
@@ -628,7 +627,7 @@ def train_and_evaluate(config, workdir) -> dict:
     finally:
         # The last batch's arrays live in the Grain worker's shared memory, which is freed when
         # they are deleted: drop them before the workers stop.
-        local_batch = batch = None
+        batch = None
         checkpointer.close()
         stop.restore()
         _close(data_iter)

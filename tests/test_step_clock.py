@@ -54,12 +54,12 @@ def in_process(work_s):
         yield 0
 
 
-def run(device, batches, steps, between=None):
+def run(device, batches, steps, between=None, prepare=None):
     """train.py's loop: the compiling first step is left out, then `steps` steps, one log line."""
     clock = StepClock()
     state = None
     for step in range(1, steps + 2):
-        batch = clock.next_batch(batches)
+        batch = clock.next_batch(batches, prepare)
         state, metrics = clock.dispatch(device.train_step, state, batch)
         if step == 1:
             jax.block_until_ready(metrics)
@@ -104,3 +104,16 @@ def test_a_checkpoint_between_log_lines_is_not_step_time():
                                        between=lambda: time.sleep(0.6))
     assert 0.1 <= per_step < 0.15, per_step  # 0.2 s a step if the 0.6 s were counted
     assert wait < 0.1, wait
+
+
+def test_a_slow_copy_to_the_devices_is_data_wait():
+    """The copy of a batch to the devices (train.py's to_global_batch) comes after next(): when it
+    takes longer than the step, the device waits for it, and that shows as data wait, as in the
+    bench's pipeline-fed row."""
+    def copy(batch):
+        time.sleep(0.3)
+        return batch
+
+    images_per_s, wait, per_step = run(Device(0.1), paced(0.0), steps=4, prepare=copy)
+    assert 2 / 3 - 0.05 <= wait <= 1.0, wait
+    assert 0.29 <= per_step < 0.4, per_step
