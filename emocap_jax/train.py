@@ -295,13 +295,13 @@ def make_train_iterator(config, tokenizer, data_dir: str):
         process_index=jax.process_index(), process_count=jax.process_count())
 
 
-def check_model_and_data_settings(config) -> None:
+def check_model_and_data_settings(config):
     """The model, tokenizer, input-pipeline and evaluation settings, checked before the data is
     prepared (generating the synthetic corpus takes minutes) and before anything compiles. A
     bad one (--config.model.activation=relu, --config.data.on_corrupt=skp,
     --config.tokenizer=bert, --config.eval.batch_size=0) ended the run in a ValueError
     traceback, the input pipeline's and the evaluation's only after the data was prepared, the
-    last only after training."""
+    last only after training. Returns (model config, tokenizer), which the run then uses."""
     try:
         model_config = clip_config(config)
     except ValueError as e:
@@ -309,9 +309,10 @@ def check_model_and_data_settings(config) -> None:
         raise UsageError(f"config.{message}" if message.startswith("model.")
                          else f"config.model: {message}") from None
     try:
-        get_tokenizer(config.tokenizer, model_config.text.context_length)
+        tokenizer = get_tokenizer(config.tokenizer, model_config.text.context_length)
     except (OSError, ValueError) as e:
         raise UsageError(f"config.tokenizer={config.tokenizer!r}: {e}") from None
+    check_tokenizer(config, model_config, tokenizer)
     try:
         train_pipeline_config(config, data_dir="")
     except (TypeError, ValueError) as e:
@@ -324,6 +325,7 @@ def check_model_and_data_settings(config) -> None:
     batch = config.eval.batch_size
     if not isinstance(batch, int) or batch < 1:
         raise UsageError(f"config.eval.batch_size={batch!r}: give a number of images, at least 1")
+    return model_config, tokenizer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,7 +487,7 @@ def train_and_evaluate(config, workdir) -> dict:
     workdir = storage.absolute(workdir)
     storage.makedirs(workdir)
     check_train_settings(config)
-    check_model_and_data_settings(config)
+    model_config, tokenizer = check_model_and_data_settings(config)
     # Before the JAX backend starts: data preparation forks worker processes.
     train_dir, eval_dir = prepare_data(config, workdir)
     check_loss_settings(config, train_dir)
@@ -497,9 +499,6 @@ def train_and_evaluate(config, workdir) -> dict:
     num_batch_shards = int(np.prod([mesh.shape[a] for a in axes]))
     gbs = config.train.global_batch_size
     check_batch_settings(config, num_batch_shards)
-    model_config = clip_config(config)
-    tokenizer = get_tokenizer(config.tokenizer, model_config.text.context_length)
-    check_tokenizer(config, model_config, tokenizer)
     data_iter = make_train_iterator(config, tokenizer, train_dir)
 
     # ----- model, optimiser, shardings
