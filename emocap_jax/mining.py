@@ -149,11 +149,12 @@ class Guide:
 @dataclasses.dataclass(frozen=True)
 class RowStats:
     """Per-row facts about one guide's off-diagonal similarities, each [n] or None when unused:
-    the k-th largest value and its column (the cap), and their mean and standard deviation;
+    the k-th largest value, the columns of the k largest (topk_cols [n, k], in the order value
+    descending, column ascending: the cap), and their mean and standard deviation;
     col_kth_value [N]: the k-th largest value of every column's own row (the mutual cap)."""
 
     kth_value: jax.Array | None = None
-    kth_col: jax.Array | None = None
+    topk_cols: jax.Array | None = None
     mean: jax.Array | None = None
     std: jax.Array | None = None
     col_kth_value: jax.Array | None = None
@@ -197,7 +198,7 @@ def _row_stats(guide: Guide, row_offset, k: int, moments: bool) -> RowStats:
         # lax.top_k puts the lower index first among equal values: the k-th (value, column) pair
         # is the k-th in the order (value descending, column ascending).
         values, cols = jax.lax.top_k(jnp.where(off, sim, -jnp.inf), k)
-        stats.update(kth_value=values[:, -1], kth_col=cols[:, -1])
+        stats.update(kth_value=values[:, -1], topk_cols=cols)
     if moments:
         count = sim.shape[1] - 1
         mean = jnp.sum(jnp.where(off, sim, 0.0), axis=1) / count
@@ -256,7 +257,7 @@ def _row_stats_chunked(guide: Guide, row_offset, k: int, moments: bool, chunk_si
     final, _ = jax.lax.scan(body, init, (col_chunks, offsets))
     stats = {}
     if k:
-        stats.update(kth_value=final["values"][:, -1], kth_col=final["cols"][:, -1])
+        stats.update(kth_value=final["values"][:, -1], topk_cols=final["cols"])
     if moments:
         stats.update(mean=final["mean"], std=jnp.sqrt(final["m2"] / final["count"]))
     return RowStats(**stats)
@@ -269,9 +270,14 @@ def mined_mask(config: MiningConfig, guides: Sequence[Guide], guide_cols: Sequen
     for guide, cols, st in zip(guides, guide_cols, stats):
         sim = _guide_similarity(guide.rows, cols)
         passes = sim >= guide.threshold
-        if st.kth_value is not None:
-            kv, kc = st.kth_value[:, None], st.kth_col[:, None]
-            within_cap = (sim > kv) | ((sim == kv) & (col_ids[None, :] <= kc))
+        if st.topk_cols is not None:
+            # Membership is read off the columns the row's top-k pass selected, not re-derived by
+            # comparing `sim` with the k-th value: `sim` is recomputed here in another product
+            # (a column chunk, another fusion), whose last bits may differ from the pass's, and
+            # an equality test on them gave k - 1 or k + 1 positives (or ones that differ
+            # between the whole-batch, sharded and chunked forms). Ties stay broken as the pass
+            # broke them, towards the lower column.
+            within_cap = jnp.any(col_ids[None, :, None] == st.topk_cols[:, None, :], axis=2)
             passes = jnp.logical_and(passes, within_cap)
         if st.col_kth_value is not None:
             # The guide is symmetric, so sim_ij is also row j's similarity to column i.

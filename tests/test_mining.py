@@ -8,10 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from emocap_jax import losses, mining
-from tests.mining_reference import (CHUNK, DIM, GUIDE_DIM, N, assert_close, np_label_targets,
-                                    np_mined_targets, random_batch, random_labels, unit)
+from tests.mining_reference import (CHUNK, DIM, EDGE_ABOVE, EDGE_JUST_ABOVE, EDGE_JUST_BELOW_IN,
+                                    EDGE_JUST_BELOW_OUT, EDGE_ROW, EDGE_TIES, GUIDE_DIM, N,
+                                    assert_close, np_label_targets, np_mined_targets, random_batch,
+                                    random_labels, threshold_edge_guides, unit)
 
 SCALE = 10.0
 
@@ -177,10 +180,9 @@ def test_relative_threshold_keeps_the_outliers_of_each_row(batch):
 
 
 def test_chunked_row_statistics_equal_full_ones(mesh, batch):
-    """The chunked pass's mean / std (Chan's merge over chunks) and its cap (k-th value and column)
+    """The chunked pass's mean / std (Chan's merge over chunks) and its cap (k-th value, top-k columns)
     against float64 NumPy, also when every similarity is near one value, where a sum-of-squares
     variance in float32 would lose most of its digits; and its loss equals the single form's."""
-    from jax.sharding import PartitionSpec as P
 
     rng = np.random.default_rng(5)
     near = unit(np.ones((N, GUIDE_DIM)) + 3e-2 * rng.normal(size=(N, GUIDE_DIM)))
@@ -190,7 +192,7 @@ def test_chunked_row_statistics_equal_full_ones(mesh, batch):
         st = mining._row_stats_chunked(mining.Guide(rows, cols, -1.0),
                                        jax.lax.axis_index("data") * rows.shape[0], k, True, CHUNK,
                                        "data")
-        return st.mean, st.std, st.kth_value, st.kth_col
+        return st.mean, st.std, st.kth_value, st.topk_cols
 
     chunked_stats = jax.jit(jax.shard_map(stats, mesh=mesh, in_specs=(P("data"), P()),
                                           out_specs=P("data")))
@@ -198,13 +200,13 @@ def test_chunked_row_statistics_equal_full_ones(mesh, batch):
         g = unit(guide.astype(np.float64))
         sim = g @ g.T
         off = [np.delete(sim[i], i) for i in range(N)]
-        mean, std, kth, kth_col = (np.asarray(a) for a in chunked_stats(guide, guide))
+        mean, std, kth, topk_cols = (np.asarray(a) for a in chunked_stats(guide, guide))
         assert_close(mean, [o.mean() for o in off], rtol=1e-6, atol=1e-6)
         assert_close(std, [o.std() for o in off], rtol=1e-3, atol=0)
         assert_close(kth, [np.sort(o)[-k] for o in off], rtol=1e-6, atol=1e-6)
-        expected_cols = [int(np.argsort(-np.where(np.arange(N) == i, -np.inf, sim[i]),
-                                         kind="stable")[k - 1]) for i in range(N)]
-        assert kth_col.tolist() == expected_cols
+        expected_cols = [np.argsort(-np.where(np.arange(N) == i, -np.inf, sim[i]),
+                                    kind="stable")[:k].tolist() for i in range(N)]
+        assert topk_cols.tolist() == expected_cols
     cfg = mining.MiningConfig(mode="text", threshold=-1.0, relative_threshold=1.0, top_k=k)
     single = jax.jit(lambda a, b, g: losses.contrastive_loss(
         a, b, SCALE, impl="single", mining=cfg, guide_text=g))(batch["image"], batch["text"],
@@ -227,3 +229,111 @@ def test_chunks_of_one_column_keep_the_row_statistics(mesh, batch):
         plain = float(jax.jit(losses.global_contrastive_loss)(batch["image"], batch["text"], SCALE))
         assert abs(loss("single") - plain) > 1e-3, "the config should mine"
         assert_close(loss("chunked"), loss("single"))
+
+
+def _form_mined_mask(cfg, guide, form, mesh):
+    """[N, N] mined pairs (label positives not removed) of one form of the loss, built from the
+    calls `emocap_jax.losses` makes: "whole" (one device, all rows), "sharded" (N / 8 rows per
+    device against the gathered columns) or "chunked" (the same, the columns CHUNK at a time in a
+    checkpointed scan, row statistics from the chunked pass)."""
+    num = guide.shape[0]
+    if form == "whole":
+        return np.asarray(jax.jit(lambda g: mining._dense_mined_mask(cfg, g, g, None, None, 0, 0))(
+            guide))
+    chunk_size = CHUNK if form == "chunked" else None
+
+    def per_device(rows):
+        n = rows.shape[0]
+        offset = jax.lax.axis_index("data") * n
+        cols = jax.lax.all_gather(rows, "data", tiled=True)
+        guides = mining.active_guides(cfg, rows, cols, None, None)
+        stats = mining.guide_row_stats(cfg, guides, offset, num, chunk_size, "data")
+        row_ids, active = offset + jnp.arange(n), mining.is_active(cfg, 0)
+        if chunk_size is None:
+            return mining.mined_mask(cfg, guides, [cols], stats, row_ids, jnp.arange(num), active)
+
+        @jax.checkpoint
+        def body(_, chunk):
+            col_chunk, col_offset = chunk
+            return None, mining.mined_mask(cfg, guides, [col_chunk], stats, row_ids,
+                                           col_offset + jnp.arange(chunk_size), active)
+
+        _, masks = jax.lax.scan(body, None, (cols.reshape(num // chunk_size, chunk_size, -1),
+                                             jnp.arange(num // chunk_size) * chunk_size))
+        return jnp.transpose(masks, (1, 0, 2)).reshape(n, num)
+
+    return np.asarray(jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("data"),
+                                            out_specs=P("data")))(guide))
+
+
+def _reference_mask(guide, **kwargs):
+    mined = np_mined_targets(guide, None, "text", -1.0, 3, 1.0, **kwargs) > 0
+    np.fill_diagonal(mined, False)
+    return mined
+
+
+def test_cap_membership_comes_from_the_selected_columns():
+    """The cap's members are the columns the row statistics' top-k pass selected. It used to test
+    `sim == k-th value` on the similarity recomputed in `mined_mask`, which only holds when the two
+    products round alike: with the statistics from the whole-batch product and the mask over
+    column chunks of 8 (the same math, another matrix shape), 22 of 64 rows got k - 1 positives;
+    XLA on GPU / TPU may fuse or tile the two products differently in any form. Nudging every
+    guide value by one ulp in the mask's product must not move a pair in or out either."""
+    rng = np.random.default_rng(0)
+    num, k, chunk = 64, 4, 8
+    guide = rng.normal(size=(num, 64)).astype(np.float32)
+    cfg = mining.MiningConfig(mode="text", threshold=-1.0, top_k=k)
+    guides = mining.active_guides(cfg, guide, guide, None, None)
+    stats = mining.guide_row_stats(cfg, guides, 0, num)
+    rows = jnp.arange(num)
+    whole = np.asarray(mining.mined_mask(cfg, guides, [guide], stats, rows, jnp.arange(num), True))
+    selected = np.zeros((num, num), bool)
+    np.put_along_axis(selected, np.asarray(stats[0].topk_cols), True, axis=1)
+    assert (whole == selected).all() and (whole.sum(axis=1) == k).all()
+    for cols in (guide, np.nextafter(guide, np.inf)):
+        chunked = np.concatenate([np.asarray(mining.mined_mask(
+            cfg, guides, [cols[o:o + chunk]], stats, rows, o + jnp.arange(chunk), True))
+            for o in range(0, num, chunk)], axis=1)
+        assert (chunked == whole).all()
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_caps_at_the_precise_threshold_in_every_form(mesh, mutual):
+    """Similarities exactly at a row's k-th value and just either side of it
+    (`threshold_edge_guides`), one-sided and mutual cap, against the NumPy reference in every
+    form: the whole batch, a row block (whose mutual cap rescores the columns' rows itself),
+    sharded over 8 devices and chunked. One-sided, row EDGE_ROW mines the columns above its k-th
+    value and, of the three tied at it (in three chunks, on three devices), the lowest only.
+    Mutual, a pair (i, EDGE_ROW) passes at exactly EDGE_ROW's k-th value and 2e-6 below it (the
+    documented 1e-5 slack between two products), not 1e-4 below."""
+    cfg = mining.MiningConfig(mode="text", threshold=-1.0, top_k=3, mutual=mutual)
+    guide = threshold_edge_guides()
+    expected = _reference_mask(guide, mutual=mutual)
+    capped = {EDGE_ABOVE, EDGE_JUST_ABOVE, EDGE_TIES[0]}
+    assert set(np.flatnonzero(expected[EDGE_ROW])) == capped
+    into_edge_row = {i for i in range(N) if expected[i, EDGE_ROW]}
+    if mutual:
+        assert into_edge_row == capped | set(EDGE_TIES) | {EDGE_JUST_BELOW_IN}
+        assert EDGE_JUST_BELOW_OUT not in into_edge_row
+    else:
+        assert len(into_edge_row) == N - 1  # every other record has EDGE_ROW first
+    for form in ("whole", "sharded", "chunked"):
+        assert (_form_mined_mask(cfg, guide, form, mesh) == expected).all(), form
+    block = np.asarray(mining.mined_positive_targets(
+        cfg, text_rows=guide[8:12], text_cols=guide, row_offset=8)) > 0
+    block[np.arange(4), np.arange(8, 12)] = False
+    assert (block == expected[8:12]).all()
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_forms_mine_the_same_pairs_with_tied_guides(mesh, mutual):
+    """Guides made from labels (one sentence per class, so every similarity within a class and
+    between two classes is an exact tie): the whole-batch, sharded and chunked forms mine exactly
+    the reference's pairs, ties broken towards the lower column."""
+    rng = np.random.default_rng(12)
+    guide = unit(rng.normal(size=(5, GUIDE_DIM)))[rng.integers(0, 5, size=N)]
+    cfg = mining.MiningConfig(mode="text", threshold=-1.0, top_k=3, mutual=mutual)
+    expected = _reference_mask(guide, mutual=mutual)
+    assert 0 < expected.sum() <= 3 * N
+    for form in ("whole", "sharded", "chunked"):
+        assert (_form_mined_mask(cfg, guide, form, mesh) == expected).all(), form
