@@ -10,8 +10,9 @@ import pytest
 
 from emocap_jax import losses
 from emocap_jax.mining import MiningConfig, mined_positive_targets
-from tests.mining_reference import (CHUNK, DIM, GUIDE_DIM, N, assert_close, np_label_targets,
-                                    np_mined_targets, random_batch, random_labels, unit)
+from tests.mining_reference import (CHUNK, DIM, EDGE_ROW, EDGE_TIES, GUIDE_DIM, N, assert_close,
+                                    np_label_targets, np_mined_targets, random_batch,
+                                    random_labels, threshold_edge_guides, unit)
 
 SCALE = 10.0
 
@@ -423,6 +424,27 @@ def test_cap_and_gate_hold_in_sharded_and_chunked_forms(mesh, batch):
             targets = np.asarray(mined_positive_targets(cfg, text_rows=guide, text_cols=guide))
             assert ((targets > 0).sum(axis=1) == 5).all()  # the pair + exactly the cap
             assert_close(values[0], _np_global_loss(batch["image"], batch["text"], SCALE, targets))
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_caps_at_the_precise_threshold_give_the_reference_loss_in_every_form(mesh, batch, mutual):
+    """Guides whose similarities sit exactly at a row's k-th value and just either side of it
+    (`threshold_edge_guides`): every impl's loss equals the plain soft-target loss with the NumPy
+    reference's targets, one-sided and mutual, where one pair more (the second of the tied
+    columns) would move it by more than the tolerance."""
+    guide = threshold_edge_guides()
+    cfg = MiningConfig(mode="text", threshold=-1.0, top_k=3, weight=1.0, mutual=mutual)
+    targets = np_mined_targets(guide, None, "text", -1.0, 3, 1.0, mutual=mutual)
+    expected = _np_global_loss(batch["image"], batch["text"], SCALE, targets)
+    one_more = targets.copy()
+    one_more[EDGE_ROW] = (targets[EDGE_ROW] > 0) | (np.arange(N) == EDGE_TIES[1])
+    one_more[EDGE_ROW] /= one_more[EDGE_ROW].sum()
+    assert abs(_np_global_loss(batch["image"], batch["text"], SCALE, one_more) - expected) > 1e-3
+    for impl in ("single", "sharded", "chunked"):
+        value = jax.jit(lambda a, b, g, impl=impl: losses.contrastive_loss(
+            a, b, SCALE, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=cfg, guide_text=g))(
+                batch["image"], batch["text"], guide)
+        assert_close(value, expected)
 
 
 
