@@ -43,6 +43,10 @@ _NORM_EPS = 1e-12
 # Two cosines of the same pair computed in different matrix products (row i's and row j's) may
 # differ in their last bits; the mutual cap must not turn on that.
 _MUTUAL_TIE_TOLERANCE = 1e-5
+# Below this standard deviation a row's off-diagonal cosines differ by rounding only (every one
+# equal: identical guides, or a guide equally far from all others); float32 cosines carry about
+# 1e-7 of it, and the chunked pass's mean rounds differently from the whole-batch one.
+_MIN_Z_SCORE_STD = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +69,9 @@ class MiningConfig:
       classes, so pairs across classes drop but do not vanish (on FER2013 label captions, by
       about 60%; RESULTS.md). Guides are symmetric here (rows are a block of the columns).
     relative_threshold: z; if not None, a mined positive must also stand out of its own row:
-      sim_ij >= mean_i + z * std_i over the row's off-diagonal similarities (per guide).
+      sim_ij >= mean_i + z * std_i over the row's off-diagonal similarities (per guide). A row
+      whose std is below 1e-6 (its similarities all equal up to float32 rounding) has no z-score
+      and mines nothing under it, for any z.
     min_spread: rows whose off-diagonal guide similarities have a standard deviation below this
       mine nothing (per guide). At random init every guide embedding looks alike (cosines all
       near one value), a fixed threshold passes every pair and the targets merge the whole batch
@@ -284,8 +290,12 @@ def mined_mask(config: MiningConfig, guides: Sequence[Guide], guide_cols: Sequen
             col_kv = jnp.take(st.col_kth_value, col_ids)[None, :]
             passes = jnp.logical_and(passes, sim >= col_kv - _MUTUAL_TIE_TOLERANCE)
         if config.relative_threshold is not None:
-            passes = jnp.logical_and(
-                passes, sim >= st.mean[:, None] + config.relative_threshold * st.std[:, None])
+            # In a row without spread, sim and mean + z * std are one value up to rounding, so
+            # the comparison was decided by the last bit: all pairs or none, one way in the
+            # whole-batch form and the other in the chunked one.
+            bar = st.mean + config.relative_threshold * st.std
+            stands_out = (sim >= bar[:, None]) & (st.std >= _MIN_Z_SCORE_STD)[:, None]
+            passes = jnp.logical_and(passes, stands_out)
         if config.min_spread > 0:
             passes = jnp.logical_and(passes, (st.std >= config.min_spread)[:, None])
         mask = jnp.logical_and(mask, passes)

@@ -169,14 +169,43 @@ def test_relative_threshold_keeps_the_outliers_of_each_row(batch):
     guide = batch["guide"]
     targets = np.asarray(jax.jit(lambda g: mining.mined_positive_targets(
         cfg, text_rows=g, text_cols=g))(guide))
-    g = unit(guide.astype(np.float64))
+    expected = _np_relative_mask(guide, 1.5)
+    for i in range(N):
+        assert {j for j in range(N) if j != i and targets[i, j] > 0} == set(np.flatnonzero(expected[i]))
+        assert expected[i].sum() < N // 4
+
+
+def _np_relative_mask(guide, z):
+    """[N, N]: sim_ij >= mean_i + z * std_i over row i's off-diagonal similarities, where std_i
+    >= 1e-6 (below it a row's similarities are all equal up to float32 rounding: no z-score)."""
+    g = unit(guide.astype(np.float64)).astype(np.float64)
     sim = g @ g.T
+    mask = np.zeros((N, N), bool)
     for i in range(N):
         others = np.delete(sim[i], i)
-        bar = others.mean() + 1.5 * others.std()
-        mined = {j for j in range(N) if j != i and sim[i, j] >= bar}
-        assert {j for j in range(N) if j != i and targets[i, j] > 0} == mined
-        assert len(mined) < N // 4
+        if others.std() >= 1e-6:
+            mask[i] = sim[i] >= others.mean() + z * others.std()
+        mask[i, i] = False
+    return mask
+
+
+@pytest.mark.parametrize("c,z", [(0.9, 0.0), (0.6, 1.5)])
+def test_relative_threshold_needs_a_spread_in_every_form(mesh, c, z):
+    """A hub guide e0 and 31 guides c e0 + sqrt(1 - c^2) e_m: the hub's row is c everywhere (no
+    spread), each other row has the hub standing out. The hub's row used to mine all 31 or none
+    by the last bit of its mean: with c = 0.9, z = 0 all in the whole-batch and sharded forms and
+    none in the chunked one; with c = 0.6, z = 1.5, none against 30. Now it mines nothing in
+    every form, and every other row mines the hub."""
+    guide = np.zeros((N, N))
+    guide[0, 0] = 1.0
+    guide[1:, 0] = c
+    guide[np.arange(1, N), np.arange(1, N)] = np.sqrt(1.0 - c * c)
+    guide = guide.astype(np.float32)
+    expected = _np_relative_mask(guide, z)
+    assert not expected[0].any() and expected[1:, 0].all()
+    cfg = mining.MiningConfig(mode="text", threshold=-1.0, relative_threshold=z)
+    for form in ("whole", "sharded", "chunked"):
+        assert (_form_mined_mask(cfg, guide, form, mesh) == expected).all(), form
 
 
 def test_chunked_row_statistics_equal_full_ones(mesh, batch):
