@@ -282,7 +282,8 @@ def mined_mask(config: MiningConfig, guides: Sequence[Guide], guide_cols: Sequen
             # (a column chunk, another fusion), whose last bits may differ from the pass's, and
             # an equality test on them gave k - 1 or k + 1 positives (or ones that differ
             # between the whole-batch, sharded and chunked forms). Ties stay broken as the pass
-            # broke them, towards the lower column.
+            # broke them, towards the lower column. XLA fuses the [n, c, k] comparison into the
+            # reduction over k, so it is never stored.
             within_cap = jnp.any(col_ids[None, :, None] == st.topk_cols[:, None, :], axis=2)
             passes = jnp.logical_and(passes, within_cap)
         if st.col_kth_value is not None:
