@@ -62,12 +62,14 @@ class MiningConfig:
       row ever gets more than k mined positives, whatever the similarities.
     mutual: with top_k, a mined pair must also be within the column's own cap: sim_ij must reach
       the k-th largest off-diagonal similarity of row j (mutual nearest neighbours; within 1e-5
-      of it counts, since the two similarities come from different matrix products). A row whose
-      class is rare in the batch (one disgust face among 64) fills its k places with the nearest
-      other class's faces; when those faces' own k places hold their classmates, the pair is not
-      mined. A class with k or fewer faces in the batch still fills its places with other
-      classes, so pairs across classes drop but do not vanish (on FER2013 label captions, by
-      about 60%; RESULTS.md). Guides are symmetric here (rows are a block of the columns).
+      of it counts, since the two similarities come from different matrix products). A pair tied
+      at row j's k-th value passes even where row j's own cap broke the tie against it, so under
+      exact ties (one sentence per class) every face of a class of more than k faces still mines
+      k classmates. A row whose class is rare in the batch (one disgust face among 64) fills its
+      k places with the nearest other class's faces; when those faces' own k places hold their
+      classmates, the pair is not mined. A class with k or fewer faces in the batch still fills
+      its places with other classes, so pairs across classes drop but do not vanish (on FER2013
+      label captions, by about 60%; RESULTS.md). Guides are symmetric here (rows are a block of the columns).
     relative_threshold: z; if not None, a mined positive must also stand out of its own row:
       sim_ij >= mean_i + z * std_i over the row's off-diagonal similarities (per guide). A row
       whose std is below 1e-6 (its similarities all equal up to float32 rounding) has no z-score

@@ -84,9 +84,13 @@ def test_mutual_cap_keeps_a_rare_class_from_mining_the_next_one():
     counts = {}
     for name, cfg in (("capped", capped), ("mutual", mutual)):
         targets = np.asarray(mining.mined_positive_targets(cfg, text_rows=guide, text_cols=guide))
-        counts[name] = ((targets[5] > 0).sum() - 1, (targets[:5, :5] > 0).sum(axis=1))
+        counts[name] = ((targets[5] > 0).sum() - 1, (targets[:5, :5] > 0).sum(axis=1),
+                        (targets[6:15, 6:15] > 0).sum(axis=1) - 1)
     assert counts["capped"][0] == 4 and counts["mutual"][0] == 0
     assert (counts["mutual"][1] == 5).all()  # the pair itself + its four classmates
+    # Class 2's nine faces are tied: each one's cap holds its four lowest classmates, not every
+    # classmate's cap holds it, yet the tie at their k-th value lets each mine all four.
+    assert (counts["mutual"][2] == 4).all()
 
 
 @pytest.mark.parametrize("mode,top_k,max_rows", [("text", 0, 256), ("both", 3, 256), ("text", 3, 10)])
