@@ -69,7 +69,8 @@ class MiningConfig:
       k places with the nearest other class's faces; when those faces' own k places hold their
       classmates, the pair is not mined. A class with k or fewer faces in the batch still fills
       its places with other classes, so pairs across classes drop but do not vanish (on FER2013
-      label captions, by about 60%; RESULTS.md). Guides are symmetric here (rows are a block of the columns).
+      label captions, by about 60%; RESULTS.md). Guides are symmetric here (rows are a block of
+      the columns).
     relative_threshold: z; if not None, a mined positive must also stand out of its own row:
       sim_ij >= mean_i + z * std_i over the row's off-diagonal similarities (per guide). A row
       whose std is below 1e-6 (its similarities all equal up to float32 rounding) has no z-score
