@@ -100,11 +100,13 @@ def test_train_batches_have_the_documented_fields(dataset, tok):
                 "summary_tokens": ((8, CONTEXT), np.int32),
                 "local_tokens": ((8, K, CONTEXT), np.int32),
                 "local_mask": ((8, K), np.bool_),
-                "label_id": ((8,), np.int32)}
+                "label_id": ((8,), np.int32),
+                "valid": ((8,), np.bool_)}
     assert set(batch) == set(expected)
     for key, (shape, dtype) in expected.items():
         assert batch[key].shape == shape and batch[key].dtype == dtype, key
     assert batch["image"].std() > 10  # real pixels, not zeros
+    assert batch["valid"].all()
 
 
 def test_each_epoch_yields_every_record_once(dataset, tok, id_of_tokens):
@@ -316,25 +318,54 @@ def test_corrupt_record_error_crosses_worker_processes(corrupt, tok):
 def test_skipping_corrupt_records_counts_them(corrupt, tok, id_of_tokens):
     ds, source = pipeline.make_train_dataset(
         _config(corrupt["dir"], num_epochs=1, on_corrupt="skip"), tok, 1, 0, 1)
-    ids = [id_of_tokens(b["global_tokens"][0]) for b in ds]
+    ids = [id_of_tokens(b["global_tokens"][0]) for b in ds if b["valid"][0]]
     assert len(ids) == len(set(ids)) == NUM_RECORDS - 1
     assert source.num_skipped == 1
     assert source.skipped[0][:2] == (corrupt["path"], corrupt["offset"])
 
 
-def test_a_skipped_record_keeps_its_batch_full(corrupt, tok, id_of_tokens):
-    """Batches of 8: the corrupt record's row repeats another row of its batch, every other
+@pytest.mark.parametrize("worker_count", [0, 1])
+def test_a_skipped_record_keeps_its_batch_full(corrupt, tok, id_of_tokens, worker_count):
+    """Batches of 8: the corrupt record's row is blank and marked invalid (no copy of another
+    record, which the contrastive losses would take for a second class of it), every other
     record comes once, and the epoch keeps its number of steps (what keeps several processes in
-    step)."""
+    step). The same through the worker processes' shared-memory blocks."""
     ds, source = pipeline.make_train_dataset(
-        _config(corrupt["dir"], num_epochs=1, on_corrupt="skip"), tok, 8, 0, 1)
-    batches = list(ds)
+        _config(corrupt["dir"], num_epochs=1, on_corrupt="skip", worker_count=worker_count),
+        tok, 8, 0, 1)
+    it = iter(ds)
+    try:
+        batches = list(it)
+    finally:
+        _close(it)
     assert len(batches) == NUM_RECORDS // 8
-    assert all(b["image"].shape[0] == 8 for b in batches)
-    ids = [id_of_tokens(row) for b in batches for row in b["global_tokens"]]
-    assert len(ids) == NUM_RECORDS and len(set(ids)) == NUM_RECORDS - 1
-    assert source.num_skipped == 1
-    (repeated,) = [b for b in batches if len({r.tobytes() for r in b["global_tokens"]}) == 7]
+    assert all(b["image"].shape[0] == 8 and b["valid"].shape == (8,) for b in batches)
+    valid = np.concatenate([b["valid"] for b in batches])
+    assert valid.dtype == bool and valid.sum() == NUM_RECORDS - 1
+    ids = [id_of_tokens(row) for b in batches for row, ok in zip(b["global_tokens"], b["valid"])
+           if ok]
+    assert len(set(ids)) == len(ids) == NUM_RECORDS - 1
+    (blank,) = [(b, i) for b in batches for i in np.flatnonzero(~b["valid"])]
+    batch, row = blank
+    assert not batch["image"][row].any() and not batch["global_tokens"][row].any()
+    assert not batch["local_mask"][row].any() and batch["label_id"][row] == -1
+    if worker_count == 0:  # the count lives in the process that read the record (see source)
+        assert source.num_skipped == 1
+
+
+def test_a_batch_with_no_readable_record_keeps_every_process_in_step(corrupt, tok):
+    """Two processes of one row each: the process whose row is the corrupt record still yields
+    every step (its batch masked out), so both run the same number of steps; ending one step
+    early left the other waiting in a collective for good."""
+    config = _config(corrupt["dir"], num_epochs=1, on_corrupt="skip")
+    counts, masked = [], []
+    for process in range(2):
+        batches = list(pipeline.make_train_dataset(config, tok, 2, process, 2)[0])
+        counts.append(len(batches))
+        masked += [b for b in batches if not b["valid"].any()]
+    assert counts == [NUM_RECORDS // 2] * 2
+    (empty,) = masked
+    assert empty["valid"].dtype == bool and empty["valid"].shape == (1,)
 
 
 def test_source_maps_global_indices_across_shards(dataset, tmp_path):

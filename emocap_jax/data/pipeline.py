@@ -31,7 +31,8 @@ the rows it takes.
 A batch is a dict of NumPy arrays for this process's rows (b = global_batch_size /
 process_count): `image` uint8 [b, S, S, 3] (normalised on the device, inside the jitted step),
 `global_tokens` / `summary_tokens` int32 [b, L], `local_tokens` int32 [b, K, L], `local_mask` bool
-[b, K] and `label_id` int32 [b]. `to_global_batch` turns it into jax.Arrays sharded over the mesh.
+[b, K], `label_id` int32 [b] and `valid` bool [b] (False on the blank row of a record skipped
+as corrupt, see `on_corrupt`). `to_global_batch` turns it into jax.Arrays sharded over the mesh.
 
 Restoring a state needs the same data, seed, batch size, worker_count and process_count as the
 run that saved it (Grain's state holds one position per worker process). Save it with the
@@ -113,8 +114,9 @@ class TrainPipelineConfig:
     prefetch_buffer_size: records read ahead by those threads (rounded up to whole batches, at
         least one batch per thread).
     on_corrupt: "raise" or "skip" a record whose checksum fails (see `source`). A skipped
-        record's row repeats another row of its batch, so batches stay full and every process
-        runs the same number of steps; a batch with no readable record is dropped.
+        record's row is blank and marked invalid (`valid` False), which the losses leave out;
+        batches keep their shape and every process runs the same number of steps, even one
+        whose rows of a step are all skipped.
     verify_checksums: check TFRecord CRCs on every read.
     captions_from_labels: a record with an empty global caption but a label (what the benchmark
         converters and `data_prep.benchmarks --name imagefolder` write) is trained on captions
@@ -384,6 +386,22 @@ class _TrainExample:
             "local_tokens": local_tokens,
             "local_mask": local_mask,
             "label_id": np.int32(record.label_id),
+            "valid": np.bool_(True),
+        }
+
+    def blank(self) -> dict[str, np.ndarray]:
+        """The row of a record skipped as corrupt: `valid` False, so the losses leave it out (as
+        anchor, as negative and from the means); zero image and tokens, no local sentence and
+        label -1, so nothing in it can count even where a mask were forgotten."""
+        length, k = self._context_length, self._local_per_step
+        return {
+            "image": np.zeros((self._size, self._size, 3), np.uint8),
+            "global_tokens": np.zeros((length,), np.int32),
+            "summary_tokens": np.zeros((length,), np.int32),
+            "local_tokens": np.zeros((k, length), np.int32),
+            "local_mask": np.zeros((k,), bool),
+            "label_id": np.int32(-1),
+            "valid": np.bool_(False),
         }
 
 
@@ -449,9 +467,11 @@ class _TrainBatch(grain.transforms.Map):
     machinery (prefetch futures, statistics, RNG pool, the batch tree-map) cost ~300 us of CPU
     per image in one process, as much as the resize (PERFORMANCE.md, "Input pipeline").
 
-    A record skipped as corrupt (on_corrupt="skip") has its row filled with another row of the
-    same batch (the batch keeps its size, and every process its number of steps); a batch with
-    no readable record at all is dropped.
+    A record skipped as corrupt (on_corrupt="skip") gets a blank row with `valid` False
+    (`_TrainExample.blank`): the batch keeps its size and every process its number of steps,
+    even when none of a step's rows on a process is readable (a missing step there would leave
+    the other processes waiting in the step's collectives). The losses leave invalid rows out;
+    a row copied from another record instead would be a second, contradicting "class" of it.
     """
 
     def __init__(self, stream: _ShuffledStream, example: _TrainExample, seed: int,
@@ -467,20 +487,13 @@ class _TrainBatch(grain.transforms.Map):
     def map(self, step: int):
         first = int(step) * self._global + self._offset
         rng_at = self._rng.generators()
-        rows, missing = [], []
+        rows = []
         for position in range(first, first + self._local):
             data = self._stream[position]
             if data is None:  # a corrupt record the source skipped (and counted)
-                missing.append(len(rows))
-                rows.append(None)
+                rows.append(self._example.blank())
                 continue
             rows.append(self._example.random_map(data, rng_at(position)))
-        if missing:
-            present = [row for row in rows if row is not None]
-            if not present:
-                return None
-            for k, i in enumerate(missing):
-                rows[i] = present[k % len(present)]
         return self._batch_fn(rows)
 
 
@@ -551,7 +564,7 @@ def _batch_block_bytes(config: TrainPipelineConfig, batch: int) -> int:
     size, length, k = config.image_size, config.context_length, config.local_sentences_per_step
     return shm_transport.block_bytes([batch * size * size * 3, batch * length * 4,
                                       batch * length * 4, batch * k * length * 4, batch * k,
-                                      batch * 4])
+                                      batch * 4, batch])
 
 
 def make_train_iterator(config: TrainPipelineConfig | Any, tokenizer, global_batch_size: int,
