@@ -72,6 +72,25 @@ def _check_labels(labels, batch: int):
         raise ValueError(f"labels {labels.shape} must be [N] with N={batch} (label_id, -1 for none)")
 
 
+def _check_valid(valid, batch: int):
+    if valid is not None and (valid.ndim != 1 or valid.shape[0] != batch):
+        raise ValueError(f"valid {valid.shape} must be [N] with N={batch} (False: a row skipped "
+                         "as corrupt, left out of the loss)")
+    return None if valid is None else jnp.asarray(valid).astype(bool)
+
+
+def _valid_mean(values, valid) -> jax.Array:
+    """Mean over the valid rows (all rows when valid is None); 0 when none is valid."""
+    if valid is None:
+        return jnp.mean(values)
+    return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _mask_columns(logits, col_valid) -> jax.Array:
+    """Invalid columns out of a row's softmax: no negative, no mass."""
+    return logits if col_valid is None else jnp.where(col_valid[None, :], logits, _MASKED_LOGIT)
+
+
 def _ce_from_parts(lse, pos_logit_sum, pos_count, mined_logit_sum, mined_count,
                    weight: float) -> jax.Array:
     """CE with targets normalize_L1(positive + w * mined): the targets sum to 1, so
@@ -90,38 +109,50 @@ def _soft_ce_rows(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def global_contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale,
-                            targets: jax.Array | None = None) -> jax.Array:
+                            targets: jax.Array | None = None, valid=None) -> jax.Array:
     """Symmetric InfoNCE (open_clip ClipLoss) over a batch held on one device; returns a scalar.
 
     image_emb, text_emb: [N, D], already L2-normalised. logit_scale: exponentiated scale (scalar).
     targets: optional soft targets [N, N] (rows sum to 1), row i used for image_i -> texts and for
     text_i -> images; None means the diagonal (plain CLIP).
+    valid: optional bool [N]; an invalid row (a record skipped as corrupt) is neither an anchor
+    nor a negative nor counted in the mean: the loss is that of the batch without it (0 when no
+    row is valid). Targets on invalid columns are ignored; a valid row's targets must sum to 1
+    over the valid columns (`mined_positive_targets(col_valid=...)` builds them so).
     """
     if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
         raise ValueError(f"image_emb {image_emb.shape} and text_emb {text_emb.shape} must both be [N, D]")
+    valid = _check_valid(valid, image_emb.shape[0])
     logits = _scaled_logits(image_emb, text_emb, logit_scale)
+    columns = _mask_columns(logits, valid)
+    rows = _mask_columns(logits.T, valid)
     if targets is None:
         pos = jnp.diagonal(logits)
-        image_to_text = jax.nn.logsumexp(logits, axis=1) - pos
-        text_to_image = jax.nn.logsumexp(logits, axis=0) - pos
+        image_to_text = jax.nn.logsumexp(columns, axis=1) - pos
+        text_to_image = jax.nn.logsumexp(rows, axis=1) - pos
     else:
         if targets.shape != logits.shape:
             raise ValueError(f"targets {targets.shape} must be [N, N] = {logits.shape}")
-        image_to_text = _soft_ce_rows(logits, targets)
-        text_to_image = _soft_ce_rows(logits.T, targets)
-    return 0.5 * (jnp.mean(image_to_text) + jnp.mean(text_to_image))
+        if valid is not None:
+            targets = jnp.where(valid[None, :], targets, 0.0)
+        image_to_text = _soft_ce_rows(columns, targets)
+        text_to_image = _soft_ce_rows(rows, targets)
+    return 0.5 * (_valid_mean(image_to_text, valid) + _valid_mean(text_to_image, valid))
 
 
 def mined_global_contrastive_loss(image_emb, text_emb, logit_scale, mining: MiningConfig | None, *,
                                   guide_text=None, guide_image=None, step=0, labels=None,
-                                  mining_scale=1.0) -> jax.Array:
+                                  mining_scale=1.0, valid=None) -> jax.Array:
     """`global_contrastive_loss` with label and mined targets built over the whole batch
     ([N, N] in memory). guide_image defaults to the image embeddings themselves (under
-    stop_gradient). labels: int [N] label ids (-1: none) whose equal pairs are positives."""
+    stop_gradient). labels: int [N] label ids (-1: none) whose equal pairs are positives.
+    valid: optional bool [N]; the loss, targets and mining statistics are those of the batch
+    without its invalid rows."""
     mining_on = mining is not None and mining.enabled
     _check_labels(labels, image_emb.shape[0])
+    valid = _check_valid(valid, image_emb.shape[0])
     if not mining_on and labels is None:
-        return global_contrastive_loss(image_emb, text_emb, logit_scale)
+        return global_contrastive_loss(image_emb, text_emb, logit_scale, valid=valid)
     if mining_on and guide_image is None:
         guide_image = image_emb
     targets = mined_positive_targets(
@@ -129,8 +160,8 @@ def mined_global_contrastive_loss(image_emb, text_emb, logit_scale, mining: Mini
         text_cols=guide_text if mining_on else None,
         image_rows=guide_image if mining_on else None, image_cols=guide_image if mining_on else None,
         step=step, row_labels=labels, col_labels=labels, num_cols=image_emb.shape[0],
-        mining_scale=mining_scale)
-    return global_contrastive_loss(image_emb, text_emb, logit_scale, targets)
+        mining_scale=mining_scale, col_valid=valid)
+    return global_contrastive_loss(image_emb, text_emb, logit_scale, targets, valid)
 
 
 def sentence_patch_logits(patch_tokens: jax.Array, sentence_emb: jax.Array, tau_pool) -> jax.Array:
@@ -146,7 +177,7 @@ def sentence_patch_logits(patch_tokens: jax.Array, sentence_emb: jax.Array, tau_
 
 def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
                                sentence_mask: jax.Array, logit_scale, tau_pool,
-                               within_image_weight=0.0) -> jax.Array:
+                               within_image_weight=0.0, valid=None) -> jax.Array:
     """Region-sentence alignment loss over one batch; returns a scalar.
 
     patch_tokens: [B, Np, D] projected patch tokens (not normalised).
@@ -165,15 +196,19 @@ def local_region_sentence_loss(patch_tokens: jax.Array, sentence_emb: jax.Array,
     asks different sentences to pool different patches (every own sentence is a positive of its
     image, and negatives are other images), and one patch that carries the whole face satisfies
     it: measured in ABLATIONS.md, every sentence's map then peaks on the same patch.
+
+    valid: optional bool [B]; an invalid image (a record skipped as corrupt) and its sentences
+    take no part: the loss is that of the batch without it.
     """
     # A part with nothing to average is 0 already, so its flag is not needed here.
     pair_term, _, within_term, _ = _local_loss_parts(
-        patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, within_image_weight)
+        patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, within_image_weight,
+        valid)
     return pair_term + within_image_weight * within_term
 
 
 def _local_loss_parts(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool,
-                      within_image_weight):
+                      within_image_weight, valid=None):
     """The parts of `local_region_sentence_loss`: (the sentence/image term, whether the batch
     holds a valid sentence, the within-image term or 0 when within_image_weight is 0, whether an
     image holds two valid sentences). A part with nothing to average is 0; the sharded form
@@ -188,6 +223,9 @@ def _local_loss_parts(patch_tokens, sentence_emb, sentence_mask, logit_scale, ta
     if sentence_mask.shape != sentence_emb.shape[:2]:
         raise ValueError(f"sentence_mask {sentence_mask.shape} must be [B, R] = {sentence_emb.shape[:2]}")
     num_slots = sentence_emb.shape[1]
+    images_valid = _check_valid(valid, batch)
+    if images_valid is not None:
+        sentence_mask = jnp.logical_and(sentence_mask.astype(bool), images_valid[:, None])
     valid = sentence_mask.reshape(batch * num_slots).astype(bool)
     sentences = jnp.where(valid[:, None], sentence_emb.reshape(batch * num_slots, dim), 0)
     sentences = sentences.astype(jnp.float32)
@@ -201,7 +239,8 @@ def _local_loss_parts(patch_tokens, sentence_emb, sentence_mask, logit_scale, ta
     owner = jnp.repeat(jnp.arange(batch), num_slots)  # image index of each sentence slot
     own = owner[None, :] == jnp.arange(batch)[:, None]  # [B, S]
     pos = jnp.sum(jnp.where(own, logits, 0.0), axis=0)  # s(owner(u), u)
-    sentence_to_image = jax.nn.logsumexp(logits, axis=0) - pos
+    # An invalid image is no negative of any sentence.
+    sentence_to_image = jax.nn.logsumexp(_mask_columns(logits.T, images_valid), axis=1) - pos
     num_valid = jnp.sum(valid)
     sentence_term = jnp.sum(jnp.where(valid, sentence_to_image, 0.0)) / jnp.maximum(num_valid, 1)
 
@@ -272,14 +311,16 @@ def _check_batch(name: str, batch: int, num_shards: int, axis: AxisName):
 
 
 def _sharded_global_body(image_rows, text_rows, logit_scale, step, mining_scale, guide_rows,
-                         row_labels, *, axis, config, chunk_size, global_batch):
-    """Per-device body: this device's n anchors of each modality against all N gathered columns."""
+                         row_labels, row_valid, *, axis, config, chunk_size, global_batch):
+    """Per-device body: this device's n anchors of each modality against all N gathered columns.
+    Invalid rows (row_valid False) are left out as anchors, as columns and from the mean."""
     n = image_rows.shape[0]
     row_offset = jax.lax.axis_index(axis) * n
     row_ids = row_offset + jnp.arange(n)
     all_text = jax.lax.all_gather(text_rows, axis, tiled=True)
     all_image = jax.lax.all_gather(image_rows, axis, tiled=True)
     all_labels = None if row_labels is None else jax.lax.all_gather(row_labels, axis, tiled=True)
+    all_valid = jax.lax.all_gather(row_valid, axis, tiled=True)
 
     guides, guide_cols, stats, active = [], [], [], None
     mining = config is not None and config.enabled
@@ -297,16 +338,18 @@ def _sharded_global_body(image_rows, text_rows, logit_scale, step, mining_scale,
         guides = active_guides(config, text_g, text_cols, image_g, image_cols)
         guide_cols = [g.cols for g in guides]
         active = is_active(config, step)
-        stats = guide_row_stats(config, guides, row_offset, global_batch, chunk_size, axis)
+        stats = guide_row_stats(config, guides, row_offset, global_batch, chunk_size, axis,
+                                all_valid)
     weight = config.weight * mining_scale if mining else 0.0
 
     if chunk_size is None:
         col_ids = jnp.arange(global_batch)
-        positive = positive_mask(row_ids, col_ids, row_labels, all_labels)
+        positive = positive_mask(row_ids, col_ids, row_labels, all_labels, all_valid)
         pos_count = jnp.sum(positive, axis=1)
         mask = None
         if mining:
-            mask = mined_mask(config, guides, guide_cols, stats, row_ids, col_ids, active)
+            mask = mined_mask(config, guides, guide_cols, stats, row_ids, col_ids, active,
+                              all_valid)
             mask = jnp.logical_and(mask, jnp.logical_not(positive))
         ce_sum = 0.0
         for rows, cols in ((image_rows, all_text), (text_rows, all_image)):
@@ -317,18 +360,20 @@ def _sharded_global_body(image_rows, text_rows, logit_scale, step, mining_scale,
                 mined_count = jnp.sum(mask, axis=1)
             else:
                 mined_sum = mined_count = 0.0
-            lse = jax.nn.logsumexp(logits, axis=1)
-            ce_sum = ce_sum + jnp.sum(_ce_from_parts(lse, pos, pos_count, mined_sum, mined_count, weight))
+            lse = jax.nn.logsumexp(_mask_columns(logits, all_valid), axis=1)
+            ce = _ce_from_parts(lse, pos, pos_count, mined_sum, mined_count, weight)
+            ce_sum = ce_sum + jnp.sum(jnp.where(row_valid, ce, 0.0))
     else:
         ce_sum = _chunked_ce_sum(config, image_rows, text_rows, all_image, all_text, logit_scale,
                                  row_ids, row_labels, all_labels, guides, guide_cols, stats, active,
-                                 weight, chunk_size, axis)
-    return jax.lax.psum(ce_sum, axis) / (2 * global_batch)
+                                 weight, chunk_size, axis, row_valid, all_valid)
+    num_valid = jax.lax.psum(jnp.sum(row_valid.astype(jnp.float32)), axis)
+    return jax.lax.psum(ce_sum, axis) / (2 * jnp.maximum(num_valid, 1.0))
 
 
 def _chunked_ce_sum(config, image_rows, text_rows, all_image, all_text, logit_scale, row_ids,
                     row_labels, all_labels, guides, guide_cols, stats, active, weight, chunk_size,
-                    axis):
+                    axis, row_valid, all_valid):
     """Sum over this device's rows of both CE directions, walking columns in chunks.
 
     Both directions share the column chunk index, so the positive and mined masks of a chunk are
@@ -343,14 +388,16 @@ def _chunked_ce_sum(config, image_rows, text_rows, all_image, all_text, logit_sc
     to_chunks = lambda x: x.reshape(num_chunks, chunk_size, *x.shape[1:])  # noqa: E731
     label_chunks = None if all_labels is None else to_chunks(all_labels)
     xs = (to_chunks(all_text), to_chunks(all_image), [to_chunks(c) for c in guide_cols],
-          label_chunks, jnp.arange(num_chunks) * chunk_size)
+          label_chunks, jnp.arange(num_chunks) * chunk_size, to_chunks(all_valid))
 
-    def direction_update(carry, rows, cols, positive, mask):
+    def direction_update(carry, rows, cols, positive, mask, col_valid):
         run_max, run_sum, pos, pos_count, mined_sum, mined_count = carry
         logits = _scaled_logits(rows, cols, logit_scale)
+        lse_logits = _mask_columns(logits, col_valid)
         # The logsumexp does not depend on the shift, so the shift needs no gradient.
-        new_max = jnp.maximum(run_max, jax.lax.stop_gradient(jnp.max(logits, axis=1)))
-        run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=1)
+        new_max = jnp.maximum(run_max, jax.lax.stop_gradient(jnp.max(lse_logits, axis=1)))
+        run_sum = run_sum * jnp.exp(run_max - new_max) + jnp.sum(
+            jnp.exp(lse_logits - new_max[:, None]), axis=1)
         pos = pos + jnp.sum(jnp.where(positive, logits, 0.0), axis=1)
         pos_count = pos_count + jnp.sum(positive, axis=1)
         if mask is not None:
@@ -362,15 +409,16 @@ def _chunked_ce_sum(config, image_rows, text_rows, all_image, all_text, logit_sc
     # would bring back the O(n * N) memory the chunking removes.
     @jax.checkpoint
     def body(carry, chunk):
-        text_cols, image_cols, guide_chunks, col_labels, offset = chunk
+        text_cols, image_cols, guide_chunks, col_labels, offset, col_valid = chunk
         col_ids = offset + jnp.arange(chunk_size)
-        positive = positive_mask(row_ids, col_ids, row_labels, col_labels)
+        positive = positive_mask(row_ids, col_ids, row_labels, col_labels, col_valid)
         mask = None
         if mining:
-            mask = mined_mask(config, guides, guide_chunks, stats, row_ids, col_ids, active)
+            mask = mined_mask(config, guides, guide_chunks, stats, row_ids, col_ids, active,
+                              col_valid)
             mask = jnp.logical_and(mask, jnp.logical_not(positive))
-        image_to_text = direction_update(carry[0], image_rows, text_cols, positive, mask)
-        text_to_image = direction_update(carry[1], text_rows, image_cols, positive, mask)
+        image_to_text = direction_update(carry[0], image_rows, text_cols, positive, mask, col_valid)
+        text_to_image = direction_update(carry[1], text_rows, image_cols, positive, mask, col_valid)
         return (image_to_text, text_to_image), None
 
     # The carry becomes device-varying inside the loop, so it must start out typed as varying.
@@ -380,21 +428,23 @@ def _chunked_ce_sum(config, image_rows, text_rows, all_image, all_text, logit_sc
     ce_sum = 0.0
     for run_max, run_sum, pos, pos_count, mined_sum, mined_count in (image_to_text, text_to_image):
         lse = run_max + jnp.log(run_sum)
-        ce_sum = ce_sum + jnp.sum(_ce_from_parts(lse, pos, pos_count, mined_sum, mined_count, weight))
+        ce = _ce_from_parts(lse, pos, pos_count, mined_sum, mined_count, weight)
+        ce_sum = ce_sum + jnp.sum(jnp.where(row_valid, ce, 0.0))
     return ce_sum
 
 
 def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh, axis: AxisName = "data",
                                     mining: MiningConfig | None = None, guide_text=None,
                                     guide_image=None, step=0, chunk_size: int | None = None,
-                                    labels=None, mining_scale=1.0) -> jax.Array:
+                                    labels=None, mining_scale=1.0, valid=None) -> jax.Array:
     """Same scalar as `mined_global_contrastive_loss`, with the batch sharded over `axis` of `mesh`.
 
     Takes global [N, D] arrays (sharded or not; shard_map reshards them as needed). Each device
     computes [n, N] logits against the all-gathered other modality, and its [n, N] block of
     positive and mined targets from its own labels and guide rows and the gathered labels and
     guide columns. With chunk_size, columns are processed c at a time (see
-    `chunked_global_contrastive_loss`).
+    `chunked_global_contrastive_loss`). valid: optional bool [N]; invalid rows (records skipped
+    as corrupt) are left out: the loss is that of the batch without them.
     """
     if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
         raise ValueError(f"image_emb {image_emb.shape} and text_emb {text_emb.shape} must both be [N, D]")
@@ -402,6 +452,9 @@ def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh
     num_shards = _axis_size(mesh, axis)
     _check_batch("global contrastive loss", global_batch, num_shards, axis)
     _check_labels(labels, global_batch)
+    valid = _check_valid(valid, global_batch)
+    if valid is None:
+        valid = jnp.ones((global_batch,), bool)
     if chunk_size is not None and (chunk_size <= 0 or global_batch % chunk_size):
         raise ValueError(f"chunk_size={chunk_size} does not divide the global batch N={global_batch}")
     if mining is not None and not mining.enabled:
@@ -418,23 +471,23 @@ def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh
             if g.ndim != 2 or g.shape[0] != global_batch:
                 raise ValueError(f"guide_{name} {g.shape} must be [N, D'] with N={global_batch}")
 
-    body = lambda img, txt, scale, st, ms, g, lab: _sharded_global_body(  # noqa: E731
-        img, txt, scale, st, ms, g, lab, axis=axis, config=mining, chunk_size=chunk_size,
+    body = lambda img, txt, scale, st, ms, g, lab, ok: _sharded_global_body(  # noqa: E731
+        img, txt, scale, st, ms, g, lab, ok, axis=axis, config=mining, chunk_size=chunk_size,
         global_batch=global_batch)
     batch_spec = P(axis)
     label_spec = None if labels is None else batch_spec
     fn = jax.shard_map(body, mesh=mesh,
                        in_specs=(batch_spec, batch_spec, P(), P(), P(),
-                                 {k: batch_spec for k in guides}, label_spec),
+                                 {k: batch_spec for k in guides}, label_spec, batch_spec),
                        out_specs=P())
     if labels is not None:
         labels = jnp.asarray(labels, jnp.int32)
     return fn(image_emb, text_emb, jnp.asarray(logit_scale, jnp.float32), jnp.asarray(step, jnp.int32),
-              jnp.asarray(mining_scale, jnp.float32), guides, labels)
+              jnp.asarray(mining_scale, jnp.float32), guides, labels, valid)
 
 
 def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh: Mesh,
-                       axis: AxisName = "data", within_image_weight=0.0) -> jax.Array:
+                       axis: AxisName = "data", within_image_weight=0.0, valid=None) -> jax.Array:
     """Local loss on each device's own batch of B / D images, averaged over devices.
 
     This is NOT the local loss of the global batch: negatives are only the images and sentences on
@@ -444,25 +497,30 @@ def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, t
     plus within_image_weight x the mean of its within-image term over the blocks holding an image
     with two. A block without one has nothing to average; counting it as 0 would shrink the loss
     and its gradient by 1/D for each such device. No valid sentence anywhere gives 0.
+    valid: optional bool [B]; each block's loss is that of the block without its invalid images.
     """
     batch = patch_tokens.shape[0]
     _check_batch("local loss", batch, _axis_size(mesh, axis), axis)
+    valid = _check_valid(valid, batch)
+    if valid is None:
+        valid = jnp.ones((batch,), bool)
 
     def mean_where(value, present):
         present = present.astype(jnp.float32)
         return jax.lax.psum(value * present, axis) / jnp.maximum(jax.lax.psum(present, axis), 1.0)
 
-    def body(patches, sentences, mask, scale, tau):
+    def body(patches, sentences, mask, scale, tau, ok):
         pair_term, has_sentences, within_term, has_two = _local_loss_parts(
-            patches, sentences, mask, scale, tau, within_image_weight)
+            patches, sentences, mask, scale, tau, within_image_weight, ok)
         loss = mean_where(pair_term, has_sentences)
         if within_image_weight:
             loss = loss + within_image_weight * mean_where(within_term, has_two)
         return loss
 
-    fn = jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P()), out_specs=P())
+    fn = jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P(), P(axis)),
+                       out_specs=P())
     return fn(patch_tokens, sentence_emb, sentence_mask, jnp.asarray(logit_scale, jnp.float32),
-              jnp.asarray(tau_pool, jnp.float32))
+              jnp.asarray(tau_pool, jnp.float32), valid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -473,7 +531,7 @@ def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, t
 def contrastive_loss(image_emb, text_emb, logit_scale, *, mesh: Mesh | None = None, axis: AxisName = "data",
                      impl: str = "single", chunk_size: int | None = None,
                      mining: MiningConfig | None = None, guide_text=None, guide_image=None,
-                     step=0, labels=None, mining_scale=1.0) -> jax.Array:
+                     step=0, labels=None, mining_scale=1.0, valid=None) -> jax.Array:
     """Global (or summary) contrastive term; every impl returns the same scalar.
 
     impl: "single" (whole [N, N] logits, any placement), "sharded" ([n, N] per device; needs mesh),
@@ -481,33 +539,38 @@ def contrastive_loss(image_emb, text_emb, logit_scale, *, mesh: Mesh | None = No
     labels: optional int [N] label ids; pairs with the same label >= 0 are positives too.
     mining_scale: factor on the mined weight (the agreement gate's `pair_agreement`; 1 without it).
     For the summary term pass the summary-sentence embeddings as text_emb.
+    valid: optional bool [N]; False rows (records skipped as corrupt, `TrainPipelineConfig`'s
+    on_corrupt) are neither anchors nor negatives nor counted: the loss is that of the batch
+    without them, 0 when none is valid.
     """
     if impl not in GLOBAL_IMPLS:
         raise ValueError(f"impl={impl!r} is not one of {GLOBAL_IMPLS}")
     if impl == "single":
         return mined_global_contrastive_loss(image_emb, text_emb, logit_scale, mining,
                                              guide_text=guide_text, guide_image=guide_image, step=step,
-                                             labels=labels, mining_scale=mining_scale)
+                                             labels=labels, mining_scale=mining_scale, valid=valid)
     if mesh is None:
         raise ValueError(f"impl={impl!r} needs a mesh")
     if impl == "chunked" and chunk_size is None:
         raise ValueError("impl='chunked' needs chunk_size")
     return sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh, axis, mining, guide_text,
                                            guide_image, step, chunk_size if impl == "chunked" else None,
-                                           labels=labels, mining_scale=mining_scale)
+                                           labels=labels, mining_scale=mining_scale, valid=valid)
 
 
 def local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, *, mesh: Mesh | None = None,
-               axis: AxisName = "data", impl: str = "single", within_image_weight=0.0) -> jax.Array:
+               axis: AxisName = "data", impl: str = "single", within_image_weight=0.0,
+               valid=None) -> jax.Array:
     """Local region-sentence term. impl "single": over the whole batch; "sharded": per-device
     batches averaged over devices (a different, cheaper loss; see `sharded_local_loss`).
-    within_image_weight: see `local_region_sentence_loss`."""
+    within_image_weight: see `local_region_sentence_loss`. valid: optional bool [B], invalid
+    images (records skipped as corrupt) left out."""
     if impl not in LOCAL_IMPLS:
         raise ValueError(f"impl={impl!r} is not one of {LOCAL_IMPLS}")
     if impl == "single":
         return local_region_sentence_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool,
-                                          within_image_weight)
+                                          within_image_weight, valid)
     if mesh is None:
         raise ValueError("impl='sharded' needs a mesh")
     return sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh, axis,
-                              within_image_weight)
+                              within_image_weight, valid)

@@ -197,11 +197,18 @@ def _effective_top_k(config: MiningConfig, num_cols: int) -> int:
     return config.top_k
 
 
-def _row_stats(guide: Guide, row_offset, k: int, moments: bool) -> RowStats:
-    """`RowStats` of each row over all columns at once."""
+def _off_diagonal(row_ids, col_ids, col_valid) -> jax.Array:
+    """[n, c]: the pairs a row's statistics and mined positives range over: other columns, and
+    of those only valid ones (col_valid: bool [c] or None)."""
+    off = row_ids[:, None] != col_ids[None, :]
+    return off if col_valid is None else jnp.logical_and(off, col_valid[None, :])
+
+
+def _row_stats(guide: Guide, row_offset, k: int, moments: bool, col_valid=None) -> RowStats:
+    """`RowStats` of each row over all (valid) columns at once."""
     sim = _guide_similarity(guide.rows, guide.cols)
     row_ids = row_offset + jnp.arange(sim.shape[0])
-    off = row_ids[:, None] != jnp.arange(sim.shape[1])[None, :]
+    off = _off_diagonal(row_ids, jnp.arange(sim.shape[1]), col_valid)
     stats = {}
     if k:
         # lax.top_k puts the lower index first among equal values: the k-th (value, column) pair
@@ -209,7 +216,8 @@ def _row_stats(guide: Guide, row_offset, k: int, moments: bool) -> RowStats:
         values, cols = jax.lax.top_k(jnp.where(off, sim, -jnp.inf), k)
         stats.update(kth_value=values[:, -1], topk_cols=cols)
     if moments:
-        count = sim.shape[1] - 1
+        # Invalid columns (rows skipped as corrupt) leave the count as well as the sums.
+        count = jnp.maximum(jnp.sum(off, axis=1), 1).astype(jnp.float32)
         mean = jnp.sum(jnp.where(off, sim, 0.0), axis=1) / count
         var = jnp.sum(jnp.where(off, jnp.square(sim - mean[:, None]), 0.0), axis=1) / count
         stats.update(mean=mean, std=jnp.sqrt(var))
@@ -217,7 +225,7 @@ def _row_stats(guide: Guide, row_offset, k: int, moments: bool) -> RowStats:
 
 
 def _row_stats_chunked(guide: Guide, row_offset, k: int, moments: bool, chunk_size: int,
-                       axis) -> RowStats:
+                       axis, col_valid=None) -> RowStats:
     """Same as `_row_stats`, walking the columns in chunks: a running top-k with the columns of its
     entries, and running (count, mean, M2) merged chunk by chunk (Chan et al.'s update, which stays
     exact when every similarity is near one value, where sum-of-squares would cancel). O(n (k + c))."""
@@ -226,12 +234,15 @@ def _row_stats_chunked(guide: Guide, row_offset, k: int, moments: bool, chunk_si
     row_ids = row_offset + jnp.arange(n)
     col_chunks = guide.cols.reshape(num_cols // chunk_size, chunk_size, dim)
     offsets = jnp.arange(num_cols // chunk_size) * chunk_size
+    if col_valid is None:
+        col_valid = jnp.ones((num_cols,), bool)
+    valid_chunks = col_valid.reshape(num_cols // chunk_size, chunk_size)
 
     def body(carry, xs):
-        chunk, offset = xs
+        chunk, offset, chunk_valid = xs
         sim = _guide_similarity(guide.rows, chunk)
         col_ids = offset + jnp.arange(chunk_size)
-        off = row_ids[:, None] != col_ids[None, :]
+        off = _off_diagonal(row_ids, col_ids, chunk_valid)
         new = {}
         if k:
             values = jnp.concatenate([carry["values"], jnp.where(off, sim, -jnp.inf)], axis=1)
@@ -263,19 +274,20 @@ def _row_stats_chunked(guide: Guide, row_offset, k: int, moments: bool, chunk_si
     if moments:
         zeros = varying(jnp.zeros((n,), jnp.float32))
         init.update(count=zeros, mean=zeros, m2=zeros)
-    final, _ = jax.lax.scan(body, init, (col_chunks, offsets))
+    final, _ = jax.lax.scan(body, init, (col_chunks, offsets, valid_chunks))
     stats = {}
     if k:
         stats.update(kth_value=final["values"][:, -1], topk_cols=final["cols"])
     if moments:
-        stats.update(mean=final["mean"], std=jnp.sqrt(final["m2"] / final["count"]))
+        stats.update(mean=final["mean"], std=jnp.sqrt(final["m2"] / jnp.maximum(final["count"], 1.0)))
     return RowStats(**stats)
 
 
 def mined_mask(config: MiningConfig, guides: Sequence[Guide], guide_cols: Sequence[jax.Array],
-                stats: Sequence[RowStats], row_ids, col_ids, active) -> jax.Array:
-    """Boolean [n, c]: pair (row, col) is a mined positive under every active guide."""
-    mask = jnp.logical_and(active, row_ids[:, None] != col_ids[None, :])
+                stats: Sequence[RowStats], row_ids, col_ids, active, col_valid=None) -> jax.Array:
+    """Boolean [n, c]: pair (row, col) is a mined positive under every active guide; never an
+    invalid column (col_valid: bool [c], False where a row was skipped as corrupt)."""
+    mask = jnp.logical_and(active, _off_diagonal(row_ids, col_ids, col_valid))
     for guide, cols, st in zip(guides, guide_cols, stats):
         sim = _guide_similarity(guide.rows, cols)
         passes = sim >= guide.threshold
@@ -307,24 +319,30 @@ def mined_mask(config: MiningConfig, guides: Sequence[Guide], guide_cols: Sequen
 
 
 def guide_row_stats(config: MiningConfig, guides: Sequence[Guide], row_offset, num_cols: int,
-                     chunk_size: int | None = None, axis=None) -> list[RowStats]:
+                     chunk_size: int | None = None, axis=None, col_valid=None) -> list[RowStats]:
     """Each guide's `RowStats` for this block of rows. `axis`: the mesh axis inside shard_map
-    (None on one device), over which the mutual cap gathers every row's k-th value."""
+    (None on one device), over which the mutual cap gathers every row's k-th value.
+    col_valid: bool [N] or None; the statistics range over the valid columns only, so they are
+    those of the batch without its invalid rows. (The cap k stays the one of N columns: with
+    fewer than k valid ones a row's k-th value is -inf and the cap passes every column, as the
+    smaller batch's lifted cap would.)"""
     k = _effective_top_k(config, num_cols)
     moments = config.uses_row_moments
     if not k and not moments:
         return [RowStats() for _ in guides]
     if chunk_size is None:
-        stats = [_row_stats(g, row_offset, k, moments) for g in guides]
+        stats = [_row_stats(g, row_offset, k, moments, col_valid) for g in guides]
     else:
-        stats = [_row_stats_chunked(g, row_offset, k, moments, chunk_size, axis) for g in guides]
+        stats = [_row_stats_chunked(g, row_offset, k, moments, chunk_size, axis, col_valid)
+                 for g in guides]
     if config.mutual and k:
-        stats = [dataclasses.replace(st, col_kth_value=_column_kth_values(g, st, k, axis))
+        stats = [dataclasses.replace(st, col_kth_value=_column_kth_values(g, st, k, axis,
+                                                                          col_valid))
                  for g, st in zip(guides, stats)]
     return stats
 
 
-def _column_kth_values(guide: Guide, own: RowStats, k: int, axis) -> jax.Array:
+def _column_kth_values(guide: Guide, own: RowStats, k: int, axis, col_valid=None) -> jax.Array:
     """[N]: the k-th largest off-diagonal similarity of every column's own row. Sharded, each
     device holds its rows' values and gathers the rest (N scalars). On one device the rows may be
     a block (the training log's `mining_statistics` scores a few rows), so the columns' rows are
@@ -335,26 +353,35 @@ def _column_kth_values(guide: Guide, own: RowStats, k: int, axis) -> jax.Array:
         return own.kth_value  # the rows, a block of the columns, are all of them
     cols = _l2_normalize(jax.lax.stop_gradient(guide.cols))
     num_cols = cols.shape[0]
+    ids = jnp.arange(num_cols)
 
     def kth(index_and_row):
         index, row = index_and_row
-        sim = jnp.where(jnp.arange(num_cols) == index, -jnp.inf, cols @ row)
+        off = _off_diagonal(index[None], ids, col_valid)[0]
+        sim = jnp.where(off, cols @ row, -jnp.inf)
         return jax.lax.top_k(sim, k)[0][-1]
 
     return jax.lax.map(kth, (jnp.arange(num_cols), cols), batch_size=min(num_cols, 256))
 
 
-def pair_agreement(image_emb: jax.Array, text_emb: jax.Array, max_rows: int = 256) -> jax.Array:
+def pair_agreement(image_emb: jax.Array, text_emb: jax.Array, max_rows: int = 256,
+                   valid=None) -> jax.Array:
     """In-batch agreement of the model's own pairs, in [0, 1], without gradient: the mean over
     both directions of the fraction of rows whose own pair is their most similar column, over the
     first min(N, max_rows) pairs (a [m, m] block, so the cost stays flat for large batches; about
-    1/m at random init). `MiningConfig.agreement_gate` scales the mined weight by it."""
+    1/m at random init). `MiningConfig.agreement_gate` scales the mined weight by it.
+    valid: bool [N] or None; invalid pairs (rows skipped as corrupt) are neither rows nor
+    columns (0 when none of the m is valid)."""
     m = min(image_emb.shape[0], max_rows)
     image = jax.lax.stop_gradient(image_emb[:m]).astype(jnp.float32)
     text = jax.lax.stop_gradient(text_emb[:m]).astype(jnp.float32)
-    sim = image @ text.T
+    ok = jnp.ones((m,), bool) if valid is None else jnp.asarray(valid[:m], bool)
+    pair_ok = ok[:, None] & ok[None, :]
+    sim = jnp.where(pair_ok, image @ text.T, -jnp.inf)
     own = jnp.arange(m)
-    return 0.5 * (jnp.mean(jnp.argmax(sim, axis=1) == own) + jnp.mean(jnp.argmax(sim, axis=0) == own))
+    count = jnp.maximum(jnp.sum(ok), 1)
+    hits = lambda axis: jnp.sum((jnp.argmax(sim, axis=axis) == own) & ok) / count  # noqa: E731
+    return 0.5 * (hits(1) + hits(0))
 
 
 def is_active(config: MiningConfig, step) -> jax.Array:
@@ -362,11 +389,15 @@ def is_active(config: MiningConfig, step) -> jax.Array:
     return jnp.asarray(step) >= config.warmup_steps
 
 
-def positive_mask(row_ids, col_ids, row_labels, col_labels) -> jax.Array:
-    """Boolean [n, c]: the pair itself, and with labels every pair with the same label >= 0."""
+def positive_mask(row_ids, col_ids, row_labels, col_labels, col_valid=None) -> jax.Array:
+    """Boolean [n, c]: the pair itself, and with labels every pair with the same label >= 0 whose
+    column is valid (col_valid: bool [c] or None). The pair itself stays even on an invalid row,
+    so every row has a positive and nothing divides by 0 (the losses leave such rows out)."""
     pos = row_ids[:, None] == col_ids[None, :]
     if row_labels is not None:
         same = (row_labels[:, None] == col_labels[None, :]) & (row_labels >= 0)[:, None]
+        if col_valid is not None:
+            same = same & col_valid[None, :]
         pos = jnp.logical_or(pos, same)
     return pos
 
@@ -374,7 +405,7 @@ def positive_mask(row_ids, col_ids, row_labels, col_labels) -> jax.Array:
 def mined_positive_targets(config: MiningConfig | None = None, *, text_rows=None, text_cols=None,
                            image_rows=None, image_cols=None, row_offset=0, step=0,
                            row_labels=None, col_labels=None, num_cols: int | None = None,
-                           mining_scale=1.0) -> jax.Array:
+                           mining_scale=1.0, col_valid=None) -> jax.Array:
     """Soft InfoNCE targets [n, N] for rows row_offset .. row_offset+n-1 against all N columns.
 
     Row i is `normalize_L1(positive_i + config.weight * mining_scale * mined_i)` (mining_scale: a
@@ -387,6 +418,9 @@ def mined_positive_targets(config: MiningConfig | None = None, *, text_rows=None
     Used for both directions: image_i -> texts and text_i -> images share target row i.
     text_rows/text_cols: guide sentence embeddings [n, D'] / [N, D']; image_*: the same for images.
     row_labels / col_labels: int [n] / [N] label ids; num_cols: N when no guide gives it.
+    col_valid: bool [N] or None: invalid columns (rows skipped as corrupt) get no target mass and
+    are left out of the mining statistics, so a valid row's targets are those of the batch
+    without the invalid rows (padded with zeros).
     """
     mining = config is not None and config.enabled
     given = [(r, c) for r, c in ((text_rows, text_cols), (image_rows, image_cols)) if r is not None]
@@ -401,30 +435,30 @@ def mined_positive_targets(config: MiningConfig | None = None, *, text_rows=None
         n = num_cols
     row_ids = row_offset + jnp.arange(n)
     col_ids = jnp.arange(num_cols)
-    positive = positive_mask(row_ids, col_ids, row_labels, col_labels)
+    positive = positive_mask(row_ids, col_ids, row_labels, col_labels, col_valid)
     targets = positive.astype(jnp.float32)
     if mining:
         mined = _dense_mined_mask(config, text_rows, text_cols, image_rows, image_cols, row_offset,
-                                  step)
+                                  step, col_valid)
         mined = jnp.logical_and(mined, jnp.logical_not(positive))
         targets = targets + config.weight * mining_scale * mined.astype(jnp.float32)
     return targets / jnp.sum(targets, axis=1, keepdims=True)
 
 
 def _dense_mined_mask(config: MiningConfig, text_rows, text_cols, image_rows, image_cols,
-                      row_offset, step) -> jax.Array:
+                      row_offset, step, col_valid=None) -> jax.Array:
     """Boolean [n, N]: the guides' mined pairs of rows row_offset .. row_offset+n-1 (label
     positives not removed), row statistics over all N columns."""
     guides = active_guides(config, text_rows, text_cols, image_rows, image_cols)
     num_cols = guides[0].cols.shape[0]
     row_ids = row_offset + jnp.arange(guides[0].rows.shape[0])
-    stats = guide_row_stats(config, guides, row_offset, num_cols)
+    stats = guide_row_stats(config, guides, row_offset, num_cols, col_valid=col_valid)
     return mined_mask(config, guides, [g.cols for g in guides], stats, row_ids,
-                       jnp.arange(num_cols), is_active(config, step))
+                       jnp.arange(num_cols), is_active(config, step), col_valid)
 
 
 def mining_statistics(config: MiningConfig, *, guide_text=None, guide_image=None, labels=None,
-                      step=0, max_rows: int = 256) -> dict[str, jax.Array]:
+                      step=0, max_rows: int = 256, valid=None) -> dict[str, jax.Array]:
     """What the guides mine in this batch, for the training log (no gradient): over the first
     min(N, max_rows) rows against all N columns (row statistics over all N, as in the loss),
     `mined_per_row`, the mean number of mined pairs per row. With labels, also
@@ -432,7 +466,8 @@ def mining_statistics(config: MiningConfig, *, guide_text=None, guide_image=None
     `mined_other_label_per_row`, those of them whose labels differ (a guide that finds only the
     label mines none of these; a rare class mining the next one shows here). Where no record
     carries a label id (a caption corpus: every id -1), both are 0 and say nothing about the
-    guide. Counted before label positives are removed from the mined set."""
+    guide. Counted before label positives are removed from the mined set. valid: bool [N] or
+    None; invalid rows (skipped as corrupt) are neither counted nor mined."""
     if not config.enabled:
         return {}
     text = None if guide_text is None else jax.lax.stop_gradient(guide_text)
@@ -440,8 +475,14 @@ def mining_statistics(config: MiningConfig, *, guide_text=None, guide_image=None
     num = (text if text is not None else image).shape[0]
     m = min(num, max_rows)
     mined = _dense_mined_mask(config, None if text is None else text[:m], text,
-                              None if image is None else image[:m], image, 0, step)
-    per_row = lambda pairs: jnp.mean(jnp.sum(pairs, axis=1).astype(jnp.float32))  # noqa: E731
+                              None if image is None else image[:m], image, 0, step,
+                              None if valid is None else jnp.asarray(valid, bool))
+    rows = jnp.ones((m,), bool) if valid is None else jnp.asarray(valid[:m], bool)
+
+    def per_row(pairs):
+        counts = jnp.sum(pairs, axis=1).astype(jnp.float32)
+        return jnp.sum(jnp.where(rows, counts, 0.0)) / jnp.maximum(jnp.sum(rows), 1)
+
     out = {"mined_per_row": per_row(mined)}
     if labels is not None:
         labelled = mined & (labels[:m, None] >= 0) & (labels[None, :] >= 0)

@@ -58,7 +58,11 @@ def uses_summary(loss_config) -> bool:
 
 
 def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch_axes):
-    """Returns (total loss, dict of terms) for one batch of uint8 images and token ids."""
+    """Returns (total loss, dict of terms) for one batch of uint8 images and token ids.
+
+    batch["valid"] (bool [B], optional): rows marked False (records the input pipeline skipped as
+    corrupt) are left out of every term, mining and the agreement gate included: the loss is
+    that of the batch without them."""
     image_emb, patch_tokens = model.apply({"params": params}, batch["image"], True,
                                           method=CLIP.encode_image)
     logit_scale = model.apply({"params": params}, method=CLIP.logit_scale)
@@ -85,20 +89,22 @@ def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch
         guide_text = summary_emb if loss_config.mining.guide == "summary" else global_emb
     impl = loss_config.impl
     chunk = loss_config.chunk_size or None
+    valid = batch.get("valid")
     if impl != "single" and mesh is None:
         impl = "single"
     terms = {}
     mining_scale = 1.0
     if mining.enabled and mining.agreement_gate:
-        mining_scale = pair_agreement(img, global_emb)
+        mining_scale = pair_agreement(img, global_emb, valid=valid)
         terms["mining_scale"] = mining_scale
     if mining.enabled:
         terms.update(mining_statistics(mining, guide_text=guide_text, guide_image=img,
-                                              labels=batch.get("label_id"), step=step))
+                                              labels=batch.get("label_id"), step=step,
+                                              valid=valid))
     contrastive = functools.partial(
         losses.contrastive_loss, logit_scale=logit_scale, mesh=mesh, axis=batch_axes, impl=impl,
         chunk_size=chunk if impl == "chunked" else None,
-        guide_text=guide_text, guide_image=img, step=step, mining_scale=mining_scale,
+        guide_text=guide_text, guide_image=img, step=step, mining_scale=mining_scale, valid=valid,
         labels=batch["label_id"] if loss_config.get("label_positives", False) else None)
     mined = mining_terms(loss_config)
     no_mining = MiningConfig(mode="off")
@@ -115,13 +121,14 @@ def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch
             patch_tokens, local_emb, batch["local_mask"], logit_scale,
             loss_config.local_pool_temperature, mesh=mesh, axis=batch_axes,
             impl="sharded" if mesh is not None else "single",
-            within_image_weight=loss_config.local_within_image_weight)
+            within_image_weight=loss_config.local_within_image_weight, valid=valid)
         total = total + loss_config.local_weight * terms["local"]
     terms["logit_scale"] = logit_scale
     return total, terms
 
 
-TRAIN_FIELDS = ("image", "global_tokens", "summary_tokens", "local_tokens", "local_mask", "label_id")
+TRAIN_FIELDS = ("image", "global_tokens", "summary_tokens", "local_tokens", "local_mask", "label_id",
+                "valid")
 
 
 def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None, batch_axes=None,
@@ -132,7 +139,11 @@ def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None,
     A step whose loss or gradient is not finite never changes the parameters or Adam's state
     (moments and count); it is counted in state["nonfinite"], so the loop can stop (or go on)
     without a host sync per step and no checkpoint ever holds a bad update. The learning-rate
-    schedule follows the run's step, skipped steps included (optim.at_schedule_step)."""
+    schedule follows the run's step, skipped steps included (optim.at_schedule_step).
+    A batch none of whose rows is valid (every record of the step skipped as corrupt; the
+    pipeline still yields it so that all processes run the same steps) is skipped the same way,
+    without counting as non-finite: its zero gradient would still have moved Adam's moments and
+    the parameters. metrics["valid_rows"] counts the batch's valid rows."""
     loss_fn = functools.partial(compute_losses, model=model, loss_config=loss_config, mesh=mesh,
                                 batch_axes=batch_axes)
 
@@ -168,6 +179,8 @@ def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None,
             loss, terms, grads = grads_of(state["params"], batch, step)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        valid_rows = (jnp.sum(batch["valid"].astype(jnp.int32)) if "valid" in batch
+                      else jnp.asarray(batch["image"].shape[0], jnp.int32))
 
         def update(params, opt_state, grads):
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
@@ -192,8 +205,8 @@ def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None,
         # state is only read on the branch that keeps it. The schedule's counters are set to the
         # step first: a checkpoint written before skips advanced them holds counters that lag.
         new_params, new_opt_state = jax.lax.cond(
-            finite, update, skip, state["params"], at_schedule_step(state["opt_state"], step),
-            grads)
+            finite & (valid_rows > 0), update, skip, state["params"],
+            at_schedule_step(state["opt_state"], step), grads)
         nonfinite = state["nonfinite"]
         new_state = {
             "step": step + 1,
@@ -206,7 +219,7 @@ def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None,
             },
         }
         metrics = {"loss": loss, **terms, "grad_norm": grad_norm,
-                   "learning_rate": schedule(step), "finite": finite}
+                   "learning_rate": schedule(step), "finite": finite, "valid_rows": valid_rows}
         return new_state, metrics
 
     return step_fn

@@ -64,3 +64,58 @@ def test_an_accumulated_step_is_the_mean_over_micro_batches_of_every_kth_face(se
     whole = float(jax.jit(lambda p, b: compute_losses(
         p, b, 0, model=model, loss_config=config.loss, mesh=mesh, batch_axes=axes)[0])(params, batch))
     assert abs(whole - expected_loss) > 1e-3, "the whole batch's negatives would differ"
+
+
+INVALID = [3, 9, 10, 31]
+
+
+def _keep():
+    keep = np.ones(B, bool)
+    keep[INVALID] = False
+    return keep
+
+
+@pytest.mark.parametrize("impl", ["single", "sharded", "chunked"])
+def test_rows_marked_invalid_leave_the_terms_of_the_batch_without_them(setup, impl):
+    """A record skipped as corrupt: its row (here a copy of face 0, the duplicate the pipeline
+    used to put there) marked valid=False. Every term, with label positives, mutual top-k text
+    mining and the summary term, equals the term over the batch with those rows removed. Sharded,
+    the local term is per device (another loss), so only the global terms are compared there."""
+    config, model, params, batch = setup
+    config = config.copy_and_resolve_references()
+    config.loss.impl, config.loss.chunk_size = impl, 8
+    keep = _keep()
+    masked = {k: np.where(keep.reshape(-1, *[1] * (v.ndim - 1)), v, v[:1]) for k, v in batch.items()}
+    masked["valid"] = keep
+    mesh, axes = (None, None) if impl == "single" else (Mesh(np.array(jax.devices()), ("data",)),
+                                                        ("data",))
+    loss_fn = lambda mesh: jax.jit(jax.value_and_grad(lambda p, b: compute_losses(  # noqa: E731
+        p, b, 0, model=model, loss_config=config.loss, mesh=mesh, batch_axes=axes), has_aux=True))
+    (loss, terms), grads = loss_fn(mesh)(params, masked)
+    (ref_loss, ref_terms), ref_grads = loss_fn(None)(params, {k: v[keep] for k, v in batch.items()})
+    assert float(ref_terms["mined_per_row"]) > 0, "mining should fire"
+    compared = ["global", "summary", "mined_per_row"] + (["local"] if impl == "single" else [])
+    for name in compared:
+        np.testing.assert_allclose(float(terms[name]), float(ref_terms[name]), rtol=2e-5, err_msg=name)
+    if impl == "single":
+        np.testing.assert_allclose(float(loss), float(ref_loss), rtol=2e-5)
+        for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-3, atol=2e-6)
+
+
+def test_a_step_without_a_valid_row_changes_neither_parameters_nor_adam(setup):
+    """Every record of the step skipped as corrupt: the pipeline still yields the (blank) batch so
+    that all processes take the step; the step applies no update (a zero gradient would still
+    move Adam's moments and the parameters) and is not counted as non-finite."""
+    config, model, params, batch = setup
+    optimizer = optax.adam(1e-3)
+    step = jax.jit(make_train_step(model, optimizer, lambda s: 1e-3, config.loss))
+    state = initial_state(params, optimizer)
+    state, _ = step(state, dict(batch, valid=np.ones(B, bool)))  # Adam's moments now non-zero
+    new_state, metrics = step(state, dict(batch, valid=np.zeros(B, bool)))
+    assert int(metrics["valid_rows"]) == 0 and float(metrics["loss"]) == 0.0
+    assert bool(metrics["finite"]) and int(new_state["nonfinite"]["count"]) == 0
+    for old, new in zip(jax.tree_util.tree_leaves((state["params"], state["opt_state"])),
+                        jax.tree_util.tree_leaves((new_state["params"], new_state["opt_state"]))):
+        np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
+    assert int(new_state["step"]) == 2

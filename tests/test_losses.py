@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from emocap_jax import losses
-from emocap_jax.mining import MiningConfig, mined_positive_targets
+from emocap_jax.mining import (MiningConfig, mined_positive_targets, mining_statistics,
+                               pair_agreement)
 from tests.mining_reference import (CHUNK, DIM, EDGE_ROW, EDGE_TIES, GUIDE_DIM, N, assert_close,
                                     np_label_targets, np_mined_targets, random_batch,
                                     random_labels, threshold_edge_guides, unit)
@@ -460,3 +461,139 @@ def test_a_batch_without_local_sentences_gives_zero_loss_and_gradient(mesh, loca
     assert float(value) == 0.0
     for g in grads:
         assert np.all(np.asarray(g) == 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rows marked invalid (records the input pipeline skipped as corrupt)
+# ------------------------------------------------------------------------------------------------
+
+# Rows 9 and 10 share a device (4 rows each on 8 devices) and chunk 1; row 31 is the last column.
+INVALID = np.array([3, 9, 10, 31])
+
+
+def _with_invalid_copies(x):
+    """x with its INVALID rows overwritten by copies of row 0: the duplicate that the pipeline
+    used to put in a skipped record's place, a false negative unless masked."""
+    x = np.array(x, copy=True)
+    x[INVALID] = x[0]
+    return x
+
+
+def _valid_rows():
+    valid = np.ones(N, bool)
+    valid[INVALID] = False
+    return valid
+
+
+def test_a_duplicated_row_changes_the_plain_loss(batch):
+    """What the mask is for: the copy is a second "class" of row 0."""
+    keep = _valid_rows()
+    plain = losses.global_contrastive_loss(batch["image"][keep], batch["text"][keep], SCALE)
+    with_copies = losses.global_contrastive_loss(_with_invalid_copies(batch["image"]),
+                                                 _with_invalid_copies(batch["text"]), SCALE)
+    assert abs(float(with_copies) - float(plain)) > 1e-2
+
+
+# k = 27 = N' - 1 on the 28 valid rows: the smaller batch has no cap; the masked one must not either.
+@pytest.mark.parametrize("mining,labelled", [
+    (None, False), (None, True),
+    (MiningConfig(mode="both", threshold=0.2, weight=0.5), False),
+    (MiningConfig(mode="text", threshold=0.0, top_k=3, weight=0.5, mutual=True), True),
+    (MiningConfig(mode="image", threshold=-1.0, top_k=27, weight=0.7, mutual=True), False),
+    (MiningConfig(mode="text", threshold=-1.0, relative_threshold=0.5, min_spread=0.05,
+                  weight=0.5), False)])
+@pytest.mark.parametrize("impl", ["single", "sharded", "chunked"])
+def test_invalid_rows_leave_the_global_loss_of_the_batch_without_them(mesh, batch, impl, mining,
+                                                                      labelled):
+    """Independent reference: the single-device loss (plain, label or mined targets) of the
+    batch with the invalid rows removed; the masked batch holds copies of row 0 in their place."""
+    keep = _valid_rows()
+    labels = random_labels() if labelled else None
+    guide = _with_invalid_copies(batch["guide"])
+    image, text = _with_invalid_copies(batch["image"]), _with_invalid_copies(batch["text"])
+
+    def masked(a, b, s):
+        return losses.contrastive_loss(a, b, s, mesh=mesh, impl=impl, chunk_size=CHUNK,
+                                       mining=mining, guide_text=guide, step=1, labels=labels,
+                                       valid=keep)
+
+    def removed(a, b, s):
+        return losses.contrastive_loss(a, b, s, impl="single", mining=mining,
+                                       guide_text=guide[keep], step=1,
+                                       labels=None if labels is None else labels[keep])
+
+    value, grads = _value_and_grads(masked)(image, text, jnp.float32(SCALE))
+    ref_value, ref_grads = _value_and_grads(removed)(image[keep], text[keep], jnp.float32(SCALE))
+    assert_close(value, ref_value)
+    assert_close(grads[0][keep], ref_grads[0])
+    assert_close(grads[1][keep], ref_grads[1])
+    assert_close(grads[2], ref_grads[2])
+    assert not np.asarray(grads[0])[~keep].any() and not np.asarray(grads[1])[~keep].any()
+
+
+@pytest.mark.parametrize("impl", ["single", "sharded", "chunked"])
+def test_a_batch_with_no_valid_row_gives_zero_loss_and_gradient(mesh, batch, impl):
+    cfg = MiningConfig(mode="both", threshold=0.0, top_k=3, relative_threshold=0.0, weight=0.5)
+    fn = _value_and_grads(lambda a, b, s: losses.contrastive_loss(
+        a, b, s, mesh=mesh, impl=impl, chunk_size=CHUNK, mining=cfg, guide_text=batch["guide"],
+        step=1, labels=random_labels(), valid=np.zeros(N, bool)))
+    value, grads = fn(batch["image"], batch["text"], jnp.float32(SCALE))
+    assert float(value) == 0.0
+    for g in grads:
+        assert np.all(np.asarray(g) == 0)
+
+
+def test_mining_statistics_and_agreement_leave_invalid_rows_out(batch):
+    keep = _valid_rows()
+    cfg = MiningConfig(mode="text", threshold=0.0, top_k=3, weight=0.5)
+    labels = random_labels()
+    guide = _with_invalid_copies(batch["guide"])
+    stats = mining_statistics(cfg, guide_text=guide, labels=labels, step=1, valid=keep)
+    ref = mining_statistics(cfg, guide_text=guide[keep], labels=labels[keep], step=1)
+    for key in ref:
+        assert_close(stats[key], ref[key])
+    image, text = _with_invalid_copies(batch["image"]), _with_invalid_copies(batch["text"])
+    assert_close(pair_agreement(image, text, valid=keep), pair_agreement(image[keep], text[keep]))
+
+
+@pytest.mark.parametrize("within", [0.0, 0.7])
+def test_invalid_images_leave_the_local_loss_of_the_batch_without_them(local_batch, within):
+    patches, sentences, mask = local_batch
+    keep = np.ones(LOCAL_B, bool)
+    keep[[1, 6, 7]] = False
+    copy = lambda x: np.where(keep.reshape(-1, *[1] * (x.ndim - 1)), x, x[2:3])  # noqa: E731
+    fn = lambda p, s, m, ok: jax.value_and_grad(  # noqa: E731
+        lambda p, s: losses.local_loss(p, s, m, SCALE, TAU, within_image_weight=within,
+                                       valid=ok), (0, 1))(p, s)
+    value, grads = jax.jit(fn)(copy(patches), copy(sentences), copy(mask), keep)
+    ref_value, ref_grads = jax.jit(lambda p, s, m: fn(p, s, m, None))(
+        patches[keep], sentences[keep], mask[keep])
+    assert_close(value, ref_value)
+    for g, g_ref in zip(grads, ref_grads):
+        assert_close(np.asarray(g)[keep], g_ref)
+        assert not np.asarray(g)[~keep].any()
+
+
+@pytest.mark.parametrize("within", [0.0, 0.7])
+def test_invalid_images_leave_each_block_of_the_sharded_local_loss(mesh, local_batch, within):
+    """Reference: the mean, over the devices' blocks holding a valid sentence, of the
+    single-device loss of each block with its invalid images removed."""
+    patches, sentences, mask = local_batch
+    keep = np.ones(LOCAL_B, bool)
+    keep[[1, 6, 7]] = False  # block 3 (rows 6, 7) has no valid image left
+    block = LOCAL_B // 8
+    value = jax.jit(lambda p, s: losses.local_loss(
+        p, s, mask, SCALE, TAU, mesh=mesh, impl="sharded", within_image_weight=within,
+        valid=keep))(patches, sentences)
+    pair_terms, within_terms = [], []
+    for d in range(8):
+        rows = np.arange(d * block, (d + 1) * block)
+        rows = rows[keep[rows]]
+        m = mask[rows]
+        if m.any():
+            pair_terms.append(losses.local_loss(patches[rows], sentences[rows], m, SCALE, TAU))
+        if within and (m.sum(axis=1) >= 2).any():
+            within_terms.append(losses.local_loss(patches[rows], sentences[rows], m, SCALE, TAU,
+                                                  within_image_weight=1.0) - pair_terms[-1])
+    expected = np.mean(pair_terms) + (within * np.mean(within_terms) if within_terms else 0.0)
+    assert_close(value, expected, rtol=1e-5, atol=1e-5)
