@@ -254,6 +254,68 @@ def test_each_process_reads_a_disjoint_share_and_together_every_record_once(tmp_
         assert sorted(a + b) == list(range(64)), epoch  # every record exactly once
 
 
+STEP_WITH_A_COLLECTIVE = r"""
+import json, sys
+import numpy as np
+from configs import tiny
+from emocap_jax import distributed
+from emocap_jax.data import pipeline
+from emocap_jax.tokenizers import get_tokenizer
+
+port, process_id, train_dir, out = sys.argv[1:]
+distributed.initialize(f"127.0.0.1:{port}", 2, int(process_id))
+import jax
+from jax.experimental import multihost_utils
+
+config = tiny.get_config()
+tokenizer = get_tokenizer(config.tokenizer, config.model.text.context_length)
+data = pipeline.TrainPipelineConfig(
+    data_dir=train_dir, image_size=32, context_length=config.model.text.context_length,
+    num_epochs=1, on_corrupt="skip", read_threads=1)
+valid = []
+for batch in pipeline.make_train_iterator(data, tokenizer, 2):  # one row per process
+    # A collective per step, as the train step has: a process that ran out would leave the
+    # other one waiting here.
+    valid.append(multihost_utils.process_allgather(batch["valid"]).ravel().tolist())
+json.dump({"process": jax.process_index(), "valid": valid}, open(out, "w"))
+"""
+
+
+def test_a_step_whose_rows_are_all_skipped_keeps_both_processes_in_step(tmp_path, datasets):
+    """on_corrupt="skip", num_epochs=1, one row per process: the process whose row of a step is
+    the corrupt record still takes that step (its row masked out) instead of ending one step
+    early while the other waits in the step's collective (before the fix: the other process
+    still waited there when the 60 s below ran out)."""
+    from emocap_jax.data import tfrecord
+    from emocap_jax.data.shard_writer import shard_paths
+
+    corrupt = tmp_path / "train"
+    shutil.copytree(datasets[0], corrupt)
+    path = shard_paths(str(corrupt))[1]
+    offset = int(tfrecord.read_index(path)[3]) + tfrecord.HEADER_SIZE + 5
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0x40]))
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", STEP_WITH_A_COLLECTIVE, str(port), str(i),
+                               str(corrupt), str(tmp_path / f"valid{i}.json")], cwd=REPO_ROOT,
+                              env=_env(1, PYTHONPATH=str(REPO_ROOT)), stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err[-3000:]
+    finally:
+        for p in procs:
+            p.kill()
+    shares = [json.loads((tmp_path / f"valid{i}.json").read_text()) for i in range(2)]
+    assert shares[0]["valid"] == shares[1]["valid"]  # the same steps, in step
+    flags = np.array(shares[0]["valid"])
+    assert flags.shape == (32, 2) and (~flags).sum() == 1
+
+
 def _wait_until_stopped(procs, timeout=600):
     """Until every process is stopped (SIGSTOP: state T in /proc/PID/stat) or one has ended."""
     deadline = time.time() + timeout
