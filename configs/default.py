@@ -42,7 +42,8 @@ def get_config():
     config.data.worker_count = 2              # Grain worker processes (0: in-process)
     config.data.worker_buffer_size = 2        # batches each worker prepares ahead
     config.data.read_threads = 2              # threads per process, each making whole batches
-    config.data.on_corrupt = "raise"          # or "skip": count them, fill their rows (batches stay full)
+    # "skip": count corrupt records; their rows stay in the batch, blank and masked out of the losses.
+    config.data.on_corrupt = "raise"
     # Augmentation: random resized crop, horizontal flip, colour jitter, random grayscale.
     config.data.crop_scale = (0.6, 1.0)
     config.data.flip_prob = 0.5

@@ -154,7 +154,8 @@ def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None,
     def accumulated(params, batch, step):
         # Micro-batch j takes every k-th face, so each device keeps contributing rows of its own
         # shard to every micro-batch (contiguous splits would idle most devices). Negatives of the
-        # contrastive terms span one micro-batch.
+        # contrastive terms span one micro-batch. Each micro-batch's terms are means over its
+        # valid rows, and the micro-batches weigh equally whatever their count of invalid ones.
         k = grad_accum_steps
         micro = jax.tree_util.tree_map(
             lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)

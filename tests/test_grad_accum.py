@@ -111,8 +111,15 @@ def test_a_step_without_a_valid_row_changes_neither_parameters_nor_adam(setup):
     optimizer = optax.adam(1e-3)
     step = jax.jit(make_train_step(model, optimizer, lambda s: 1e-3, config.loss))
     state = initial_state(params, optimizer)
-    state, _ = step(state, dict(batch, valid=np.ones(B, bool)))  # Adam's moments now non-zero
-    new_state, metrics = step(state, dict(batch, valid=np.zeros(B, bool)))
+    # The pipeline's blank rows (zero image and tokens, no local sentence, label -1) among
+    # genuine ones: a finite step, which leaves Adam's moments non-zero.
+    keep = _keep()
+    blank = {k: np.where(keep.reshape(-1, *[1] * (v.ndim - 1)), v, np.zeros_like(v))
+             for k, v in batch.items()}
+    blank["label_id"] = np.where(keep, batch["label_id"], -1).astype(np.int32)
+    state, metrics = step(state, dict(blank, valid=keep))
+    assert bool(metrics["finite"]) and int(metrics["valid_rows"]) == B - len(INVALID)
+    new_state, metrics = step(state, dict(blank, valid=np.zeros(B, bool)))
     assert int(metrics["valid_rows"]) == 0 and float(metrics["loss"]) == 0.0
     assert bool(metrics["finite"]) and int(new_state["nonfinite"]["count"]) == 0
     for old, new in zip(jax.tree_util.tree_leaves((state["params"], state["opt_state"])),

@@ -13,9 +13,11 @@ is the caller's choice:
 * `on_corrupt="raise"` (default): `CorruptRecordError`, naming the file and byte offset,
   propagates. Grain's worker processes pickle the exception back to the main process with its
   original type and message, so it surfaces unchanged from `next(iterator)`.
-* `on_corrupt="skip"`: the record reads as `None` (Grain's datasets pass `None` through their maps
-  and `to_iter_dataset()` drops it), a warning naming the file and offset is logged and the
-  record is counted in `num_skipped`.
+* `on_corrupt="skip"`: the record reads as `None`, a warning naming the file and offset is logged
+  and the record is counted in `num_skipped`. The training pipeline puts a blank row marked
+  `valid` False in its place (`pipeline._TrainBatch`), which the losses leave out; dropping it
+  instead would shorten that process's step (or, with no readable row, its run) and put it out
+  of step with the others.
 
 The counter lives in the process that read the record. With `worker_count=0` that is the main
 process; with Grain worker processes each worker holds its own copy of the source, so the
