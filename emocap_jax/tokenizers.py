@@ -31,6 +31,7 @@ import json
 import os
 import pathlib
 import sys
+import unicodedata
 from typing import Any, Iterable, Iterator, Sequence
 
 import ftfy
@@ -101,7 +102,8 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def identity(self) -> dict[str, Any]:
         """What makes this tokenizer's ``encode`` output unambiguous, independent of the context
-        length and of file locations (kind, cleaning rule, sha256 of the vocabulary or model file).
+        length and of file locations (kind, cleaning rule, sha256 of the vocabulary or model file,
+        and the versions of the libraries the ids depend on, such as ftfy for CLIP BPE).
         Converters record it in a dataset's metadata.json next to the token ids they store; the
         input pipeline uses those ids only for a tokenizer with an equal identity."""
 
@@ -314,7 +316,13 @@ class ClipBpeTokenizer(Tokenizer):
         return raw.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
     def identity(self) -> dict[str, Any]:
-        return {"type": "clip_bpe", "clean": "lower", "vocab_sha256": _sha256(self.vocab_path)}
+        # The ids depend on more than the vocabulary: ftfy.fix_text rewrites non-ASCII text (its
+        # rules change between releases), the word pattern's \p{L} / \p{N} classes come from
+        # regex's Unicode tables, and str.lower / str.split from Python's. Ids stored under
+        # another version of any of them are not reused (the text is tokenized again).
+        return {"type": "clip_bpe", "clean": "lower", "vocab_sha256": _sha256(self.vocab_path),
+                "ftfy": ftfy.__version__, "regex": regex.__version__,
+                "unicode": unicodedata.unidata_version}
 
     def to_config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {"type": "clip_bpe", "context_length": self.context_length}

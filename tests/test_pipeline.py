@@ -771,6 +771,40 @@ def test_another_tokenizer_ignores_the_stored_ids(token_datasets, tmp_path):
     assert int(np.max(batches[0]["global_tokens"])) == sp.eot_id  # sentencepiece ids, not CLIP's
 
 
+def _with_recorded_tokenizer(data_dir, tmp_path, recorded):
+    """A copy of a dataset whose metadata.json records `recorded` as the tokenizer identity."""
+    copy = tmp_path / "ds"
+    shutil.copytree(data_dir, copy)
+    metadata = json.loads((copy / "metadata.json").read_text())
+    metadata["tokenizer"] = recorded
+    (copy / "metadata.json").write_text(json.dumps(metadata))
+    return str(copy)
+
+
+def test_stored_ids_of_another_ftfy_are_tokenized_again(token_datasets, tok, tmp_path, caplog,
+                                                         monkeypatch):
+    """CLIP BPE ids depend on ftfy (fix_text on non-ASCII text): ids stored under another ftfy
+    version, or under metadata.json written before the version was recorded (unknown ftfy), are
+    not used; the text is tokenized on the fly, with a warning saying why."""
+    metadata = json.loads(open(os.path.join(token_datasets["clip"], "metadata.json")).read())
+    assert metadata["tokenizer"]["ftfy"] == tok.identity()["ftfy"]
+    on_the_fly = _token_batches(token_datasets["clip"], tok, stored_tokens=False)
+    old = {k: metadata["tokenizer"][k] for k in ("type", "clean", "vocab_sha256")}
+    old_dir = _with_recorded_tokenizer(token_datasets["clip"], tmp_path / "old", old)
+    with pytest.raises(AssertionError, match="on the fly"):
+        _token_batches(old_dir, _NoTextTokenizer(CONTEXT), n=1)
+    with caplog.at_level("WARNING", logger=pipeline._LOG.name):
+        _assert_batches_equal(on_the_fly, _token_batches(old_dir, tok))
+    assert "ftfy is" in caplog.text and "not recorded" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr("emocap_jax.tokenizers.ftfy.__version__", "0.0-other")
+    assert not pipeline.stored_tokens_usable(metadata, tok)
+    with caplog.at_level("WARNING", logger=pipeline._LOG.name):
+        _assert_batches_equal(on_the_fly, _token_batches(token_datasets["clip"], tok))
+    assert f"ftfy was {metadata['tokenizer']['ftfy']!r} at conversion, '0.0-other' here" \
+        in caplog.text
+
+
 def test_label_captions_are_memoised_with_the_same_rows(token_datasets, tok):
     on_the_fly = _token_batches(token_datasets["labels"], tok, stored_tokens=False)
     memoised = _token_batches(token_datasets["labels"], tok)

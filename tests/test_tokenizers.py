@@ -470,3 +470,12 @@ def test_identity_names_the_vocabulary_not_its_location(clip, sp, tmp_path):
     other = SentencePieceTokenizer.train(caption_sentences(600, seed=1), tmp_path / "other",
                                          SP_VOCAB, minloglevel=2)
     assert other.identity() != sp.identity()
+
+
+def test_clip_identity_names_the_library_versions_its_ids_depend_on(clip, monkeypatch):
+    # ftfy.fix_text rewrites non-ASCII captions, and its rules change between releases: ids stored
+    # under another ftfy (or regex / Unicode tables) must not count as this tokenizer's.
+    identity = clip.identity()
+    assert identity["ftfy"] == ftfy.__version__ and identity["unicode"]
+    monkeypatch.setattr(tk.ftfy, "__version__", "0.0-other")
+    assert clip.identity() != identity and clip.identity()["ftfy"] == "0.0-other"

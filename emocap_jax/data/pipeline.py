@@ -235,11 +235,34 @@ def stored_tokens_usable(metadata: Mapping[str, Any], tokenizer) -> bool:
     """Whether the token ids stored in a dataset (metadata.json's "tokenizer") are the ones
     `tokenizer` gives: its `identity()` equals the recorded one. Tokenizers without an identity
     (any callable) never use them."""
+    return stored_tokens_mismatch(metadata, tokenizer) is None
+
+
+def stored_tokens_mismatch(metadata: Mapping[str, Any], tokenizer) -> str | None:
+    """Why the stored token ids of a dataset cannot be used with `tokenizer` (None when they can).
+
+    An identity recorded before a field was added to it (e.g. the ftfy version, which CLIP BPE
+    ids depend on and metadata.json has recorded since) counts as different: ids made under an
+    unknown ftfy are not trusted, the text is tokenized again (same rows, slower) until the
+    dataset is converted again."""
     recorded = metadata.get("tokenizer")
     identity = getattr(tokenizer, "identity", None)
-    if recorded is None or identity is None or not hasattr(tokenizer, "rows_from_ids"):
-        return False
-    return identity() == recorded
+    if recorded is None:
+        return "the dataset stores no token ids"
+    if identity is None or not hasattr(tokenizer, "rows_from_ids"):
+        return f"{tokenizer!r:.80} is not a project tokenizer (no identity() / rows_from_ids)"
+    current = identity()
+    if current == recorded:
+        return None
+    if not isinstance(recorded, Mapping) or recorded.get("type") != current.get("type"):
+        kind = recorded.get("type") if isinstance(recorded, Mapping) else recorded
+        return f"they were made by a {kind!r} tokenizer, this run's is {current.get('type')!r}"
+    differs = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
+    return "; ".join(
+        f"{key} is {current[key]!r} here but not recorded (metadata.json predates it)"
+        if key not in recorded else
+        f"{key} was {recorded[key]!r} at conversion, {current.get(key)!r} here"
+        for key in differs)
 
 
 def _mark_absl_flags_parsed() -> None:
@@ -515,6 +538,12 @@ def make_train_dataset(config: TrainPipelineConfig | Any, tokenizer, global_batc
     local_batch_size = global_batch_size // process_count
     source, metadata = _open_dataset(config.data_dir, config.verify_checksums, config.on_corrupt)
     use_stored = config.stored_tokens and stored_tokens_usable(metadata, tokenizer)
+    if config.stored_tokens and not use_stored and "tokenizer" in metadata and process_index == 0:
+        # Same batches either way, but tokenizing every sentence again costs data-loading time.
+        _LOG.warning("%s: the token ids stored in the records are not used, the text is "
+                     "tokenized on the fly (slower; convert the dataset again with this "
+                     "environment to store matching ids): %s", config.data_dir,
+                     stored_tokens_mismatch(metadata, tokenizer))
 
     stream = _ShuffledStream(source, _derived_seed(config.seed, _SHUFFLE_STREAM), config.num_epochs)
     # Equal shares, so every process runs the same number of steps (a multi-host step is a
