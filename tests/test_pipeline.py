@@ -1,6 +1,7 @@
 """The Grain input pipelines: epoch coverage, exact resume, corruption handling, local-sentence
 slots, padded evaluation and global batches, on a small dataset made by emocap_jax.data.manifest."""
 
+import dataclasses
 import io
 import math
 import pickle
@@ -803,6 +804,48 @@ def test_stored_ids_of_another_ftfy_are_tokenized_again(token_datasets, tok, tmp
         _assert_batches_equal(on_the_fly, _token_batches(token_datasets["clip"], tok))
     assert f"ftfy was {metadata['tokenizer']['ftfy']!r} at conversion, '0.0-other' here" \
         in caplog.text
+
+
+class _CorruptingClip(type(get_tokenizer("clip"))):
+    """CLIP BPE's identity, but the sentence "bad" gets one id outside [0, vocab_size)."""
+
+    def __init__(self, bad_id):
+        super().__init__()
+        self.bad_id = bad_id
+
+    def encode_batch(self, texts):
+        return [[5, self.bad_id] if t == "bad" else [5, 7] for t in texts]
+
+
+@pytest.mark.parametrize("bad_id,field,where", [(49408, "global", "tokens/global"),
+                                                (-3, "local", "tokens/local (sentence 0)")])
+def test_stored_ids_outside_the_vocabulary_are_refused_naming_file_and_record(
+        tmp_path, tok, monkeypatch, bad_id, field, where):
+    """An id >= vocab_size (or negative) would index the token embedding out of range, which JAX
+    clamps silently: reading one is an error naming the shard, the record and the field."""
+    from emocap_jax.data import example_codec
+
+    # The writer refuses negative ids; a corrupt or foreign record may still hold one.
+    monkeypatch.setattr(example_codec, "_check_token_ids", lambda rec_id, name, ids: list(ids))
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "JPEG")
+    with ShardedRecordWriter(tmp_path / "ds", 1, tokenizer=_CorruptingClip(bad_id)) as writer:
+        for i in range(4):
+            bad = "bad" if i == 2 else "fine"
+            writer.add(FaceRecord(id=f"r{i}", images=[buf.getvalue()], summary="s",
+                                  global_caption=bad if field == "global" else "fine",
+                                  local_captions=[bad if field == "local" else "fine"]))
+    config = _config(str(tmp_path / "ds"), num_epochs=1, max_local_sentences=1,
+                     local_sentences_per_step=1)
+    with pytest.raises(pipeline.StoredTokenError) as info:
+        list(pipeline.make_train_iterator(config, tok, 4, 0, 1))
+    message = str(info.value)
+    assert shard_paths(str(tmp_path / "ds"))[0] in message and "(record 2," in message
+    assert f"record 'r2': stored token id {bad_id} in {where}" in message
+    assert "[0, 49408)" in message
+    # The text itself is fine: tokenizing it on the fly trains.
+    assert len(list(pipeline.make_train_iterator(
+        dataclasses.replace(config, stored_tokens=False), tok, 4, 0, 1))) == 1
 
 
 def test_label_captions_are_memoised_with_the_same_rows(token_datasets, tok):

@@ -16,7 +16,9 @@ Token rows come from the token ids the converter stored in the records when the 
 metadata.json names a tokenizer with the run tokenizer's identity (`Tokenizer.identity()`); they
 are cut and padded to the context length exactly as the tokenizer does. Otherwise (another
 tokenizer, a dataset written without ids, `stored_tokens=False`) the sentences are tokenized on
-the fly. Label-built captions (`captions_from_labels`) are tokenized once per worker and memoised.
+the fly. A stored id outside the tokenizer's vocabulary is a `StoredTokenError` naming the shard and
+the record (the embedding lookup would clamp it silently). Label-built captions
+(`captions_from_labels`) are tokenized once per worker and memoised.
 
 All randomness (the epoch permutations, the crop, flip, jitter and which local sentences are
 used this step) comes from the seed: the shuffle seed and a per-record generator seeded from
@@ -322,6 +324,10 @@ def _caption_free_error(record: example_codec.FaceRecord, why: str) -> ValueErro
                       "(python -m data_prep.captions) or a label")
 
 
+class StoredTokenError(ValueError):
+    """A record's stored token ids cannot be this tokenizer's (out of its vocabulary)."""
+
+
 class _TrainExample:
     """Serialised record -> augmented uint8 image, tokenized sentences and sampled local slots."""
 
@@ -366,6 +372,24 @@ class _TrainExample:
             ids = [encoded[t] if found is None else found for t, found in zip(texts, ids)]
         return ids
 
+    def _check_stored_ids(self, record: example_codec.FaceRecord, ids: list, from_labels: bool,
+                          chosen: list[int]) -> None:
+        """Stored ids outside [0, vocab_size) (a corrupt record, or one written by another
+        tokenizer under this one's identity) would index the token embedding out of range, which
+        JAX clamps silently: refuse them. Only the rows this step uses are checked (a min and a
+        max per sentence, microseconds)."""
+        vocab = self._tokenizer.vocab_size
+        names = ([] if from_labels else ["tokens/global", "tokens/summary"]) + [
+            f"tokens/local (sentence {i})" for i in chosen]
+        for name, row in zip(names, ids[len(ids) - len(names):]):
+            if row and (min(row) < 0 or max(row) >= vocab):
+                bad = next(i for i in row if not 0 <= i < vocab)
+                raise StoredTokenError(
+                    f"record {record.id!r}: stored token id {bad} in {name} is outside the "
+                    f"tokenizer's vocabulary [0, {vocab}): the record is corrupt or was written "
+                    "by another tokenizer than metadata.json names (convert the dataset again, "
+                    "or set data.stored_tokens=False to tokenize the text)")
+
     def random_map(self, data: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
         record = example_codec.decode_record(data)
         # A multi-frame (video) record contributes one random frame per step.
@@ -392,6 +416,7 @@ class _TrainExample:
                 ids = [record.global_tokens, record.summary_tokens]
             if stored:
                 ids += [record.local_tokens[i] for i in chosen]
+                self._check_stored_ids(record, ids, from_labels, chosen)
             else:
                 ids += self._tokenizer.encode_batch([record.local_captions[i] for i in chosen])
             tokens = self._tokenizer.rows_from_ids(ids, self._context_length)
@@ -443,12 +468,19 @@ class _ShuffledStream:
     def __len__(self) -> int:
         return sys.maxsize if self._num_epochs is None else self._num_epochs * self._size
 
-    def __getitem__(self, position: int):
+    def _index(self, position: int) -> int:
         if not 0 <= position < len(self):
             raise IndexError(f"stream position {position} is out of range [0, {len(self)})")
         epoch, index = divmod(position, self._size)
-        return self._source[grain.experimental.index_shuffle(
-            index, max_index=self._size - 1, seed=(self._seed + epoch) % 2**32, rounds=4)]
+        return grain.experimental.index_shuffle(
+            index, max_index=self._size - 1, seed=(self._seed + epoch) % 2**32, rounds=4)
+
+    def __getitem__(self, position: int):
+        return self._source[self._index(position)]
+
+    def locate(self, position: int) -> tuple[str, int, int]:
+        """(shard path, index within the shard, byte offset) of the record at `position`."""
+        return self._source.locate(self._index(position))
 
 
 class _RecordRng:
@@ -516,7 +548,11 @@ class _TrainBatch(grain.transforms.Map):
             if data is None:  # a corrupt record the source skipped (and counted)
                 rows.append(self._example.blank())
                 continue
-            rows.append(self._example.random_map(data, rng_at(position)))
+            try:
+                rows.append(self._example.random_map(data, rng_at(position)))
+            except StoredTokenError as e:
+                path, index, offset = self._stream.locate(position)
+                raise StoredTokenError(f"{path} (record {index}, offset {offset}): {e}") from None
         return self._batch_fn(rows)
 
 
