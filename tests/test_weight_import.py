@@ -628,3 +628,31 @@ def test_attn_mask_tensor_is_dropped_only_when_it_is_the_causal_mask(fixtures_di
         with pytest.raises(convert.ConversionError, match=r"tensor attn_mask \(shape .*\) is not "
                                                            r"the causal text mask"):
             emocap_jax.load(folder)
+
+
+def test_encode_text_refuses_rows_without_the_pooling_token(fixtures_dir):
+    """A tower pooling at the first eot_token_id (hf_clip_tiny: 999) reads a row without it at
+    position 0, as transformers and open_clip do: there the causal tower has seen only the start
+    token, so every such row gets the same embedding. encode_text refuses such rows instead."""
+    hf = emocap_jax.load(fixtures_dir / "hf_clip_tiny")
+    assert hf.config.text.eot_token_id == 999
+    rows = np.array([[998, 5, 6, 999, 0, 0], [998, 5, 6, 7, 8, 0], [998, 9, 999, 0, 0, 0]])
+    with pytest.raises(ValueError, match=r"rows \[1\] hold no end-of-text token 999"):
+        hf.encode_text(rows)
+    np.testing.assert_allclose(hf.encode_text(rows[[0, 2]])[1], hf.encode_text(rows[2:])[0],
+                               atol=1e-6)
+    # What the check prevents: without EOT, two different sentences pool to one embedding.
+    jitted = hf._encode_text
+    a, b = (np.asarray(jitted(hf.params, np.array([r], np.int32)))[0]
+            for r in ([998, 5, 6, 7, 8, 0], [998, 1, 2, 3, 4, 5]))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    # CLIP's argmax rule (eot_token_id None) pools every row somewhere, as open_clip does.
+    oc = emocap_jax.load(fixtures_dir / "openclip_tiny_gelu")
+    assert oc.config.text.eot_token_id is None
+    assert oc.encode_text(rows).shape == (3, 24)
+    # Ids outside the vocabulary would be clamped by the embedding lookup.
+    with pytest.raises(ValueError, match=r"outside the text tower's vocabulary \[0, 1000\) "
+                                         r"\(row 1: 1000\)"):
+        oc.encode_text(np.array([[998, 5, 999], [998, 1000, 999]]))
+    with pytest.raises(ValueError, match=r"row 0: -1"):
+        hf.encode_text(np.array([[998, -1, 999]]))

@@ -10,7 +10,12 @@ from emocap_jax.models.transformer import Transformer
 
 def end_of_text_index(token_ids, eot_token_id):
     """Index of the pooling token in each row: the argmax id (CLIP BPE, whose end-of-text id is the
-    largest) or, when `eot_token_id` is given, its first occurrence (Hugging Face's rule)."""
+    largest) or, when `eot_token_id` is given, its first occurrence (Hugging Face's rule).
+
+    A row without `eot_token_id` gets index 0, as in transformers and open_clip: rows this
+    module cannot refuse inside jit (padded or masked batch rows hold no sentence). Rows from a
+    tokenizer always hold its end-of-text id; `EmoCapCLIP.encode_text`, which takes ids from
+    users, refuses rows without it."""
     if eot_token_id is None:
         return jnp.argmax(token_ids, axis=-1)
     return jnp.argmax(token_ids == eot_token_id, axis=-1)
