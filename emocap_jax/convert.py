@@ -352,15 +352,95 @@ _HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 HF_DEFAULT_EOS_TOKEN_ID = 49407
 # transformers' CLIPVisionConfig / CLIPTextConfig default num_attention_heads.
 _HF_DEFAULT_HEADS = {"vision_config": 12, "text_config": 8}
+# transformers' CLIPVisionConfig / CLIPTextConfig defaults of the fields read here: what
+# CLIPModel builds for a tower config that omits them (and what a `*_config_dict` overrides).
+_HF_TOWER_DEFAULTS = {
+    "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                      "num_attention_heads": 12, "image_size": 224, "patch_size": 32,
+                      "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+    "text_config": {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048,
+                    "num_hidden_layers": 12, "num_attention_heads": 8,
+                    "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                    "layer_norm_eps": 1e-5, "eos_token_id": HF_DEFAULT_EOS_TOKEN_ID},
+}
+HF_DEFAULT_PROJECTION_DIM = 512  # transformers' CLIPConfig.projection_dim default
+
+
+def hf_tower_configs(hf_cfg: dict) -> dict:
+    """A CLIPModel config.json with its towers as transformers' CLIPConfig reads them: configs
+    written by transformers before 4.27 (openai/clip-vit-*) carry `text_config_dict` /
+    `vision_config_dict`, which CLIPConfig merges into `text_config` / `vision_config`: every
+    field of the tower becomes the `*_config_dict`'s value or, where it has none, the tower
+    class's default (CLIPTextConfig(**text_config_dict).to_dict() updates text_config)."""
+    cfg = dict(hf_cfg)
+    for tower in ("text_config", "vision_config"):
+        given = cfg.pop(f"{tower}_dict", None)
+        base = cfg.get(tower)
+        if base is not None and not isinstance(base, dict):
+            raise ConversionError(f"Hugging Face config {tower} must be an object, got "
+                                  f"{type(base).__name__}")
+        base = dict(base or {})
+        if given is not None:
+            if not isinstance(given, dict):
+                raise ConversionError(f"Hugging Face config {tower}_dict must be an object, got "
+                                      f"{type(given).__name__}")
+            # The fields read here take the *_dict's value, else (being absent) the default.
+            base = {k: v for k, v in base.items() if k not in _HF_TOWER_DEFAULTS[tower]}
+            base.update(given)
+        cfg[tower] = base
+    return cfg
+
+
+def _check_hf_config_sizes(cfg: dict, config: CLIPConfig) -> None:
+    """transformers builds CLIPModel from config.json (its defaults for absent fields) and then
+    loads the weights into it: a size the config gives that the weights do not have is a "size
+    mismatch" from_pretrained refuses (an image_size whose patch grid is not the weights'
+    position table, a max_position_embeddings that is not the text table's length, ...), and a
+    layer count that differs loads some layers as random or drops some. Both are refused here,
+    naming the field, its value and the weights'."""
+    v, t = config.vision, config.text
+    checks = [("vision_config", "image_size", v.image_size,
+               f"the weights' position table holds 1 + {v.grid_size} x {v.grid_size} patch "
+               f"positions, {v.image_size} px at {v.patch_size} px patches"),
+              ("vision_config", "patch_size", v.patch_size, None),
+              ("vision_config", "hidden_size", v.width, None),
+              ("vision_config", "intermediate_size", v.mlp_dim, None),
+              ("vision_config", "num_hidden_layers", v.layers, None),
+              ("text_config", "max_position_embeddings", t.context_length,
+               f"the weights' text position table has {t.context_length} rows"),
+              ("text_config", "vocab_size", t.vocab_size, None),
+              ("text_config", "hidden_size", t.width, None),
+              ("text_config", "intermediate_size", t.mlp_dim, None),
+              ("text_config", "num_hidden_layers", t.layers, None)]
+    problems = []
+    for tower, key, weights, why in checks:
+        given = key in cfg[tower]
+        value = cfg[tower].get(key, _HF_TOWER_DEFAULTS[tower][key])
+        if value != weights:
+            problems.append(f"{tower}.{key}={value!r}" + ("" if given else
+                                                          " (absent: transformers' default)")
+                            + f" but {why or f'the weights have {weights}'}")
+    projection = cfg.get("projection_dim", HF_DEFAULT_PROJECTION_DIM)
+    if projection != config.embed_dim:
+        problems.append(f"projection_dim={projection!r}" + (
+            "" if "projection_dim" in cfg else " (absent: transformers' default)")
+            + f" but the weights' projections are {config.embed_dim} wide")
+    if problems:
+        raise ConversionError(
+            "Hugging Face config.json does not describe these weights: " + "; ".join(problems)
+            + ". transformers builds the model its config describes and refuses to load weights "
+            "of other sizes into it (size mismatch): fix config.json, or convert the weights "
+            "without it (the sizes are then read off the weights; --activation gives the "
+            "activation, --image-size resizes the position table)")
 
 
 def _hf_heads(hf_cfg: Optional[dict], tower: str, width: int, head_width: int) -> int:
     """Heads of a tower: its config's num_attention_heads; transformers' default when the tower's
     config omits it (what CLIPModel builds); without a config, the standard head width's."""
     what = "image tower" if tower == "vision_config" else "text tower"
-    tower_cfg = (hf_cfg or {}).get(tower)
-    if not isinstance(tower_cfg, dict):
+    if hf_cfg is None:
         return _heads(width, head_width, what)
+    tower_cfg = hf_cfg[tower]
     heads = int(tower_cfg.get("num_attention_heads", _HF_DEFAULT_HEADS[tower]))
     if heads <= 0 or width % heads:
         raise ConversionError(f"Hugging Face config {tower}.num_attention_heads={heads} "
@@ -378,6 +458,8 @@ def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
             "the activation cannot be read off the weights: pass --activation quick_gelu "
             "(OpenAI's CLIPs) or --activation gelu (LAION's and most other CLIPs), or put the "
             "checkpoint's config.json beside the weights")
+    if hf_cfg is not None:
+        hf_cfg = hf_tower_configs(hf_cfg)
     vcfg = dict((hf_cfg or {}).get("vision_config", {}))
     tcfg = dict((hf_cfg or {}).get("text_config", {}))
     conv = state["vision_model.embeddings.patch_embedding.weight"]
@@ -413,8 +495,11 @@ def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
     if eps != {1e-5}:
         raise ConversionError(f"Hugging Face config layer_norm_eps {sorted(eps)}: only 1e-5 "
                               f"is supported")
-    return CLIPConfig(embed_dim=state["visual_projection.weight"].shape[0], vision=vision,
-                      text=text, activation=activation)
+    config = CLIPConfig(embed_dim=state["visual_projection.weight"].shape[0], vision=vision,
+                        text=text, activation=activation)
+    if hf_cfg is not None:
+        _check_hf_config_sizes(hf_cfg, config)
+    return config
 
 
 # ----------------------------------------------------------------------------------------------

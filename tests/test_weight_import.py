@@ -173,8 +173,73 @@ def test_hf_eos_token_id_default_is_transformers(fixtures_dir):
     state = ref.open_clip_to_hf_names({k: np.broadcast_to(np.float32(0), s) for k, s in
                                        ref.open_clip_shapes(**B16_SHAPES).items()})
     assert convert.infer_hf_config(state, None, "gelu").text.eot_token_id is None
-    assert convert.infer_hf_config(state, {"vision_config": {"num_attention_heads": 12},
+    # (patch_size: transformers' default is 32, and it would not load 16 px patch weights.)
+    assert convert.infer_hf_config(state, {"vision_config": {"patch_size": 16},
                                            "text_config": {}}).text.eot_token_id == 49407
+
+
+def _hf_tiny(fixtures_dir):
+    state = load_file(str(fixtures_dir / "hf_clip_tiny" / "model.safetensors"))
+    return state, json.loads((fixtures_dir / "hf_clip_tiny" / "config.json").read_text())
+
+
+def test_hf_config_dicts_are_merged_as_transformers_does(fixtures_dir):
+    """Configs written by transformers before 4.27 (openai/clip-vit-*) carry text_config_dict /
+    vision_config_dict. transformers' CLIPConfig.__init__ does
+    `text_config.update(CLIPTextConfig(**text_config_dict).to_dict())`: each field is the
+    *_config_dict's value, or CLIPTextConfig's default where it has none, whatever text_config
+    says (transliterated here for the fields that shape the model)."""
+    state, cfg = _hf_tiny(fixtures_dir)
+    sizes = ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size",
+             "max_position_embeddings")
+    text = cfg["text_config"]
+    cfg["text_config_dict"] = {**{k: text[k] for k in sizes}, "num_attention_heads": 2,
+                               "eos_token_id": 2}
+    text.update(num_attention_heads=4, eos_token_id=999)  # stale: the *_dict wins
+    config = convert.infer_hf_config(state, cfg)
+    assert config.text.heads == 2 and config.text.eot_token_id is None  # eos 2: argmax pooling
+    # A field the *_dict omits takes transformers' default, not text_config's value.
+    del cfg["text_config_dict"]["eos_token_id"]
+    assert convert.infer_hf_config(state, cfg).text.eot_token_id == 49407
+    del cfg["text_config_dict"]["num_attention_heads"]
+    assert convert.infer_hf_config(state, cfg).text.heads == 8  # not text_config's 4
+    # The same for the image tower; a *_dict without a tower config at all works too.
+    state, cfg = _hf_tiny(fixtures_dir)
+    cfg["vision_config_dict"] = cfg.pop("vision_config")
+    cfg["vision_config_dict"]["hidden_act"] = "gelu"
+    cfg["text_config"]["hidden_act"] = "gelu"
+    assert convert.infer_hf_config(state, cfg).activation == "gelu"
+    del cfg["vision_config_dict"]["image_size"]  # default 224: not these weights' 32
+    with pytest.raises(convert.ConversionError,
+                       match=r"vision_config.image_size=224 \(absent: transformers' default\)"):
+        convert.infer_hf_config(state, cfg)
+
+
+@pytest.mark.parametrize("tower,key,value,message", [
+    ("vision_config", "image_size", 64, r"vision_config.image_size=64 but the weights' position "
+                                        r"table holds 1 \+ 4 x 4 patch positions, 32 px at 8 px"),
+    ("vision_config", "patch_size", 16, r"vision_config.patch_size=16 but the weights have 8"),
+    ("text_config", "max_position_embeddings", 77,
+     r"text_config.max_position_embeddings=77 but the weights' text position table has 16 rows"),
+    ("text_config", "vocab_size", 49408, r"text_config.vocab_size=49408 but the weights have 1000"),
+    ("vision_config", "num_hidden_layers", 3, r"vision_config.num_hidden_layers=3 but the "
+                                              r"weights have 2"),
+    (None, "projection_dim", 512, r"projection_dim=512 but the weights' projections are 24"),
+])
+def test_hf_config_sizes_must_be_the_weights(fixtures_dir, tmp_path, tower, key, value, message):
+    """transformers builds CLIPModel from config.json and refuses weights of other sizes (size
+    mismatch in from_pretrained): an image_size whose patch grid is not the position table's was
+    loaded here at the weights' size, silently, and is refused now, as is any other size."""
+    state, cfg = _hf_tiny(fixtures_dir)
+    (cfg[tower] if tower else cfg)[key] = value
+    with pytest.raises(convert.ConversionError, match=message):
+        convert.infer_hf_config(state, cfg)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    shutil.copy(fixtures_dir / "hf_clip_tiny" / "model.safetensors", folder)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(convert.ConversionError, match="size mismatch"):
+        emocap_jax.load(folder)
 
 
 def test_numpy_reference_matches_peers(fixtures_dir):
@@ -237,7 +302,8 @@ def test_full_size_vit_b16_open_clip_layout(b16_state_dict, tmp_path):
 def test_full_size_hf_layout_gives_same_params(b16_state_dict):
     params_oc = convert.state_dict_to_params(b16_state_dict, "open_clip", variant("ViT-B-16"))
     hf = ref.open_clip_to_hf_names(b16_state_dict)
-    config = convert.infer_hf_config(hf, {"vision_config": {"num_attention_heads": 12},
+    config = convert.infer_hf_config(hf, {"vision_config": {"num_attention_heads": 12,
+                                                            "patch_size": 16},
                                           "text_config": {"num_attention_heads": 8,
                                                           "eos_token_id": 2}})
     assert config == variant("ViT-B-16")
