@@ -634,60 +634,92 @@ def _cfg_size(value, what: str) -> int:
     return int(value)
 
 
+# open_clip's CLIPVisionCfg / CLIPTextCfg defaults of the sizes: what open_clip builds for a
+# model_cfg tower that omits them (its own model configs always give them).
+OPEN_CLIP_DEFAULTS = {
+    "vision_cfg": {"image_size": 224, "patch_size": 16, "width": 768, "layers": 12,
+                   "mlp_ratio": 4.0},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "layers": 12,
+                 "mlp_ratio": 4.0},
+}
+
+
 def open_clip_config_sizes(params: dict, config: CLIPConfig,
                            oc_cfg: dict) -> tuple[dict, CLIPConfig]:
     """The model open_clip builds from its config, with these weights: open_clip makes the model
-    from `model_cfg` and, loading a checkpoint into it (`load_checkpoint`), resizes the
+    from `model_cfg` (CLIPVisionCfg / CLIPTextCfg defaults for the sizes it omits:
+    `OPEN_CLIP_DEFAULTS`) and, loading a checkpoint into it (`load_checkpoint`), resizes the
     checkpoint's position tables to the model's: the image grid to vision_cfg.image_size //
     patch_size (bicubic, antialiased: `resize_pos_embedding`) and the text table to
     text_cfg.context_length (linear: `resize_text_pos_embedding`). Any other size the config
-    gives that the weights do not have (width, layers, patch, vocabulary, embedding) is a shape
-    mismatch open_clip refuses, and so is refused here, naming both."""
-    vcfg = dict(oc_cfg.get("vision_cfg") or {})
-    tcfg = dict(oc_cfg.get("text_cfg") or {})
+    gives (or defaults to) that the weights do not have (width, layers, patch, vocabulary,
+    embedding) is a shape mismatch open_clip refuses, and so is refused here, naming both; and
+    a model_cfg without embed_dim, vision_cfg or text_cfg, which open_clip's CLIP cannot be
+    built from, is refused."""
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if oc_cfg.get(k) is None]
+    if missing:
+        raise ConversionError(
+            f"open_clip config has no {', '.join(missing)}: open_clip cannot build a model from "
+            f"it (CLIP(embed_dim, vision_cfg, text_cfg) needs all three); give the checkpoint's "
+            f"full open_clip_config.json, or convert the weights without it (--activation)")
+    given = {"vision_cfg": dict(oc_cfg["vision_cfg"]), "text_cfg": dict(oc_cfg["text_cfg"])}
     v, t = config.vision, config.text
-    fixed = [("vision_cfg.patch_size", vcfg.get("patch_size"), v.patch_size),
-             ("vision_cfg.width", vcfg.get("width"), v.width),
-             ("vision_cfg.layers", vcfg.get("layers"), v.layers),
-             ("text_cfg.width", tcfg.get("width"), t.width),
-             ("text_cfg.layers", tcfg.get("layers"), t.layers),
-             ("text_cfg.vocab_size", tcfg.get("vocab_size"), t.vocab_size),
-             ("embed_dim", oc_cfg.get("embed_dim"), config.embed_dim)]
+
+    def value(tower, key):
+        """(the config's size, how the message quotes it): absent is open_clip's default."""
+        if key in given[tower]:
+            return given[tower][key], f"{tower}.{key}={given[tower][key]!r}"
+        default = OPEN_CLIP_DEFAULTS[tower][key]
+        return default, f"{tower}.{key}={default!r} (absent: open_clip's default)"
+
+    fixed = [("vision_cfg", "patch_size", v.patch_size), ("vision_cfg", "width", v.width),
+             ("vision_cfg", "layers", v.layers), ("text_cfg", "width", t.width),
+             ("text_cfg", "layers", t.layers), ("text_cfg", "vocab_size", t.vocab_size)]
     # open_clip's MLP width is int(width * mlp_ratio).
-    for key, cfg, tower in (("vision_cfg", vcfg, v), ("text_cfg", tcfg, t)):
-        ratio = cfg.get("mlp_ratio")
-        if isinstance(ratio, numbers.Real) and int(tower.width * ratio) != tower.mlp_dim:
+    for tower, weights in (("vision_cfg", v), ("text_cfg", t)):
+        ratio, quoted = value(tower, "mlp_ratio")
+        if isinstance(ratio, numbers.Real) and int(weights.width * ratio) != weights.mlp_dim:
             raise ConversionError(
-                f"open_clip config {key}.mlp_ratio={ratio!r} (MLP width "
-                f"{int(tower.width * ratio)}) but the weights' MLP is {tower.mlp_dim} wide: open_clip "
-                f"cannot load these weights into the model its config describes")
-    for key, value, weights in fixed:
-        if value is not None and _cfg_size(value, key) != weights:
+                f"open_clip config {quoted} (MLP width {int(weights.width * ratio)}) but the "
+                f"weights' MLP is {weights.mlp_dim} wide: open_clip cannot load these weights "
+                f"into the model its config describes")
+    for tower, key, weights in fixed:
+        size, quoted = value(tower, key)
+        if _cfg_size(size, f"{tower}.{key}") != weights:
             raise ConversionError(
-                f"open_clip config {key}={value!r} but the weights have {weights}: open_clip "
-                f"cannot load these weights into the model its config describes")
-    if "image_size" in vcfg:
-        size = _cfg_size(vcfg["image_size"], "vision_cfg.image_size")
+                f"open_clip config {quoted} but the weights have {weights}: open_clip cannot "
+                f"load these weights into the model its config describes")
+    if _cfg_size(oc_cfg["embed_dim"], "embed_dim") != config.embed_dim:
+        raise ConversionError(
+            f"open_clip config embed_dim={oc_cfg['embed_dim']!r} but the weights have "
+            f"{config.embed_dim}: open_clip cannot load these weights into the model its config "
+            f"describes")
+    # A size open_clip resizes to from its default rather than the config is worth a warning:
+    # the config's author probably meant the weights' size.
+    size, quoted = value("vision_cfg", "image_size")
+    size = _cfg_size(size, "vision_cfg.image_size")
+    if size != v.image_size:
         if size % v.patch_size:
             raise ConversionError(
-                f"open_clip config vision_cfg.image_size={size} is not a multiple of the "
-                f"{v.patch_size} px patch: open_clip would drop the last {size % v.patch_size} "
-                f"pixel rows and columns, which emocap_jax's ViT does not")
-        if size != v.image_size:
-            log.info("open_clip config vision_cfg.image_size=%d: the weights' %d px position "
-                     "grid is resized to it, as open_clip does", size, v.image_size)
-            params, config = with_image_size(params, config, size)
-    if "context_length" in tcfg:
-        length = _cfg_size(tcfg["context_length"], "text_cfg.context_length")
-        if length != t.context_length:
-            log.info("open_clip config text_cfg.context_length=%d: the weights' %d text "
-                     "positions are resized to it, as open_clip does", length, t.context_length)
-            params = dict(params)
-            params["text"] = dict(params["text"])
-            params["text"]["pos_embedding"] = resize_text_pos_embedding(
-                np.asarray(params["text"]["pos_embedding"]), length)
-            config = config.replace(text=TextConfig(**{**config.text.__dict__,
-                                                       "context_length": length}))
+                f"open_clip config {quoted} is not a multiple of the {v.patch_size} px patch: "
+                f"open_clip would drop the last {size % v.patch_size} pixel rows and columns, "
+                f"which emocap_jax's ViT does not")
+        (log.info if "image_size" in given["vision_cfg"] else log.warning)(
+            "open_clip config %s: the weights' %d px position grid is resized to %d px, as "
+            "open_clip does", quoted, v.image_size, size)
+        params, config = with_image_size(params, config, size)
+    length, quoted = value("text_cfg", "context_length")
+    length = _cfg_size(length, "text_cfg.context_length")
+    if length != t.context_length:
+        (log.info if "context_length" in given["text_cfg"] else log.warning)(
+            "open_clip config %s: the weights' %d text positions are resized to %d, as "
+            "open_clip does", quoted, t.context_length, length)
+        params = dict(params)
+        params["text"] = dict(params["text"])
+        params["text"]["pos_embedding"] = resize_text_pos_embedding(
+            np.asarray(params["text"]["pos_embedding"]), length)
+        config = config.replace(text=TextConfig(**{**config.text.__dict__,
+                                                   "context_length": length}))
     return params, config
 
 

@@ -668,6 +668,49 @@ def test_open_clip_config_sizes_the_weights_cannot_have_are_refused(fixtures_dir
         emocap_jax.load(tmp_path)
 
 
+def test_open_clip_config_without_sizes_takes_open_clips_defaults(fixtures_dir, tmp_path, caplog):
+    """open_clip builds the model of a model_cfg that omits a size with CLIPVisionCfg /
+    CLIPTextCfg's default (image_size 224, context_length 77, patch_size 16, ...) and resizes the
+    checkpoint's position tables to it (load_checkpoint), or refuses other shapes; the weights'
+    own sizes were taken here instead."""
+    source = fixtures_dir / "openclip_tiny_gelu"
+    state = load_file(str(source / "open_clip_model.safetensors"))
+
+    def load(edit):
+        folder = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        shutil.copy(source / "open_clip_model.safetensors", folder)
+        cfg = json.loads((source / "open_clip_config.json").read_text())
+        edit(cfg["model_cfg"])
+        (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+        return emocap_jax.load(folder)
+
+    def without_sizes(cfg):
+        del cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
+
+    with caplog.at_level("WARNING", logger=convert.log.name):
+        model = load(without_sizes)
+    assert model.config.vision.image_size == 224 and model.config.text.context_length == 77
+    assert "vision_cfg.image_size=224 (absent: open_clip's default)" in caplog.text
+    assert "text_cfg.context_length=77 (absent: open_clip's default)" in caplog.text
+    np.testing.assert_array_equal(model.params["visual"]["pos_embedding"],
+                                  convert.resize_pos_embedding(state["visual.positional_embedding"],
+                                                               224 // 8))
+    np.testing.assert_allclose(model.params["text"]["pos_embedding"],
+                               _torch_linear_resize(state["positional_embedding"].tolist(), 77),
+                               atol=1e-5, rtol=0)
+    # Sizes open_clip cannot resize: its default is refused as a given value would be.
+    with pytest.raises(convert.ConversionError, match=re.escape(
+            "vision_cfg.patch_size=16 (absent: open_clip's default) but the weights have 8")):
+        load(lambda cfg: cfg["vision_cfg"].pop("patch_size"))
+    with pytest.raises(convert.ConversionError, match=re.escape(
+            "text_cfg.vocab_size=49408 (absent: open_clip's default) but the weights have 1000")):
+        load(lambda cfg: cfg["text_cfg"].pop("vocab_size"))
+    # CLIP(embed_dim, vision_cfg, text_cfg): open_clip cannot build a model without them.
+    with pytest.raises(convert.ConversionError, match="open_clip config has no embed_dim"):
+        load(lambda cfg: cfg.pop("embed_dim"))
+
+
 def _with_attn_mask(fixtures_dir, tmp_path, mask):
     source = fixtures_dir / "openclip_tiny_gelu"
     state = load_file(str(source / "open_clip_model.safetensors"))
