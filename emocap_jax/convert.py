@@ -350,8 +350,6 @@ _HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 # transformers' CLIPTextConfig default eos_token_id (since its PR #24773, v4.31; it was 2 before,
 # the value it still reads as "pool at the argmax").
 HF_DEFAULT_EOS_TOKEN_ID = 49407
-# transformers' CLIPVisionConfig / CLIPTextConfig default num_attention_heads.
-_HF_DEFAULT_HEADS = {"vision_config": 12, "text_config": 8}
 # transformers' CLIPVisionConfig / CLIPTextConfig defaults of the fields read here: what
 # CLIPModel builds for a tower config that omits them (and what a `*_config_dict` overrides).
 _HF_TOWER_DEFAULTS = {
@@ -441,7 +439,8 @@ def _hf_heads(hf_cfg: Optional[dict], tower: str, width: int, head_width: int) -
     if hf_cfg is None:
         return _heads(width, head_width, what)
     tower_cfg = hf_cfg[tower]
-    heads = int(tower_cfg.get("num_attention_heads", _HF_DEFAULT_HEADS[tower]))
+    heads = int(tower_cfg.get("num_attention_heads",
+                              _HF_TOWER_DEFAULTS[tower]["num_attention_heads"]))
     if heads <= 0 or width % heads:
         raise ConversionError(f"Hugging Face config {tower}.num_attention_heads={heads} "
                               f"(transformers' default when absent) does not divide the "
