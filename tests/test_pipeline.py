@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from emocap_jax.data.manifest import convert_manifest
-from emocap_jax.data import augment, pipeline, tfrecord
+from emocap_jax.data import augment, example_codec, pipeline, tfrecord
 from emocap_jax.data.example_codec import FaceRecord
 from emocap_jax.data.shard_writer import ShardedRecordWriter, shard_paths
 from emocap_jax.data.source import ShardedTFRecordSource
@@ -823,8 +823,6 @@ def test_stored_ids_outside_the_vocabulary_are_refused_naming_file_and_record(
         tmp_path, tok, monkeypatch, bad_id, field, where):
     """An id >= vocab_size (or negative) would index the token embedding out of range, which JAX
     clamps silently: reading one is an error naming the shard, the record and the field."""
-    from emocap_jax.data import example_codec
-
     # The writer refuses negative ids; a corrupt or foreign record may still hold one.
     monkeypatch.setattr(example_codec, "_check_token_ids", lambda rec_id, name, ids: list(ids))
     buf = io.BytesIO()
