@@ -97,8 +97,16 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
             ("eval", corpus / "eval" / "manifest.jsonl", classes)):
         out = data / split
         try:
-            load_metadata(out)
+            stale = pipeline.stored_tokens_mismatch(load_metadata(out), get_tokenizer(config.tokenizer))
         except (FileNotFoundError, ValueError):
+            stale = "not converted yet"
+        # Only the train split stores ids worth reading; the eval split is tokenized on the fly.
+        # Stale ids in the workdir's own corpus (another ftfy, or metadata from before the
+        # identity recorded it) would make every later run tokenize every sentence again; the
+        # records derive from the corpus, so converting again changes nothing but the ids.
+        if stale and (split == "train" or stale == "not converted yet"):
+            if stale != "not converted yet":
+                log.info("converting %s again: its stored token ids cannot be used (%s)", out, stale)
             log.info("converting %s into TFRecords at %s", manifest, out)
             # Token ids from the run's own tokenizer, which the pipeline then reads.
             convert_manifest(manifest, manifest.parent, out, num_shards=8, overwrite=True,

@@ -822,6 +822,45 @@ def test_the_generated_corpus_stores_the_runs_own_token_ids(tmp_path):
     assert load_metadata(train_dir)["tokenizer"] == sp.identity()
 
 
+def test_the_workdirs_corpus_is_converted_again_when_its_stored_ids_are_stale(tmp_path):
+    """A workdir converted under another tokenizer identity (here: metadata from before the
+    identity recorded the ftfy version) would have every later run tokenize every sentence
+    again; prepare_data converts the workdir's own train split again instead, to the same
+    records with usable ids, and leaves an up-to-date one untouched."""
+    from configs.tiny import get_config
+    from emocap_jax import train
+    from emocap_jax.data.example_codec import decode_record
+    from emocap_jax.data.pipeline import stored_tokens_mismatch
+    from emocap_jax.data.shard_writer import load_metadata, shard_paths
+    from emocap_jax.data.source import ShardedTFRecordSource
+    from emocap_jax.tokenizers import get_tokenizer
+
+    config = get_config()
+    config.data.train_dir, config.eval.zero_shot_dir = "", ""
+    config.data.synthetic.update(num=16, size=32, eval_per_class=1)
+    work = str(tmp_path / "work")
+    train_dir, _ = train.prepare_data(config, work)
+
+    def records():
+        source = ShardedTFRecordSource(shard_paths(train_dir))
+        return [decode_record(source[i]) for i in range(len(source))]
+
+    before = records()
+    meta_file = tmp_path / "work" / "data" / "train" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    assert stored_tokens_mismatch(meta, get_tokenizer("clip")) is None
+    del meta["tokenizer"]["ftfy"]
+    meta_file.write_text(json.dumps(meta))
+    assert stored_tokens_mismatch(meta, get_tokenizer("clip")) is not None
+
+    train.prepare_data(config, work)
+    assert stored_tokens_mismatch(load_metadata(train_dir), get_tokenizer("clip")) is None
+    assert records() == before
+    mtime = meta_file.stat().st_mtime_ns
+    train.prepare_data(config, work)
+    assert meta_file.stat().st_mtime_ns == mtime
+
+
 def test_the_generated_corpus_gives_training_faces_label_ids(tmp_path, datasets):
     """The synthetic corpus's training faces carry label ids over its basic and compound classes,
     so label positives act on it; on a dataset converted without a class order (every id -1)
