@@ -35,6 +35,7 @@ from emocap_jax.convert import (WEIGHT_SUFFIXES, ConversionError, convert,
                                 default_tokenizer_config, no_weights_message, not_a_checkpoint,
                                 not_weights_message, weights_in, with_image_size)
 from emocap_jax.evaluate.prompts import EMOTION_TEMPLATES
+from emocap_jax.explain import upsample_maps
 from emocap_jax.losses import sentence_patch_logits
 from emocap_jax.models.clip import CLIP
 from emocap_jax.models.config import CLIPConfig
@@ -287,8 +288,11 @@ class EmoCapCLIP:
         upsample: False returns the patch grid [N, S, grid, grid] (grid = image_size //
             patch_size, twice that with vision.local_head="patch_fine"; row-major:
             maps[i, s, r, c] is the patch in row r, column c); True resizes each map bilinearly
-            to the model's input pixels [N, S, image_size, image_size] (values interpolated, so
-            an upsampled map no longer sums to 1).
+            to the model's input pixels [N, S, image_size, image_size], each token's value at
+            its centre (`VisionConfig.local_token_offset`: its patch's centre; with the
+            convolutional stem its receptive field's, (patch_size - 1) / 2 pixels up and left
+            of the patch's), held beyond the outer tokens (values interpolated, so an upsampled
+            map no longer sums to 1).
         pool_temperature: tau_pool (default `self.pool_temperature`); it sharpens or flattens the
             maps but never moves their maximum.
         Returns float32 maps; on the patch grid each map sums to 1.
@@ -314,8 +318,7 @@ class EmoCapCLIP:
         maps = maps.reshape(len(batch), len(sentences), grid, grid)
         if upsample:
             size = vision.image_size
-            maps = np.asarray(jax.image.resize(maps, (*maps.shape[:2], size, size), "linear"),
-                              np.float32)
+            maps = upsample_maps(maps, size, size, vision.local_token_offset)
         return maps
 
     def _warn_truncated(self, prompts: Sequence[str]) -> None:

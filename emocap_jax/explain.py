@@ -4,15 +4,17 @@
         --explain "open mouth" --output overlays/ faces/
 
 writes one PNG per face: the face as the model sees it (after CLIP's resize and centre crop), then
-one panel per sentence with the map laid over the face (bilinear over the patch grid, the colour
-scale running from the map's minimum to its maximum), the patch it points at outlined, and the
-sentence under the panel with the map's peak weight (against 1 / patches, a flat map).
+one panel per sentence with the map laid over the face (bilinear between the tokens' centres,
+the colour scale running from the map's minimum to its maximum), the patch it points at
+outlined, and the sentence under the panel with the map's peak weight (against 1 / patches, a
+flat map).
 
 In Python:
 
     from emocap_jax.explain import overlay_figure
     maps = model.explain(images, sentences)                    # [N, S, grid, grid]
-    fig = overlay_figure(model.preprocess(images)[0], maps[0], sentences)
+    fig = overlay_figure(model.preprocess(images)[0], maps[0], sentences,
+                         offset=model.config.vision.local_token_offset)
     fig.savefig("overlay.png")
 """
 from __future__ import annotations
@@ -29,13 +31,44 @@ from emocap_jax.preprocess import load_readable_images
 CAPTION_WIDTH = 26  # characters per caption line under a panel
 
 
+def _axis_weights(size: int, grid: int, step: float, offset: float):
+    """(lo, hi, w) interpolating `size` pixels from `grid` samples: sample k at coordinate
+    offset + k * step, pixel i's centre at i + 0.5; beyond the outer samples their values hold."""
+    t = np.clip((np.arange(size) + 0.5 - offset) / step, 0, grid - 1)
+    lo = np.floor(t).astype(int)
+    return lo, np.minimum(lo + 1, grid - 1), t - lo
+
+
+def upsample_maps(maps: np.ndarray, height: int, width: int,
+                  offset: Optional[float] = None) -> np.ndarray:
+    """Maps [..., gh, gw] on the token grid, bilinear to [..., height, width] pixels, each token's
+    value at its centre: token (r, c) at pixel coordinates offset + (c, r) * cell, the cell being
+    width / gw (height / gh); offset (in these pixels) defaults to half a cell, the patch's centre
+    (`VisionConfig.local_token_offset` says where the tokens sit in the model's input; with the
+    convolutional stem it is not there). float32."""
+    maps = np.asarray(maps, np.float64)
+    grid_h, grid_w = maps.shape[-2:]
+    cell_h, cell_w = height / grid_h, width / grid_w
+    off_h = cell_h / 2 if offset is None else float(offset)
+    off_w = cell_w / 2 if offset is None else float(offset)
+    lo, hi, w = _axis_weights(height, grid_h, cell_h, off_h)
+    rows = maps[..., lo, :] * (1 - w)[:, None] + maps[..., hi, :] * w[:, None]
+    lo, hi, w = _axis_weights(width, grid_w, cell_w, off_w)
+    return (rows[..., lo] * (1 - w) + rows[..., hi] * w).astype(np.float32)
+
+
 def overlay_figure(image: np.ndarray, maps: np.ndarray, sentences: Sequence[str],
-                   title: Optional[str] = None, panel_inches: float = 2.3):
+                   title: Optional[str] = None, panel_inches: float = 2.3,
+                   offset: Optional[float] = None):
     """A matplotlib Figure (not registered with pyplot, so loops do not accumulate open figures):
     the face, then one heat-map panel per sentence.
 
     image: [S, S, 3] uint8, the preprocessed face (`model.preprocess(...)[i]`); maps: [n, gh, gw]
-    one map per sentence on the patch grid (`model.explain(...)[i]`)."""
+    one map per sentence on the patch grid (`model.explain(...)[i]`); offset: where the first
+    token's centre lies along either axis in the image's pixels
+    (`model.config.vision.local_token_offset` for an image at the model's size; default half a
+    cell, the patch's centre). Each map is drawn bilinear between the token centres
+    (`upsample_maps`), the token it peaks on outlined by a cell-sized square around its centre."""
     # matplotlib is optional (drawing only): loaded when a figure is drawn.
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -51,19 +84,24 @@ def overlay_figure(image: np.ndarray, maps: np.ndarray, sentences: Sequence[str]
     fig = Figure(figsize=(panel_inches * (len(sentences) + 1),
                           panel_inches + 0.2 * (lines + 1) + (0.3 if title else 0)))
     axes = fig.subplots(1, len(sentences) + 1, squeeze=False)[0]
-    extent = (0, width, height, 0)  # pixel edges, so the map's cells line up with the patches
+    extent = (0, width, height, 0)  # pixel edges, so the heat's pixels line up with the face's
     axes[0].imshow(image, extent=extent)
     axes[0].set_title("face", fontsize=9)
     flat = 1.0 / (grid_h * grid_w)
-    for ax, heat, caption in zip(axes[1:], maps, captions):
+    cell_w, cell_h = width / grid_w, height / grid_h
+    off_w = cell_w / 2 if offset is None else float(offset)
+    off_h = cell_h / 2 if offset is None else float(offset)
+    pixels = upsample_maps(maps, height, width, offset)
+    for ax, heat, up, caption in zip(axes[1:], maps, pixels, captions):
         ax.imshow(image, extent=extent)
-        ax.imshow(heat, cmap="jet", alpha=0.5, interpolation="bilinear",
+        ax.imshow(up, cmap="jet", alpha=0.5, interpolation="bilinear",
                   extent=extent, vmin=float(heat.min()),
                   vmax=float(max(heat.max(), heat.min() + 1e-12)))
         row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
-        cell_w, cell_h = width / grid_w, height / grid_h
-        ax.add_patch(Rectangle((col * cell_w, row * cell_h), cell_w, cell_h, fill=False,
-                               edgecolor="white", linewidth=1.5))
+        ax.add_patch(Rectangle((off_w + (col - 0.5) * cell_w, off_h + (row - 0.5) * cell_h),
+                               cell_w, cell_h, fill=False, edgecolor="white", linewidth=1.5))
+        ax.set_xlim(0, width)  # the conv stem's edge squares reach half a cell past the image
+        ax.set_ylim(height, 0)
         ax.set_title(f"peak {heat.max():.2f} (flat {flat:.2f})", fontsize=8)
         ax.set_xlabel(caption, fontsize=8)
     for ax in axes:
@@ -114,7 +152,8 @@ def write_overlays(model, paths: Sequence[os.PathLike], sentences: Sequence[str]
                 continue
         maps = model.explain(images, sentences)
         for path, name, image, face_maps in zip(chunk, chunk_names, images, maps):
-            fig = overlay_figure(image, face_maps, sentences, title=str(path))
+            fig = overlay_figure(image, face_maps, sentences, title=str(path),
+                                 offset=model.config.vision.local_token_offset)
             target = output / name
             fig.savefig(target, dpi=100)
             written.append((str(path), target))

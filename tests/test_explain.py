@@ -119,6 +119,44 @@ def test_explain_maps_the_fine_heads_grid(fine_model, faces):
     assert np.argwhere(moved).tolist() == [[3, 5]]
 
 
+def test_conv_stem_maps_put_each_token_at_its_receptive_field_centre(tmp_path_factory, faces):
+    # model.vision.stem="conv": token (r, c)'s receptive field is centred on input pixel
+    # (8r, 8c) (coordinate 8k + 0.5), 3.5 px before its 8-px patch's centre. Reference: each
+    # row and column interpolated with np.interp between those centres (held beyond the ends).
+    import dataclasses
+
+    import emocap_jax
+    from emocap_jax.explain import overlay_figure
+    from tests.inference_fixtures import tiny_model_config
+
+    config = tiny_model_config()
+    config = config.replace(vision=dataclasses.replace(config.vision, stem="conv"))
+    conv = emocap_jax.load(make_tiny_export(tmp_path_factory.mktemp("conv") / "export",
+                                            config=config))
+    images = conv.preprocess(faces[1][:1])
+    maps = conv.explain(images, SENTENCES[:2])
+    up = conv.explain(images, SENTENCES[:2], upsample=True)
+    assert maps.shape == (1, 2, 4, 4) and up.shape == (1, 2, 32, 32)
+    centres = np.arange(4) * 8 + 0.5
+    pixels = np.arange(32) + 0.5
+    for k in range(2):
+        grid_map = maps[0, k].astype(np.float64)
+        rows = np.stack([np.interp(pixels, centres, grid_map[:, c]) for c in range(4)], axis=1)
+        expected = np.stack([np.interp(pixels, centres, rows[i]) for i in range(32)])
+        np.testing.assert_allclose(up[0, k], expected, atol=1e-6)
+        np.testing.assert_allclose(up[0, k][::8, ::8], grid_map, atol=1e-6)  # at pixels 8k
+    # The overlay draws the same values and outlines the peak token's square around its centre.
+    fig = overlay_figure(images[0], maps[0], SENTENCES[:2],
+                         offset=conv.config.vision.local_token_offset)
+    for k, ax in enumerate(fig.axes[1:]):
+        heat = ax.get_images()[1].get_array()
+        np.testing.assert_allclose(heat, up[0, k], atol=1e-6)
+        row, col = np.unravel_index(np.argmax(maps[0, k]), (4, 4))
+        (outline,) = ax.patches
+        np.testing.assert_allclose(outline.get_xy(), (8 * col - 3.5, 8 * row - 3.5))
+        assert ax.get_xlim() == (0, 32) and ax.get_ylim() == (32, 0)
+
+
 def test_explain_uses_the_recorded_pool_temperature(export_dir, tmp_path, model, faces):
     import shutil
 

@@ -324,6 +324,99 @@ def test_patch_centres_are_where_each_local_token_looks(local_head, tmp_path):
         assert abs(cx - (x + 0.5)) < patch / 2 and abs(cy - (y + 0.5)) < patch / 2, (y, x)
 
 
+def _stem_gradient(stem_params, stem, size, token):
+    """[size, size] |d token / d image| summed over channels, at a zero image."""
+    import jax
+    import jax.numpy as jnp
+
+    image = jnp.zeros((1, size, size, 3))
+    grad = jax.grad(lambda x: stem.apply(stem_params, x)[0, token].sum())(image)
+    return np.abs(np.asarray(grad[0], np.float64)).sum(-1)
+
+
+@pytest.mark.parametrize("patch", [2, 4, 8])
+def test_conv_stem_tokens_sit_at_their_receptive_field_centres(patch):
+    # The reference: the gradient of one stem token with respect to the image. With every weight
+    # 1 and every bias 0 the stem is linear at a zero image (GELU'(0) = 1/2 everywhere), so the
+    # gradient counts the paths from each pixel to the token, symmetric about the field's
+    # centre: its centroid is that centre wherever the zero padding does not cut the field.
+    import jax
+    import jax.numpy as jnp
+
+    from emocap_jax.models.config import VisionConfig
+    from emocap_jax.models.vit import ConvStem
+
+    size = 6 * patch
+    vision = VisionConfig(image_size=size, patch_size=patch, stem="conv")
+    grid = vision.local_grid_size
+    centres = grounding.token_centres(vision, (size, size)).reshape(grid, grid, 2)
+    stem = ConvStem(16, patch)
+    params = stem.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+    ones = jax.tree_util.tree_map(lambda a: jnp.ones_like(a) if a.ndim > 1 else jnp.zeros_like(a),
+                                  params)
+    coords = np.arange(size) + 0.5
+    for row, col in [(1, 1), (2, 4), (5, 5), (4, 2)]:  # fields inside the image
+        weights = _stem_gradient(ones, stem, size, row * grid + col)
+        cx = (weights.sum(0) * coords).sum() / weights.sum()
+        cy = (weights.sum(1) * coords).sum() / weights.sum()
+        np.testing.assert_allclose(centres[row, col], [cx, cy], atol=1e-6)
+        np.testing.assert_allclose(centres[row, col], [col * patch + 0.5, row * patch + 0.5])
+    # With random weights the field's extent is the same: pixels p*k - (p-1) .. p*k + (p-1)
+    # around the centre pixel p*k, cut by the image's edges (the first row and column hang half
+    # over the zero padding).
+    randomised = jax.tree_util.tree_map(
+        lambda a: jax.random.normal(jax.random.PRNGKey(a.size), a.shape), params)
+    for row, col in [(0, 0), (0, 3), (2, 5), (5, 1)]:
+        support = _stem_gradient(randomised, stem, size, row * grid + col) > 0
+        for axis, k, centre in ((0, col, centres[row, col, 0]), (1, row, centres[row, col, 1])):
+            seen = np.flatnonzero(support.any(axis=axis))
+            lo, hi = max(centre - 0.5 - (patch - 1), 0), min(centre - 0.5 + (patch - 1), size - 1)
+            assert (seen.min(), seen.max()) == (lo, hi), (row, col, axis)
+    # The linear stem and the fine head's own linear squares stay at their squares' centres.
+    for other in (dataclasses.replace(vision, stem="patch"),
+                  dataclasses.replace(vision, local_head="patch_fine")):
+        square = other.local_patch_size
+        np.testing.assert_allclose(grounding.token_centres(other, (size, size))[1],
+                                   [1.5 * square, 0.5 * square])
+
+
+def test_conv_stem_token_centres_follow_the_models_local_tokens():
+    # End to end through the image tower: with the conv stem and a per-patch local head, each
+    # local token's gradient reaches exactly the pixels within p - 1 of its centre pixel
+    # (token_centres, what evaluate_split points with), and the pointer uses those centres
+    # through the resize and crop of a non-square stored image.
+    import jax
+    import jax.numpy as jnp
+
+    from emocap_jax.models.clip import CLIP, param_shapes
+    from tests.inference_fixtures import tiny_model_config
+
+    config = tiny_model_config()
+    config = config.replace(vision=dataclasses.replace(config.vision, stem="conv",
+                                                       local_head="patch_mlp"))
+    vision = config.vision
+    size, patch, grid = vision.image_size, vision.patch_size, vision.local_grid_size
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s),
+                                                          jnp.float32),
+                                    param_shapes(config), is_leaf=lambda x: isinstance(x, tuple))
+    model = CLIP(config)
+    image = jnp.asarray(rng.standard_normal((1, size, size, 3)), jnp.float32)
+    centres = grounding.token_centres(vision, (size, size))
+    for token in (grid + 1, 2 * grid + 3, grid * grid - 1):
+        grad = jax.grad(lambda x: model.apply({"params": params}, x, True,
+                                              method=CLIP.encode_image)[1][0, token].sum())(image)
+        support = np.abs(np.asarray(grad[0])).sum(-1) > 0
+        ys, xs = np.nonzero(support)
+        cx, cy = centres[token]
+        assert (xs.min() + xs.max() + 1) / 2 == cx and (ys.min() + ys.max() + 1) / 2 == cy, token
+        assert xs.max() - xs.min() == 2 * (patch - 1)
+    # Stored 2x the input, non-square: centres scale by 2 and shift by the crop's offset.
+    stored = (4 * size, 2 * size)
+    np.testing.assert_allclose(grounding.token_centres(vision, stored),
+                               centres * 2 + [size, 0])
+
+
 def test_summary_per_region_and_overall():
     # Which of 4 patches would hit, per pair: the best fixed patch for the eyes is patch 2 (hits
     # both eyes pairs), for the mouth patch 0, for the brows any (the first, 0).

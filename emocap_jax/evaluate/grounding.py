@@ -19,8 +19,10 @@ region r(u) is known:
     p* = argmax_p map_i(u)[p]                              (independent of tau_pool > 0)
     hit = centre(p*) lies in a box of r(u), dilated by the tolerance
 
-where centre(p*) is the centre of patch p* in the model's input, mapped back into the stored
-image's pixel coordinates through the evaluation preprocessing (shorter side resized to the
+where centre(p*) is where token p* sits in the model's input (the centre of its patch; with the
+convolutional stem the centre of its receptive field, (p - 1) / 2 pixels before the patch's
+centre in x and y: `VisionConfig.local_token_offset`), mapped back into the stored image's pixel
+coordinates through the evaluation preprocessing (shorter side resized to the
 model's input size, central square crop). Boxes are half-open in continuous pixel coordinates
 (pixel j spans [j, j + 1)). Accuracy = hits / pairs, per region and over all pairs. Chance is the
 area fraction of the union of the region's (dilated) boxes in the part of the stored image the
@@ -122,24 +124,29 @@ def _resized(input_size: int, stored_size: Sequence[int]) -> tuple[int, int, int
     return new_w, new_h, int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
 
 
-def patch_centres(grid: int, patch_size: int, input_size: int, stored_size: Sequence[int]
-                  ) -> np.ndarray:
+def patch_centres(grid: int, patch_size: int, input_size: int, stored_size: Sequence[int],
+                  offset: Optional[float] = None) -> np.ndarray:
     """[grid * grid, 2] (x, y) centres of the patches (row-major, the tokens' order) in the
     stored image's continuous pixel coordinates, inverting `augment.resize_center_crop`: the
-    shorter side resized to `input_size` (the longer truncated to int), then the central crop."""
+    shorter side resized to `input_size` (the longer truncated to int), then the central crop.
+    In the model's input patch (r, c) is centred at offset + (c, r) * patch_size; offset
+    defaults to half a patch (the square's centre)."""
     width, height = (int(v) for v in stored_size)
     new_w, new_h, left, top = _resized(input_size, stored_size)
+    offset = patch_size / 2 if offset is None else float(offset)
     rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
-    x = ((cols.ravel() + 0.5) * patch_size + left) * (width / new_w)
-    y = ((rows.ravel() + 0.5) * patch_size + top) * (height / new_h)
+    x = (cols.ravel() * patch_size + offset + left) * (width / new_w)
+    y = (rows.ravel() * patch_size + offset + top) * (height / new_h)
     return np.stack([x, y], axis=-1)
 
 
 def token_centres(vision, stored_size: Sequence[int]) -> np.ndarray:
     """patch_centres of the local tokens of a model with VisionConfig `vision`: the local head's
-    grid and square side (half the ViT's patch with local_head="patch_fine"), not the ViT's."""
+    grid and square side (half the ViT's patch with local_head="patch_fine"), not the ViT's, and
+    where its tokens sit (`VisionConfig.local_token_offset`: with the convolutional stem, the
+    centre of each token's receptive field, not of its patch)."""
     return patch_centres(vision.local_grid_size, vision.local_patch_size, vision.image_size,
-                         stored_size)
+                         stored_size, vision.local_token_offset)
 
 
 def view_box(input_size: int, stored_size: Sequence[int]) -> np.ndarray:

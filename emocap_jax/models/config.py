@@ -69,6 +69,23 @@ class VisionConfig:
         return self.image_size // self.local_patch_size
 
     @property
+    def local_token_offset(self) -> float:
+        """Where the local tokens sit in the model's input: local token (row r, column c) is
+        centred at pixel coordinates (x, y) = offset + (c, r) * local_patch_size (continuous
+        coordinates: pixel j spans [j, j + 1)). The centre of its square (half a square) for the
+        linear patch embeddings; with the convolutional stem (local_head other than
+        "patch_fine", which embeds its own squares linearly) the centre of the token's receptive
+        field: log2(p) stride-2 3x3 convolutions with one pixel of padding centre output token k
+        on input pixel p * k (each layer's output j on its input's 2j), i.e. coordinate
+        p * k + 0.5, (p - 1) / 2 pixels before its patch's centre. The field spans pixels
+        p * k - (p - 1) .. p * k + (p - 1), so the first row's and column's hang half over the
+        zero padding. "patch_conv"'s 3x3 window over the token grid is centred on the token, so
+        it moves no centre."""
+        if self.stem == "conv" and self.local_head != "patch_fine":
+            return 0.5
+        return self.local_patch_size / 2
+
+    @property
     def num_patches(self) -> int:
         return self.grid_size ** 2
 
