@@ -48,6 +48,9 @@ import numpy as np
 from markdown_tables import begin_marker, mean_std_cell, write_table  # bench/ is sys.path[0]
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # emocap_jax of this checkout
+
+from emocap_jax.cli_errors import positive_int  # noqa: E402
 
 VARIANTS = {
     "global_only": "global term only",
@@ -87,9 +90,9 @@ def parse_args(argv=None):
                    help="fine-tune each variant once per seed (default: 0 1 2)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
                    help=f"configs/ablations.py variants to fine-tune (default: {' '.join(DEFAULT_VARIANTS)})")
-    p.add_argument("--pretrain-steps", type=int, default=700,
+    p.add_argument("--pretrain-steps", type=positive_int, default=700,
                    help="steps of the shared pretrain run (default: 700)")
-    p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS,
+    p.add_argument("--finetune-steps", type=positive_int, default=FINETUNE_STEPS,
                    help=f"steps of each fine-tune (default: {FINETUNE_STEPS})")
     p.add_argument("--finetune-au-drop", type=float, default=0.0, metavar="P",
                    help="fine-tune on a corpus like the pretrain's but with each action unit of a "
@@ -98,7 +101,7 @@ def parse_args(argv=None):
                    help="fine-tune on a corpus like the pretrain's whose global sentences also "
                    "name each face's looks (skin, hair, tilt, light, background, clothes)")
     p.add_argument("--base", default="demo", help="config module the ablations sit on")
-    p.add_argument("--jobs", type=int, default=1, help="fine-tunes run at once")
+    p.add_argument("--jobs", type=positive_int, default=1, help="fine-tunes run at once")
     p.add_argument("--output", default="ABLATIONS.md",
                    help="Markdown file whose table between the markers is rewritten (default: ABLATIONS.md)")
     p.add_argument("--render-only", action="store_true",

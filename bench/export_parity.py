@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import pathlib
 import sys
 import tempfile
@@ -49,6 +50,7 @@ except ImportError as error:
 
 import emocap_jax  # noqa: E402
 from emocap_jax import export, params_io  # noqa: E402
+from emocap_jax.cli_errors import float_in  # noqa: E402
 from emocap_jax.config_utils import clip_config  # noqa: E402
 from emocap_jax.data.synthetic.faces import render_face, sample_face_spec  # noqa: E402
 from emocap_jax.models.clip import CLIP_MEAN, CLIP_STD, param_shapes  # noqa: E402
@@ -113,7 +115,7 @@ def main() -> int:
     parser.add_argument("--input", help="a training workdir or export folder (default: a "
                                         "random-init model of the demo's architecture)")
     parser.add_argument("--work", help="folder for the exports (default: a temporary one)")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
+    parser.add_argument("--tolerance", type=float_in(0, math.inf, high_open=True), default=1e-4,
                         help="largest absolute feature difference on the same inputs that passes; "
                              "above it the exit status is 1 (default: 1e-4)")
     parser.add_argument("--vision-pool", choices=("token", "gap"), default="token",

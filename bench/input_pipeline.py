@@ -32,6 +32,8 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from emocap_jax.cli_errors import non_negative_int, positive_int  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -40,32 +42,25 @@ def parse_args(argv=None):
                         "default: make one under --work-dir")
     parser.add_argument("--work-dir", default="/tmp/emocap_bench_input",
                         help="where the fabricated dataset is kept (default: %(default)s)")
-    parser.add_argument("--num", type=int, default=3000,
+    parser.add_argument("--num", type=positive_int, default=3000,
                         help="faces to fabricate when --data is not given (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=256,
+    parser.add_argument("--size", type=positive_int, default=256,
                         help="side of the fabricated face JPEGs (default: %(default)s)")
-    parser.add_argument("--shards", type=int, default=8,
+    parser.add_argument("--shards", type=positive_int, default=8,
                         help="TFRecord shards of the fabricated dataset (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=224,
+    parser.add_argument("--image-size", type=positive_int, default=224,
                         help="output side after the random resized crop (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=64, help="batch size (default: %(default)s)")
-    parser.add_argument("--workers", type=int, nargs="+", default=None,
+    parser.add_argument("--batch", type=positive_int, default=64, help="batch size (default: %(default)s)")
+    parser.add_argument("--workers", type=non_negative_int, nargs="+", default=None,
                         help="Grain worker counts to time (default: 0 1 and the core count)")
-    parser.add_argument("--read-threads", type=int, default=None,
+    parser.add_argument("--read-threads", type=positive_int, default=None,
                         help="reader threads per process (default: the pipeline's default)")
-    parser.add_argument("--steps", type=int, default=30,
+    parser.add_argument("--steps", type=positive_int, default=30,
                         help="timed batches per row (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=3,
+    parser.add_argument("--warmup", type=non_negative_int, default=3,
                         help="untimed batches before timing (default: %(default)s)")
     parser.add_argument("--skip-tf", action="store_true", help="do not time tf.data")
     args = parser.parse_args(argv)
-    for name in ("num", "size", "shards", "image_size", "batch", "steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
-    if args.workers is not None and min(args.workers) < 0:
-        parser.error("--workers must be >= 0")
     if args.data and not os.path.isfile(os.path.join(args.data, "metadata.json")):
         parser.error(f"--data {args.data} is not a dataset directory (no metadata.json)")
     return args

@@ -19,25 +19,33 @@ import pathlib
 import shlex
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
+
+# Loads no JAX: the device count must be set (in main) before jax is imported.
+from emocap_jax.cli_errors import non_negative_int, positive_int  # noqa: E402
+
 MIB = 1024 * 1024
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192, 16384],
+    parser.add_argument("--sizes", type=positive_int, nargs="+",
+                        default=[256, 512, 1024, 2048, 4096, 8192, 16384],
                         help="global batch sizes N for table 1 (default: %(default)s)")
-    parser.add_argument("--dim", type=int, default=512, help="embedding width D (default: %(default)s)")
-    parser.add_argument("--chunk", type=int, default=128,
+    parser.add_argument("--dim", type=positive_int, default=512,
+                        help="embedding width D (default: %(default)s)")
+    parser.add_argument("--chunk", type=positive_int, default=128,
                         help="chunk size c of the chunked form (default: %(default)s)")
-    parser.add_argument("--devices", type=int, default=8,
+    parser.add_argument("--devices", type=positive_int, default=8,
                         help="number of simulated CPU devices (default: %(default)s)")
-    parser.add_argument("--per-device", type=int, default=1024,
+    parser.add_argument("--per-device", type=positive_int, default=1024,
                         help="fixed per-device batch n for table 2 (default: %(default)s)")
     parser.add_argument("--mining", default="off", choices=["off", "text", "image", "both"],
                         help="mining mode included in the loss (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=0, help="mining top-k (default: %(default)s)")
-    parser.add_argument("--skip-single-above", type=int, default=16384,
+    parser.add_argument("--top-k", type=non_negative_int, default=0,
+                        help="mining top-k, 0: no cap (default: %(default)s)")
+    parser.add_argument("--skip-single-above", type=non_negative_int, default=16384,
                         help="do not compile the single-device form above this N (default: %(default)s)")
     args = parser.parse_args(argv)
     bad = [n for n in args.sizes if n % args.devices or n % args.chunk]
@@ -46,8 +54,6 @@ def parse_args(argv=None):
     if args.per_device % args.chunk:
         # Table 2 starts with one device, where N = n.
         parser.error(f"--per-device {args.per_device} must be divisible by --chunk {args.chunk}")
-    if args.devices < 1:
-        parser.error("--devices must be >= 1")
     return args
 
 
@@ -57,7 +63,6 @@ def main(argv=None):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={args.devices}").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
     import jax
     import jax.numpy as jnp

@@ -42,6 +42,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_j
 
 import emocap_jax  # noqa: E402
 from emocap_jax import mining  # noqa: E402
+from emocap_jax.cli_errors import non_negative_int, positive_int  # noqa: E402
 from emocap_jax.data import label_captions  # noqa: E402
 from emocap_jax.data.example_codec import decode_record  # noqa: E402
 from emocap_jax.data.shard_writer import shard_paths  # noqa: E402
@@ -66,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--threshold", type=float, nargs="+", default=[0.9],
                    help="cosine floors to try, one rule each (config.loss.mining.threshold; "
                         "default: 0.9)")
-    p.add_argument("--top-k", type=int, default=8,
+    p.add_argument("--top-k", type=non_negative_int, default=8,
                    help="at most this many mined positives per row, 0: no cap "
                         "(config.loss.mining.top_k; default: 8)")
     p.add_argument("--relative-threshold", type=float, default=None,
@@ -82,10 +83,10 @@ def parse_args(argv=None):
                    help="the mutual cap (config.loss.mining.mutual): a pair within both rows' "
                         "top-k; default as configs/default.py (%(default)s); --no-mutual: the "
                         "one-sided cap ABLATIONS.md's guide figures were measured with")
-    p.add_argument("--records", type=int, default=2048,
+    p.add_argument("--records", type=positive_int, default=2048,
                    help="labelled records drawn from --data and encoded once (default: 2048)")
     p.add_argument("--batch", type=int, default=64, help="records per mining batch (default: 64)")
-    p.add_argument("--batches", type=int, default=50,
+    p.add_argument("--batches", type=positive_int, default=50,
                    help="random batches the rules are measured on (default: 50)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the record draw and the batches (default: 0)")

@@ -17,9 +17,14 @@ import argparse
 import collections
 import glob
 import os
+import pathlib
 import re
+import sys
 import tempfile
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
+
+from emocap_jax.cli_errors import positive_int  # noqa: E402
 
 # Lines of a device plane that repeat the time of its operations (not counted).
 _AGGREGATE_LINES = {"XLA Modules", "Steps", "Launch Stats", "TensorFlow Name Scope",
@@ -31,13 +36,13 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-16",
                         help="architecture (open_clip name; default: ViT-B-16)")
-    parser.add_argument("--batch", type=int, default=8, help="global batch size (default: 8)")
+    parser.add_argument("--batch", type=positive_int, default=8, help="global batch size (default: 8)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="compute dtype of the model (default: fp32)")
     parser.add_argument("--remat", default="dots", help="none, full or dots")
     parser.add_argument("--attention", default="auto",
                         help="attention kernel: auto, xla or cudnn (default: auto)")
-    parser.add_argument("--top", type=int, default=15, help="single operations to list")
+    parser.add_argument("--top", type=positive_int, default=15, help="single operations to list")
     args = parser.parse_args()
 
     import jax

@@ -59,6 +59,8 @@ import types
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # emocap_jax from this checkout
 
+from emocap_jax.cli_errors import non_negative_int, positive_int  # noqa: E402
+
 # Dense peak throughput per GPU (NVIDIA datasheets; the sparse figures are twice these), by
 # precision, matched against the device name most specific first: "NVIDIA H100 PCIe" is not the
 # SXM part's 989 TFLOP/s.
@@ -512,13 +514,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-16", help="architecture (open_clip name)")
-    parser.add_argument("--batch", type=int, default=32, help="global batch size")
+    parser.add_argument("--batch", type=positive_int, default=32, help="global batch size")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="compute dtype (bf16: emocap_jax bfloat16 compute, open_clip torch "
                              "autocast; default: fp32)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--steps", type=positive_int, default=3, help="timed steps")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed steps first")
+    parser.add_argument("--rounds", type=positive_int, default=1,
                         help="run every implementation this many times, alternating, each in a "
                              "fresh process; the table pools all timed steps")
     parser.add_argument("--lr", type=float, default=1e-5,
@@ -536,7 +538,7 @@ def main():
     parser.add_argument("--data", help="also time each emocap_jax step fed by the Grain "
                         "training pipeline from this dataset directory (TFRecords), or "
                         "'synthetic' for fabricated faces (see the docstring)")
-    parser.add_argument("--data-workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--data-workers", type=non_negative_int, default=os.cpu_count() or 1,
                         help="Grain worker processes for --data (default: the core count)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -544,8 +546,6 @@ def main():
     if args.data and args.data != "synthetic" and \
             not os.path.isfile(os.path.join(args.data, "metadata.json")):
         parser.error(f"--data {args.data}: not a dataset directory (no metadata.json)")
-    if args.data_workers < 0:
-        parser.error("--data-workers must be >= 0")
 
     if args.worker:
         kind, remat, attention = (args.worker.split(":") + ["", ""])[:3]

@@ -50,3 +50,52 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         sys.exit(report(message))
+
+
+# ------------------------------------------------------------------------------------------------
+# argparse types for numbers with a range: argparse reports a bad value as
+# "argument --batch: must be a positive integer, got '0'", naming the option.
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (a batch, steps, shards, workers...)."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of a count where 0 means none or off (warm-up steps, a top-k of 0: no cap)."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def float_in(low: float, high: float, low_open: bool = False, high_open: bool = False
+             ) -> Callable[[str], float]:
+    """argparse type of a real number in [low, high] (an end excluded where `*_open`; an infinite
+    end for a one-sided range); NaN is refused too, as it compares false with everything."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        inside = ((low < value if low_open else low <= value)
+                  and (value < high if high_open else value <= high))
+        if not inside:
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text!r}")
+        return value
+
+    parse.__name__ = f"number in {interval}"
+    return parse

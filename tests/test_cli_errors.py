@@ -409,6 +409,63 @@ def test_prep_unknown_command_of_the_umbrella(places):
     _assert_one_line(result, "'benchmark'", "benchmarks", "emocap-prep --help")
 
 
+# ---------------------------------------------------------------- bench scripts: counts and ranges
+
+@pytest.mark.parametrize("script, args", [
+    ("ablations", ["--pretrain-steps", "0"]), ("ablations", ["--finetune-steps", "-5"]),
+    ("ablations", ["--jobs", "0"]),  # ThreadPoolExecutor(0) failed after the pretrain had run
+    ("input_pipeline", ["--read-threads", "0"]), ("input_pipeline", ["--batch", "0"]),
+    ("input_pipeline", ["--warmup", "-1"]), ("input_pipeline", ["--workers", "1", "-2"]),
+    ("loss_memory", ["--devices", "0"]), ("loss_memory", ["--chunk", "0"]),  # ZeroDivisionError
+    ("loss_memory", ["--sizes", "0"]), ("loss_memory", ["--per-device", "0"]),
+    ("loss_memory", ["--dim", "0"]), ("loss_memory", ["--top-k", "-1"]),
+    ("mining_guides", ["--checkpoint", "c", "--data", "d", "--records", "0"]),
+    ("mining_guides", ["--checkpoint", "c", "--data", "d", "--batches", "0"]),
+    ("mining_guides", ["--checkpoint", "c", "--data", "d", "--top-k", "-1"]),
+])
+def test_bench_counts_out_of_range_are_refused_naming_the_option(script, args, capsys):
+    from tests.conftest import load_bench_script
+
+    module = load_bench_script(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args(args)
+    assert exit_info.value.code == 2
+    option = [a for a in args if a.startswith("--")][-1]
+    assert f"error: argument {option}: must be a " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, args", [
+    ("step_profile", ["--batch", "0"]),  # ZeroDivisionError after building the model
+    ("step_profile", ["--top", "-1"]),  # listed all operations but the last
+    ("train_step", ["--steps", "0"]),  # every row "failed: ZeroDivisionError"
+    ("train_step", ["--rounds", "0"]), ("train_step", ["--warmup", "-1"]),
+    ("export_parity", ["--tolerance", "-1"]),  # every comparison failed
+])
+def test_bench_scripts_refuse_bad_numbers_before_running(script, args):
+    result = subprocess.run([sys.executable, f"bench/{script}.py", *args], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"error: argument {args[0]}: must be " in result.stderr, result.stderr[-2000:]
+
+
+def test_range_types_accept_their_ends_and_refuse_what_lies_beyond():
+    import argparse
+
+    assert cli_errors.positive_int("1") == 1 and cli_errors.non_negative_int("0") == 0
+    for parse, text in ((cli_errors.positive_int, "0"), (cli_errors.non_negative_int, "-1"),
+                        (cli_errors.positive_int, "2.5")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+    unit = cli_errors.float_in(0, 1, high_open=True)
+    assert unit("0") == 0.0 and unit("0.999") == 0.999
+    for text in ("1", "-0.1", "nan", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"\[0, 1\)|a number"):
+            unit(text)
+    assert cli_errors.float_in(0, 1, low_open=True)("1") == 1.0
+    with pytest.raises(argparse.ArgumentTypeError, match=r"\(0, 1\]"):
+        cli_errors.float_in(0, 1, low_open=True)("0")
+
+
 # ---------------------------------------------------------------- the mechanism itself
 
 def test_usage_errors_exit_2_and_internal_errors_keep_their_traceback(capsys):
