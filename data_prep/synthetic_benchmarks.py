@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from emocap_jax.evaluate.synthetic_benchmarks import SPLITS, generate_benchmarks
-from emocap_jax.cli_errors import ArgumentParser, entry_point
+from emocap_jax.cli_errors import ArgumentParser, entry_point, non_negative_int
 
 __all__ = ["generate_benchmarks", "main"]
 
@@ -21,7 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Write synthetic benchmark splits (basic faces with captions, AUs and "
                                                  "multiple-choice questions; compound faces; video clips) as TFRecords.")
     parser.add_argument("--output", required=True, help="output folder: OUT/basic, OUT/compound, OUT/video")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    # NumPy refuses a negative seed with a message that names no option.
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     parser.add_argument("--per-class", type=int, default=40, help="basic faces per class (default 40, as the corpus's eval split)")
     parser.add_argument("--compound-per-class", type=int, default=20, help="compound faces per class (default 20)")
     parser.add_argument("--clips-per-class", type=int, default=10, help="video clips per basic class (default 10)")

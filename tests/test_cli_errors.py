@@ -291,6 +291,23 @@ def test_evaluate_multiple_choice_template_without_its_option(places, template, 
     _assert_one_line(result, f"--mc-template {template!r}", fragment)
 
 
+@pytest.mark.parametrize("protocol, flag, value, fragment", [
+    # An annotated intensity of 0 is an absent AU: a negative threshold counted it as present.
+    ("au_detection", "--au-threshold", "-1", "must be in [0, inf), got '-1'"),
+    ("au_detection", "--au-threshold", "nan", "must be in [0, inf), got 'nan'"),
+    # The rest ran the model over the data first, then failed naming no option (NumPy's or
+    # scikit-learn's seed errors) or measured nothing (a NaN tolerance or C).
+    ("few_shot", "--shots", "4,0", "shots must be >= 1, got [0]"),
+    ("few_shot", "--seeds", "0,-1", "seeds must be >= 0, got [-1]"),
+    ("linear_probe", "--seed", "-1", "must be a non-negative integer, got '-1'"),
+    ("linear_probe", "--c-grid", "1,nan", "C values must be positive and finite"),
+    ("grounding", "--grounding-tolerance", "nan", "must be in [0, inf), got 'nan'"),
+])
+def test_evaluate_numbers_out_of_range(places, protocol, flag, value, fragment):
+    result = _evaluate(places, **{"--protocol": protocol, flag: value})
+    _assert_one_line(result, f"argument {flag}", fragment)
+
+
 def test_evaluate_empty_dataset(places):
     _assert_one_line(_evaluate(places, **{"--data": places["empty_dataset"]}),
                      places["empty_dataset"], "holds no records")
@@ -401,6 +418,14 @@ def test_prep_synthetic_benchmarks_with_no_splits(places):
         result = _run("data_prep.synthetic_benchmarks", "--output", str(output),
                       "--splits", splits, "--no-progress")
         _assert_one_line(result, "no splits given", "'basic', 'compound', 'video'")
+    assert not output.exists()
+
+
+def test_prep_synthetic_benchmarks_with_a_negative_seed(places):
+    """NumPy's "expected non-negative integer" named no option."""
+    output = places["root"] / "negative_seed"
+    result = _run("data_prep.synthetic_benchmarks", "--output", str(output), "--seed", "-1")
+    _assert_one_line(result, "argument --seed", "must be a non-negative integer, got '-1'")
     assert not output.exists()
 
 

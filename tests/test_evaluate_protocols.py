@@ -201,6 +201,10 @@ def test_au_labels_scores_and_f1_against_sklearn():
     assert au_detection.au_labels(annotations, [1, 12], threshold=0.2)[1].tolist() == [False,
                                                                                      False]
     assert au_detection.codes_in(annotations) == [1, 12]
+    # Intensity 0 is an absent AU; a threshold below it would make it present.
+    for threshold in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="AU threshold must be >= 0"):
+            au_detection.au_labels([{"AU1": 0.0}], [1], threshold)
     # Positive prompt on axis 0/1, negative on axis 2/3: images pointing at the positive detect.
     positive, negative = np.eye(4)[:2], np.eye(4)[2:]
     images = np.array([[1, 1, 0, 0], [1, 0, 0, 1], [0, 0, 1, 1], [0, 1, 1, 0]], np.float32)

@@ -21,7 +21,11 @@ def au_names(codes: Sequence[int]) -> list[str]:
 def au_labels(annotations: Sequence[Mapping[str, float]], codes: Sequence[int],
               threshold: float = 0.0) -> np.ndarray:
     """[N, L] booleans: AU `codes[j]` is present in record i when its annotated intensity is above
-    `threshold`. Annotation keys may be spelled "AU1", "AU01" or "1"."""
+    `threshold`. Annotation keys may be spelled "AU1", "AU01" or "1". Intensities are >= 0 with
+    0 meaning absent, so a threshold below 0 (or NaN) is refused: it would count those as present."""
+    if not threshold >= 0:
+        raise ValueError(f"AU threshold must be >= 0 (an intensity of 0 is an absent AU), got "
+                         f"{threshold}")
     wanted = {c: j for j, c in enumerate(codes)}
     out = np.zeros((len(annotations), len(codes)), bool)
     for i, aus in enumerate(annotations):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import string
 import sys
 from typing import Optional, Sequence
@@ -18,7 +19,7 @@ from typing import Optional, Sequence
 import ml_collections
 
 import emocap_jax.storage as storage
-from emocap_jax.cli_errors import ArgumentParser, entry_point
+from emocap_jax.cli_errors import ArgumentParser, entry_point, float_in, non_negative_int
 from emocap_jax.evaluate import registry, report
 
 EPILOG = """\
@@ -54,14 +55,25 @@ example (the embedded synthetic benchmark):
 """
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
-    if not values:
-        raise argparse.ArgumentTypeError("empty list")
-    return values
+def _int_list(low: int, what: str):
+    """argparse type of a comma-separated list of integers >= low (shots: >= 1; seeds: >= 0,
+    which NumPy's and scikit-learn's generators require)."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of integers") from None
+        if not values:
+            raise argparse.ArgumentTypeError("empty list")
+        bad = [v for v in values if v < low]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{text!r}: {what} must be >= {low}, got {bad}")
+        return values
+
+    parse.__name__ = f"list of {what}"
+    return parse
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -69,8 +81,8 @@ def _float_list(text: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: C values must be positive")
+    if not values or not all(0 < v < math.inf for v in values):  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r}: C values must be positive and finite")
     return values
 
 
@@ -121,18 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--c-grid", type=_float_list, default=None,
                    help="comma-separated inverse regularisation strengths to try "
                         "(default 0.01,0.1,...,10000)")
-    g.add_argument("--shots", type=_int_list, default=(1, 2, 4, 8, 16),
+    g.add_argument("--shots", type=_int_list(1, "shots"), default=(1, 2, 4, 8, 16),
                    help="few-shot k values (default 1,2,4,8,16)")
-    g.add_argument("--seeds", type=_int_list, default=(0, 1, 2),
+    g.add_argument("--seeds", type=_int_list(0, "seeds"), default=(0, 1, 2),
                    help="few-shot sampling seeds (default 0,1,2)")
     g.add_argument("--unbalanced-probe", dest="balanced_probe", action="store_false",
                    help="fit the linear and few-shot probes unweighted (default: class-balanced, "
                         "each class weighted by 1 / its frequency, since the headline is UAR)")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the cross-validation and validation splits (default 0)")
     g = p.add_argument_group("AU detection, retrieval, multiple choice")
-    g.add_argument("--au-threshold", type=float, default=0.0,
-                   help="an AU counts as present above this annotated intensity (default 0)")
+    # Annotated intensities are >= 0, 0 meaning absent: a negative threshold would count every
+    # AU a record annotates as 0 as present. No upper bound: the scale is the dataset's (0/1
+    # occurrences, 0-5 intensities).
+    g.add_argument("--au-threshold", type=float_in(0, math.inf, high_open=True), default=0.0,
+                   help="an AU counts as present above this annotated intensity, >= 0 (default "
+                        "0: any intensity above 0)")
     g.add_argument("--caption-field", default="full",
                    choices=("full", "global", "summary", "local"),
                    help="retrieval text: the whole caption (mean of its sentence embeddings) or "
@@ -145,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("grounding")
     g.add_argument("--regions", default=None,
                    help="regions file (default: regions.jsonl in the dataset folder)")
-    g.add_argument("--grounding-tolerance", type=float, default=0.0, metavar="PX",
+    g.add_argument("--grounding-tolerance", type=float_in(0, math.inf, high_open=True),
+                   default=0.0, metavar="PX",
                    help="a pointer this many pixels (of the stored image) outside the region's "
                         "boxes still hits; chance grows with the boxes (default 0)")
     g = p.add_argument_group("devices")
@@ -220,8 +237,6 @@ def _check(args, parser) -> None:
     if args.regions is not None and not storage.isfile(args.regions):
         parser.error(f"--regions {args.regions}: no such file")
     _check_mc_template(args.mc_template, parser)
-    if args.grounding_tolerance < 0:
-        parser.error(f"--grounding-tolerance must be >= 0, got {args.grounding_tolerance}")
     for flag, value, low in (("batch-size", args.batch_size, 1), ("frames", args.frames, 1),
                              ("num-folds", args.num_folds, 2)):
         if value is not None and value < low:

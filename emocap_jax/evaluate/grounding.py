@@ -334,7 +334,7 @@ def evaluate_split(encoder, data_dir: str, regions_path: Optional[str] = None,
             f"face and the region of each local sentence ({REGIONS_FILE} beside the dataset: "
             "`python -m data_prep.synthetic_benchmarks` writes one into OUT/basic/, and training "
             "on the synthetic corpus into WORKDIR/data/eval/), or pass --regions FILE")
-    if tolerance < 0:
+    if not tolerance >= 0:  # NaN too: it would dilate every box into nothing
         raise ValueError(f"--grounding-tolerance must be >= 0, got {tolerance}")
 
     entries = load_regions(regions_path)
