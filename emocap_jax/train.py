@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pathlib
 import re
@@ -239,6 +240,38 @@ def check_train_settings(config) -> None:
     if not isinstance(config.train.eval_every, int) or config.train.eval_every < 0:
         raise UsageError(f"config.train.eval_every={config.train.eval_every!r}: give a number "
                          f"of steps (0: evaluate only at the end)")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_number_settings(config) -> None:
+    """Optimiser and loss numbers out of their range, checked before anything compiles: each used
+    to train without a word. A negative learning rate climbed the loss (and a negative
+    end_learning_rate_fraction ended the schedule below 0), negative warm-up steps skipped the
+    warm-up, a negative weight decay or grad_clip_norm (< 0: off, as 0) pushed weights up or
+    clipped nothing, b1 or b2 outside [0, 1) made Adam's averages diverge, and a
+    local_pool_temperature of 0 made every local logit infinite (a non-finite loss at step 1)."""
+    optim = config.optim
+    ranges = (("learning_rate", optim.learning_rate, lambda v: v > 0, "a number > 0"),
+              ("end_learning_rate_fraction", optim.end_learning_rate_fraction,
+               lambda v: 0 <= v <= 1, "a fraction of the peak learning rate in [0, 1]"),
+              ("weight_decay", optim.weight_decay, lambda v: v >= 0, "a number >= 0"),
+              ("b1", optim.b1, lambda v: 0 <= v < 1, "a decay rate in [0, 1)"),
+              ("b2", optim.b2, lambda v: 0 <= v < 1, "a decay rate in [0, 1)"),
+              ("eps", optim.eps, lambda v: v >= 0, "a number >= 0"),
+              ("grad_clip_norm", optim.grad_clip_norm, lambda v: v >= 0,
+               "a gradient norm >= 0 (0: no clipping)"))
+    for name, value, ok, what in ranges:
+        if not _number(value) or not ok(value):
+            raise UsageError(f"config.optim.{name}={value!r}: give {what}")
+    if not isinstance(optim.warmup_steps, int) or optim.warmup_steps < 0:
+        raise UsageError(f"config.optim.warmup_steps={optim.warmup_steps!r}: give a number of "
+                         f"steps, at least 0")
+    tau = config.loss.get("local_pool_temperature", 1.0)
+    if not _number(tau) or tau <= 0:
+        raise UsageError(f"config.loss.local_pool_temperature={tau!r}: give a temperature > 0")
 
 
 def check_loss_settings(config, train_dir: str) -> None:
@@ -495,6 +528,7 @@ def train_and_evaluate(config, workdir) -> dict:
     workdir = storage.absolute(workdir)
     storage.makedirs(workdir)
     check_train_settings(config)
+    check_number_settings(config)
     model_config, tokenizer = check_model_and_data_settings(config)
     # Before the JAX backend starts: data preparation forks worker processes.
     train_dir, eval_dir = prepare_data(config, workdir)

@@ -195,6 +195,15 @@ def test_train_with_a_bad_input_pipeline_setting_stops_before_the_data_is_prepar
     assert not (workdir / "synthetic").exists() and not (workdir / "data").exists()
 
 
+def test_train_with_a_negative_learning_rate_stops_before_the_data_is_prepared(places):
+    """It trained, climbing the loss, and exited 0."""
+    workdir = places["root"] / "negative_learning_rate"
+    result = _run(*TRAIN, f"--workdir={workdir}", "--config.optim.learning_rate=-0.001",
+                  "--config.data.synthetic.num=16", "--config.data.synthetic.size=32")
+    _assert_one_line(result, "config.optim.learning_rate=-0.001: give a number > 0")
+    assert not (workdir / "synthetic").exists() and not (workdir / "data").exists()
+
+
 def test_an_unknown_eval_benchmark_is_a_usage_error():
     """--mode=eval's config.eval.benchmarks entries are checked with a UsageError (one line on
     the command line; it was a ValueError traceback), still a ValueError to library callers."""

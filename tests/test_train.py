@@ -166,6 +166,40 @@ def test_an_unknown_on_nonfinite_or_a_zero_interval_is_refused():
         check_train_settings(config)
 
 
+@pytest.mark.parametrize("group, name, value", [
+    ("optim", "learning_rate", -1.0),  # the schedule went to -0.54 at step 50: gradient ascent
+    ("optim", "learning_rate", float("nan")),
+    ("optim", "end_learning_rate_fraction", -2.0),  # the decay ended below 0
+    ("optim", "end_learning_rate_fraction", 1.5),
+    ("optim", "warmup_steps", -5),  # no warm-up, silently
+    ("optim", "weight_decay", -0.1), ("optim", "b1", 1.0), ("optim", "b2", 1.5),
+    ("optim", "eps", -1e-6), ("optim", "grad_clip_norm", -1.0),  # < 0 meant no clipping
+    ("loss", "local_pool_temperature", 0.0),  # every local logit infinite
+])
+def test_optimiser_and_loss_numbers_out_of_range_are_refused(group, name, value):
+    from configs import tiny
+    from emocap_jax.cli_errors import UsageError
+    from emocap_jax.train import check_number_settings
+
+    config = tiny.get_config()
+    check_number_settings(config)
+    config[group][name] = value
+    with pytest.raises(UsageError, match=rf"config\.{group}\.{name}={value!r}: give "):
+        check_number_settings(config)
+
+
+def test_the_ends_of_the_number_ranges_are_allowed():
+    from configs import tiny
+    from emocap_jax.train import check_number_settings
+
+    config = tiny.get_config()
+    for name, value in (("end_learning_rate_fraction", 0.0), ("end_learning_rate_fraction", 1.0),
+                        ("warmup_steps", 0), ("weight_decay", 0.0), ("b1", 0.0),
+                        ("grad_clip_norm", 0.0), ("eps", 0.0)):
+        config.optim[name] = value
+    check_number_settings(config)
+
+
 def test_a_tokenizer_the_text_tower_cannot_pool_is_refused(tmp_path):
     """A sentencepiece model with sentencepiece's default ids (eos 2, not the largest id) under the
     default argmax pooling used to train a text tower pooled at an arbitrary word, silently."""
