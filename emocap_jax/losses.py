@@ -10,7 +10,8 @@ What is here:
   `normalize_L1(positive_i + weight * mined_i)`, used for both directions.
 * `local_region_sentence_loss`: region-sentence alignment; each local sentence pools every image's
   patch tokens with itself as the attention query, then InfoNCE sentence->image and multi-positive
-  image->sentence over the batch.
+  image->sentence over the batch. Trained on groups of faces, never the global batch
+  (`grouped_local_loss`, `sharded_local_loss`): each device's share, or a fixed group size.
 * Sharded forms inside `jax.shard_map` over a data axis: each device holds n = N / D rows,
   all-gathers the other modality and computes [n, N] logits (open_clip's "local loss with gathered
   gradients"; the transpose of all_gather is a reduce-scatter, so gradients need no extra code).
@@ -486,35 +487,94 @@ def sharded_global_contrastive_loss(image_emb, text_emb, logit_scale, mesh: Mesh
               jnp.asarray(mining_scale, jnp.float32), guides, labels, valid)
 
 
-def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh: Mesh,
-                       axis: AxisName = "data", within_image_weight=0.0, valid=None) -> jax.Array:
-    """Local loss on each device's own batch of B / D images, averaged over devices.
+def _local_group_sums(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool,
+                      within_image_weight, group_size: int | None, valid=None):
+    """`_local_loss_parts` of each group of `group_size` consecutive faces (None: the whole
+    batch is one group), summed over the groups that have something to average: (sum of the
+    sentence/image terms, how many groups hold a valid sentence, sum of the within-image terms,
+    how many groups hold an image with two), all float32 scalars. valid: optional bool [B],
+    invalid images (records skipped as corrupt) left out of their group."""
+    batch = patch_tokens.shape[0]
+    valid = _check_valid(valid, batch)
+    if group_size is None or group_size == batch:
+        pair_term, has_sentences, within_term, has_two = _local_loss_parts(
+            patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, within_image_weight,
+            valid)
+        has_sentences, has_two = has_sentences.astype(jnp.float32), has_two.astype(jnp.float32)
+        return pair_term * has_sentences, has_sentences, within_term * has_two, has_two
+    if valid is None:
+        valid = jnp.ones((batch,), bool)
+    split = lambda x: x.reshape(batch // group_size, group_size, *x.shape[1:])  # noqa: E731
+    # within_image_weight stays a Python number (it decides whether the term is built at all).
+    parts = jax.vmap(lambda p, s, m, ok: _local_loss_parts(p, s, m, logit_scale, tau_pool,
+                                                           within_image_weight, ok))
+    pair_term, has_sentences, within_term, has_two = parts(
+        split(patch_tokens), split(sentence_emb), split(sentence_mask), split(valid))
+    has_sentences, has_two = has_sentences.astype(jnp.float32), has_two.astype(jnp.float32)
+    return (jnp.sum(pair_term * has_sentences), jnp.sum(has_sentences),
+            jnp.sum(within_term * has_two), jnp.sum(has_two))
 
-    This is NOT the local loss of the global batch: negatives are only the images and sentences on
-    the same device (by design; the cost is B x B*R x P x D per device), so its value depends on
-    the number of devices. On the D contiguous batch blocks, it is the mean of
-    `local_region_sentence_loss`'s sentence/image term over the blocks holding a valid sentence,
-    plus within_image_weight x the mean of its within-image term over the blocks holding an image
-    with two. A block without one has nothing to average; counting it as 0 would shrink the loss
-    and its gradient by 1/D for each such device. No valid sentence anywhere gives 0.
-    valid: optional bool [B]; each block's loss is that of the block without its invalid images.
+
+def _check_group_size(group_size, batch: int, where: str):
+    if group_size is not None and (not isinstance(group_size, int) or group_size < 1
+                                   or batch % group_size):
+        raise ValueError(f"local loss: group_size={group_size!r} must be a whole number that "
+                         f"divides {where} ({batch} faces)")
+
+
+def grouped_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool,
+                       group_size: int | None = None, within_image_weight=0.0,
+                       valid=None) -> jax.Array:
+    """The local loss with the batch cut into consecutive groups of `group_size` faces, each
+    group its own set of negatives, on one device: the mean of `local_region_sentence_loss`'s
+    sentence/image term over the groups holding a valid sentence, plus within_image_weight x the
+    mean of its within-image term over the groups holding an image with two. group_size None:
+    one group, `local_region_sentence_loss` itself. The single-device reference of
+    `sharded_local_loss`, which computes the same groups where each device holds whole ones.
+    valid: optional bool [B]; each group's loss is that of the group without its invalid images."""
+    _check_group_size(group_size, patch_tokens.shape[0], "the batch")
+    pair_sum, pair_count, within_sum, within_count = _local_group_sums(
+        patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, within_image_weight,
+        group_size, valid)
+    loss = pair_sum / jnp.maximum(pair_count, 1.0)
+    if within_image_weight:
+        loss = loss + within_image_weight * within_sum / jnp.maximum(within_count, 1.0)
+    return loss
+
+
+def sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh: Mesh,
+                       axis: AxisName = "data", within_image_weight=0.0, valid=None,
+                       group_size: int | None = None) -> jax.Array:
+    """Local loss on groups of faces that never straddle devices, averaged over the groups.
+
+    This is NOT the local loss of the global batch: a sentence's negatives are only the faces of
+    its group (by design; the cost is B x B*R x P x D per device). group_size None: each device's
+    B / D faces are one group, so the value depends on the number of devices. A fixed group_size
+    (dividing B / D) cuts the batch into the same consecutive groups on any mesh, so the value
+    is `grouped_local_loss` of the whole batch whatever the device count. The mean of the
+    sentence/image term is over the groups holding a valid sentence, and the within-image part's
+    over the groups holding an image with two. A group without one has nothing to average;
+    counting it as 0 would shrink the loss and its gradient for each such group. No valid
+    sentence anywhere gives 0.
+    valid: optional bool [B]; each group's loss is that of the group without its invalid images.
     """
     batch = patch_tokens.shape[0]
-    _check_batch("local loss", batch, _axis_size(mesh, axis), axis)
+    num_shards = _axis_size(mesh, axis)
+    _check_batch("local loss", batch, num_shards, axis)
+    _check_group_size(group_size, batch // num_shards,
+                      f"the share of each of the {num_shards} devices of mesh axis {axis!r}")
     valid = _check_valid(valid, batch)
     if valid is None:
         valid = jnp.ones((batch,), bool)
 
-    def mean_where(value, present):
-        present = present.astype(jnp.float32)
-        return jax.lax.psum(value * present, axis) / jnp.maximum(jax.lax.psum(present, axis), 1.0)
-
     def body(patches, sentences, mask, scale, tau, ok):
-        pair_term, has_sentences, within_term, has_two = _local_loss_parts(
-            patches, sentences, mask, scale, tau, within_image_weight, ok)
-        loss = mean_where(pair_term, has_sentences)
+        pair_sum, pair_count, within_sum, within_count = _local_group_sums(
+            patches, sentences, mask, scale, tau, within_image_weight, group_size, ok)
+        mean = lambda total, count: (  # noqa: E731
+            jax.lax.psum(total, axis) / jnp.maximum(jax.lax.psum(count, axis), 1.0))
+        loss = mean(pair_sum, pair_count)
         if within_image_weight:
-            loss = loss + within_image_weight * mean_where(within_term, has_two)
+            loss = loss + within_image_weight * mean(within_sum, within_count)
         return loss
 
     fn = jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P(), P(axis)),
@@ -560,17 +620,22 @@ def contrastive_loss(image_emb, text_emb, logit_scale, *, mesh: Mesh | None = No
 
 def local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, *, mesh: Mesh | None = None,
                axis: AxisName = "data", impl: str = "single", within_image_weight=0.0,
-               valid=None) -> jax.Array:
-    """Local region-sentence term. impl "single": over the whole batch; "sharded": per-device
-    batches averaged over devices (a different, cheaper loss; see `sharded_local_loss`).
-    within_image_weight: see `local_region_sentence_loss`. valid: optional bool [B], invalid
-    images (records skipped as corrupt) left out."""
+               valid=None, group_size: int | None = None) -> jax.Array:
+    """Local region-sentence term. impl "single": on one device; "sharded": each device's faces
+    on their own (see `sharded_local_loss`). group_size: faces per group of negatives (see
+    `grouped_local_loss`); None: the whole batch ("single") or each device's share ("sharded"),
+    which makes the sharded value depend on the device count. Both impls give the same value
+    for the same group_size. within_image_weight: see `local_region_sentence_loss`. valid:
+    optional bool [B], invalid images (records skipped as corrupt) left out."""
     if impl not in LOCAL_IMPLS:
         raise ValueError(f"impl={impl!r} is not one of {LOCAL_IMPLS}")
     if impl == "single":
-        return local_region_sentence_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool,
-                                          within_image_weight, valid)
+        if group_size is None:
+            return local_region_sentence_loss(patch_tokens, sentence_emb, sentence_mask,
+                                              logit_scale, tau_pool, within_image_weight, valid)
+        return grouped_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale,
+                                  tau_pool, group_size, within_image_weight, valid)
     if mesh is None:
         raise ValueError("impl='sharded' needs a mesh")
     return sharded_local_loss(patch_tokens, sentence_emb, sentence_mask, logit_scale, tau_pool, mesh, axis,
-                              within_image_weight, valid)
+                              within_image_weight, valid, group_size)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from emocap_jax import losses
 from emocap_jax.mining import (MiningConfig, mined_positive_targets, mining_statistics,
@@ -376,6 +377,62 @@ def test_a_device_without_local_sentences_does_not_dilute_the_sharded_local_loss
             (0, 1))(patches[b], sentences[b])
         assert_close(g_patches[b], per_device[0])
         assert_close(g_sentences[b], per_device[1])
+
+
+def _np_grouped_local_loss(patches, sentences, mask, group, within):
+    """The plain-loop local loss of each group of `group` consecutive faces, averaged over the
+    groups that have something to average (as the per-device form averages over devices)."""
+    pairs, withins = [], []
+    for start in range(0, len(mask), group):
+        b = slice(start, start + group)
+        pair = _np_local_loss(patches[b], sentences[b], mask[b], SCALE, TAU)
+        if mask[b].any():
+            pairs.append(pair)
+        if (mask[b].sum(axis=1) >= 2).any():
+            withins.append(_np_local_loss(patches[b], sentences[b], mask[b], SCALE, TAU, 1.0) - pair)
+    return np.mean(pairs) + (within * np.mean(withins) if within else 0.0)
+
+
+@pytest.mark.parametrize("within", [0.0, 0.7])
+def test_a_fixed_local_group_size_gives_the_same_loss_on_any_mesh(local_batch, within):
+    """With group_size, the local loss's negatives are the same groups of consecutive faces
+    whatever the number of devices: on 8, 4, 2 and 1 devices (2 to 16 faces each, 1 to 8 groups
+    per device) the value is the plain-loop reference's on those groups and the gradient the
+    single-device form's. Without it each device's share is the group, and the value changed
+    with the device count (a run resumed on another mesh changed its objective)."""
+    patches, sentences, mask = local_batch
+    mask = mask.copy()
+    mask[4:6] = False  # a group with no valid sentence: it has nothing to average
+    group = 2
+    expected = _np_grouped_local_loss(patches, sentences, mask, group, within)
+    single = jax.jit(jax.value_and_grad(lambda p, s: losses.local_loss(
+        p, s, mask, SCALE, TAU, group_size=group, within_image_weight=within), (0, 1)))
+    ref_value, ref_grads = single(patches, sentences)
+    assert_close(ref_value, expected)
+    per_device = {}
+    for devices in (8, 4, 2, 1):
+        mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+        fn = lambda p, s, mesh=mesh, g=None: losses.local_loss(  # noqa: E731
+            p, s, mask, SCALE, TAU, mesh=mesh, impl="sharded", within_image_weight=within,
+            group_size=g)
+        value, grads = jax.jit(jax.value_and_grad(
+            lambda p, s, fn=fn: fn(p, s, g=group), (0, 1)))(patches, sentences)
+        assert_close(value, expected)
+        for g, g_ref in zip(grads, ref_grads):
+            assert_close(g, g_ref)
+        per_device[devices] = float(jax.jit(fn)(patches, sentences))
+    assert_close(per_device[8], expected)  # 2 faces per device: the same groups
+    assert len({round(v, 4) for v in per_device.values()}) == 4, per_device
+
+
+def test_a_local_group_that_does_not_fit_the_devices_is_refused(mesh, local_batch):
+    patches, sentences, mask = local_batch
+    with pytest.raises(ValueError, match=r"group_size=4 must be a whole number that divides the "
+                                         r"share of each of the 8 devices .* \(2 faces\)"):
+        losses.local_loss(patches, sentences, mask, SCALE, TAU, mesh=mesh, impl="sharded",
+                          group_size=4)
+    with pytest.raises(ValueError, match=r"group_size=3 .* divides the batch \(16 faces\)"):
+        losses.local_loss(patches, sentences, mask, SCALE, TAU, group_size=3)
 
 
 # ------------------------------------------------------------------------------------------------
