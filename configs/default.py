@@ -70,9 +70,18 @@ def get_config():
     # Columns per chunk for impl=chunked, a divisor of the step's batch (unused by the others).
     config.loss.chunk_size = 0
     config.loss.summary_weight = 1.0
-    # The local term's negatives are the faces on the same device (losses.sharded_local_loss),
-    # global_batch_size / devices of them: its value depends on the number of devices.
+    # The local term's negatives are not the whole batch but a group of faces on one device
+    # (losses.sharded_local_loss; cost B x B*R x P x D per device): its value and gradient depend
+    # on the group's size.
     config.loss.local_weight = 1.0
+    # Faces per group of the local term's negatives. 0: each device's share of a (micro-)batch,
+    # global_batch_size / (devices x optim.grad_accum_steps), fixed at the run's start; the run
+    # then records it here (WORKDIR/config.json and every checkpoint), so a run resumed on
+    # another mesh keeps the same groups, and a mesh that cannot hold them is refused. Setting it
+    # (a divisor of that share, at least 2: one face has no negatives) gives the same objective
+    # on every mesh whose share it divides; setting another value than a resumed run's is
+    # accepted, with a warning, as a deliberate change of the objective.
+    config.loss.local_group_size = 0
     config.loss.local_pool_temperature = 0.1
     # Weight of the local term's within-image part: an image's own sentences told apart by what it
     # pools for each (losses.local_region_sentence_loss). Without it the maps need not localise.
@@ -126,8 +135,10 @@ def get_config():
     # k > 1 splits each step's batch into k micro-batches (micro-batch j: faces j, j+k, j+2k, ...,
     # so every device keeps its own faces) and averages their losses and gradients. It saves
     # memory, not the batch: the global and summary terms' negatives (and the mined positives)
-    # span one micro-batch of global_batch_size / k faces, the local term's one device's share of
-    # it, so k micro-batches are not the contrastive loss of the whole batch.
+    # span one micro-batch of global_batch_size / k faces, the local term's a group of faces on one
+    # device (loss.local_group_size; by default each device's share of the micro-batch, which
+    # must hold at least 2 faces), so k micro-batches are not the contrastive loss of the whole
+    # batch.
     config.optim.grad_accum_steps = 1
 
     # ----- training loop

@@ -8,6 +8,7 @@ every file goes through emocap_jax.storage, checkpoints and exports through Orba
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -158,13 +159,15 @@ def check_dataset(path: str, setting: str) -> None:
 # init_from). The batches do not depend on read_threads; they do on worker_count. Every
 # other field (model, tokenizer, data order and augmentation, losses, optimiser, batch, seed)
 # must be the same, or the workdir's checkpoints continue another run than the config says.
+# loss.local_group_size is compared on its own (resolve_local_group_size): left at 0 it takes
+# the saved value, and another value given on purpose is allowed with a warning.
 RESUME_MAY_CHANGE = (
     "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.eval_every", "train.compilation_cache_dir", "train.checkpoint_replica_parallel",
     "train.on_nonfinite", "data.train_dir", "data.worker_buffer_size", "data.read_threads",
     "data.on_corrupt", "mesh.", "eval.",
     "init_from", "init_exclude", "loss.impl", "loss.chunk_size", "model.remat",
-    "model.remat_policy",
+    "model.remat_policy", "loss.local_group_size",
 )
 
 
@@ -204,6 +207,93 @@ def check_batch_settings(config, num_batch_shards: int) -> None:
         raise UsageError(
             f"config.train.global_batch_size={gbs} must be a positive multiple of {unit} "
             f"({num_batch_shards} devices x optim.grad_accum_steps={accum}); {nearest}")
+
+
+def _local_share(config, num_batch_shards: int) -> int:
+    """Faces each device holds of a (micro-)batch: the local term's group when
+    config.loss.local_group_size is 0."""
+    return config.train.global_batch_size // (num_batch_shards * config.optim.grad_accum_steps)
+
+
+def _share_words(config, num_batch_shards: int) -> str:
+    return (f"config.train.global_batch_size={config.train.global_batch_size} / "
+            f"({num_batch_shards} devices x config.optim.grad_accum_steps="
+            f"{config.optim.grad_accum_steps})")
+
+
+def check_local_loss_settings(config, num_batch_shards: int) -> None:
+    """The local term's groups of negatives (config.loss.local_group_size) on this mesh, checked
+    before anything compiles, after check_batch_settings. A group never spans devices, so it
+    divides each device's share of a (micro-)batch. A group of one face has no negatives: its
+    sentence->image term is exactly 0 and its image->sentence term weighs only the face's own
+    sentences, all positives, against each other. Gradient accumulation down to one face per
+    device in a micro-batch made every group that, and the run trained on, silently."""
+    if config.loss.local_weight <= 0:
+        return
+    share = _local_share(config, num_batch_shards)
+    given = config.loss.get("local_group_size", 0)
+    if not isinstance(given, int) or isinstance(given, bool) or given < 0 or given == 1:
+        raise UsageError(f"config.loss.local_group_size={given!r}: give the faces per group of "
+                         f"the local term's negatives, at least 2 (one face has no negatives), "
+                         f"or 0 for each device's share of a (micro-)batch")
+    if given and share % given:
+        raise UsageError(
+            f"config.loss.local_group_size={given} must divide the {share} faces each device "
+            f"holds of a (micro-)batch ({_share_words(config, num_batch_shards)}): a group of "
+            f"the local term's negatives never spans devices")
+    if not given and share < 2:
+        raise UsageError(
+            f"the local term's negatives are the faces each device holds of a (micro-)batch, "
+            f"and here that is one face ({_share_words(config, num_batch_shards)}), which has "
+            f"no negatives: lower config.optim.grad_accum_steps, raise "
+            f"config.train.global_batch_size, train on fewer devices (config.mesh.data), or "
+            f"set config.loss.local_weight=0")
+
+
+def resolve_local_group_size(config, num_batch_shards: int, saved: dict | None,
+                             resuming: bool) -> int:
+    """The faces per group of the local term's negatives that the run trains with, which it
+    records as config.loss.local_group_size (in WORKDIR/config.json and every checkpoint). Its
+    value and gradient depend on the group's size; when the group was each device's share, a
+    run resumed on another mesh changed its objective, silently.
+
+    0 (the default) is the share of a device at the run's start; a resumed run keeps the saved
+    size, on any mesh whose share it divides, and is refused on another (the objective never
+    changes unasked). A size given on purpose wins, with a loud warning where it differs from the
+    saved one: that is how a researcher continues on a mesh that cannot hold the old groups,
+    knowing that the objective changes. Runs without the local term return the value as given.
+    `saved`: the checkpoint's config (None when it has none); `resuming`: whether a checkpoint
+    is resumed at all."""
+    given = config.loss.get("local_group_size", 0)
+    if config.loss.local_weight <= 0:
+        return given
+    share = _local_share(config, num_batch_shards)
+    recorded = (saved or {}).get("loss", {}).get("local_group_size") or None
+    if given:
+        if resuming and recorded is not None and recorded != given:
+            log.warning("RESUMING WITH ANOTHER LOCAL OBJECTIVE: the run trained its local term "
+                        "on groups of %d faces; config.loss.local_group_size=%d makes them "
+                        "groups of %d from here on, which changes the local term's value and "
+                        "gradient", recorded, given, given)
+        return given
+    if not resuming:
+        return share
+    if recorded is None:
+        log.warning("the checkpoint does not record the local term's group size (written "
+                    "before config.loss.local_group_size existed): its groups are now each "
+                    "device's %d faces; if the run started on another number of devices, its "
+                    "local objective changes here (set config.loss.local_group_size to the "
+                    "faces per device it started with to keep it)", share)
+        return share
+    if share % recorded:
+        raise UsageError(
+            f"the run trained its local term on groups of {recorded} faces "
+            f"(config.loss.local_group_size, recorded at its start), which do not divide the "
+            f"{share} faces each device holds on this mesh ({_share_words(config, num_batch_shards)}): "
+            f"resume on a mesh whose devices each hold a multiple of {recorded} faces, or set "
+            f"--config.loss.local_group_size to a divisor of {share} (at least 2) to continue "
+            f"with another local objective")
+    return recorded
 
 
 def check_tokenizer(config, model_config, tokenizer) -> None:
@@ -524,6 +614,9 @@ def train_and_evaluate(config, workdir) -> dict:
     `workdir/export` and runs the zero-shot evaluation. Returns the final metrics."""
     _setup_logging()
     distributed.initialize()
+    # The run writes what it resolved into its config (loss.local_group_size); the caller's
+    # stays as given.
+    config = copy.deepcopy(config)
     _enable_compilation_cache(config)
     workdir = storage.absolute(workdir)
     storage.makedirs(workdir)
@@ -541,6 +634,7 @@ def train_and_evaluate(config, workdir) -> dict:
     num_batch_shards = int(np.prod([mesh.shape[a] for a in axes]))
     gbs = config.train.global_batch_size
     check_batch_settings(config, num_batch_shards)
+    check_local_loss_settings(config, num_batch_shards)
     data_iter = make_train_iterator(config, tokenizer, train_dir)
 
     # ----- model, optimiser, shardings
@@ -564,6 +658,7 @@ def train_and_evaluate(config, workdir) -> dict:
                                      keep=config.train.keep_checkpoints,
                                      replica_parallel=config.train.checkpoint_replica_parallel)
     latest = checkpointer.latest_step()
+    saved = None
     if latest is not None:
         saved = checkpointer.saved_config(latest)
         differences = resume_config_differences(saved, config) if saved else []
@@ -578,6 +673,19 @@ def train_and_evaluate(config, workdir) -> dict:
             log.warning("resuming with train.num_steps=%d (the run was started with %s): the "
                         "learning-rate schedule from here on is that of a %d-step run",
                         num_steps, saved["train"]["num_steps"], num_steps)
+    try:
+        group = resolve_local_group_size(config, num_batch_shards, saved, latest is not None)
+    except UsageError:
+        checkpointer.close()
+        _close(data_iter)
+        raise
+    # Recorded in config.json and in every checkpoint's config, which a resumed run reads back.
+    # Unlocked: a config file of the run's own that lacks the field gets it (absl locks configs).
+    with config.unlocked():
+        config.loss.local_group_size = group
+    if config.loss.local_weight > 0:
+        log.info("local term: negatives in groups of %d faces (%d per device)", group,
+                 _local_share(config, num_batch_shards))
     if is_main:
         storage.write_text(storage.join(workdir, "config.json"),
                            config.to_json_best_effort(indent=1))

@@ -57,6 +57,15 @@ def uses_summary(loss_config) -> bool:
         loss_config.mining.mode in ("text", "both") and loss_config.mining.guide == "summary")
 
 
+def local_group_size(loss_config) -> int | None:
+    """`config.loss.local_group_size`: faces per group of the local term's negatives, or None
+    (0, or a config from before the field) for each device's share of the (micro-)batch. A run
+    sets it at its start (train.resolve_local_group_size), so only steps built outside a run
+    see None."""
+    size = loss_config.get("local_group_size", 0)
+    return int(size) if size else None
+
+
 def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch_axes):
     """Returns (total loss, dict of terms) for one batch of uint8 images and token ids.
 
@@ -121,7 +130,8 @@ def compute_losses(params, batch, step, *, model: CLIP, loss_config, mesh, batch
             patch_tokens, local_emb, batch["local_mask"], logit_scale,
             loss_config.local_pool_temperature, mesh=mesh, axis=batch_axes,
             impl="sharded" if mesh is not None else "single",
-            within_image_weight=loss_config.local_within_image_weight, valid=valid)
+            within_image_weight=loss_config.local_within_image_weight, valid=valid,
+            group_size=local_group_size(loss_config))
         total = total + loss_config.local_weight * terms["local"]
     terms["logit_scale"] = logit_scale
     return total, terms

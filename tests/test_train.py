@@ -2,7 +2,9 @@
 exact resume after SIGKILL, clean stop on SIGTERM, and the step's own guarantees."""
 import copy
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +102,49 @@ def test_training_lowers_loss_and_resumes_exactly_after_sigkill(tmp_path, datase
     b, _, _ = params_io.load_params(killed / "export")
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_run_resumed_on_another_mesh_keeps_its_local_objective(tmp_path, datasets, cache_dir):
+    """A run started on 4 devices records its local term's group (its 4 faces per device) in
+    config.json and its checkpoints. Resumed on 2 devices it keeps that group, and its step 3
+    has the loss of the 4-device run's step 3; on 8 devices (2 faces each) the group cannot be
+    held, and the run is refused, naming the setting that would change the objective on purpose.
+    Before, the group was each device's share, and both resumes changed the objective silently."""
+    workdir = tmp_path / "run"
+    cmd = _command(workdir, datasets, cache_dir, "--config.train.num_steps=3",
+                   "--config.train.checkpoint_every=2")
+
+    def run(devices):
+        env = dict(_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    result = run(4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "local term: negatives in groups of 4 faces (4 per device)" in result.stderr
+    assert json.loads((workdir / "config.json").read_text())["loss"]["local_group_size"] == 4
+    from emocap_jax.checkpoint import TrainCheckpointer
+
+    checkpointer = TrainCheckpointer(workdir / "checkpoints", async_save=False)
+    assert checkpointer.saved_config(2)["loss"]["local_group_size"] == 4
+    checkpointer.close()
+    step_3 = _train_losses(workdir)[3]
+    # Resume from step 2: step 3 is trained again.
+    shutil.rmtree(workdir / "checkpoints" / "3")
+
+    result = run(8)
+    assert result.returncode != 0
+    assert ("the run trained its local term on groups of 4 faces (config.loss.local_group_size, "
+            "recorded at its start), which do not divide the 2 faces each device holds"
+            in result.stderr), result.stderr[-3000:]
+    assert "--config.loss.local_group_size" in result.stderr
+
+    result = run(2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "at step 2" in result.stderr
+    assert "local term: negatives in groups of 4 faces (8 per device)" in result.stderr
+    np.testing.assert_allclose(_train_losses(workdir)[3], step_3, rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -450,6 +495,144 @@ def test_a_batch_that_does_not_split_is_refused_in_one_line():
     config.optim.grad_accum_steps = 0  # was a ZeroDivisionError
     with pytest.raises(UsageError, match=r"grad_accum_steps=0"):
         check_batch_settings(config, 8)
+
+
+def test_a_local_group_without_negatives_is_refused_naming_the_settings():
+    """With gradient accumulation down to one face per device in a micro-batch, the local term's
+    group (each device's share) was one face: no negatives at all (its sentence->image CE is 0,
+    its image->sentence CE weighs the face's own sentences against each other), and the run
+    trained on, silently. Refused before anything compiles, naming what to change."""
+    from configs import tiny
+    from emocap_jax.cli_errors import UsageError
+    from emocap_jax.losses import _local_loss_parts
+    from emocap_jax.train import check_batch_settings, check_local_loss_settings
+
+    rng = np.random.default_rng(0)
+    sentences = rng.normal(size=(1, 3, 8)).astype(np.float32)
+    sentences /= np.linalg.norm(sentences, axis=-1, keepdims=True)
+    pair_term = lambda patches: float(_local_loss_parts(  # noqa: E731
+        patches, sentences, np.ones((1, 3), bool), 10.0, 0.1, 0.0)[0])
+    # A face alone: its sentence->image half is exactly 0, and the image->sentence half is
+    # log-sum-exp minus mean over its own 3 sentences, all positives, whose floor log(3) it
+    # reaches by scoring them all alike: the term teaches nothing but that.
+    one = pair_term(rng.normal(size=(1, 5, 8)).astype(np.float32))
+    assert one >= 0.5 * np.log(3) - 1e-6
+
+    config = tiny.get_config()  # global batch 16
+    config.optim.grad_accum_steps = 2
+    check_batch_settings(config, 8)  # the batch splits: 1 face per device per micro-batch
+    with pytest.raises(UsageError, match=r"that is one face \(config.train.global_batch_size=16 "
+                       r"/ \(8 devices x config.optim.grad_accum_steps=2\)\), which has no "
+                       r"negatives: lower config.optim.grad_accum_steps, raise "
+                       r"config.train.global_batch_size, train on fewer devices "
+                       r"\(config.mesh.data\), or set config.loss.local_weight=0"):
+        check_local_loss_settings(config, 8)
+    check_local_loss_settings(config, 4)
+    config.loss.local_weight = 0.0  # no local term: nothing to refuse
+    check_local_loss_settings(config, 8)
+    config.loss.local_weight = 1.0
+    config.optim.grad_accum_steps = 1
+    config.loss.local_group_size = 1
+    with pytest.raises(UsageError, match=r"local_group_size=1: .* at least 2 \(one face has no "
+                                         r"negatives\)"):
+        check_local_loss_settings(config, 8)
+    config.loss.local_group_size = 4
+    with pytest.raises(UsageError, match=r"local_group_size=4 must divide the 2 faces each "
+                                         r"device holds"):
+        check_local_loss_settings(config, 8)
+    check_local_loss_settings(config, 4)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_a_resumed_run_keeps_its_local_groups_or_says_it_changes_them():
+    """The local term's group of negatives is fixed at a run's start and recorded in its config
+    (loss.local_group_size); its value and gradient depend on it. A run resumed on another mesh
+    used to change it silently (each device's share). Left at 0, a resumed run keeps the recorded
+    size wherever it divides the devices' share and is refused where it does not; a size given on
+    purpose wins with a loud warning; a checkpoint from before the record is warned about."""
+    from configs import tiny
+    from emocap_jax.cli_errors import UsageError
+    from emocap_jax.train import resolve_local_group_size
+
+    records = _Records()
+    logger = logging.getLogger("emocap_jax.train")
+    logger.addHandler(records)
+    try:
+        config = tiny.get_config()  # global batch 16
+        assert resolve_local_group_size(config, 8, None, resuming=False) == 2
+        assert resolve_local_group_size(config, 2, None, resuming=False) == 8
+        saved = json.loads(config.to_json_best_effort())
+        saved["loss"]["local_group_size"] = 4  # started on 4 devices
+        assert resolve_local_group_size(config, 2, saved, resuming=True) == 4  # 8 per device
+        assert resolve_local_group_size(config, 4, saved, resuming=True) == 4
+        assert records.messages == []
+        with pytest.raises(UsageError, match=r"groups of 4 faces \(config.loss.local_group_size, "
+                           r"recorded at its start\), which do not divide the 2 faces each "
+                           r"device holds on this mesh .* or set --config.loss.local_group_size "
+                           r"to a divisor of 2"):
+            resolve_local_group_size(config, 8, saved, resuming=True)
+        config.loss.local_group_size = 2  # the explicit override
+        assert resolve_local_group_size(config, 8, saved, resuming=True) == 2
+        assert len(records.messages) == 1
+        assert "RESUMING WITH ANOTHER LOCAL OBJECTIVE" in records.messages[0]
+        assert "groups of 4 faces" in records.messages[0]
+        config.loss.local_group_size = 4  # the recorded size, given: no warning
+        assert resolve_local_group_size(config, 4, saved, resuming=True) == 4
+        assert len(records.messages) == 1
+        config.loss.local_group_size = 0
+        del saved["loss"]["local_group_size"]  # a checkpoint from before the record
+        assert resolve_local_group_size(config, 8, saved, resuming=True) == 2
+        assert "does not record the local term's group size" in records.messages[-1]
+        config.loss.local_weight = 0.0  # no local term: nothing to resolve or warn about
+        saved["loss"]["local_group_size"] = 4
+        assert resolve_local_group_size(config, 8, saved, resuming=True) == 0
+        assert len(records.messages) == 2
+    finally:
+        logger.removeHandler(records)
+
+
+def test_the_training_loss_with_a_local_group_size_is_the_same_on_any_mesh():
+    """The step's loss (train_step.compute_losses) with loss.local_group_size is the same for a
+    batch on 8 and on 2 devices; at 0 (each device's share) it was not."""
+    from configs import tiny
+    from emocap_jax.config_utils import clip_config
+    from emocap_jax.models.clip import CLIP, init_params
+    from emocap_jax.train_step import compute_losses
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    config = tiny.get_config()
+    config.model.vision.image_size = 32
+    model_config = clip_config(config)
+    params = jax.jit(lambda r: init_params(model_config, r))(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    length, b = model_config.text.context_length, 16
+    batch = {"image": rng.integers(0, 255, (b, 32, 32, 3), dtype=np.uint8),
+             "global_tokens": rng.integers(1, 49000, (b, length)).astype(np.int32),
+             "summary_tokens": rng.integers(1, 49000, (b, length)).astype(np.int32),
+             "local_tokens": rng.integers(1, 49000, (b, 4, length)).astype(np.int32),
+             "local_mask": rng.random((b, 4)) < 0.7,
+             "label_id": rng.integers(-1, 3, (b,)).astype(np.int32)}
+
+    def loss_terms(devices, group_size):
+        config.loss.local_group_size = group_size
+        mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+        total, terms = jax.jit(lambda p, x: compute_losses(
+            p, x, 0, model=CLIP(model_config), loss_config=config.loss, mesh=mesh,
+            batch_axes=("data",)))(params, jax.device_put(batch, NamedSharding(mesh, P("data"))))
+        return float(terms["local"]), float(total)
+
+    fixed = [loss_terms(d, 2) for d in (8, 2)]  # 2 and 8 faces per device
+    np.testing.assert_allclose(fixed[1], fixed[0], rtol=2e-5)
+    # On 8 devices the share is the group of 2; on 2 devices it is 8 faces, another loss.
+    assert abs(loss_terms(2, 0)[0] - fixed[0][0]) > 1e-3
 
 
 def test_a_mesh_that_does_not_fit_the_devices_is_a_usage_error():
