@@ -3,6 +3,7 @@
 Eight simulated CPU devices must exist before jax is first imported, so the sharded code paths
 (shard_map, all_gather, NamedSharding) run in tests exactly as they would on an 8-chip host.
 """
+import logging
 import os
 import pathlib
 
@@ -21,6 +22,18 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # every clone runs the parity tests; only the real-data tests need ../shared.
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _emocap_logs_reach_caplog():
+    """A training run in this worker process (train._setup_logging) stops the "emocap_jax"
+    logger propagating to the root logger, where pytest's caplog listens: a later test asserting
+    a warning would then see none, depending on which tests ran before it on its xdist worker."""
+    logger = logging.getLogger("emocap_jax")
+    propagate = logger.propagate
+    logger.propagate = True
+    yield
+    logger.propagate = propagate
 
 
 def load_bench_script(name: str):
