@@ -153,7 +153,7 @@ def test_convert_train_kill_resume_export_and_load_on_a_bucket(gcs, tmp_path):
            f"--config.data.train_dir={data}/train",
            f"--config.eval.zero_shot_dir={data}/eval", "--config.model.vision.image_size=32",
            "--config.train.num_steps=6", "--config.train.checkpoint_every=3",
-           "--config.train.log_every=1", "--config.train.global_batch_size=8",
+           "--config.train.log_every=1", "--config.train.global_batch_size=16",
            f"--config.train.compilation_cache_dir={tmp_path / 'jax_cache'}"]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
