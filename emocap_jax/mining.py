@@ -283,6 +283,20 @@ def _row_stats_chunked(guide: Guide, row_offset, k: int, moments: bool, chunk_si
     return RowStats(**stats)
 
 
+def _cap_members(topk_cols, col_ids) -> jax.Array:
+    """Boolean [n, c]: column col_ids[j] is one of row i's k selected columns (topk_cols [n, k]).
+    col_ids are consecutive (all columns, or a chunk offset + arange(c), as every caller passes).
+    The selected columns are scattered into the mask (O(n c + n k)); comparing every column with
+    every selected one builds an [n, c, k] array, which XLA on CPU stored from k = 64 on (256 MiB
+    at N = 2048, more than the [N, N] logits)."""
+    n, c = topk_cols.shape[0], col_ids.shape[0]
+    local = topk_cols - col_ids[0]
+    # A selected column outside this chunk goes to index c, which the scatter drops (a negative
+    # index would wrap around instead).
+    local = jnp.where((local >= 0) & (local < c), local, c)
+    return jnp.zeros((n, c), bool).at[jnp.arange(n)[:, None], local].set(True, mode="drop")
+
+
 def mined_mask(config: MiningConfig, guides: Sequence[Guide], guide_cols: Sequence[jax.Array],
                 stats: Sequence[RowStats], row_ids, col_ids, active, col_valid=None) -> jax.Array:
     """Boolean [n, c]: pair (row, col) is a mined positive under every active guide; never an
@@ -297,9 +311,8 @@ def mined_mask(config: MiningConfig, guides: Sequence[Guide], guide_cols: Sequen
             # (a column chunk, another fusion), whose last bits may differ from the pass's, and
             # an equality test on them gave k - 1 or k + 1 positives (or ones that differ
             # between the whole-batch, sharded and chunked forms). Ties stay broken as the pass
-            # broke them, towards the lower column. XLA fuses the [n, c, k] comparison into the
-            # reduction over k, so it is never stored.
-            within_cap = jnp.any(col_ids[None, :, None] == st.topk_cols[:, None, :], axis=2)
+            # broke them, towards the lower column.
+            within_cap = _cap_members(st.topk_cols, col_ids)
             passes = jnp.logical_and(passes, within_cap)
         if st.col_kth_value is not None:
             # The guide is symmetric, so sim_ij is also row j's similarity to column i.

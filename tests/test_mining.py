@@ -330,6 +330,24 @@ def test_cap_membership_comes_from_the_selected_columns():
         assert (chunked == whole).all()
 
 
+def test_cap_membership_stores_no_n_by_c_by_k_comparison():
+    """The cap's membership ([n, c] from the [n, k] selected columns) must not cost memory that
+    grows with k: comparing every column with every selected one built an [n, c, k] array, which
+    XLA on CPU stored once k reached 64 (256 MiB at N=2048, k=64; 512 MiB at k=128, above the
+    [N, N] logits themselves). Compiled only, nothing runs: the program's scratch memory with a
+    cap of 128 stays within that of a cap of 8 plus two [n, c] boolean masks (room for the
+    [n, k] top-k values and columns, which do grow with k; the comparison was 128 such masks)."""
+    num, dim = 1024, 16
+    guide = jax.ShapeDtypeStruct((num, dim), jnp.float32)
+
+    def temp_bytes(k):
+        cfg = mining.MiningConfig(mode="text", threshold=-1.0, top_k=k, mutual=False)
+        fn = jax.jit(lambda g: mining.mined_positive_targets(cfg, text_rows=g, text_cols=g))
+        return fn.lower(guide).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(128) <= temp_bytes(8) + 2 * num * num, (temp_bytes(8), temp_bytes(128))
+
+
 @pytest.mark.parametrize("mutual", [False, True])
 def test_caps_at_the_precise_threshold_in_every_form(mesh, mutual):
     """Similarities exactly at a row's k-th value and just either side of it
