@@ -435,6 +435,45 @@ def test_a_local_group_that_does_not_fit_the_devices_is_refused(mesh, local_batc
         losses.local_loss(patches, sentences, mask, SCALE, TAU, group_size=3)
 
 
+@pytest.mark.parametrize("within", [0.0, 0.7])
+def test_invalid_images_leave_each_fixed_local_group_on_any_mesh(local_batch, within):
+    """valid and group_size together (records skipped as corrupt in a run with fixed groups):
+    each group's loss is that of the group with its invalid images removed, a group left with
+    no valid sentence has nothing to average, and the single-device form and the sharded one on
+    8, 4, 2 and 1 devices give the plain-loop reference's value, and one gradient."""
+    patches, sentences, mask = local_batch
+    keep = np.ones(LOCAL_B, bool)
+    keep[[2, 5, 6, 7, 12]] = False  # group 3 of 2 (rows 6, 7) has no valid image left
+    for group in (2, 4):
+        pairs, withins = [], []
+        for start in range(0, LOCAL_B, group):
+            rows = np.arange(start, start + group)
+            rows = rows[keep[rows]]
+            m = mask[rows]
+            if m.any():
+                pairs.append(_np_local_loss(patches[rows], sentences[rows], m, SCALE, TAU))
+            if (m.sum(axis=1) >= 2).any():
+                withins.append(_np_local_loss(patches[rows], sentences[rows], m, SCALE, TAU, 1.0)
+                               - pairs[-1])
+        expected = np.mean(pairs) + (within * np.mean(withins) if within else 0.0)
+        single = jax.jit(jax.value_and_grad(lambda p, s, g=group: losses.local_loss(
+            p, s, mask, SCALE, TAU, group_size=g, within_image_weight=within, valid=keep),
+            (0, 1)))
+        ref_value, ref_grads = single(patches, sentences)
+        assert_close(ref_value, expected)
+        for devices in (8, 4, 2, 1):
+            if (LOCAL_B // devices) % group:
+                continue
+            mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+            value, grads = jax.jit(jax.value_and_grad(
+                lambda p, s, mesh=mesh, g=group: losses.local_loss(
+                    p, s, mask, SCALE, TAU, mesh=mesh, impl="sharded", group_size=g,
+                    within_image_weight=within, valid=keep), (0, 1)))(patches, sentences)
+            assert_close(value, expected)
+            for g, g_ref in zip(grads, ref_grads):
+                assert_close(g, g_ref)
+
+
 # ------------------------------------------------------------------------------------------------
 # Label positives and capped mining in every form
 # ------------------------------------------------------------------------------------------------
