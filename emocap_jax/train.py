@@ -341,8 +341,11 @@ def check_number_settings(config) -> None:
     to train without a word. A negative learning rate climbed the loss (and a negative
     end_learning_rate_fraction ended the schedule below 0), negative warm-up steps skipped the
     warm-up, a negative weight decay or grad_clip_norm (< 0: off, as 0) pushed weights up or
-    clipped nothing, b1 or b2 outside [0, 1) made Adam's averages diverge, and a
-    local_pool_temperature of 0 made every local logit infinite (a non-finite loss at step 1)."""
+    clipped nothing, b1 or b2 outside [0, 1) made Adam's averages diverge, an eps of 0 made
+    m / (sqrt(v) + eps) 0 / 0 on every parameter without a gradient yet (the token embedding
+    rows no sentence of the step used: NaN weights after a step whose loss and gradient norm,
+    all the step's guard checks, were finite), and a local_pool_temperature of 0 made every
+    local logit infinite (a non-finite loss at step 1)."""
     optim = config.optim
     ranges = (("learning_rate", optim.learning_rate, lambda v: v > 0, "a number > 0"),
               ("end_learning_rate_fraction", optim.end_learning_rate_fraction,
@@ -350,7 +353,7 @@ def check_number_settings(config) -> None:
               ("weight_decay", optim.weight_decay, lambda v: v >= 0, "a number >= 0"),
               ("b1", optim.b1, lambda v: 0 <= v < 1, "a decay rate in [0, 1)"),
               ("b2", optim.b2, lambda v: 0 <= v < 1, "a decay rate in [0, 1)"),
-              ("eps", optim.eps, lambda v: v >= 0, "a number >= 0"),
+              ("eps", optim.eps, lambda v: v > 0, "a number > 0"),
               ("grad_clip_norm", optim.grad_clip_norm, lambda v: v >= 0,
                "a gradient norm >= 0 (0: no clipping)"))
     for name, value, ok, what in ranges:

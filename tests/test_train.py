@@ -240,9 +240,30 @@ def test_the_ends_of_the_number_ranges_are_allowed():
     config = tiny.get_config()
     for name, value in (("end_learning_rate_fraction", 0.0), ("end_learning_rate_fraction", 1.0),
                         ("warmup_steps", 0), ("weight_decay", 0.0), ("b1", 0.0),
-                        ("grad_clip_norm", 0.0), ("eps", 0.0)):
+                        ("grad_clip_norm", 0.0), ("eps", 1e-12)):
         config.optim[name] = value
     check_number_settings(config)
+
+
+def test_an_adam_eps_of_zero_is_refused():
+    """Adam's update is m / (sqrt(v) + eps): at eps=0 a parameter whose gradient has been 0 so
+    far (every token embedding row no sentence of the step used, the local head's parameters at
+    local_weight=0) gets 0 / 0. One such step, with a finite loss and gradient norm (which is all
+    the step's non-finite guard checks), put NaN into those rows; eps=0 used to be accepted."""
+    from configs import tiny
+    from emocap_jax.cli_errors import UsageError
+    from emocap_jax.optim import make_optimizer
+    from emocap_jax.train import check_number_settings
+
+    config = tiny.get_config()
+    config.optim.eps = 0.0
+    params = {"token_embedding": jnp.ones((4, 3))}
+    optimizer, _ = make_optimizer(config.optim, 10, params)
+    grads = {"token_embedding": jnp.zeros((4, 3)).at[0].set(0.1)}  # only token 0 was used
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    assert np.isnan(np.asarray(updates["token_embedding"])[1:]).all()
+    with pytest.raises(UsageError, match=r"config\.optim\.eps=0\.0: give a number > 0"):
+        check_number_settings(config)
 
 
 def test_a_tokenizer_the_text_tower_cannot_pool_is_refused(tmp_path):
