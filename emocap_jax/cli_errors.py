@@ -80,6 +80,21 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def int_in(low: int, high: Optional[int] = None) -> Callable[[str], int]:
+    """argparse type of an integer in [low, high] (no upper end where `high` is None): an image
+    side, a JPEG quality, a vocabulary size with room for its special pieces."""
+    wanted = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = wanted
+    return parse
+
+
 def float_in(low: float, high: float, low_open: bool = False, high_open: bool = False
              ) -> Callable[[str], float]:
     """argparse type of a real number in [low, high] (an end excluded where `*_open`; an infinite

@@ -40,7 +40,7 @@ import regex
 import sentencepiece as spm
 from tqdm import tqdm
 
-from emocap_jax.cli_errors import ArgumentParser
+from emocap_jax.cli_errors import ArgumentParser, float_in, int_in
 
 DEFAULT_CONTEXT_LENGTH = 77
 CLIP_BPE_VOCAB_PATH = pathlib.Path(__file__).resolve().parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
@@ -356,6 +356,14 @@ _SP_RESERVED_OPTIONS = frozenset(
      "hard_vocab_limit"}
 )
 
+# Smallest vocabulary ``train`` accepts: room for the four special pieces (pad, unk, bos, eos) and a
+# few more; the CLI's --vocab-size refuses less at parse time with the same bound.
+_SP_MIN_VOCAB_SIZE = 8
+# The character_coverage sentencepiece accepts (its trainer's VerifySpec, src/trainer_interface.cc:
+# CHECK_RANGE(character_coverage, 0.98, 1.0)); outside it training fails with an INTERNAL error only
+# after the whole corpus was read, so train and the CLI check it first.
+_SP_CHARACTER_COVERAGE = (0.98, 1.0)
+
 
 def _sha256(path: str) -> str:
     stat = os.stat(path)
@@ -458,14 +466,19 @@ class SentencePieceTokenizer(Tokenizer):
         such as "café" are kept rather than mapped to <unk>).
         """
         vocab_size = int(vocab_size)
-        if vocab_size < 8:
-            raise ValueError(f"vocab_size must be at least 8, got {vocab_size}")
+        if vocab_size < _SP_MIN_VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be at least {_SP_MIN_VOCAB_SIZE}, got {vocab_size}")
         reserved = sorted(_SP_RESERVED_OPTIONS.intersection(options))
         if reserved:
             raise ValueError(f"SentencePieceTokenizer.train sets {reserved} itself; do not pass them as options")
+        trainer_options = {"model_type": "unigram", "character_coverage": 1.0, **options}
+        low, high = _SP_CHARACTER_COVERAGE
+        coverage = trainer_options["character_coverage"]
+        if not (isinstance(coverage, (int, float)) and low <= coverage <= high):
+            raise ValueError(f"character_coverage must be in [{low}, {high}] (sentencepiece's range), "
+                             f"got {coverage!r}")
         prefix = pathlib.Path(model_prefix)
         prefix.parent.mkdir(parents=True, exist_ok=True)
-        trainer_options = {"model_type": "unigram", "character_coverage": 1.0, **options}
         sentences = (t.strip() for t in texts)
         try:
             spm.SentencePieceTrainer.train(
@@ -481,10 +494,23 @@ class SentencePieceTokenizer(Tokenizer):
         except RuntimeError as e:
             raise ValueError(
                 f"sentencepiece training of {prefix}.model (vocab_size={vocab_size}) failed: {e}. "
-                "The usual cause is a corpus too small or too repetitive to fill vocab_size pieces: "
-                "lower the vocabulary size or add text."
+                + _training_failure_hint(str(e))
             ) from e
         return cls(f"{prefix}.model", context_length=context_length)
+
+
+def _training_failure_hint(message: str) -> str:
+    """What to change after sentencepiece's trainer failed with ``message`` (its INTERNAL errors
+    quote the failed condition and nothing more)."""
+    if "smaller than required_chars" in message:
+        # Every character kept by character_coverage needs a piece of its own.
+        return ("The corpus holds more distinct characters than the vocabulary has room for: "
+                "raise the vocabulary size (or lower character_coverage).")
+    if "trainer_spec." in message:
+        # VerifySpec's range checks, e.g. [trainer_spec.num_threads() >= 1 && ... <= 1024].
+        return "A trainer option is outside the range sentencepiece accepts (the condition above names it)."
+    return ("The usual cause is a corpus too small or too repetitive to fill vocab_size pieces: "
+            "lower the vocabulary size or add text.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -622,14 +648,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--input", nargs="+", required=True, metavar="FILE", help="caption text or manifest.jsonl files")
     train.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
-    train.add_argument("--vocab-size", type=int, required=True, help="number of pieces, specials included")
+    train.add_argument("--vocab-size", type=int_in(_SP_MIN_VOCAB_SIZE), required=True,
+                       help=f"number of pieces, specials included (at least {_SP_MIN_VOCAB_SIZE})")
     train.add_argument(
         "--format", choices=("auto", "text", "manifest"), default="auto",
         help="input format; auto treats .jsonl files as manifests and anything else as text (default: auto)",
     )
     train.add_argument("--model-type", choices=("unigram", "bpe", "char", "word"), default="unigram",
                        help="sentencepiece's segmentation algorithm (default: unigram)")
-    train.add_argument("--character-coverage", type=float, default=1.0, help="share of characters kept (default: 1.0)")
+    # Checked here, before the corpus is read: sentencepiece refuses it only after reading.
+    train.add_argument("--character-coverage", type=float_in(*_SP_CHARACTER_COVERAGE), default=1.0,
+                       help="share of characters kept, in [%s, %s] (default: 1.0)" % _SP_CHARACTER_COVERAGE)
     train.add_argument(
         "--option", action="append", type=_parse_trainer_option, default=[], metavar="KEY=VALUE",
         help="any other sentencepiece trainer option, e.g. --option input_sentence_size=2000000 (repeatable)",

@@ -495,6 +495,11 @@ def test_range_types_accept_their_ends_and_refuse_what_lies_beyond():
     for text in ("1", "-0.1", "nan", "x"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"\[0, 1\)|a number"):
             unit(text)
+    side = cli_errors.int_in(16, 1024)
+    assert side("16") == 16 and side("1024") == 1024 and cli_errors.int_in(8)("100000") == 100000
+    for parse, text in ((side, "15"), (side, "1025"), (side, "20.0"), (cli_errors.int_in(8), "7")):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"must be an integer"):
+            parse(text)
     assert cli_errors.float_in(0, 1, low_open=True)("1") == 1.0
     with pytest.raises(argparse.ArgumentTypeError, match=r"\(0, 1\]"):
         cli_errors.float_in(0, 1, low_open=True)("0")

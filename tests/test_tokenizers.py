@@ -428,6 +428,55 @@ def test_cli_names_bad_manifest_line(tmp_path, capsys, line, message):
     assert not (tmp_path / "m.model").exists()
 
 
+def _unread_sentences():
+    raise AssertionError("the corpus was read before the options were checked")
+    yield  # a generator: raises when first read
+
+
+@pytest.mark.parametrize("coverage", [0.5, 0.9799, 1.01, float("nan")])
+def test_sp_train_refuses_a_character_coverage_sentencepiece_refuses(tmp_path, coverage):
+    """sentencepiece accepts character_coverage in [0.98, 1] only (its trainer's VerifySpec) and
+    said so with an INTERNAL error after reading the whole corpus; the check now comes first."""
+    with pytest.raises(ValueError, match=r"character_coverage must be in \[0\.98, 1\.0\]"):
+        SentencePieceTokenizer.train(_unread_sentences(), tmp_path / "m", 50, character_coverage=coverage)
+    assert not (tmp_path / "m.model").exists()
+
+
+def test_sp_train_accepts_the_ends_of_sentencepieces_coverage_range(tmp_path, sp_corpus):
+    for coverage in (0.98, 1.0):
+        tok = SentencePieceTokenizer.train(iter(sp_corpus), tmp_path / f"m{coverage}", SP_VOCAB,
+                                           character_coverage=coverage, minloglevel=2)
+        assert tok.vocab_size == SP_VOCAB
+
+
+def test_sp_train_too_small_for_the_alphabet_says_to_raise_the_vocabulary(tmp_path):
+    """Too many distinct characters for the vocabulary: the advice was "lower the vocabulary size"
+    (right for a corpus too small to fill it), the opposite of what helps here."""
+    with pytest.raises(ValueError, match="raise the vocabulary size") as error:
+        SentencePieceTokenizer.train(iter(["abcdefghijklmnopqrstuvwxyz"] * 5), tmp_path / "m", 12,
+                                     minloglevel=2)
+    assert "lower the vocabulary size" not in str(error.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--vocab-size", "50", "--character-coverage", "2"),
+     "argument --character-coverage: must be in [0.98, 1], got '2'"),
+    (("--vocab-size", "50", "--character-coverage", "0.97"),
+     "argument --character-coverage: must be in [0.98, 1], got '0.97'"),
+    (("--vocab-size", "7",), "argument --vocab-size: must be an integer >= 8, got '7'"),
+    (("--vocab-size", "x",), "argument --vocab-size: must be an integer, got 'x'"),
+])
+def test_cli_refuses_bad_numbers_before_reading_the_input(tmp_path, capsys, args, message):
+    """The numbers are checked at parse time, naming the option: the input (a missing file here)
+    is never opened."""
+    with pytest.raises(SystemExit) as exit_:
+        tk.main(["train-sentencepiece", "--input", str(tmp_path / "nope.txt"),
+                 "--model-prefix", str(tmp_path / "m"), *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {message}" and "nope.txt" not in err
+
+
 def test_cli_missing_input_file(tmp_path, capsys):
     rc = tk.main(["train-sentencepiece", "--input", str(tmp_path / "nope.txt"),
                   "--model-prefix", str(tmp_path / "m"), "--vocab-size", "50"])
