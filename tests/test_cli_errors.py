@@ -417,7 +417,7 @@ def test_prep_missing_manifest(places):
 
 def test_prep_bad_synthetic_size(places):
     result = _run("data_prep.synthetic", "--output", places["out"], "--num", "-3")
-    _assert_one_line(result, "num must be a non-negative integer")
+    _assert_one_line(result, "argument --num: must be a non-negative integer, got '-3'")
 
 
 def test_prep_synthetic_benchmarks_with_no_splits(places):

@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_prep import synthetic as synthetic_cli
+from data_prep import synthetic_benchmarks as synthetic_benchmarks_cli
 from emocap_jax.data.synthetic import corpus as synthetic
+from emocap_jax.evaluate.synthetic_benchmarks import generate_benchmarks
 from emocap_jax.data.synthetic.captions import _ADJECTIVES, _ADVERBS, _LEVEL_NOUNS, REGION_OF_AU, intensity_level, write_caption
 from emocap_jax.data.synthetic.faces import (
     AU_CODES,
@@ -416,7 +419,7 @@ def test_cli_writes_the_corpus_and_preview(tmp_path):
 def test_cli_rejects_bad_input(tmp_path):
     base = [sys.executable, "-m", "data_prep.synthetic", "--no-progress"]
     bad = subprocess.run(base + ["--output", str(tmp_path / "x"), "--num", "-3"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and "num must be a non-negative integer" in bad.stderr
+    assert bad.returncode == 2 and "argument --num: must be a non-negative integer" in bad.stderr
     foreign = tmp_path / "user_data"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
@@ -425,10 +428,52 @@ def test_cli_rejects_bad_input(tmp_path):
     assert (foreign / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--size", "8"), "argument --size: must be an integer in [16, 1024], got '8'"),
+    (("--size", "2000"), "argument --size: must be an integer in [16, 1024], got '2000'"),
+    (("--seed", "-1"), "argument --seed: must be a non-negative integer, got '-1'"),
+    (("--eval-per-class", "-1"), "argument --eval-per-class: must be a non-negative integer, got '-1'"),
+    (("--workers", "-2"), "argument --workers: must be a non-negative integer, got '-2'"),
+    (("--compound-fraction", "1.5"), "argument --compound-fraction: must be in [0, 1], got '1.5'"),
+    (("--faces-per-identity", "0"), "argument --faces-per-identity: must be a positive integer, got '0'"),
+    (("--jpeg-quality", "101"), "argument --jpeg-quality: must be an integer in [1, 100], got '101'"),
+    (("--au-drop-probability", "1"), "argument --au-drop-probability: must be in [0, 1), got '1'"),
+    (("--eval-per-class", "0", "--num", "0"), "nothing to generate: --num and --eval-per-class are both 0"),
+])
+def test_cli_names_the_option_of_a_bad_number(tmp_path, capsys, args, message):
+    """The generator's checks name its arguments ("size must be ..."), which a command-line user
+    never typed: the command names the option, in one line, with status 2, before writing."""
+    with pytest.raises(SystemExit) as exit_:
+        synthetic_cli.main(["--output", str(tmp_path / "out"), "--num", "4", "--no-progress", *args])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--size", "8"), "argument --size: must be an integer >= 16, got '8'"),
+    (("--per-class", "0"), "argument --per-class: must be a positive integer, got '0'"),
+    (("--compound-per-class", "0"), "argument --compound-per-class: must be a positive integer, got '0'"),
+    (("--clips-per-class", "-1"), "argument --clips-per-class: must be a positive integer, got '-1'"),
+    (("--frames", "0"), "argument --frames: must be a positive integer, got '0'"),
+    (("--splits", "basic,foo"), "argument --splits: unknown splits ['foo'] in 'basic,foo'; "
+                                "choose from ['basic', 'compound', 'video']"),
+])
+def test_benchmarks_cli_names_the_option_of_a_bad_value(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        synthetic_benchmarks_cli.main(["--output", str(tmp_path / "out"), "--no-progress", *args])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
 def test_api_rejects_bad_arguments(tmp_path):
+    """Library callers keep the messages that name the function's own arguments."""
     with pytest.raises(ValueError, match="image_format"):
         synthetic.generate_corpus(tmp_path / "a", 4, image_format="gif")
-    with pytest.raises(ValueError, match="size"):
+    with pytest.raises(ValueError, match=r"^size must be an integer in \[16, 1024\], got 8$"):
         synthetic.generate_corpus(tmp_path / "b", 4, size=8)
+    with pytest.raises(ValueError, match=r"^frames must be an integer >= 1, got 0$"):
+        generate_benchmarks(tmp_path / "c", frames=0)
     with pytest.raises(ValueError, match="unknown expression label 'smug'"):
         sample_aus("smug", np.random.default_rng(0))
