@@ -103,7 +103,8 @@ class Tokenizer(abc.ABC):
     def identity(self) -> dict[str, Any]:
         """What makes this tokenizer's ``encode`` output unambiguous, independent of the context
         length and of file locations (kind, cleaning rule, sha256 of the vocabulary or model file,
-        and the versions of the libraries the ids depend on, such as ftfy for CLIP BPE).
+        and the versions of the libraries the ids depend on: ftfy, regex and Unicode for CLIP BPE,
+        sentencepiece for a sentencepiece model).
         Converters record it in a dataset's metadata.json next to the token ids they store; the
         input pipeline uses those ids only for a tokenizer with an equal identity."""
 
@@ -430,7 +431,16 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.id_to_piece(int(token_id))
 
     def identity(self) -> dict[str, Any]:
-        return {"type": "sentencepiece", "model_sha256": _sha256(self.model_file)}
+        # The text reaches sentencepiece as it is (no Python-side cleaning), and its normalisation
+        # (nmt_nfkc by default) is the precompiled_charsmap inside the model file, so neither
+        # Python's nor the library's Unicode tables play a part: the model file's hash covers it.
+        # The segmentation is the library's code, though, and its 1-best search is not the same
+        # code as its lattice search and may break ties in scores differently (google/sentencepiece
+        # issue 747); a release that changes it changes ids. Ids stored under another
+        # sentencepiece version are not reused (the text is tokenized again, same cost as CLIP
+        # BPE's ftfy rule).
+        return {"type": "sentencepiece", "model_sha256": _sha256(self.model_file),
+                "sentencepiece": spm.__version__}
 
     def to_config(self) -> dict[str, Any]:
         return {

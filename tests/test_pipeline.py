@@ -13,15 +13,16 @@ import sys
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 from PIL import Image
 
 from emocap_jax.data.manifest import convert_manifest
 from emocap_jax.data import augment, example_codec, pipeline, tfrecord
-from emocap_jax.data.example_codec import FaceRecord
+from emocap_jax.data.example_codec import FaceRecord, decode_record
 from emocap_jax.data.shard_writer import ShardedRecordWriter, shard_paths
 from emocap_jax.data.source import ShardedTFRecordSource
 from emocap_jax.data.tfrecord import CorruptRecordError
-from emocap_jax.tokenizers import get_tokenizer
+from emocap_jax.tokenizers import SentencePieceTokenizer, get_tokenizer
 
 NUM_RECORDS = 48
 NUM_SHARDS = 4
@@ -804,6 +805,34 @@ def test_stored_ids_of_another_ftfy_are_tokenized_again(token_datasets, tok, tmp
         _assert_batches_equal(on_the_fly, _token_batches(token_datasets["clip"], tok))
     assert f"ftfy was {metadata['tokenizer']['ftfy']!r} at conversion, '0.0-other' here" \
         in caplog.text
+
+
+def test_stored_sentencepiece_ids_of_another_or_unknown_version_are_tokenized_again(
+        token_datasets, tmp_path, caplog, monkeypatch):
+    """sentencepiece ids depend on the library's segmentation code as well as the model file:
+    ids stored under another sentencepiece version, or under a metadata.json written before the
+    version was recorded, are not used (the same rule as CLIP BPE's ftfy)."""
+    sentences = [LONG] + [f"face {i} is calm, summary part {i} of {i + 7}" for i in range(300)]
+    sp = SentencePieceTokenizer.train(sentences, tmp_path / "sp", 50, context_length=CONTEXT,
+                                      minloglevel=2)
+    written = str(tmp_path / "sp_ids")
+    source = ShardedTFRecordSource(shard_paths(token_datasets["none"]))
+    with ShardedRecordWriter(written, 2, tokenizer=sp) as writer:
+        for i in range(len(source)):
+            writer.add(decode_record(source[i]))
+    metadata = json.loads(open(os.path.join(written, "metadata.json")).read())
+    assert metadata["tokenizer"] == sp.identity()
+    assert metadata["tokenizer"]["sentencepiece"] == spm.__version__
+    on_the_fly = _token_batches(written, sp, stored_tokens=False)
+    old = {k: v for k, v in metadata["tokenizer"].items() if k != "sentencepiece"}
+    old_dir = _with_recorded_tokenizer(written, tmp_path / "old", old)
+    with caplog.at_level("WARNING", logger=pipeline._LOG.name):
+        _assert_batches_equal(on_the_fly, _token_batches(old_dir, sp))
+    assert f"sentencepiece is {spm.__version__!r} here but not recorded" in caplog.text
+    version = spm.__version__
+    monkeypatch.setattr("emocap_jax.tokenizers.spm.__version__", "0.0-other")
+    assert pipeline.stored_tokens_mismatch(metadata, sp) == (
+        f"sentencepiece was {version!r} at conversion, '0.0-other' here")
 
 
 class _CorruptingClip(type(get_tokenizer("clip"))):

@@ -1,6 +1,7 @@
 """Tokenizers: CLIP BPE against open_clip's ids, the shared row format, sentencepiece training and CLI."""
 import html
 import json
+import pathlib
 import pickle
 import random
 import re
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 from emocap_jax import tokenizers as tk
 from emocap_jax.models.text import end_of_text_index
@@ -519,6 +521,31 @@ def test_identity_names_the_vocabulary_not_its_location(clip, sp, tmp_path):
     other = SentencePieceTokenizer.train(caption_sentences(600, seed=1), tmp_path / "other",
                                          SP_VOCAB, minloglevel=2)
     assert other.identity() != sp.identity()
+
+
+def test_sp_identity_names_the_sentencepiece_version(sp, monkeypatch):
+    # Normalisation lives in the model file (its hash covers it), but the segmentation is the
+    # library's code: ids stored under another sentencepiece must not count as this tokenizer's.
+    identity = sp.identity()
+    assert identity["sentencepiece"] == spm.__version__ and len(identity["model_sha256"]) == 64
+    monkeypatch.setattr(tk.spm, "__version__", "0.0-other")
+    assert sp.identity() != identity and sp.identity()["sentencepiece"] == "0.0-other"
+
+
+def test_sp_normalisation_comes_from_the_model_file(sp, tmp_path):
+    """Why the identity needs no Unicode version for sentencepiece: its NFKC normalisation is the
+    precompiled table inside the model file (full-width letters map to ASCII ones), and the library
+    does not rebuild it from the rule's name: with the table blanked, the same text encodes
+    differently."""
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(pathlib.Path(sp.model_file).read_bytes())
+    assert proto.normalizer_spec.name == "nmt_nfkc" and proto.normalizer_spec.precompiled_charsmap
+    full_width = "\uff53\uff4d\uff49\uff4c\uff45"  # "smile" in full-width letters
+    assert sp.encode(full_width) == sp.encode("smile")
+    proto.normalizer_spec.precompiled_charsmap = b""
+    blank = tmp_path / "blank.model"
+    blank.write_bytes(proto.SerializeToString())
+    assert SentencePieceTokenizer(blank).encode(full_width) != sp.encode("smile")
 
 
 def test_clip_identity_names_the_library_versions_its_ids_depend_on(clip, monkeypatch):

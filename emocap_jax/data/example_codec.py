@@ -26,7 +26,7 @@ The `tokens/*` features are written together or not at all. They hold the tokeni
 output for each sentence, untruncated and without the start / end tokens, so any context length
 can be cut from them; the dataset's `metadata.json` names the tokenizer under `tokenizer` (its
 `identity()`: kind and hash of the vocabulary, and the versions of the libraries the ids depend
-on, such as ftfy), and the input pipeline uses the ids only when the
+on, such as ftfy or sentencepiece), and the input pipeline uses the ids only when the
 run's tokenizer has that identity, tokenizing the text otherwise.
 
 Decoding tolerates missing optional features (older or foreign files) but requires `id` and
