@@ -638,49 +638,23 @@ def train_and_evaluate(config, workdir) -> dict:
     gbs = config.train.global_batch_size
     check_batch_settings(config, num_batch_shards)
     check_local_loss_settings(config, num_batch_shards)
-    data_iter = make_train_iterator(config, tokenizer, train_dir)
-
-    # ----- model, optimiser, shardings
-    model = CLIP(model_config)
-    shapes = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0)))
     num_steps = config.train.num_steps
-    optimizer, schedule = make_optimizer(config.optim, num_steps, shapes)
-    param_shardings = sharding.param_sharding(shapes, mesh)
-    state_shapes = jax.eval_shape(lambda p: initial_state(p, optimizer), shapes)
-    state_shardings = jax.tree_util.tree_map(lambda _: sharding.replicated(mesh), state_shapes)
-    state_shardings["params"] = param_shardings
-    # Optimiser moments follow their parameter's sharding; scalars stay replicated.
-    state_shardings["opt_state"] = _opt_state_shardings(state_shapes["opt_state"], shapes,
-                                                        param_shardings, mesh)
 
-    # ----- state: resume, else init (random or from a CLIP checkpoint)
+    # ----- resume or start: decided from the checkpoint's saved config before the input
+    # pipeline is built, so a refused resume starts no data workers. (Not before prepare_data:
+    # Orbax's manager starts the JAX backend, and data preparation forks worker processes.)
+    # Every process reads the same saved config, so all reach the same decision.
     # Orbax's first barrier is a device collective; the processes must reach it less than 30 s
     # apart on CPU (gloo), however long each took to start.
     distributed.host_barrier("emocap_jax: set up")
     checkpointer = TrainCheckpointer(storage.join(workdir, "checkpoints"),
                                      keep=config.train.keep_checkpoints,
                                      replica_parallel=config.train.checkpoint_replica_parallel)
-    latest = checkpointer.latest_step()
-    saved = None
-    if latest is not None:
-        saved = checkpointer.saved_config(latest)
-        differences = resume_config_differences(saved, config) if saved else []
-        if differences:
-            checkpointer.close()
-            _close(data_iter)
-            raise UsageError(
-                f"--workdir {workdir} holds checkpoints (step {latest}) of a run with another "
-                f"config: {'; '.join(differences)}. Resume it with its own config "
-                f"({storage.join(workdir, 'config.json')}), or start a new --workdir")
-        if saved and saved.get("train", {}).get("num_steps") not in (None, num_steps):
-            log.warning("resuming with train.num_steps=%d (the run was started with %s): the "
-                        "learning-rate schedule from here on is that of a %d-step run",
-                        num_steps, saved["train"]["num_steps"], num_steps)
     try:
-        group = resolve_local_group_size(config, num_batch_shards, saved, latest is not None)
-    except UsageError:
+        latest, group = _resume_decision(config, checkpointer, workdir, num_batch_shards)
+        data_iter = make_train_iterator(config, tokenizer, train_dir)
+    except BaseException:
         checkpointer.close()
-        _close(data_iter)
         raise
     # Recorded in config.json and in every checkpoint's config, which a resumed run reads back.
     # Unlocked: a config file of the run's own that lacks the field gets it (absl locks configs).
@@ -692,6 +666,23 @@ def train_and_evaluate(config, workdir) -> dict:
     if is_main:
         storage.write_text(storage.join(workdir, "config.json"),
                            config.to_json_best_effort(indent=1))
+
+    # ----- model, optimiser, shardings
+    model = CLIP(model_config)
+    shapes = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0)))
+    optimizer, schedule = make_optimizer(config.optim, num_steps, shapes)
+    param_shardings = sharding.param_sharding(shapes, mesh)
+    state_shapes = jax.eval_shape(lambda p: initial_state(p, optimizer), shapes)
+    state_shardings = jax.tree_util.tree_map(lambda _: sharding.replicated(mesh), state_shapes)
+    state_shardings["params"] = param_shardings
+    # Optimiser moments follow their parameter's sharding; scalars stay replicated.
+    state_shardings["opt_state"] = _opt_state_shardings(state_shapes["opt_state"], shapes,
+                                                        param_shardings, mesh)
+
+    # ----- state: resume, else init (random or from a CLIP checkpoint)
+    # Building the input pipeline and the model took each process its own time since Orbax's
+    # last collective; the restore's must again come less than 30 s apart (gloo).
+    distributed.host_barrier("emocap_jax: model set up")
     make_state = jax.jit(lambda p: initial_state(p, optimizer), out_shardings=state_shardings,
                          donate_argnums=0)
     if latest is not None:
@@ -810,6 +801,28 @@ def train_and_evaluate(config, workdir) -> dict:
     logger.close()
     results["export"] = str(export_dir) if export_dir else None
     return results
+
+
+def _resume_decision(config, checkpointer, workdir: str, num_batch_shards: int):
+    """(the step to resume from or None, the local term's group size) for a run whose
+    checkpoints `checkpointer` holds; a UsageError where the workdir's run cannot be continued
+    with `config` (another config, or local groups this mesh cannot hold)."""
+    latest = checkpointer.latest_step()
+    saved = None
+    if latest is not None:
+        saved = checkpointer.saved_config(latest)
+        differences = resume_config_differences(saved, config) if saved else []
+        if differences:
+            raise UsageError(
+                f"--workdir {workdir} holds checkpoints (step {latest}) of a run with another "
+                f"config: {'; '.join(differences)}. Resume it with its own config "
+                f"({storage.join(workdir, 'config.json')}), or start a new --workdir")
+        num_steps = config.train.num_steps
+        if saved and saved.get("train", {}).get("num_steps") not in (None, num_steps):
+            log.warning("resuming with train.num_steps=%d (the run was started with %s): the "
+                        "learning-rate schedule from here on is that of a %d-step run",
+                        num_steps, saved["train"]["num_steps"], num_steps)
+    return latest, resolve_local_group_size(config, num_batch_shards, saved, latest is not None)
 
 
 def _opt_state_shardings(opt_shapes, param_shapes, param_shardings, mesh):

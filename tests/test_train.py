@@ -733,6 +733,48 @@ def test_a_workdir_of_another_config_is_not_resumed_silently(tmp_path):
     assert len(resume_config_differences(saved, other)) == 3
 
 
+class _PipelineBuilt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("change, refusal", [
+    ({"seed": 5}, r"holds checkpoints \(step 2\) of a run with another config: train\.seed: 0 -> 5"),
+    # Saved: groups of 4 faces; 8 devices hold 2 faces each of the global batch of 16.
+    ({}, r"groups of 4 faces .* do not divide the 2 faces each device holds"),
+    (None, None),  # a resume that goes ahead builds the pipeline: the patch is on its path
+])
+def test_a_refused_resume_is_refused_before_the_input_pipeline_is_built(
+        tmp_path, datasets, monkeypatch, change, refusal):
+    """The saved config is read and the resume refused (another config, local groups this mesh
+    cannot hold) before the data iterator is made: it used to be made first (worker processes,
+    shard index) and closed again. Every process reads the same saved config, so all refuse."""
+    from configs import tiny
+    from emocap_jax import train
+    from emocap_jax.checkpoint import TrainCheckpointer
+    from emocap_jax.cli_errors import UsageError
+
+    config = tiny.get_config()
+    config.data.train_dir, config.eval.zero_shot_dir = datasets[0], ""
+    saved = copy.deepcopy(config)
+    saved.loss.local_group_size = 4 if change is not None else 2
+    checkpointer = TrainCheckpointer(tmp_path / "checkpoints", async_save=False)
+    checkpointer.manager.save(2, args=ocp_composite({"w": np.ones(2)}, saved), force=True)
+    checkpointer.close()
+    for key, value in (change or {}).items():
+        setattr(config.train, key, value)
+
+    def built(*args, **kwargs):
+        raise _PipelineBuilt
+
+    monkeypatch.setattr(train, "make_train_iterator", built)
+    if refusal is None:
+        with pytest.raises(_PipelineBuilt):
+            train.train_and_evaluate(config, str(tmp_path))
+        return
+    with pytest.raises(UsageError, match=refusal):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
 def test_a_resumed_run_logs_each_step_once(tmp_path):
     """A run killed after its checkpoint at step 2 had logged steps 3 and 4 (and half a line):
     resumed at step 2, it logs them again, and metrics.jsonl holds each step once."""
