@@ -91,7 +91,15 @@ class TrainCheckpointer:
         `data_iterator` (this process's, `local_batch_size` rows a step) to where it was at
         `step`. A checkpoint from before DATA_FORMAT counted records: its position is converted
         (`record_positions_to_batches`) and the batches from there on are made the current way
-        (the same records each epoch, grouped as the current pipeline groups them)."""
+        (the same records each epoch, grouped as the current pipeline groups them).
+
+        A restore that fails on one array (a corrupt or missing chunk) may also print a few
+        "RuntimeError: Event loop is closed" tracebacks, without a caller: Orbax runs each
+        restore on an event loop of its own and closes it as soon as the first read fails, while
+        TensorStore's other reads are still in flight; their completions are then posted to the
+        closed loop from TensorStore's threads. It happens inside `manager.restore`, before
+        control comes back here (closing the manager earlier or later changes nothing), and the
+        restore's own error is still the one raised."""
         step_dir = self.directory / str(step)
         if (step_dir / DATA_FORMAT_ITEM).exists():
             restored = self.manager.restore(step, args=ocp.args.Composite(
