@@ -94,12 +94,13 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
     # The held-out split keeps the generator's class order (label_id) for zero-shot scoring. The
     # training faces get label ids too, over the basic and compound classes, so that label
     # positives act and the log can count mined pairs across labels (before, every id was -1).
+    tokenizer = get_tokenizer(config.tokenizer)  # the one convert_manifest stores ids of
     for split, manifest, split_classes in (
             ("train", corpus / "manifest.jsonl", classes + corpus_info["compound_classes"]),
             ("eval", corpus / "eval" / "manifest.jsonl", classes)):
         out = data / split
         try:
-            stale = pipeline.stored_tokens_mismatch(load_metadata(out), get_tokenizer(config.tokenizer))
+            stale = pipeline.stored_tokens_mismatch(load_metadata(out), tokenizer)
         except (FileNotFoundError, ValueError):
             stale = "not converted yet"
         # Only the train split stores ids worth reading; the eval split is tokenized on the fly.
@@ -110,9 +111,8 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
             if stale != "not converted yet":
                 log.info("converting %s again: its stored token ids cannot be used (%s)", out, stale)
             log.info("converting %s into TFRecords at %s", manifest, out)
-            # Token ids from the run's own tokenizer, which the pipeline then reads.
             convert_manifest(manifest, manifest.parent, out, num_shards=8, overwrite=True,
-                             progress=False, classes=split_classes, tokenizer=config.tokenizer)
+                             progress=False, classes=split_classes, tokenizer=tokenizer)
     # Region boxes and sentence regions of the held-out faces, for the grounding protocol.
     ensure_eval_regions(corpus, data / "eval")
     distributed.host_barrier(_SYNTHETIC_WRITTEN)
