@@ -36,6 +36,20 @@ def _emocap_logs_reach_caplog():
     logger.propagate = propagate
 
 
+def random_train_batch(batch: int, context_length: int, seed: int = 0, image_size: int = 32,
+                       local_slots: int = 4) -> dict:
+    """A training batch of random uint8 faces and token ids (1..48999, no end-of-text), about 70%
+    of the local slots valid and labels in -1..2: what the loss and step tests feed the model."""
+    rng = np.random.default_rng(seed)
+    tokens = lambda *shape: rng.integers(1, 49000, shape).astype(np.int32)  # noqa: E731
+    return {"image": rng.integers(0, 255, (batch, image_size, image_size, 3), dtype=np.uint8),
+            "global_tokens": tokens(batch, context_length),
+            "summary_tokens": tokens(batch, context_length),
+            "local_tokens": tokens(batch, local_slots, context_length),
+            "local_mask": rng.random((batch, local_slots)) < 0.7,
+            "label_id": rng.integers(-1, 3, (batch,)).astype(np.int32)}
+
+
 def load_bench_script(name: str):
     """bench/NAME.py as a module (bench/ is scripts, not a package); bench/ goes on sys.path
     first, as when the script runs, so its shared helpers (markdown_tables) import."""

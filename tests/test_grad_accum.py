@@ -12,6 +12,7 @@ from configs import tiny
 from emocap_jax.config_utils import clip_config
 from emocap_jax.models.clip import CLIP, init_params
 from emocap_jax.train_step import compute_losses, initial_state, make_train_step
+from tests.conftest import random_train_batch
 
 B, K = 32, 2
 
@@ -26,14 +27,7 @@ def setup():
                               min_spread=0.0, mutual=True)
     model_config = clip_config(config)
     params = jax.jit(lambda r: init_params(model_config, r))(jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
-    length = model_config.text.context_length
-    batch = {"image": rng.integers(0, 255, (B, 32, 32, 3), dtype=np.uint8),
-             "global_tokens": rng.integers(1, 49000, (B, length)).astype(np.int32),
-             "summary_tokens": rng.integers(1, 49000, (B, length)).astype(np.int32),
-             "local_tokens": rng.integers(1, 49000, (B, 4, length)).astype(np.int32),
-             "local_mask": rng.random((B, 4)) < 0.7,
-             "label_id": rng.integers(-1, 3, (B,)).astype(np.int32)}
+    batch = random_train_batch(B, model_config.text.context_length)
     return config, CLIP(model_config), params, batch
 
 

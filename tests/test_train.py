@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, random_train_batch
 
 
 @pytest.fixture(scope="module")
@@ -633,14 +633,7 @@ def test_the_training_loss_with_a_local_group_size_is_the_same_on_any_mesh():
     config.model.vision.image_size = 32
     model_config = clip_config(config)
     params = jax.jit(lambda r: init_params(model_config, r))(jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
-    length, b = model_config.text.context_length, 16
-    batch = {"image": rng.integers(0, 255, (b, 32, 32, 3), dtype=np.uint8),
-             "global_tokens": rng.integers(1, 49000, (b, length)).astype(np.int32),
-             "summary_tokens": rng.integers(1, 49000, (b, length)).astype(np.int32),
-             "local_tokens": rng.integers(1, 49000, (b, 4, length)).astype(np.int32),
-             "local_mask": rng.random((b, 4)) < 0.7,
-             "label_id": rng.integers(-1, 3, (b,)).astype(np.int32)}
+    batch = random_train_batch(16, model_config.text.context_length)
 
     def loss_terms(devices, group_size):
         config.loss.local_group_size = group_size
