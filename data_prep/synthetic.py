@@ -14,6 +14,8 @@ from emocap_jax.data.synthetic.corpus import (
     DEFAULT_FACES_PER_IDENTITY,
     DEFAULT_JPEG_QUALITY,
     IMAGE_FORMATS,
+    JPEG_QUALITY_RANGE,
+    SIZE_RANGE,
     generate_corpus,
     plan_corpus,
 )
@@ -39,13 +41,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="output directory (new, empty, or a previous synthetic corpus to replace)")
     parser.add_argument("--num", type=non_negative_int, required=True, help="number of training faces")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed; equal arguments give byte-identical output (default 0)")
-    parser.add_argument("--size", type=int_in(16, 1024), default=96, help="image side in pixels, 16 to 1024 (default 96)")
+    parser.add_argument("--size", type=int_in(*SIZE_RANGE), default=96, help=f"image side in pixels, {SIZE_RANGE[0]} to {SIZE_RANGE[1]} (default 96)")
     parser.add_argument("--eval-per-class", type=non_negative_int, default=40, help="held-out faces per basic class (default 40)")
     parser.add_argument("--workers", type=non_negative_int, default=None, help="worker processes (default: all cores for large corpora)")
     parser.add_argument("--format", dest="image_format", choices=sorted(IMAGE_FORMATS) + ["jpg"], default="jpeg", help="image format (default jpeg)")
     parser.add_argument("--compound-fraction", type=float_in(0, 1), default=DEFAULT_COMPOUND_FRACTION, help=f"share of training faces with compound expressions (default {DEFAULT_COMPOUND_FRACTION})")
     parser.add_argument("--faces-per-identity", type=positive_int, default=DEFAULT_FACES_PER_IDENTITY, help=f"faces drawn per synthetic person (default {DEFAULT_FACES_PER_IDENTITY})")
-    parser.add_argument("--jpeg-quality", type=int_in(1, 100), default=DEFAULT_JPEG_QUALITY, help=f"JPEG quality, 1 to 100 (default {DEFAULT_JPEG_QUALITY})")
+    parser.add_argument("--jpeg-quality", type=int_in(*JPEG_QUALITY_RANGE), default=DEFAULT_JPEG_QUALITY, help=f"JPEG quality, {JPEG_QUALITY_RANGE[0]} to {JPEG_QUALITY_RANGE[1]} (default {DEFAULT_JPEG_QUALITY})")
     parser.add_argument("--au-drop-probability", type=float_in(0, 1, high_open=True), default=0.0, help="leave out each action unit of a face's class, key ones included, with this probability, so a class's movements no longer come together (default 0: the usual corpus)")
     parser.add_argument("--appearance-captions", action="store_true", help="follow each global sentence with one on what the face looks like (skin, hair, tilt, light, background, clothes); the images are the same as without it")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

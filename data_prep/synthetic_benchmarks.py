@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from emocap_jax.data.synthetic.faces import MIN_FACE_SIZE
 from emocap_jax.evaluate.synthetic_benchmarks import SPLITS, generate_benchmarks
 from emocap_jax.cli_errors import ArgumentParser, entry_point, int_in, non_negative_int, positive_int
 
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compound-per-class", type=positive_int, default=20, help="compound faces per class (default 20)")
     parser.add_argument("--clips-per-class", type=positive_int, default=10, help="video clips per basic class (default 10)")
     parser.add_argument("--frames", type=positive_int, default=8, help="frames per clip (default 8)")
-    parser.add_argument("--size", type=int_in(16), default=96, help="image side in pixels, at least 16 (default 96)")
+    parser.add_argument("--size", type=int_in(MIN_FACE_SIZE), default=96, help=f"image side in pixels, at least {MIN_FACE_SIZE} (default 96)")
     parser.add_argument("--splits", type=_splits, default=list(SPLITS), help=f"comma-separated subset of {','.join(SPLITS)}")
     parser.add_argument("--overwrite", action="store_true", help="replace splits already in the output folder")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")

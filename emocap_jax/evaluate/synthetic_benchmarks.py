@@ -43,6 +43,7 @@ from emocap_jax.data.synthetic.faces import (
     AU_CODES,
     BASIC_CLASSES,
     COMPOUND_CLASSES,
+    MIN_FACE_SIZE,
     SPLIT_CODES,
     STREAM_SCHEDULE,
     VISIBILITY_THRESHOLD,
@@ -197,7 +198,7 @@ def generate_benchmarks(
     "questions" (the questions file) when the basic split is written."""
     problems = []
     for name, value, low in (("per_class", per_class, 1), ("compound_per_class", compound_per_class, 1),
-                             ("clips_per_class", clips_per_class, 1), ("frames", frames, 1), ("size", size, 16),
+                             ("clips_per_class", clips_per_class, 1), ("frames", frames, 1), ("size", size, MIN_FACE_SIZE),
                              ("num_shards", num_shards, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
             problems.append(f"{name} must be an integer >= {low}, got {value!r}")

@@ -54,6 +54,7 @@ from emocap_jax.data.synthetic.faces import (
     STREAM_CAPTION,
     STREAM_SCHEDULE,
     VISIBILITY_THRESHOLD,
+    MIN_FACE_SIZE,
     FaceSpec,
     face_regions,
     render_face,
@@ -70,6 +71,9 @@ IMAGE_FORMATS = {"jpeg": ("JPEG", ".jpg"), "png": ("PNG", ".png")}
 DEFAULT_COMPOUND_FRACTION = 0.15
 DEFAULT_FACES_PER_IDENTITY = 4
 DEFAULT_JPEG_QUALITY = 92
+# The arguments' ranges, which data_prep.synthetic's options share.
+SIZE_RANGE = (MIN_FACE_SIZE, 1024)
+JPEG_QUALITY_RANGE = (1, 100)
 PREVIEW_ROWS = 6
 # Below this many faces the start-up of worker processes costs more than it saves.
 _MIN_FACES_FOR_POOL = 200
@@ -441,8 +445,8 @@ def _check_arguments(num, seed, size, eval_per_class, workers, image_format, com
         problems.append(f"num must be a non-negative integer, got {num!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         problems.append(f"seed must be a non-negative integer, got {seed!r}")
-    if not isinstance(size, (int, np.integer)) or not 16 <= size <= 1024:
-        problems.append(f"size must be an integer in [16, 1024], got {size!r}")
+    if not isinstance(size, (int, np.integer)) or not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
+        problems.append(f"size must be an integer in [{SIZE_RANGE[0]}, {SIZE_RANGE[1]}], got {size!r}")
     if not isinstance(eval_per_class, (int, np.integer)) or eval_per_class < 0:
         problems.append(f"eval_per_class must be a non-negative integer, got {eval_per_class!r}")
     if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 0):
@@ -453,8 +457,8 @@ def _check_arguments(num, seed, size, eval_per_class, workers, image_format, com
         problems.append(f"compound_fraction must be in [0, 1], got {compound_fraction!r}")
     if not isinstance(faces_per_identity, (int, np.integer)) or faces_per_identity < 1:
         problems.append(f"faces_per_identity must be a positive integer, got {faces_per_identity!r}")
-    if not 1 <= jpeg_quality <= 100:
-        problems.append(f"jpeg_quality must be in [1, 100], got {jpeg_quality!r}")
+    if not JPEG_QUALITY_RANGE[0] <= jpeg_quality <= JPEG_QUALITY_RANGE[1]:
+        problems.append(f"jpeg_quality must be in [{JPEG_QUALITY_RANGE[0]}, {JPEG_QUALITY_RANGE[1]}], got {jpeg_quality!r}")
     if not 0.0 <= au_drop_probability < 1.0:
         problems.append(f"au_drop_probability must be in [0, 1), got {au_drop_probability!r}")
     if not isinstance(appearance_captions, (bool, np.bool_)):

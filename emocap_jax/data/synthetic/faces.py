@@ -44,6 +44,7 @@ AU_NAMES: dict[int, str] = {
     26: "jaw drop",
 }
 # Intensities at or below this are not drawn and therefore never captioned.
+MIN_FACE_SIZE = 16  # pixels; below it the face features fall under one pixel
 VISIBILITY_THRESHOLD = 0.15
 
 # AffectNet-8 order: the class index of a basic label is its position here.
@@ -526,8 +527,8 @@ def render_face(spec: FaceSpec, size: int = 96, supersample: int | None = None, 
     omit_regions: face regions (``FACE_REGIONS``) whose features are left out of the drawing,
     e.g. to see which pixels a region's drawing sets: they all lie inside its boxes from
     ``face_regions``."""
-    if size < 16:
-        raise ValueError(f"face size must be at least 16 pixels, got {size}")
+    if size < MIN_FACE_SIZE:
+        raise ValueError(f"face size must be at least {MIN_FACE_SIZE} pixels, got {size}")
     _check_omit(omit_regions)
     ss = supersample or _supersample_factor(size)
     big = size * ss
@@ -552,8 +553,8 @@ def face_regions(spec: FaceSpec, size: int = 96, supersample: int | None = None)
     drop also stretches the outline's sides a little above that line, outside the box). Nothing
     is rendered, so this costs a small fraction of ``render_face``.
     """
-    if size < 16:
-        raise ValueError(f"face size must be at least 16 pixels, got {size}")
+    if size < MIN_FACE_SIZE:
+        raise ValueError(f"face size must be at least {MIN_FACE_SIZE} pixels, got {size}")
     ss = supersample or _supersample_factor(size)
     canvas = _face_canvas(spec, size, ss, None)
     _draw_face(canvas, spec)
