@@ -165,10 +165,17 @@ def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None,
         # Micro-batch j takes every k-th face, so each device keeps contributing rows of its own
         # shard to every micro-batch (contiguous splits would idle most devices). Negatives of the
         # contrastive terms span one micro-batch. Each micro-batch's terms are means over its
-        # valid rows, and the micro-batches weigh equally whatever their count of invalid ones.
+        # valid rows, and the micro-batches that have a valid row weigh equally whatever their
+        # count of invalid ones. A micro-batch with none (every record of it skipped as corrupt)
+        # has zero terms and gradient: it is left out of the mean rather than counted as a
+        # zero, which would shrink the step's gradient by 1/k.
         k = grad_accum_steps
         micro = jax.tree_util.tree_map(
             lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
+        if "valid" in micro:
+            counted = jnp.sum(jnp.any(micro["valid"], axis=1).astype(jnp.float32))
+        else:
+            counted = jnp.float32(k)
 
         def body(carry, mb):
             loss, terms, grads = grads_of(params, mb, step)
@@ -179,7 +186,12 @@ def make_train_step(model: CLIP, optimizer, schedule, loss_config, *, mesh=None,
             jnp.zeros_like, jax.eval_shape(grads_of, params,
                                            jax.tree_util.tree_map(lambda x: x[0], micro), step))
         (loss, terms, grads), _ = jax.lax.scan(body, zeros, micro)
-        return jax.tree_util.tree_map(lambda x: x / k, (loss, terms, grads))
+        # No valid row at all: the sums are zero and the step applies no update (step_fn).
+        counted = jnp.maximum(counted, 1.0)
+        # (Floating sums keep their dtype, as dividing by the Python int k kept it.)
+        return jax.tree_util.tree_map(
+            lambda x: (x / counted).astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+            else x / counted, (loss, terms, grads))
 
     def step_fn(state, batch):
         batch = {k: batch[k] for k in TRAIN_FIELDS if k in batch}

@@ -120,3 +120,23 @@ def test_a_step_without_a_valid_row_changes_neither_parameters_nor_adam(setup):
                         jax.tree_util.tree_leaves((new_state["params"], new_state["opt_state"]))):
         np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
     assert int(new_state["step"]) == 2
+
+
+def test_a_micro_batch_without_a_valid_row_is_left_out_of_the_mean(setup):
+    """Every record of one micro-batch skipped as corrupt (here micro-batch 1 = the odd faces):
+    the accumulated step is the other micro-batch's loss and gradient, not half of them (a zero
+    counted in a mean over k would shrink the update by 1/k)."""
+    config, model, params, batch = setup
+    valid = np.arange(B) % K == 0
+    optimizer = optax.sgd(1.0)
+    step = jax.jit(make_train_step(model, optimizer, lambda s: 1.0, config.loss,
+                                   grad_accum_steps=K))
+    new_state, metrics = step(initial_state(params, optimizer), dict(batch, valid=valid))
+    update = jax.tree_util.tree_map(lambda old, new: old - new, params, new_state["params"])
+    (want_loss, _), want_grad = jax.jit(jax.value_and_grad(lambda p, b: compute_losses(
+        p, b, 0, model=model, loss_config=config.loss, mesh=None, batch_axes=None),
+        has_aux=True))(params, {k: v[0::K] for k, v in batch.items()})
+    assert int(metrics["valid_rows"]) == B // K
+    np.testing.assert_allclose(float(metrics["loss"]), float(want_loss), rtol=1e-5)
+    for got, want in zip(jax.tree_util.tree_leaves(update), jax.tree_util.tree_leaves(want_grad)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
