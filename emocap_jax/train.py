@@ -656,64 +656,71 @@ def train_and_evaluate(config, workdir) -> dict:
     except BaseException:
         checkpointer.close()
         raise
-    # Recorded in config.json and in every checkpoint's config, which a resumed run reads back.
-    # Unlocked: a config file of the run's own that lacks the field gets it (absl locks configs).
-    with config.unlocked():
-        config.loss.local_group_size = group
-    if config.loss.local_weight > 0:
-        log.info("local term: negatives in groups of %d faces (%d per device)", group,
-                 _local_share(config, num_batch_shards))
-    if is_main:
-        storage.write_text(storage.join(workdir, "config.json"),
-                           config.to_json_best_effort(indent=1))
+    # Until the loop's own try below, a failure (model set-up, init_from, restore) closes the
+    # checkpointer and stops the Grain workers here rather than leaving them to exit.
+    try:
+        # Recorded in config.json and in every checkpoint's config, which a resumed run reads back.
+        # Unlocked: a config file of the run's own that lacks the field gets it (absl locks configs).
+        with config.unlocked():
+            config.loss.local_group_size = group
+        if config.loss.local_weight > 0:
+            log.info("local term: negatives in groups of %d faces (%d per device)", group,
+                     _local_share(config, num_batch_shards))
+        if is_main:
+            storage.write_text(storage.join(workdir, "config.json"),
+                               config.to_json_best_effort(indent=1))
 
-    # ----- model, optimiser, shardings
-    model = CLIP(model_config)
-    shapes = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0)))
-    optimizer, schedule = make_optimizer(config.optim, num_steps, shapes)
-    param_shardings = sharding.param_sharding(shapes, mesh)
-    state_shapes = jax.eval_shape(lambda p: initial_state(p, optimizer), shapes)
-    state_shardings = jax.tree_util.tree_map(lambda _: sharding.replicated(mesh), state_shapes)
-    state_shardings["params"] = param_shardings
-    # Optimiser moments follow their parameter's sharding; scalars stay replicated.
-    state_shardings["opt_state"] = _opt_state_shardings(state_shapes["opt_state"], shapes,
-                                                        param_shardings, mesh)
+        # ----- model, optimiser, shardings
+        model = CLIP(model_config)
+        shapes = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0)))
+        optimizer, schedule = make_optimizer(config.optim, num_steps, shapes)
+        param_shardings = sharding.param_sharding(shapes, mesh)
+        state_shapes = jax.eval_shape(lambda p: initial_state(p, optimizer), shapes)
+        state_shardings = jax.tree_util.tree_map(lambda _: sharding.replicated(mesh), state_shapes)
+        state_shardings["params"] = param_shardings
+        # Optimiser moments follow their parameter's sharding; scalars stay replicated.
+        state_shardings["opt_state"] = _opt_state_shardings(state_shapes["opt_state"], shapes,
+                                                            param_shardings, mesh)
 
-    # ----- state: resume, else init (random or from a CLIP checkpoint)
-    # Building the input pipeline and the model took each process its own time since Orbax's
-    # last collective; the restore's must again come less than 30 s apart (gloo).
-    distributed.host_barrier("emocap_jax: model set up")
-    make_state = jax.jit(lambda p: initial_state(p, optimizer), out_shardings=state_shardings,
-                         donate_argnums=0)
-    if latest is not None:
-        abstract = abstract_like(jax.tree_util.tree_map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shapes,
-            state_shardings))
-        state = checkpointer.restore(latest, abstract, data_iter,
-                                     config.train.global_batch_size // jax.process_count())
-        log.info("resumed from %s at step %d", checkpointer.directory, latest)
-    else:
-        rng = jax.random.PRNGKey(config.train.seed)
-        params = jax.jit(lambda r: init_params(model_config, r), out_shardings=param_shardings)(rng)
-        if config.init_from:
-            loaded = load_init_params(config, model_config, jax.tree_util.tree_map(
-                lambda s: tuple(s.shape), shapes))
-            params = _merge(params, {k: v for k, v in loaded.items()})
-            params = jax.device_put(params, param_shardings)
-            log.info("initialised %d of %d parameter arrays from %s", len(loaded),
-                     len(jax.tree_util.tree_leaves(params)), config.init_from)
-        state = make_state(params)
+        # ----- state: resume, else init (random or from a CLIP checkpoint)
+        # Building the input pipeline and the model took each process its own time since Orbax's
+        # last collective; the restore's must again come less than 30 s apart (gloo).
+        distributed.host_barrier("emocap_jax: model set up")
+        make_state = jax.jit(lambda p: initial_state(p, optimizer), out_shardings=state_shardings,
+                             donate_argnums=0)
+        if latest is not None:
+            abstract = abstract_like(jax.tree_util.tree_map(
+                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shapes,
+                state_shardings))
+            state = checkpointer.restore(latest, abstract, data_iter,
+                                         config.train.global_batch_size // jax.process_count())
+            log.info("resumed from %s at step %d", checkpointer.directory, latest)
+        else:
+            rng = jax.random.PRNGKey(config.train.seed)
+            params = jax.jit(lambda r: init_params(model_config, r), out_shardings=param_shardings)(rng)
+            if config.init_from:
+                loaded = load_init_params(config, model_config, jax.tree_util.tree_map(
+                    lambda s: tuple(s.shape), shapes))
+                params = _merge(params, {k: v for k, v in loaded.items()})
+                params = jax.device_put(params, param_shardings)
+                log.info("initialised %d of %d parameter arrays from %s", len(loaded),
+                         len(jax.tree_util.tree_leaves(params)), config.init_from)
+            state = make_state(params)
 
-    batch_shardings = sharding.batch_sharding(mesh)
-    step_fn = make_train_step(model, optimizer, schedule, config.loss, mesh=mesh, batch_axes=axes,
-                              grad_accum_steps=config.optim.grad_accum_steps)
-    train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
-                         out_shardings=(state_shardings, sharding.replicated(mesh)),
-                         donate_argnums=0)
+        batch_shardings = sharding.batch_sharding(mesh)
+        step_fn = make_train_step(model, optimizer, schedule, config.loss, mesh=mesh, batch_axes=axes,
+                                  grad_accum_steps=config.optim.grad_accum_steps)
+        train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                             out_shardings=(state_shardings, sharding.replicated(mesh)),
+                             donate_argnums=0)
 
-    # ----- the loop
-    start_step = int(jax.device_get(state["step"]))
-    logger = MetricsLogger(workdir, is_main, start_step)
+        # ----- the loop
+        start_step = int(jax.device_get(state["step"]))
+        logger = MetricsLogger(workdir, is_main, start_step)
+    except BaseException:
+        checkpointer.close()
+        _close(data_iter)
+        raise
     stop = distributed.Preemption()
     config_json = config.to_json_best_effort()
     pending: list = []

@@ -768,6 +768,42 @@ def test_a_refused_resume_is_refused_before_the_input_pipeline_is_built(
         train.train_and_evaluate(config, str(tmp_path))
 
 
+def test_a_failed_restore_stops_the_data_workers_and_closes_the_checkpointer(
+        tmp_path, datasets, monkeypatch):
+    """A failure after the input pipeline is built and before the loop starts (here a checkpoint
+    whose tree is not the run's state, so the restore fails) closes the data iterator (its Grain
+    worker processes) and the checkpointer on the way out, not only at interpreter exit."""
+    from configs import tiny
+    from emocap_jax import train
+    from emocap_jax.checkpoint import TrainCheckpointer
+
+    config = tiny.get_config()
+    config.data.train_dir, config.eval.zero_shot_dir = datasets[0], ""
+    saved = copy.deepcopy(config)
+    saved.loss.local_group_size = 2
+    checkpointer = TrainCheckpointer(tmp_path / "checkpoints", async_save=False)
+    checkpointer.manager.save(2, args=ocp_composite({"w": np.ones(2)}, saved), force=True)
+    checkpointer.close()
+    closed = []
+
+    class Iterator:
+        def close(self):
+            closed.append("iterator")
+
+    original_close = TrainCheckpointer.close
+
+    def close_checkpointer(self):
+        closed.append("checkpointer")
+        original_close(self)
+
+    monkeypatch.setattr(train, "make_train_iterator", lambda *args, **kwargs: Iterator())
+    monkeypatch.setattr(TrainCheckpointer, "close", close_checkpointer)
+    with pytest.raises(Exception) as failure:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not isinstance(failure.value, _PipelineBuilt)
+    assert sorted(closed) == ["checkpointer", "iterator"], failure.value
+
+
 def test_a_resumed_run_logs_each_step_once(tmp_path):
     """A run killed after its checkpoint at step 2 had logged steps 3 and 4 (and half a line):
     resumed at step 2, it logs them again, and metrics.jsonl holds each step once."""
