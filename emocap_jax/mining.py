@@ -214,7 +214,11 @@ def _row_stats(guide: Guide, row_offset, k: int, moments: bool, col_valid=None) 
         # lax.top_k puts the lower index first among equal values: the k-th (value, column) pair
         # is the k-th in the order (value descending, column ascending).
         values, cols = jax.lax.top_k(jnp.where(off, sim, -jnp.inf), k)
-        stats.update(kth_value=values[:, -1], topk_cols=cols)
+        # The k-th value as the least of the k (they come in descending order), not values[:, -1]:
+        # XLA folds that into a slice of the whole sort, which then stays a full [n, c] sort
+        # instead of becoming the partial TopK call (on CPU the mutual cap's forward pass took
+        # 7x longer).
+        stats.update(kth_value=jnp.min(values, axis=1), topk_cols=cols)
     if moments:
         # Invalid columns (rows skipped as corrupt) leave the count as well as the sums.
         count = jnp.maximum(jnp.sum(off, axis=1), 1).astype(jnp.float32)
@@ -372,7 +376,7 @@ def _column_kth_values(guide: Guide, own: RowStats, k: int, axis, col_valid=None
         index, row = index_and_row
         off = _off_diagonal(index[None], ids, col_valid)[0]
         sim = jnp.where(off, cols @ row, -jnp.inf)
-        return jax.lax.top_k(sim, k)[0][-1]
+        return jnp.min(jax.lax.top_k(sim, k)[0])  # the k-th value; see _row_stats
 
     return jax.lax.map(kth, (jnp.arange(num_cols), cols), batch_size=min(num_cols, 256))
 

@@ -3,12 +3,13 @@ mutual cap, the row-relative threshold and the spread gate, the training log's m
 the agreement gate's pair agreement, and the chunked row statistics on the 8 simulated CPU
 devices set up by conftest.py."""
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from emocap_jax import losses, mining
 from tests.mining_reference import (CHUNK, DIM, EDGE_ABOVE, EDGE_JUST_ABOVE, EDGE_JUST_BELOW_IN,
@@ -388,3 +389,21 @@ def test_forms_mine_the_same_pairs_with_tied_guides(mesh, mutual):
     assert 0 < expected.sum() <= 3 * N
     for form in ("whole", "sharded", "chunked"):
         assert (_form_mined_mask(cfg, guide, form, mesh) == expected).all(), form
+
+
+def test_the_sharded_mutual_cap_compiles_to_a_partial_top_k_not_a_full_sort(mesh):
+    """The mutual cap reads each row's k-th value. Taken as values[:, -1], XLA folded it into a
+    slice of the whole sort, and the top-k stayed a full sort of the [n, N] similarities instead
+    of the partial TopK call: the sharded loss with the default config's mutual cap took 7x
+    longer on CPU (bench/loss_memory.py --time; PERFORMANCE.md). A check of the compiled program,
+    not of its time."""
+    config = mining.MiningConfig(mode="text", threshold=0.5, top_k=4, mutual=True)
+    emb = jax.ShapeDtypeStruct((64, 32), jnp.float32, sharding=NamedSharding(mesh, P("data")))
+
+    def loss(image, text, logit_scale, guide):
+        return losses.contrastive_loss(image, text, logit_scale, mesh=mesh, impl="sharded",
+                                       mining=config, guide_text=guide)
+
+    program = jax.jit(loss).lower(emb, emb, jax.ShapeDtypeStruct((), jnp.float32),
+                                  emb).compile().as_text()
+    assert not re.search(r" sort\(", program), "the mining top-k is a full sort"
