@@ -623,3 +623,39 @@ def test_converted_benchmarks_fill_the_report_rows(tmp_path):
     assert "| face_recognition_basic-cropped | — | — | 0 | 1 |" in markdown
     assert "6 scored questions (chance" in markdown and "; 2 skipped" in markdown
     assert "skipped, by reason: counting 1, identity_comparison 1" in markdown
+
+
+def write_labelled(directory, classes, per_class=4):
+    """A labelled dataset of `per_class` plain faces per class, label_id in `classes` order."""
+    with shard_writer.ShardedRecordWriter(directory, 1, classes=list(classes)) as writer:
+        for c, name in enumerate(classes):
+            for i in range(per_class):
+                image = io.BytesIO()
+                Image.new("RGB", (8, 8), (30 * c, 10 * i, 90)).save(image, format="JPEG")
+                writer.add(example_codec.FaceRecord(id=f"{name}_{i}", images=[image.getvalue()],
+                                                    label=name, label_id=c))
+    return directory
+
+
+def test_every_split_must_share_the_benchmarks_class_order(tmp_path):
+    # label_id 0 is "surprise" in RAF-DB's order but "angry" in FER2013's: a probe trained on one
+    # and tested on the other scores wrong classes, so a train folder (or a later official fold)
+    # in another order is refused, naming it, instead of being evaluated.
+    from emocap_jax.data import class_orders
+
+    test = write_labelled(tmp_path / "rafdb" / "test", class_orders.RAFDB_BASIC)
+    train = write_labelled(tmp_path / "fer_train", class_orders.FER2013)
+    options = runner.Options(train_data=str(train), c_grid=(1.0,))
+    for protocol in ("linear_probe", "few_shot"):
+        with pytest.raises(ValueError, match=r"fer_train: the dataset's class order"):
+            runner.run(HashEncoder(), "rafdb", protocol, test, options)
+    same = runner.run(HashEncoder(), "rafdb", "linear_probe", test,
+                      runner.Options(train_data=str(write_labelled(
+                          tmp_path / "raf_train", class_orders.RAFDB_BASIC)), c_grid=(1.0,)))
+    assert same["report"]["num_examples"] == 4 * len(class_orders.RAFDB_BASIC)
+
+    for k in registry.get("dfew").official_folds:
+        order = class_orders.DFEW if k != 3 else tuple(reversed(class_orders.DFEW))
+        write_labelled(tmp_path / "dfew" / f"fold{k}" / "test", order, per_class=1)
+    with pytest.raises(ValueError, match=r"fold3.test: the dataset's class order"):
+        runner.run(HashEncoder(), "dfew", "video", tmp_path / "dfew")

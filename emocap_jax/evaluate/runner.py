@@ -115,8 +115,19 @@ def _num_frames(spec: registry.Benchmark, data_dir: str, requested: Optional[int
     return max(1, min(wanted, stored))
 
 
-def _resolve(spec: registry.Benchmark, data_dir: str) -> registry.Benchmark:
-    return spec.resolve(load_metadata(data_dir).get("classes"))
+def _resolve(spec: registry.Benchmark, splits: Sequence[Split]) -> registry.Benchmark:
+    """The benchmark with its classes fixed by the first test split, checked against the recorded
+    class order of every test and train folder: label_id i must name the same class in all of them
+    (a train split or a later fold converted in another order would otherwise be scored against
+    the wrong prompts or probe classes without a word)."""
+    resolved = spec.resolve(load_metadata(splits[0].test).get("classes"))
+    folders = [s.test for s in splits] + [s.train for s in splits if s.train is not None]
+    for folder in dict.fromkeys(folders):
+        try:
+            resolved.resolve(load_metadata(folder).get("classes"))
+        except ValueError as e:
+            raise ValueError(f"{folder}: {e}") from None
+    return resolved
 
 
 def _labelled(features: ImageFeatures) -> ImageFeatures:
@@ -160,7 +171,7 @@ def _headline(pooled: dict, metric: str, folded: bool) -> float:
 
 def run_zero_shot(encoder: Encoder, spec, splits, options: Options, frames: bool = False,
                   single_frame_baseline: bool = False) -> dict:
-    spec = _resolve(spec, splits[0].test)
+    spec = _resolve(spec, splits)
     words = options.prompt_words or spec.prompt_words
     if len(words) != len(spec.classes):
         raise ValueError(f"--classes gives {len(words)} prompt words for {len(spec.classes)} "
@@ -230,7 +241,7 @@ def _probe_data(encoder: Encoder, spec, split: Split, options: Options):
 
 
 def run_linear_probe(encoder: Encoder, spec, splits, options: Options) -> dict:
-    spec = _resolve(spec, splits[0].test)
+    spec = _resolve(spec, splits)
     fold_reports, predictions = [], []
     for split in splits:
         train, test, folds, groups = _probe_data(encoder, spec, split, options)
@@ -261,7 +272,7 @@ def run_linear_probe(encoder: Encoder, spec, splits, options: Options) -> dict:
 
 
 def run_few_shot(encoder: Encoder, spec, splits, options: Options) -> dict:
-    spec = _resolve(spec, splits[0].test)
+    spec = _resolve(spec, splits)
     per_k: dict[int, list] = {}
     folds_out = []
     for split in splits:
