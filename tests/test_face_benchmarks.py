@@ -659,3 +659,21 @@ def test_every_split_must_share_the_benchmarks_class_order(tmp_path):
         write_labelled(tmp_path / "dfew" / f"fold{k}" / "test", order, per_class=1)
     with pytest.raises(ValueError, match=r"fold3.test: the dataset's class order"):
         runner.run(HashEncoder(), "dfew", "video", tmp_path / "dfew")
+
+
+def test_a_run_on_some_official_folds_says_so_beside_the_paper(tmp_path):
+    # --fold 3 gives fold 3's UAR; the paper's DFEW number is the mean of 5 folds, so the table
+    # and the summary line say which folds the value covers instead of passing it off as that.
+    from emocap_jax.data import class_orders
+
+    for k in registry.get("dfew").official_folds:
+        write_labelled(tmp_path / "dfew" / f"fold{k}" / "test", class_orders.DFEW, per_class=1)
+    one = runner.run(HashEncoder(), "dfew", "video", tmp_path / "dfew", runner.Options(fold=3))
+    assert report.partial_folds(one) == "fold 3 of 5"
+    assert ", fold 3 of 5 only (paper: EmoCapCLIP 42.2" in report.summary_line(one)
+    report.write_result(tmp_path / "eval", one)
+    report.write_report(tmp_path / "eval", HashEncoder.description)
+    markdown = (tmp_path / "eval" / "report.md").read_text()
+    assert f"| DFEW | video | UAR | {100 * one['value']:.1f} (fold 3 of 5) | 42.2 |" in markdown
+    every = runner.run(HashEncoder(), "dfew", "video", tmp_path / "dfew")
+    assert report.partial_folds(every) == "" and "only" not in report.summary_line(every)

@@ -46,6 +46,17 @@ def metric_name(metric: str) -> str:
     return METRIC_NAMES.get(head, head) + sep + tail
 
 
+def partial_folds(result: dict) -> str:
+    """"fold 3 of 5" when a benchmark with official folds was run on only some of them (--fold),
+    else "": its value is then that fold's, not the fold mean the paper reports, and must not
+    pass for it beside the paper's number."""
+    official = registry.get(result["benchmark"]).official_folds
+    run = sorted({s.get("fold") for s in result.get("splits") or []} - {None})
+    if not official or not run or set(run) >= set(official):
+        return ""
+    return f"fold{'s' if len(run) > 1 else ''} {', '.join(map(str, run))} of {len(official)}"
+
+
 def summary_line(result: dict) -> str:
     """One line per result, as the evaluation CLI and `--mode=eval` print it."""
     value = result["value"]
@@ -59,6 +70,8 @@ def summary_line(result: dict) -> str:
         text += f", WAR {100 * war:.1f}%, {report['num_examples']} examples"
     if folds > 1:
         text += f", mean of {folds} folds"
+    if partial_folds(result):
+        text += f", {partial_folds(result)} only"
     if result.get("paper"):
         text += (f" (paper: EmoCapCLIP {result['paper']['emocapclip']}, "
                  f"FLIP {result['paper']['flip']})")
@@ -67,6 +80,12 @@ def summary_line(result: dict) -> str:
 
 def _pct(value) -> str:
     return DASH if value is None else f"{100 * value:.1f}"
+
+
+def _ours(value, result: Optional[dict]) -> str:
+    """A table cell: the value, with the folds it covers when it is not all of them."""
+    note = partial_folds(result) if result else ""
+    return _pct(value) + (f" ({note})" if note else "")
 
 
 def _json_default(x):
@@ -329,7 +348,7 @@ def render_markdown(results: list[dict], checkpoint: str = "") -> str:
     for row in paper_rows:
         lines.append(f"| {row['group']} | {row['title']} | {row['protocol']} | "
                      f"{metric_name(row['metric'])} | "
-                     f"{_pct(row['ours'])} | {_pct(row['emocapclip_b32'])} | "
+                     f"{_ours(row['ours'], row['result'])} | {_pct(row['emocapclip_b32'])} | "
                      f"{_pct(row['flip_b32'])} |")
     done = [r for r in paper_rows if r["ours"] is not None]
     if done:
@@ -349,7 +368,7 @@ def render_markdown(results: list[dict], checkpoint: str = "") -> str:
                   "|---|---|---|---|---|---|"]
         for row in other_rows:
             lines.append(f"| {row['group']} | {row['title']} | {row['protocol']} | "
-                         f"{metric_name(row['metric'])} | {_pct(row['ours'])} | "
+                         f"{metric_name(row['metric'])} | {_ours(row['ours'], row['result'])} | "
                          f"{_num_examples(row['result']) or DASH} |")
     notes = [f"- {registry.get(r['benchmark']).title}: {registry.get(r['benchmark']).note}"
              for r in results if registry.get(r["benchmark"]).note]
