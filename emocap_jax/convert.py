@@ -489,13 +489,19 @@ def infer_hf_config(state: dict, hf_cfg: Optional[dict] = None,
             raise ConversionError(f"Hugging Face config activations {sorted(acts)} unsupported: "
                                   f"both towers must use quick_gelu or gelu")
         activation = _HF_ACT[acts.pop()]
-    # --activation overrides the activation only: another LayerNorm epsilon is still refused.
-    eps = {vcfg.get("layer_norm_eps", 1e-5), tcfg.get("layer_norm_eps", 1e-5)}
-    if eps != {1e-5}:
-        raise ConversionError(f"Hugging Face config layer_norm_eps {sorted(eps)}: only 1e-5 "
-                              f"is supported")
+    # The model has one LayerNorm epsilon (CLIPConfig.layer_norm_eps): the towers' must agree.
+    # It is read from the config, not assumed to be CLIP's 1e-5, so that a model exported to
+    # Hugging Face with another epsilon (emocap_jax.export writes it) loads back as it was;
+    # --activation overrides the activation only, never the epsilon.
+    eps = [tower.get("layer_norm_eps", _HF_TOWER_DEFAULTS[name]["layer_norm_eps"])
+           for name, tower in (("vision_config", vcfg), ("text_config", tcfg))]
+    if eps[0] != eps[1] or not all(isinstance(e, numbers.Real) and not isinstance(e, bool)
+                                   and e > 0 for e in eps):
+        raise ConversionError(f"Hugging Face config layer_norm_eps: vision {eps[0]!r}, text "
+                              f"{eps[1]!r}; emocap_jax's towers share one positive LayerNorm "
+                              f"epsilon")
     config = CLIPConfig(embed_dim=state["visual_projection.weight"].shape[0], vision=vision,
-                        text=text, activation=activation)
+                        text=text, activation=activation, layer_norm_eps=float(eps[0]))
     if hf_cfg is not None:
         _check_hf_config_sizes(hf_cfg, config)
     return config

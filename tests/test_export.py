@@ -267,6 +267,22 @@ def test_pooling_each_target_can_and_cannot_express():
                                                                              "open_clip"))
 
 
+def test_layer_norm_eps_round_trips_through_hf(tmp_path):
+    """transformers can express another LayerNorm epsilon (config.json's layer_norm_eps), so the
+    export writes it and our importer must read it back, not refuse it or assume CLIP's 1e-5."""
+    config = tiny_model_config().replace(layer_norm_eps=1e-6)
+    source = make_tiny_export(tmp_path / "eps", config=config)
+    out = export.export_model(source, "hf", tmp_path / "hf")[0].parent
+    written = json.loads((out / "config.json").read_text())
+    assert {written[t]["layer_norm_eps"] for t in ("vision_config", "text_config")} == {1e-6}
+    params, _, _ = load_params(source)
+    back_params, back_config, _ = convert.convert(out)
+    assert back_config == config
+    a, b = _flat(params), _flat(back_params)
+    for path in a:
+        np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+
+
 def test_patch_mean_pooling_round_trips_through_open_clip(fixtures_dir, tmp_path):
     """vision.pool='gap' is open_clip's pool_type 'avg': written, read back, same outputs."""
     params, config, _ = convert.convert(fixtures_dir / "openclip_tiny_gelu")

@@ -432,8 +432,8 @@ def test_checkpoints_that_are_not_clip_vits_say_so(fixtures_dir, tmp_path):
 
 
 def test_hf_layer_norm_eps_is_checked_with_activation_given(fixtures_dir):
-    # --activation overrides hidden_act; it must not also skip the layer_norm_eps check (the
-    # model would silently use 1e-5).
+    # --activation overrides hidden_act; it must not also skip the layer_norm_eps check (towers
+    # with different epsilons cannot be one CLIPConfig.layer_norm_eps).
     state = load_file(str(fixtures_dir / "hf_clip_tiny" / "model.safetensors"))
     cfg = json.loads((fixtures_dir / "hf_clip_tiny" / "config.json").read_text())
     cfg["vision_config"]["layer_norm_eps"] = 1e-6
