@@ -255,6 +255,27 @@ def test_tokenizers_a_target_cannot_load_are_refused(tokenizer, target, message)
     assert len(problems) == 1 and message in problems[0]
 
 
+@pytest.mark.parametrize("target", export.TARGETS)
+def test_imported_peer_tokenizer_is_refused_not_dropped(fixtures_dir, tmp_path, target):
+    """An open_clip checkpoint whose config names another tokenizer (here a Hugging Face one)
+    imports without a tokenizer, recording which it was. Its export cannot name it, and a folder
+    naming none is tokenized with CLIP BPE (open_clip's get_tokenizer, and the model card's usage,
+    would give the text tower other ids without a word): refused, nothing written."""
+    peer = tmp_path / "peer"
+    peer.mkdir()
+    (peer / "open_clip_model.safetensors").write_bytes(
+        (fixtures_dir / "openclip_tiny_gelu" / "open_clip_model.safetensors").read_bytes())
+    cfg = json.loads((fixtures_dir / "openclip_tiny_gelu" / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = "facebook/xlm-v-base"
+    (peer / "open_clip_config.json").write_text(json.dumps(cfg))
+    params, config, source = convert.convert(peer)
+    assert convert.default_tokenizer_config(config, source) is None
+    imported = save_params(tmp_path / "imported", params, config, None, source)
+    with pytest.raises(export.ExportError, match="hf_tokenizer_name='facebook/xlm-v-base'"):
+        export.export_model(imported, target, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
 def test_pooling_each_target_can_and_cannot_express():
     gap = _config(vision={"pool": "gap"})
     assert any("pool='gap'" in p for p in export.expressibility_problems(gap, None, "hf"))

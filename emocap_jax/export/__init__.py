@@ -13,9 +13,9 @@ and outputs.
     to_hf.py         config.json, model.safetensors, preprocessor_config.json, tokenizer files
     model_card.py    README.md: architecture, use, training data, evaluation, vocabulary licence
 
-An architecture the target cannot express (a convolutional stem, a sentencepiece tokenizer, patch-
-mean pooling for transformers, ...) is refused with an `ExportError` naming it, before anything is
-written.
+An architecture the target cannot express (a convolutional stem, a sentencepiece tokenizer, an
+imported checkpoint's non-CLIP open_clip tokenizer, patch-mean pooling for transformers, ...) is
+refused with an `ExportError` naming it, before anything is written.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def export_model(input_path, target: str, output) -> list[pathlib.Path]:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ExportError(f"--output {output} exists and is not an empty folder; choose a new one")
     source = read_source(input_path)
-    check_expressible(source.config, source.tokenizer, target)
+    check_expressible(source.config, source.tokenizer, target,
+                      (source.description.get("source") or {}).get("peer_tokenizer"))
     # Written into a sibling folder and renamed: a failed export leaves no half-written model.
     tmp = output.with_name(output.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

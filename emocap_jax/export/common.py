@@ -60,9 +60,11 @@ def read_source(path) -> ExportSource:
                         description=description, export_dir=export, run_dir=run_dir)
 
 
-def expressibility_problems(config: CLIPConfig, tokenizer: Optional[dict],
-                            target: str) -> list[str]:
-    """What of this model `target` cannot express (empty when it can export exactly)."""
+def expressibility_problems(config: CLIPConfig, tokenizer: Optional[dict], target: str,
+                            peer_tokenizer: Optional[str] = None) -> list[str]:
+    """What of this model `target` cannot express (empty when it can export exactly).
+    `peer_tokenizer`: the non-CLIP tokenizer an imported open_clip checkpoint's config named
+    (its description's source["peer_tokenizer"], recorded by `emocap_jax.convert`)."""
     name = TARGET_NAMES[target]
     v, t = config.vision, config.text
     problems = []
@@ -90,6 +92,16 @@ def expressibility_problems(config: CLIPConfig, tokenizer: Optional[dict],
                 problems.append(f"model.{tower}.mlp_dim={mlp}: open_clip derives it as "
                                 f"int(width * mlp_ratio) and cannot give {mlp} for width {width}")
     kind = (tokenizer or {}).get("type")
+    if peer_tokenizer:
+        # The import kept only this description of it, so the export cannot write it back, and a
+        # folder that names no tokenizer is read with CLIP BPE ids without a word (open_clip's
+        # get_tokenizer without hf_tokenizer_name / tokenizer_kwargs in text_cfg; emocap_jax.load
+        # of the exported folder for a 49408-token vocabulary).
+        problems.append(
+            f"the text tower was trained with open_clip's tokenizer {peer_tokenizer} (the "
+            f"imported checkpoint's config), which the export cannot carry: the written folder "
+            f"would be tokenized with CLIP BPE (open_clip's default; emocap_jax.load's for a "
+            f"49408-token vocabulary), giving the text tower other ids")
     if kind == "sentencepiece":
         problems.append(
             f"the tokenizer is sentencepiece ({tokenizer.get('model_file')}): {name} loads CLIP "
@@ -104,8 +116,9 @@ def expressibility_problems(config: CLIPConfig, tokenizer: Optional[dict],
     return problems
 
 
-def check_expressible(config: CLIPConfig, tokenizer: Optional[dict], target: str) -> None:
-    problems = expressibility_problems(config, tokenizer, target)
+def check_expressible(config: CLIPConfig, tokenizer: Optional[dict], target: str,
+                      peer_tokenizer: Optional[str] = None) -> None:
+    problems = expressibility_problems(config, tokenizer, target, peer_tokenizer)
     if problems:
         raise ExportError(f"cannot export to {TARGET_NAMES[target]}: " + "; ".join(problems))
 
