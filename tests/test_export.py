@@ -357,6 +357,31 @@ def test_model_card_names_training_data_evaluation_and_licence(tmp_path):
             assert "return_tensors=\"pt\", padding=True,\n" in card and "truncation=True)" in card
 
 
+@pytest.mark.parametrize("target", export.TARGETS)
+def test_model_card_usage_fits_a_model_without_tokenizer(exported, target):
+    """hf_clip_tiny (a 1000-id vocabulary) records no tokenizer: open_clip's get_tokenizer would
+    give it CLIP BPE ids up to 49407 and the hf folder holds no tokenizer files for CLIPProcessor,
+    so the card must not tell the reader to use either."""
+    folder = exported["hf_clip_tiny", target]
+    card = (folder / "README.md").read_text()
+    use = card[card.index("## Use"):card.index("## Training data")]
+    assert "get_tokenizer" not in use and "CLIPProcessor" not in use
+    assert "ids of the tokenizer the model was trained with" in use
+    if target == "hf":
+        assert not (folder / "vocab.json").exists()
+        assert "CLIPImageProcessor.from_pretrained" in use
+
+
+def test_model_card_says_which_features_are_normalised(bpe_export):
+    """open_clip's encode_* give unnormalised features; transformers' CLIPModel output embeds are
+    L2-normalised (CLIPModel.forward divides them by their norms)."""
+    _, folder = bpe_export
+    use = (folder / "README.md").read_text()
+    assert "CLIPProcessor.from_pretrained" in use
+    assert "`outputs.image_embeds` and `outputs.text_embeds` are L2-normalised" in use
+    assert "Features are unnormalised" not in use
+
+
 def test_convert_cli_exports_a_run(tmp_path):
     export_dir = make_tiny_export(tmp_path / "run" / "export")
     result = subprocess.run(

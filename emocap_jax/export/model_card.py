@@ -41,6 +41,41 @@ inputs = processor(text=["This image portrays an expression of happiness."],
 outputs = model(**inputs)   # outputs.image_embeds, outputs.text_embeds
 ```''',
 }
+# A model that records no tokenizer: open_clip's get_tokenizer would hand it CLIP BPE ids, and the
+# transformers folder has no tokenizer files for CLIPProcessor, so the text ids are the user's.
+_USAGE_WITHOUT_TOKENIZER = {
+    "open_clip": '''```python
+import open_clip, torch
+from PIL import Image
+
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{dir}")
+image = preprocess(Image.open("face.jpg")).unsqueeze(0)
+text = ...  # [B, T] int64 ids of the tokenizer the model was trained with (not CLIP BPE)
+with torch.no_grad():
+    image_features = model.encode_image(image)
+    text_features = model.encode_text(text)
+```''',
+    "hf": '''```python
+from PIL import Image
+from transformers import CLIPImageProcessor, CLIPModel
+
+model = CLIPModel.from_pretrained("{dir}")
+image_processor = CLIPImageProcessor.from_pretrained("{dir}")
+pixel_values = image_processor(images=Image.open("face.jpg"), return_tensors="pt").pixel_values
+input_ids = ...  # [B, T] int64 ids of the tokenizer the model was trained with (none here)
+outputs = model(input_ids=input_ids, pixel_values=pixel_values)
+```''',
+}
+# What the snippet's features are: open_clip's encode_* leave them as they are (as
+# emocap_jax.load's do); transformers' CLIPModel.forward divides image_embeds and text_embeds by
+# their norms.
+_FEATURES = {
+    "open_clip": "`encode_image` / `encode_text` give unnormalised features (as "
+                 "`emocap_jax.load`'s `encode_*` do); normalise them before taking cosine "
+                 "similarities.",
+    "hf": "`outputs.image_embeds` and `outputs.text_embeds` are L2-normalised by `CLIPModel`; "
+          "`outputs.logits_per_image` is the logit scale times their cosine similarities.",
+}
 _LIBRARY = {"open_clip": "open_clip", "hf": "transformers"}
 
 
@@ -155,6 +190,8 @@ def _tokenizer(source: ExportSource, target: str) -> list[str]:
 
 def model_card(source: ExportSource, target: str, output: pathlib.Path) -> str:
     name = (source.run_dir or source.export_dir).name
+    known = (source.tokenizer or {}).get("type") == "clip_bpe"  # the only kind an export carries
+    usage = (_USAGE if known else _USAGE_WITHOUT_TOKENIZER)[target]
     sections = [
         "---", f"library_name: {_LIBRARY[target]}",
         "tags:", "- clip", "- facial-expression-recognition", "- emocap_jax", "---", "",
@@ -164,8 +201,7 @@ def model_card(source: ExportSource, target: str, output: pathlib.Path) -> str:
         f"emocap_jax.convert --to {target}` from `{source.export_dir}`; loading it gives the "
         "same image and text features as `emocap_jax.load` on that folder.", "",
         "## Architecture", "", *_architecture(source), "",
-        "## Use", "", _USAGE[target].format(dir=output), "",
-        "Features are unnormalised; normalise them before taking cosine similarities.", "",
+        "## Use", "", usage.format(dir=output), "", _FEATURES[target], "",
         "## Training data", "", *_training(source), "",
         "## Evaluation", "", *_evaluation(source), "",
         "## Tokenizer and the licence of its vocabulary", "", *_tokenizer(source, target), "",
