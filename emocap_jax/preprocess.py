@@ -46,8 +46,11 @@ def expand_image_paths(items: Iterable[PathLike], recursive: bool = True) -> lis
         path = pathlib.Path(item)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
+            # A dangling symbolic link is kept, so that it is reported as unreadable (naming it)
+            # rather than left out without a word; other non-files (fifos, sockets) are not.
             found = sorted(p for p in path.glob(pattern)
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+                           if (p.is_file() or (p.is_symlink() and not p.exists()))
+                           and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 raise ImageReadError(f"{path}: directory holds no image files "
                                      f"({', '.join(IMAGE_EXTENSIONS)})")
@@ -67,10 +70,16 @@ def check_image_file(path: PathLike) -> None:
         with Image.open(path) as img:
             img.size  # noqa: B018 (the header is parsed on open; size proves it was understood)
     except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
+        raise ImageReadError(f"{path}: no such file{_dangling(path)}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
             Image.DecompressionBombError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
+
+
+def _dangling(path: PathLike) -> str:
+    """How a missing file came to be listed: a symbolic link to a file that is not there."""
+    path = pathlib.Path(path)
+    return f" (a broken symbolic link to {os.readlink(path)})" if path.is_symlink() else ""
 
 
 def read_image(path: PathLike) -> Image.Image:
@@ -81,7 +90,7 @@ def read_image(path: PathLike) -> Image.Image:
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
     except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
+        raise ImageReadError(f"{path}: no such file{_dangling(path)}") from None
     except IsADirectoryError:
         raise ImageReadError(f"{path}: is a directory, not an image file") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError,

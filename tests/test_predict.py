@@ -207,6 +207,23 @@ def test_directories_expand_sorted_and_recursive(tmp_path):
         pp.expand_image_paths([tmp_path / "missing"])
 
 
+def test_dangling_symlink_in_a_directory_is_reported_not_dropped(tmp_path):
+    """A folder's image whose symbolic link points nowhere is listed (then named as unreadable
+    by check_image_file, which the CLI reports as skipped), not left out without a word."""
+    root = tmp_path / "root"
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "a.png")
+    (root / "b.png").symlink_to(tmp_path / "moved_away.png")
+    found = pp.expand_image_paths([root])
+    assert [p.name for p in found] == ["a.png", "b.png"]
+    pp.check_image_file(found[0])
+    with pytest.raises(pp.ImageReadError, match=r"b\.png: no such file \(a broken symbolic link "
+                                                r"to .*moved_away\.png\)"):
+        pp.check_image_file(found[1])
+    with pytest.raises(pp.ImageReadError, match="broken symbolic link"):
+        pp.read_image(found[1])
+
+
 # ----------------------------------------------------------------------------- zero-shot
 
 def test_label_rule():
