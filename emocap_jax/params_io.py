@@ -3,6 +3,8 @@
     DIR/model_config.json   {"format": "emocap_jax.params", "model": CLIPConfig.to_dict(),
                              "tokenizer": tokenizer config or null, "source": where they came from}
     DIR/params/             Orbax StandardCheckpointer tree of float32 arrays
+    DIR/tokenizer.model     a sentencepiece tokenizer's model, when the model has one (the
+                            tokenizer config names it relative to DIR, so the folder can move)
 
 `emocap_jax.convert` writes it, training exports it, `emocap_jax.load` and the trainer's
 `init_from` read it. The folder may be local or on a bucket (`gs://...`, see emocap_jax.storage):
@@ -10,8 +12,11 @@ functions given a local path return a pathlib.Path, given a URL the URL string.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pathlib
+import tempfile
 from typing import Any, Optional
 
 import jax
@@ -25,6 +30,7 @@ from emocap_jax.models.config import CLIPConfig
 FORMAT = "emocap_jax.params"
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+TOKENIZER_MODEL_FILE = "tokenizer.model"
 
 
 def _typed(path: str) -> pathlib.Path | str:
@@ -59,6 +65,7 @@ def save_params(path, params, model_config: CLIPConfig, tokenizer: Optional[dict
     checkpointer = _this_process_checkpointer()
     checkpointer.save(storage.orbax_path(params_dir), params)
     checkpointer.wait_until_finished()
+    tokenizer = _bundle_tokenizer(path, tokenizer)
     description = {"format": FORMAT, "model": model_config.to_dict(), "tokenizer": tokenizer,
                    "source": source or {}}
     # Written atomically after the params: the config appears only once the params are complete.
@@ -73,6 +80,38 @@ def read_description(path) -> dict[str, Any]:
         raise ValueError(f"{config_path}: not an emocap_jax params description "
                          f"(format={description.get('format')!r})")
     return description
+
+
+def _bundle_tokenizer(path, tokenizer: Optional[dict]) -> Optional[dict]:
+    """A sentencepiece tokenizer's model file copied into the export and named relative to it:
+    the path it was trained from (a run's data folder, on the machine that trained) is not there
+    where the export is copied to, and without the file the model cannot tokenize."""
+    if not tokenizer or tokenizer.get("type") != "sentencepiece":
+        return tokenizer
+    storage.write_bytes(storage.join(path, TOKENIZER_MODEL_FILE),
+                        storage.read_bytes(tokenizer["model_file"]))
+    return dict(tokenizer, model_file=TOKENIZER_MODEL_FILE)
+
+
+def _local_tokenizer(path, tokenizer: Optional[dict]) -> Optional[dict]:
+    """The tokenizer config with a sentencepiece model file named relative to the export `path`
+    as a local file (SentencePieceTokenizer reads local files only): the export's own file, or for
+    an export on a bucket a copy in the temporary folder, named by its content, which stays for
+    the tokenizer's pickled copies in data workers to open. Absolute paths (exports written before
+    the file was bundled) are kept."""
+    if (not tokenizer or tokenizer.get("type") != "sentencepiece"
+            or os.path.isabs(tokenizer["model_file"]) or storage.is_url(tokenizer["model_file"])):
+        return tokenizer
+    model_file = storage.join(path, tokenizer["model_file"])
+    if storage.is_url(model_file):
+        data = storage.read_bytes(model_file)
+        local = pathlib.Path(tempfile.gettempdir(), "emocap_jax_tokenizers",
+                             hashlib.sha256(data).hexdigest(), TOKENIZER_MODEL_FILE)
+        if not local.is_file():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            storage.write_bytes(str(local), data)
+        model_file = str(local)
+    return dict(tokenizer, model_file=model_file)
 
 
 class IncompleteExportError(UsageError):
@@ -94,6 +133,7 @@ def load_params(path) -> tuple[dict, CLIPConfig, dict]:
     # Parameters are float32 everywhere (CLIPConfig.dtype is the compute dtype only); an export
     # written with 16-bit arrays (by an older version, or by hand) would otherwise start a
     # fine-tuning run (init_from) with bfloat16 weights and optimizer moments.
+    description = dict(description, tokenizer=_local_tokenizer(path, description.get("tokenizer")))
     return _as_float32(params), CLIPConfig.from_dict(description["model"]), description
 
 

@@ -12,6 +12,7 @@ bench/export_parity.py checks the written folders in open_clip and transformers 
 """
 import dataclasses
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -415,6 +416,60 @@ def test_params_are_written_and_read_as_float32(fixtures_dir, tmp_path):
     assert dtypes == {np.dtype(np.float32)}
     for (path, a), (_, b) in zip(convert._flatten_paths(loaded), convert._flatten_paths(half)):
         np.testing.assert_array_equal(a, np.asarray(b, np.float32), err_msg=path)
+
+
+def _sentencepiece(root):
+    from emocap_jax.tokenizers import SentencePieceTokenizer
+    from tests.test_tokenizers import SP_VOCAB, caption_sentences
+
+    return SentencePieceTokenizer.train(iter(caption_sentences(600)), root / "sp", SP_VOCAB,
+                                        context_length=16, minloglevel=2)
+
+
+def test_sentencepiece_export_carries_its_model_file(tmp_path):
+    """A run's sentencepiece model lives beside its data on the machine that trained; an export
+    that only named that path could not tokenize once copied elsewhere (FileNotFoundError in
+    emocap_jax.load, init_from and --mode=eval). It holds its own copy, named relative to it."""
+    import shutil
+
+    from emocap_jax.tokenizers import tokenizer_from_config
+
+    sp = _sentencepiece(tmp_path / "data")
+    config = tiny_model_config()
+    config = config.replace(text=dataclasses.replace(config.text, vocab_size=sp.vocab_size,
+                                                     eot_token_id=sp.eot_id))
+    params, _, _ = load_params(make_tiny_export(tmp_path / "random", config=config))
+    save_params(tmp_path / "run" / "export", params, config, sp.to_config())
+    written = json.loads((tmp_path / "run" / "export" / "model_config.json").read_text())
+    assert written["tokenizer"]["model_file"] == "tokenizer.model"  # params_io.TOKENIZER_MODEL_FILE
+    shutil.copytree(tmp_path / "run", tmp_path / "elsewhere")
+    want = sp(["a smiling face and raised inner brows."])
+    shutil.rmtree(tmp_path / "data")
+    shutil.rmtree(tmp_path / "run")
+    _, _, description = load_params(tmp_path / "elsewhere" / "export")
+    assert description["tokenizer"]["model_file"] == str(
+        tmp_path / "elsewhere" / "export" / "tokenizer.model")
+    tokenizer = tokenizer_from_config(description["tokenizer"])  # its sha256 is checked here
+    np.testing.assert_array_equal(tokenizer(["a smiling face and raised inner brows."]), want)
+
+
+def test_sentencepiece_model_of_an_export_on_a_bucket_is_read_locally(tmp_path):
+    """SentencePieceTokenizer opens local files only: the model file of an export on a bucket
+    (memory:// standing in for gs://) is copied to a local file first."""
+    import emocap_jax.storage as storage
+    from emocap_jax.params_io import TOKENIZER_MODEL_FILE, _local_tokenizer
+
+    sp = _sentencepiece(tmp_path)
+    data = pathlib.Path(sp.model_file).read_bytes()
+    url = f"memory://b{tmp_path.name}/export"
+    storage.write_bytes(f"{url}/{TOKENIZER_MODEL_FILE}", data)
+    try:
+        local = _local_tokenizer(url, dict(sp.to_config(), model_file=TOKENIZER_MODEL_FILE))
+    finally:
+        storage.rmtree(url)
+    assert pathlib.Path(local["model_file"]).read_bytes() == data
+    # An export written before the file was bundled names an absolute path: kept as it is.
+    assert _local_tokenizer(url, sp.to_config()) == sp.to_config()
 
 
 def test_export_with_empty_or_partial_params_names_the_folder(tmp_path):
