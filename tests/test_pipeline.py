@@ -370,6 +370,56 @@ def test_a_batch_with_no_readable_record_keeps_every_process_in_step(corrupt, to
     assert empty["valid"].dtype == bool and empty["valid"].shape == (1,)
 
 
+_UNDECODABLE = {
+    "not_an_example": lambda payload: b"\xff\xff not a protocol buffer",
+    "unreadable_image": lambda payload: example_codec.encode_record(
+        dataclasses.replace(decode_record(payload), images=[b"not an image"])),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(_UNDECODABLE))
+def undecodable(request, dataset, tmp_path_factory):
+    """A copy of the dataset where record 3 of shard 1 has sound checksums but contents that do
+    not decode: not a tf.train.Example at all, or image bytes no decoder reads."""
+    out = tmp_path_factory.mktemp("undecodable") / "ds"
+    shutil.copytree(dataset["dir"], out)
+    path = shard_paths(out)[1]
+    payloads = [p for _, p in tfrecord.iter_records(path)]
+    payloads[3] = _UNDECODABLE[request.param](payloads[3])
+    with tfrecord.TFRecordWriter(path) as writer:
+        for payload in payloads:
+            writer.write(payload)
+    tfrecord.write_index(path, writer.offsets)
+    return {"dir": str(out), "kind": request.param,
+            "where": f"{path} (record 3, offset {writer.offsets[3]})"}
+
+
+@pytest.mark.parametrize("worker_count", [0, 1])
+def test_a_record_that_cannot_be_decoded_is_named_by_file_and_offset(undecodable, tok,
+                                                                     worker_count):
+    """A record with sound checksums that does not decode fails training with a ValueError
+    naming its shard, index and byte offset, as a corrupt one does (through worker processes
+    too); before, an unparsable one raised protobuf's DecodeError, which named nothing."""
+    if worker_count and undecodable["kind"] != "not_an_example":
+        pytest.skip("one kind through the worker processes is enough")
+    it = pipeline.make_train_iterator(
+        _config(undecodable["dir"], num_epochs=1, worker_count=worker_count), tok, 8, 0, 1)
+    try:
+        with pytest.raises(ValueError) as info:
+            list(it)
+    finally:
+        _close(it)
+    assert undecodable["where"] in str(info.value)
+
+
+def test_eval_names_a_record_that_cannot_be_decoded(undecodable, tok):
+    with pytest.raises(ValueError) as info:
+        list(pipeline.make_eval_iterator(undecodable["dir"], tok, 4, IMAGE_SIZE, 0, 1))
+    assert undecodable["where"] in str(info.value)
+    if undecodable["kind"] == "not_an_example":
+        assert "not a serialised tf.train.Example" in str(info.value)
+
+
 def test_source_maps_global_indices_across_shards(dataset, tmp_path):
     source = ShardedTFRecordSource(shard_paths(dataset["dir"]))
     assert len(source) == NUM_RECORDS and source.shard_sizes == [12] * NUM_SHARDS

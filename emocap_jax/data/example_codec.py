@@ -46,6 +46,8 @@ import importlib.util
 import sys
 import types
 
+from google.protobuf.message import DecodeError
+
 SCHEMA_VERSION = 1
 
 _PROTO_PACKAGE = "tensorflow_datasets.proto"
@@ -223,8 +225,14 @@ def _first_text(feature, key: str) -> str:
 
 
 def decode_record(data: bytes) -> FaceRecord:
-    """Parses a serialised tf.train.Example written by `encode_record` back into a FaceRecord."""
-    example = Example.FromString(data)
+    """Parses a serialised tf.train.Example written by `encode_record` back into a FaceRecord.
+
+    Bytes that are not an Example, or one without `id` or `image`, raise ValueError."""
+    try:
+        example = Example.FromString(data)
+    except DecodeError as e:
+        # protobuf's error names no record; a ValueError lets the readers add where it lies.
+        raise ValueError(f"the record is not a serialised tf.train.Example ({e})") from None
     feature = example.features.feature
     ids = _values(feature, "id", "bytes_list")
     if not ids:

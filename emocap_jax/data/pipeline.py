@@ -44,6 +44,10 @@ trainer's other state through Orbax (`iterator_checkpoint_handler`, `iterator_sa
 Data wait: time `next(iterator)` in the training loop; the fraction of each step spent there is
 the share of time the accelerator waits for input (near 0 when the pipeline keeps up).
 
+A record whose checksums are sound but which does not decode (not a tf.train.Example, an image no
+decoder reads, no caption and no label) raises a ValueError naming its shard, its index there and
+its byte offset, in training and evaluation alike, as a corrupt record's error does.
+
 Evaluation (`make_eval_iterator`) has no randomness: shorter side to S + centre crop, records in
 file order, each process a contiguous block of records, every record exactly once; every process
 yields the same number of batches (padded rows have `valid` False, zero images and label_id -1), so
@@ -328,6 +332,16 @@ class StoredTokenError(ValueError):
     """A record's stored token ids cannot be this tokenizer's (out of its vocabulary)."""
 
 
+def _located(error: ValueError, location: tuple[str, int, int]) -> ValueError:
+    """`error` (raised while decoding a record whose checksums were sound) with the record's shard,
+    index in it and byte offset in front of its message, as a CorruptRecordError names them: a
+    record id alone does not say which file to look at, and an unparsable record has none.
+    StoredTokenError keeps its type."""
+    path, index, offset = location
+    kind = StoredTokenError if isinstance(error, StoredTokenError) else ValueError
+    return kind(f"{path} (record {index}, offset {offset}): {error}")
+
+
 class _TrainExample:
     """Serialised record -> augmented uint8 image, tokenized sentences and sampled local slots."""
 
@@ -550,9 +564,8 @@ class _TrainBatch(grain.transforms.Map):
                 continue
             try:
                 rows.append(self._example.random_map(data, rng_at(position)))
-            except StoredTokenError as e:
-                path, index, offset = self._stream.locate(position)
-                raise StoredTokenError(f"{path} (record {index}, offset {offset}): {e}") from None
+            except ValueError as e:
+                raise _located(e, self._stream.locate(position)) from e
         return self._batch_fn(rows)
 
 
@@ -683,7 +696,14 @@ class _EvalExample(grain.transforms.Map):
         index = self._start + int(row)
         if index >= self._stop:
             return self._padding()
-        record = example_codec.decode_record(self._source[index])
+        data = self._source[index]  # a CorruptRecordError names its file and offset itself
+        try:
+            return self._element(data)
+        except ValueError as e:
+            raise _located(e, self._source.locate(index)) from e
+
+    def _element(self, data: bytes) -> dict[str, np.ndarray]:
+        record = example_codec.decode_record(data)
         if self._num_frames is None:
             frame_indices = [0]
         else:
