@@ -14,6 +14,7 @@ import pytest
 
 from emocap_jax.data import example_codec, shard_writer, tfrecord
 from emocap_jax.data.example_codec import FaceRecord
+from emocap_jax.data.source import ShardedTFRecordSource
 from emocap_jax.data.tfrecord import CorruptRecordError
 
 
@@ -201,6 +202,41 @@ def test_truncated_file_is_reported(tmp_path, cut):
         tfrecord.TFRecordFile(path, verify=False)
     with pytest.raises(CorruptRecordError, match="truncated"):
         tfrecord.TFRecordFile(path, verify=False, offsets=offsets[:-1])[-1]
+
+
+@pytest.mark.parametrize("keep, problem", [
+    (slice(0, 5), "ends at byte"),             # the last records left out of the index
+    (slice(0, 0), "list no record"),           # an empty index of a non-empty file
+    (slice(1, None), "starts at byte"),        # the first record left out
+    ([0, 1, 1, 2, 3, 4, 5, 6], "not after record 1"),  # a record listed twice
+])
+def test_an_index_that_does_not_cover_the_file_is_refused(tmp_path, keep, problem):
+    """Offsets that leave records of the file out (a stale or cut .index beside a shard) or list
+    one twice are refused when the file is opened, naming the index and the file: before, the
+    records they left out were silently never read, and a repeated one was read twice."""
+    path = tmp_path / "r.tfrecord"
+    offsets = write_payloads(path)
+    given = offsets[keep] if isinstance(keep, slice) else [offsets[i] for i in keep]
+    tfrecord.write_index(path, given)
+    with pytest.raises(ValueError, match=problem) as info:
+        ShardedTFRecordSource([path])
+    assert str(path) + tfrecord.INDEX_SUFFIX in str(info.value)
+    with pytest.raises(ValueError, match=problem):
+        tfrecord.TFRecordFile(path, offsets=given)
+
+
+def test_an_index_that_skips_a_record_fails_the_read_of_its_neighbour(tmp_path):
+    """An index that leaves out a record in the middle gives its predecessor the span of two
+    records; that read fails naming the file and offset, instead of the left-out record
+    vanishing."""
+    path = tmp_path / "r.tfrecord"
+    offsets = write_payloads(path)
+    gapped = offsets[:2] + offsets[3:]
+    source = tfrecord.TFRecordFile(path, offsets=gapped)
+    assert [source[i] for i in (0, 2, 3, 4, 5)] == [PAYLOADS[i] for i in (0, 3, 4, 5, 6)]
+    with pytest.raises(CorruptRecordError, match=f"offset {offsets[1]}: .*index") as info:
+        source[1]
+    assert info.value.path == str(path)
 
 
 def test_corrupt_record_error_pickles_with_its_fields():

@@ -59,7 +59,9 @@ def _open_shard(path: str, verify: bool) -> tfrecord.TFRecordFile:
                 f"index file {index_path} does not match {path}: its last record offset "
                 f"{int(offsets[-1])} lies beyond the end of the {size}-byte file "
                 "(stale index? delete it to rescan the shard)")
-        return tfrecord.TFRecordFile(path, verify=verify, offsets=offsets)
+        # TFRecordFile refuses an index that leaves records out (one header read).
+        return tfrecord.TFRecordFile(path, verify=verify, offsets=offsets,
+                                     offsets_from=f"the offsets in index file {index_path}")
     return tfrecord.TFRecordFile(path, verify=verify)
 
 

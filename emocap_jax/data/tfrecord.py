@@ -248,21 +248,65 @@ class TFRecordFile:
         verify: check checksums (length CRCs while indexing, data CRC on every read).
         offsets: a precomputed index (e.g. from `read_index` or `TFRecordWriter.offsets`); when
             given the file is not scanned, and every read still checks its record's header.
+        offsets_from: what `offsets` came from, for the error when they do not fit the file.
 
     With an index, record i spans offsets[i] to offsets[i + 1] (the file's end for the last), so
     each read is one request for exactly those bytes; a header that claims more than that span
     fetches the rest before the checks, which are those of a sequential read.
+
+    An index must describe the whole file, or the records it leaves out are never read: given
+    offsets are refused (ValueError) when they do not start at 0, do not increase (a record
+    would be read twice), or when the last record (its header is read) ends before the file
+    does; a record whose length does not fill its span (a record left out after it) is a
+    CorruptRecordError when read, as a record that runs past the end of a truncated file is.
     """
 
     def __init__(self, path: str | os.PathLike, verify: bool = True,
-                 offsets: Sequence[int] | np.ndarray | None = None):
+                 offsets: Sequence[int] | np.ndarray | None = None, *,
+                 offsets_from: str = "the given record offsets"):
         self.path = storage.fspath(path)
         self.verify = verify
+        self._reader = storage.RangeReader(self.path)
         if offsets is None:
             self._offsets = build_index(self.path, verify=verify)
         else:
             self._offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
-        self._reader = storage.RangeReader(self.path)
+            try:
+                problem = self._uncovered()
+            finally:
+                # Reopened lazily by the thread or process that reads records (URL shards are
+                # opened on a thread pool; fsspec keeps a filesystem instance per thread).
+                self._reader.close()
+            if problem:
+                raise ValueError(f"{offsets_from} do not match {self.path}: {problem} (a stale "
+                                 "index? delete it to rescan the file)")
+
+    def _uncovered(self) -> str | None:
+        """Why the offsets do not tile the file from its first byte to its last (None if they
+        do, as far as their ends show: a gap in the middle shows when its record is read)."""
+        offsets, size = self._offsets, self._reader.size
+        if not len(offsets):
+            return f"they list no record, the file has {size} bytes" if size else None
+        if offsets[0] != 0:
+            return f"their first record starts at byte {int(offsets[0])}, not 0"
+        steps = np.diff(offsets)
+        if len(steps) and steps.min() <= 0:  # a record listed twice, or out of order
+            i = int(np.argmin(steps))
+            return (f"record {i + 1} starts at byte {int(offsets[i + 1])}, not after record {i} "
+                    f"(byte {int(offsets[i])})")
+        last = int(offsets[-1])
+        try:
+            length = _parse_header(self.path, last, self._reader.read(last, HEADER_SIZE),
+                                   self.verify)
+        except CorruptRecordError:
+            # A damaged or cut file, not an index that hides records: reading that record
+            # raises the CorruptRecordError (which on_corrupt="skip" can skip).
+            return None
+        end = last + HEADER_SIZE + length + FOOTER_SIZE
+        if end < size:
+            return (f"their last record (byte {last}) ends at byte {end}, the file at byte "
+                    f"{size}: the records after it are not listed")
+        return None  # past the end of the file: a truncated record, raised when it is read
 
     @property
     def offsets(self) -> np.ndarray:
@@ -278,6 +322,12 @@ class TFRecordFile:
         file_size = reader.size
         first = reader.read(offset, max(span or 0, HEADER_SIZE))
         length = _parse_header(self.path, offset, first[:HEADER_SIZE], self.verify)
+        if span is not None and HEADER_SIZE + length + FOOTER_SIZE < span:
+            raise CorruptRecordError(
+                self.path, offset,
+                f"the record takes {HEADER_SIZE + length + FOOTER_SIZE} of the {span} bytes its "
+                "index gives it: the index leaves out what follows (a stale index? delete it to "
+                "rescan the file)")
         body_size = min(length + FOOTER_SIZE, max(0, file_size - offset - HEADER_SIZE))
         body = first[HEADER_SIZE:HEADER_SIZE + body_size]
         if len(body) < body_size:
