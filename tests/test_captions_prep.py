@@ -5,6 +5,7 @@ import io
 import json
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -206,6 +207,22 @@ def test_rerun_is_byte_identical_whatever_the_worker_count(corpus, tmp_path):
         assert pathlib.Path(a).read_bytes() == pathlib.Path(b).read_bytes()
     assert (tmp_path / "a" / "rejected.jsonl").read_bytes() == \
         (tmp_path / "b" / "rejected.jsonl").read_bytes()
+
+
+def test_workers_are_not_forked_from_a_process_running_jax(corpus, tmp_path, monkeypatch):
+    """Training converts its corpus (train.prepare_data) in a process where JAX runs its thread
+    pools; forking that process can deadlock the children (JAX warns as much), so the image
+    workers are spawned there. Before, the pool forked whatever the process held."""
+    jax.numpy.zeros(2).block_until_ready()  # JAX loaded and its backend running
+
+    def no_fork():
+        raise AssertionError("os.fork() called in a process running JAX")
+
+    monkeypatch.setattr("os.fork", no_fork)
+    manifest = corpus.write()
+    summary = captions.convert_manifest(manifest, corpus.root, tmp_path / "out", num_shards=2,
+                                        workers=2, progress=False, tokenizer=None)
+    assert summary["num_written"] == len(corpus.good)
 
 
 def test_max_side_resizes_keeping_aspect(corpus, tmp_path):

@@ -43,7 +43,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -53,6 +52,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from emocap_jax.data import label_captions
+from emocap_jax.data import pools
 from emocap_jax.data.example_codec import FaceRecord
 from emocap_jax.data.shard_writer import ShardedRecordWriter
 from emocap_jax.preprocess import to_rgb
@@ -375,7 +375,8 @@ def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
     # Pool.imap drains its input eagerly; feeding bounded windows keeps memory flat on
     # manifests of millions of lines.
     window = workers * chunksize * 8
-    with multiprocessing.get_context().Pool(workers) as pool:
+    # Not forked from a process that runs JAX (training converts its corpus in one): see pools.
+    with pools.pool_context().Pool(workers) as pool:
         for batch in _batched(items, window):
             yield from pool.imap(fn, batch, chunksize)
 

@@ -29,11 +29,9 @@ import dataclasses
 import functools
 import json
 import math
-import multiprocessing
 import os
 import pathlib
 import shutil
-import sys
 import time
 from typing import Any, Sequence
 
@@ -41,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from emocap_jax.data.pools import pool_context
 from emocap_jax.data.synthetic.appearance import with_appearance
 from emocap_jax.data.synthetic.captions import Caption, write_caption
 from emocap_jax.data.synthetic.faces import (
@@ -278,17 +277,6 @@ def _resolve_workers(workers: int | None, num_faces: int) -> int:
     return max(1, int(workers))
 
 
-# Runtimes that start native thread pools on import: forking a process that holds them can deadlock.
-_THREADED_RUNTIMES = ("jax", "jaxlib", "torch", "tensorflow", "grain")
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """"fork" when it is safe (fast, and works from a REPL or a piped script); "spawn" once a
-    threaded runtime is loaded. Spawned workers re-import the caller's main module, so a script
-    that calls generate_corpus with workers > 1 after importing JAX needs a __main__ guard."""
-    if "fork" in multiprocessing.get_all_start_methods() and not any(name in sys.modules for name in _THREADED_RUNTIMES):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
 
 
 def _run_tasks(tasks: Sequence[FaceTask], settings: _RenderSettings, workers: int, progress: bool) -> list[dict[str, Any]]:
@@ -301,7 +289,7 @@ def _run_tasks(tasks: Sequence[FaceTask], settings: _RenderSettings, workers: in
                 records.append(render(task))
                 bar.update()
         else:
-            context = _pool_context()
+            context = pool_context()
             chunksize = max(1, min(32, len(tasks) // (workers * 8) or 1))
             with context.Pool(workers) as pool:
                 for record in pool.imap(render, tasks, chunksize=chunksize):
