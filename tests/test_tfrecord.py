@@ -6,6 +6,7 @@ import os
 import pathlib
 import pickle
 import random
+import re
 import subprocess
 import sys
 
@@ -420,6 +421,24 @@ def test_shard_paths_names_missing_shards(tmp_path):
     (out / "data-00001-of-00003.tfrecord").unlink()
     with pytest.raises(FileNotFoundError, match="1 of 3 shards.*data-00001-of-00003.tfrecord"):
         shard_writer.shard_paths(out)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"schema_version": 1, "shards": [', "not valid JSON"),
+    ("[]", "not a JSON object"),
+    ('{"schema_version": 1}', "no 'shards' list"),
+    ('{"schema_version": 1, "shards": [{"num_records": 1}]}', "shards[0] has no 'file'"),
+    ('{"schema_version": 1, "shards": ["data.tfrecord"]}', "shards[0] has no 'file'"),
+])
+def test_a_damaged_metadata_file_is_named(tmp_path, text, problem):
+    """A hand-edited or damaged metadata.json is a ValueError naming the file and what is wrong
+    with it; before, a JSONDecodeError, KeyError or AttributeError named neither."""
+    with shard_writer.ShardedRecordWriter(tmp_path, 2) as writer:
+        writer.add(make_records(1)[0])
+    (tmp_path / "metadata.json").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(problem)) as info:
+        shard_writer.shard_paths(tmp_path)
+    assert str(tmp_path / "metadata.json") in str(info.value)
 
 
 def test_shard_writer_refuses_or_replaces_an_existing_dataset(tmp_path):

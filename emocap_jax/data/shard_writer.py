@@ -257,13 +257,26 @@ class ShardedRecordWriter:
 
 
 def load_metadata(dataset_dir: str | os.PathLike) -> dict[str, Any]:
-    """Reads a finished dataset's metadata.json (refuses unfinished or newer-schema datasets)."""
+    """Reads a finished dataset's metadata.json (refuses unfinished or newer-schema datasets, and
+    a file that is not a dataset description: ValueError naming it)."""
     path = storage.join(dataset_dir, METADATA_FILE)
     if not storage.isfile(path):
         raise FileNotFoundError(
             f"{path} not found: {storage.fspath(dataset_dir)} is not a finished dataset directory "
             "(wrong path, or the conversion did not complete)")
-    metadata = json.loads(storage.read_text(path))
+    try:
+        metadata = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): a damaged or hand-edited dataset "
+                         "description") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path} is not a JSON object (it holds a {type(metadata).__name__})")
+    shards = metadata.get("shards")
+    if not isinstance(shards, list):
+        raise ValueError(f"{path} has no 'shards' list: it does not describe a dataset")
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict) or not isinstance(shard.get("file"), str):
+            raise ValueError(f"{path}: shards[{i}] has no 'file' name (got {shard!r:.80})")
     version = metadata.get("schema_version")
     if not isinstance(version, int) or version > example_codec.SCHEMA_VERSION:
         raise ValueError(
