@@ -119,6 +119,9 @@ def corpus(tmp_path):
     c.add_bad(b"   ", captions.BLANK_LINE)
     c.add_bad({"id": "numcap", "image": "images/rgb.png", **_caption(18), "summary": 5},
               captions.BAD_TYPE)
+    # Valid JSON, but no file name holds a NUL: open() raised ValueError and ended the run.
+    c.add_bad({"id": "nulpath", "image": "images/rgb\u0000.png", **_caption(19)},
+              captions.BAD_VALUE)
     return c
 
 
@@ -177,6 +180,7 @@ def test_good_lines_written_bad_lines_rejected_with_reasons(corpus, tmp_path):
     assert "truncated.jpg" in reasons["trunc"] and "notes.jpg" in reasons["text"]
     assert "'summary' is empty" in reasons["nosum"]
     assert reasons["localstr"] == "bad_type: 'local' must be a list of strings, got str"
+    assert reasons["nulpath"] == "bad_value: 'image' contains a NUL character (U+0000)"
     latin1_line = next(e for e in rejected if e["reason"].startswith("not_utf8: byte"))
     assert latin1_line["id"] is None
 

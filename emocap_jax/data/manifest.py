@@ -196,6 +196,8 @@ def _validate_fields(obj: dict, record_id: str, line: int, options: ConvertOptio
     image = _string_field(obj, "image", required=True, missing_code=MISSING_IMAGE)
     if not image:
         raise _Invalid(MISSING_IMAGE, "'image' is empty")
+    if "\0" in image:  # JSON allows "\u0000"; no file name holds it, and open() raises ValueError
+        raise _Invalid(BAD_VALUE, "'image' contains a NUL character (U+0000)")
     image_path = os.path.join(options.root, image)  # an absolute `image` overrides root
 
     if options.captions_from_labels:
