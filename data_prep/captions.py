@@ -16,7 +16,7 @@ import os
 import sys
 
 import emocap_jax.storage as storage
-from emocap_jax.data.manifest import convert_manifest
+from emocap_jax.data.manifest import convert_manifest, require_utf8_path
 from emocap_jax.data.shard_writer import REJECTED_FILE
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
 from emocap_jax.tokenizers import get_tokenizer
@@ -66,6 +66,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--manifest {args.manifest} is not a file")
     if not os.path.isdir(args.root):
         parser.error(f"--root {args.root} is not a directory")
+    for option, path in (("--manifest", args.manifest), ("--root", args.root)):
+        try:
+            require_utf8_path(option, path)
+        except ValueError as e:
+            parser.error(str(e))
     if args.num_shards < 1:
         parser.error(f"--num-shards must be >= 1, got {args.num_shards}")
     if args.max_side < 0:

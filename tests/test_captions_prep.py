@@ -3,6 +3,7 @@ bad line: good ones written intact, bad ones rejected with the right reason, out
 deterministic and atomic."""
 import io
 import json
+import os
 import pathlib
 
 import jax
@@ -295,6 +296,27 @@ def test_crash_mid_conversion_leaves_no_dataset(corpus, tmp_path, monkeypatch):
         captions.convert_manifest(manifest, corpus.root, out, num_shards=2, workers=1,
                                   progress=False)
     assert list(out.iterdir()) == []
+
+
+def test_a_root_whose_name_is_not_utf8_is_refused_before_converting(corpus, tmp_path, capsys):
+    """Linux allows any bytes in a directory name, but metadata.json (the source paths) and
+    rejected.jsonl (the image paths) are UTF-8 text: such a --root used to fail with a
+    UnicodeEncodeError only when those were written, after every image had been converted, and
+    left no dataset. Now it is refused first, naming the parameter."""
+    root = pathlib.Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9")))
+    root.mkdir()
+    (root / "images").symlink_to(corpus.root / "images")
+    manifest = corpus.write()
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="root") as info:
+        captions.convert_manifest(manifest, root, out, num_shards=2, workers=1, progress=False)
+    assert "UTF-8" in str(info.value)
+    assert not out.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        captions_cli.main(["--manifest", str(manifest), "--root", str(root),
+                           "--output", str(out), "--workers", "1"])
+    assert exit_info.value.code == 2
+    assert "--root" in capsys.readouterr().err and not out.exists()
 
 
 def test_cli_summary_exit_codes_and_overwrite(corpus, tmp_path, capsys):

@@ -383,6 +383,18 @@ def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
             yield from pool.imap(fn, batch, chunksize)
 
 
+def require_utf8_path(what: str, path: str) -> None:
+    """metadata.json (the source paths) and rejected.jsonl (image paths) are UTF-8 text, but a
+    Linux file name may hold any bytes (Python gives the undecodable ones as surrogates): such a
+    path is refused before the conversion, not when those files are written at its end."""
+    try:
+        os.path.abspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {path!r}: the path is not valid UTF-8, and metadata.json and "
+                         "rejected.jsonl record it as text; rename it, or link to it under a "
+                         "UTF-8 name") from None
+
+
 def _count_lines(manifest: str) -> int:
     with open(manifest, "rb") as f:
         return sum(1 for _ in f)
@@ -418,6 +430,8 @@ def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
     `rejected_by_reason` ({code: count}) and the written `metadata`.
     """
     manifest, root, output = os.fspath(manifest), os.fspath(root), os.fspath(output)
+    require_utf8_path("manifest", manifest)
+    require_utf8_path("root", root)
     if max_side is not None and max_side <= 0:
         max_side = None
     if max_sentence_words < 1:
