@@ -34,6 +34,10 @@ captions at training time, a template drawn per step.
 Output is deterministic (same input, same shards byte for byte, whatever --workers) and atomic:
 shards are renamed into place on success and metadata.json, written last, marks a finished
 dataset.
+
+The image workers are forked, or spawned once JAX (or another runtime with native thread pools)
+is loaded, as in training's `prepare_data` (`emocap_jax.data.pools`): a script that converts with
+workers > 1 after importing JAX needs an `if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
