@@ -3,7 +3,9 @@
 Record `i` of the dataset is record `i - start[s]` of shard `s`, where `start` holds the
 cumulative record counts of the shards in the order given. Shards are indexed from their
 `.index` side files when present (written by the shard writer), otherwise by scanning the record
-headers once, so opening a dataset of hundreds of shards reads a few bytes per record at most.
+headers once, so opening a dataset of hundreds of shards reads a few bytes per record at most. A
+side index must describe its whole shard (its last record's header is read to check that it ends
+where the file does): one that leaves records out is an error, not a shorter shard.
 Shards may be local files or URLs (`gs://...`, see `emocap_jax.storage`): a record is then read
 with one ranged request for its bytes, and checked as a local one is.
 
