@@ -36,6 +36,10 @@ option), skipped with the reason a two-tower model cannot score it, or listed in
 The layouts, one per converter, are the registry's (emocap_jax.evaluate.registry.LAYOUTS: the
 expected files, splits and folds, listed briefly by --list); their readers are documented in
 data_prep/benchmark_formats/*.py.
+
+The decoding workers are forked, or spawned once JAX (or another runtime with native thread
+pools) is loaded (`emocap_jax.data.pools`): a script that converts with workers > 1 after
+importing JAX needs an `if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ import collections
 import dataclasses
 import hashlib
 import math
-import multiprocessing
 import os
 import sys
 from typing import Any
@@ -56,6 +59,7 @@ from data_prep.benchmark_formats import READERS, LayoutError, ReaderOptions
 from data_prep.benchmark_formats import common, questions
 from data_prep.benchmark_formats.decode import DecodeEntry
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
+from emocap_jax.data import pools
 from emocap_jax.data.manifest import JPEG_QUALITY
 from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
 from emocap_jax.evaluate.registry import LAYOUTS, Layout
@@ -297,7 +301,9 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
         train, val = split_holdout(listing, val_fraction, split_seed)
         listings = [(f, "train", train), (f, "val", val)]
     workers = workers or os.cpu_count() or 1
-    pool = multiprocessing.get_context().Pool(workers) if workers > 1 else None
+    # Not forked from a process that runs JAX (a notebook, a script that evaluated first): forking
+    # it can deadlock the children (see emocap_jax.data.pools).
+    pool = pools.pool_context().Pool(workers) if workers > 1 else None
     try:
         datasets = [
             _convert_listing(benchmark, listing, _output_dir(output, f, s), split=s, fold=f,

@@ -7,6 +7,7 @@ import os
 import pathlib
 
 import av
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -556,6 +557,25 @@ def test_imagefolder_with_and_without_classes(tmp_path):
     assert ds.codes() == {"other": "unknown_class"}
     with pytest.raises(ValueError, match="imagefolder"):
         convert("rafdb", root, tmp_path / "x", classes=["a"])
+
+
+def test_workers_are_not_forked_from_a_process_running_jax(tmp_path, monkeypatch):
+    """A converter called from a process where JAX runs its thread pools (a notebook, a script
+    that evaluated first) must not fork it: the children can deadlock on a lock one of those
+    threads held. Before, the pool was multiprocessing's default (fork on Linux) whatever the
+    process held; now it comes from emocap_jax.data.pools, as the caption converter's does."""
+    jax.numpy.zeros(2).block_until_ready()
+
+    def no_fork():
+        raise AssertionError("os.fork() called in a process running JAX")
+
+    monkeypatch.setattr("os.fork", no_fork)
+    root = tmp_path / "folders"
+    for i in range(4):
+        write_image(root / ("ant" if i % 2 else "zebra") / f"{i}.png", value=40 * i)
+    convert("imagefolder", root, tmp_path / "out", workers=2)
+    ds = Dataset(tmp_path / "out/all")
+    assert ds.labels() == {"zebra/0": "zebra", "ant/1": "ant", "zebra/2": "zebra", "ant/3": "ant"}
 
 
 def test_file_names_that_are_not_utf8_are_rejected_one_by_one(tmp_path):
