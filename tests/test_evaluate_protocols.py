@@ -291,6 +291,34 @@ def test_multiple_choice_loading_choosing_and_accuracy(tmp_path):
         multiple_choice.load_questions(path)
 
 
+def _clip_dataset(path, metadata):
+    """A one-clip dataset of 4 frames whose metadata.json holds `metadata` (besides the writer's)."""
+    from emocap_jax.data import example_codec, shard_writer  # only the frame-count tests write data
+
+    with shard_writer.ShardedRecordWriter(path, 1, metadata=metadata, classes=["a"]) as writer:
+        writer.add(example_codec.FaceRecord(id="clip", images=[b"x"] * 4, label="a", label_id=0))
+    return str(path)
+
+
+def test_video_frames_without_frames_per_record_warn_and_keep_the_request(tmp_path):
+    """A video dataset written outside data_prep has no metadata `frames_per_record`. Before, its
+    clips were evaluated on one frame each without a word; now the default 16 frames are sampled
+    with a warning naming the folder, and an explicit --frames is taken as it is."""
+    dfew = registry.get("dfew")
+    plain = _clip_dataset(tmp_path / "plain", None)
+    with pytest.warns(UserWarning, match=f"{plain}: metadata.json has no 'frames_per_record'"):
+        assert runner._num_frames(dfew, plain, None) == runner.DEFAULT_VIDEO_FRAMES
+    assert runner._num_frames(dfew, plain, 8) == 8
+    # data_prep's record of the stored count caps the request; still images need no count.
+    stored = _clip_dataset(tmp_path / "stored", {"frames_per_record": 4})
+    assert runner._num_frames(dfew, stored, None) == 4
+    assert runner._num_frames(dfew, stored, 2) == 2
+    assert runner._num_frames(registry.get("rafdb"), plain, None) is None
+    bad = _clip_dataset(tmp_path / "bad", {"frames_per_record": "16"})
+    with pytest.raises(ValueError, match="bad/metadata.json: 'frames_per_record' must be"):
+        runner._num_frames(dfew, bad, None)
+
+
 def test_compound_partial_match_and_prompt_words():
     classes = ["happily surprised", "sadly angry", "fearfully surprised"]
     # truth 0 predicted 2 share "surprise"; truth 1 predicted 0 share nothing.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -107,11 +108,29 @@ def find_splits(spec: registry.Benchmark, data, fold: Optional[int] = None,
 def _num_frames(spec: registry.Benchmark, data_dir: str, requested: Optional[int]
                 ) -> Optional[int]:
     """Frames per clip for video benchmarks: the request (or 16), at most what each record
-    stores (sampling more would only repeat frames)."""
+    stores (sampling more would only repeat frames).
+
+    `data_prep` records the stored count as metadata.json's `frames_per_record`; a dataset
+    written by another tool may lack it. Then the request is used as it is, and without one the
+    default with a warning naming the folder: falling back to one frame instead (as before)
+    evaluated every clip on a single frame without a word, a different protocol from the one
+    asked for."""
     if not spec.video:
         return None
-    stored = int(load_metadata(data_dir).get("frames_per_record") or 1)
     wanted = requested or DEFAULT_VIDEO_FRAMES
+    metadata = load_metadata(data_dir)
+    if "frames_per_record" not in metadata:
+        if requested is None:
+            warnings.warn(f"{data_dir}: metadata.json has no 'frames_per_record' (a dataset not "
+                          f"written by data_prep), so the frames stored per clip are unknown; "
+                          f"sampling the default {wanted} per clip (frames repeat in clips that "
+                          "store fewer). Pass --frames N, or record the count in metadata.json",
+                          stacklevel=2)
+        return wanted
+    stored = metadata["frames_per_record"]
+    if isinstance(stored, bool) or not isinstance(stored, int) or stored < 1:
+        raise ValueError(f"{storage.join(data_dir, 'metadata.json')}: 'frames_per_record' must "
+                         f"be a positive whole number, got {stored!r}")
     return max(1, min(wanted, stored))
 
 
