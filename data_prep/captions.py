@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 import emocap_jax.storage as storage
-from emocap_jax.data.manifest import convert_manifest, require_utf8_path
+from emocap_jax.data.manifest import EmptyClassesWarning, convert_manifest, require_utf8_path
 from emocap_jax.data.shard_writer import REJECTED_FILE
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
 from emocap_jax.tokenizers import get_tokenizer
@@ -106,12 +107,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        summary = convert_manifest(
-            args.manifest, args.root, args.output, num_shards=args.num_shards,
-            max_side=args.max_side or None, workers=args.workers,
-            captions_from_labels=args.captions_from_labels,
-            max_sentence_words=args.max_sentence_words, overwrite=args.overwrite,
-            tokenizer=args.tokenizer, classes=args.classes)
+        with warnings.catch_warnings():
+            # Printed below as one plain line, with the rest of the summary.
+            warnings.simplefilter("ignore", EmptyClassesWarning)
+            summary = convert_manifest(
+                args.manifest, args.root, args.output, num_shards=args.num_shards,
+                max_side=args.max_side or None, workers=args.workers,
+                captions_from_labels=args.captions_from_labels,
+                max_sentence_words=args.max_sentence_words, overwrite=args.overwrite,
+                tokenizer=args.tokenizer, classes=args.classes)
     except FileExistsError as e:
         print(f"error: {e} (pass --overwrite to replace it)", file=sys.stderr)
         return 2
@@ -121,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {code}: {count}")
     if summary["num_rejected"]:
         print(f"rejected lines and reasons: {storage.join(summary['output'], REJECTED_FILE)}")
+    if summary["classes_without_records"]:
+        print(f"warning: every line of the classes "
+              f"{', '.join(map(repr, summary['classes_without_records']))} was rejected: they "
+              "stay in metadata.json's classes (and its classes_without_records) with no record",
+              file=sys.stderr)
     if summary["num_written"] == 0:
         return report(f"no record was written: none of the {summary['num_lines']} lines of "
                       f"--manifest {args.manifest} could be converted (the reasons are listed "

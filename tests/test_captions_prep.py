@@ -255,13 +255,17 @@ def test_captions_from_labels(tmp_path):
     manifest = root / "labels.jsonl"
     manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     out = tmp_path / "out"
-    summary = captions.convert_manifest(manifest, root, out, num_shards=2, workers=1,
-                                        captions_from_labels=True, progress=False)
+    with pytest.warns(captions.EmptyClassesWarning, match="'surprised'"):
+        summary = captions.convert_manifest(manifest, root, out, num_shards=2, workers=1,
+                                            captions_from_labels=True, progress=False)
     assert summary["num_written"] == 3 and summary["num_rejected"] == 2
 
     metadata = shard_writer.load_metadata(out)
-    # The class list comes from the lines' text; a class may lose all images to rejections.
+    # The class list comes from the lines' text; a class may lose all images to rejections,
+    # and is then reported.
     assert metadata["classes"] == ["happy", "sad", "surprised"]
+    assert metadata["classes_without_records"] == summary["classes_without_records"] == \
+        ["surprised"]
     records = read_records(out)
     assert [(r.id, r.label, r.label_id) for r in records] == [
         ("s1", "sad", 1), ("h1", "happy", 0), ("h2", "happy", 0)]
@@ -279,6 +283,40 @@ def test_captions_from_labels(tmp_path):
     # Templates vary across ids (a single template for all would teach the model nothing).
     variants = {captions.template_captions(f"id{i}", "x") for i in range(50)}
     assert len({g for g, _ in variants}) == len(label_captions.TEMPLATES)
+
+
+def test_captions_from_labels_classes_match_the_lines_that_can_be_written(tmp_path, capsys):
+    """Before, the class list took the label of every line that parsed, a repeated id included,
+    and said nothing of a class whose every image was unreadable: metadata `classes` held classes
+    no record has. Now a line rejected on its text (here a repeated id) adds no class, and a
+    class that loses all its images keeps its place (its label_id must not depend on which files
+    happened to be readable) but is reported, by the library and the command line."""
+    root = tmp_path / "root"
+    _save(_gradient((20, 20)), root / "a.png", "PNG")
+    (root / "broken.png").write_bytes(b"not an image")
+    lines = [{"id": "h1", "image": "a.png", "label": "happy"},
+             {"id": "h1", "image": "a.png", "label": "angry"},
+             {"id": "f1", "image": "broken.png", "label": "fear"},
+             {"id": "s1", "image": "a.png", "label": "sad"}]
+    manifest = root / "labels.jsonl"
+    manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "out"
+    with pytest.warns(captions.EmptyClassesWarning, match=r"1 of the 3 classes .* 'fear'"):
+        summary = captions.convert_manifest(manifest, root, out, num_shards=1, workers=1,
+                                            captions_from_labels=True, progress=False,
+                                            tokenizer=None)
+    metadata = shard_writer.load_metadata(out)
+    assert metadata["classes"] == ["fear", "happy", "sad"]
+    assert metadata["classes_without_records"] == summary["classes_without_records"] == ["fear"]
+    assert [(r.id, r.label_id) for r in read_records(out)] == [("h1", 1), ("s1", 2)]
+    # The repeat is rejected as one, not for a label missing from the class list.
+    codes = {e["line"]: e["reason"].split(":")[0] for e in read_rejected(out)}
+    assert codes == {2: captions.DUPLICATE_ID, 3: captions.BAD_IMAGE}
+
+    assert captions_cli.main(["--manifest", str(manifest), "--root", str(root), "--output",
+                              str(tmp_path / "cli"), "--captions-from-labels", "--workers", "1",
+                              "--tokenizer", "none"]) == 0
+    assert "warning: every line of the classes 'fear' was rejected" in capsys.readouterr().err
 
 
 def test_crash_mid_conversion_leaves_no_dataset(corpus, tmp_path, monkeypatch):

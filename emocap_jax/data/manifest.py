@@ -27,7 +27,10 @@ With --captions-from-labels the lines need only "id", "image" and "label": the g
 one of the zero-shot templates filled with the label's prompt word (chosen deterministically per
 id), the summary is the label's class description (emocap_jax/data/label_captions.py: the
 vocabulary the evaluation prompts use), local sentences are empty, and label_id indexes the sorted
-set of labels (recorded in metadata.json as `classes`). Training does not need this step for
+set of labels (recorded in metadata.json as `classes`) of the lines not rejected on their text
+(a bad field, a repeated id). A class all of whose images turn out unreadable keeps its place, so
+the ids do not shift once the images are fixed, and is listed in metadata.json's
+`classes_without_records` and warned about. Training does not need this step for
 labelled faces: records with a label and no captions (`data_prep.benchmarks` output) get the same
 captions at training time, a template drawn per step.
 
@@ -48,6 +51,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -58,7 +62,7 @@ from tqdm import tqdm
 from emocap_jax.data import label_captions
 from emocap_jax.data import pools
 from emocap_jax.data.example_codec import FaceRecord
-from emocap_jax.data.shard_writer import ShardedRecordWriter
+from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
 from emocap_jax.preprocess import to_rgb
 from emocap_jax.tokenizers import get_tokenizer
 
@@ -291,7 +295,11 @@ def _validated_entries(manifest: str, options: ConvertOptions, counter: list[int
         item = parse_manifest_line(line_no, raw, options)
         if item.id is not None:
             first = first_line_of.setdefault(item.id, line_no)
-            if first != line_no and isinstance(item, ManifestEntry):
+            # The label is checked against the class list last, so a line rejected for its
+            # label is otherwise sound: a repeat of an id is reported as that first (the class
+            # list from --captions-from-labels leaves out the labels of repeated ids).
+            if first != line_no and (isinstance(item, ManifestEntry)
+                                     or item.code == UNKNOWN_LABEL):
                 item = Rejection(line=line_no, id=item.id,
                                  reason=f"{DUPLICATE_ID}: id first seen on line {first}")
         yield item
@@ -405,12 +413,18 @@ def _count_lines(manifest: str) -> int:
 
 
 def _collect_labels(manifest: str, options: ConvertOptions) -> list[str]:
-    labels = set()
-    for line_no, raw in _manifest_lines(manifest):
-        item = parse_manifest_line(line_no, raw, options)
-        if isinstance(item, ManifestEntry):
-            labels.add(item.label)
-    return sorted(labels)
+    """The sorted labels of the lines the conversion goes on to read an image for: a line
+    rejected on its text (a bad field, a repeated id) adds no class. Whether an image is readable
+    is known only once it is decoded, so a class whose every image is rejected stays in the list
+    (its label_id then stays the same when the images are fixed and the manifest converted
+    again) and is reported (`convert_manifest`)."""
+    return sorted({item.label for item in _validated_entries(manifest, options, [0])
+                   if isinstance(item, ManifestEntry)})
+
+
+class EmptyClassesWarning(UserWarning):
+    """Classes of the dataset's class list that no written record has (every line of them was
+    rejected: see rejected.jsonl)."""
 
 
 def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
@@ -431,7 +445,9 @@ def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
     training with that tokenizer reads ids instead of tokenizing (see `example_codec`).
 
     The summary holds `output`, `num_lines`, `num_written`, `num_rejected`,
-    `rejected_by_reason` ({code: count}) and the written `metadata`.
+    `rejected_by_reason` ({code: count}), `classes_without_records` (of the classes that
+    --captions-from-labels reads off the lines, those that lost every line to rejections: also in
+    metadata.json, and an EmptyClassesWarning) and the written `metadata`.
     """
     manifest, root, output = os.fspath(manifest), os.fspath(root), os.fspath(output)
     require_utf8_path("manifest", manifest)
@@ -450,7 +466,8 @@ def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
         classes = list(classes)
         if len(set(classes)) != len(classes) or not all(classes):
             raise ValueError(f"classes must be distinct non-empty names, got {classes}")
-    elif captions_from_labels:
+    classes_from_lines = classes is None and captions_from_labels
+    if classes_from_lines:
         classes = _collect_labels(manifest, options)
     if classes is not None:
         options = dataclasses.replace(
@@ -464,6 +481,7 @@ def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
     }
     lines_read = [0]
     rejected_by_reason: collections.Counter[str] = collections.Counter()
+    written_labels: set[str] = set()
     with ShardedRecordWriter(output, num_shards, metadata=metadata, classes=classes,
                              created_by="data_prep.captions", overwrite=overwrite,
                              tokenizer=tokenizer) as writer:
@@ -477,19 +495,32 @@ def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
                 rejected_by_reason[result.code] += 1
             else:
                 writer.add(result)
+                written_labels.add(result.label)
         if writer.num_records + writer.num_rejected != lines_read[0]:
             raise AssertionError(
                 f"{lines_read[0]} manifest lines but {writer.num_records} written + "
                 f"{writer.num_rejected} rejected")
         writer.update_metadata({"num_input_lines": lines_read[0],
                                 "rejected_by_reason": dict(sorted(rejected_by_reason.items()))})
+        # Only a class list read off the lines: a given one (--classes) may name classes this
+        # manifest does not have at all, which metadata's label_counts shows.
+        empty_classes = [c for c in classes if c not in written_labels] \
+            if classes_from_lines else []
+        if classes_from_lines:
+            writer.update_metadata({"classes_without_records": empty_classes})
         written_metadata = writer.close()
+    if empty_classes:
+        warnings.warn(f"{output}: {len(empty_classes)} of the {len(classes)} classes have no "
+                      f"written record (every line of them was rejected: see "
+                      f"{REJECTED_FILE}): {', '.join(map(repr, empty_classes))}",
+                      EmptyClassesWarning, stacklevel=2)
     return {
         "output": output,
         "num_lines": lines_read[0],
         "num_written": written_metadata["num_records"],
         "num_rejected": written_metadata["num_rejected"],
         "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
+        "classes_without_records": empty_classes,
         "metadata": written_metadata,
     }
 
