@@ -4,8 +4,9 @@
     batch = preprocess([pil_image, array_hw3], size=224)   # the same for images already in memory
 
 Each image is converted to RGB (grayscale, palette, RGBA, 16-bit and CMYK inputs included;
-transparent pixels onto white: `to_rgb`, which the training converter uses too), its shorter
-side resized to `size` with bicubic filtering and the central `size` x `size` square cut out: the
+transparent pixels onto white: `to_rgb` of `emocap_jax.data.rgb`, which the training converter
+and the training / evaluation decoder use too), its shorter side resized to `size` with bicubic
+filtering and the central `size` x `size` square cut out: the
 preprocessing of OpenAI CLIP and open_clip, and of our own evaluation pipeline
 (`emocap_jax.data.augment.resize_center_crop`, which does the resize and crop here too). Pixels
 stay uint8; the model normalises them with CLIP's mean and std on the device.
@@ -21,9 +22,10 @@ import pathlib
 from typing import Iterable, Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from emocap_jax.data.augment import resize_center_crop
+from emocap_jax.data.rgb import to_rgb, upright_rgb
 
 # What a directory walk picks up; files named explicitly are read whatever their suffix.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
@@ -87,8 +89,7 @@ def read_image(path: PathLike) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # decode now, so a truncated file fails here, with its name
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            return upright_rgb(img)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file{_dangling(path)}") from None
     except IsADirectoryError:
@@ -99,45 +100,6 @@ def read_image(path: PathLike) -> Image.Image:
         # DecompressionBombError (not an OSError) for a header of more than twice
         # Image.MAX_IMAGE_PIXELS pixels, refused before any decoding.
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
-
-
-# The modes Pillow opens high-bit-depth grayscale as: 16-bit PNG / TIFF, 32-bit integer, float.
-_DEEP_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB version of any Pillow image, also the training / benchmark converter's
-    (`emocap_jax.data.manifest`), so a model sees at inference what it was trained and evaluated
-    on: transparent pixels (RGBA, LA, PA, a palette or grayscale image with a transparent colour)
-    are composited onto white, high-bit-depth grayscale is scaled to 8 bits instead of being
-    clipped, everything else goes through Pillow's convert("RGB")."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in _DEEP_GRAY_MODES:
-        img = _deep_gray_to_8_bit(img)
-    if img.has_transparency_data:
-        rgba = img.convert("RGBA")  # also what a palette with transparency needs (no warning)
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def _deep_gray_to_8_bit(img: Image.Image) -> Image.Image:
-    """L (or LA, when the file names a transparent gray level) from a high-bit-depth image."""
-    raw = np.asarray(img)
-    values = raw.astype(np.float64)
-    # 16-bit files (PNG, TIFF) open as I;16 or I: map their full range onto 0..255. Float
-    # images in [0, 1] are scaled up; anything else that already fits in 8 bits is kept.
-    if img.mode.startswith("I;16") or values.max(initial=0) > 255:
-        values = values / 257.0
-    elif img.mode == "F" and values.max(initial=0) <= 1.0:
-        values = values * 255.0
-    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    transparent = img.info.get("transparency")
-    if isinstance(transparent, (int, float)) and not isinstance(transparent, bool):
-        alpha = np.where(raw == transparent, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.stack([gray, alpha], axis=-1))  # LA
-    return Image.fromarray(gray)  # L
 
 
 def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:

@@ -27,6 +27,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from emocap_jax.data import rgb
+
 _JPEG_FORMATS = ("jpeg", "jpg")
 
 # The input pipeline parallelises over reader threads and worker processes already; OpenCV's own
@@ -36,24 +38,36 @@ cv2.setNumThreads(1)
 
 
 def decode_image(data: bytes, image_format: str = "jpeg", min_side: int = 0) -> np.ndarray:
-    """Decodes encoded image bytes to an RGB uint8 array [H, W, 3] (grayscale becomes RGB).
+    """Decodes encoded image bytes to an upright RGB uint8 array [H, W, 3]: the pixels inference
+    (`emocap_jax.preprocess`) reads from the same file, whatever the format. EXIF orientation is
+    applied; grayscale, palette, CMYK, transparent and 16-bit images become RGB by
+    `emocap_jax.data.rgb.to_rgb` (transparency onto white, 16 bits scaled to 8, not clipped).
+    The converters store upright RGB JPEGs, for which all of that changes nothing; records
+    written by other tools may hold anything Pillow reads.
 
     For JPEG, `min_side` > 0 lets libjpeg-turbo decode at the smallest reduced DCT scale M/8
     (7/8, 3/4, ..., 1/8; Pillow's draft: 1/2, 1/4, 1/8) that keeps both sides at least `min_side`
     pixels: a large photo that ends up as a small crop then costs a fraction of a full decode.
-    Scales come in eighths, so even a source only 8/7 of `min_side` is decoded smaller. JPEGs
-    that simplejpeg refuses (CMYK, progressive oddities, arithmetic coding) fall back to Pillow.
+    Scales come in eighths, so even a source only 8/7 of `min_side` is decoded smaller. CMYK
+    JPEGs, and those that simplejpeg refuses (progressive oddities, arithmetic coding), are
+    decoded by Pillow.
     """
-    if image_format.lower() in _JPEG_FORMATS:
+    orientation, components = rgb.jpeg_header(data) if image_format.lower() in _JPEG_FORMATS \
+        else (1, 0)
+    # CMYK / YCCK (4 components) goes to Pillow: libjpeg-turbo's conversion to RGB differs from
+    # Pillow's (which inference uses) by a few levels.
+    if image_format.lower() in _JPEG_FORMATS and components in (1, 3):
         try:
-            return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_side,
-                                          min_width=min_side)
+            image = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_side,
+                                           min_width=min_side)
         except ValueError:
             pass  # Pillow below gives the authoritative error if the file is really broken.
+        else:
+            return rgb.orient(image, orientation)
     with Image.open(io.BytesIO(data)) as img:
         if min_side > 0 and img.format == "JPEG":
             img.draft("RGB", (min_side, min_side))
-        return np.asarray(img.convert("RGB"))
+        return np.asarray(rgb.upright_rgb(img))
 
 
 @dataclasses.dataclass(frozen=True)

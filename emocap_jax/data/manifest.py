@@ -62,8 +62,8 @@ from tqdm import tqdm
 from emocap_jax.data import label_captions
 from emocap_jax.data import pools
 from emocap_jax.data.example_codec import FaceRecord
+from emocap_jax.data.rgb import to_rgb
 from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
-from emocap_jax.preprocess import to_rgb
 from emocap_jax.tokenizers import get_tokenizer
 
 # Rejection reason codes (the part of `reason` before the colon).
@@ -306,7 +306,7 @@ def _validated_entries(manifest: str, options: ConvertOptions, counter: list[int
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Inference's own conversion (emocap_jax.preprocess.to_rgb), so a model is trained and
+    """Inference's own conversion (emocap_jax.data.rgb.to_rgb), so a model is trained and
     evaluated on the pixels it is later given: transparency composited onto white, 16-bit
     grayscale scaled to 8 bits (Pillow's convert("RGB") saturates it)."""
     return to_rgb(img)
