@@ -395,6 +395,25 @@ def test_one_table_for_converters_and_evaluation(capsys):
         dataclasses.replace(spec, converter="sfew-3")
 
 
+def test_compound_prompt_words_ignore_the_labels_capitalisation():
+    """A class folder "Happily Surprised" trains on and is scored with the text the synthetic
+    corpus and the RAF-DB compound prompts use, "happily surprised"."""
+    from emocap_jax.data import class_orders, label_captions
+    from emocap_jax.data.synthetic.faces import COMPOUND_CLASSES
+
+    for label in sorted(set(COMPOUND_CLASSES) | set(class_orders.RAFDB_COMPOUND)):
+        for spelling in (label.title(), label.upper(), " " + label.replace(" ", "  ") + " "):
+            assert prompts.prompt_word(spelling) == label, spelling
+            assert prompts.compound_prompt_word(spelling) == label, spelling
+            assert prompts.description(spelling) == prompts.description(label)
+            assert [label_captions.global_caption(spelling, t)
+                    for t in range(len(label_captions.TEMPLATES))] == \
+                [label_captions.global_caption(label, t)
+                 for t in range(len(label_captions.TEMPLATES))]
+    folder = registry.get("imagefolder").resolve(["Happily Surprised", "Happy", "Pain"])
+    assert folder.prompt_words == ("happily surprised", "happiness", "Pain")
+
+
 def test_registry_resolve_checks_the_dataset_class_order():
     spec = registry.get("rafdb")
     assert spec.resolve(list(spec.classes)).classes == spec.classes

@@ -94,17 +94,25 @@ def compound_parts(label: str) -> list[str] | None:
 
 
 def prompt_word(label: str) -> str:
-    """The word a template is filled with: the canonical noun for single emotions, the label
-    itself for compounds written as adverb + adjective (RAF-DB), adjectives joined by "and" for
-    compounds written as parts (MAFW "anger_disgust" -> "angry and disgusted"), else the label."""
+    """The word a template is filled with: the canonical noun for single emotions, the label in
+    lower case for compounds written as adverb + adjective (RAF-DB "happily surprised"; a class
+    folder's "Happily Surprised" gives the same), adjectives joined by "and" for compounds written
+    as parts (MAFW "anger_disgust" -> "angry and disgusted"), else the label."""
     single = canonical(label)
     if single is not None:
         return EMOTIONS[single].noun
+    parts = compound_parts(label)
     if "_" in label:
-        parts = compound_parts(label)
         if parts is not None:
             return " and ".join(EMOTIONS[p].adjective for p in parts)
         return label.replace("_", " ")
+    if parts is not None:
+        # Every word is an emotion word that `canonical` reads in any case, so the lower-case,
+        # single-spaced label is the one spelling of this compound: the synthetic corpus's captions
+        # and the RAF-DB compound prompts say "happily surprised", and a dataset whose folder says
+        # "Happily Surprised" must train on and be scored with the same text (a case-sensitive
+        # tokenizer, e.g. SentencePiece, would otherwise see two different classes).
+        return " ".join(label.lower().split())
     return label
 
 
