@@ -319,6 +319,67 @@ def test_video_frames_without_frames_per_record_warn_and_keep_the_request(tmp_pa
         runner._num_frames(dfew, bad, None)
 
 
+class _CaseBlindEncoder:
+    """Text embeddings that depend on the lower-cased text only, as with CLIP's tokenizer: "A face
+    showing anger" and "a face showing anger" tokenize, and so embed, alike. Image i is the
+    embedding of IMAGE_TEXTS[i]."""
+
+    def __init__(self, image_texts):
+        self.image_texts = dict(image_texts)
+
+    def tokenize(self, texts):
+        return np.asarray([[sum(map(ord, w)) for w in t.lower().split()][:6] +
+                           [0] * max(0, 6 - len(t.split())) for t in texts], np.int32)
+
+    def texts(self, texts):
+        rows = [np.random.default_rng(list(map(int, row))).normal(size=8)
+                for row in self.tokenize(texts)]
+        return _unit(np.asarray(rows, np.float32))
+
+    def images(self, data_dir, num_frames=None):
+        ids = list(self.image_texts)
+        return features.ImageFeatures(self.texts(list(self.image_texts.values())),
+                                      np.full(len(ids), -1, np.int32), ids, data_dir)
+
+
+def test_multiple_choice_skips_and_names_questions_whose_options_encode_alike(tmp_path):
+    """Two options with the same tokens tie exactly, and argmax would count the question right
+    when the answer is the first copy and wrong when it is the second: such a question is skipped
+    with a reason and named, whichever copy is the answer."""
+    encoder = _CaseBlindEncoder({"img": "a face showing anger"})
+    spec = registry.get("synthetic")
+    split = runner.Split(None, str(tmp_path), None)
+    tokens = encoder.tokenize(["a face showing anger", "A face showing anger", "joy"])
+    assert multiple_choice.same_token_options(tokens) == [[0, 1]]
+    results = []
+    for answer in (0, 1):
+        path = tmp_path / f"q{answer}.jsonl"
+        path.write_text("\n".join(json.dumps(q) for q in [
+            {"qid": "tied", "id": "img", "options": ["a face showing anger",
+                                                       "A face showing anger",
+                                                       "a face showing joy"], "answer": answer},
+            {"qid": "fine", "id": "img", "options": ["a face showing joy",
+                                                       "a face showing anger"], "answer": 1},
+        ]) + "\n")
+        result = runner.run_multiple_choice(encoder, spec, [split],
+                                            runner.Options(questions=str(path)))
+        results.append(result["report"])
+    for fold in results:
+        assert fold["accuracy"] == 1.0 and fold["num_questions"] == 1
+        assert fold["num_skipped"] == 1
+        assert fold["skipped_by_reason"] == {multiple_choice.DUPLICATE_OPTIONS: 1}
+        assert [d["qid"] for d in fold["duplicate_options"]] == ["tied"]
+        assert "options 0, 1 ('a face showing anger')" in fold["duplicate_options"][0]["reason"]
+    markdown = "\n".join(report._multiple_choice_details(results[0]))
+    assert "options that encode the same text (not scored): tied (options 0, 1" in markdown
+    only_tied = tmp_path / "tied.jsonl"
+    only_tied.write_text(json.dumps({"qid": "t", "id": "img", "options": ["x", "X"],
+                                     "answer": 0}) + "\n")
+    with pytest.raises(ValueError, match="encode the same text; there is nothing to score"):
+        runner.run_multiple_choice(encoder, spec, [split],
+                                   runner.Options(questions=str(only_tied)))
+
+
 def test_compound_partial_match_and_prompt_words():
     classes = ["happily surprised", "sadly angry", "fearfully surprised"]
     # truth 0 predicted 2 share "surprise"; truth 1 predicted 0 share nothing.

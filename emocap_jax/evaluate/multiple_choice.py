@@ -22,6 +22,17 @@ face-human-bench|facexbench`):
                                   # a question a two-tower model cannot score ("<code>:
                                   # <detail>"); needs no "id", is not answered, and is counted
                                   # in the report (overall, per task, per code), never guessed
+
+A question two of whose options encode to the same tokens (a converter that wrote one prompt for
+two options, texts that differ only in case under CLIP's lower-casing tokenizer, or past the text
+context) is skipped the same way, with the code "duplicate_options", and named in the report's
+`duplicate_options` list. Those options get exactly the same score, so a plain argmax would pick
+the first of them and count the question right or wrong by where the answer sits among the
+options, not by anything the model sees. Standard multiple-choice scoring (argmax over options, as
+lm-evaluation-harness and VLMEvalKit do) assumes distinct options; indistinguishable ones make the
+item malformed, and a position-blind tie rule (a random pick, or 1/k credit) would still score
+a question whose answer cannot be told from a wrong option. Between distinct texts an exact float
+tie does not happen in practice, and argmax keeps the first option there.
 """
 from __future__ import annotations
 
@@ -38,6 +49,7 @@ import emocap_jax.storage as storage
 
 QUESTIONS_FILE = "questions.jsonl"
 DEFAULT_TEMPLATE = "{option}"
+DUPLICATE_OPTIONS = "duplicate_options"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +134,33 @@ def option_texts(question: Question, template: str = DEFAULT_TEMPLATE) -> list[s
             for o in (question.prompts or question.options)]
 
 
+def same_token_options(tokens: np.ndarray) -> list[list[int]]:
+    """Groups (two or more option indices, ascending) of one question's options whose token rows
+    (`tokens`: [options, context]) are identical, so whose embeddings and scores are too."""
+    groups: dict[bytes, list[int]] = {}
+    for index, row in enumerate(np.asarray(tokens)):
+        groups.setdefault(np.ascontiguousarray(row).tobytes(), []).append(index)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def skip_same_token_options(questions: Sequence[Question], tokens: Sequence[np.ndarray]
+                            ) -> tuple[list[Question], list[Question]]:
+    """(scorable, skipped): questions whose option token rows (`tokens[q]`) contain a repeat are
+    marked skip with DUPLICATE_OPTIONS, naming the options and their text (see the module
+    docstring for why they are not scored)."""
+    scorable, skipped = [], []
+    for question, rows in zip(questions, tokens):
+        groups = same_token_options(rows)
+        if not groups:
+            scorable.append(question)
+            continue
+        texts = question.prompts or question.options
+        detail = "; ".join(f"options {', '.join(map(str, g))} ({texts[g[0]]!r}) encode the same "
+                           "tokens" for g in groups)
+        skipped.append(dataclasses.replace(question, skip=f"{DUPLICATE_OPTIONS}: {detail}"))
+    return scorable, skipped
+
+
 def skip_code(question: Question) -> str:
     return question.skip.split(":", 1)[0].strip()
 
@@ -148,8 +187,10 @@ def accuracy_report(choices, questions: Sequence[Question],
                                            if q.task == task]))
     by_reason = collections.Counter(skip_code(q) for q in skipped)
     by_task = collections.Counter(q.task for q in skipped)
+    duplicates = [{"qid": q.qid, "id": q.id, "reason": q.skip} for q in skipped
+                  if skip_code(q) == DUPLICATE_OPTIONS]
     return {"accuracy": float(correct.mean()), "num_questions": int(len(questions)),
             "chance": float(np.mean([1 / len(q.options) for q in questions])), "tasks": tasks,
             "task_chance": task_chance, "num_skipped": len(skipped),
             "skipped_by_reason": dict(sorted(by_reason.items())),
-            "skipped_by_task": dict(sorted(by_task.items()))}
+            "skipped_by_task": dict(sorted(by_task.items())), "duplicate_options": duplicates}

@@ -30,6 +30,8 @@ from emocap_jax.evaluate import grounding, registry
 
 RESULTS, PREDICTIONS, CONFUSION = "results", "predictions", "confusion"
 DASH = "—"
+# Questions named one by one in report.md; the rest are listed in the run's results/*.json.
+_MAX_NAMED = 10
 
 
 def slug(benchmark: str, protocol: str) -> str:
@@ -269,6 +271,13 @@ def _multiple_choice_details(fold: dict) -> list[str]:
     if fold.get("skipped_by_reason"):
         lines += ["", "skipped, by reason: " + ", ".join(
             f"{code} {count}" for code, count in fold["skipped_by_reason"].items())]
+    duplicates = fold.get("duplicate_options") or []
+    if duplicates:  # a converter's error to fix, so each question is named (first few here)
+        shown = duplicates[:_MAX_NAMED]
+        lines += ["", "options that encode the same text (not scored): " + "; ".join(
+            f"{d['qid']} ({d['reason'].split(':', 1)[-1].strip()})" for d in shown) +
+            (f"; and {len(duplicates) - len(shown)} more in the results/ json"
+             if len(duplicates) > len(shown) else "")]
     return lines
 
 

@@ -373,9 +373,14 @@ def run_multiple_choice(encoder: Encoder, spec, splits, options: Options) -> dic
         # Questions marked skip (several images, yes/no answers, ...) are counted, not answered.
         skipped = [q for q in questions if q.skip]
         questions = [q for q in questions if not q.skip]
+        # Options that tokenize alike would tie; such questions are skipped and named, not guessed.
+        questions, tied = multiple_choice.skip_same_token_options(questions, [
+            encoder.tokenize(multiple_choice.option_texts(q, options.mc_template))
+            for q in questions])
+        skipped += tied
         if not questions:
-            raise ValueError(f"{path}: all {len(skipped)} questions are marked skip; there is "
-                             "nothing to score")
+            raise ValueError(f"{path}: all {len(skipped)} questions are marked skip or have "
+                             "options that encode the same text; there is nothing to score")
         feats = encoder.images(split.test, _num_frames(spec, split.test, options.frames))
         row_of = {record_id: i for i, record_id in enumerate(feats.ids)}
         unknown = sorted({q.id for q in questions if q.id not in row_of})
