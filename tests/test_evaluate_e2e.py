@@ -119,11 +119,27 @@ def test_every_protocol_runs_on_the_synthetic_splits(encoder, bench, tmp_path, n
                                                          "linear_probe"))
 
 
-def test_zero_shot_modes_and_prompt_override(encoder, bench):
+def test_zero_shot_modes_and_prompt_override(encoder, bench, tmp_path):
+    spec = registry.get("synthetic")
     for mode in ("logits", "description"):
         options = runner.Options(batch_size=BATCH, zero_shot_mode=mode)
-        assert runner.run(encoder, "synthetic", "zero_shot", bench, options)["report"][
-            "num_examples"] == 40
+        result = runner.run(encoder, "synthetic", "zero_shot", bench, options)
+        assert result["report"]["num_examples"] == 40
+        report.write_result(tmp_path / mode, result)
+        markdown = report.write_report(tmp_path / mode, result["checkpoint"])["markdown"].read_text()
+        # The result and report say what scored the classes: descriptions replace the prompt
+        # words and templates in mode "description", which therefore are not listed.
+        if mode == "description":
+            assert result["prompts"] == {"mode": "description",
+                                         "descriptions": list(spec.descriptions)}
+            assert (f"- prompts (description): one description per class "
+                    f"({len(spec.classes)}, texts in the results json); no prompt words or "
+                    "templates") in markdown
+        else:
+            assert result["prompts"] == {"mode": "logits", "words": list(spec.prompt_words),
+                                         "templates": list(spec.templates)}
+            assert (f"- prompts (logits): words {', '.join(spec.prompt_words)}; "
+                    f"{len(spec.templates)} templates") in markdown
     with pytest.raises(ValueError, match="3 prompt words for 8 classes"):
         runner.run(encoder, "synthetic", "zero_shot", bench,
                    runner.Options(batch_size=BATCH, prompt_words=("a", "b", "c")))
@@ -198,6 +214,8 @@ def test_cli_writes_result_confusion_and_report(tiny_export, bench, tmp_path, ca
     ({"--data": "/nonexistent/data"}, "--data /nonexistent/data: no such directory"),
     ({"--checkpoint": "/nonexistent/ckpt"}, "--checkpoint /nonexistent/ckpt: no such file"),
     ({"--num-folds": "1"}, "--num-folds must be >= 2"),
+    ({"--zero-shot-mode": "description", "--classes": "a,b"},
+     "--classes: --zero-shot-mode description scores each class with its registry description"),
 ])
 def test_cli_names_the_bad_argument(tiny_export, bench, tmp_path, capsys, change, message):
     from emocap_jax.evaluate import cli

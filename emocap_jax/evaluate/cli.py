@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--zero-shot-mode", default="embedding",
                    choices=("embedding", "logits", "description"),
                    help="embedding: templates averaged in embedding space; logits: per-template "
-                        "cosine logits averaged; description: one description per class "
-                        "(default embedding)")
+                        "cosine logits averaged; description: one description per class, with no "
+                        "prompt words or templates (default embedding)")
     g.add_argument("--classes", default=None,
                    help="comma-separated prompt words in label order (default: the registry's)")
     g.add_argument("--templates", default=None,
@@ -234,6 +234,12 @@ def _check(args, parser) -> None:
         parser.error(f"--questions {args.questions}: no such file")
     if args.templates is not None and not storage.isfile(args.templates):
         parser.error(f"--templates {args.templates}: no such file")
+    if args.zero_shot_mode == "description":
+        # Each class is scored with its one description, so these would be ignored without a word.
+        for flag, value in (("--templates", args.templates), ("--classes", args.classes)):
+            if value is not None:
+                parser.error(f"{flag}: --zero-shot-mode description scores each class with its "
+                             "registry description and uses no prompt words or templates")
     if args.regions is not None and not storage.isfile(args.regions):
         parser.error(f"--regions {args.regions}: no such file")
     _check_mc_template(args.mc_template, parser)

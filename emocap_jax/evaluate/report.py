@@ -302,7 +302,11 @@ def _details(result: dict) -> list[str]:
                          f"{'class-balanced' if folds[0]['balanced'] else 'unweighted'} fit, "
                          f"C chosen by validation UAR ({', '.join(f'{c:g}' for c in cs)})")
         prompts = result.get("prompts")
-        if prompts:
+        if prompts and "descriptions" in prompts:  # mode "description": no words or templates
+            lines.append(f"- prompts ({prompts.get('mode', 'description')}): one description per "
+                         f"class ({len(prompts['descriptions'])}, texts in the results json); no "
+                         "prompt words or templates")
+        elif prompts:
             lines.append(f"- prompts ({prompts.get('mode', 'embedding')}): words "
                          f"{', '.join(prompts.get('words', []))}; {len(prompts.get('templates', []))} "
                          "templates")

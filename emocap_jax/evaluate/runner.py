@@ -219,13 +219,21 @@ def run_zero_shot(encoder: Encoder, spec, splits, options: Options, frames: bool
                                                           list(spec.classes)))
     pooled = _pooled(fold_reports, spec.classes)
     result = {"report": pooled, "folds": fold_reports, "predictions": predictions,
-              "prompts": {"words": list(words), "templates": list(templates),
-                          "mode": options.zero_shot_mode},
+              "prompts": _prompts_used(words, templates, spec.descriptions,
+                                       options.zero_shot_mode),
               "value": _headline(pooled, "uar", len(splits) > 1), "metric": "uar"}
     if baseline:
         result["single_frame"] = {m: metrics.summarize_folds([b[m] for b in baseline])["mean"]
                                   for m in ("uar", "war", "macro_f1")}
     return result
+
+
+def _prompts_used(words, templates, descriptions, mode: str) -> dict:
+    """What the class prompts were made of, for the report: the descriptions in mode
+    "description" (where prompt words and templates play no part), else words and templates."""
+    if mode == "description":
+        return {"mode": mode, "descriptions": list(descriptions)}
+    return {"mode": mode, "words": list(words), "templates": list(templates)}
 
 
 def compound_partial_match(labels, predictions, classes) -> Optional[float]:
