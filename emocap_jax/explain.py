@@ -114,17 +114,23 @@ def overlay_figure(image: np.ndarray, maps: np.ndarray, sentences: Sequence[str]
 
 
 def overlay_names(paths: Sequence[os.PathLike]) -> list[str]:
-    """One PNG file name per image: its path relative to the images' common folder, with the
-    folder separators as "__" (faces/happy/1.jpg -> happy__1.png); repeats get a counter."""
-    paths = [pathlib.Path(p).absolute() for p in paths]
+    """One PNG file name per image, distinct for every entry of `paths` and fixed by `paths`
+    alone: the image's path relative to the images' common folder, with the folder separators as
+    "__" (faces/happy/1.jpg -> happy__1.png); an image given twice, or a name already taken,
+    gets a counter (1_1.png)."""
+    # normpath: "faces/../faces/1.jpg" is named like faces/1.jpg, not "..__faces__1.png" (a name
+    # starting with a dot, which file browsers hide).
+    paths = [pathlib.Path(os.path.normpath(pathlib.Path(p).absolute())) for p in paths]
     root = pathlib.Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
     names, used = [], set()
     for path in paths:
         stem = "__".join(path.relative_to(root).with_suffix("").parts)
         name, k = f"{stem}.png", 1
-        while name in used:
+        # Compared case-blind: on a case-insensitive output folder (macOS, Windows, exFAT)
+        # Happy__1.png and happy__1.png are one file, and the second would overwrite the first.
+        while name.casefold() in used:
             name, k = f"{stem}_{k}.png", k + 1
-        used.add(name)
+        used.add(name.casefold())
         names.append(name)
     return names
 

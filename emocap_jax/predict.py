@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", metavar="DIR",
         help="folder for the --explain overlays (created): one PNG per image, named after its "
-             "path below the images' common folder")
+             "path below the images' common folder (faces/happy/1.jpg -> happy__1.png); an "
+             "image given twice, or a name taken (also ignoring case), gets a counter")
     parser.add_argument(
         "--batch-size", type=int, default=64, metavar="N",
         help="images read and encoded per step; bounds memory for large folders (default: 64)")

@@ -206,6 +206,47 @@ def test_overlay_names_are_unique_and_readable(tmp_path):
     assert overlay_names([tmp_path / "one.jpg"]) == ["one.png"]
 
 
+class _FlatMapModel:
+    """Stand-in for `EmoCapCLIP` in `write_overlays` (no JAX): images as read, random maps."""
+    image_size = 16
+    config = type("Config", (), {"vision": type("Vision", (), {"local_token_offset": 0.5})})
+
+    def check_sentences(self, sentences):
+        return list(sentences)
+
+    def load_images(self, paths):
+        return np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255
+                         for p in paths])
+
+    def explain(self, images, sentences):
+        return np.random.default_rng(0).random((len(images), len(sentences), 2, 2))
+
+
+def test_every_input_gets_its_own_overlay_file(tmp_path):
+    """The same file given twice (also as a/../a/x.jpg), one file name in two folders, and two
+    folders whose names differ only in case: one overlay file each, none overwritten, even in an
+    output folder that ignores case; the names are the same on a second run."""
+    from emocap_jax.explain import overlay_names, write_overlays
+
+    root = tmp_path / "faces"
+    relative = ["a/x.jpg", "b/x.jpg", "Happy/1.jpg", "happy/1.jpg"]
+    for i, rel in enumerate(relative):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(root / rel)
+    paths = [root / r for r in relative] + [root / "a/x.jpg", root / "a" / ".." / "a" / "x.jpg"]
+    names = overlay_names(paths)
+    assert names == ["a__x.png", "b__x.png", "Happy__1.png", "happy__1_1.png", "a__x_1.png",
+                     "a__x_2.png"]
+    assert overlay_names(paths) == names
+    written = write_overlays(_FlatMapModel(), paths, ["open mouth"], tmp_path / "out")
+    assert [image for image, _ in written] == [str(p) for p in paths]
+    assert [png.name for _, png in written] == names
+    assert len({png.name.casefold() for _, png in written}) == len(paths)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(names)
+    for _, png in written:
+        assert png.read_bytes().startswith(PNG_MAGIC)
+
+
 def _predict(*args):
     return subprocess.run([sys.executable, "-m", "emocap_jax.predict", *map(str, args)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
