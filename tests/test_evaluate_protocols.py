@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from emocap_jax.data import pipeline
+from emocap_jax.data import class_orders, label_captions, pipeline
+from emocap_jax.data.synthetic.faces import COMPOUND_CLASSES
 from emocap_jax.evaluate import (au_detection, features, few_shot, linear_probe, metrics,
                                  multiple_choice, prompts, registry, report, retrieval, runner,
                                  zero_shot)
@@ -459,9 +460,6 @@ def test_one_table_for_converters_and_evaluation(capsys):
 def test_compound_prompt_words_ignore_the_labels_capitalisation():
     """A class folder "Happily Surprised" trains on and is scored with the text the synthetic
     corpus and the RAF-DB compound prompts use, "happily surprised"."""
-    from emocap_jax.data import class_orders, label_captions
-    from emocap_jax.data.synthetic.faces import COMPOUND_CLASSES
-
     for label in sorted(set(COMPOUND_CLASSES) | set(class_orders.RAFDB_COMPOUND)):
         for spelling in (label.title(), label.upper(), " " + label.replace(" ", "  ") + " "):
             assert prompts.prompt_word(spelling) == label, spelling
