@@ -17,6 +17,7 @@ from emocap_jax.data.synthetic.captions import FACE_REGION_OF, REGION_OF_AU, REG
 from emocap_jax.data.synthetic.faces import (ALL_CLASSES, FACE_REGIONS, face_regions, render_face,
                                              sample_face_spec)
 from emocap_jax.evaluate import grounding
+from emocap_jax.evaluate import report as evaluate_report
 
 AU_PATTERN = re.compile(r"\bAU(\d+)\b")
 
@@ -431,7 +432,7 @@ def test_summary_per_region_and_overall():
                                             "chance": pytest.approx(0.2), "patch_chance": 0.25,
                                             "prior": 1.0, "prior_patch": 2}
     assert report["per_region"]["brows"]["prior"] == 0.0
-    table = grounding.format_table(report)
+    table = evaluate_report.grounding_table(report)
     assert "| eyes | 50.0 | 20.0 | 25.0 | 100.0 | 1 / 2 |" in table
     assert "| **all** | 50.0 | 25.0 | 25.0 | 75.0 | 2 / 4 |" in table
 

@@ -4,6 +4,8 @@ import ast
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 
@@ -96,3 +98,26 @@ def test_imports_inside_functions_say_why():
                 if not lines[row - 1].strip().startswith("#"):
                     undocumented.append(f"{path.relative_to(REPO_ROOT)}:{sub.lineno}")
     assert not undocumented, undocumented
+
+
+
+# Runs the module named by its first argument with the rest as its command line, and says on
+# stderr as it exits whether JAX was imported.
+_JAX_IMPORTED_AT_EXIT = """
+import atexit, runpy, sys
+atexit.register(lambda: print("jax imported:", "jax" in sys.modules, file=sys.stderr))
+module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("args, status", [(["--help"], 0), (["--list"], 0),
+                                          (["--protocl", "zero_shot"], 2)])
+def test_evaluate_answers_help_list_and_argument_errors_before_loading_jax(args, status):
+    """README (Architecture) and emocap_jax/evaluate/cli.py: `python -m emocap_jax.evaluate`
+    answers --help, --list and argument errors before it loads JAX, at once rather than after
+    the seconds JAX takes to import."""
+    result = subprocess.run([sys.executable, "-c", _JAX_IMPORTED_AT_EXIT, "emocap_jax.evaluate",
+                             *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == status, result.stderr[-2000:]
+    assert "jax imported: False" in result.stderr, result.stderr[-2000:]

@@ -345,10 +345,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = report.write_report(args.output, encoder.description)
     print(report.summary_line(result))
     if result["protocol"] == registry.GROUNDING:
-        # Loaded with the protocol, like the other modules this CLI imports after parsing.
-        from emocap_jax.evaluate.grounding import format_table
         for fold in result["folds"]:
-            print(format_table(fold))
+            print(report.grounding_table(fold))
     for kind, path in written.items():
         print(f"  {kind}: {path}")
     print(f"  report: {summary['markdown']} and {summary['csv']} "

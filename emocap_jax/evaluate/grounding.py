@@ -250,34 +250,6 @@ def summarize(regions: Sequence[str], hits: Sequence[bool], chance: Sequence[flo
     return {**overall, "per_region": per_region}
 
 
-def format_table(report: dict) -> str:
-    """The per-region table (Markdown), overall row last."""
-    def pct(v):
-        return "—" if v is None else f"{100 * v:.1f}"
-
-    lines = ["| region | accuracy | chance (area) | chance (patch) | fixed-patch prior | "
-             "hits / pairs |", "|---|---|---|---|---|---|"]
-    for name, r in list(report["per_region"].items()) + [("all", report)]:
-        label = f"**{name}**" if name == "all" else name
-        lines.append(f"| {label} | {pct(r['accuracy'])} | {pct(r['chance'])} | "
-                     f"{pct(r['patch_chance'])} | {pct(r.get('prior'))} | "
-                     f"{r['hits']} / {r['pairs']} |")
-    return "\n".join(lines)
-
-
-def details(fold: dict) -> list[str]:
-    """Markdown lines for the evaluation report."""
-    grid = "x".join(str(g) for g in fold["grid"])
-    lines = ["", f"pointing game over {fold['num_pairs']} (face, local sentence) pairs of "
-             f"{fold['num_faces']} faces, {grid} patches, tolerance {fold['tolerance']:g} px: "
-             f"accuracy {100 * fold['accuracy']:.1f}% against {100 * fold['chance']:.1f}% chance "
-             f"(area), {100 * fold['patch_chance']:.1f}% (patch) and a "
-             f"{100 * fold['prior']:.1f}% fixed-patch prior"
-             + (f"; {fold['skipped_sentences']} sentences without a region skipped"
-                if fold.get("skipped_sentences") else ""), ""]
-    return lines + format_table(fold).splitlines()
-
-
 # ------------------------------------------------------------------------------------------------
 # Running a model
 

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 import emocap_jax.storage as storage
-from emocap_jax.evaluate import grounding, registry
+from emocap_jax.evaluate import registry
 
 RESULTS, PREDICTIONS, CONFUSION = "results", "predictions", "confusion"
 DASH = "—"
@@ -281,6 +281,35 @@ def _multiple_choice_details(fold: dict) -> list[str]:
     return lines
 
 
+def grounding_table(report: dict) -> str:
+    """The grounding protocol's per-region table (Markdown), overall row last. Here rather than
+    in evaluate/grounding.py, which imports JAX: `python -m emocap_jax.evaluate` imports this
+    module before it parses its arguments, and answers --help and --list without JAX."""
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.1f}"
+
+    lines = ["| region | accuracy | chance (area) | chance (patch) | fixed-patch prior | "
+             "hits / pairs |", "|---|---|---|---|---|---|"]
+    for name, r in list(report["per_region"].items()) + [("all", report)]:
+        label = f"**{name}**" if name == "all" else name
+        lines.append(f"| {label} | {pct(r['accuracy'])} | {pct(r['chance'])} | "
+                     f"{pct(r['patch_chance'])} | {pct(r.get('prior'))} | "
+                     f"{r['hits']} / {r['pairs']} |")
+    return "\n".join(lines)
+
+
+def _grounding_details(fold: dict) -> list[str]:
+    grid = "x".join(str(g) for g in fold["grid"])
+    lines = ["", f"pointing game over {fold['num_pairs']} (face, local sentence) pairs of "
+             f"{fold['num_faces']} faces, {grid} patches, tolerance {fold['tolerance']:g} px: "
+             f"accuracy {100 * fold['accuracy']:.1f}% against {100 * fold['chance']:.1f}% chance "
+             f"(area), {100 * fold['patch_chance']:.1f}% (patch) and a "
+             f"{100 * fold['prior']:.1f}% fixed-patch prior"
+             + (f"; {fold['skipped_sentences']} sentences without a region skipped"
+                if fold.get("skipped_sentences") else ""), ""]
+    return lines + grounding_table(fold).splitlines()
+
+
 def _details(result: dict) -> list[str]:
     lines = [f"### {result['title']} — {result['protocol']}", ""]
     lines.append(f"- data: `{result['data']}`; {result.get('devices', '?')} devices; "
@@ -344,7 +373,7 @@ def _details(result: dict) -> list[str]:
         if "num_questions" in fold:
             lines += _multiple_choice_details(fold)
         if "per_region" in fold:
-            lines += grounding.details(fold)
+            lines += _grounding_details(fold)
     return lines + [""]
 
 
