@@ -11,7 +11,8 @@ left out, as is one in the prose with fewer than two arguments (`python -m data_
 --appearance-captions` names an option). An optional part (`[--suggest 0.99]`) is parsed.
 
 Run as a script (`python tests/docs_commands.py REPO_ROOT TARGET JSON_ARGVS`), it parses each
-argv with the target's own parser and prints one JSON line: [[argv, error or null], ...]. Each
+argv with the target's own parser and prints one JSON line: [[argv, error or null], ...];
+with TARGET `--options` and a JSON list of argparse commands, it prints their option strings. Each
 target (a module or a bench script) runs under runpy with argparse's parse_known_args replaced
 by the real one followed by an exception, so nothing after the parse runs.
 """
@@ -177,6 +178,39 @@ def _parse_all(root: str, name: str, argvs: list[list[str]]) -> list:
     return results
 
 
+def _option_strings(root: str, names: list[str]) -> list[str]:
+    """Every option string of the argparse commands `names` (and of their sub-commands)."""
+    class Listed(Exception):
+        pass
+
+    found = set()
+
+    def walk(parser):
+        for action in parser._actions:
+            found.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    def list_and_stop(self, args=None, namespace=None):
+        walk(self)
+        raise Listed
+
+    argparse.ArgumentParser.parse_known_args = list_and_stop
+    sys.path[:0] = [root, f"{root}/bench"]
+    for name in names:
+        sys.argv = [name]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                if name.endswith(".py"):
+                    runpy.run_path(f"{root}/{name}", run_name="__main__")
+                else:
+                    runpy.run_module(name, run_name="__main__", alter_sys=True)
+        except (Listed, SystemExit):  # SystemExit: a command that takes no options
+            pass
+    return sorted(found)
+
+
 def _parse_train(root: str, argvs: list[list[str]]) -> list:
     """emocap_jax.main's flags (absl) through its own parser, then the settings checks a run makes
     before it prepares any data (emocap_jax.train's check_* functions), on one device per
@@ -225,6 +259,9 @@ def _parse_train(root: str, argvs: list[list[str]]) -> list:
 
 if __name__ == "__main__":
     _root, _name, _argvs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    parse = (lambda: _parse_train(_root, _argvs)) if _name == "emocap_jax.main" else (
-        lambda: _parse_all(_root, _name, _argvs))
-    print(json.dumps(parse()))
+    if _name == "--options":
+        print(json.dumps(_option_strings(_root, _argvs)))
+    elif _name == "emocap_jax.main":
+        print(json.dumps(_parse_train(_root, _argvs)))
+    else:
+        print(json.dumps(_parse_all(_root, _name, _argvs)))

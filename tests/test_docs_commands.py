@@ -17,6 +17,7 @@ import pytest
 from configs import default
 from tests import docs_commands
 from tests.conftest import REPO_ROOT
+from tests.test_packaging import ARGPARSE_COMMANDS
 
 COMMANDS = docs_commands.documented_commands(REPO_ROOT)
 BY_TARGET = collections.defaultdict(list)
@@ -96,6 +97,41 @@ def test_a_documented_command_that_no_longer_parses_is_caught():
     assert wrong[2][1] is None
 
 
+# absl's flags of emocap_jax.main that the docs name (the others are argparse options).
+_TRAIN_FLAGS = {"--config", "--workdir", "--mode", "--coordinator_address", "--num_processes",
+                "--process_id", "--heartbeat_timeout_seconds", "--helpfull", "--verbosity"}
+
+
+def test_every_option_the_prose_names_is_a_commands_option():
+    """An option named on its own in the text (`--zero-shot-mode`, `--suggest P`,
+    `--heartbeat_timeout_seconds`) is one of a command's: of an argparse command (the console
+    scripts' modules, the converters, the tokenizer trainer, the bench scripts) or of
+    emocap_jax.main (its flags are checked to be absl's below)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tests" / "docs_commands.py"), str(REPO_ROOT),
+         "--options", json.dumps(list(ARGPARSE_COMMANDS))], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    options = set(json.loads(result.stdout.splitlines()[-1])) | _TRAIN_FLAGS
+    assert {"--zero-shot-mode", "--suggest", "--label-mode", "--val-fraction"} <= options
+    train_help = subprocess.run([sys.executable, "-m", "emocap_jax.main", "--helpfull"],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "EMOCAP_NO_HUGE_PAGES": "1"}).stdout
+    assert [f for f in _TRAIN_FLAGS
+            if not re.search(rf"--(\[no\])?{f[2:]}:", train_help)] == []
+    unknown = []
+    for path in docs_commands.doc_sources(REPO_ROOT):
+        _, prose = docs_commands._code_and_prose(docs_commands.doc_text(path))
+        for match in re.finditer(r"`(--[^`]+)`", prose):  # a span that starts with an option
+            for word in match.group(1).split():
+                option = re.sub(r"[=,.)].*$", "", word)
+                if word.startswith("--") and not word.startswith("--config.") \
+                        and option not in options:
+                    line = prose[:match.start()].count("\n") + 1
+                    unknown.append(f"{path.relative_to(REPO_ROOT)}:{line}: {word}")
+    assert unknown == []
+
+
 # A path in the repository: under one of its folders, or one of its top-level documents.
 _REPO_PATH = re.compile(r"(?<![\w/.-])((?:emocap_jax|data_prep|configs|bench|tests|notebooks|docs)"
                         r"/[\w./-]*[\w/]|(?:README|PERFORMANCE|ABLATIONS|RESULTS)\.md|"
@@ -117,7 +153,7 @@ def test_every_repository_path_the_docs_name_exists():
 
 
 # `config.loss.mining.threshold`, `--config.loss.mining.threshold=0.99`, `loss.mining.mutual`
-# (a group of the config first), each the whole of an inline code span.
+# (a group of the config first), each a whole word of an inline code span.
 _FIELD = re.compile(r"(?:--)?(?:config\.)?((?:model|data|loss|optim|train|mesh|eval)"
                     r"(?:\.\w+)+)(?:=\S*)?")
 _FILE_SUFFIXES = {"py", "md", "json", "jsonl", "safetensors", "txt", "png"}
@@ -137,8 +173,9 @@ def test_every_config_field_the_docs_name_exists():
     named = [(where, w) for where, words in COMMANDS for w in words if w.startswith("--config.")]
     for path in docs_commands.doc_sources(REPO_ROOT):
         _, prose = docs_commands._code_and_prose(docs_commands.doc_text(path))
-        named += [(f"{path.relative_to(REPO_ROOT)}:{prose[:m.start()].count(chr(10)) + 1}",
-                   " ".join(m.group(1).split())) for m in re.finditer(r"`([^`]+)`", prose)]
+        # Each word of a span: `--config.train.global_batch_size=4096 --config.loss.mining.mode=both`
+        named += [(f"{path.relative_to(REPO_ROOT)}:{prose[:m.start()].count(chr(10)) + 1}", word)
+                  for m in re.finditer(r"`([^`]+)`", prose) for word in m.group(1).split()]
     checked, unknown = set(), []
     for where, span in named:
         match = _FIELD.fullmatch(span)
