@@ -1,9 +1,11 @@
 """What the documentation tells a user to run runs as written: every command line in README.md,
-PERFORMANCE.md, ABLATIONS.md, RESULTS.md and the configs' docstrings parses with the real argument
-parser of its program (training commands also pass the settings checks a run makes before it
-prepares data), every repository file they name exists, and every config field they name is one
-of configs/default.py. A renamed flag, a config field moved or a file deleted then fails here
-instead of on the user's machine. tests/docs_commands.py finds the commands and parses them.
+PERFORMANCE.md, ABLATIONS.md, RESULTS.md, the configs' docstrings and the notebook's text parses
+with the real argument parser of its program (training commands also pass the settings checks a
+run makes before it prepares data; a bench script's --config.* extras, those of the config they go
+to), every option named on its own is a command's, every repository file named exists, and every
+config field named is one of configs/default.py. A renamed flag, a config field moved or a file
+deleted then fails here instead of on the user's machine. tests/docs_commands.py finds the
+commands and parses them.
 """
 import collections
 import json
