@@ -673,12 +673,14 @@ def test_a_run_on_some_official_folds_says_so_beside_the_paper(tmp_path):
 
     for k in registry.get("dfew").official_folds:
         write_labelled(tmp_path / "dfew" / f"fold{k}" / "test", class_orders.DFEW, per_class=1)
-    one = runner.run(HashEncoder(), "dfew", "video", tmp_path / "dfew", runner.Options(fold=3))
+    # One frame per clip: the still faces record no frames_per_record (which would warn).
+    one = runner.run(HashEncoder(), "dfew", "video", tmp_path / "dfew",
+                     runner.Options(fold=3, frames=1))
     assert report.partial_folds(one) == "fold 3 of 5"
     assert ", fold 3 of 5 only (paper: EmoCapCLIP 42.2" in report.summary_line(one)
     report.write_result(tmp_path / "eval", one)
     report.write_report(tmp_path / "eval", HashEncoder.description)
     markdown = (tmp_path / "eval" / "report.md").read_text()
     assert f"| DFEW | video | UAR | {100 * one['value']:.1f} (fold 3 of 5) | 42.2 |" in markdown
-    every = runner.run(HashEncoder(), "dfew", "video", tmp_path / "dfew")
+    every = runner.run(HashEncoder(), "dfew", "video", tmp_path / "dfew", runner.Options(frames=1))
     assert report.partial_folds(every) == "" and "only" not in report.summary_line(every)
