@@ -6,7 +6,8 @@ is detected, with a message that names the thing and says what to do. Every comm
 goes through `entry_point`, which prints `error: <message>` on stderr and exits with status 2;
 anything else (an internal error) propagates with its traceback. `ArgumentParser` gives argparse's
 own mistakes (unknown option, invalid choice, missing argument) the same one line instead of the
-usage block.
+usage block. A reader that closes stdout early (`emocap-eval --list | head`) ends the command
+quietly with status 0, as `cat` or `ls` piped into `head` end, instead of a BrokenPipeError traceback.
 
 `UsageError` is a `ValueError`, so library callers that already catch `ValueError` keep working.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import select
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
@@ -37,11 +40,37 @@ def entry_point(main: Callable[..., Optional[int]]) -> Callable[..., Optional[in
     @functools.wraps(main)
     def wrapper(argv: Optional[Sequence[str]] = None):
         try:
-            return main(argv)
+            status = main(argv)
+            # What is still buffered goes out here, where a closed stdout can be caught, and not
+            # at the interpreter's exit, which would print "Exception ignored ... BrokenPipeError".
+            if sys.stdout is not None:
+                sys.stdout.flush()
+            return status
         except UsageError as e:
             sys.exit(report(str(e)))
+        except BrokenPipeError:
+            if not stdout_is_closed():
+                raise  # a pipe of our own (a worker process, a socket): an internal error
+            # The reader has what it wanted. Later writes, and the flush at exit, go nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
 
     return wrapper
+
+
+def stdout_is_closed() -> bool:
+    """Whether stdout is a pipe (or socket) whose reading end is closed, so a BrokenPipeError came
+    from the user's reader and not from one of the command's own pipes, which would be a failure."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # no stdout, or one that is no file (capture)
+        return False
+    if not hasattr(select, "poll"):  # Windows: no poll, and stdout is the likely culprit
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    # A writing end without a reader polls as an error (POLLERR; POLLHUP for a socket).
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -299,11 +299,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     # Orbax logs every file it restores at INFO through absl; a prediction tool prints results only.
     absl_logging.set_verbosity(absl_logging.WARNING)
-    try:
-        return run(args, parser)
-    except BrokenPipeError:  # e.g. `... | head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    # A reader that closes stdout early (`... | head`) is handled by entry_point.
+    return run(args, parser)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import regex
 import sentencepiece as spm
 from tqdm import tqdm
 
-from emocap_jax.cli_errors import ArgumentParser, float_in, int_in
+from emocap_jax.cli_errors import ArgumentParser, entry_point, float_in, int_in
 
 DEFAULT_CONTEXT_LENGTH = 77
 CLIP_BPE_VOCAB_PATH = pathlib.Path(__file__).resolve().parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
@@ -713,6 +713,7 @@ def _train_sentencepiece_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:

@@ -521,3 +521,43 @@ def test_usage_errors_exit_2_and_internal_errors_keep_their_traceback(capsys):
     with pytest.raises(RuntimeError, match="a bug"):
         main(["bug"])
     assert issubclass(cli_errors.UsageError, ValueError)  # callers catching ValueError still do
+
+
+def _run_with_stdout_closed(*command):
+    """Runs `command` with a stdout pipe whose reader is gone before it starts, as `| head` leaves
+    it once head has its lines (closed up front, so the outcome does not depend on timing)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, *command], cwd=REPO_ROOT, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=300,
+                              env={**os.environ, "EMOCAP_NO_HUGE_PAGES": "1"})
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("command", [
+    ("-m", "emocap_jax.evaluate", "--list"),
+    ("-m", "data_prep.benchmarks", "--list"),
+    ("-m", "data_prep", "--help"),  # the umbrella's own output
+    ("-m", "data_prep", "benchmarks", "--list"),  # a command inside the umbrella
+])
+def test_a_reader_that_closes_stdout_early_ends_the_command_quietly(command):
+    result = _run_with_stdout_closed(*command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == "", result.stderr[-3000:]
+
+
+def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback():
+    """Only a closed stdout is the reader's choice; a pipe of the command's own that breaks (a
+    worker process gone) is a failure, not a quiet success."""
+    code = ("from emocap_jax import cli_errors\n"
+            "@cli_errors.entry_point\n"
+            "def main(argv=None):\n"
+            "    print('partial output')\n"
+            "    raise BrokenPipeError(32, 'a worker hung up')\n"
+            "main()\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1 and result.stdout == "partial output\n"
+    assert "Traceback" in result.stderr and "a worker hung up" in result.stderr, result.stderr
