@@ -146,6 +146,27 @@ def test_subject_independent_folds_keep_subjects_apart():
         linear_probe.cv_folds(labels, groups, 25)
 
 
+def test_folds_the_classes_cannot_fill_are_refused_naming_each_class_and_its_count():
+    names = ["anger", "joy", "calm"]
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    with pytest.raises(linear_probe.TooFewForFolds,
+                       match=r"5 stratified folds need a class with at least 5 examples, but "
+                             r"every class has fewer \(examples per class: anger 3, joy 2, "
+                             r"calm 1\); use at most 3 folds") as error:
+        linear_probe.cv_folds(labels, None, 5, class_names=names)
+    assert error.value.most == 3 and isinstance(error.value, ValueError)
+    folds = linear_probe.cv_folds(labels, None, 3, class_names=names)
+    assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(len(labels)))
+    # One class large enough is all scikit-learn needs: the small ones sit in some folds only.
+    assert len(linear_probe.cv_folds(np.array([0] * 5 + [1, 2]), None, 5)) == 5
+    with pytest.raises(linear_probe.TooFewForFolds, match=r"label 0 1, label 1 1\); too few"):
+        linear_probe.cv_folds(np.array([0, 1]), None, 2)
+    groups = np.repeat(["S1", "S2", "S3"], 2)
+    with pytest.raises(linear_probe.TooFewForFolds,
+                       match="3 subjects cannot fill 4 subject-independent folds; use at most 3"):
+        linear_probe.cv_folds(np.tile([0, 1], 3), groups, 4)
+
+
 def test_folds_refuse_a_benchmark_whose_subjects_are_partly_missing():
     # One blank subject used to drop every group, and frames of one subject then sat on both
     # sides of a fold without a word.

@@ -642,6 +642,29 @@ def write_labelled(directory, classes, per_class=4):
     return directory
 
 
+def test_a_probe_with_more_folds_than_examples_per_class_names_the_classes_and_the_option(
+        tmp_path):
+    # scikit-learn said only "n_splits=10 cannot be greater than the number of members in each
+    # class": neither the classes, their counts nor the option to change.
+    spec = registry.get("jaffe")
+    data = write_labelled(tmp_path / "jaffe" / "all", spec.classes, per_class=3)
+    counts = ", ".join(f"{name} 3" for name in spec.classes)
+    with pytest.raises(ValueError) as error:
+        runner.run(HashEncoder(), "jaffe", "linear_probe", tmp_path / "jaffe",
+                   runner.Options(c_grid=(1.0,)))
+    message = str(error.value)
+    assert message.startswith(f"{data}: 10 stratified folds need a class with at least 10 ")
+    assert f"(examples per class: {counts}); use at most 3 folds" in message
+    assert "(--num-folds 3; 10 is jaffe's default), or give a training split" in message
+    with pytest.raises(ValueError, match=r"4 stratified folds .* \(--num-folds 3\), or give"):
+        runner.run(HashEncoder(), "jaffe", "linear_probe", tmp_path / "jaffe",
+                   runner.Options(num_folds=4, c_grid=(1.0,)))
+    # What the message advises runs.
+    result = runner.run(HashEncoder(), "jaffe", "linear_probe", tmp_path / "jaffe",
+                        runner.Options(num_folds=3, c_grid=(1.0,)))
+    assert len(result["folds"]) == 3 and result["report"]["num_examples"] == 3 * len(spec.classes)
+
+
 def test_every_split_must_share_the_benchmarks_class_order(tmp_path):
     # label_id 0 is "surprise" in RAF-DB's order but "angry" in FER2013's: a probe trained on one
     # and tested on the other scores wrong classes, so a train folder (or a later official fold)

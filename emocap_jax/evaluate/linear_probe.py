@@ -55,9 +55,32 @@ def _groups_or_none(groups) -> Optional[np.ndarray]:
     return groups if len(np.unique(groups)) > 1 else None
 
 
-def cv_folds(labels, groups, num_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+class TooFewForFolds(ValueError):
+    """The data cannot fill the folds asked for; `most` is the most folds it can fill (below 2:
+    none, it cannot be cross-validated)."""
+
+    def __init__(self, message: str, most: int):
+        super().__init__(message)
+        self.most = most
+
+
+def _too_few(problem: str, most: int) -> TooFewForFolds:
+    advice = (f"use at most {most} folds" if most >= 2
+              else "too few to cross-validate; train the probe on a separate split")
+    return TooFewForFolds(f"{problem}; {advice}", most)
+
+
+def _class_name(label: int, class_names: Optional[Sequence[str]]) -> str:
+    if class_names is not None and 0 <= label < len(class_names):
+        return str(class_names[label])
+    return f"label {label}"
+
+
+def cv_folds(labels, groups, num_folds: int, seed: int = 0,
+             class_names: Optional[Sequence[str]] = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) index arrays of `num_folds` stratified folds; with groups (subjects), no group
-    is split between train and test (scikit-learn's StratifiedGroupKFold)."""
+    is split between train and test (scikit-learn's StratifiedGroupKFold). Data too small for the
+    folds raises TooFewForFolds, naming each class (`class_names[label]`) and its count."""
     labels = np.asarray(labels)
     groups = _groups_or_none(groups)
     if num_folds < 2:
@@ -65,8 +88,19 @@ def cv_folds(labels, groups, num_folds: int, seed: int = 0) -> list[tuple[np.nda
     if groups is not None:
         num_groups = len(np.unique(groups))
         if num_groups < num_folds:
-            raise ValueError(f"{num_groups} subjects cannot fill {num_folds} subject-independent "
-                             "folds; lower the number of folds")
+            raise _too_few(f"{num_groups} subjects cannot fill {num_folds} subject-independent "
+                           "folds", num_groups)
+    # scikit-learn refuses only when every class is smaller than the folds, saying "n_splits=10
+    # cannot be greater than the number of members in each class" (no class, no count, no way
+    # out); a few small classes are fine, their examples sit in some test folds only.
+    values, counts = np.unique(labels, return_counts=True)
+    if not len(counts) or counts.max() < num_folds:
+        named = ", ".join(f"{_class_name(int(v), class_names)} {int(n)}"
+                          for v, n in zip(values, counts))
+        raise _too_few(f"{num_folds} stratified folds need a class with at least {num_folds} "
+                       f"examples, but every class has fewer (examples per class: "
+                       f"{named or 'none'})", int(counts.max()) if len(counts) else 0)
+    if groups is not None:
         splitter = StratifiedGroupKFold(num_folds, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(len(labels)), labels, groups)
     else:

@@ -263,7 +263,13 @@ def _probe_data(encoder: Encoder, spec, split: Split, options: Options):
         raise ValueError(f"{spec.name} has no train split under the data folder and no "
                          "cross-validation folds: pass --train-data DIR or --num-folds N")
     groups = np.asarray([r.group for r in read_records(split.test)])
-    folds = linear_probe.cv_folds(test.labels, groups, num_folds, options.seed)
+    try:
+        folds = linear_probe.cv_folds(test.labels, groups, num_folds, options.seed, spec.classes)
+    except linear_probe.TooFewForFolds as e:
+        default = "" if options.num_folds else f"; {num_folds} is {spec.name}'s default"
+        hint = (f" (--num-folds {e.most}{default}), or give a training split with --train-data DIR"
+                if e.most >= 2 else " (--train-data DIR)")
+        raise ValueError(f"{split.test}: {e}{hint}") from None
     return None, test, folds, groups
 
 
