@@ -116,8 +116,8 @@ def overlay_figure(image: np.ndarray, maps: np.ndarray, sentences: Sequence[str]
 def overlay_names(paths: Sequence[os.PathLike]) -> list[str]:
     """One PNG file name per image, distinct for every entry of `paths` and fixed by `paths`
     alone: the image's path relative to the images' common folder, with the folder separators as
-    "__" (faces/happy/1.jpg -> happy__1.png); an image given twice, or a name already taken,
-    gets a counter (1_1.png)."""
+    "__" (faces/happy/1.jpg -> happy__1.png), leading dots as "_" (.hidden/1.jpg ->
+    _hidden__1.png); an image given twice, or a name already taken, gets a counter (1_1.png)."""
     # normpath: "faces/../faces/1.jpg" is named like faces/1.jpg, not "..__faces__1.png" (a name
     # starting with a dot, which file browsers hide).
     paths = [pathlib.Path(os.path.normpath(pathlib.Path(p).absolute())) for p in paths]
@@ -125,6 +125,9 @@ def overlay_names(paths: Sequence[os.PathLike]) -> list[str]:
     names, used = [], set()
     for path in paths:
         stem = "__".join(path.relative_to(root).with_suffix("").parts)
+        # A name starting with a dot is a hidden file, which file browsers and `ls` leave out.
+        visible = stem.lstrip(".")
+        stem = "_" * (len(stem) - len(visible)) + visible
         name, k = f"{stem}.png", 1
         # Compared case-blind: on a case-insensitive output folder (macOS, Windows, exFAT)
         # Happy__1.png and happy__1.png are one file, and the second would overwrite the first.

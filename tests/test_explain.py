@@ -247,6 +247,23 @@ def test_every_input_gets_its_own_overlay_file(tmp_path):
         assert png.read_bytes().startswith(PNG_MAGIC)
 
 
+def test_overlay_names_never_start_with_a_dot(tmp_path):
+    """An input folder or file starting with a dot gave a hidden overlay (.hidden__x.png), which
+    `ls` and file browsers leave out; the dots become "_", and a name that then meets another
+    still gets a counter."""
+    from emocap_jax.explain import overlay_names
+
+    root = tmp_path / "faces"
+    paths = [root / ".hidden" / "x.jpg", root / "b" / "y.jpg", root / "_hidden" / "x.jpg",
+             root / "b" / ".z.jpg", root / "b" / "..jpg"]
+    names = overlay_names(paths)
+    assert names == ["_hidden__x.png", "b__y.png", "_hidden__x_1.png", "b__.z.png", "b__..png"]
+    assert overlay_names(paths) == names
+    assert overlay_names([root / ".x.jpg"]) == ["_x.png"]
+    assert overlay_names([root / ".x.jpg", root / "y.jpg"]) == ["_x.png", "y.png"]
+    assert overlay_names([root / "..jpg", root / "a.jpg"]) == ["_.png", "a.png"]
+
+
 def _predict(*args):
     return subprocess.run([sys.executable, "-m", "emocap_jax.predict", *map(str, args)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
