@@ -471,3 +471,24 @@ def test_cli_rejects_bad_classes_and_tokenizer_in_one_line(corpus, tmp_path, cap
         err = capsys.readouterr().err
         assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_line_that_repeats_a_key_is_rejected_naming_the_key(tmp_path):
+    # json.loads keeps the last of repeated keys: the first image (or AU value) was lost unseen.
+    Image.new("RGB", (16, 16), (90, 80, 120)).save(tmp_path / "a.png")
+    Image.new("RGB", (16, 16), (20, 30, 40)).save(tmp_path / "b.png")
+    good = json.dumps({"id": "ok", "image": "a.png", **_caption(0)})
+    two_images = good.replace('"id": "ok"', '"id": "two", "image": "b.png"')
+    two_aus = json.dumps({"id": "au", "image": "a.png", **_caption(1)})[:-1] + \
+        ', "aus": {"AU5": 0.9, "AU5": 0.1}}'
+    (tmp_path / "m.jsonl").write_text("\n".join([good, two_images, two_aus]) + "\n")
+    summary = captions.convert_manifest(tmp_path / "m.jsonl", tmp_path, tmp_path / "out",
+                                        num_shards=1, workers=1, progress=False, tokenizer=None)
+    assert (summary["num_written"], summary["rejected_by_reason"]) == \
+        (1, {captions.DUPLICATE_KEY: 2})
+    assert [r.id for r in read_records(tmp_path / "out")] == ["ok"]
+    assert read_rejected(tmp_path / "out") == [
+        {"line": 2, "id": None, "reason": "duplicate_key: key 'image' appears more than once; "
+                                          "only the last of its values would be read"},
+        {"line": 3, "id": None, "reason": "duplicate_key: key 'AU5' appears more than once in "
+                                          "aus; only the last of its values would be read"}]

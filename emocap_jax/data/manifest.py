@@ -15,8 +15,10 @@ Each manifest line is one JSON object:
 `image` is relative to --root (or absolute); `label`, `aus` and `group` are optional. Every line
 ends up either written to a shard or listed in OUT/rejected.jsonl with a reason of the form
 "<code>: <detail>" (codes below), so a few bad lines never kill a long conversion and nothing
-is dropped silently. When an id appears on several lines the first line owns it (even if that
-line is rejected for another reason) and later ones are rejected as duplicates.
+is dropped silently. A line that repeats a key in any of its objects (two "image" keys, or two
+"AU5" in "aus") is rejected as duplicate_key rather than read with one of the values (its id
+is then unknown, as for malformed JSON). When an id appears on several lines the first line owns
+it (even if that line is rejected for another reason) and later ones are rejected as duplicates.
 
 Images are fully decoded (truncated files are caught), EXIF rotation is applied, grayscale /
 CMYK / palette images become RGB, alpha is composited on white, and the longer side is
@@ -59,6 +61,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from emocap_jax.data import json_keys
 from emocap_jax.data import label_captions
 from emocap_jax.data import pools
 from emocap_jax.data.example_codec import FaceRecord
@@ -70,6 +73,7 @@ from emocap_jax.tokenizers import get_tokenizer
 BLANK_LINE = "blank_line"
 NOT_UTF8 = "not_utf8"
 MALFORMED_JSON = "malformed_json"
+DUPLICATE_KEY = "duplicate_key"
 NOT_AN_OBJECT = "not_an_object"
 MISSING_ID = "missing_id"
 DUPLICATE_ID = "duplicate_id"
@@ -177,13 +181,17 @@ def _decode_line(raw: bytes) -> dict:
     if not text.strip():
         raise _Invalid(BLANK_LINE, "the line is empty")
     try:
-        obj = json.loads(text)
+        obj = json_keys.loads(text)
     except json.JSONDecodeError as e:
         raise _Invalid(MALFORMED_JSON, f"{e.msg} at column {e.colno}") from None
     except ValueError as e:  # e.g. an integer of more than 4300 digits
         raise _Invalid(MALFORMED_JSON, str(e)) from None
     if not isinstance(obj, dict):
         raise _Invalid(NOT_AN_OBJECT, f"expected a JSON object, got {_type_name(obj)}")
+    # Checked before the id is read: a repeated "id" leaves no single id to report.
+    repeated = json_keys.repeated_key(obj)
+    if repeated:
+        raise _Invalid(DUPLICATE_KEY, repeated)
     return obj
 
 
