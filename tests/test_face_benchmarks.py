@@ -707,3 +707,87 @@ def test_a_run_on_some_official_folds_says_so_beside_the_paper(tmp_path):
     assert f"| DFEW | video | UAR | {100 * one['value']:.1f} (fold 3 of 5) | 42.2 |" in markdown
     every = runner.run(HashEncoder(), "dfew", "video", tmp_path / "dfew", runner.Options(frames=1))
     assert report.partial_folds(every) == "" and "only" not in report.summary_line(every)
+
+
+# ---------------------------------------------------------------- repeated JSON keys
+
+def repeat_key(obj, key, first_value):
+    """JSON text of `obj` with `key` written twice: `first_value` first, then obj's own value
+    (which a plain json.loads keeps)."""
+    text = json.dumps(obj)
+    needle = f"{json.dumps(key)}: "
+    assert text.count(needle) == 1
+    return text.replace(needle, f"{needle}{json.dumps(first_value)}, {needle}")
+
+
+def test_face_human_bench_entry_that_repeats_a_key_is_rejected_naming_it(tmp_path):
+    # Each would otherwise be read with the last value: the other answer, or the other question
+    # list, lost without a word.
+    fhb = tmp_path / "fhb"
+    en = fhb / "data/Face-Human-Bench/test/json/en"
+    age = "eval_data/face/age/basic_10/cropped/sample_{:04d}.jpg"
+    write_image(fhb / "data/Face-Human-Bench/test/output" / age.format(1))
+    entries = [fhb_entry("face_age_basic_10", "How old?", ["20", "30"], 0,
+                         {"cropped": age.format(i)}) for i in (1, 2)]
+    en.mkdir(parents=True)
+    (en / "face_age_basic_10.json").write_text(
+        '{"data": [' + json.dumps(entries[0]) + ", " + repeat_key(entries[1], "answer", 1) + "]}")
+    (en / "face_expression_basic.json").write_text(
+        repeat_key({"data": [entries[0]]}, "data", []))
+    (summary,) = convert("face-human-bench", fhb, tmp_path / "fhb_out", split="test")[
+        "datasets"]
+    assert summary["questions"]["rejected_by_reason"] == {"duplicate_key": 2}
+    assert summary["questions"]["num_scored"] == 1
+    _, _, reasons = read_dataset(tmp_path / "fhb_out/test")
+    assert reasons["face_age_basic_10[1]"] == (
+        "duplicate_key: face_age_basic_10.json#data[1]: key 'answer' appears more than once in "
+        "QA; only the last of its values would be read")
+    assert code(reasons["face_expression_basic"]) == "duplicate_key"
+    assert "repeats the key 'data' at its top level" in reasons["face_expression_basic"]
+
+
+def test_facexbench_question_that_repeats_a_key_is_rejected_naming_it(tmp_path):
+    fx = tmp_path / "fx/benchmark"
+    img = "images/affectnet_single_mcq/question_{}.png"
+    write_image(fx / img.format(1))
+    expr = "Which expression is the person showing in the image?"
+    questions = {"1": fx_question([img.format(1)], expr, ["happy", "sad"], "A"),
+                 "2": fx_question([img.format(1)], expr, ["fear", "sad"], "B")}
+    text = json.dumps(fx_file("attributes_expression", "expression", "affectnet", "single",
+                              questions))
+    first_2 = fx_question([img.format(1)], expr, ["anger", "sad"], "A")
+    text = text.replace('"2": ', f'"2": {json.dumps(first_2)}, "2": ')
+    (fx / "affectnet_single_mcq.json").write_text(text)
+    (fx / "celeba_single_mcq.json").write_text(repeat_key(fx_file(
+        "attributes_expression", "expression", "celeba", "single",
+        {"1": fx_question([img.format(1)], expr, ["happy", "sad"], "B")}), "options",
+        ["sad", "happy"]))
+    (summary,) = convert("facexbench", tmp_path / "fx", tmp_path / "fx_out")["datasets"]
+    assert summary["questions"]["rejected_by_reason"] == {"duplicate_key": 2}
+    _, _, reasons = read_dataset(tmp_path / "fx_out/test")
+    assert reasons["affectnet_single_mcq/2"] == (
+        "duplicate_key: affectnet_single_mcq.json#questions['2']: the question key '2' appears "
+        "more than once in 'questions'; only the last of its questions would be read")
+    assert reasons["celeba_single_mcq/1"] == (
+        "duplicate_key: celeba_single_mcq.json#questions['1']: key 'options' appears more than "
+        "once; only the last of its values would be read")
+    assert list(read_questions(tmp_path / "fx_out/test")) == ["affectnet_single_mcq/1"]
+
+
+def test_faba_annotation_that_repeats_a_key_is_rejected_naming_it(tmp_path):
+    faba_root = tmp_path / "faba"
+    eval_dir = faba_root / "FABAInstruct/eval"
+    image = "FABAInstruct/eval/images/AffectNet/AffectNet_v2/1/{}.jpg"
+    for name in ("e0", "e1"):
+        write_image(faba_root / image.format(name))
+    (eval_dir / "eval_emotion_anno.json").write_text(
+        "[" + json.dumps(faba_entry(image.format("e0"), 0, "e0")) + ", " +
+        repeat_key(faba_entry(image.format("e1"), 1, "e1"), "label", 3) + "]")
+    (summary,) = convert("faba-bench", faba_root, tmp_path / "faba_out", split="emotion")[
+        "datasets"]
+    assert (summary["num_written"], summary["num_rejected"]) == (1, 1)
+    _, records, reasons = read_dataset(tmp_path / "faba_out/emotion")
+    assert list(records) == ["e0"]
+    assert reasons == {"eval_emotion_anno.json[1]": "duplicate_key: eval_emotion_anno.json[1]: "
+                       "key 'label' appears more than once; only the last of its values would "
+                       "be read"}

@@ -21,14 +21,15 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from emocap_jax.data.manifest import BAD_IMAGE, IMAGE_NOT_FOUND, NOT_UTF8, Rejection
+from emocap_jax.data.manifest import BAD_IMAGE, DUPLICATE_KEY, IMAGE_NOT_FOUND, NOT_UTF8, Rejection
 
 __all__ = [
-    "BAD_IMAGE", "IMAGE_NOT_FOUND", "NOT_UTF8", "Rejection", "SplitlessRejection", "Entry",
+    "BAD_IMAGE", "DUPLICATE_KEY", "IMAGE_NOT_FOUND", "NOT_UTF8", "Rejection", "SplitlessRejection", "Entry",
     "SplitListing", "Reader", "LayoutError", "ReaderOptions",
 ]
 
-# Rejection codes (BAD_IMAGE, IMAGE_NOT_FOUND and NOT_UTF8 are shared with the caption converter).
+# Rejection codes (BAD_IMAGE, DUPLICATE_KEY, IMAGE_NOT_FOUND and NOT_UTF8 are shared with the
+# caption converter; DUPLICATE_KEY: a JSON entry repeats a key, see emocap_jax.data.json_keys).
 VIDEO_NOT_FOUND = "video_not_found"
 BAD_VIDEO = "bad_video"
 NO_FRAMES = "no_frames"

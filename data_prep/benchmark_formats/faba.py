@@ -37,7 +37,7 @@ import os
 import re
 
 from data_prep.benchmark_formats import common
-from emocap_jax.data import class_orders
+from emocap_jax.data import class_orders, json_keys
 from emocap_jax.evaluate import prompts
 
 NAME = "faba-bench"
@@ -113,7 +113,7 @@ def _list_split(root: str, split: str, fold: int | None,
     eval_dir = _eval_dir(root, split)
     path = os.path.join(eval_dir, ANNOTATION_FILES[split])
     try:
-        annotations = json.loads(common.read_text(path, NAME))
+        annotations = json_keys.loads(common.read_text(path, NAME))
     except json.JSONDecodeError as e:
         raise common.LayoutError(f"{NAME}: {path} is not JSON ({e.msg} at line {e.lineno})"
                                  ) from None
@@ -128,6 +128,10 @@ def _list_split(root: str, split: str, fold: int | None,
         if not isinstance(entry, dict):
             items.append(common.reject(common.MALFORMED_ENTRY, f"{where} is "
                                        f"{type(entry).__name__}, not an object", id=where))
+            continue
+        repeated = json_keys.repeated_key(entry)
+        if repeated:
+            items.append(common.reject(common.DUPLICATE_KEY, f"{where}: {repeated}", id=where))
             continue
         image = entry.get("image")
         if not isinstance(image, str) or not image.strip():

@@ -42,6 +42,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from data_prep.benchmark_formats import common, questions as mcq
+from emocap_jax.data import json_keys
 from emocap_jax.evaluate import prompts
 
 NAME = "face-human-bench"
@@ -166,6 +167,10 @@ def _entry_question(entry, where: str, qid_stem: str, split_dir: str, root: str,
     if not isinstance(entry, dict):
         return [mcq.rejected(qid_stem, "", where, common.MALFORMED_ENTRY,
                              f"{where} is {type(entry).__name__}, not an object")]
+    repeated = json_keys.repeated_key(entry)
+    if repeated:
+        return [mcq.rejected(qid_stem, str(entry.get("type") or ""), where, common.DUPLICATE_KEY,
+                             f"{where}: {repeated}")]
     qtype = entry.get("type")
     qa = entry.get("QA")
     image = entry.get("image")
@@ -247,12 +252,15 @@ def _list_split(root: str, split: str, fold: int | None,
     for path in files:
         stem = os.path.splitext(os.path.basename(path))[0]
         data, error = mcq.load_json(path)
+        error_code = common.MALFORMED_ENTRY
         if not error and (not isinstance(data, dict) or not isinstance(data.get("data"), list)):
             error = f"{path} is not an object with a 'data' list"
+        if not error and json_keys.repeated_keys(data):
+            error_code = common.DUPLICATE_KEY
+            error = f"{path} repeats the key {json_keys.repeated_keys(data)[0]!r} at its top level"
         if error:
-            questions.append(mcq.rejected(stem, stem, os.path.basename(path),
-                                          common.MALFORMED_ENTRY, f"{error}; its questions "
-                                          "were not read"))
+            questions.append(mcq.rejected(stem, stem, os.path.basename(path), error_code,
+                                          f"{error}; its questions were not read"))
             continue
         for i, entry in enumerate(data["data"]):
             questions += _entry_question(entry, f"{os.path.basename(path)}#data[{i}]",

@@ -39,6 +39,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from data_prep.benchmark_formats import common, questions as mcq
+from emocap_jax.data import json_keys
 from emocap_jax.evaluate import prompts
 
 NAME = "facexbench"
@@ -140,18 +141,31 @@ def _file_questions(path: str, bench_dir: str, root: str, images: mcq.ImageTable
     name = os.path.basename(path)
     stem = os.path.splitext(name)[0]
     data, error = mcq.load_json(path)
+    error_code = common.MALFORMED_ENTRY
     if not error and (not isinstance(data, dict) or not isinstance(data.get("questions"), dict)):
         error = f"{path} is not an object with a 'questions' object"
+    if not error and json_keys.repeated_keys(data):
+        error_code = common.DUPLICATE_KEY
+        error = f"{path} repeats the key {json_keys.repeated_keys(data)[0]!r} at its top level"
     task = data.get("sub-category") if not error else None
     if not error and (not isinstance(task, str) or not task.strip()):
         error = f"{path} has no 'sub-category'"
     if error:
-        return [mcq.rejected(stem, "", name, common.MALFORMED_ENTRY,
+        return [mcq.rejected(stem, "", name, error_code,
                              f"{error}; its questions were not read")]
     task = task.strip()
     out = []
+    # A question key written twice keeps only its last question; the one read is rejected too,
+    # as nothing says which of the two the release meant.
+    repeated_questions = json_keys.repeated_keys(data["questions"])
     for key, entry in data["questions"].items():
         qid, where = f"{stem}/{key}", f"{name}#questions[{key!r}]"
+        repeated = (f"the question key {key!r} appears more than once in 'questions'; only the "
+                    "last of its questions would be read") if key in repeated_questions else \
+            json_keys.repeated_key(entry)
+        if repeated:
+            out.append(mcq.rejected(qid, task, where, common.DUPLICATE_KEY, f"{where}: {repeated}"))
+            continue
         if not isinstance(entry, dict):
             out.append(mcq.rejected(qid, task, where, common.MALFORMED_ENTRY,
                                     f"{where} is {type(entry).__name__}, not an object"))

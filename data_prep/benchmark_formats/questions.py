@@ -13,7 +13,8 @@ benchmarks (face_human_bench.py, facexbench.py) turn every question of a release
   statement to stand for them, counts beyond a few, options that point at other options ("None
   of the above", "Image 2"), negated questions ("which attribute is NOT present"), text-only
   questions, tasks with no prompt rule;
-- rejected: the entry is malformed or its image is missing (`reject`, "<code>: <detail>").
+- rejected: the entry is malformed, repeats a JSON key (common.DUPLICATE_KEY) or its image is
+  missing (`reject`, "<code>: <detail>").
 
 After the images are written, `write_questions` writes OUT/<split>/questions.jsonl with the
 scored questions (id, prompts) and the skipped ones (skip, no id), so the evaluation reports how
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from data_prep.benchmark_formats import common
+from emocap_jax.data import json_keys
 
 QUESTIONS_FILE = "questions.jsonl"  # the name emocap_jax.evaluate.multiple_choice reads
 
@@ -161,10 +163,11 @@ def letter_index(letter: Any, num_options: int) -> int | None:
 
 
 def load_json(path: str) -> tuple[Any, str]:
-    """(parsed JSON, "") or (None, reason) for a file that cannot be read as JSON."""
+    """(parsed JSON, "") or (None, reason) for a file that cannot be read as JSON. Objects that
+    repeat a key remember it (`json_keys.repeated_key`): the readers reject those entries."""
     try:
         with open(path, encoding="utf-8-sig") as f:
-            return json.load(f), ""
+            return json_keys.loads(f.read()), ""
     except json.JSONDecodeError as e:
         return None, f"{path} is not JSON ({e.msg} at line {e.lineno} column {e.colno})"
     except (OSError, UnicodeDecodeError) as e:
