@@ -506,10 +506,16 @@ def test_cli_prints_question_counts(tmp_path, capsys):
 
 def test_generic_checks_and_counts():
     from data_prep.benchmark_formats import questions as mcq
-    # Face-Human-Bench test human_attribute_compound.json#data[56] repeats a wrong option:
-    # still scored; a repeated right option would leave the answer to tie-breaking.
+    # Face-Human-Bench test human_attribute_compound.json#data[56] repeats a wrong option: its
+    # two equal prompts make it duplicate_options; a repeated right option is the more specific
+    # ambiguous_answer (the answer would be left to tie-breaking).
     options = ("short hair", "a face mask", "a face mask", "a hat")
     assert mcq.generic_skip("Which?", options, 0) == ""
+    assert mcq.repeated_prompts(options, options) == (
+        "duplicate_options: options 1, 2 ('a face mask', 'a face mask') all read 'a face mask'")
+    assert mcq.repeated_prompts(("a", "b"), ("A  photo.", "a photo.")).startswith(
+        "duplicate_options: options 0, 1")
+    assert mcq.repeated_prompts(("a", "b"), ("a photo.", "a photograph.")) == ""
     assert mcq.generic_skip("Which?", options, 1).startswith("ambiguous_answer")
     assert mcq.generic_skip("Which?", ("Image 1", "Image 2"), 0).startswith(
         "option_refers_to_options")
@@ -791,3 +797,49 @@ def test_faba_annotation_that_repeats_a_key_is_rejected_naming_it(tmp_path):
     assert reasons == {"eval_emotion_anno.json[1]": "duplicate_key: eval_emotion_anno.json[1]: "
                        "key 'label' appears more than once; only the last of its values would "
                        "be read"}
+
+
+# ---------------------------------------------------------------- options with one statement
+
+def test_options_given_the_same_statement_are_skipped_and_counted_at_conversion(tmp_path):
+    # "happy" and "happiness" both become "... happiness.": evaluation would skip the question
+    # as duplicate_options; the converters' counts now say so (and the evaluator agrees).
+    fx = tmp_path / "fx/benchmark"
+    img = "images/affectnet_single_mcq/question_{}.png"
+    write_image(fx / img.format(1))
+    expr = "Which expression is the person showing in the image?"
+    write_json(fx / "affectnet_single_mcq.json", fx_file(
+        "attributes_expression", "expression", "affectnet", "single", {
+            "1": fx_question([img.format(1)], expr, ["happy", "happiness", "sad", "anger"], "C"),
+            "2": fx_question([img.format(1)], expr, ["happy", "fear", "sad", "anger"], "C")}))
+    write_json(fx / "wmca_single_mcq.json", fx_file("fas_deepfakes", "fas", "wmca", "single", {
+        "1": fx_question([img.format(1)], "Is this a spoof?", ["Real", "Genuine", "Attack"],
+                         "C")}))
+    (summary,) = convert("facexbench", tmp_path / "fx", tmp_path / "fx_out")["datasets"]
+    assert summary["questions"]["skipped_by_reason"] == {"duplicate_options": 2}
+    assert summary["questions"]["num_scored"] == 1
+    questions = read_questions(tmp_path / "fx_out/test")
+    assert questions["affectnet_single_mcq/1"]["skip"] == (
+        "duplicate_options: options 0, 1 ('happy', 'happiness') all read 'This image portrays "
+        "an expression of happiness.'")
+    assert questions["wmca_single_mcq/1"]["skip"].startswith(
+        "duplicate_options: options 0, 1 ('Real', 'Genuine') all read")
+    loaded = multiple_choice.load_questions(tmp_path / "fx_out/test/questions.jsonl")
+    assert [multiple_choice.skip_code(q) for q in loaded] == \
+        ["duplicate_options", "", "duplicate_options"]
+
+    fhb = tmp_path / "fhb"
+    expr_image = "eval_data/face/expression/basic/cropped/sample_{:04d}.jpg"
+    write_image(fhb / "data/Face-Human-Bench/test/output" / expr_image.format(1))
+    write_json(fhb / "data/Face-Human-Bench/test/json/en/face_expression_basic.json", {"data": [
+        fhb_entry("face_expression_basic", "What is the facial expression?",
+                  ["Happiness", "Fear", "HAPPY", "Anger"], 1, {"cropped": expr_image.format(1)}),
+        fhb_entry("face_expression_basic", "What is the facial expression?",
+                  ["Happiness", "Fear", "Sadness", "Anger"], 1,
+                  {"cropped": expr_image.format(1)})]})
+    (summary,) = convert("face-human-bench", fhb, tmp_path / "fhb_out", split="test")[
+        "datasets"]
+    assert summary["questions"]["skipped_by_reason"] == {"duplicate_options": 1}
+    assert summary["questions"]["num_scored"] == 1
+    skip = read_questions(tmp_path / "fhb_out/test")["face_expression_basic[0]:cropped"]["skip"]
+    assert skip.startswith("duplicate_options: options 0, 2 ('Happiness', 'HAPPY') all read")

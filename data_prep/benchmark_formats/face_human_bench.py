@@ -154,11 +154,13 @@ def _prompts(qtype: str, question: str, options: tuple[str, ...], answer: int
     if rule is None:
         return mcq.skipped(mcq.UNKNOWN_TASK, f"question type {qtype!r} has no prompt rule")
     texts = rule(question, options)
-    if isinstance(texts, str) or getattr(rule, "answers_yes_no", False):
+    if isinstance(texts, str):
         return texts
     # The release's questions are all positive ("which ... best matches"); attack questions
     # are yes/no by design and handled by their rule.
-    return mcq.generic_skip(question, options, answer, check_negation=False) or texts
+    skip = "" if getattr(rule, "answers_yes_no", False) else \
+        mcq.generic_skip(question, options, answer, check_negation=False)
+    return skip or mcq.repeated_prompts(options, texts) or texts
 
 
 def _entry_question(entry, where: str, qid_stem: str, split_dir: str, root: str,

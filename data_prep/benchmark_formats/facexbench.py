@@ -133,7 +133,8 @@ def _prompts(task: str, question: str, options: tuple[str, ...], answer: int,
     texts = rule(question, options)
     if isinstance(texts, str):
         return texts
-    return mcq.generic_skip(question, options, answer) or texts
+    return mcq.generic_skip(question, options, answer) or \
+        mcq.repeated_prompts(options, texts) or texts
 
 
 def _file_questions(path: str, bench_dir: str, root: str, images: mcq.ImageTable

@@ -12,7 +12,8 @@ benchmarks (face_human_bench.py, facexbench.py) turn every question of a release
   <detail>", codes below): several images, identity across two faces, yes/no answers with no
   statement to stand for them, counts beyond a few, options that point at other options ("None
   of the above", "Image 2"), negated questions ("which attribute is NOT present"), text-only
-  questions, tasks with no prompt rule;
+  questions, tasks with no prompt rule, two options given the same statement (duplicate_options,
+  as the evaluation would skip it);
 - rejected: the entry is malformed, repeats a JSON key (common.DUPLICATE_KEY) or its image is
   missing (`reject`, "<code>: <detail>").
 
@@ -34,6 +35,7 @@ from typing import Any
 
 from data_prep.benchmark_formats import common
 from emocap_jax.data import json_keys
+from emocap_jax.evaluate import multiple_choice
 
 QUESTIONS_FILE = "questions.jsonl"  # the name emocap_jax.evaluate.multiple_choice reads
 
@@ -48,6 +50,8 @@ AMBIGUOUS = "ambiguous_answer"
 NEGATED = "negated_question"
 TASK_NOT_SCORABLE = "task_not_scorable"
 UNKNOWN_TASK = "unknown_task"
+# Two options given the same statement: the code the evaluation skips such a question under.
+DUPLICATE_OPTIONS = multiple_choice.DUPLICATE_OPTIONS
 
 # Rejection codes besides common.MALFORMED_ENTRY and common.IMAGE_NOT_FOUND.
 IMAGE_NOT_WRITTEN = "image_not_written"
@@ -127,8 +131,8 @@ def generic_skip(question: str, options: Sequence[str], answer: int, *,
     """Why no option-by-option statement can answer this question, or "" when one can."""
     key = " ".join(options[answer].split()).lower()
     if sum(" ".join(o.split()).lower() == key for o in options) > 1:
-        # A release may repeat a wrong option (harmless: equal prompts score equally), but a
-        # repeated right one would make the answer depend on tie-breaking.
+        # A repeated right option would make the answer depend on tie-breaking. (A repeated
+        # wrong one gives two equal prompts: `repeated_prompts` skips that question.)
         return skipped(AMBIGUOUS, f"the answer {options[answer]!r} appears more than once "
                        "among the options")
     for option in options:
@@ -141,6 +145,24 @@ def generic_skip(question: str, options: Sequence[str], answer: int, *,
         return skipped(YES_NO, f"options {list(options)}: a yes/no answer has no visual "
                        "content to compare with the image")
     return ""
+
+
+def repeated_prompts(options: Sequence[str], prompts: Sequence[str]) -> str:
+    """Why the question is skipped when two options get the same statement ("happy" and
+    "happiness" both read "... happiness."), else "". Compared as CLIP's tokenizer reads them
+    (case and runs of whitespace aside): the evaluation skips such a question as
+    duplicate_options (emocap_jax.evaluate.multiple_choice), so the converter's counts say so
+    first. Texts that differ only past the text context are left to the evaluation, which knows
+    the tokenizer."""
+    groups: dict[str, list[int]] = {}
+    for index, text in enumerate(prompts):
+        groups.setdefault(" ".join(text.split()).lower(), []).append(index)
+    repeats = [g for g in groups.values() if len(g) > 1]
+    if not repeats:
+        return ""
+    return skipped(DUPLICATE_OPTIONS, "; ".join(
+        f"options {', '.join(map(str, g))} ({', '.join(repr(options[i]) for i in g)}) all "
+        f"read {prompts[g[0]]!r}" for g in repeats))
 
 
 def count_prompts(options: Sequence[str]) -> tuple[str, ...] | str:
