@@ -26,6 +26,7 @@ GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false. See tests/test_gcs.py.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import posixpath
 import re
@@ -234,10 +235,21 @@ class AtomicWriter:
         return self._file.write(data)
 
     def close(self) -> None:
-        """Completes the file at `path`. Idempotent."""
+        """Completes the file at `path`. Idempotent. When it fails (a full disk shows in the
+        flush or fsync), the temporary file is removed and the failure raised."""
         if self.closed:
             return
         self.closed = True
+        try:
+            self._complete()
+        except BaseException:
+            if self.tmp_path != self.path:
+                # Clean-up is best effort: the error raised stays the one that stopped close.
+                with contextlib.suppress(Exception):
+                    self._drop_temporary()
+            raise
+
+    def _complete(self) -> None:
         if self._scheme is None:
             self._file.flush()
             if self._fsync:
@@ -263,7 +275,13 @@ class AtomicWriter:
             # would then upload it: mark it closed so nothing is sent.
             self._file.closed = True
             return
-        self._file.close()
+        self._drop_temporary()
+
+    def _drop_temporary(self) -> None:
+        # Closing flushes what is buffered, which fails again on a full disk; the descriptor is
+        # closed all the same, and the file is to be removed anyway.
+        with contextlib.suppress(OSError):
+            self._file.close()
         remove(self.tmp_path, missing_ok=True)
 
     def __enter__(self) -> AtomicWriter:

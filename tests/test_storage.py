@@ -2,6 +2,7 @@
 (`memory://`, a stand-in for a bucket that needs no server), and the TFRecord shards read through
 it with ranged reads. The same code against a Cloud Storage emulator: tests/test_gcs.py."""
 import json
+import os
 import pathlib
 import pickle
 import uuid
@@ -92,6 +93,39 @@ def test_atomic_writer_abort_keeps_the_old_file_and_leaves_no_temporary(where, t
         f.write(b"new")
     assert storage.read_bytes(path) == b"new"
     assert storage.listdir(root) == ["file.bin"]
+
+
+def test_atomic_writer_whose_close_fails_leaves_no_temporary(tmp_path, monkeypatch):
+    # A full disk shows in the flush or fsync of close(): the temporary used to stay behind,
+    # and a later abort() did nothing (the writer counted as closed).
+    path = tmp_path / "file.bin"
+    storage.write_bytes(path, b"old")
+    writer = storage.AtomicWriter(path)
+    writer.write(b"new")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
+    writer.abort()
+    assert sorted(os.listdir(tmp_path)) == ["file.bin"]
+    assert path.read_bytes() == b"old"
+
+
+def test_atomic_writer_abort_removes_a_temporary_whose_buffer_cannot_be_flushed(tmp_path):
+    writer = storage.AtomicWriter(tmp_path / "file.bin")
+    writer.write(b"buffered")
+    real = writer._file  # pylint: disable=protected-access
+
+    class FullDisk:
+        """The file object as a full disk leaves it: closing flushes the buffer, which fails."""
+        def close(self):
+            real.close()
+            raise OSError(28, "No space left on device")
+    writer._file = FullDisk()  # pylint: disable=protected-access
+    writer.abort()
+    assert os.listdir(tmp_path) == []
 
 
 def test_replace_tree_on_a_url_publishes_the_commit_file_last(mem, monkeypatch):

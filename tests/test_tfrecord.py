@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from emocap_jax import storage
 from emocap_jax.data import example_codec, shard_writer, tfrecord
 from emocap_jax.data.example_codec import FaceRecord
 from emocap_jax.data.source import ShardedTFRecordSource
@@ -412,6 +413,53 @@ def test_shard_writer_crash_leaves_no_dataset(tmp_path):
     assert list(out.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="not a finished dataset"):
         shard_writer.load_metadata(out)
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("failing", ["index", "fsync", "metadata"])
+def test_shard_writer_whose_close_fails_leaves_no_temporaries(tmp_path, monkeypatch, failing):
+    # close() raising in __exit__ used to leave the unfinished shards' temporaries behind.
+    out = tmp_path / "ds"
+    calls = []
+    if failing == "index":  # the second shard's index
+        real_index = tfrecord.write_index
+        monkeypatch.setattr(tfrecord, "write_index", lambda path, offsets: (
+            calls.append(path), _no_space() if len(calls) == 2 else real_index(path, offsets))[1])
+    elif failing == "fsync":  # the third shard's data
+        real_fsync = os.fsync
+        monkeypatch.setattr(os, "fsync", lambda fd: (
+            calls.append(fd), _no_space() if len(calls) == 5 else real_fsync(fd))[1])
+    else:
+        monkeypatch.setattr(shard_writer, "_write_text_atomically", lambda path, text: (
+            _no_space() if path.endswith(shard_writer.METADATA_FILE) else
+            storage.write_text(path, text)))
+    with pytest.raises(OSError, match="No space left on device"):
+        with shard_writer.ShardedRecordWriter(out, 4) as writer:
+            for record in make_records(8):
+                writer.add(record)
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    with pytest.raises(FileNotFoundError, match="not a finished dataset"):
+        shard_writer.load_metadata(out)
+
+
+def test_shard_writer_cleanup_failure_does_not_hide_the_close_error(tmp_path, monkeypatch):
+    real_abort = tfrecord.TFRecordWriter.abort
+
+    def abort_then_fail(self):
+        real_abort(self)
+        raise PermissionError(13, "Permission denied", self.tmp_path)
+    monkeypatch.setattr(tfrecord, "write_index", _no_space)
+    monkeypatch.setattr(tfrecord.TFRecordWriter, "abort", abort_then_fail)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        with shard_writer.ShardedRecordWriter(tmp_path / "ds", 3) as writer:
+            writer.add(make_records(1)[0])
+    # Every shard writer's abort is still tried after one fails, and each failure is a note on
+    # the error that stopped close(), which stays the one raised.
+    notes = raised.value.__notes__
+    assert len(notes) == 3 and all("Permission denied" in n for n in notes)
 
 
 def test_shard_paths_names_missing_shards(tmp_path):

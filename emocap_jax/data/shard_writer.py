@@ -208,9 +208,21 @@ class ShardedRecordWriter:
         self._extra.update(entries)
 
     def close(self) -> dict[str, Any]:
-        """Finishes all shards, writes rejected.jsonl and (last) metadata.json; returns metadata."""
+        """Finishes all shards, writes rejected.jsonl and (last) metadata.json; returns metadata.
+
+        If that fails, the temporary files of the shards not yet finished are removed and the
+        failure is raised; no metadata.json is written, so the directory stays an unfinished
+        dataset (shards finished before the failure stay under their names).
+        """
         if self._closed:
             raise ValueError(f"ShardedRecordWriter for {self.output_dir} is already closed")
+        try:
+            return self._finish()
+        except BaseException as error:
+            self._discard(error)
+            raise
+
+    def _finish(self) -> dict[str, Any]:
         shards = []
         for name, writer in zip(self.shard_files, self._writers):
             writer.close()
@@ -242,16 +254,30 @@ class ShardedRecordWriter:
 
     def abort(self) -> None:
         """Removes every temporary shard file; writes no metadata."""
+        self._discard()
+
+    def _discard(self, error: BaseException | None = None) -> None:
+        """Aborts every shard writer, even after one fails to remove its file. While `error` is
+        being handled, those failures become notes on it, so it stays the error raised;
+        otherwise the first is raised."""
+        failures = []
         for writer in self._writers:
-            writer.abort()
+            try:
+                writer.abort()
+            except Exception as e:  # pylint: disable=broad-except
+                failures.append(e)
         self._closed = True
+        if error is None and failures:
+            raise failures[0]
+        for failure in failures:
+            error.add_note(f"and a temporary shard file could not be removed: {failure!r}")
 
     def __enter__(self) -> ShardedRecordWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            self.abort()
+            self._discard(exc)
         elif not self._closed:
             self.close()
 
