@@ -311,6 +311,10 @@ def test_multiple_choice_loading_choosing_and_accuracy(tmp_path):
     path.write_text(json.dumps({"id": "x", "options": ["a", "b"], "answer": 5}) + "\n")
     with pytest.raises(ValueError, match=r"q.jsonl:1: answer 5"):
         multiple_choice.load_questions(path)
+    # Two "answer" keys: json keeps the last, so which option is right would be a guess.
+    path.write_text('{"id": "x", "options": ["a", "b"], "answer": 0, "answer": 1}\n')
+    with pytest.raises(ValueError, match=r"q.jsonl:1: key 'answer' appears more than once"):
+        multiple_choice.load_questions(path)
 
 
 def _clip_dataset(path, metadata):

@@ -174,6 +174,12 @@ def test_a_dataset_without_regions_is_named(tmp_path):
     bad.write_text('{"id": "a"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: not a regions line"):
         grounding.load_regions(bad)
+    # Two "eyes" entries: json keeps the last, so the first boxes would be lost without a word.
+    bad.write_text('{"id": "a", "image_size": [8, 8], "regions": {"eyes": [[0, 0, 2, 2]], '
+                   '"eyes": [[4, 4, 6, 6]]}, "local": []}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: .*key 'eyes' appears more than once "
+                                         r"in regions"):
+        grounding.load_regions(bad)
 
 
 # ----------------------------------------------------------------------------- the pointing game

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 from typing import Optional, Sequence
 
 import jax
@@ -54,7 +53,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
 from emocap_jax import sharding, storage
-from emocap_jax.data import example_codec, pipeline, shard_writer
+from emocap_jax.data import example_codec, json_keys, pipeline, shard_writer
 from emocap_jax.data.source import ShardedTFRecordSource
 from emocap_jax.data.synthetic.faces import FACE_REGIONS
 from emocap_jax.evaluate.features import _to_host, record_indices
@@ -80,7 +79,10 @@ def load_regions(path) -> dict[str, dict]:
                 continue
             where = f"{path}:{number}"
             try:
-                entry = json.loads(line)
+                entry = json_keys.loads(line)
+                repeated = json_keys.repeated_key(entry)
+                if repeated:  # json would keep the last value: a box or sentence lost silently
+                    raise ValueError(repeated)
                 record_id = str(entry["id"])
                 width, height = (int(v) for v in entry["image_size"])
                 regions = {}

@@ -46,6 +46,7 @@ from typing import Sequence
 import numpy as np
 
 import emocap_jax.storage as storage
+from emocap_jax.data import json_keys
 
 QUESTIONS_FILE = "questions.jsonl"
 DEFAULT_TEMPLATE = "{option}"
@@ -92,11 +93,14 @@ def load_questions(path: str | os.PathLike) -> list[Question]:
                 continue
             where = f"{path}:{line_no}"
             try:
-                obj = json.loads(line)
+                obj = json_keys.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: not JSON ({e})") from e
             if not isinstance(obj, dict):
                 raise ValueError(f"{where}: not a JSON object")
+            repeated = json_keys.repeated_key(obj)
+            if repeated:  # json would keep the last value: which answer was meant is unknown
+                raise ValueError(f"{where}: {repeated}")
             skip = obj.get("skip", "")
             if not isinstance(skip, str):
                 raise ValueError(f"{where}: skip must be a string (the reason), got {skip!r}")
