@@ -123,3 +123,31 @@ def test_val_fraction_rejects_benchmarks_with_official_splits(tmp_path):
     with pytest.raises(SystemExit):
         benchmarks.main(["--name", "imagefolder", "--root", str(tmp_path / "x"), "--output",
                          str(tmp_path / "o"), "--val-fraction", "1.5"])
+
+
+def test_val_fraction_keeps_identical_faces_on_one_side(tmp_path):
+    # FER2013's training faces hold 1,035 groups of pixel-identical files under different names
+    # (some under different labels); split by id, 215 of the 2,926 validation faces had a twin
+    # in train, so the probe and the trained model had seen them.
+    rng = np.random.default_rng(0)
+    root = tmp_path / "faces"
+    copied = rng.integers(0, 256, (12, 12), dtype=np.uint8)
+    for cls in ("angry", "happy"):
+        (root / cls).mkdir(parents=True)
+        for i in range(30):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(
+                root / cls / f"Training_{cls}{i}.png")
+        for i in range(15):  # one face under many names, in both classes
+            Image.fromarray(copied).save(root / cls / f"Training_copy_{cls}{i}.png")
+    listing = benchmarks.READERS["imagefolder"](str(root), "all", None,
+                                                benchmarks.ReaderOptions())
+    train, val = benchmarks.split_holdout(listing, 0.5, 0)
+    copies = [{e.id for e in part.items if "copy" in e.id} for part in (train, val)]
+    assert sorted(map(len, copies)) == [0, 30]
+    # Faces without a twin keep their own id's coin: the split of earlier runs stays theirs.
+    for part, side in ((train, False), (val, True)):
+        for e in part.items:
+            if "copy" not in e.id:
+                assert (benchmarks.holdout_key_fraction(e.id, 0) < 0.5) is side
+    assert len(train.items) + len(val.items) == 90
+    assert val.info["holdout"]["identical_content_sets"] == 1
