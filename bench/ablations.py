@@ -337,7 +337,7 @@ def render(results: list[dict], args, command: str) -> str:
              f"{args.pretrain_steps} steps on the synthetic corpus; every variant fine-tunes "
              f"that export for {args.finetune_steps} steps {corpus} (seeds set data order, "
              "augmentation and sentence sampling). Held-out synthetic faces of the pretrain's "
-             "corpus (identities never trained on). All figures in %, mean ± std over seeds; "
+             "corpus (identities never trained on). All figures in %, mean ± population std over seeds; "
              "measured on a 2-core CPU." + (
                  " Every run took " + ", ".join(f"`{a}`" for a in args.extra) + "."
                  if args.extra else ""), "",

@@ -97,10 +97,30 @@ def convert(args, work: pathlib.Path) -> dict:
     if not is_dataset(data["fer"] / "val"):
         convert_benchmark("imagefolder", args.fer, data["fer"], val_fraction=args.val_fraction,
                           overwrite=True, progress=False)
+    _check_split(data["fer"], args.val_fraction)
     if not is_dataset(data["ck"] / "all"):
         convert_benchmark("ckplus48", args.ckplus, data["ck"], overwrite=True, progress=False)
     return {"fer_train": str(data["fer"] / "train"), "fer_val": str(data["fer"] / "val"),
             "ck": str(data["ck"] / "all")}
+
+
+def _holdout(fer: pathlib.Path) -> dict:
+    from emocap_jax.data.shard_writer import load_metadata
+
+    return load_metadata(str(fer / "val")).get("layout_info", {}).get("holdout", {})
+
+
+def _check_split(fer: pathlib.Path, val_fraction: float) -> None:
+    """Refuses a converted FER2013 split other than the one asked for: the runs already in --work
+    were trained and scored on it, so converting anew would mix two splits in one table."""
+    holdout = _holdout(fer)
+    if holdout.get("val_fraction") != val_fraction:
+        raise SystemExit(f"{fer}: converted with val_fraction {holdout.get('val_fraction')}, "
+                         f"not --val-fraction {val_fraction}; use another --work")
+    if "identical_content_sets" not in holdout:
+        raise SystemExit(f"{fer}: split before identical faces were kept on one side (commit "
+                         "2c631e5), so its validation faces include copies of training faces; "
+                         "use another --work")
 
 
 def train_command(workdir, data, variant, seed, extra) -> list[str]:
@@ -207,8 +227,11 @@ def _dataset_line(data: dict) -> str:
     from emocap_jax.data.shard_writer import load_metadata
 
     n = {k: load_metadata(v).get("num_records") for k, v in data.items()}
+    holdout = _holdout(pathlib.Path(data["fer_val"]).parent)
     return (f"Data: FER2013's training faces split by `data_prep.benchmarks --val-fraction "
-            f"0.1` into {n['fer_train']} train / {n['fer_val']} validation faces (7 classes, "
+            f"{holdout.get('val_fraction')} --split-seed {holdout.get('seed')}` into "
+            f"{n['fer_train']} train / {n['fer_val']} validation faces, byte-identical faces "
+            f"({holdout.get('identical_content_sets')} sets) on one side (7 classes, "
             f"chance UAR 14.3%); CK+48, {n['ck']} faces, 10 subject-independent folds for the "
             "probe (7 classes). Zero-shot: the registry's prompts (5 templates with the class's "
             "prompt word, averaged in embedding space); linear probe: class-balanced logistic "
@@ -220,7 +243,7 @@ def render(results: list[dict], pixels: dict | None, args, command: str, data: d
     lines = [_dataset_line(data), "",
              "Train time: wall clock of the whole training command in a fresh process "
              "(compilation, training, export, end-of-training zero-shot), on this project's "
-             "2-core CPU machine. UAR in %, mean ± std over seeds.", "",
+             "2-core CPU machine. UAR in %, mean ± population std (numpy's, ddof 0) over seeds.", "",
              "| variant | FER2013 val zero-shot UAR | FER2013 val linear-probe UAR | "
              "CK+48 zero-shot UAR | CK+48 linear-probe UAR (10 folds) | train time (min) | seeds |",
              "|---|---|---|---|---|---|---|"]

@@ -1,0 +1,56 @@
+"""bench/real_faces.py: the converted FER2013 split a table is measured on."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import load_bench_script
+
+bench = load_bench_script("real_faces")
+
+
+def _faces(tmp_path):
+    rng = np.random.default_rng(0)
+    fer, ck = tmp_path / "fer", tmp_path / "ck"
+    for cls in ("angry", "happy"):
+        (fer / cls).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(
+                fer / cls / f"Training_{cls}{i}.png")
+    for s, cls in enumerate(("anger", "happy", "surprise")):
+        (ck / cls).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(
+            ck / cls / f"S{100 + s:03d}_001_00000010.png")
+    return fer, ck
+
+
+def _args(fer, ck, work, val_fraction):
+    return bench.parse_args(["--fer", str(fer), "--ckplus", str(ck), "--work", str(work),
+                             "--val-fraction", str(val_fraction)])
+
+
+def test_reused_split_must_be_the_one_asked_for(tmp_path):
+    fer, ck = _faces(tmp_path)
+    work = tmp_path / "work"
+    data = bench.convert(_args(fer, ck, work, 0.25), work)
+    assert bench.convert(_args(fer, ck, work, 0.25), work) == data  # same split: reused
+    # The table's data line names the fraction the split was made with, not a fixed 0.1.
+    assert "--val-fraction 0.25" in bench._dataset_line(data)
+    # A work folder converted with another fraction is not reused silently: its runs were
+    # trained and scored on another split.
+    with pytest.raises(SystemExit, match=r"val_fraction 0\.25.*--val-fraction 0\.1"):
+        bench.convert(_args(fer, ck, work, 0.1), work)
+
+
+def test_split_made_before_identical_faces_were_joined_is_refused(tmp_path):
+    fer, ck = _faces(tmp_path)
+    work = tmp_path / "work"
+    bench.convert(_args(fer, ck, work, 0.25), work)
+    for split in ("train", "val"):  # as the splitter before 2c631e5 wrote it
+        meta = work / "data" / "fer" / split / "metadata.json"
+        text = json.loads(meta.read_text())
+        del text["layout_info"]["holdout"]["identical_content_sets"]
+        meta.write_text(json.dumps(text))
+    with pytest.raises(SystemExit, match="identical"):
+        bench.convert(_args(fer, ck, work, 0.25), work)
