@@ -3,7 +3,7 @@
     python -m data_prep.benchmarks --name NAME --root DIR --output OUT \\
         [--split NAME|all] [--fold K] [--frames 16] [--num-shards N] [--workers N] \\
         [--classes a,b,c] [--with-neutral] [--max-side PX] [--overwrite] \\
-        [--val-fraction 0.1] [--split-seed 0]
+        [--val-fraction 0.1] [--split-seed 0] [--join-near-copies 0.93]
     python -m data_prep.benchmarks --list
 
 Each split becomes one dataset directory written by ShardedRecordWriter: OUT/<split>/, or
@@ -16,9 +16,12 @@ every split, and every fold unless `--fold` picks one.
 subject, so one person's faces stay on one side) or, without a group, of its id falls below F.
 Byte-identical image files (or pixel rows) share one coin, so a face stored under two names
 never lands on both sides (FER2013's training faces hold 1,035 such sets; split by id alone,
-215 of 2,926 validation faces had a twin in train); metadata.json's layout_info.holdout counts
-the sets joined. The split depends only on the ids, groups, those contents, F and
-`--split-seed`, so it is reproducible and stable when files are added.
+215 of 2,926 validation faces had a twin in train); `--join-near-copies CORR` also joins image
+files whose small grayscale thumbnails correlate above CORR, the same photo re-encoded or
+re-cropped (data_prep/near_copies.py). metadata.json's layout_info.holdout counts what was
+joined. The split depends only on the ids, groups, those contents, F and
+`--split-seed`, so it is reproducible and stable when files are added (but for a new copy,
+which joins its twins' set).
 
 Records carry the label (class name), label_id (index into metadata.json's `classes`, the
 class order the dataset defines), group (subject / actor / identity where the layout gives
@@ -58,6 +61,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from data_prep import near_copies
 from data_prep.benchmark_formats import READERS, LayoutError, ReaderOptions
 from data_prep.benchmark_formats import common, questions
 from data_prep.benchmark_formats.decode import DecodeEntry
@@ -162,12 +166,14 @@ def _content_digest(item) -> str | None:
     return None
 
 
-def _holdout_keys(items: list) -> tuple[list[str], int]:
-    """Each item's coin key, and how many sets of identical inputs were joined. The key is the
-    group, else the id; items whose inputs are byte-identical (FER2013 holds the same face under
-    several file names, some under different labels) are joined with everything that shares
-    their key, and the joined set takes its smallest key's coin, so one face never lands on
-    both sides. Items without a twin keep their own key: the split of the others stays put."""
+def _holdout_keys(items: list, near_copy_threshold: float | None = None
+                  ) -> tuple[list[str], dict[str, Any]]:
+    """Each item's coin key, and what was joined. The key is the group, else the id; items whose
+    inputs are byte-identical (FER2013 holds the same face under several file names, some under
+    different labels), and with near_copy_threshold the image files whose thumbnails correlate
+    above it (near_copies.py), are joined with everything that shares their key, and the joined
+    set takes its smallest key's coin, so one face never lands on both sides. Items without a
+    twin keep their own key: the split of the others stays put."""
     keys = [(item.group or item.id) if isinstance(item, common.Entry) else (item.id or "")
             for item in items]
     parent = {k: k for k in keys}
@@ -177,32 +183,38 @@ def _holdout_keys(items: list) -> tuple[list[str], int]:
             parent[k] = k = parent[parent[k]]
         return k
 
-    first_key: dict[str, str] = {}
-    joined = set()
-    for item, key in zip(items, keys):
-        digest = _content_digest(item)
-        if digest is None:
-            continue
-        other = first_key.setdefault(digest, key)
-        a, b = root(key), root(other)
+    def join(a, b) -> bool:
+        a, b = root(a), root(b)
         if a != b:
             parent[max(a, b)] = min(a, b)
-            joined.add(digest)
-    return [root(k) for k in keys], len(joined)
+        return a != b
+
+    first_key: dict[str, str] = {}
+    identical = set()
+    for item, key in zip(items, keys):
+        digest = _content_digest(item)
+        if digest is not None and join(key, first_key.setdefault(digest, key)):
+            identical.add(digest)
+    info: dict[str, Any] = {"identical_content_sets": len(identical)}
+    if near_copy_threshold is not None:
+        pairs = near_copies.near_copy_pairs(items, near_copy_threshold)
+        info["near_copy_threshold"] = near_copy_threshold
+        info["near_copy_joins"] = sum(join(keys[i], keys[j]) for i, j in pairs)
+    return [root(k) for k in keys], info
 
 
-def split_holdout(listing: common.SplitListing, val_fraction: float, seed: int
+def split_holdout(listing: common.SplitListing, val_fraction: float, seed: int,
+                  near_copy_threshold: float | None = None
                   ) -> tuple[common.SplitListing, common.SplitListing]:
     """(train, val) listings from one listing: an entry goes to val when the coin of its group
-    (or, without a group, of its id) is below val_fraction; byte-identical inputs share one coin
-    (_holdout_keys). Rejections follow their id's coin, so every input still ends up written or
-    rejected in exactly one of the two datasets."""
+    (or, without a group, of its id) is below val_fraction; byte-identical inputs, and near-copies
+    with near_copy_threshold, share one coin (_holdout_keys). Rejections follow their id's coin,
+    so every input still ends up written or rejected in exactly one of the two datasets."""
     parts: dict[str, list] = {"train": [], "val": []}
-    keys, joined = _holdout_keys(listing.items)
+    keys, joined = _holdout_keys(listing.items, near_copy_threshold)
     for item, key in zip(listing.items, keys):
         parts["val" if holdout_key_fraction(key, seed) < val_fraction else "train"].append(item)
-    info = {**listing.info, "holdout": {"val_fraction": val_fraction, "seed": seed,
-                                        "identical_content_sets": joined}}
+    info = {**listing.info, "holdout": {"val_fraction": val_fraction, "seed": seed, **joined}}
     return (common.SplitListing(list(listing.classes), parts["train"], dict(info)),
             common.SplitListing(list(listing.classes), parts["val"], dict(info)))
 
@@ -285,7 +297,8 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
                       classes: list[str] | None = None, *, with_neutral: bool = False,
                       max_side: int | None = None, overwrite: bool = False,
                       progress: bool = True, val_fraction: float = 0.0,
-                      split_seed: int = 0) -> dict[str, Any]:
+                      split_seed: int = 0, near_copy_threshold: float | None = None
+                      ) -> dict[str, Any]:
     """Converts one benchmark into dataset directories under `output`; returns a summary.
 
     Args:
@@ -302,7 +315,9 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
       overwrite: replace datasets already in the output folders.
       val_fraction: if > 0, a benchmark whose only split is "all" is written as OUT/train and
         OUT/val instead, about this fraction (by group, else by id) in val; split_seed picks
-        which.
+        which. Byte-identical inputs always land on one side.
+      near_copy_threshold: with val_fraction, also keep image files whose thumbnails correlate
+        above this on one side (data_prep/near_copies.py; O(n^2), so None skips it).
 
     Returns {"benchmark", "root", "output", "datasets": [per-dataset summary with split,
     fold, output, classes, num_inputs, num_written, num_rejected, rejected_by_reason,
@@ -332,6 +347,11 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
         max_side = None
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if near_copy_threshold is not None and not val_fraction:
+        raise ValueError("near_copy_threshold applies to a val_fraction split only")
+    if near_copy_threshold is not None and not -1.0 <= near_copy_threshold <= 1.0:
+        raise ValueError(f"near_copy_threshold must be a correlation in [-1, 1], "
+                         f"got {near_copy_threshold}")
     if val_fraction and tuple(benchmark.splits) != ("all",):
         raise ValueError(f"val_fraction applies to benchmarks with the single split 'all'; "
                          f"{name} has official splits {list(benchmark.splits)}")
@@ -348,7 +368,7 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
     _list_splitless_once(listings)
     if val_fraction:
         (f, _, listing), = listings
-        train, val = split_holdout(listing, val_fraction, split_seed)
+        train, val = split_holdout(listing, val_fraction, split_seed, near_copy_threshold)
         listings = [(f, "train", train), (f, "val", val)]
     workers = workers or os.cpu_count() or 1
     # Not forked from a process that runs JAX (a notebook, a script that evaluated first): forking
@@ -428,6 +448,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "where known, else by id (default 0: one dataset OUT/all)")
     parser.add_argument("--split-seed", type=int, default=0,
                         help="seed of the --val-fraction split (default 0)")
+    parser.add_argument("--join-near-copies", type=float, default=None, metavar="CORR",
+                        help="with --val-fraction: also keep image files whose 16x16 grayscale "
+                             "thumbnails correlate above CORR (e.g. 0.93) on one side; compares "
+                             "every pair (about 15 s for 28,709 faces)")
     args = parser.parse_args(argv)
     if args.list:
         return args
@@ -444,6 +468,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--max-side must be >= 0, got {args.max_side}")
     if not 0.0 <= args.val_fraction < 1.0:
         parser.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.join_near_copies is not None and not args.val_fraction:
+        parser.error("--join-near-copies applies to a --val-fraction split only")
+    if args.join_near_copies is not None and not -1.0 <= args.join_near_copies <= 1.0:
+        parser.error(f"--join-near-copies must be a correlation in [-1, 1], "
+                     f"got {args.join_near_copies}")
     if args.classes is not None:
         args.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
         if not args.classes:
@@ -463,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
             frames=args.frames, num_shards=args.num_shards, workers=args.workers,
             classes=args.classes, with_neutral=args.with_neutral,
             max_side=args.max_side or None, overwrite=args.overwrite,
-            val_fraction=args.val_fraction, split_seed=args.split_seed)
+            val_fraction=args.val_fraction, split_seed=args.split_seed,
+            near_copy_threshold=args.join_near_copies)
     except FileExistsError as e:
         print(f"error: {e} (pass --overwrite to replace it)", file=sys.stderr)
         return 2
