@@ -1,5 +1,6 @@
 """RESULTS.md: the real-faces recipe (configs/real_faces.py) with and without label positives and
-mining, several seeds each, on FER2013 (a validation split carved from its training faces) and
+mining, several seeds each, on FER2013 (a validation split carved from its training faces, the
+copies of one face kept on one side: NEAR_COPY_THRESHOLD) and
 CK+48 (10 subject-independent folds), beside a raw-pixel logistic-regression floor.
 
     python bench/real_faces.py --fer ../shared/data/fer2013_train --ckplus ../shared/data/ckplus48 \\
@@ -60,6 +61,11 @@ VARIANTS = {
               [_NO_LABELS]),
 }
 PIXEL_SIDE = 24
+# FER2013 stores some faces more than once, re-encoded, brightened or re-cropped: the validation
+# split keeps the copies of a face on one side (`data_prep.benchmarks --join-near-copies`). Above
+# this thumbnail correlation the pairs looked at were the same photo; at 0.90 some were not, and
+# chains of such pairs joined 808 faces into one set (at 0.93 the largest set is 57).
+NEAR_COPY_THRESHOLD = 0.93
 
 
 def parse_args(argv=None):
@@ -96,7 +102,8 @@ def convert(args, work: pathlib.Path) -> dict:
     data = {"fer": work / "data" / "fer", "ck": work / "data" / "ckplus48"}
     if not is_dataset(data["fer"] / "val"):
         convert_benchmark("imagefolder", args.fer, data["fer"], val_fraction=args.val_fraction,
-                          overwrite=True, progress=False)
+                          near_copy_threshold=NEAR_COPY_THRESHOLD, overwrite=True,
+                          progress=False)
     _check_split(data["fer"], args.val_fraction)
     if not is_dataset(data["ck"] / "all"):
         convert_benchmark("ckplus48", args.ckplus, data["ck"], overwrite=True, progress=False)
@@ -117,10 +124,11 @@ def _check_split(fer: pathlib.Path, val_fraction: float) -> None:
     if holdout.get("val_fraction") != val_fraction:
         raise SystemExit(f"{fer}: converted with val_fraction {holdout.get('val_fraction')}, "
                          f"not --val-fraction {val_fraction}; use another --work")
-    if "identical_content_sets" not in holdout:
-        raise SystemExit(f"{fer}: split before identical faces were kept on one side (commit "
-                         "2c631e5), so its validation faces include copies of training faces; "
-                         "use another --work")
+    if holdout.get("near_copy_threshold") != NEAR_COPY_THRESHOLD:
+        raise SystemExit(f"{fer}: split without identical and near-copy faces kept on one side "
+                         f"(near_copy_threshold {holdout.get('near_copy_threshold')}, not "
+                         f"{NEAR_COPY_THRESHOLD}), so its validation faces include copies of "
+                         "training faces; use another --work")
 
 
 def train_command(workdir, data, variant, seed, extra) -> list[str]:
@@ -229,9 +237,11 @@ def _dataset_line(data: dict) -> str:
     n = {k: load_metadata(v).get("num_records") for k, v in data.items()}
     holdout = _holdout(pathlib.Path(data["fer_val"]).parent)
     return (f"Data: FER2013's training faces split by `data_prep.benchmarks --val-fraction "
-            f"{holdout.get('val_fraction')} --split-seed {holdout.get('seed')}` into "
-            f"{n['fer_train']} train / {n['fer_val']} validation faces, byte-identical faces "
-            f"({holdout.get('identical_content_sets')} sets) on one side (7 classes, "
+            f"{holdout.get('val_fraction')} --split-seed {holdout.get('seed')} "
+            f"--join-near-copies {holdout.get('near_copy_threshold')}` into {n['fer_train']} "
+            f"train / {n['fer_val']} validation faces, copies of one face on one side "
+            f"({holdout.get('identical_content_sets')} byte-identical sets, "
+            f"{holdout.get('near_copy_joins')} near-copy joins; 7 classes, "
             f"chance UAR 14.3%); CK+48, {n['ck']} faces, 10 subject-independent folds for the "
             "probe (7 classes). Zero-shot: the registry's prompts (5 templates with the class's "
             "prompt word, averaged in embedding space); linear probe: class-balanced logistic "

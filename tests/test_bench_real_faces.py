@@ -43,14 +43,19 @@ def test_reused_split_must_be_the_one_asked_for(tmp_path):
         bench.convert(_args(fer, ck, work, 0.1), work)
 
 
-def test_split_made_before_identical_faces_were_joined_is_refused(tmp_path):
+@pytest.mark.parametrize("made_without", [
+    ("identical_content_sets", "near_copy_threshold", "near_copy_joins"),  # before 2c631e5
+    ("near_copy_threshold", "near_copy_joins")])  # byte-identical faces joined, not near-copies
+def test_split_made_before_copies_were_joined_is_refused(tmp_path, made_without):
     fer, ck = _faces(tmp_path)
     work = tmp_path / "work"
-    bench.convert(_args(fer, ck, work, 0.25), work)
-    for split in ("train", "val"):  # as the splitter before 2c631e5 wrote it
+    data = bench.convert(_args(fer, ck, work, 0.25), work)
+    assert "--join-near-copies 0.93" in bench._dataset_line(data)
+    for split in ("train", "val"):
         meta = work / "data" / "fer" / split / "metadata.json"
         text = json.loads(meta.read_text())
-        del text["layout_info"]["holdout"]["identical_content_sets"]
+        for key in made_without:
+            del text["layout_info"]["holdout"][key]
         meta.write_text(json.dumps(text))
-    with pytest.raises(SystemExit, match="identical"):
+    with pytest.raises(SystemExit, match="near-copy"):
         bench.convert(_args(fer, ck, work, 0.25), work)
