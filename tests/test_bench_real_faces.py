@@ -44,7 +44,7 @@ def test_reused_split_must_be_the_one_asked_for(tmp_path):
 
 
 @pytest.mark.parametrize("made_without", [
-    ("identical_content_sets", "near_copy_threshold", "near_copy_joins"),  # before 2c631e5
+    ("identical_content_sets", "near_copy_threshold", "near_copy_joins"),  # before 660ca87
     ("near_copy_threshold", "near_copy_joins")])  # byte-identical faces joined, not near-copies
 def test_split_made_before_copies_were_joined_is_refused(tmp_path, made_without):
     fer, ck = _faces(tmp_path)
