@@ -842,7 +842,7 @@ def locate(path, source: str = "auto") -> tuple[str, pathlib.Path, Optional[dict
             raise ConversionError(no_weights_message(path, source))
         if name in OPEN_CLIP_WEIGHT_FILES:
             return "open_clip", path / name, _read_json(path / "open_clip_config.json")
-        return "hf", path / name, _read_json(path / "config.json")
+        return "hf", path / name, config_beside(path / name, "hf")
     if not path.is_file():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.suffix not in WEIGHT_SUFFIXES:
@@ -862,7 +862,18 @@ def config_beside(weights, layout: str) -> Optional[dict]:
     if layout == "open_clip":
         return _read_json(folder / "open_clip_config.json")
     cfg = _read_json(folder / "config.json")
-    return cfg if isinstance(cfg, dict) and cfg.get("model_type") == "clip" else None
+    return cfg if is_clip_model_config(cfg) else None
+
+
+def is_clip_model_config(cfg) -> bool:
+    """Whether a config.json describes a CLIPModel: model_type "clip", or (hand-written and older
+    configs, which transformers also loads as CLIPConfig) no model_type but a tower config. Any
+    other model_type is another model's config that happens to share the folder."""
+    if not isinstance(cfg, dict):
+        return False
+    if "model_type" in cfg:
+        return cfg["model_type"] == "clip"
+    return isinstance(cfg.get("vision_config"), dict) or isinstance(cfg.get("text_config"), dict)
 
 
 def _read_json(path):

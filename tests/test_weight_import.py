@@ -765,3 +765,21 @@ def test_encode_text_refuses_rows_without_the_pooling_token(fixtures_dir):
         oc.encode_text(np.array([[998, 5, 999], [998, 1000, 999]]))
     with pytest.raises(ValueError, match=r"row 0: -1"):
         hf.encode_text(np.array([[998, -1, 999]]))
+
+
+def test_hf_weights_file_is_read_with_a_config_without_model_type(fixtures_dir, tmp_path):
+    # A config.json without model_type (hand-written or from an older exporter) is still a
+    # CLIPModel config when it has tower configs: given the weights file itself it was ignored
+    # and the load asked for --activation although the config lay beside the weights.
+    cfg = json.loads((fixtures_dir / "hf_clip_tiny" / "config.json").read_text())
+    cfg.pop("model_type", None)
+    shutil.copy(fixtures_dir / "hf_clip_tiny" / "model.safetensors", tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    from_file = emocap_jax.load(tmp_path / "model.safetensors")
+    from_folder = emocap_jax.load(tmp_path)
+    assert from_file.config == from_folder.config
+    # Another model's config beside the weights is not read as this one's.
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "siglip"}))
+    for path in (tmp_path / "model.safetensors", tmp_path):
+        with pytest.raises(convert.ConversionError, match="--activation"):
+            emocap_jax.load(path)
