@@ -13,7 +13,8 @@ comes from the `np.random.Generator` passed in, which the pipeline seeds from th
 position in the stream, so a restored iterator replays the same augmentations.
 
 Evaluation: `resize_center_crop` = resize the shorter side to S with bicubic filtering, then take
-the central S x S crop with torchvision's rounding, the preprocessing of OpenAI CLIP / open_clip.
+the central S x S crop with torchvision's rounding, the preprocessing of OpenAI CLIP / open_clip;
+beyond 16:1 only the part of the image the crop keeps is resampled (within a few grey levels).
 """
 
 from __future__ import annotations
@@ -261,9 +262,20 @@ def augment_image(image: np.ndarray, size: int, rng: np.random.Generator,
     return out
 
 
+# Above this aspect ratio (long side over short side) `resize_center_crop` resamples only the
+# central part of the image the crop keeps: resizing all of a 1 x 20000 strip to a short side of
+# 224 would allocate a 224 x 4,480,000 image (3 GiB) to keep 224 x 224 of it. Pillow's
+# resize(box=...) is not bit-exact against a full resize, so up to this ratio (every real face
+# crop) the full resize is kept and outputs stay identical to before.
+FULL_RESIZE_MAX_ASPECT = 16.0
+
+
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """CLIP evaluation preprocessing: shorter side to `size` (bicubic), then the central crop."""
     height, width = image.shape[:2]
+    if min(height, width) != size and max(height, width) > FULL_RESIZE_MAX_ASPECT * min(height,
+                                                                                        width):
+        return _resize_central_crop(image, size)
     img = Image.fromarray(image)
     if min(height, width) != size:
         # torchvision.transforms.Resize(int): the longer side is truncated, not rounded.
@@ -278,3 +290,28 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     if (height, width) != (size, size):
         img = img.crop((left, top, left + size, top + size))
     return np.asarray(img)
+
+
+def _resize_central_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """`resize_center_crop` of an elongated image by resampling only the source span that maps to
+    the crop along the long axis (plus the bicubic filter's reach), with the same geometry: the
+    same truncated resized length and rounded crop offset, so the crop covers the same source
+    region. The short axis is resampled whole, as the crop keeps all of it."""
+    height, width = image.shape[:2]
+    wide = height <= width
+    short, long_ = (height, width) if wide else (width, height)
+    resized = int(size * long_ / short)              # torchvision's truncation, as above
+    offset = int(round((resized - size) / 2.0))
+    scale = long_ / resized                          # source pixels per output pixel, long axis
+    start, stop = offset * scale, (offset + size) * scale
+    # Pillow's bicubic filter reaches 2 output pixels either side, i.e. 2 * max(scale, 1) source
+    # pixels; one more on each side absorbs the rounding of the span's ends.
+    reach = int(math.ceil(2.0 * max(scale, 1.0))) + 1
+    lo = max(0, int(math.floor(start)) - reach)
+    hi = min(long_, int(math.ceil(stop)) + reach)
+    if wide:
+        part, box = image[:, lo:hi], (start - lo, 0.0, stop - lo, float(height))
+    else:
+        part, box = image[lo:hi], (0.0, start - lo, float(width), stop - lo)
+    img = Image.fromarray(np.ascontiguousarray(part))
+    return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=box))
