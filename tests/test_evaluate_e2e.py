@@ -17,6 +17,8 @@ import pytest
 
 from emocap_jax import params_io, sharding
 from emocap_jax.evaluate import registry, report, runner
+from emocap_jax.data import example_codec, shard_writer
+from emocap_jax.data.source import ShardedTFRecordSource
 from emocap_jax.evaluate.features import Encoder, read_records
 from tests.conftest import REPO_ROOT
 
@@ -176,6 +178,13 @@ def test_sharded_padded_eval_counts_every_example_once(encoder, single_device_en
     assert single.ids == ids
     np.testing.assert_array_equal(single.labels, sharded.labels)
     np.testing.assert_allclose(single.features, sharded.features, atol=1e-5)
+    # Subjects and image digests come back in record order too, padding dropped.
+    records = [example_codec.decode_record(r) for r in ShardedTFRecordSource(
+        shard_writer.shard_paths(data))]
+    assert sharded.groups == single.groups == [r.group for r in records]
+    assert all(sharded.groups)  # the synthetic faces have identities: a real check
+    want = [example_codec.image_digest(r.images) for r in records]
+    assert [d.tobytes() for d in sharded.digests] == [d.tobytes() for d in single.digests] == want
 
 
 def test_video_clips_average_their_frames(encoder, bench):

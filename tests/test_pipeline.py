@@ -484,6 +484,42 @@ def test_eval_batches_do_not_depend_on_the_worker_count(dataset, tok):
     _assert_batches_equal(runs[0], runs[1])
 
 
+def test_eval_batches_carry_each_records_group_and_image_digest(tmp_path):
+    """`group` is the record's subject ("" when it has none) and `image_digest` the 16-byte
+    BLAKE2b of its encoded image bytes: equal exactly for byte copies (rec1 re-uses rec0's
+    file), different for the same pixels encoded otherwise; padding rows carry "" and zeros."""
+    import hashlib
+
+    def png(value, **save):
+        out = io.BytesIO()
+        Image.fromarray(np.full((20, 24, 3), value, np.uint8)).save(out, format="PNG", **save)
+        return out.getvalue()
+
+    files = [png(10), png(10), png(10, compress_level=0), png(90)]
+    groups = ["s1", "s2", "s1", ""]
+    with ShardedRecordWriter(tmp_path / "ds", num_shards=1) as writer:
+        for n, (data, group) in enumerate(zip(files, groups)):
+            writer.add(FaceRecord(id=f"rec{n}", images=[data], image_format="png", label_id=0,
+                                  group=group))
+    batches = list(pipeline.make_eval_iterator(str(tmp_path / "ds"), None, 3, 16, 0, 1))
+    group = [g for b in batches for g in b["group"]]
+    digest = np.concatenate([b["image_digest"] for b in batches])
+    assert group == groups + ["", ""]
+    assert digest.dtype == np.uint8 and digest.shape == (6, 16)
+    for row, data in enumerate(files):
+        assert digest[row].tobytes() == hashlib.blake2b(data, digest_size=16).digest()
+    assert digest[0].tobytes() == digest[1].tobytes() != digest[2].tobytes()
+    assert not digest[4:].any()
+
+
+def test_a_clips_digest_depends_on_its_frames_and_their_boundaries():
+    one = example_codec.image_digest([b"ab", b"c"])
+    assert len(one) == 16 and one == example_codec.image_digest([b"ab", b"c"])
+    assert one != example_codec.image_digest([b"a", b"bc"])
+    assert one != example_codec.image_digest([b"c", b"ab"])
+    assert one != example_codec.image_digest([b"abc"])
+
+
 def test_eval_blocks_give_every_process_the_same_batch_count():
     blocks, num_batches = pipeline.eval_blocks(47, 5, 2)
     assert blocks == [(0, 23), (23, 47)] and num_batches == 5

@@ -721,6 +721,8 @@ class _EvalExample(grain.transforms.Map):
             "label_id": np.int32(record.label_id),
             "valid": np.bool_(True),
             "id": np.array(record.id, dtype=object),
+            "group": np.array(record.group, dtype=object),
+            "image_digest": np.frombuffer(example_codec.image_digest(record.images), np.uint8),
         }
         if self._tokenizer is not None:
             sentences = valid_local_sentences(record, self._max_local)
@@ -740,6 +742,8 @@ class _EvalExample(grain.transforms.Map):
             "label_id": np.int32(-1),
             "valid": np.bool_(False),
             "id": np.array("", dtype=object),
+            "group": np.array("", dtype=object),
+            "image_digest": np.zeros((example_codec.IMAGE_DIGEST_SIZE,), np.uint8),
         }
         if self._tokenizer is not None:
             length = self._context_length
@@ -769,7 +773,9 @@ def make_eval_iterator(data_dir: str, tokenizer, batch_size: int, image_size: in
 
     Fields: `image` uint8 [b, S, S, 3] ([b, F, S, S, 3] with num_frames=F: F frames spread
     evenly over each record's frames), `label_id` int32 [b] (-1 on padding), `valid` bool [b],
-    `id` object [b] of str ("" on padding); with a tokenizer also `global_tokens`,
+    `id` and `group` (subject / actor, "" when none) object [b] of str ("" on padding),
+    `image_digest` uint8 [b, 16] (`example_codec.image_digest` of the record's encoded images,
+    zeros on padding); with a tokenizer also `global_tokens`,
     `summary_tokens` int32 [b, L], `local_tokens` int32 [b, R, L] and `local_mask` bool [b, R]
     (R = max_local_sentences, all valid sentences, no sampling). L = context_length, default the
     tokenizer's. A corrupt record always raises: an eval number computed on silently fewer

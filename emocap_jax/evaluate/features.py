@@ -48,6 +48,11 @@ class ImageFeatures:
     ids: list[str]
     data_dir: str
     num_frames: Optional[int] = None
+    # Per record: subject / actor ("" when none), which keeps folds and carve-outs
+    # subject-independent, and the 16-byte digest of the encoded images, which finds test faces
+    # that are byte copies of training faces. None from encoders that do not read them.
+    groups: Optional[list[str]] = None
+    digests: Optional[np.ndarray] = None   # [N, 16] uint8
 
 
 @dataclasses.dataclass
@@ -194,8 +199,10 @@ class Encoder:
             num_frames=num_frames)
         features = np.zeros((num_records, self.config.embed_dim), np.float32)
         labels = np.full((num_records,), -1, np.int32)
+        digests = np.zeros((num_records, example_codec.IMAGE_DIGEST_SIZE), np.uint8)
         seen = np.zeros((num_records,), np.int64)
         ids: list[Optional[str]] = [None] * num_records
+        groups: list[Optional[str]] = [None] * num_records
         batches = iterator
         if self.progress and pi == 0:
             unit = "clips" if num_frames else "images"
@@ -214,18 +221,22 @@ class Encoder:
             rows = index[valid]
             features[rows] = emb[valid]
             labels[rows] = batch_labels[valid]
+            digests[rows] = _to_host(np.asarray(batch["image_digest"], np.uint8))[valid]
             seen[rows] += 1
             if pc == 1:
-                for row, record_id in zip(rows, np.asarray(batch["id"])[valid]):
-                    ids[row] = str(record_id)
+                for row, record_id, group in zip(rows, np.asarray(batch["id"])[valid],
+                                                 np.asarray(batch["group"])[valid]):
+                    ids[row], groups[row] = str(record_id), str(group)
             count += 1
         if count != num_batches or not np.all(seen == 1):
             missing, repeated = int(np.sum(seen == 0)), int(np.sum(seen > 1))
             raise RuntimeError(f"{data_dir}: {missing} records never encoded and {repeated} "
                                f"encoded more than once ({count} of {num_batches} batches)")
-        if pc > 1:  # other processes' ids are not on this host: read them from the shards
-            ids = [r.id for r in read_records(data_dir)]
-        return ImageFeatures(features, labels, list(ids), data_dir, num_frames)
+        if pc > 1:  # other processes' strings are not on this host: read them from the shards
+            records = read_records(data_dir)
+            ids, groups = [r.id for r in records], [r.group for r in records]
+        return ImageFeatures(features, labels, list(ids), data_dir, num_frames, list(groups),
+                             digests)
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         return self.tokenizer(list(texts), context_length=self.config.text.context_length)
