@@ -167,6 +167,24 @@ def test_folds_the_classes_cannot_fill_are_refused_naming_each_class_and_its_cou
         linear_probe.cv_folds(np.tile([0, 1], 3), groups, 4)
 
 
+def test_the_probes_c_carve_out_keeps_subjects_apart():
+    """The validation part that chooses C shares no subject with the part the probe is fitted
+    on, and the report says the carve-out was by subject."""
+    feats, labels, _ = _clusters(per_class=30)
+    groups = np.asarray([f"S{i % 12:02d}" for i in range(len(labels))])
+    fit, val = linear_probe.validation_split(labels, groups, 0.2, seed=0)
+    assert len(val) and not set(groups[fit]) & set(groups[val])
+    names = list("abcd")
+    out = linear_probe.linear_probe(feats, labels, feats[:8], labels[:8], names, groups, seed=0)
+    assert out["validation_by_subject"] is True
+    out = linear_probe.linear_probe(feats, labels, feats[:8], labels[:8], names, seed=0)
+    assert out["validation_by_subject"] is False
+    blank = groups.copy()
+    blank[5] = ""
+    with pytest.raises(linear_probe.PartlyGrouped, match="1 of 120 records have no group"):
+        linear_probe.linear_probe(feats, labels, feats[:8], labels[:8], names, blank)
+
+
 def test_folds_refuse_a_benchmark_whose_subjects_are_partly_missing():
     # One blank subject used to drop every group, and frames of one subject then sat on both
     # sides of a fold without a word.

@@ -572,7 +572,7 @@ class HashEncoder:
 
     def images(self, data_dir, num_frames=None):
         from emocap_jax.evaluate.features import ImageFeatures
-        ids, feats, labels = [], [], []
+        ids, feats, labels, groups, digests = [], [], [], [], []
         for shard in shard_writer.shard_paths(data_dir):
             for _, data in tfrecord.iter_records(shard):
                 rec = example_codec.decode_record(data)
@@ -580,8 +580,10 @@ class HashEncoder:
                 ids.append(rec.id)
                 labels.append(rec.label_id)
                 feats.append(self._unit(np.resize(pixels.ravel(), 16) + 1.0))
+                groups.append(rec.group)
+                digests.append(np.frombuffer(example_codec.image_digest(rec.images), np.uint8))
         return ImageFeatures(np.stack(feats), np.asarray(labels, np.int32), ids, str(data_dir),
-                             num_frames)
+                             num_frames, groups, np.stack(digests))
 
     def tokenize(self, texts):
         # A text's bytes stand for its tokens: texts tokenize alike only when they are equal.
@@ -636,16 +638,57 @@ def test_converted_benchmarks_fill_the_report_rows(tmp_path):
     assert "skipped, by reason: counting 1, identity_comparison 1" in markdown
 
 
-def write_labelled(directory, classes, per_class=4):
-    """A labelled dataset of `per_class` plain faces per class, label_id in `classes` order."""
+def write_labelled(directory, classes, per_class=4, group=lambda c, i: "", blue=90):
+    """A labelled dataset of `per_class` plain faces per class, label_id in `classes` order;
+    face i of class c has subject group(c, i). Datasets written with the same `blue` hold
+    byte-identical images (JPEG encoding is deterministic); another `blue` gives none."""
     with shard_writer.ShardedRecordWriter(directory, 1, classes=list(classes)) as writer:
         for c, name in enumerate(classes):
             for i in range(per_class):
                 image = io.BytesIO()
-                Image.new("RGB", (8, 8), (30 * c, 10 * i, 90)).save(image, format="JPEG")
+                Image.new("RGB", (8, 8), (30 * c, 10 * i, blue)).save(image, format="JPEG")
                 writer.add(example_codec.FaceRecord(id=f"{name}_{i}", images=[image.getvalue()],
-                                                    label=name, label_id=c))
+                                                    label=name, label_id=c, group=group(c, i)))
     return directory
+
+
+def test_a_training_folders_subjects_keep_the_probes_c_carve_out_subject_independent(
+        tmp_path):
+    """With a training folder (--train-data), C was chosen on a carve-out drawn record by
+    record, so a subject's faces sat on both sides; now by subject when the records have one.
+    A folder where only some records name a subject is refused by the linear probe, naming the
+    folder; few-shot (which draws no carve-out by subject) still runs on it."""
+    from emocap_jax.data import class_orders
+
+    classes = class_orders.RAFDB_BASIC
+    test = write_labelled(tmp_path / "rafdb" / "test", classes, blue=200)
+    subjects = write_labelled(tmp_path / "train_subjects", classes, per_class=6,
+                              group=lambda c, i: f"S{i}")
+    plain = write_labelled(tmp_path / "train_plain", classes, per_class=6)
+    partly = write_labelled(tmp_path / "train_partly", classes, per_class=6,
+                            group=lambda c, i: f"S{i}" if (c, i) != (2, 3) else "")
+
+    def probe(train, protocol="linear_probe"):
+        return runner.run(HashEncoder(), "rafdb", protocol, test,
+                          runner.Options(train_data=str(train), c_grid=(1.0, 10.0),
+                                         shots=(1,), seeds=(0,)))
+
+    assert probe(subjects)["folds"][0]["validation_by_subject"] is True
+    assert probe(plain)["folds"][0]["validation_by_subject"] is False
+    with pytest.raises(ValueError, match=rf"^{partly}: 1 of 42 records have no group \(subject\)"
+                                         r".*the linear probe chooses C"):
+        probe(partly)
+    assert probe(partly, "few_shot")["shots"][1]["uar"]["mean"] >= 0.0
+
+
+def test_a_fold_benchmark_whose_subjects_are_partly_missing_is_refused_naming_it(tmp_path):
+    spec = registry.get("jaffe")
+    data = write_labelled(tmp_path / "jaffe" / "all", spec.classes, per_class=6,
+                          group=lambda c, i: f"S{i}" if (c, i) != (0, 0) else "")
+    for protocol in ("linear_probe", "few_shot"):
+        with pytest.raises(ValueError, match=rf"^{data}: 1 of 42 records have no group"):
+            runner.run(HashEncoder(), "jaffe", protocol, tmp_path / "jaffe",
+                       runner.Options(num_folds=3, c_grid=(1.0,), shots=(1,), seeds=(0,)))
 
 
 def test_a_probe_with_more_folds_than_examples_per_class_names_the_classes_and_the_option(

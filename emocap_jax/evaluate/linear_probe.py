@@ -38,8 +38,13 @@ class ProbeFit:
     not_converged: int     # fits that hit MAX_ITER
 
 
-def _groups_or_none(groups) -> Optional[np.ndarray]:
-    """The subjects to keep apart, or None where a benchmark has none (every group empty)."""
+class PartlyGrouped(ValueError):
+    """Some records name a subject and others do not: subjects cannot be kept apart."""
+
+
+def _subjects_to_keep_apart(groups) -> Optional[np.ndarray]:
+    """The records' subjects when they must be kept apart, or None when there is nothing to keep
+    apart: no groups given, every group blank, or a single subject."""
     if groups is None:
         return None
     groups = np.asarray(groups)
@@ -49,9 +54,10 @@ def _groups_or_none(groups) -> Optional[np.ndarray]:
     # Dropping every group for a few blank ones would put one subject's frames on both sides of
     # a fold without a word; a benchmark with subjects needs them on every record.
     if empty.any():
-        raise ValueError(f"{int(empty.sum())} of {len(groups)} records have no group (subject) "
-                         "while the others have one: subject-independent folds need a group on "
-                         "every record; fill in the missing ones in the converted dataset")
+        raise PartlyGrouped(f"{int(empty.sum())} of {len(groups)} records have no group "
+                            "(subject) while the others have one: keeping subjects apart needs "
+                            "a group on every record; fill in the missing ones in the "
+                            "converted dataset")
     return groups if len(np.unique(groups)) > 1 else None
 
 
@@ -82,7 +88,7 @@ def cv_folds(labels, groups, num_folds: int, seed: int = 0,
     is split between train and test (scikit-learn's StratifiedGroupKFold). Data too small for the
     folds raises TooFewForFolds, naming each class (`class_names[label]`) and its count."""
     labels = np.asarray(labels)
-    groups = _groups_or_none(groups)
+    groups = _subjects_to_keep_apart(groups)
     if num_folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {num_folds}")
     if groups is not None:
@@ -119,7 +125,7 @@ def validation_split(labels, groups=None, fraction: float = 0.2, seed: int = 0
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must lie in (0, 1), got {fraction}")
     num_folds = max(2, int(round(1 / fraction)))
-    groups = _groups_or_none(groups)
+    groups = _subjects_to_keep_apart(groups)
     # Small training sets (a CV fold of a small benchmark): hold out one of fewer, larger parts
     # rather than fail; the validation split only picks C.
     num_folds = min(num_folds, int(np.bincount(np.unique(labels, return_inverse=True)[1]).max()))
@@ -175,8 +181,13 @@ def linear_probe(train_x, train_y, test_x, test_y, class_names: Sequence[str],
                  balanced: bool = True) -> dict:
     """Probe trained on (train_x, train_y), C chosen on a validation carve-out of it, evaluated on
     the test split: a classification report plus the chosen C, whether the fit was
-    class-balanced, and the test predictions."""
+    class-balanced, whether the carve-out kept subjects apart, and the test predictions.
+
+    train_groups: the training records' subjects; with them no subject has records on both
+    sides of the carve-out (else C is chosen on faces of people the fit has seen, which favours
+    weak regularisation). Records partly without a subject raise PartlyGrouped."""
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    by_subject = _subjects_to_keep_apart(train_groups) is not None
     fit_idx, val_idx = validation_split(train_y, train_groups, val_fraction, seed)
     train_x = np.asarray(train_x)
     probe = fit_probe(train_x[fit_idx], train_y[fit_idx], train_x[val_idx], train_y[val_idx],
@@ -184,6 +195,7 @@ def linear_probe(train_x, train_y, test_x, test_y, class_names: Sequence[str],
     predictions = probe.model.predict(np.asarray(test_x, np.float64))
     report = metrics.classification_report(test_y, predictions, list(class_names))
     report.update(C=probe.C, balanced=bool(balanced), validation_uar=probe.validation_uar,
-                  not_converged=probe.not_converged, num_train=int(len(train_y)))
+                  not_converged=probe.not_converged, num_train=int(len(train_y)),
+                  validation_by_subject=by_subject)
     report["predictions"] = predictions.astype(int).tolist()
     return report

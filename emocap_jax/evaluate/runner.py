@@ -250,6 +250,14 @@ def compound_partial_match(labels, predictions, classes) -> Optional[float]:
     return float(np.mean(hits)) if hits else None
 
 
+def _groups(features: ImageFeatures) -> np.ndarray:
+    """The records' subjects ("" where none), as the encoder read them with the pixels."""
+    if features.groups is None:
+        raise ValueError(f"{features.data_dir}: the encoder returned no groups (subjects) for "
+                         "the records; the probe needs them to keep subjects apart")
+    return np.asarray(features.groups)
+
+
 def _probe_data(encoder: Encoder, spec, split: Split, options: Options):
     """(train features, test features, fold index pairs or None, groups or None): with a train
     split the probe trains on it; otherwise subject-independent cross-validation over the test
@@ -262,9 +270,11 @@ def _probe_data(encoder: Encoder, spec, split: Split, options: Options):
     if not num_folds:
         raise ValueError(f"{spec.name} has no train split under the data folder and no "
                          "cross-validation folds: pass --train-data DIR or --num-folds N")
-    groups = np.asarray([r.group for r in read_records(split.test)])
+    groups = _groups(test)
     try:
         folds = linear_probe.cv_folds(test.labels, groups, num_folds, options.seed, spec.classes)
+    except linear_probe.PartlyGrouped as e:
+        raise ValueError(f"{split.test}: {e}") from None
     except linear_probe.TooFewForFolds as e:
         default = "" if options.num_folds else f"; {num_folds} is {spec.name}'s default"
         hint = (f" (--num-folds {e.most}{default}), or give a training split with --train-data DIR"
@@ -279,11 +289,16 @@ def run_linear_probe(encoder: Encoder, spec, splits, options: Options) -> dict:
     for split in splits:
         train, test, folds, groups = _probe_data(encoder, spec, split, options)
         if folds is None:
-            report = linear_probe.linear_probe(train.features, train.labels, test.features,
-                                               test.labels, spec.classes,
-                                               val_fraction=options.val_fraction,
-                                               c_grid=options.c_grid, seed=options.seed,
-                                               balanced=options.balanced_probe)
+            try:
+                report = linear_probe.linear_probe(
+                    train.features, train.labels, test.features, test.labels, spec.classes,
+                    train_groups=_groups(train), val_fraction=options.val_fraction,
+                    c_grid=options.c_grid, seed=options.seed, balanced=options.balanced_probe)
+            except linear_probe.PartlyGrouped as e:
+                # Few-shot draws no carve-out by subject and still runs on such a folder.
+                raise ValueError(f"{split.train}: {e}; the linear probe chooses C on a part of "
+                                 "this training folder that must not share a subject with the "
+                                 "rest") from None
             report.update(fold=split.fold, dataset=split.test, train_dataset=split.train)
             predictions += _prediction_rows(test, report.pop("predictions"), spec.classes,
                                             split.fold)
