@@ -9,9 +9,9 @@ from sklearn.metrics import f1_score
 
 from emocap_jax.data import class_orders, label_captions, pipeline
 from emocap_jax.data.synthetic.faces import COMPOUND_CLASSES
-from emocap_jax.evaluate import (au_detection, features, few_shot, linear_probe, metrics,
-                                 multiple_choice, prompts, registry, report, retrieval, runner,
-                                 zero_shot)
+from emocap_jax.evaluate import (au_detection, features, few_shot, leakage, linear_probe,
+                                 metrics, multiple_choice, prompts, registry, report, retrieval,
+                                 runner, zero_shot)
 
 
 def _unit(x):
@@ -198,6 +198,14 @@ def test_folds_refuse_a_benchmark_whose_subjects_are_partly_missing():
     # A benchmark without subjects (every group blank) folds by label alone.
     folds = linear_probe.cv_folds(labels, np.full(len(labels), ""), 5, seed=0)
     assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(len(labels)))
+
+
+def test_train_test_copies_count_test_rows_whose_digest_is_in_training():
+    d = np.arange(5 * 16, dtype=np.uint8).reshape(5, 16)
+    # Test rows 0 and 2 are training rows 1 and 3; rows 1 and 3, one image twice, are not.
+    assert leakage.train_test_copies(d[[1, 3, 4]], d[[1, 0, 3, 0]]) == 2
+    assert leakage.train_test_copies(d[[1, 3, 4]], d[[0, 2]]) == 0
+    assert leakage.train_test_copies(d[:0], d) == 0
 
 
 def test_few_shot_sampling_and_separable_accuracy():

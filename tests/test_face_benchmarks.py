@@ -638,15 +638,16 @@ def test_converted_benchmarks_fill_the_report_rows(tmp_path):
     assert "skipped, by reason: counting 1, identity_comparison 1" in markdown
 
 
-def write_labelled(directory, classes, per_class=4, group=lambda c, i: "", blue=90):
+def write_labelled(directory, classes, per_class=4, group=lambda c, i: "",
+                   colour=lambda c, i: (30 * c, 10 * i, 90)):
     """A labelled dataset of `per_class` plain faces per class, label_id in `classes` order;
-    face i of class c has subject group(c, i). Datasets written with the same `blue` hold
-    byte-identical images (JPEG encoding is deterministic); another `blue` gives none."""
+    face i of class c has subject group(c, i) and colour colour(c, i). Faces of one colour are
+    byte-identical (JPEG encoding is deterministic), in one dataset or two."""
     with shard_writer.ShardedRecordWriter(directory, 1, classes=list(classes)) as writer:
         for c, name in enumerate(classes):
             for i in range(per_class):
                 image = io.BytesIO()
-                Image.new("RGB", (8, 8), (30 * c, 10 * i, blue)).save(image, format="JPEG")
+                Image.new("RGB", (8, 8), colour(c, i)).save(image, format="JPEG")
                 writer.add(example_codec.FaceRecord(id=f"{name}_{i}", images=[image.getvalue()],
                                                     label=name, label_id=c, group=group(c, i)))
     return directory
@@ -661,7 +662,8 @@ def test_a_training_folders_subjects_keep_the_probes_c_carve_out_subject_indepen
     from emocap_jax.data import class_orders
 
     classes = class_orders.RAFDB_BASIC
-    test = write_labelled(tmp_path / "rafdb" / "test", classes, blue=200)
+    test = write_labelled(tmp_path / "rafdb" / "test", classes,
+                          colour=lambda c, i: (30 * c, 10 * i, 200))
     subjects = write_labelled(tmp_path / "train_subjects", classes, per_class=6,
                               group=lambda c, i: f"S{i}")
     plain = write_labelled(tmp_path / "train_plain", classes, per_class=6)
@@ -728,7 +730,8 @@ def test_every_split_must_share_the_benchmarks_class_order(tmp_path):
             runner.run(HashEncoder(), "rafdb", protocol, test, options)
     same = runner.run(HashEncoder(), "rafdb", "linear_probe", test,
                       runner.Options(train_data=str(write_labelled(
-                          tmp_path / "raf_train", class_orders.RAFDB_BASIC)), c_grid=(1.0,)))
+                          tmp_path / "raf_train", class_orders.RAFDB_BASIC,
+                          colour=lambda c, i: (30 * c, 10 * i, 200))), c_grid=(1.0,)))
     assert same["report"]["num_examples"] == 4 * len(class_orders.RAFDB_BASIC)
 
     for k in registry.get("dfew").official_folds:
@@ -886,3 +889,57 @@ def test_options_given_the_same_statement_are_skipped_and_counted_at_conversion(
     assert summary["questions"]["num_scored"] == 1
     skip = read_questions(tmp_path / "fhb_out/test")["face_expression_basic[0]:cropped"]["skip"]
     assert skip.startswith("duplicate_options: options 0, 2 ('Happiness', 'HAPPY') all read")
+
+
+def test_test_faces_copied_from_training_are_counted_and_reported(tmp_path):
+    """Face 0 of every class in the test folder is the training folder's face 0, byte for byte:
+    7 of 28 test faces. Both probe protocols count them (result, fold, warning, summary line,
+    the report's Notes) and still run; a test folder of other faces counts 0."""
+    import warnings
+
+    from emocap_jax.data import class_orders
+
+    classes = class_orders.RAFDB_BASIC
+    train = write_labelled(tmp_path / "train", classes, per_class=6)
+    copied = write_labelled(tmp_path / "copied" / "test", classes,
+                            colour=lambda c, i: (30 * c, 10 * i, 90 if i == 0 else 200))
+    fresh = write_labelled(tmp_path / "fresh" / "test", classes,
+                           colour=lambda c, i: (30 * c, 10 * i, 200))
+    options = runner.Options(train_data=str(train), c_grid=(1.0,), shots=(1,), seeds=(0,))
+    for protocol in ("linear_probe", "few_shot"):
+        with pytest.warns(UserWarning, match=rf"{copied} against {train}: 7 of 28 test faces "
+                                             "are byte-identical copies of training faces"):
+            result = runner.run(HashEncoder(), "rafdb", protocol, copied, options)
+        assert result["train_test_copies"] == 7 and result["folds"][0]["train_test_copies"] == 7
+        assert ", 7 test faces copied from training" in report.summary_line(result)
+        report.write_result(tmp_path / "eval", result)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no copies: no warning
+            none = runner.run(HashEncoder(), "rafdb", protocol, fresh, options)
+        assert none["train_test_copies"] == 0 and none["folds"][0]["train_test_copies"] == 0
+        assert ", 0 test faces copied from training" in report.summary_line(none)
+    report.write_report(tmp_path / "eval", HashEncoder.description)
+    notes = (tmp_path / "eval" / "report.md").read_text().split("## Notes")[1]
+    notes = notes.split("## Details")[0]
+    for protocol in ("linear_probe", "few_shot"):
+        assert (f"RAF-DB {protocol}: 7 test faces are byte-identical copies of training faces"
+                in notes), notes
+
+
+def test_copies_across_cross_validation_folds_are_counted_per_fold(tmp_path):
+    """Faces i and i + 3 of a class are one image under two subjects: a test face counts when
+    its twin's subject trains in that fold, and the result holds the folds' sum."""
+    spec = registry.get("jaffe")
+    write_labelled(tmp_path / "jaffe" / "all", spec.classes, per_class=6,
+                   group=lambda c, i: f"S{i}", colour=lambda c, i: (30 * c, 10 * (i % 3), 90))
+    with pytest.warns(UserWarning, match="test faces are byte-identical"):
+        result = runner.run(HashEncoder(), "jaffe", "linear_probe", tmp_path / "jaffe",
+                            runner.Options(num_folds=3, c_grid=(1.0,)))
+    total = 0
+    for fold in result["folds"]:
+        tested = set(fold["test_groups"])
+        twins_training = sum(f"S{(i + 3) % 6}" not in tested for i in range(6) if f"S{i}" in
+                             tested) * len(spec.classes)
+        assert fold["train_test_copies"] == twins_training, fold["fold"]
+        total += twins_training
+    assert result["train_test_copies"] == total > 0

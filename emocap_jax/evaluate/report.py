@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 import emocap_jax.storage as storage
-from emocap_jax.evaluate import registry
+from emocap_jax.evaluate import leakage, registry
 
 RESULTS, PREDICTIONS, CONFUSION = "results", "predictions", "confusion"
 DASH = "—"
@@ -74,6 +74,8 @@ def summary_line(result: dict) -> str:
         text += f", mean of {folds} folds"
     if partial_folds(result):
         text += f", {partial_folds(result)} only"
+    if result.get("train_test_copies") is not None:
+        text += f", {result['train_test_copies']} test faces copied from training"
     if result.get("paper"):
         text += (f" (paper: EmoCapCLIP {result['paper']['emocapclip']}, "
                  f"FLIP {result['paper']['flip']})")
@@ -414,6 +416,7 @@ def render_markdown(results: list[dict], checkpoint: str = "") -> str:
                          f"{_num_examples(row['result']) or DASH} |")
     notes = [f"- {registry.get(r['benchmark']).title}: {registry.get(r['benchmark']).note}"
              for r in results if registry.get(r["benchmark"]).note]
+    notes += [f"- {leakage.note(r)}" for r in results if leakage.note(r)]
     if notes:
         lines += ["", "## Notes", ""] + sorted(set(notes))
     if results:

@@ -21,8 +21,8 @@ import numpy as np
 
 import emocap_jax.storage as storage
 from emocap_jax.data.shard_writer import load_metadata
-from emocap_jax.evaluate import (au_detection, few_shot, grounding, linear_probe, metrics,
-                                 multiple_choice, registry, retrieval, zero_shot)
+from emocap_jax.evaluate import (au_detection, few_shot, grounding, leakage, linear_probe,
+                                 metrics, multiple_choice, registry, retrieval, zero_shot)
 from emocap_jax.evaluate.features import Encoder, ImageFeatures, read_records
 from emocap_jax.evaluate.prompts import canonical, compound_parts
 
@@ -258,6 +258,20 @@ def _groups(features: ImageFeatures) -> np.ndarray:
     return np.asarray(features.groups)
 
 
+def _digests(features: ImageFeatures) -> np.ndarray:
+    if features.digests is None:
+        raise ValueError(f"{features.data_dir}: the encoder returned no image digests for the "
+                         "records; copies of training faces in the test split cannot be counted")
+    return features.digests
+
+
+def _copies(train_digests, test_digests, where: str) -> int:
+    """Test faces byte-identical to a training face, with a warning naming `where` if any."""
+    count = leakage.train_test_copies(train_digests, test_digests)
+    leakage.warn_copies(count, len(test_digests), where)
+    return count
+
+
 def _probe_data(encoder: Encoder, spec, split: Split, options: Options):
     """(train features, test features, fold index pairs or None, groups or None): with a train
     split the probe trains on it; otherwise subject-independent cross-validation over the test
@@ -299,7 +313,9 @@ def run_linear_probe(encoder: Encoder, spec, splits, options: Options) -> dict:
                 raise ValueError(f"{split.train}: {e}; the linear probe chooses C on a part of "
                                  "this training folder that must not share a subject with the "
                                  "rest") from None
-            report.update(fold=split.fold, dataset=split.test, train_dataset=split.train)
+            report.update(fold=split.fold, dataset=split.test, train_dataset=split.train,
+                          train_test_copies=_copies(_digests(train), _digests(test),
+                                                    f"{split.test} against {split.train}"))
             predictions += _prediction_rows(test, report.pop("predictions"), spec.classes,
                                             split.fold)
             fold_reports.append(report)
@@ -310,13 +326,16 @@ def run_linear_probe(encoder: Encoder, spec, splits, options: Options) -> dict:
                 spec.classes, train_groups=groups[tr], val_fraction=options.val_fraction,
                 c_grid=options.c_grid, seed=options.seed, balanced=options.balanced_probe)
             report.update(fold=k, dataset=split.test, cross_validation=True,
-                          test_groups=sorted(set(groups[te].tolist())))
+                          test_groups=sorted(set(groups[te].tolist())),
+                          train_test_copies=_copies(_digests(test)[tr], _digests(test)[te],
+                                                    f"{split.test} fold {k}"))
             predictions += _prediction_rows(test, report.pop("predictions"), spec.classes, k,
                                             rows=te)
             fold_reports.append(report)
     pooled = _pooled(fold_reports, spec.classes)
     return {"report": pooled, "folds": fold_reports, "predictions": predictions,
-            "value": _headline(pooled, "uar", len(fold_reports) > 1), "metric": "uar"}
+            "value": _headline(pooled, "uar", len(fold_reports) > 1), "metric": "uar",
+            "train_test_copies": sum(r["train_test_copies"] for r in fold_reports)}
 
 
 def run_few_shot(encoder: Encoder, spec, splits, options: Options) -> dict:
@@ -325,22 +344,30 @@ def run_few_shot(encoder: Encoder, spec, splits, options: Options) -> dict:
     folds_out = []
     for split in splits:
         train, test, folds, _ = _probe_data(encoder, spec, split, options)
-        pairs = [(train.features, train.labels, test.features, test.labels, split.fold)] \
-            if folds is None else \
-            [(test.features[tr], test.labels[tr], test.features[te], test.labels[te], k)
-             for k, (tr, te) in enumerate(folds, start=1)]
-        for train_x, train_y, test_x, test_y, fold in pairs:
+        if folds is None:
+            pairs = [(train.features, train.labels, _digests(train), test.features, test.labels,
+                      _digests(test), split.fold, f"{split.test} against {split.train}")]
+        else:
+            digests = _digests(test)
+            pairs = [(test.features[tr], test.labels[tr], digests[tr], test.features[te],
+                      test.labels[te], digests[te], k, f"{split.test} fold {k}")
+                     for k, (tr, te) in enumerate(folds, start=1)]
+        for train_x, train_y, train_d, test_x, test_y, test_d, fold, where in pairs:
+            # Counted against the whole training pool, whichever faces a draw takes from it.
+            copies = _copies(train_d, test_d, where)
             out = few_shot.few_shot(train_x, train_y, test_x, test_y, spec.classes,
                                     options.shots, options.seeds, options.c_grid,
                                     balanced=options.balanced_probe)
-            folds_out.append({"fold": fold, "dataset": split.test, **out})
+            folds_out.append({"fold": fold, "dataset": split.test, "train_test_copies": copies,
+                              **out})
             for k, entry in out["shots"].items():
                 per_k.setdefault(k, []).extend(entry["runs"])
     shots = {k: {m: metrics.summarize_folds([r[m] for r in runs])
                  for m in ("uar", "war", "macro_f1")} for k, runs in sorted(per_k.items())}
     top = max(shots)
     return {"shots": shots, "folds": folds_out, "value": shots[top]["uar"]["mean"],
-            "metric": f"uar@{top}-shot", "classes": list(spec.classes)}
+            "metric": f"uar@{top}-shot", "classes": list(spec.classes),
+            "train_test_copies": sum(f["train_test_copies"] for f in folds_out)}
 
 
 def run_au_detection(encoder: Encoder, spec, splits, options: Options) -> dict:
