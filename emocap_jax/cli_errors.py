@@ -18,9 +18,11 @@ import functools
 import os
 import select
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence, TypeVar
 
 USAGE_EXIT_STATUS = 2
+
+T = TypeVar("T")
 
 
 class UsageError(ValueError):
@@ -35,27 +37,46 @@ def report(message: str) -> int:
 
 def entry_point(main: Callable[..., Optional[int]]) -> Callable[..., Optional[int]]:
     """Wraps a command's `main(argv=None)`: a UsageError becomes one line on stderr and status 2
-    (raised as SystemExit, as argparse does, so a console script and `python -m` end alike)."""
+    (raised as SystemExit, as argparse does, so a console script and `python -m` end alike), and
+    a reader closing stdout early ends the command quietly (`quiet_when_stdout_closes`)."""
 
     @functools.wraps(main)
     def wrapper(argv: Optional[Sequence[str]] = None):
-        try:
-            status = main(argv)
-            # What is still buffered goes out here, where a closed stdout can be caught, and not
-            # at the interpreter's exit, which would print "Exception ignored ... BrokenPipeError".
-            if sys.stdout is not None:
-                sys.stdout.flush()
-            return status
-        except UsageError as e:
-            sys.exit(report(str(e)))
-        except BrokenPipeError:
-            if not stdout_is_closed():
-                raise  # a pipe of our own (a worker process, a socket): an internal error
-            # The reader has what it wanted. Later writes, and the flush at exit, go nowhere.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 0
+        def call():
+            try:
+                return main(argv)
+            except UsageError as e:
+                sys.exit(report(str(e)))
+
+        return quiet_when_stdout_closes(call)
 
     return wrapper
+
+
+def quiet_when_stdout_closes(call: Callable[[], T]) -> T:
+    """Runs `call()`; a BrokenPipeError from a stdout whose reader is gone (`... | head`) ends the
+    command without a traceback. What is still buffered is flushed here, on a return and on a
+    SystemExit alike (argparse's --help, a usage error), where the error can be caught, and not
+    at the interpreter's exit, which would print "Exception ignored ... BrokenPipeError"."""
+    try:
+        try:
+            result = call()
+        except SystemExit:
+            _flush_stdout()
+            raise
+        _flush_stdout()
+        return result
+    except BrokenPipeError:
+        if not stdout_is_closed():
+            raise  # a pipe of our own (a worker process, a socket): an internal error
+        # The reader has what it wanted. Later writes, and the flush at exit, go nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
+def _flush_stdout() -> None:
+    if sys.stdout is not None:
+        sys.stdout.flush()
 
 
 def stdout_is_closed() -> bool:

@@ -23,7 +23,7 @@ from absl import logging as absl_logging
 from ml_collections import config_dict, config_flags
 
 from emocap_jax import host_memory
-from emocap_jax.cli_errors import UsageError, entry_point, report
+from emocap_jax.cli_errors import UsageError, entry_point, quiet_when_stdout_closes, report
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config(); fields overridable with "
@@ -285,7 +285,8 @@ def run() -> None:
     # Huge pages for XLA:CPU's per-step buffers (see host_memory); a no-op where unsupported.
     host_memory.reexec_with_huge_pages()
     flags.mark_flags_as_required(["config"])
-    app.run(main, flags_parser=_parse_flags)
+    # absl prints --help and --helpfull while it parses the flags, before main's entry_point.
+    quiet_when_stdout_closes(lambda: app.run(main, flags_parser=_parse_flags))
 
 
 if __name__ == "__main__":
