@@ -7,7 +7,8 @@ goes through `entry_point`, which prints `error: <message>` on stderr and exits 
 anything else (an internal error) propagates with its traceback. `ArgumentParser` gives argparse's
 own mistakes (unknown option, invalid choice, missing argument) the same one line instead of the
 usage block. A reader that closes stdout early (`emocap-eval --list | head`) ends the command
-quietly with status 0, as `cat` or `ls` piped into `head` end, instead of a BrokenPipeError traceback.
+quietly with status 1, as Python's signal documentation recommends (Note on SIGPIPE): no
+BrokenPipeError traceback, yet `set -o pipefail` still sees that the output was cut short.
 
 `UsageError` is a `ValueError`, so library callers that already catch `ValueError` keep working.
 """
@@ -69,9 +70,10 @@ def quiet_when_stdout_closes(call: Callable[[], T]) -> T:
     except BrokenPipeError:
         if not stdout_is_closed():
             raise  # a pipe of our own (a worker process, a socket): an internal error
-        # The reader has what it wanted. Later writes, and the flush at exit, go nowhere.
+        # The reader has what it wanted. Later writes, and the flush at exit, go nowhere; the
+        # status is 1, as Python's own on EPIPE, since the output did not all go out.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+        sys.exit(1)
 
 
 def _flush_stdout() -> None:

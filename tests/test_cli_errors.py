@@ -557,9 +557,30 @@ _BUFFERED_ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERE
     ("-m", "emocap_jax.main", "--helpfull"),
 ])
 def test_a_reader_that_closes_stdout_early_ends_the_command_quietly(command):
+    """No traceback and no "Exception ignored" line; status 1, as Python's signal documentation
+    (Note on SIGPIPE) has it: the output was cut short, which `set -o pipefail` should see."""
     result = _run_with_stdout_closed(*command)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr == "", result.stderr[-3000:]
+
+
+def test_a_reader_that_takes_the_first_line_and_closes_ends_the_command_quietly():
+    """`command | head -1`: the reader goes while the command is still writing (far more than a
+    pipe holds, so the write fails whatever the timing)."""
+    code = ("from emocap_jax import cli_errors\n"
+            "@cli_errors.entry_point\n"
+            "def main(argv=None):\n"
+            "    for i in range(200_000):\n"
+            "        print(f'line {i}')\n"
+            "    return 0\n"
+            "main()\n")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=_BUFFERED_ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline() == b"line 0\n"
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 1, stderr[-3000:]
+    assert stderr == "", stderr[-3000:]
 
 
 def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback():
