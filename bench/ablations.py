@@ -50,7 +50,9 @@ from markdown_tables import begin_marker, mean_std_cell, write_table  # bench/ i
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # emocap_jax of this checkout
 
-from emocap_jax.cli_errors import positive_int  # noqa: E402
+from emocap_jax.cli_errors import int_in, positive_int  # noqa: E402
+
+SEED = int_in(0, 2**32 - 1)  # config.data.shuffle_seed's range (TrainPipelineConfig)
 
 VARIANTS = {
     "global_only": "global term only",
@@ -86,7 +88,9 @@ def parse_args(argv=None):
                                        "fine-tuning corpus and fine-tunes); configs/default.py "
                                        "documents the fields.")
     p.add_argument("--work", default="runs/ablations", help="pretrain and fine-tune run folders")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    # Seeds become config.train.seed and config.data.shuffle_seed, which the training pipeline
+    # refuses outside [0, 2**32) (the fine-tune fails after the shared pretrain has run).
+    p.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2],
                    help="fine-tune each variant once per seed (default: 0 1 2)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
                    help=f"configs/ablations.py variants to fine-tune (default: {' '.join(DEFAULT_VARIANTS)})")

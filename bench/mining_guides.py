@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import pathlib
 import sys
 
@@ -42,7 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_j
 
 import emocap_jax  # noqa: E402
 from emocap_jax import mining  # noqa: E402
-from emocap_jax.cli_errors import non_negative_int, positive_int  # noqa: E402
+from emocap_jax.cli_errors import float_in, non_negative_int, positive_int  # noqa: E402
 from emocap_jax.data import label_captions  # noqa: E402
 from emocap_jax.data.example_codec import decode_record  # noqa: E402
 from emocap_jax.data.shard_writer import shard_paths  # noqa: E402
@@ -54,6 +55,13 @@ GUIDE_FIELDS = {"summary": "summary", "global": "global_caption"}
 # where a tower that has learned its captions puts the same-label ones.
 SUGGEST_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.985, 0.99, 0.993,
                 0.995, 0.997, 0.998, 0.999)
+# Ranges of the rule's numbers (mining.MiningConfig), checked at parse time: MiningConfig refuses
+# some only once the model is loaded and the guides encoded, and the rest give a rule that mines
+# nothing. A guide cosine lies in [-1, 1] (-1: no floor); a z-score is any finite number; the std
+# of cosines is at most 1, so a larger --min-spread shuts every row out.
+COSINE = float_in(-1, 1)
+Z_SCORE = float_in(-math.inf, math.inf, low_open=True, high_open=True)
+SPREAD = float_in(0, 1)
 
 
 def parse_args(argv=None):
@@ -64,17 +72,17 @@ def parse_args(argv=None):
     p.add_argument("--guide", choices=sorted(GUIDE_FIELDS), default="summary",
                    help="the sentence whose embeddings judge similarity (config.loss.mining.guide; "
                         "default: summary)")
-    p.add_argument("--threshold", type=float, nargs="+", default=[0.9],
-                   help="cosine floors to try, one rule each (config.loss.mining.threshold; "
-                        "default: 0.9)")
+    p.add_argument("--threshold", type=COSINE, nargs="+", default=[0.9],
+                   help="cosine floors in [-1, 1] to try, one rule each "
+                        "(config.loss.mining.threshold; default: 0.9)")
     p.add_argument("--top-k", type=non_negative_int, default=8,
                    help="at most this many mined positives per row, 0: no cap "
                         "(config.loss.mining.top_k; default: 8)")
-    p.add_argument("--relative-threshold", type=float, default=None,
+    p.add_argument("--relative-threshold", type=Z_SCORE, default=None,
                    help="z: a pair must reach its row's mean + z * std of guide similarity "
                         "(config.loss.mining.relative_threshold; default: off)")
-    p.add_argument("--min-spread", type=float, default=0.01,
-                   help="rows whose guide similarities have a smaller std mine nothing "
+    p.add_argument("--min-spread", type=SPREAD, default=0.01,
+                   help="rows whose guide similarities have a smaller std mine nothing, in [0, 1] "
                         "(config.loss.mining.min_spread; default: 0.01)")
     # The default follows training's, so that a threshold --suggest finds is one for the rule a
     # run with the default config mines with.
@@ -88,7 +96,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=64, help="records per mining batch (default: 64)")
     p.add_argument("--batches", type=positive_int, default=50,
                    help="random batches the rules are measured on (default: 50)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the record draw and the batches (default: 0)")
     p.add_argument("--suggest", type=float, default=None, metavar="P",
                    help="also print the lowest threshold (of --threshold and SUGGEST_GRID) whose "
@@ -98,6 +106,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.batch < 2:
         p.error(f"--batch must be at least 2, got {args.batch}")
+    if args.mutual and args.top_k == 0:
+        # mining.MiningConfig refuses it too, but only after the model has encoded the guides.
+        p.error("--top-k 0 (no cap) with --mutual: the mutual cap means within each other's "
+                "top k; give --top-k > 0, or --no-mutual")
     if args.suggest is not None and not 0.0 < args.suggest <= 1.0:
         p.error(f"--suggest must be in (0, 1], got {args.suggest}")
     return args

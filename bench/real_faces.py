@@ -33,6 +33,10 @@ from markdown_tables import begin_marker, mean_std_cell, write_table  # bench/ i
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from emocap_jax.cli_errors import float_in, int_in  # noqa: E402
+
+SEED = int_in(0, 2**32 - 1)  # config.data.shuffle_seed's range (TrainPipelineConfig)
+
 # name -> (what it is, config overrides on top of configs/real_faces.py, which has mining off;
 # its mining settings are the collapse-proof ones, so the mining variants only switch the mode
 # on). Every variant sets label_positives itself, so a row means the same whatever the recipe's
@@ -76,12 +80,16 @@ def parse_args(argv=None):
     p.add_argument("--fer", required=True, help="FER2013 training faces as class folders")
     p.add_argument("--ckplus", required=True, help="CK+48 class folders")
     p.add_argument("--work", default="runs/real_faces", help="converted data and run folders")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    # Seeds become config.train.seed and config.data.shuffle_seed, which the training pipeline
+    # refuses outside [0, 2**32) (after the FER2013 conversion, in the first training run).
+    p.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2],
                    help="train each variant once per seed (default: 0 1 2)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                    help="which rows (default: all)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of FER2013's training faces held out for validation")
+    # 0 would hold out nothing: the FER2013 rows are scored on the validation split.
+    p.add_argument("--val-fraction", type=float_in(0, 1, low_open=True, high_open=True),
+                   default=0.1, help="share of FER2013's training faces held out for validation, "
+                                     "in (0, 1) (default: 0.1)")
     p.add_argument("--output", default="RESULTS.md",
                    help="Markdown file whose table between the markers is rewritten (default: RESULTS.md)")
     p.add_argument("--skip-pixels", action="store_true", help="leave out the raw-pixel row")

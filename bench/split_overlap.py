@@ -17,10 +17,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import pathlib
 import sys
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
+
+from emocap_jax.cli_errors import float_in, int_in  # noqa: E402
+
+# A thumbnail of one pixel is flat once centred (every face left out); a correlation is in [-1, 1],
+# and none lies above 1.
+MIN_SIDE = 2
+THRESHOLD = float_in(-1, 1, high_open=True)
 
 
 def thumbnails(data_dir: str, side: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
@@ -76,9 +86,11 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", required=True, help="converted training dataset")
     p.add_argument("--val", required=True, help="converted validation dataset")
-    p.add_argument("--side", type=int, default=16, help="thumbnail side in pixels (default 16)")
-    p.add_argument("--thresholds", type=float, nargs="+", default=[0.99, 0.95, 0.93, 0.9],
-                   help="correlations to count validation faces above (default 0.99 0.95 0.93 0.9)")
+    p.add_argument("--side", type=int_in(MIN_SIDE), default=16,
+                   help=f"thumbnail side in pixels, at least {MIN_SIDE} (default 16)")
+    p.add_argument("--thresholds", type=THRESHOLD, nargs="+", default=[0.99, 0.95, 0.93, 0.9],
+                   help="correlations in [-1, 1) to count validation faces above "
+                        "(default 0.99 0.95 0.93 0.9)")
     args = p.parse_args(argv)
     r = overlap(args.train, args.val, args.side, args.thresholds)
     print(f"{r['val']} validation / {r['train']} training faces; {r['identical']} validation "

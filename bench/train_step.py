@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -59,7 +60,7 @@ import types
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # emocap_jax from this checkout
 
-from emocap_jax.cli_errors import non_negative_int, positive_int  # noqa: E402
+from emocap_jax.cli_errors import float_in, non_negative_int, positive_int  # noqa: E402
 
 # Dense peak throughput per GPU (NVIDIA datasheets; the sparse figures are twice these), by
 # precision, matched against the device name most specific first: "NVIDIA H100 PCIe" is not the
@@ -523,8 +524,11 @@ def main():
     parser.add_argument("--rounds", type=positive_int, default=1,
                         help="run every implementation this many times, alternating, each in a "
                              "fresh process; the table pools all timed steps")
-    parser.add_argument("--lr", type=float, default=1e-5,
-                        help="AdamW learning rate of both implementations (default: 1e-5)")
+    # torch refuses a negative rate in every open_clip row; optax takes any, and a NaN or an
+    # infinite one makes the parameters NaN: the timing of a step that computes nothing useful.
+    parser.add_argument("--lr", type=float_in(0, math.inf, low_open=True, high_open=True),
+                        default=1e-5, help="AdamW learning rate of both implementations, a "
+                                           "finite positive number (default: 1e-5)")
     parser.add_argument("--impls", default="emocap,open_clip",
                         help="comma-separated: emocap, open_clip, open_clip+hugepages (open_clip "
                              "with emocap_jax's huge-page allocator setting); open_clip rows are "

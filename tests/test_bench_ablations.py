@@ -156,3 +156,12 @@ def test_a_pretrain_of_another_length_is_not_reused_and_other_overrides_are_name
     (pre / "config.json").unlink()
     assert bench.pretrain(bench.parse_args(["--pretrain-steps", "1000"]), tmp_path) == pre
     assert "cannot be checked" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seeds", [["0", "-1"], ["4294967296"], ["1.5"]])
+def test_seeds_out_of_range_are_refused_naming_the_option(seeds, capsys):
+    """The training pipeline refused such a seed in the first fine-tune, after the pretrain."""
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--seeds", *seeds])
+    assert exit_info.value.code == 2
+    assert "argument --seeds: must be an integer" in capsys.readouterr().err

@@ -155,3 +155,35 @@ def test_the_mutual_cap_drops_a_rare_label_mined_with_the_next_one():
                            labels, batch=32, batches=1, seed=0)
     assert capped["confused"][("a", "b")] == 4 and capped["precision"] < 1.0
     assert mutual["confused"][("a", "b")] == 0 and mutual["precision"] == 1.0
+
+
+@pytest.mark.parametrize("args, message", [
+    # A cosine floor above 1 (or NaN) mines nothing; one below -1 is no floor, as -1 is.
+    (["--threshold", "0.9", "1.5"], "argument --threshold: must be in [-1, 1], got '1.5'"),
+    (["--threshold", "nan"], "argument --threshold: must be in [-1, 1], got 'nan'"),
+    (["--relative-threshold", "nan"], "argument --relative-threshold: must be in (-inf, inf)"),
+    (["--relative-threshold", "inf"], "argument --relative-threshold: must be in (-inf, inf)"),
+    # MiningConfig refused a negative spread after encoding; above 1 (a cosine std's largest)
+    # every row mines nothing.
+    (["--min-spread", "-0.1"], "argument --min-spread: must be in [0, 1], got '-0.1'"),
+    (["--min-spread", "2"], "argument --min-spread: must be in [0, 1], got '2'"),
+    (["--seed", "-1"], "argument --seed: must be a non-negative integer, got '-1'"),
+    # The mutual cap (the default) without a cap: MiningConfig's ValueError traceback, after the
+    # model had encoded every guide sentence.
+    (["--top-k", "0"], "--top-k 0 (no cap) with --mutual"),
+    (["--top-k", "0", "--mutual"], "give --top-k > 0, or --no-mutual"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_option(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--checkpoint", "c", "--data", "d", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_cap_without_the_mutual_cap_and_ranges_ends_are_accepted():
+    args = bench.parse_args(["--checkpoint", "c", "--data", "d", "--top-k", "0", "--no-mutual",
+                             "--threshold", "-1", "1", "--min-spread", "0",
+                             "--relative-threshold", "-1.5", "--seed", "0"])
+    assert (args.top_k, args.mutual, args.threshold) == (0, False, [-1.0, 1.0])
+    assert (args.min_spread, args.relative_threshold, args.seed) == (0.0, -1.5, 0)
+    bench._config(args, -1.0)  # a rule mining.MiningConfig takes

@@ -59,3 +59,19 @@ def test_split_made_before_copies_were_joined_is_refused(tmp_path, made_without)
         meta.write_text(json.dumps(text))
     with pytest.raises(SystemExit, match="near-copy"):
         bench.convert(_args(fer, ck, work, 0.25), work)
+
+
+@pytest.mark.parametrize("args, message", [
+    # 0 held nothing out (no validation split to score on); 1 and more, nothing to train on.
+    (["--val-fraction", "0"], "argument --val-fraction: must be in (0, 1), got '0'"),
+    (["--val-fraction", "1"], "argument --val-fraction: must be in (0, 1), got '1'"),
+    (["--val-fraction", "nan"], "argument --val-fraction: must be in (0, 1), got 'nan'"),
+    # The training pipeline refuses the seed, after the FER2013 conversion.
+    (["--seeds", "0", "-1"], "argument --seeds: must be an integer in [0, 4294967295], got '-1'"),
+    (["--seeds", "4294967296"], "argument --seeds: must be an integer in [0, 4294967295]"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_option(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--fer", "f", "--ckplus", "c", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

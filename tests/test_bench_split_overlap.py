@@ -1,5 +1,6 @@
 """bench/split_overlap.py: validation faces with a copy on the training side."""
 import numpy as np
+import pytest
 from PIL import Image
 
 from data_prep import benchmarks
@@ -40,3 +41,19 @@ def test_counts_identical_and_near_copies_across_a_converted_split(tmp_path):
     assert r["identical"] == 0 and r["flat"] == 0
     # Independent random faces correlate about 1/16 at 16x16; the brightened copy about 1.
     assert r["above"] == {0.99: 2, 0.5: 2}
+
+
+@pytest.mark.parametrize("args, message", [
+    # A 1x1 thumbnail is flat once centred: every face was left out and nothing counted.
+    (["--side", "1"], "argument --side: must be an integer >= 2, got '1'"),
+    (["--side", "0"], "argument --side: must be an integer >= 2, got '0'"),
+    # No correlation lies above 1, and NaN compares false with every one: counts of 0.
+    (["--thresholds", "0.9", "1.5"], "argument --thresholds: must be in [-1, 1), got '1.5'"),
+    (["--thresholds", "nan"], "argument --thresholds: must be in [-1, 1), got 'nan'"),
+    (["--thresholds", "-2"], "argument --thresholds: must be in [-1, 1), got '-2'"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_option(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--train", "t", "--val", "v", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -4,6 +4,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from emocap_jax import losses
 from emocap_jax.models.clip import CLIP, init_params, l2_normalize
@@ -209,3 +210,19 @@ def test_the_peak_is_the_dense_one_of_the_exact_part():
     assert bench._gpu_peak("NVIDIA H100 PCIe", "fp32") == 378e12
     assert bench._gpu_peak("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
     assert bench._gpu_peak("Tesla T4", "bf16") is None              # MFU printed as "-"
+
+
+@pytest.mark.parametrize("lr", ["0", "-0.5", "nan", "inf"])
+def test_a_learning_rate_that_is_not_finite_and_positive_is_refused(lr, monkeypatch, capsys):
+    """torch refused a negative rate in every open_clip row ("failed: ValueError"); optax took
+    any, and NaN or inf made the emocap_jax step's parameters NaN."""
+    monkeypatch.setattr("sys.argv", ["train_step.py", "--lr", lr])
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError(f"--lr {lr} was taken: a benchmark worker started")
+
+    monkeypatch.setattr(bench.subprocess, "run", no_worker)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2
+    assert f"argument --lr: must be in (0, inf), got '{lr}'" in capsys.readouterr().err
