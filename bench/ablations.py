@@ -114,6 +114,11 @@ def parse_args(argv=None):
     bad = [a for a in extra if not a.startswith("--config.")]
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
+    # A repeated seed would reuse the finished run and count it twice in the mean and std.
+    for name in ("seeds", "variants"):
+        repeated = sorted({v for v in getattr(args, name) if getattr(args, name).count(v) > 1})
+        if repeated:
+            p.error(f"--{name} repeats {' '.join(map(str, repeated))}: each run is counted once")
     if not 0.0 <= args.finetune_au_drop < 1.0:
         p.error(f"--finetune-au-drop must be in [0, 1), got {args.finetune_au_drop}")
     args.extra = extra

@@ -165,3 +165,15 @@ def test_seeds_out_of_range_are_refused_naming_the_option(seeds, capsys):
         bench.parse_args(["--seeds", *seeds])
     assert exit_info.value.code == 2
     assert "argument --seeds: must be an integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    # A repeated seed reused its finished fine-tune and counted it twice in the mean and std.
+    (["--seeds", "2", "2"], "--seeds repeats 2: each run is counted once"),
+    (["--variants", "full", "full"], "--variants repeats full: each run is counted once"),
+])
+def test_repeated_seeds_and_variants_are_refused(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

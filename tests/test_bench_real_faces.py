@@ -69,6 +69,9 @@ def test_split_made_before_copies_were_joined_is_refused(tmp_path, made_without)
     # The training pipeline refuses the seed, after the FER2013 conversion.
     (["--seeds", "0", "-1"], "argument --seeds: must be an integer in [0, 4294967295], got '-1'"),
     (["--seeds", "4294967296"], "argument --seeds: must be an integer in [0, 4294967295]"),
+    # A repeated seed reused its finished run and counted it twice in the mean and std.
+    (["--seeds", "0", "1", "0"], "--seeds repeats 0: each run is counted once"),
+    (["--variants", "plain", "plain"], "--variants repeats plain: each run is counted once"),
 ])
 def test_numbers_out_of_range_are_refused_naming_the_option(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
