@@ -33,6 +33,10 @@ MIN_SIDE = 2
 THRESHOLD = float_in(-1, 1, high_open=True)
 
 
+class EmptyDataset(ValueError):
+    """A converted dataset without records."""
+
+
 def thumbnails(data_dir: str, side: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """(unit-norm centred thumbnails, their norm before scaling, sha256 of each stored image,
     record ids) of every record of a converted dataset, in record order."""
@@ -41,6 +45,8 @@ def thumbnails(data_dir: str, side: int) -> tuple[np.ndarray, np.ndarray, list[s
     from emocap_jax.data.source import ShardedTFRecordSource
 
     source = ShardedTFRecordSource(shard_paths(data_dir))
+    if len(source) == 0:
+        raise EmptyDataset(f"{data_dir} holds no records: there is nothing to compare")
     x, digests, ids = [], [], []
     for i in range(len(source)):
         rec = decode_record(source[i])
@@ -92,7 +98,10 @@ def main(argv=None):
                    help="correlations in [-1, 1) to count validation faces above "
                         "(default 0.99 0.95 0.93 0.9)")
     args = p.parse_args(argv)
-    r = overlap(args.train, args.val, args.side, args.thresholds)
+    try:
+        r = overlap(args.train, args.val, args.side, args.thresholds)
+    except EmptyDataset as e:
+        sys.exit(f"split_overlap: {e}")
     print(f"{r['val']} validation / {r['train']} training faces; {r['identical']} validation "
           f"faces have an identical stored image in train; {r['flat']} flat faces left out")
     for t, n in r["above"].items():

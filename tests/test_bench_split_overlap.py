@@ -57,3 +57,16 @@ def test_numbers_out_of_range_are_refused_naming_the_option(args, message, capsy
         bench.main(["--train", "t", "--val", "v", *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_empty_dataset_is_refused_naming_it(tmp_path, capsys):
+    # A validation split without records ended in numpy's "need at least one array to stack".
+    from emocap_jax.data.shard_writer import ShardedRecordWriter
+
+    empty = tmp_path / "empty"
+    with ShardedRecordWriter(empty, num_shards=1):
+        pass
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--train", str(empty), "--val", str(empty)])
+    assert str(exit_info.value.code) == (
+        f"split_overlap: {empty} holds no records: there is nothing to compare")
