@@ -222,7 +222,14 @@ def test_cli_writes_result_confusion_and_report(tiny_export, bench, tmp_path, ca
     ({"--protocol": "video"}, "--protocol video: benchmark synthetic supports"),
     ({"--data": "/nonexistent/data"}, "--data /nonexistent/data: no such directory"),
     ({"--checkpoint": "/nonexistent/ckpt"}, "--checkpoint /nonexistent/ckpt: no such file"),
-    ({"--num-folds": "1"}, "--num-folds must be >= 2"),
+    ({"--num-folds": "1"}, "argument --num-folds: must be an integer >= 2, got '1'"),
+    # Numbers are checked as they are parsed: before the checkpoint, so one run names them all.
+    ({"--checkpoint": "/nonexistent/ckpt", "--batch-size": "0"},
+     "argument --batch-size: must be an integer >= 1, got '0'"),
+    ({"--checkpoint": "/nonexistent/ckpt", "--val-fraction": "2"},
+     "argument --val-fraction: must be in (0, 1), got '2'"),
+    ({"--checkpoint": "/nonexistent/ckpt", "--frames": "0"},
+     "argument --frames: must be an integer >= 1, got '0'"),
     ({"--zero-shot-mode": "description", "--classes": "a,b"},
      "--classes: --zero-shot-mode description scores each class with its registry description"),
 ])

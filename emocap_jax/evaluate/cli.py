@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 import ml_collections
 
 import emocap_jax.storage as storage
-from emocap_jax.cli_errors import ArgumentParser, entry_point, float_in, non_negative_int
+from emocap_jax.cli_errors import (ArgumentParser, entry_point, float_in, int_in,
+                                   non_negative_int)
 from emocap_jax.evaluate import registry, report
 
 EPILOG = """\
@@ -107,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-data", default=None,
                    help="training dataset folder for linear_probe / few_shot when --data has no "
                         "train split")
-    g.add_argument("--frames", type=int, default=None,
+    g.add_argument("--frames", type=int_in(1), default=None,
                    help=f"frames sampled per video clip (default "
                         f"{16}, at most the frames stored per record)")
-    g.add_argument("--batch-size", type=int, default=256,
+    g.add_argument("--batch-size", type=int_in(1), default=256,
                    help="images per global batch, rounded up to a multiple of the devices "
                         "(default 256)")
     g = p.add_argument_group("zero-shot")
@@ -125,10 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file with one template per line, '{}' marking the class word "
                         "(default: the registry's)")
     g = p.add_argument_group("linear probe and few-shot")
-    g.add_argument("--num-folds", type=int, default=None,
+    g.add_argument("--num-folds", type=int_in(2), default=None,
                    help="cross-validation folds for single-split benchmarks (default: the "
                         "registry's, e.g. 10 subject-independent folds for CK+)")
-    g.add_argument("--val-fraction", type=float, default=0.2,
+    g.add_argument("--val-fraction", type=float_in(0, 1, low_open=True, high_open=True),
+                   default=0.2,
                    help="share of the training data held out to choose C (default 0.2)")
     g.add_argument("--c-grid", type=_float_list, default=None,
                    help="comma-separated inverse regularisation strengths to try "
@@ -243,12 +245,6 @@ def _check(args, parser) -> None:
     if args.regions is not None and not storage.isfile(args.regions):
         parser.error(f"--regions {args.regions}: no such file")
     _check_mc_template(args.mc_template, parser)
-    for flag, value, low in (("batch-size", args.batch_size, 1), ("frames", args.frames, 1),
-                             ("num-folds", args.num_folds, 2)):
-        if value is not None and value < low:
-            parser.error(f"--{flag} must be >= {low}, got {value}")
-    if not 0 < args.val_fraction < 1:
-        parser.error(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
     if storage.isfile(args.output):
         parser.error(f"--output {args.output} exists and is not a directory")
 
