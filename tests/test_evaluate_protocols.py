@@ -223,6 +223,36 @@ def test_few_shot_sampling_and_separable_accuracy():
         assert [r["num_support"] for r in out["shots"][k]["runs"]] == [4 * k, 4 * k]
 
 
+def test_few_shot_chooses_c_on_subjects_outside_the_support_set(monkeypatch):
+    # Four photos per subject: a validation draw that takes other photos of the support set's
+    # people chooses C on faces the probe has as good as seen.
+    feats, labels, _ = _clusters(per_class=40)
+    subjects = np.array([f"s{i // 4}" for i in range(len(labels))])  # labels come in class runs
+    drawn = []
+    real_fit = few_shot.fit_probe
+
+    def spy(fit_x, fit_y, val_x, *args, **kwargs):
+        rows = lambda x: [int(np.flatnonzero((feats == r).all(1))[0]) for r in x]  # noqa: E731
+        drawn.append((rows(fit_x), rows(val_x)))
+        return real_fit(fit_x, fit_y, val_x, *args, **kwargs)
+
+    monkeypatch.setattr(few_shot, "fit_probe", spy)
+    shared = {}
+    for groups in (None, subjects):
+        drawn.clear()
+        out = few_shot.few_shot(feats, labels, feats, labels, list("abcd"), shots=(2, 4),
+                                seeds=(0, 1, 2), train_groups=groups)
+        shared[groups is None] = sum(len(set(subjects[s]) & set(subjects[v])) for s, v in drawn)
+        assert all(r["validation_by_subject"] == (groups is not None)
+                   for k in (2, 4) for r in out["shots"][k]["runs"])
+        assert all(r["C_chosen_on_validation"] for k in (2, 4) for r in out["shots"][k]["runs"])
+    assert shared[True] > 0 and shared[False] == 0
+    # Blank subjects are no subjects: the draw is the plain one.
+    blank = few_shot.few_shot(feats, labels, feats, labels, list("abcd"), shots=(2,), seeds=(0,),
+                              train_groups=np.full(len(labels), ""))
+    assert not blank["shots"][2]["runs"][0]["validation_by_subject"]
+
+
 def test_few_shot_follows_the_balanced_setting_when_a_class_is_short():
     # The linear probe's rare-class case: at 128 shots the rare class has ~21 faces in the
     # support set against 128, so the unweighted fit never predicts it; `--unbalanced-probe`

@@ -343,21 +343,22 @@ def run_few_shot(encoder: Encoder, spec, splits, options: Options) -> dict:
     per_k: dict[int, list] = {}
     folds_out = []
     for split in splits:
-        train, test, folds, _ = _probe_data(encoder, spec, split, options)
+        train, test, folds, groups = _probe_data(encoder, spec, split, options)
         if folds is None:
-            pairs = [(train.features, train.labels, _digests(train), test.features, test.labels,
-                      _digests(test), split.fold, f"{split.test} against {split.train}")]
+            pairs = [(train.features, train.labels, _digests(train), _groups(train),
+                      test.features, test.labels, _digests(test), split.fold,
+                      f"{split.test} against {split.train}")]
         else:
             digests = _digests(test)
-            pairs = [(test.features[tr], test.labels[tr], digests[tr], test.features[te],
-                      test.labels[te], digests[te], k, f"{split.test} fold {k}")
+            pairs = [(test.features[tr], test.labels[tr], digests[tr], groups[tr],
+                      test.features[te], test.labels[te], digests[te], k, f"{split.test} fold {k}")
                      for k, (tr, te) in enumerate(folds, start=1)]
-        for train_x, train_y, train_d, test_x, test_y, test_d, fold, where in pairs:
+        for train_x, train_y, train_d, train_g, test_x, test_y, test_d, fold, where in pairs:
             # Counted against the whole training pool, whichever faces a draw takes from it.
             copies = _copies(train_d, test_d, where)
             out = few_shot.few_shot(train_x, train_y, test_x, test_y, spec.classes,
                                     options.shots, options.seeds, options.c_grid,
-                                    balanced=options.balanced_probe)
+                                    balanced=options.balanced_probe, train_groups=train_g)
             folds_out.append({"fold": fold, "dataset": split.test, "train_test_copies": copies,
                               **out})
             for k, entry in out["shots"].items():
