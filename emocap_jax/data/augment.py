@@ -273,8 +273,8 @@ FULL_RESIZE_MAX_ASPECT = 16.0
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """CLIP evaluation preprocessing: shorter side to `size` (bicubic), then the central crop."""
     height, width = image.shape[:2]
-    if min(height, width) != size and max(height, width) > FULL_RESIZE_MAX_ASPECT * min(height,
-                                                                                        width):
+    short, long_ = sorted((height, width))
+    if short != size and long_ > FULL_RESIZE_MAX_ASPECT * short:
         return _resize_central_crop(image, size)
     img = Image.fromarray(image)
     if min(height, width) != size:
