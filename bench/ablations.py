@@ -50,7 +50,7 @@ from markdown_tables import begin_marker, mean_std_cell, write_table  # bench/ i
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # emocap_jax of this checkout
 
-from emocap_jax.cli_errors import int_in, positive_int  # noqa: E402
+from emocap_jax.cli_errors import entry_point, int_in, positive_int  # noqa: E402
 
 SEED = int_in(0, 2**32 - 1)  # config.data.shuffle_seed's range (TrainPipelineConfig)
 
@@ -391,4 +391,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry_point(main)())

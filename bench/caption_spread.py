@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
 
 import emocap_jax  # noqa: E402
+from emocap_jax.cli_errors import entry_point  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -99,4 +100,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry_point(main)())

@@ -50,7 +50,7 @@ except ImportError as error:
 
 import emocap_jax  # noqa: E402
 from emocap_jax import export, params_io  # noqa: E402
-from emocap_jax.cli_errors import float_in  # noqa: E402
+from emocap_jax.cli_errors import entry_point, float_in  # noqa: E402
 from emocap_jax.config_utils import clip_config  # noqa: E402
 from emocap_jax.data.synthetic.faces import render_face, sample_face_spec  # noqa: E402
 from emocap_jax.models.clip import CLIP_MEAN, CLIP_STD, param_shapes  # noqa: E402
@@ -110,7 +110,7 @@ def rows_until_eot(ids: np.ndarray, eot: int) -> list[list[int]]:
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", help="a training workdir or export folder (default: a "
                                         "random-init model of the demo's architecture)")
@@ -124,7 +124,7 @@ def main() -> int:
                         help="random model only: pool the text at the first end-of-text id "
                              "(open_clip's pool_type eos, transformers' eos_token_id) instead of "
                              "at the largest id")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if MISSING_PEER is not None:
         print(f"error: bench/export_parity.py needs torch, open_clip_torch and transformers "
               f"({MISSING_PEER} is not installed); see this script's docstring for a virtualenv "
@@ -220,4 +220,4 @@ def finish(worst: float, tolerance: float) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point(main)())

@@ -32,7 +32,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from emocap_jax.cli_errors import non_negative_int, positive_int  # noqa: E402
+from emocap_jax.cli_errors import entry_point, non_negative_int, positive_int  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -303,4 +303,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point(main)())

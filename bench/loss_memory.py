@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
 
 # Loads no JAX: the device count must be set (in main) before jax is imported.
-from emocap_jax.cli_errors import non_negative_int, positive_int  # noqa: E402
+from emocap_jax.cli_errors import entry_point, non_negative_int, positive_int  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -173,4 +173,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry_point(main)())

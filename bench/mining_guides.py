@@ -43,7 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_j
 
 import emocap_jax  # noqa: E402
 from emocap_jax import mining  # noqa: E402
-from emocap_jax.cli_errors import float_in, non_negative_int, positive_int  # noqa: E402
+from emocap_jax.cli_errors import entry_point, float_in, non_negative_int, positive_int  # noqa: E402
 from emocap_jax.data import label_captions  # noqa: E402
 from emocap_jax.data.example_codec import decode_record  # noqa: E402
 from emocap_jax.data.shard_writer import shard_paths  # noqa: E402
@@ -255,4 +255,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point(main)())

@@ -33,7 +33,7 @@ from markdown_tables import begin_marker, mean_std_cell, write_table  # bench/ i
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from emocap_jax.cli_errors import float_in, int_in  # noqa: E402
+from emocap_jax.cli_errors import entry_point, float_in, int_in  # noqa: E402
 
 SEED = int_in(0, 2**32 - 1)  # config.data.shuffle_seed's range (TrainPipelineConfig)
 
@@ -321,4 +321,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry_point(main)())

@@ -25,7 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
 
-from emocap_jax.cli_errors import float_in, int_in  # noqa: E402
+from emocap_jax.cli_errors import entry_point, float_in, int_in  # noqa: E402
 
 # A thumbnail of one pixel is flat once centred (every face left out); a correlation is in [-1, 1],
 # and none lies above 1.
@@ -109,4 +109,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point(main)())

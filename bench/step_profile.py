@@ -24,14 +24,14 @@ import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
 
-from emocap_jax.cli_errors import positive_int  # noqa: E402
+from emocap_jax.cli_errors import entry_point, positive_int  # noqa: E402
 
 # Lines of a device plane that repeat the time of its operations (not counted).
 _AGGREGATE_LINES = {"XLA Modules", "Steps", "Launch Stats", "TensorFlow Name Scope",
                     "TensorFlow Ops", "Framework Ops", "Source code", "XLA TraceMe"}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-16",
@@ -43,7 +43,7 @@ def main():
     parser.add_argument("--attention", default="auto",
                         help="attention kernel: auto, xla or cudnn (default: auto)")
     parser.add_argument("--top", type=positive_int, default=15, help="single operations to list")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import jax
     from jax._src.lib import _profile_data
@@ -110,4 +110,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry_point(main)())

@@ -60,7 +60,7 @@ import types
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # emocap_jax from this checkout
 
-from emocap_jax.cli_errors import float_in, non_negative_int, positive_int  # noqa: E402
+from emocap_jax.cli_errors import entry_point, float_in, non_negative_int, positive_int  # noqa: E402
 
 # Dense peak throughput per GPU (NVIDIA datasheets; the sparse figures are twice these), by
 # precision, matched against the device name most specific first: "NVIDIA H100 PCIe" is not the
@@ -511,7 +511,7 @@ def _huge_pages_label() -> str:
     return " + huge pages" if host_memory.TUNABLE in os.environ.get("GLIBC_TUNABLES", "") else ""
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-16", help="architecture (open_clip name)")
@@ -546,7 +546,7 @@ def main():
                         help="Grain worker processes for --data (default: the core count)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.data and args.data != "synthetic" and \
             not os.path.isfile(os.path.join(args.data, "metadata.json")):
         parser.error(f"--data {args.data}: not a dataset directory (no metadata.json)")
@@ -606,4 +606,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry_point(main)())

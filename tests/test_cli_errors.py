@@ -564,6 +564,20 @@ def test_a_reader_that_closes_stdout_early_ends_the_command_quietly(command):
     assert result.stderr == "", result.stderr[-3000:]
 
 
+# Every bench script (bench/markdown_tables.py is a module the others import, not a command):
+# they printed "Exception ignored ... BrokenPipeError" and ended with status 120.
+_BENCH_SCRIPTS = sorted(p.name for p in (REPO_ROOT / "bench").glob("*.py")
+                        if p.name != "markdown_tables.py")
+
+
+@pytest.mark.parametrize("script", _BENCH_SCRIPTS)
+def test_a_bench_script_whose_reader_closes_stdout_early_ends_quietly(script):
+    assert len(_BENCH_SCRIPTS) >= 10  # the glob found the folder
+    result = _run_with_stdout_closed(f"bench/{script}", "--help")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr == "", result.stderr[-3000:]
+
+
 def test_a_reader_that_takes_the_first_line_and_closes_ends_the_command_quietly():
     """`command | head -1`: the reader goes while the command is still writing (far more than a
     pipe holds, so the write fails whatever the timing)."""
