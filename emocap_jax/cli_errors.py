@@ -132,6 +132,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def mesh_axis_size(text: str) -> int:
+    """argparse type of a mesh axis's device count: at least 1, or -1 for the devices the other
+    axis leaves (whether the sizes fit the devices is known only once JAX has started)."""
+    value = _integer(text)
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"must be a number of devices (at least 1) or -1 for "
+                                         f"the rest, got {text!r}")
+    return value
+
+
 def int_in(low: int, high: Optional[int] = None) -> Callable[[str], int]:
     """argparse type of an integer in [low, high] (no upper end where `high` is None): an image
     side, a JPEG quality, a vocabulary size with room for its special pieces."""

@@ -14,28 +14,31 @@ from emocap_jax.cli_errors import UsageError
 FSDP_MIN_SIZE = 2 ** 16
 
 
-def make_mesh(mesh_config) -> Mesh:
-    """Mesh with axes ("data", "fsdp") from config sizes; -1 takes the remaining devices."""
+def make_mesh(mesh_config, names: tuple[str, str] = ("config.mesh.data", "config.mesh.fsdp")
+              ) -> Mesh:
+    """Mesh with axes ("data", "fsdp") from config sizes; -1 takes the remaining devices. Errors
+    call the two sizes by `names` (a command's flags, where the sizes came from flags)."""
     devices = jax.devices()
     data, fsdp = int(mesh_config.data), int(mesh_config.fsdp)
+    name = {"data": names[0], "fsdp": names[1]}
     if data == -1 and fsdp == -1:
-        raise UsageError("config.mesh.data and config.mesh.fsdp cannot both be -1")
+        raise UsageError(f"{name['data']} and {name['fsdp']} cannot both be -1")
     if data == 0 or fsdp == 0 or data < -1 or fsdp < -1:
-        raise UsageError(f"config.mesh.data={data}, config.mesh.fsdp={fsdp}: each is a number "
+        raise UsageError(f"{name['data']}={data}, {name['fsdp']}={fsdp}: each is a number "
                          f"of devices (at least 1), or -1 for the remaining devices")
     # A -1 axis takes what the other leaves: the other must divide the devices (reported in the
     # sizes the user gave, not as the "config.mesh.data=0" that len // fsdp made of them).
     for given, other in ((fsdp, data), (data, fsdp)):
         if other == -1 and len(devices) % given:
             fixed, rest = ("fsdp", "data") if given == fsdp else ("data", "fsdp")
-            raise UsageError(f"config.mesh.{fixed}={given} does not divide the {len(devices)} "
-                             f"devices, so config.mesh.{rest}=-1 cannot take the rest")
+            raise UsageError(f"{name[fixed]}={given} does not divide the {len(devices)} "
+                             f"devices, so {name[rest]}=-1 cannot take the rest")
     if data == -1:
         data = len(devices) // fsdp
     if fsdp == -1:
         fsdp = len(devices) // data
     if data * fsdp != len(devices):
-        raise UsageError(f"config.mesh.data={data} x config.mesh.fsdp={fsdp} != "
+        raise UsageError(f"{name['data']}={data} x {name['fsdp']}={fsdp} != "
                          f"{len(devices)} devices: the mesh must use every device")
     return Mesh(np.asarray(devices).reshape(data, fsdp), ("data", "fsdp"))
 

@@ -230,6 +230,17 @@ def test_cli_writes_result_confusion_and_report(tiny_export, bench, tmp_path, ca
      "argument --val-fraction: must be in (0, 1), got '2'"),
     ({"--checkpoint": "/nonexistent/ckpt", "--frames": "0"},
      "argument --frames: must be an integer >= 1, got '0'"),
+    # Mesh sizes too (they were checked only once JAX had started, after the other arguments).
+    ({"--checkpoint": "/nonexistent/ckpt", "--mesh-data": "0"},
+     "argument --mesh-data: must be a number of devices (at least 1) or -1 for the rest, "
+     "got '0'"),
+    ({"--checkpoint": "/nonexistent/ckpt", "--mesh-fsdp": "-2"},
+     "argument --mesh-fsdp: must be a number of devices (at least 1) or -1 for the rest, "
+     "got '-2'"),
+    ({"--checkpoint": "/nonexistent/ckpt", "--mesh-data": "-1", "--mesh-fsdp": "-1"},
+     "--mesh-data and --mesh-fsdp cannot both be -1"),
+    # Sizes that do not fit the 8 devices are named by their flags, not by config keys.
+    ({"--mesh-data": "3"}, "--mesh-data=3 x --mesh-fsdp=1 != 8 devices"),
     ({"--zero-shot-mode": "description", "--classes": "a,b"},
      "--classes: --zero-shot-mode description scores each class with its registry description"),
 ])

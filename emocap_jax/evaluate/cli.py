@@ -20,7 +20,7 @@ import ml_collections
 
 import emocap_jax.storage as storage
 from emocap_jax.cli_errors import (ArgumentParser, entry_point, float_in, int_in,
-                                   non_negative_int)
+                                   mesh_axis_size, non_negative_int)
 from emocap_jax.evaluate import registry, report
 
 EPILOG = """\
@@ -168,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a pointer this many pixels (of the stored image) outside the region's "
                         "boxes still hits; chance grows with the boxes (default 0)")
     g = p.add_argument_group("devices")
-    g.add_argument("--mesh-data", type=int, default=-1,
+    g.add_argument("--mesh-data", type=mesh_axis_size, default=-1,
                    help="devices on the mesh's data axis (-1: all; default -1)")
-    g.add_argument("--mesh-fsdp", type=int, default=1,
+    g.add_argument("--mesh-fsdp", type=mesh_axis_size, default=1,
                    help="devices on the fsdp axis, which splits the parameters (default 1)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group(
@@ -218,6 +218,8 @@ def _check(args, parser) -> None:
     if args.benchmark not in registry.BENCHMARKS:
         parser.error(f"--benchmark {args.benchmark!r} is unknown; known: "
                      f"{', '.join(registry.names())}")
+    if args.mesh_data == -1 and args.mesh_fsdp == -1:
+        parser.error("--mesh-data and --mesh-fsdp cannot both be -1")
     spec = registry.get(args.benchmark)
     if args.protocol not in spec.protocols:
         parser.error(f"--protocol {args.protocol}: benchmark {args.benchmark} supports "
@@ -314,9 +316,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     main_process = jax.process_index() == 0  # every process computes; one speaks and writes
     try:
         mesh = sharding.make_mesh(ml_collections.ConfigDict(
-            {"data": args.mesh_data, "fsdp": args.mesh_fsdp}))
+            {"data": args.mesh_data, "fsdp": args.mesh_fsdp}), names=("--mesh-data", "--mesh-fsdp"))
     except ValueError as e:
-        parser.error(f"--mesh-data/--mesh-fsdp: {e}")
+        parser.error(str(e))
     if main_process:
         print(f"loading {args.checkpoint}", flush=True)
     try:
