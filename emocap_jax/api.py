@@ -39,40 +39,10 @@ from emocap_jax.explain import upsample_maps
 from emocap_jax.losses import sentence_patch_logits
 from emocap_jax.models.clip import CLIP
 from emocap_jax.models.config import CLIPConfig
+from emocap_jax.models.token_rows import check_token_rows
 from emocap_jax.params_io import find_export, load_params
 from emocap_jax.preprocess import load_images, preprocess
 from emocap_jax.tokenizers import tokenizer_from_config
-
-
-def _rows(rows: np.ndarray) -> str:
-    return f"{rows[:5].tolist()}" + (f" (and {rows.size - 5} more)" if rows.size > 5 else "")
-
-
-def _check_token_rows(token_ids: np.ndarray, vocab_size: int, eot_token_id: Optional[int]) -> None:
-    """Refuses ids the text tower would read silently wrong: ids outside the vocabulary (the
-    embedding lookup clamps them) and, for a tower pooling at the first `eot_token_id`, rows
-    without it: those pool at position 0 (transformers and open_clip do the same), where the
-    causal tower has seen the start token only, so every such row gets one and the same
-    embedding. (argmax pooling, eot_token_id None, is CLIP's rule and finds a position in any
-    row.)"""
-    if token_ids.size == 0:
-        return
-    outside = np.flatnonzero(((token_ids < 0) | (token_ids >= vocab_size)).any(axis=1))
-    if outside.size:
-        bad = token_ids[outside[0]][(token_ids[outside[0]] < 0)
-                                    | (token_ids[outside[0]] >= vocab_size)][0]
-        raise ValueError(f"token_ids rows {_rows(outside)} hold ids outside the text tower's "
-                         f"vocabulary [0, {vocab_size}) (row {outside[0]}: {int(bad)})")
-    if eot_token_id is None:
-        return
-    missing = np.flatnonzero(~(token_ids == eot_token_id).any(axis=1))
-    if missing.size:
-        raise ValueError(
-            f"token_ids rows {_rows(missing)} hold no end-of-text token {eot_token_id}: this "
-            f"model's text tower pools at the first id {eot_token_id} (model.text.eot_token_id), "
-            f"so such a row would be read at its first position, the same embedding for every "
-            f"row. End each sentence with {eot_token_id} (tokenize() does; a tokenizer cutting "
-            f"long text must keep it, as open_clip's does)")
 
 
 class EmoCapCLIP:
@@ -139,7 +109,7 @@ class EmoCapCLIP:
         token_ids = np.asarray(token_ids)
         if token_ids.ndim != 2:
             raise ValueError(f"encode_text expects token ids [B, T], got {token_ids.shape}")
-        _check_token_rows(token_ids, self.config.text.vocab_size, self.config.text.eot_token_id)
+        check_token_rows(token_ids, self.config.text.vocab_size, self.config.text.eot_token_id)
         return self._batched(self._encode_text, token_ids.astype(np.int32))
 
     def tokenize(self, texts: Sequence[str] | str) -> np.ndarray:

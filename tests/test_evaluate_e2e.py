@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import emocap_jax
 from emocap_jax import params_io, sharding
 from emocap_jax.evaluate import registry, report, runner
 from emocap_jax.data import example_codec, shard_writer
@@ -337,3 +338,18 @@ def test_ckplus48_subject_independent_linear_probe(shared_data_dir, encoder, tmp
     assert pooled["uar"] > 1 / 7
     print(f"CK+48 linear probe (tiny random model): UAR {pooled['uar']:.3f} "
           f"WAR {pooled['war']:.3f}, fold UAR {result['report']['fold_summary']['uar']}")
+
+
+def test_encoder_texts_refuses_rows_without_the_pooling_token(fixtures_dir):
+    """The evaluation Encoder makes the same check as encode_text: a tokenizer that does not end
+    rows in the tower's pooling id (hf_clip_tiny pools at 999) would give every class prompt one
+    and the same embedding. The error names the row and its text."""
+    model = emocap_jax.load(fixtures_dir / "hf_clip_tiny")
+    assert model.config.text.eot_token_id == 999
+    rows = {"a happy face": [998, 5, 6, 999, 0, 0], "a sad face": [998, 7, 8, 9, 10, 0]}
+    encoder = Encoder(model.params, model.config, lambda texts, context_length: np.array(
+        [rows[t] for t in texts]), batch_size=2)
+    assert encoder.texts(["a happy face"]).shape == (1, model.config.embed_dim)
+    with pytest.raises(ValueError, match=r"rows \[1\] \(text 'a sad face'\) hold no "
+                                         r"end-of-text token 999"):
+        encoder.texts(["a happy face", "a sad face"])

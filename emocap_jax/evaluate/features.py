@@ -34,6 +34,7 @@ from emocap_jax.data import example_codec, pipeline, shard_writer
 from emocap_jax.data.source import ShardedTFRecordSource
 from emocap_jax.models.clip import CLIP, l2_normalize
 from emocap_jax.models.config import CLIPConfig
+from emocap_jax.models.token_rows import check_token_rows
 
 # Text batches are small (prompts) or medium (retrieval captions): one fixed chunk size means one
 # compiled text program per model.
@@ -247,6 +248,11 @@ class Encoder:
         if not texts:
             return np.zeros((0, self.config.embed_dim), np.float32)
         tokens = np.asarray(self.tokenize(texts), np.int32)
+        # The checkpoint's own tokenizer, yet not necessarily one ending rows in the tower's
+        # pooling id (a SentencePiece model with another end-of-sentence id): every class prompt
+        # would get one and the same embedding, and the protocol would measure nothing.
+        check_token_rows(tokens, self.config.text.vocab_size, self.config.text.eot_token_id,
+                         texts)
         chunk = -(-TEXT_CHUNK // self.shards) * self.shards
         padded = np.zeros((math.ceil(len(texts) / chunk) * chunk, tokens.shape[1]), np.int32)
         padded[:len(texts)] = tokens
