@@ -68,6 +68,7 @@ from data_prep.benchmark_formats.decode import DecodeEntry
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
 from emocap_jax.data import pools
 from emocap_jax.data.manifest import JPEG_QUALITY
+from emocap_jax.data import shard_writer
 from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
 from emocap_jax.evaluate.registry import LAYOUTS, Layout
 
@@ -101,25 +102,38 @@ def _output_dir(output: str, fold: int | None, split: str) -> str:
 
 def _reject_duplicate_ids(items: list) -> list:
     """Later entries reusing an id become rejections (the first one keeps it)."""
-    first_source: dict[str, str] = {}
+    first: dict[str, common.Entry] = {}
     result = []
     for item in items:
         if isinstance(item, common.Entry):
-            if item.id in first_source:
-                item = common.reject(common.DUPLICATE_ID, f"{item.source} has the id of "
-                                     f"{first_source[item.id]}", id=item.id, line=item.line)
+            if item.id in first:
+                owner = first[item.id]
+                # A label list may name one file twice: then the line, not the path, tells them
+                # apart.
+                where = f"first listed on line {owner.line}" if owner.line is not None \
+                    else f"the id of {owner.source}"
+                item = common.reject(common.DUPLICATE_ID, f"{item.source}"
+                                     f"{'' if item.line is None else f' (line {item.line})'} has "
+                                     f"{where}", id=item.id, line=item.line)
             else:
-                first_source[item.id] = item.source
+                first[item.id] = item
         result.append(item)
     return result
 
 
 def _reject_names_not_unicode(items: list) -> list:
     """Entries whose id, label or group is not valid Unicode (a file name with bytes that are not
-    UTF-8) become bad_file_name rejections: a record cannot store them, and one such file must
-    not end the conversion of all the others. Rejections get printable ids and reasons."""
+    UTF-8) become bad_file_name rejections, and entries without an id malformed_entry ones: a
+    record cannot store them, and one such file must not end the conversion of all the others.
+    Rejections get printable ids and reasons."""
     result = []
     for item in items:
+        if isinstance(item, common.Entry) and not item.id.strip():
+            # No reader should list one; a record cannot be written without an id, and one
+            # such entry must not end the conversion of the others.
+            where = "" if item.line is None else f" (line {item.line})"
+            item = common.reject(common.MALFORMED_ENTRY, f"{common.printable(item.source)}"
+                                 f"{where} has no record id", line=item.line)
         if isinstance(item, common.Entry):
             if not all(common.is_unicode(text) for text in (item.id, item.label, item.group)):
                 item = common.reject(common.BAD_FILE_NAME, f"{common.printable(item.source)}: "
@@ -370,6 +384,14 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
         (f, _, listing), = listings
         train, val = split_holdout(listing, val_fraction, split_seed, near_copy_threshold)
         listings = [(f, "train", train), (f, "val", val)]
+    if not overwrite:
+        # Every output folder is checked before the first is written: a dataset left in a later
+        # split's folder must not surface only after the earlier splits were converted.
+        for f, s, _ in listings:
+            existing = shard_writer.existing_dataset_files(_output_dir(output, f, s))
+            if existing:
+                raise FileExistsError(shard_writer.existing_dataset_message(
+                    _output_dir(output, f, s), existing))
     workers = workers or os.cpu_count() or 1
     # Not forked from a process that runs JAX (a notebook, a script that evaluated first): forking
     # it can deadlock the children (see emocap_jax.data.pools).

@@ -354,6 +354,30 @@ def test_fer2013_and_ferplus_rows_of_no_split_are_listed_once(tmp_path):
                                                        "fer0000002": "malformed_line"}
 
 
+def test_fer2013_and_ferplus_skip_blank_lines(tmp_path):
+    """An empty line (a file saved with a blank line at its end, or between rows) is no data row:
+    it neither shifts the fer<row> ids that FERPlus names its images by, nor breaks the row
+    alignment of fer2013new.csv with fer2013.csv."""
+    root = tmp_path / "fer"
+    write_bytes(root / "fer2013.csv", (
+        f"emotion,pixels,Usage\r\n3,{_fer_pixels(100)},Training\r\n\r\n"
+        f"0,{_fer_pixels(50)},Training\r\n\r\n\r\n").encode())
+    summary = convert("fer2013", root, tmp_path / "out", split="train")
+    train = Dataset(tmp_path / "out/train")
+    assert train.labels() == {"fer0000000": "happy", "fer0000001": "angry"}
+    assert train.rejected == [] and summary["datasets"][0]["num_inputs"] == 2
+    write_text(root / "fer2013new.csv",
+               "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,"
+               "contempt,unknown,NF\n"
+               "Training,fer0000000.png,0,10,0,0,0,0,0,0,0,0\n"
+               "Training,fer0000001.png,10,0,0,0,0,0,0,0,0,0\n")
+    convert("ferplus", root, tmp_path / "plus", split="train")
+    plus = Dataset(tmp_path / "plus/train")
+    assert plus.labels() == {"fer0000000": "happiness", "fer0000001": "neutral"}
+    assert abs(np.asarray(Image.open(io.BytesIO(
+        plus.records["fer0000001"].images[0])).convert("L")).mean() - 50) < 2
+
+
 def test_fer2013_csv_that_cannot_be_read_names_the_line(tmp_path):
     header = "emotion,pixels,Usage\n"
     write_bytes(tmp_path / "utf/fer2013.csv", header.encode() +
@@ -559,6 +583,36 @@ def test_imagefolder_with_and_without_classes(tmp_path):
         convert("rafdb", root, tmp_path / "x", classes=["a"])
 
 
+def test_class_folders_follow_linked_subfolders_and_list_stray_images(tmp_path):
+    """A subfolder linked into a class folder holds inputs too (os.walk skipped it, so its
+    images were dropped without a word), and an image directly in the class root belongs to no
+    class: it is listed as rejected, not ignored like a README."""
+    elsewhere = tmp_path / "elsewhere"
+    write_image(elsewhere / "1.jpg")
+    write_image(elsewhere / "deeper/2.png")
+    root = tmp_path / "folders"
+    write_image(root / "happy/0.jpg")
+    write_image(root / "sad face/é ü.png")
+    os.symlink(elsewhere, root / "happy/linked")
+    os.symlink(root / "happy", root / "happy/loop")  # a link back up is listed once
+    write_image(root / "stray.jpg")
+    write_text(root / "README.txt", "not an input")
+    convert("imagefolder", root, tmp_path / "out")
+    ds = Dataset(tmp_path / "out/all")
+    assert ds.labels() == {"happy/0": "happy", "happy/linked/1": "happy",
+                           "happy/linked/deeper/2": "happy", "sad face/é ü": "sad face"}
+    assert ds.codes() == {"stray": "not_in_class_folder"}
+    assert f"{root / 'stray.jpg'} is not inside a class folder" in ds.reasons["stray"]
+
+    write_image(tmp_path / "fer/train/angry/a.png")
+    write_image(tmp_path / "fer/train/b.png")
+    write_image(tmp_path / "fer/test/sad/c.png")
+    convert("fer2013-folders", tmp_path / "fer", tmp_path / "fer_out")
+    train = Dataset(tmp_path / "fer_out/train")
+    assert train.labels() == {"train/angry/a": "angry"}
+    assert train.codes() == {"train/b": "not_in_class_folder"}
+
+
 def test_workers_are_not_forked_from_a_process_running_jax(tmp_path, monkeypatch):
     """A converter called from a process where JAX runs its thread pools (a notebook, a script
     that evaluated first) must not fork it: the children can deadlock on a lock one of those
@@ -607,6 +661,90 @@ def test_file_names_that_are_not_utf8_are_rejected_one_by_one(tmp_path):
     assert {**train.codes(), **val.codes()} == {"KA.AN1.4\\xff": "bad_file_name",
                                                  "KM.HA\\xff.1": "bad_file_name"}
     assert len(train.records) + len(val.records) == 1
+
+
+def test_list_lines_without_a_name_are_rejected_naming_the_line(tmp_path):
+    """A label-list row whose name cell is empty (",2") has no record id: it was an entry with
+    id "", which decoded the whole clip folder and then ended the conversion with 'record id
+    must be a non-empty string', naming no file or line."""
+    root = tmp_path / "dfew"
+    write_frame_folder(root / "Clip/clip_224x224/00001", num_frames=2)
+    write_image(root / "Clip/clip_224x224/stray.jpg")
+    write_text(root / "EmoLabel_DataSplit/train(single-labeled)/set_1.csv",
+               "video_name,label\n1,1\n ,2\n")
+    convert("dfew", root, tmp_path / "out", fold=1, split="train", frames=2)
+    train = Dataset(tmp_path / "out/fold1/train")
+    assert train.labels() == {"00001": "happy"}
+    assert train.rejected == [{"line": 3, "id": None, "reason": "malformed_line: line 3 of "
+                               + os.path.join("EmoLabel_DataSplit", "train(single-labeled)",
+                                              "set_1.csv") + " has no video_name"}]
+
+    root = tmp_path / "ferv"
+    write_text(root / "4_setups/All_scenes/train_All.csv", "Action/Happy/0001 Happy\n, Happy\n")
+    write_frame_folder(root / "2_ClipsforFaceCrop/Action/Happy/0001", num_frames=2)
+    write_image(root / "2_ClipsforFaceCrop/stray.jpg")
+    convert("ferv39k", root, tmp_path / "ferv_out", split="train", frames=2)
+    train = Dataset(tmp_path / "ferv_out/train")
+    assert train.labels() == {"Action/Happy/0001": "happy"}
+    assert [(r["line"], r["id"], r["reason"].split(":")[0]) for r in train.rejected] == \
+        [(2, None, "malformed_line")]
+    assert "has no clip path" in train.rejected[0]["reason"]
+
+    root = tmp_path / "affectnet"
+    write_image(root / "Manually_Annotated_Images/1/a.jpg")
+    write_text(root / "training.csv", "1/a.jpg,0,0,1,1,x,1,0,0\n ,0,0,1,1,x,2,0,0\n")
+    convert("affectnet-8", root, tmp_path / "aff_out", split="train")
+    train = Dataset(tmp_path / "aff_out/train")
+    assert train.labels() == {"1/a": "happy"}
+    assert train.rejected == [{"line": 2, "id": None, "reason": "malformed_line: line 2 of "
+                               f"{root / 'training.csv'} has no image path"}]
+
+
+def test_an_entry_with_an_empty_id_is_rejected_not_fatal(tmp_path, monkeypatch):
+    """Whatever reader lists it, an entry without an id is rejected naming its source and line,
+    and the conversion of the others goes on."""
+    from data_prep.benchmark_formats import READERS, common
+    image = write_image(tmp_path / "img.jpg")
+
+    def reader(root, split, fold, options):
+        return common.SplitListing(classes=["a"], items=[
+            common.Entry(id="ok", label="a", label_id=0, source=str(image), line=1),
+            common.Entry(id=" ", label="a", label_id=0, source=str(image), line=2)])
+
+    monkeypatch.setitem(READERS, "imagefolder", reader)
+    convert("imagefolder", tmp_path, tmp_path / "out")
+    ds = Dataset(tmp_path / "out/all")
+    assert list(ds.records) == ["ok"]
+    assert ds.rejected == [{"line": 2, "id": None, "reason":
+                            f"malformed_entry: {image} (line 2) has no record id"}]
+
+
+def test_an_existing_dataset_in_a_later_split_is_refused_before_any_is_written(tmp_path):
+    """Converting every split into a folder where one split's dataset already exists used to
+    convert the splits before it (hours, for a large benchmark) and only then refuse."""
+    root = tmp_path / "raf"
+    write_text(root / "basic/EmoLabel/list_patition_label.txt",
+               "train_00001.jpg 5\ntest_00001.jpg 7\n")
+    for stem in ("train_00001", "test_00001"):
+        write_image(root / f"basic/Image/aligned/{stem}_aligned.jpg")
+    convert("rafdb", root, tmp_path / "out", split="test")
+    with pytest.raises(FileExistsError, match=r"out/test already holds a dataset"):
+        convert("rafdb", root, tmp_path / "out")
+    assert not (tmp_path / "out/train").exists()
+    convert("rafdb", root, tmp_path / "out", overwrite=True)
+    assert Dataset(tmp_path / "out/train").labels() == {"train_00001": "sadness"}
+
+
+def test_duplicate_id_names_the_line_that_first_used_it(tmp_path):
+    root = tmp_path / "raf"
+    write_text(root / "basic/EmoLabel/list_patition_label.txt",
+               "train_00001.jpg 5\ntrain_00001.jpg 3\n")
+    write_image(root / "basic/Image/aligned/train_00001_aligned.jpg")
+    convert("rafdb", root, tmp_path / "out", split="train")
+    train = Dataset(tmp_path / "out/train")
+    assert train.labels() == {"train_00001": "sadness"}
+    assert train.rejected[0]["line"] == 2
+    assert "first listed on line 1" in train.rejected[0]["reason"]
 
 
 def test_natural_order_is_total():

@@ -135,6 +135,10 @@ def _csv_split(root: str, split: str, classes: tuple[str, ...], benchmark: str
                                        f"{csv_path} has {len(row)} columns", line=line_no))
             continue
         rel_path = row[path_col].strip()
+        if not rel_path:
+            items.append(common.reject(common.MALFORMED_LINE, f"line {line_no} of "
+                                       f"{csv_path} has no image path", line=line_no))
+            continue
         record_id = os.path.splitext(rel_path)[0]
         try:
             expression = common.whole_number(row[expression_col])

@@ -45,6 +45,7 @@ MALFORMED_ENTRY = "malformed_entry"
 BAD_FILE_NAME = "bad_file_name"
 NOT_AN_IMAGE_FILE = "not_an_image_file"
 NOT_A_VIDEO_FILE = "not_a_video_file"
+NOT_IN_CLASS_FOLDER = "not_in_class_folder"
 DUPLICATE_ID = "duplicate_id"
 DUPLICATE_VIDEO = "duplicate_video"
 
@@ -215,9 +216,19 @@ def first_existing(paths: Iterable[str], is_dir: bool = False) -> str | None:
 
 
 def files_under(directory: str) -> list[str]:
-    """Every non-hidden file below `directory`, in natural order of the relative path."""
+    """Every non-hidden file below `directory`, in natural order of the relative path.
+
+    Linked subfolders are followed (a folder of images linked into a class folder holds inputs
+    too; os.walk alone would skip it without a word), each real folder once, so a link back up
+    the tree neither loops nor lists a file twice."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(directory):
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
     return sorted(found, key=lambda p: natural_key(os.path.relpath(p, directory)))
@@ -239,13 +250,20 @@ def scan_class_folders(split_dir: str, id_root: str, classes: Sequence[str],
     extension is not an image/video one, or `group_of` rejects its name). A folder that is not
     a class (or whose name is not UTF-8) is rejected as a whole, as one item naming how many
     files it holds, so a stray folder of thousands of files does not flood rejected.jsonl.
-    Files directly in `split_dir`
-    (READMEs, licences) are not inputs and are ignored.
+    An image (video) file directly in `split_dir` belongs to no class and is rejected as
+    not_in_class_folder; other files there (READMEs, licences) are not inputs and are ignored.
     """
     extensions = IMAGE_EXTENSIONS if kind == IMAGE else VIDEO_EXTENSIONS
     wrong_type = NOT_AN_IMAGE_FILE if kind == IMAGE else NOT_A_VIDEO_FILE
     class_ids = {name: i for i, name in enumerate(classes)}
     items: list[Entry | Rejection] = []
+    for name in sorted(os.listdir(split_dir), key=natural_key):
+        path = os.path.join(split_dir, name)
+        if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions \
+                and not os.path.isdir(path):
+            items.append(reject(
+                NOT_IN_CLASS_FOLDER, f"{printable(path)} is not inside a class folder (classes: "
+                f"{list(classes)})", id=printable(relative_id(path, id_root))))
     for folder in subdirectories(split_dir):
         folder_path = os.path.join(split_dir, folder)
         if not is_unicode(folder):
@@ -349,6 +367,12 @@ def csv_rows(path: str, benchmark: str) -> Iterator[tuple[int, list[str]]]:
                                   f"{start} runs on to line {reader.line_num}; is a quote left "
                                   "open?")
             yield start, row
+
+
+def is_blank_row(row: list[str]) -> bool:
+    """Whether a CSV row is an empty (or all-space) line: no data row, and no row to count
+    (",," is a row of empty cells, not a blank line)."""
+    return not row or (len(row) == 1 and not row[0].strip())
 
 
 def iter_text_lines(path: str) -> Iterator[tuple[int, str | Rejection]]:

@@ -5,7 +5,7 @@ Usage (header required; column order free). `pixels` is 48*48 space-separated gr
 Classes (emotion 0..6): angry, disgust, fear, happy, sad, surprise, neutral. Splits by Usage:
 train = Training, val = PublicTest, test = PrivateTest (a row with another Usage, or too few
 columns to have one, is rejected once, with the first split converted). Record id: fer<row:07d>, the 0-based
-data row, which is also the name FERPlus gives the image.
+data row (blank lines are no rows), which is also the name FERPlus gives the image.
 
 ferplus — ROOT holds `fer2013new.csv` (columns Usage, Image name, neutral, happiness, surprise,
 sadness, anger, disgust, fear, contempt, unknown, NF: ten vote counts) and the original
@@ -48,7 +48,8 @@ def _fer2013_csv(root: str, benchmark: str) -> str:
 
 def _fer2013_rows(path: str, benchmark: str) -> list[tuple[int, dict[str, str], str]]:
     """(1-based line number, row with lower-cased keys, "" or why the row is malformed) of every
-    data row."""
+    data row. Blank lines are not rows: they do not count towards the fer<row> ids (FERPlus's
+    image names) nor the row alignment with fer2013new.csv."""
     rows = common.csv_rows(path, benchmark)
     header = [name.strip().lower() for name in next(rows, (0, []))[1]]
     missing = [c for c in ("emotion", "pixels", "usage") if c not in header]
@@ -58,7 +59,7 @@ def _fer2013_rows(path: str, benchmark: str) -> list[tuple[int, dict[str, str], 
     return [(line_no, dict(zip(header, row)),
              f"line {line_no} of {path} has {len(row)} columns, expected {len(header)}"
              if len(row) < len(header) else "")
-            for line_no, row in rows]
+            for line_no, row in rows if not common.is_blank_row(row)]
 
 
 def _own_rejection(rejection: common.Rejection, usage: str, split: str
@@ -128,7 +129,7 @@ def _ferplus_split(root, split, fold, options) -> common.SplitListing:
     pixel_rows = _fer2013_rows(_fer2013_csv(root, "ferplus"), "ferplus")
     rows = common.csv_rows(new_path, "ferplus")
     next(rows, None)
-    label_rows = list(rows)
+    label_rows = [(line_no, row) for line_no, row in rows if not common.is_blank_row(row)]
     if len(label_rows) != len(pixel_rows):
         raise common.LayoutError(
             f"ferplus: {new_path} has {len(label_rows)} data rows but fer2013.csv has "

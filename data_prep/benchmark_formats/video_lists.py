@@ -101,6 +101,10 @@ def _dfew_split(root, split, fold, options) -> common.SplitListing:
                                        f"{row}", line=line))
             continue
         name = row[0].strip()
+        if not name:
+            items.append(common.reject(common.MALFORMED_LINE, f"line {line} of {rel} has no "
+                                       "video_name", line=line))
+            continue
         record_id = f"{int(name):05d}" if name.isdigit() else name
         try:
             label = common.whole_number(row[1])
@@ -157,6 +161,10 @@ def _ferv39k_split(root, split, fold, options) -> common.SplitListing:
                                        f"{text!r}", line=line))
             continue
         clip = match.group(1).strip().strip("/")
+        if not clip:
+            items.append(common.reject(common.MALFORMED_LINE, f"line {line} of {list_path}: "
+                                       f"{text!r} has no clip path", line=line))
+            continue
         if label is None:
             items.append(common.reject(common.UNKNOWN_CLASS, f"label {match.group(2)!r} on line"
                                        f" {line} of {list_path} is none of "

@@ -68,6 +68,20 @@ def _ensure_open_file_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def existing_dataset_files(output_dir: str | os.PathLike, prefix: str = "data") -> list[str]:
+    """The names of a dataset's files (shards, their indexes, metadata.json) already in
+    `output_dir`, finished or not, which a writer without overwrite refuses to replace."""
+    output_dir = storage.fspath(output_dir)
+    pattern = re.compile(rf"{re.escape(prefix)}-\d{{5}}-of-\d{{5}}\.tfrecord(\.index)?")
+    names = storage.listdir(output_dir) if storage.isdir(output_dir) else []
+    return sorted(name for name in names if name == METADATA_FILE or pattern.fullmatch(name))
+
+
+def existing_dataset_message(output_dir: str, existing: Sequence[str]) -> str:
+    return (f"{output_dir} already holds a dataset ({', '.join(existing[:3])}"
+            f"{', ...' if len(existing) > 3 else ''}); choose another directory or overwrite")
+
+
 class ShardedRecordWriter:
     """Writes FaceRecords round-robin into `num_shards` TFRecord files plus metadata.
 
@@ -118,9 +132,7 @@ class ShardedRecordWriter:
         storage.makedirs(self.output_dir)
         existing = self._existing_dataset_files()
         if existing and not overwrite:
-            raise FileExistsError(
-                f"{self.output_dir} already holds a dataset ({', '.join(existing[:3])}"
-                f"{', ...' if len(existing) > 3 else ''}); choose another directory or overwrite")
+            raise FileExistsError(existing_dataset_message(self.output_dir, existing))
         # Un-commit the old dataset first, so a crash below never leaves old metadata that
         # describes a mix of old and new shards.
         storage.remove(storage.join(self.output_dir, METADATA_FILE), missing_ok=True)
@@ -139,9 +151,7 @@ class ShardedRecordWriter:
             raise
 
     def _existing_dataset_files(self) -> list[str]:
-        pattern = re.compile(rf"{re.escape(self.prefix)}-\d{{5}}-of-\d{{5}}\.tfrecord(\.index)?")
-        names = storage.listdir(self.output_dir) if storage.isdir(self.output_dir) else []
-        return sorted(name for name in names if name == METADATA_FILE or pattern.fullmatch(name))
+        return existing_dataset_files(self.output_dir, self.prefix)
 
     def _remove_stale_files(self) -> None:
         """Deletes shards of an overwritten dataset and temporary files of crashed runs."""
