@@ -18,6 +18,7 @@ import warnings
 
 import emocap_jax.storage as storage
 from emocap_jax.data.manifest import EmptyClassesWarning, convert_manifest, require_utf8_path
+from emocap_jax.data.manifest import wide_text_error
 from emocap_jax.data.shard_writer import REJECTED_FILE
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
 from emocap_jax.tokenizers import get_tokenizer
@@ -72,6 +73,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             require_utf8_path(option, path)
         except ValueError as e:
             parser.error(str(e))
+    wide = wide_text_error(args.manifest)
+    if wide:
+        parser.error(f"--manifest {wide} (JSON lines are UTF-8)")
     if args.num_shards < 1:
         parser.error(f"--num-shards must be >= 1, got {args.num_shards}")
     if args.max_side < 0:

@@ -999,3 +999,24 @@ def test_cli_list_errors_and_worker_determinism(tmp_path, capsys):
     assert benchmarks.main(["--name", "ckplus", "--root", str(root), "--output",
                             str(tmp_path / "x")]) == 2
     assert "cohn-kanade-images" in capsys.readouterr().err
+
+
+def test_an_empty_image_file_and_a_utf16_label_list_are_named_as_such(tmp_path):
+    root = tmp_path / "raf"
+    labels = root / "basic/EmoLabel/list_patition_label.txt"
+    write_bytes(labels, "train_00001.jpg 5\r\ntrain_00002.jpg 1\r\n".encode("utf-16"))
+    write_image(root / "basic/Image/aligned/train_00001_aligned.jpg")
+    write_bytes(root / "basic/Image/aligned/train_00002_aligned.jpg", b"")
+    with pytest.raises(LayoutError, match=r"list_patition_label\.txt is UTF-16 text \(it starts "
+                                          r"with the byte-order mark ff fe\); save it as UTF-8"):
+        convert("rafdb", root, tmp_path / "out")
+    write_text(labels, "train_00001.jpg 5\ntrain_00002.jpg 1\n")
+    convert("rafdb", root, tmp_path / "out", split="train")
+    train = Dataset(tmp_path / "out/train")
+    assert train.labels() == {"train_00001": "sadness"}
+    assert train.reasons["train_00002"] == \
+        f"bad_image: {root / 'basic/Image/aligned/train_00002_aligned.jpg'} is empty (0 bytes)"
+    write_bytes(tmp_path / "dfew/EmoLabel_DataSplit/train(single-labeled)/set_1.csv",
+                "video_name,label\n1,1\n".encode("utf-16"))
+    with pytest.raises(LayoutError, match=r"set_1\.csv is UTF-16 text"):
+        convert("dfew", tmp_path / "dfew", tmp_path / "dfew_out", fold=1, split="train")

@@ -492,3 +492,59 @@ def test_a_line_that_repeats_a_key_is_rejected_naming_the_key(tmp_path):
                                           "only the last of its values would be read"},
         {"line": 3, "id": None, "reason": "duplicate_key: key 'AU5' appears more than once in "
                                           "aus; only the last of its values would be read"}]
+
+
+def test_a_utf16_manifest_is_refused_naming_its_encoding(tmp_path, capsys):
+    """Windows PowerShell 5 (`... > manifest.jsonl`) and Notepad's "Unicode" write UTF-16 with a
+    byte-order mark: every line used to be rejected as 'not_utf8: byte 0 of the line' or
+    'malformed_json' (the NUL bytes split at each newline make extra lines), which named no
+    cause. Now the file is refused before anything is written, saying what it is."""
+    Image.new("RGB", (16, 16), (90, 80, 120)).save(tmp_path / "a.png")
+    line = json.dumps({"id": "ok", "image": "a.png", **_caption(0)})
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes((line + "\r\n").encode("utf-16"))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"m\.jsonl is UTF-16 text \(it starts with the "
+                                         r"byte-order mark ff fe\); save it as UTF-8"):
+        captions.convert_manifest(manifest, tmp_path, out, num_shards=1, workers=1,
+                                  progress=False, tokenizer=None)
+    assert not out.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        captions_cli.main(["--manifest", str(manifest), "--root", str(tmp_path),
+                           "--output", str(out), "--workers", "1", "--tokenizer", "none"])
+    assert exit_info.value.code == 2
+    assert "--manifest" in capsys.readouterr().err and not out.exists()
+
+
+def test_crlf_bom_and_lone_cr_line_endings(tmp_path):
+    """CRLF and a UTF-8 BOM read as plain lines; lines separated by a lone CR (classic Mac OS)
+    are one line to the reader, so its rejection says why it holds several objects."""
+    Image.new("RGB", (16, 16), (90, 80, 120)).save(tmp_path / "a b é.png")
+    lines = [json.dumps({"id": f"r{i}", "image": "a b é.png", **_caption(i)}, ensure_ascii=False)
+             for i in range(3)]
+    (tmp_path / "crlf.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + "\r\n".join(lines[:2]).encode() + b"\r\n\r\n")
+    summary = captions.convert_manifest(tmp_path / "crlf.jsonl", tmp_path, tmp_path / "out",
+                                        num_shards=1, workers=1, progress=False, tokenizer=None)
+    assert [r.id for r in read_records(tmp_path / "out")] == ["r0", "r1"]
+    assert summary["rejected_by_reason"] == {"blank_line": 1}
+
+    (tmp_path / "cr.jsonl").write_bytes(("\r".join(lines) + "\r").encode())
+    captions.convert_manifest(tmp_path / "cr.jsonl", tmp_path, tmp_path / "cr_out",
+                              num_shards=1, workers=1, progress=False, tokenizer=None)
+    (rejected,) = read_rejected(tmp_path / "cr_out")
+    assert rejected["line"] == 1 and rejected["reason"].startswith("malformed_json: ")
+    assert "carriage return (CR) without a line feed" in rejected["reason"]
+
+
+def test_an_empty_image_file_is_named_as_empty(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    Image.new("RGB", (16, 16), (90, 80, 120)).save(tmp_path / "a.png")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"id": "ok", "image": "a.png", **_caption(0)}) + "\n" +
+        json.dumps({"id": "empty", "image": "empty.jpg", **_caption(1)}) + "\n")
+    captions.convert_manifest(tmp_path / "m.jsonl", tmp_path, tmp_path / "out", num_shards=1,
+                              workers=1, progress=False, tokenizer=None)
+    (rejected,) = read_rejected(tmp_path / "out")
+    assert rejected == {"line": 2, "id": "empty", "reason":
+                        f"bad_image: {tmp_path / 'empty.jpg'} is empty (0 bytes)"}

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from emocap_jax.data.manifest import BAD_IMAGE, DUPLICATE_KEY, IMAGE_NOT_FOUND, NOT_UTF8, Rejection
+from emocap_jax.data.manifest import wide_text_error
 
 __all__ = [
     "BAD_IMAGE", "DUPLICATE_KEY", "IMAGE_NOT_FOUND", "NOT_UTF8", "Rejection", "SplitlessRejection", "Entry",
@@ -330,8 +331,16 @@ def not_utf8_error(path: str, benchmark: str) -> LayoutError:
     return LayoutError(f"{benchmark}: {path} is not UTF-8 text{detail}")
 
 
+def require_not_wide(path: str, benchmark: str | None = None) -> None:
+    """LayoutError naming the encoding of a UTF-16 / UTF-32 text file (see wide_text_error)."""
+    wide = wide_text_error(path)
+    if wide:
+        raise LayoutError(f"{benchmark}: {wide}" if benchmark else wide)
+
+
 def read_text(path: str, benchmark: str) -> str:
     """The whole text of a UTF-8 file (a BOM is dropped); LayoutError when it is not UTF-8."""
+    require_not_wide(path, benchmark)
     with open(path, "rb") as f:
         data = f.read()
     try:
@@ -348,6 +357,7 @@ def csv_rows(path: str, benchmark: str) -> Iterator[tuple[int, list[str]]]:
     runs over several lines (or past the csv module's field limit) has a quote left open, which
     would otherwise swallow the rows after it.
     """
+    require_not_wide(path, benchmark)
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         while True:
@@ -380,8 +390,10 @@ def iter_text_lines(path: str) -> Iterator[tuple[int, str | Rejection]]:
 
     A line that is not UTF-8 comes as (line number, a not_utf8 Rejection naming the line and
     byte) instead of its text: decoding it with replacement characters would turn its name
-    into one that matches no file, rejected for the wrong reason.
+    into one that matches no file, rejected for the wrong reason. A UTF-16 or UTF-32 file is a
+    LayoutError naming its encoding.
     """
+    require_not_wide(path)
     with open(path, "rb") as f:
         data = f.read()
     for line_no, raw in enumerate(data.splitlines(), start=1):

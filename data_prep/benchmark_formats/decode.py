@@ -43,6 +43,8 @@ def _read_image_file(path: str, max_side: int | None) -> bytes:
         raise _Unusable(common.IMAGE_NOT_FOUND, f"no image file at {path}") from None
     except OSError as e:
         raise _Unusable(common.BAD_IMAGE, f"cannot read {path}: {e.strerror or e}") from None
+    if not data:
+        raise _Unusable(common.BAD_IMAGE, f"{path} is empty (0 bytes)")
     try:
         return encode_face_image(data, max_side)
     except UnidentifiedImageError:

@@ -12,7 +12,9 @@ Each manifest line is one JSON object:
      "global": "...", "local": ["...", "..."], "summary": "...",
      "label": "happily surprised", "aus": {"AU5": 0.9}, "group": "movie123"}
 
-`image` is relative to --root (or absolute); `label`, `aus` and `group` are optional. Every line
+`image` is relative to --root (or absolute); `label`, `aus` and `group` are optional. The file
+is UTF-8 (a byte-order mark and CRLF line ends are fine); one in UTF-16 or UTF-32 is refused
+before anything is written, naming its encoding. Every line
 ends up either written to a shard or listed in OUT/rejected.jsonl with a reason of the form
 "<code>: <detail>" (codes below), so a few bad lines never kill a long conversion and nothing
 is dropped silently. A line that repeats a key in any of its objects (two "image" keys, or two
@@ -183,7 +185,11 @@ def _decode_line(raw: bytes) -> dict:
     try:
         obj = json_keys.loads(text)
     except json.JSONDecodeError as e:
-        raise _Invalid(MALFORMED_JSON, f"{e.msg} at column {e.colno}") from None
+        hint = ""
+        if "\r" in text.rstrip():
+            hint = ("; the line holds a carriage return (CR) without a line feed: lines "
+                    "separated by CR alone (classic Mac OS) read as one line")
+        raise _Invalid(MALFORMED_JSON, f"{e.msg} at column {e.colno}{hint}") from None
     except ValueError as e:  # e.g. an integer of more than 4300 digits
         raise _Invalid(MALFORMED_JSON, str(e)) from None
     if not isinstance(obj, dict):
@@ -363,6 +369,8 @@ def process_entry(item: ManifestEntry | Rejection, options: ConvertOptions
         return reject(IMAGE_NOT_FOUND, f"no image file at {item.image_path}")
     except OSError as e:
         return reject(BAD_IMAGE, f"cannot read {item.image_path}: {e.strerror or e}")
+    if not data:
+        return reject(BAD_IMAGE, f"{item.image_path} is empty (0 bytes)")
     try:
         image = encode_face_image(data, options.max_side)
     except UnidentifiedImageError:
@@ -415,6 +423,25 @@ def require_utf8_path(what: str, path: str) -> None:
                          "UTF-8 name") from None
 
 
+# Byte-order marks of the encodings a text file is saved in by Windows tools ("Unicode" in
+# Notepad, `>` in Windows PowerShell 5), longest first (UTF-32 LE starts like UTF-16 LE).
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+              (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
+def wide_text_error(path: str) -> str | None:
+    """Why a text file that must be UTF-8 is not, when it starts with a UTF-16 or UTF-32
+    byte-order mark (read line by line, each of its lines would be rejected for a cause none
+    names), else None."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    for bom, encoding in _WIDE_BOMS:
+        if head.startswith(bom):
+            return (f"{path} is {encoding} text (it starts with the byte-order mark "
+                    f"{bom.hex(' ')}); save it as UTF-8")
+    return None
+
+
 def _count_lines(manifest: str) -> int:
     with open(manifest, "rb") as f:
         return sum(1 for _ in f)
@@ -460,6 +487,9 @@ def convert_manifest(manifest: str | os.PathLike, root: str | os.PathLike,
     manifest, root, output = os.fspath(manifest), os.fspath(root), os.fspath(output)
     require_utf8_path("manifest", manifest)
     require_utf8_path("root", root)
+    wide = wide_text_error(manifest)
+    if wide:
+        raise ValueError(f"manifest {wide} (JSON lines are UTF-8)")
     if max_side is not None and max_side <= 0:
         max_side = None
     if max_sentence_words < 1:
