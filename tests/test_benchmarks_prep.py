@@ -467,6 +467,8 @@ def test_fer2013_folders(tmp_path):
     assert train.labels() == {"train/angry/a": "angry", "train/Happy/b": "happy"}
     assert train.records["train/Happy/b"].label_id == 3
     assert train.codes() == {"train/angry/notes": "not_an_image_file", "train/joy": "unknown_class"}
+    assert train.reasons["train/angry/notes"] == \
+        f"not_an_image_file: {root / 'train/angry/notes.txt'} does not have an image extension"
     assert Dataset(tmp_path / "out/test").records["test/neutral/d"].label_id == 6
 
 

@@ -285,7 +285,7 @@ def scan_class_folders(split_dir: str, id_root: str, classes: Sequence[str],
         for path in files_under(folder_path):
             record_id = relative_id(path, id_root)
             if os.path.splitext(path)[1].lower() not in extensions:
-                items.append(reject(wrong_type, f"{path} does not have a "
+                items.append(reject(wrong_type, f"{path} does not have a"
                                     f"{'n image' if kind == IMAGE else ' video'} extension",
                                     id=record_id))
                 continue
