@@ -66,6 +66,7 @@ from data_prep.benchmark_formats import READERS, LayoutError, ReaderOptions
 from data_prep.benchmark_formats import common, questions
 from data_prep.benchmark_formats.decode import DecodeEntry
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
+import emocap_jax.storage as storage
 from emocap_jax.data import pools
 from emocap_jax.data.manifest import JPEG_QUALITY
 from emocap_jax.data import shard_writer
@@ -305,6 +306,20 @@ def _convert_listing(benchmark: Layout, listing: common.SplitListing, out_dir: s
     return summary
 
 
+def _refuse_output_inside_root(root: str, output: str) -> None:
+    """The readers look through the whole root (imagefolder takes every folder as a class, the
+    video layouts every file as a clip): datasets written inside it would be read as part of
+    the benchmark on the next run, as an extra class that shifts the label ids or as rejected
+    inputs. Refused before anything is listed or written."""
+    if storage.is_url(output):
+        return
+    real_root, real_output = os.path.realpath(root), os.path.realpath(output)
+    if os.path.commonpath([real_root, real_output]) == real_root:
+        raise ValueError(f"output {output} is inside root {root}: the next conversion of the "
+                         f"root would read the datasets written there as part of the "
+                         f"benchmark; write them outside the root")
+
+
 def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathLike,
                       split: str = "all", fold: int | None = None, frames: int = 16,
                       num_shards: int | None = None, workers: int | None = None,
@@ -372,6 +387,7 @@ def convert_benchmark(name: str, root: str | os.PathLike, output: str | os.PathL
     root, output = os.fspath(root), os.fspath(output)
     if not os.path.isdir(root):
         raise LayoutError(f"{name}: root {root} is not a directory")
+    _refuse_output_inside_root(root, output)
     options = ReaderOptions(classes=tuple(classes) if classes is not None else None,
                             with_neutral=with_neutral)
     # List every split first: a layout problem surfaces before any dataset is written.

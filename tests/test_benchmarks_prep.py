@@ -585,6 +585,29 @@ def test_imagefolder_with_and_without_classes(tmp_path):
         convert("rafdb", root, tmp_path / "x", classes=["a"])
 
 
+def test_an_output_inside_the_root_is_refused_before_anything_is_written(tmp_path, capsys):
+    """imagefolder takes every folder of the root as a class: datasets written inside the root
+    became an extra class on the next run (shifting the label ids) and their shards rejected
+    inputs. Refused, naming both folders, for the root itself and any folder below it."""
+    root = tmp_path / "faces"
+    write_image(root / "happy/1.jpg")
+    write_image(root / "sad/2.jpg")
+    for output in (root / "tfrecords", root, root / "happy/out"):
+        with pytest.raises(ValueError, match=f"output {output} is inside root {root}"):
+            convert("imagefolder", root, output)
+    assert not (root / "tfrecords").exists() and not (root / "happy/out").exists()
+    # Through a link too: the folders are compared as they are on disk.
+    os.symlink(root, tmp_path / "link")
+    with pytest.raises(ValueError, match="is inside root"):
+        convert("imagefolder", tmp_path / "link", root / "tfrecords")
+    assert benchmarks.main(["--name", "imagefolder", "--root", str(root), "--output",
+                            str(root / "tfrecords")]) == 2
+    assert f"error: output {root / 'tfrecords'} is inside root {root}" in capsys.readouterr().err
+    # A sibling folder whose name starts like the root's is outside it.
+    convert("imagefolder", root, tmp_path / "faces_tfrecords")
+    assert Dataset(tmp_path / "faces_tfrecords/all").meta["classes"] == ["happy", "sad"]
+
+
 def test_class_folders_follow_linked_subfolders_and_list_stray_images(tmp_path):
     """A subfolder linked into a class folder holds inputs too (os.walk skipped it, so its
     images were dropped without a word), and an image directly in the class root belongs to no
@@ -714,7 +737,8 @@ def test_an_entry_with_an_empty_id_is_rejected_not_fatal(tmp_path, monkeypatch):
             common.Entry(id=" ", label="a", label_id=0, source=str(image), line=2)])
 
     monkeypatch.setitem(READERS, "imagefolder", reader)
-    convert("imagefolder", tmp_path, tmp_path / "out")
+    (tmp_path / "root").mkdir()
+    convert("imagefolder", tmp_path / "root", tmp_path / "out")
     ds = Dataset(tmp_path / "out/all")
     assert list(ds.records) == ["ok"]
     assert ds.rejected == [{"line": 2, "id": None, "reason":

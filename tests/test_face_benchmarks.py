@@ -381,7 +381,7 @@ def test_facexbench_rules_cover_the_release_sub_categories(tmp_path):
                                                     "a photo of a person aged 20-29.")
     assert rule["gender"]("?", ["Male", "Female"])[0] == "a photo of a male person."
     with pytest.raises(LayoutError, match="benchmark/\\*.json"):
-        convert("facexbench", tmp_path, tmp_path / "out")
+        convert("facexbench", tmp_path, tmp_path.with_name(tmp_path.name + "_out"))
 
 
 # ---------------------------------------------------------------- FABA-Bench
@@ -473,8 +473,9 @@ def test_faba_annotation_file_that_is_not_utf8_names_line_and_byte(tmp_path):
     path.write_bytes(b'[\n  {"image": "a.jpg",\n   "label": "caf\xe9"}\n]\n')
     with pytest.raises(LayoutError, match=r"eval_emotion_anno\.json is not UTF-8 text: byte 16 "
                                           r"of line 3 \(0xe9\)"):
-        convert("faba-bench", tmp_path, tmp_path / "out", split="emotion")
-    assert not (tmp_path / "out").exists()
+        convert("faba-bench", tmp_path, tmp_path.with_name(tmp_path.name + "_out"),
+                split="emotion")
+    assert not tmp_path.with_name(tmp_path.name + "_out").exists()
 
 
 def test_faba_constants_match_the_registry():
