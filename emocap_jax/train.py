@@ -28,7 +28,7 @@ from emocap_jax.config_utils import clip_config
 from emocap_jax.data import pipeline
 from emocap_jax.data.manifest import convert_manifest
 from emocap_jax.data.pipeline import to_global_batch
-from emocap_jax.data.shard_writer import load_metadata
+from emocap_jax.data.shard_writer import load_metadata, not_a_dataset_reason
 from emocap_jax.data.synthetic.corpus import ensure_eval_regions, generate_corpus
 from emocap_jax.evaluate import registry, runner
 from emocap_jax.evaluate.report import summary_line
@@ -145,6 +145,8 @@ def check_dataset(path: str, setting: str) -> None:
     try:
         metadata = load_metadata(path)
     except (FileNotFoundError, ValueError) as e:
+        if not_a_dataset_reason(path):  # a file, or a folder of converted datasets: no hint
+            raise UsageError(f"{setting}={path}: {e}") from None
         raise UsageError(f"{setting}={path}: {e}; convert a dataset with `python -m "
                          f"data_prep.captions` or `python -m data_prep.benchmarks`") from None
     if not metadata.get("num_records"):

@@ -235,6 +235,49 @@ def test_train_with_a_missing_config_file(places):
     _assert_one_line(result, "--config", "no_such_config.py")
 
 
+def test_a_training_dataset_setting_naming_a_converters_output_folder(tmp_path):
+    """`--config.data.train_dir=data/faces` where `data_prep.benchmarks --val-fraction` wrote
+    data/faces/train and data/faces/val: the error names the datasets there and does not tell the
+    user to convert data that is already converted."""
+    from emocap_jax import train
+    from emocap_jax.data import shard_writer
+    for split in ("train", "val"):
+        with shard_writer.ShardedRecordWriter(tmp_path / "faces" / split, 1) as writer:
+            writer.add(example_codec.FaceRecord(id="r0", images=[b"x"], label="a", label_id=0))
+    with pytest.raises(cli_errors.UsageError) as error:
+        train.check_dataset(str(tmp_path / "faces"), "config.data.train_dir")
+    message = str(error.value)
+    assert f"config.data.train_dir={tmp_path / 'faces'}" in message
+    assert "holds the datasets train, val" in message and "convert a dataset" not in message
+    with pytest.raises(cli_errors.UsageError, match="is a file, not a dataset directory"):
+        train.check_dataset(str(tmp_path / "faces" / "val" / "metadata.json"), "config.data.train_dir")
+    with pytest.raises(cli_errors.UsageError, match="convert a dataset with"):
+        train.check_dataset(str(tmp_path / "missing"), "config.data.train_dir")
+
+
+def test_evaluate_data_naming_a_converters_output_folder_or_a_file(tmp_path):
+    """`--data data/faces` for the output of `--val-fraction` (train/ and val/, where the
+    benchmark's test split 'all' is absent): the error names the datasets there and how to pass
+    them, not a conversion; `--data` naming a file says it is a file."""
+    from emocap_jax.data import shard_writer
+    from emocap_jax.evaluate import registry, runner
+    out = tmp_path / "faces"
+    for split in ("train", "val"):
+        with shard_writer.ShardedRecordWriter(out / split, 1) as writer:
+            writer.add(example_codec.FaceRecord(id="r0", images=[b"x"], label="a", label_id=0))
+    spec = registry.get("imagefolder")
+    with pytest.raises(FileNotFoundError) as error:
+        runner.find_splits(spec, str(out))
+    message = str(error.value)
+    assert "holds the datasets train, val" in message
+    assert f"--data {out / 'val'} --train-data {out / 'train'}" in message
+    assert "data_prep.benchmarks" not in message
+    with pytest.raises(FileNotFoundError, match="is a file, not a dataset folder"):
+        runner.find_splits(spec, str(out / "val" / "metadata.json"))
+    with pytest.raises(FileNotFoundError, match="is a file, not a dataset folder"):
+        runner.find_splits(spec, str(out / "val"), train_data=str(out / "train" / "metadata.json"))
+
+
 def test_eval_mode_on_a_workdir_without_an_export(places):
     result = _run(*TRAIN, f"--workdir={places['run']}", "--mode=eval")
     _assert_one_line(result, places["run"], "no exported parameters", "--mode=train")

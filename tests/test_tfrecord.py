@@ -415,6 +415,36 @@ def test_shard_writer_crash_leaves_no_dataset(tmp_path):
         shard_writer.load_metadata(out)
 
 
+def _converted_output_folder(root):
+    """What `data_prep.benchmarks --val-fraction` writes: OUT/train and OUT/val, one dataset each."""
+    for split in ("train", "val"):
+        with shard_writer.ShardedRecordWriter(root / split, 1) as writer:
+            writer.add(make_records(1)[0])
+    return root
+
+
+def test_load_metadata_of_a_converters_output_folder_names_the_datasets_in_it(tmp_path):
+    # `--config.data.train_dir=data/faces` for data/faces/train: the folder is no dataset, but the
+    # one the user meant is in it; the error names it instead of suggesting a conversion.
+    out = _converted_output_folder(tmp_path / "faces")
+    with pytest.raises(FileNotFoundError) as error:
+        shard_writer.load_metadata(out)
+    message = str(error.value)
+    assert f"{out} is not a dataset directory" in message
+    assert "holds the datasets train, val" in message
+    assert str(out / "train") in message
+    assert shard_writer.datasets_below(out) == ["train", "val"]
+    assert shard_writer.datasets_below(out / "train") == []
+
+
+def test_load_metadata_of_a_file_says_it_is_a_file(tmp_path):
+    out = _converted_output_folder(tmp_path / "faces")
+    metadata = out / "val" / shard_writer.METADATA_FILE
+    with pytest.raises(FileNotFoundError, match=f"{re.escape(str(metadata))} is a file, not a "
+                                                "dataset directory"):
+        shard_writer.load_metadata(metadata)
+
+
 def _no_space(*args, **kwargs):
     raise OSError(28, "No space left on device")
 

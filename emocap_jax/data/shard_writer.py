@@ -292,11 +292,48 @@ class ShardedRecordWriter:
             self.close()
 
 
+def datasets_below(folder: str | os.PathLike) -> list[str]:
+    """The finished datasets (folders holding metadata.json) one or two levels below `folder`, as
+    paths relative to it, sorted: what a converter's output folder holds (`train`, `val`;
+    `fold1/train`, ...). Empty for a dataset itself, a file or a missing path."""
+    if not storage.isdir(folder) or storage.isfile(storage.join(folder, METADATA_FILE)):
+        return []
+    found = []
+    for name in storage.listdir(folder):
+        sub = storage.join(folder, name)
+        if storage.isfile(storage.join(sub, METADATA_FILE)):
+            found.append(name)
+        elif storage.isdir(sub):
+            found += [f"{name}/{inner}" for inner in storage.listdir(sub)
+                      if storage.isfile(storage.join(sub, inner, METADATA_FILE))]
+    return found
+
+
+def not_a_dataset_reason(dataset_dir: str | os.PathLike) -> str | None:
+    """Why `dataset_dir` is not a dataset, in words naming it, when it is a file or a folder of
+    datasets (a converter's output folder, named with the datasets in it); None otherwise."""
+    where = storage.fspath(dataset_dir)
+    if storage.isfile(where):
+        return (f"{where} is a file, not a dataset directory (give the folder holding "
+                f"{METADATA_FILE} and the shards)")
+    below = datasets_below(where)
+    if below:
+        return (f"{where} is not a dataset directory but holds the datasets "
+                f"{', '.join(below)} (a converter's output folder): give one of them, e.g. "
+                f"{storage.join(where, below[0])}")
+    return None
+
+
 def load_metadata(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     """Reads a finished dataset's metadata.json (refuses unfinished or newer-schema datasets, and
-    a file that is not a dataset description: ValueError naming it)."""
+    a file that is not a dataset description: ValueError naming it). A path that is not a
+    dataset is FileNotFoundError naming it: a file, a folder of datasets (naming them), or an
+    unfinished or missing one."""
     path = storage.join(dataset_dir, METADATA_FILE)
     if not storage.isfile(path):
+        reason = not_a_dataset_reason(dataset_dir)
+        if reason:
+            raise FileNotFoundError(reason)
         raise FileNotFoundError(
             f"{path} not found: {storage.fspath(dataset_dir)} is not a finished dataset directory "
             "(wrong path, or the conversion did not complete)")

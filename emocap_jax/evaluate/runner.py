@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 import emocap_jax.storage as storage
-from emocap_jax.data.shard_writer import load_metadata
+from emocap_jax.data.shard_writer import datasets_below, load_metadata
 from emocap_jax.evaluate import (au_detection, few_shot, grounding, leakage, linear_probe,
                                  metrics, multiple_choice, registry, retrieval, zero_shot)
 from emocap_jax.evaluate.features import Encoder, ImageFeatures, read_records
@@ -71,6 +71,10 @@ def find_splits(spec: registry.Benchmark, data, fold: Optional[int] = None,
                 train_data: Optional[str] = None) -> list[Split]:
     """The test (and train) dataset folders of a benchmark under `data`."""
     data = storage.fspath(data)
+    for flag, path in (("--data", data), ("--train-data", train_data)):
+        if path is not None and storage.isfile(path):
+            raise FileNotFoundError(f"{flag} {path}: is a file, not a dataset folder (give the "
+                                    "folder holding metadata.json)")
     if not storage.isdir(data):
         raise FileNotFoundError(f"--data {data}: no such directory")
     if train_data is not None and not is_dataset(train_data):
@@ -98,6 +102,12 @@ def find_splits(spec: registry.Benchmark, data, fold: Optional[int] = None,
         return splits
     test = storage.join(data, spec.test_split)
     if not is_dataset(test):
+        below = datasets_below(data)
+        if below:  # converted already, in other splits (`data_prep.benchmarks --val-fraction`)
+            hint = f"it holds the datasets {', '.join(below)}: give the one to test on"
+            if {"train", "val"} <= set(below):
+                hint += (f" and the training one, --data {storage.join(data, 'val')} "
+                         f"--train-data {storage.join(data, 'train')}")
         raise FileNotFoundError(f"--data {data}: neither a dataset folder (metadata.json) nor a "
                                 f"folder holding {spec.test_split}/metadata.json ({hint})")
     train = storage.join(data, spec.train_split) if spec.train_split else None
