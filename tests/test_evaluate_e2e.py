@@ -222,6 +222,9 @@ def test_cli_writes_result_confusion_and_report(tiny_export, bench, tmp_path, ca
     ({"--benchmark": "nope"}, "--benchmark 'nope' is unknown"),
     ({"--protocol": "video"}, "--protocol video: benchmark synthetic supports"),
     ({"--data": "/nonexistent/data"}, "--data /nonexistent/data: no such directory"),
+    # A file (metadata.json itself, a shard) is named as one, not as a missing directory.
+    ({"--data": __file__}, f"--data {__file__}: is a file, not a dataset folder"),
+    ({"--train-data": __file__}, f"--train-data {__file__}: is a file, not a dataset folder"),
     ({"--checkpoint": "/nonexistent/ckpt"}, "--checkpoint /nonexistent/ckpt: no such file"),
     ({"--num-folds": "1"}, "argument --num-folds: must be an integer >= 2, got '1'"),
     # Numbers are checked as they are parsed: before the checkpoint, so one run names them all.

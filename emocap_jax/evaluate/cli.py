@@ -227,13 +227,15 @@ def _check(args, parser) -> None:
     # Paths may be local or bucket URLs (gs://...).
     if not storage.exists(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint}: no such file or directory")
-    if not storage.isdir(args.data):
-        parser.error(f"--data {args.data}: no such directory")
+    for flag, path in (("--data", args.data), ("--train-data", args.train_data)):
+        if path is not None and storage.isfile(path):
+            parser.error(f"{flag} {path}: is a file, not a dataset folder (give the folder "
+                         f"holding metadata.json)")
+        if path is not None and not storage.isdir(path):
+            parser.error(f"{flag} {path}: no such directory")
     if _empty_dataset(args.data):
         parser.error(f"--data {args.data}: the dataset holds no records (its rejected.jsonl says "
                      f"why the converter rejected its inputs)")
-    if args.train_data is not None and not storage.isdir(args.train_data):
-        parser.error(f"--train-data {args.train_data}: no such directory")
     if args.questions is not None and not storage.isfile(args.questions):
         parser.error(f"--questions {args.questions}: no such file")
     if args.templates is not None and not storage.isfile(args.templates):
