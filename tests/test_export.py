@@ -353,7 +353,18 @@ def test_model_card_names_training_data_evaluation_and_licence(tmp_path):
         assert "\n### Evaluation report\n" in card and "\n#### Paper table\n" in card
         assert "MIT" in card and "Copyright (c) 2021 OpenAI" in card
         assert "Permission is hereby granted" in card
-        assert f'local-dir:{folder}' in card if target == "open_clip" else str(folder) in card
+        # The snippet runs from this folder as it is, and says what to write once it is on the
+        # Hub (the absolute local path alone was wrong for every reader of an uploaded card).
+        use = card[card.index("## Use"):card.index("## Training data")]
+        if target == "open_clip":
+            assert f'MODEL = "local-dir:{folder}"  # this folder; once it is on the Hugging ' \
+                   'Face Hub: "hf-hub:USER/NAME"' in use
+            assert "create_model_and_transforms(MODEL)" in use and "get_tokenizer(MODEL)" in use
+        else:
+            assert f'MODEL = "{folder}"  # this folder; once it is on the Hugging Face Hub: ' \
+                   '"USER/NAME"' in use
+            assert use.count("from_pretrained(MODEL)") == 2
+        assert use.count(str(folder)) == 1
         if target == "hf":  # transformers cuts a prompt longer than the context only when asked
             assert "return_tensors=\"pt\", padding=True,\n" in card and "truncation=True)" in card
 

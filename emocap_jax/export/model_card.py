@@ -21,8 +21,9 @@ _USAGE = {
 import open_clip, torch
 from PIL import Image
 
-model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{dir}")
-tokenizer = open_clip.get_tokenizer("local-dir:{dir}")
+MODEL = "local-dir:{dir}"  # this folder; once it is on the Hugging Face Hub: "hf-hub:USER/NAME"
+model, _, preprocess = open_clip.create_model_and_transforms(MODEL)
+tokenizer = open_clip.get_tokenizer(MODEL)
 image = preprocess(Image.open("face.jpg")).unsqueeze(0)
 text = tokenizer(["This image portrays an expression of happiness."])
 with torch.no_grad():
@@ -33,8 +34,9 @@ with torch.no_grad():
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
-model = CLIPModel.from_pretrained("{dir}")
-processor = CLIPProcessor.from_pretrained("{dir}")
+MODEL = "{dir}"  # this folder; once it is on the Hugging Face Hub: "USER/NAME"
+model = CLIPModel.from_pretrained(MODEL)
+processor = CLIPProcessor.from_pretrained(MODEL)
 inputs = processor(text=["This image portrays an expression of happiness."],
                    images=Image.open("face.jpg"), return_tensors="pt", padding=True,
                    truncation=True)  # a prompt longer than the text context is cut to it
@@ -48,7 +50,8 @@ _USAGE_WITHOUT_TOKENIZER = {
 import open_clip, torch
 from PIL import Image
 
-model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{dir}")
+MODEL = "local-dir:{dir}"  # this folder; once it is on the Hugging Face Hub: "hf-hub:USER/NAME"
+model, _, preprocess = open_clip.create_model_and_transforms(MODEL)
 image = preprocess(Image.open("face.jpg")).unsqueeze(0)
 text = ...  # [B, T] int64 ids of the tokenizer the model was trained with (not CLIP BPE)
 with torch.no_grad():
@@ -59,8 +62,9 @@ with torch.no_grad():
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPModel
 
-model = CLIPModel.from_pretrained("{dir}")
-image_processor = CLIPImageProcessor.from_pretrained("{dir}")
+MODEL = "{dir}"  # this folder; once it is on the Hugging Face Hub: "USER/NAME"
+model = CLIPModel.from_pretrained(MODEL)
+image_processor = CLIPImageProcessor.from_pretrained(MODEL)
 pixel_values = image_processor(images=Image.open("face.jpg"), return_tensors="pt").pixel_values
 input_ids = ...  # [B, T] int64 ids of the tokenizer the model was trained with (none here)
 outputs = model(input_ids=input_ids, pixel_values=pixel_values)
