@@ -83,7 +83,7 @@ def main(argv):
         config = _CONFIG.value
         config.keys()  # config_flags defers a config file's load failure to the first access
     except OSError as e:
-        raise UsageError(f"--config: {e}") from None
+        raise UsageError(_config_load_error(flags.FLAGS["config"].config_filename, e)) from None
     # Orbax and JAX log every checkpoint file operation at INFO through absl; our own progress
     # lines (logger "emocap_jax") stay visible. --verbosity=0 brings the library logs back.
     if not flags.FLAGS["verbosity"].present:
@@ -107,6 +107,26 @@ def main(argv):
         else:
             train.evaluate_workdir(config, _WORKDIR.value)
     return 0
+
+
+def _shipped_configs() -> list[str]:
+    """The configs installed with the package, as `configs/NAME.py`."""
+    spec = importlib.util.find_spec("configs")
+    names = set()
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        names |= {n for n in os.listdir(folder) if n.endswith(".py") and n != "__init__.py"}
+    return [f"configs/{n}" for n in sorted(names)]
+
+
+def _config_load_error(given: str, error: OSError) -> str:
+    """A missing config file named as such, with the configs there are (ml_collections words it
+    "Configuration is not available because of an earlier failure to load: Failed loading config
+    file config_config ..."); another OSError (one the config file's own code raised) as is."""
+    path = given.split(":", 1)[0]  # --config=FILE:ARG passes ARG to get_config
+    if not os.path.isfile(path):
+        return (f"--config={given}: no such file {path}; the shipped configs, found from any "
+                f"directory as --config=configs/NAME.py: {', '.join(_shipped_configs())}")
+    return f"--config={given}: {error}"
 
 
 def _with_installed_config(argv: list[str]) -> list[str]:

@@ -232,7 +232,11 @@ def test_a_config_of_the_package_is_found_from_another_directory(tmp_path, spell
 def test_train_with_a_missing_config_file(places):
     result = _run("emocap_jax.main", "--config=configs/no_such_config.py",
                   f"--workdir={places['out']}")
-    _assert_one_line(result, "--config", "no_such_config.py")
+    _assert_one_line(result, "--config=configs/no_such_config.py: no such file "
+                             "configs/no_such_config.py; the shipped configs",
+                     "configs/tiny.py", "configs/vitb16.py")
+    # ml_collections' own wording ("Failed loading config file config_config") is not shown.
+    assert "config_config" not in result.stderr
 
 
 def test_a_training_dataset_setting_naming_a_converters_output_folder(tmp_path):
