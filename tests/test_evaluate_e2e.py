@@ -218,6 +218,62 @@ def test_cli_writes_result_confusion_and_report(tiny_export, bench, tmp_path, ca
     assert "| static FER | RAF-DB | zero_shot | UAR | — | 62.8 | 45.1 |" in md
 
 
+def test_cli_files_agree_with_metrics_recomputed_from_its_predictions(tiny_export, bench,
+                                                                     tmp_path):
+    """What a user reads (results JSON, confusion JSON, report.csv, report.md) is what
+    scikit-learn computes from the per-image predictions CSV, per fold and pooled."""
+    import csv
+
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    from emocap_jax.evaluate import cli
+
+    out = tmp_path / "out"
+    assert cli.main(["--checkpoint", str(tiny_export), "--benchmark", "synthetic", "--data",
+                     str(bench), "--protocol", "linear_probe", "--output", str(out),
+                     "--batch-size", str(BATCH), "--quiet"]) == 0
+    result = json.loads((out / "results/synthetic__linear_probe.json").read_text())
+    with open(out / "predictions/synthetic__linear_probe.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    classes = result["report"]["classes"]
+    records = read_records(result["splits"][0]["test"])
+    assert sorted(r["id"] for r in rows) == sorted(r.id for r in records)  # each once
+
+    def recomputed(rows):
+        y, p = [r["label"] for r in rows], [r["prediction"] for r in rows]
+        return {"uar": recall_score(y, p, labels=sorted(set(y)), average="macro"),
+                "war": accuracy_score(y, p), "macro_f1": f1_score(y, p, average="macro"),
+                "confusion_matrix": sk_confusion(y, p, labels=classes).tolist()}
+
+    per_fold = []
+    for fold in result["folds"]:
+        mine = recomputed([r for r in rows if int(r["fold"]) == fold["fold"]])
+        per_fold.append(mine)
+        for metric in ("uar", "war", "macro_f1"):
+            assert fold[metric] == pytest.approx(mine[metric]), (fold["fold"], metric)
+        assert fold["confusion_matrix"] == mine["confusion_matrix"]
+    pooled, mine = result["report"], recomputed(rows)
+    for metric in ("uar", "war", "macro_f1"):
+        assert pooled[metric] == pytest.approx(mine[metric]), metric
+        values = [f[metric] for f in per_fold]
+        assert pooled["fold_summary"][metric]["mean"] == pytest.approx(np.mean(values))
+        assert pooled["fold_summary"][metric]["std"] == pytest.approx(np.std(values))
+    assert pooled["confusion_matrix"] == mine["confusion_matrix"]
+    confusion = json.loads((out / "confusion/synthetic__linear_probe.json").read_text())
+    assert confusion["classes"] == classes and confusion["counts"] == mine["confusion_matrix"]
+    headline = np.mean([f["uar"] for f in per_fold])  # with folds: the fold mean
+    assert result["value"] == pytest.approx(headline)
+    with open(out / "report.csv", newline="") as f:
+        [row] = [r for r in csv.DictReader(f) if r["protocol"] == "linear_probe"]
+    assert row["ours"] == f"{100 * headline:.2f}"
+    assert row["num_examples"] == str(len(records)) and row["num_folds"] == str(len(per_fold))
+    md = (out / "report.md").read_text()
+    assert f"| synthetic faces | linear_probe | UAR | {100 * headline:.1f} |" in md
+    assert (f"UAR {100 * mine['uar']:.1f}%, WAR {100 * mine['war']:.1f}%, macro-F1 "
+            f"{100 * mine['macro_f1']:.1f}% over {len(records)} examples") in md
+
+
 @pytest.mark.parametrize("change,message", [
     ({"--benchmark": "nope"}, "--benchmark 'nope' is unknown"),
     ({"--protocol": "video"}, "--protocol video: benchmark synthetic supports"),
