@@ -163,7 +163,7 @@ def test_folds_the_classes_cannot_fill_are_refused_naming_each_class_and_its_cou
         linear_probe.cv_folds(np.array([0, 1]), None, 2)
     groups = np.repeat(["S1", "S2", "S3"], 2)
     with pytest.raises(linear_probe.TooFewForFolds,
-                       match="3 subjects cannot fill 4 subject-independent folds; use at most 3"):
+                       match="3 subjects cannot fill 4 folds that keep them apart; use at most 3"):
         linear_probe.cv_folds(np.tile([0, 1], 3), groups, 4)
 
 

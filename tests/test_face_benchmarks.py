@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import pathlib
+import warnings
 
 import numpy as np
 import pytest
@@ -896,8 +897,6 @@ def test_test_faces_copied_from_training_are_counted_and_reported(tmp_path):
     """Face 0 of every class in the test folder is the training folder's face 0, byte for byte:
     7 of 28 test faces. Both probe protocols count them (result, fold, warning, summary line,
     the report's Notes) and still run; a test folder of other faces counts 0."""
-    import warnings
-
     from emocap_jax.data import class_orders
 
     classes = class_orders.RAFDB_BASIC
@@ -944,3 +943,33 @@ def test_copies_across_cross_validation_folds_are_counted_per_fold(tmp_path):
         assert fold["train_test_copies"] == twins_training, fold["fold"]
         total += twins_training
     assert result["train_test_copies"] == total > 0
+
+
+def test_cross_validation_without_subjects_keeps_copies_of_an_image_in_one_fold(tmp_path):
+    """Records naming no subject (an image folder, FER2013's folders) were folded record by
+    record, so byte-identical copies trained the probe on the faces it was then scored on (168
+    of FER2013's 2,889 validation faces over 5 folds). The folds now keep each image's copies
+    together: no fold tests a face whose copy it trained on, for the probe and few-shot."""
+    spec = registry.get("jaffe")
+    # Faces i and i + 3 of a class are one image; no record names a subject.
+    write_labelled(tmp_path / "jaffe" / "all", spec.classes, per_class=6,
+                   colour=lambda c, i: (30 * c, 10 * (i % 3), 90))
+    for protocol, options in (("linear_probe", runner.Options(num_folds=3, c_grid=(1.0,))),
+                              ("few_shot", runner.Options(num_folds=3, c_grid=(1.0,),
+                                                          shots=(1,), seeds=(0,)))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no copies: no warning
+            result = runner.run(HashEncoder(), "jaffe", protocol, tmp_path / "jaffe", options)
+        assert result["train_test_copies"] == 0, protocol
+        assert [f["train_test_copies"] for f in result["folds"]] == [0, 0, 0], protocol
+    # The folds themselves: record 6c + i and 6c + i + 3 are copies; each fold tests both or
+    # neither, and subjects, where records name them, still decide the folds.
+    digests = np.asarray([[c, i % 3] + [0] * 14 for c in range(7) for i in range(6)], np.uint8)
+    groups, word = runner._fold_groups(np.full(42, ""), digests)
+    assert word == "distinct images" and len(set(groups)) == 21
+    for _, test in runner.linear_probe.cv_folds(np.repeat(np.arange(7), 6), groups, 3):
+        tested = set(test.tolist())
+        assert all((r in tested) == (r + 3 in tested) for r in range(42) if r % 6 < 3)
+    subjects = np.asarray([f"S{i}" for _ in range(7) for i in range(6)])
+    by_subject, word = runner._fold_groups(subjects, digests)
+    assert word == "subjects" and (by_subject == subjects).all()

@@ -83,10 +83,12 @@ def _class_name(label: int, class_names: Optional[Sequence[str]]) -> str:
 
 
 def cv_folds(labels, groups, num_folds: int, seed: int = 0,
-             class_names: Optional[Sequence[str]] = None) -> list[tuple[np.ndarray, np.ndarray]]:
+             class_names: Optional[Sequence[str]] = None, group_word: str = "subjects"
+             ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) index arrays of `num_folds` stratified folds; with groups (subjects), no group
     is split between train and test (scikit-learn's StratifiedGroupKFold). Data too small for the
-    folds raises TooFewForFolds, naming each class (`class_names[label]`) and its count."""
+    folds raises TooFewForFolds, naming each class (`class_names[label]`) and its count.
+    `group_word` names what a group is in that message ("subjects", "distinct images")."""
     labels = np.asarray(labels)
     groups = _subjects_to_keep_apart(groups)
     if num_folds < 2:
@@ -94,8 +96,8 @@ def cv_folds(labels, groups, num_folds: int, seed: int = 0,
     if groups is not None:
         num_groups = len(np.unique(groups))
         if num_groups < num_folds:
-            raise _too_few(f"{num_groups} subjects cannot fill {num_folds} subject-independent "
-                           "folds", num_groups)
+            raise _too_few(f"{num_groups} {group_word} cannot fill {num_folds} folds that keep "
+                           f"them apart", num_groups)
     # scikit-learn refuses only when every class is smaller than the folds, saying "n_splits=10
     # cannot be greater than the number of members in each class" (no class, no count, no way
     # out); a few small classes are fine, their examples sit in some test folds only.

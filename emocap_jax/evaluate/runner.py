@@ -282,10 +282,21 @@ def _copies(train_digests, test_digests, where: str) -> int:
     return count
 
 
+def _fold_groups(groups: np.ndarray, digests: np.ndarray) -> tuple[np.ndarray, str]:
+    """What the cross-validation folds keep apart, and its name for messages: the subjects where
+    the records name them; else the images themselves, so that byte-identical copies (FER2013's
+    folders hold hundreds) fall into one fold instead of training the probe on the faces it is
+    then scored on; README "Evaluation" has what it changed on FER2013)."""
+    if (groups != "").any():
+        return groups, "subjects"
+    return np.asarray([bytes(d).hex() for d in np.asarray(digests, np.uint8)]), "distinct images"
+
+
 def _probe_data(encoder: Encoder, spec, split: Split, options: Options):
     """(train features, test features, fold index pairs or None, groups or None): with a train
-    split the probe trains on it; otherwise subject-independent cross-validation over the test
-    dataset (records grouped by subject / actor)."""
+    split the probe trains on it; otherwise cross-validation over the test dataset, folds kept
+    apart by subject / actor, or by image where no record names one (`_fold_groups`). `groups`
+    are the subjects ("" where none), for the C carve-out and the few-shot draws."""
     num_frames = _num_frames(spec, split.test, options.frames)
     test = _labelled(encoder.images(split.test, num_frames))
     if split.train is not None:
@@ -295,8 +306,10 @@ def _probe_data(encoder: Encoder, spec, split: Split, options: Options):
         raise ValueError(f"{spec.name} has no train split under the data folder and no "
                          "cross-validation folds: pass --train-data DIR or --num-folds N")
     groups = _groups(test)
+    fold_groups, group_word = _fold_groups(groups, _digests(test))
     try:
-        folds = linear_probe.cv_folds(test.labels, groups, num_folds, options.seed, spec.classes)
+        folds = linear_probe.cv_folds(test.labels, fold_groups, num_folds, options.seed,
+                                      spec.classes, group_word)
     except linear_probe.PartlyGrouped as e:
         raise ValueError(f"{split.test}: {e}") from None
     except linear_probe.TooFewForFolds as e:
