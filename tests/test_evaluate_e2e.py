@@ -107,6 +107,13 @@ def test_every_protocol_runs_on_the_synthetic_splits(encoder, bench, tmp_path, n
             result["splits"][0]["test"])}
     if protocol == "few_shot":
         assert set(result["shots"]) == {1, 2} and result["metric"] == "uar@2-shot"
+        # The report says what its ± spans: every draw (folds x seeds), not the fold means.
+        report.write_result(tmp_path, result)
+        report.write_report(tmp_path, encoder.description)
+        folds = len(result["folds"])
+        assert (f"mean ± std over the runs of each row ({folds} folds × the seeds: "
+                f"{2 * folds} at 1-shot, {2 * folds} at 2-shot)"
+                in (tmp_path / "report.md").read_text())
     if protocol == "au_detection":
         assert result["folds"][0]["aus"] == [f"AU{c}" for c in spec.aus]
     if protocol == "retrieval":

@@ -353,7 +353,14 @@ def _details(result: dict) -> list[str]:
         if result.get("files", {}).get("confusion_png"):
             lines += ["", f"![confusion matrix]({result['files']['confusion_png']})"]
     if "shots" in result:
-        lines += ["", "| shots | UAR | WAR | macro-F1 |", "|---|---|---|---|"]
+        # The spread is over every draw (each fold's seeds), not over the fold means.
+        runs = {k: sum(len(f["shots"][k]["runs"]) for f in result.get("folds") or []
+                       if k in f.get("shots", {})) for k in result["shots"]}
+        folds = len(result.get("folds") or [])
+        lines += ["", f"mean ± std over the runs of each row ({folds} fold"
+                      f"{'s' if folds != 1 else ''} × the seeds: "
+                      + ", ".join(f"{n} at {k}-shot" for k, n in runs.items()) + ")",
+                  "", "| shots | UAR | WAR | macro-F1 |", "|---|---|---|---|"]
         for k, s in result["shots"].items():
             lines.append(f"| {k} | " + " | ".join(
                 f"{_pct(s[m]['mean'])} ± {_pct(s[m]['std'])}" for m in ("uar", "war", "macro_f1"))
