@@ -973,3 +973,42 @@ def test_cross_validation_without_subjects_keeps_copies_of_an_image_in_one_fold(
     subjects = np.asarray([f"S{i}" for _ in range(7) for i in range(6)])
     by_subject, word = runner._fold_groups(subjects, digests)
     assert word == "subjects" and (by_subject == subjects).all()
+
+
+def test_zero_shot_modes_written_to_one_folder_keep_their_own_files(tmp_path):
+    """The three prompt modes into one --output: each keeps its files (a later mode replaced the
+    earlier one's, as one benchmark and protocol had one file name), the standard (embedding)
+    run alone fills the paper table's cell beside the paper's number, and the others are named
+    with their mode among the other evaluations."""
+    from emocap_jax.data import class_orders
+
+    data = tmp_path / "rafdb"
+    write_labelled(data / "test", class_orders.RAFDB_BASIC)
+    out = tmp_path / "eval"
+    for mode in ("embedding", "description", "logits"):
+        result = runner.run(HashEncoder(), "rafdb", "zero_shot", data,
+                            runner.Options(zero_shot_mode=mode))
+        report.write_result(out, result)
+        checkpoint = result["checkpoint"]
+        assert report.summary_line(result).startswith(
+            "RAF-DB zero_shot" + ("" if mode == "embedding" else f" ({mode} prompts)"))
+    assert sorted(p.name for p in (out / "results").iterdir()) == [
+        "rafdb__zero_shot.json", "rafdb__zero_shot__description.json",
+        "rafdb__zero_shot__logits.json"]
+    assert len(list((out / "predictions").iterdir())) == 3
+    values = {json.loads(p.read_text())["prompts"]["mode"]: json.loads(p.read_text())["value"]
+              for p in (out / "results").iterdir()}
+    summary = report.write_report(out, checkpoint)
+    markdown = summary["markdown"].read_text()
+    paper, others = markdown.split("## Other evaluations")
+    paper_rows = [line for line in paper.splitlines() if "| RAF-DB | zero_shot |" in line]
+    assert len(paper_rows) == 1 and f"| {100 * values['embedding']:.1f} |" in paper_rows[0]
+    for mode in ("description", "logits"):
+        assert f"| zero_shot ({mode} prompts) | UAR | {100 * values[mode]:.1f} |" in others
+        assert f"— zero_shot ({mode} prompts)" in markdown  # its Details heading
+    csv_rows = summary["csv"].read_text().splitlines()
+    rafdb = [row for row in csv_rows if ",rafdb,RAF-DB," in row]
+    assert len(rafdb) == 3 and sum(
+        f",zero_shot,uar,{100 * values['embedding']:.2f},62.80," in row for row in rafdb) == 1
+    assert {row.split(",")[3] for row in rafdb} == {
+        "zero_shot", "zero_shot (description prompts)", "zero_shot (logits prompts)"}

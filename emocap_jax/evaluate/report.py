@@ -34,8 +34,23 @@ DASH = "—"
 _MAX_NAMED = 10
 
 
-def slug(benchmark: str, protocol: str) -> str:
-    return f"{benchmark}__{protocol}"
+def variant(result: dict) -> str:
+    """What sets a run apart from its protocol's standard form: the zero-shot prompt mode when it
+    is not the default "embedding" (a "logits" or "description" run); "" otherwise. A variant
+    has files of its own, so it does not replace the standard run in the output folder, and a
+    row among the other evaluations, not the paper table's cell."""
+    mode = (result.get("prompts") or {}).get("mode")
+    return mode if mode and mode != "embedding" else ""
+
+
+def slug(benchmark: str, protocol: str, variant_: str = "") -> str:
+    return f"{benchmark}__{protocol}" + (f"__{variant_}" if variant_ else "")
+
+
+def protocol_label(result: dict) -> str:
+    """The protocol as the report names it: with its variant, e.g. "zero_shot (description
+    prompts)"."""
+    return result["protocol"] + (f" ({variant(result)} prompts)" if variant(result) else "")
 
 
 METRIC_NAMES = {"uar": "UAR", "war": "WAR", "mean_f1": "mean F1", "accuracy": "accuracy",
@@ -62,7 +77,7 @@ def partial_folds(result: dict) -> str:
 def summary_line(result: dict) -> str:
     """One line per result, as the evaluation CLI and `--mode=eval` print it."""
     value = result["value"]
-    text = (f"{result['title']} {result['protocol']}: {metric_name(result['metric'])} "
+    text = (f"{result['title']} {protocol_label(result)}: {metric_name(result['metric'])} "
             f"{'n/a' if value is None else f'{100 * value:.1f}%'}")
     report = result.get("report") or {}
     folds = len(result.get("folds") or [])
@@ -149,7 +164,7 @@ def plot_confusion(cm, classes: Sequence[str], path, title: str = "") -> pathlib
 def write_result(output, result: dict) -> dict:
     """Writes one run's files; returns {kind: path}."""
     output = storage.fspath(output)
-    name = slug(result["benchmark"], result["protocol"])
+    name = slug(result["benchmark"], result["protocol"], variant(result))
     written = {}
     result = dict(result)
     predictions = result.pop("predictions", None)
@@ -197,7 +212,7 @@ def load_results(output, checkpoint: Optional[str] = None) -> tuple[list[dict], 
 
 
 def _paper_rows(results: list[dict]) -> list[dict]:
-    by_key = {(r["benchmark"], r["protocol"]): r for r in results}
+    by_key = {(r["benchmark"], r["protocol"]): r for r in results if not variant(r)}
     rows = []
     for spec in registry.paper_table():
         result = by_key.get((spec.name, spec.paper_protocol))
@@ -213,10 +228,10 @@ def _other_rows(results: list[dict]) -> list[dict]:
     paper_keys = {(s.name, s.paper_protocol) for s in registry.paper_table()}
     rows = []
     for r in results:
-        if (r["benchmark"], r["protocol"]) in paper_keys:
+        if (r["benchmark"], r["protocol"]) in paper_keys and not variant(r):
             continue
         rows.append({"group": r["group"], "benchmark": r["benchmark"], "title": r["title"],
-                     "protocol": r["protocol"], "metric": r["metric"], "ours": r["value"],
+                     "protocol": protocol_label(r), "metric": r["metric"], "ours": r["value"],
                      "emocapclip_b32": None, "flip_b32": None, "result": r})
     order = {name: i for i, name in enumerate(registry.names())}
     return sorted(rows, key=lambda x: (order.get(x["benchmark"], 1e9), x["protocol"]))
@@ -313,7 +328,7 @@ def _grounding_details(fold: dict) -> list[str]:
 
 
 def _details(result: dict) -> list[str]:
-    lines = [f"### {result['title']} — {result['protocol']}", ""]
+    lines = [f"### {result['title']} — {protocol_label(result)}", ""]
     lines.append(f"- data: `{result['data']}`; {result.get('devices', '?')} devices; "
                  f"{result.get('seconds', 0):.1f} s")
     report = result.get("report") or {}
@@ -429,7 +444,7 @@ def render_markdown(results: list[dict], checkpoint: str = "") -> str:
     if results:
         lines += ["", "## Details", ""]
         for result in sorted(results, key=lambda r: (registry.names().index(r["benchmark"]),
-                                                     r["protocol"])):
+                                                     r["protocol"], variant(r))):
             lines += _details(result)
     return "\n".join(lines) + "\n"
 
