@@ -471,7 +471,13 @@ def check_model_and_data_settings(config):
 def load_init_params(config, model_config, shapes) -> dict:
     """Parameters from `config.init_from`, adapted to the run's image size, with the paths matching
     `config.init_exclude` left to random init (returned as None leaves to fill)."""
-    source = api.load(config.init_from)
+    try:
+        source = api.load(config.init_from)
+    except UsageError:
+        raise
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        # A wrong path or a file that is no checkpoint: a user mistake, named with the setting.
+        raise UsageError(f"config.init_from={config.init_from}: {e}") from None
     params, loaded_cfg = source.params, source.config
     params = jax.tree_util.tree_map(np.asarray, params)
     if loaded_cfg.vision.image_size != model_config.vision.image_size:
@@ -492,18 +498,29 @@ def load_init_params(config, model_config, shapes) -> dict:
     for path, value in zip(jax.tree_util.tree_leaves(param_paths(params)),
                            jax.tree_util.tree_leaves(params)):
         loaded[path] = value
-    out = {}
+    out, missing, differing = {}, [], []
     for path, shape in zip(flat_paths, jax.tree_util.tree_leaves(
             shapes, is_leaf=lambda x: isinstance(x, tuple))):
         if any(p.fullmatch(path) for p in excluded):
             continue
         if path not in loaded:
-            raise ValueError(f"init_from {config.init_from}: no parameter {path}")
-        if tuple(loaded[path].shape) != tuple(shape):
-            raise ValueError(f"init_from {config.init_from}: parameter {path} has shape "
-                             f"{tuple(loaded[path].shape)}, the run's model needs {tuple(shape)} "
-                             f"(exclude it with config.init_exclude)")
-        out[path] = loaded[path]
+            missing.append(path)
+        elif tuple(loaded[path].shape) != tuple(shape):
+            differing.append(f"{path} {tuple(loaded[path].shape)} where the run's model has "
+                             f"{tuple(shape)}")
+        else:
+            out[path] = loaded[path]
+    if missing or differing:
+        # Every difference at once: the usual cause is a config of another architecture than the
+        # checkpoint's (configs/vitb16.py with ViT-B-32 weights), which one name would not show.
+        found = [f"no {p}" for p in missing] + differing
+        shown = found[:8] + ([f"and {len(found) - 8} more"] if len(found) > 8 else [])
+        raise UsageError(
+            f"config.init_from={config.init_from}: the checkpoint does not fit the run's model "
+            f"({config.model_name}), {len(found)} parameter(s) differ: {'; '.join(shown)}. Use "
+            f"the config of the checkpoint's architecture (its model_config.json or config "
+            f"file), or keep these at random init with config.init_exclude (`--mode=info` "
+            f"shows the model)")
     return out
 
 

@@ -886,6 +886,31 @@ def test_init_from_converted_clip_with_exclusions_and_new_resolution(fixtures_di
         load_init_params(config, clip_config(config), param_shapes(clip_config(config)))
 
 
+def test_init_from_mistakes_are_usage_errors_naming_the_checkpoint(fixtures_dir, tmp_path):
+    """A wrong config.init_from path, or weights of another architecture than the config's model
+    (configs/vitb16.py with ViT-B-32 weights), is one line naming init_from, not a traceback."""
+    from configs import tiny
+    from emocap_jax.cli_errors import UsageError
+    from emocap_jax.config_utils import clip_config
+    from emocap_jax.models.clip import param_shapes
+    from emocap_jax.train import load_init_params
+
+    config = tiny.get_config()   # vocabulary 49408, context 32: not the fixture's 1000 and 16
+    model_config = clip_config(config)
+    config.init_from = str(tmp_path / "no_such_ckpt")
+    with pytest.raises(UsageError, match=r"config\.init_from=.*no_such_ckpt.*no such file"):
+        load_init_params(config, model_config, param_shapes(model_config))
+    config.init_from = str(fixtures_dir / "openclip_tiny_gelu")
+    with pytest.raises(UsageError) as error:
+        load_init_params(config, model_config, param_shapes(model_config))
+    message = str(error.value)
+    assert "config.init_from=" in message and "openclip_tiny_gelu" in message
+    # Every differing parameter is named, with both shapes, not only the first one met.
+    assert "text/pos_embedding (16, 32) where the run's model has (32, 32)" in message
+    assert "text/token_embedding/embedding (1000, 32) where the run's model has (49408, 32)" in message
+    assert "2 parameter(s) differ" in message
+    assert "config.init_exclude" in message and "--mode=info" in message
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,terms", [
     # The full objective with text mining runs end to end above; these are the other shapes.
