@@ -259,6 +259,24 @@ def test_a_training_dataset_setting_naming_a_converters_output_folder(tmp_path):
         train.check_dataset(str(tmp_path / "missing"), "config.data.train_dir")
 
 
+def test_a_training_dataset_setting_naming_an_unconverted_caption_corpus(tmp_path):
+    """`--config.data.train_dir=data/synthetic`, the folder `data_prep.synthetic` (or any caption
+    corpus) wrote, images and manifest.jsonl not yet converted to shards: the error says so and
+    gives the conversion command for that folder, instead of 'wrong path, or the conversion did
+    not complete'."""
+    from emocap_jax import train
+    corpus = tmp_path / "synthetic"
+    (corpus / "images").mkdir(parents=True)
+    (corpus / "manifest.jsonl").write_text('{"id": "a", "image": "images/a.jpg"}\n')
+    with pytest.raises(cli_errors.UsageError) as error:
+        train.check_dataset(str(corpus), "config.data.train_dir")
+    message = str(error.value)
+    assert f"config.data.train_dir={corpus}: {corpus} holds a caption corpus" in message
+    assert (f"python -m data_prep.captions --manifest {corpus / 'manifest.jsonl'} --root {corpus} "
+            f"--output DIR") in message
+    assert "did not complete" not in message
+
+
 def test_evaluate_data_naming_a_converters_output_folder_or_a_file(tmp_path):
     """`--data data/faces` for the output of `--val-fraction` (train/ and val/, where the
     benchmark's test split 'all' is absent): the error names the datasets there and how to pass

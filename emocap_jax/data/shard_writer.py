@@ -310,12 +310,19 @@ def datasets_below(folder: str | os.PathLike) -> list[str]:
 
 
 def not_a_dataset_reason(dataset_dir: str | os.PathLike) -> str | None:
-    """Why `dataset_dir` is not a dataset, in words naming it, when it is a file or a folder of
-    datasets (a converter's output folder, named with the datasets in it); None otherwise."""
+    """Why `dataset_dir` is not a dataset, in words naming it, when it is a file, a folder of
+    datasets (a converter's output folder, named with the datasets in it) or a caption corpus not
+    yet converted (a manifest.jsonl and its images: `data_prep.synthetic`'s output); None
+    otherwise."""
     where = storage.fspath(dataset_dir)
     if storage.isfile(where):
         return (f"{where} is a file, not a dataset directory (give the folder holding "
                 f"{METADATA_FILE} and the shards)")
+    manifest = storage.join(where, "manifest.jsonl")
+    if storage.isdir(where) and storage.isfile(manifest):
+        return (f"{where} holds a caption corpus (manifest.jsonl and its images), not a "
+                f"converted dataset: convert it with `python -m data_prep.captions --manifest "
+                f"{manifest} --root {where} --output DIR` and give DIR")
     below = datasets_below(where)
     if below:
         return (f"{where} is not a dataset directory but holds the datasets "
