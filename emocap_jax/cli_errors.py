@@ -15,6 +15,7 @@ BrokenPipeError traceback, yet `set -o pipefail` still sees that the output was 
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import os
 import select
@@ -100,7 +101,36 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: `error: <what>` and status 2, without the usage block
     (`--help` still prints it)."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
+        # argparse reports a missing required option before an unknown one, so a misspelt
+        # required option (`--inptu`) read only as "required: --input": name the typo too.
+        if message.startswith("the following arguments are required"):
+            known = [o for action in self._actions for o in action.option_strings]
+
+            def unrecognised(arg: str) -> bool:
+                option = arg.split("=", 1)[0]
+                if not option.startswith("-") or option == "--" or option in known:
+                    return False
+                try:
+                    float(option)   # a negative number is a value
+                    return False
+                except ValueError:
+                    pass
+                # argparse takes an unambiguous prefix (`--inp` for `--input`)
+                return not (self.allow_abbrev and option.startswith("--") and
+                            sum(o.startswith(option) for o in known) == 1)
+
+            unknown = [a.split("=", 1)[0] for a in getattr(self, "_given", []) if unrecognised(a)]
+            if unknown:
+                hints = []
+                for option in unknown:
+                    close = difflib.get_close_matches(option, known, n=1)
+                    hints.append(option + (f", did you mean {close[0]}?" if close else ""))
+                message += f" (unrecognised: {'; '.join(hints)})"
         sys.exit(report(message))
 
 

@@ -675,3 +675,26 @@ def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback():
                             text=True, timeout=300)
     assert result.returncode == 1 and result.stdout == "partial output\n"
     assert "Traceback" in result.stderr and "a worker hung up" in result.stderr, result.stderr
+
+
+def test_a_misspelt_required_option_is_named_with_the_option_meant(capsys):
+    """`--inptu x` for a required `--input`: argparse reports the missing `--input` before the
+    unknown `--inptu`, so the line named only what was missing, not the typo that caused it."""
+    parser = cli_errors.ArgumentParser(prog="emocap-convert")
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--inptu", "w.safetensors", "--output=out"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert ("error: the following arguments are required: --input (unrecognised: --inptu, "
+            "did you mean --input?)") in err
+    # A prefix argparse accepts (`--out` for `--output`) and a negative value are no typos.
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "-1"])
+    assert capsys.readouterr().err == "error: the following arguments are required: --input\n"
+    # A required option simply left out reads as before.
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--output", "out"])
+    assert capsys.readouterr().err == "error: the following arguments are required: --input\n"
