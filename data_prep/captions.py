@@ -64,6 +64,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already in --output")
     args = parser.parse_args(argv)
+    if os.path.isdir(args.manifest):
+        inside = os.path.join(args.manifest, "manifest.jsonl")
+        parser.error(f"--manifest {args.manifest} is a folder, not the manifest file"
+                     + (f": give {inside}" if os.path.isfile(inside) else
+                        " (a JSON-lines file, one record per line)"))
     if not os.path.isfile(args.manifest):
         parser.error(f"--manifest {args.manifest} is not a file")
     if not os.path.isdir(args.root):

@@ -388,6 +388,16 @@ def test_cli_summary_exit_codes_and_overwrite(corpus, tmp_path, capsys):
                            "--output", str(tmp_path / "x")])
     assert info.value.code == 2
     assert "nope.jsonl is not a file" in capsys.readouterr().err
+    # The corpus folder where its manifest goes (data_prep.synthetic's --output): the folder is
+    # named as such, with the manifest in it.
+    (tmp_path / "corpus_dir").mkdir()
+    (tmp_path / "corpus_dir" / "manifest.jsonl").write_text("")
+    with pytest.raises(SystemExit) as info:
+        captions_cli.main(["--manifest", str(tmp_path / "corpus_dir"), "--root",
+                           str(corpus.root), "--output", str(tmp_path / "x")])
+    assert info.value.code == 2
+    assert (f"--manifest {tmp_path / 'corpus_dir'} is a folder, not the manifest file: give "
+            f"{tmp_path / 'corpus_dir' / 'manifest.jsonl'}") in capsys.readouterr().err
 
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text("not json\n")
