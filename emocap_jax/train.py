@@ -1059,8 +1059,7 @@ def evaluate_workdir(config, workdir) -> dict:
                                    json.dumps(zero_shot, indent=1))
         elif is_main:
             print(summary_line(result), flush=True)
-    if is_main:
-        print(f"evaluation report: {storage.join(workdir, 'eval', 'report.md')}", flush=True)
+    # (run_config_evals has logged where the report is: printing it too showed it twice.)
     return {"results": results, "zero_shot": zero_shot}
 
 

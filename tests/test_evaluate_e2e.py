@@ -342,7 +342,7 @@ def test_cli_help_documents_every_protocol():
     assert "--checkpoint" in result.stdout and "report.md" in result.stdout
 
 
-def test_mode_eval_runs_the_configs_evals(tiny_export, bench, tmp_path, capsys):
+def test_mode_eval_runs_the_configs_evals(tiny_export, bench, tmp_path, capsys, monkeypatch):
     import shutil
 
     from configs import tiny
@@ -358,9 +358,15 @@ def test_mode_eval_runs_the_configs_evals(tiny_export, bench, tmp_path, capsys):
     config.eval.benchmarks = ("synthetic:zero_shot", "synthetic:retrieval",
                               "synthetic-compound:compound",
                               f"synthetic-video:video:{bench / 'video'}")
+    from emocap_jax.evaluate import suite
+    logged = []
+    monkeypatch.setattr(suite.log, "info", lambda message, *args: logged.append(message % args))
     out = train.evaluate_workdir(config, workdir)
     printed = capsys.readouterr().out
     assert "zero-shot on" in printed and "UAR" in printed  # the demo's line, as before
+    # Where the report is: said once, in the log (it was printed a second time).
+    assert "evaluation report" not in printed
+    assert logged.count(f"evaluation report: {workdir / 'eval' / 'report.md'}") == 1
     assert out["zero_shot"]["num_examples"] == 40
     assert json.loads((workdir / "zero_shot.json").read_text())["num_examples"] == 40
     assert [r["benchmark"] for r in out["results"]] == ["synthetic", "synthetic",
