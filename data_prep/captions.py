@@ -17,7 +17,8 @@ import sys
 import warnings
 
 import emocap_jax.storage as storage
-from emocap_jax.data.manifest import EmptyClassesWarning, convert_manifest, require_utf8_path
+from emocap_jax.data.manifest import (IMAGE_NOT_FOUND, EmptyClassesWarning, convert_manifest,
+                                      require_utf8_path)
 from emocap_jax.data.manifest import wide_text_error
 from emocap_jax.data.shard_writer import REJECTED_FILE
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
@@ -140,9 +141,16 @@ def main(argv: list[str] | None = None) -> int:
               "stay in metadata.json's classes (and its classes_without_records) with no record",
               file=sys.stderr)
     if summary["num_written"] == 0:
+        hint = ""
+        missing = summary["rejected_by_reason"].get(IMAGE_NOT_FOUND, 0)
+        if missing:
+            # Nothing written and images missing: the paths are most likely relative to
+            # another folder than the --root given.
+            hint = (f"; {missing} images were not found: the manifest's relative image paths "
+                    f"are read below --root {args.root}")
         return report(f"no record was written: none of the {summary['num_lines']} lines of "
                       f"--manifest {args.manifest} could be converted (the reasons are listed "
-                      f"above and in rejected.jsonl)")
+                      f"above and in rejected.jsonl){hint}")
     return 0
 
 

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -403,7 +404,18 @@ def test_cli_summary_exit_codes_and_overwrite(corpus, tmp_path, capsys):
     only_bad.write_text("not json\n")
     assert captions_cli.main(["--manifest", str(only_bad), "--root", str(corpus.root),
                               "--output", str(tmp_path / "empty"), "--workers", "1"]) == 2
-    assert "no record was written" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no record was written" in err and "were not found" not in err
+    # Every image missing (a --root other than the folder the paths are relative to): the
+    # error says where the images were looked for.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert captions_cli.main(["--manifest", str(manifest), "--root", str(elsewhere),
+                              "--output", str(tmp_path / "missing"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no record was written" in err
+    assert re.search(r"; [1-9]\d* images were not found: the manifest's relative image paths "
+                     rf"are read below --root {re.escape(str(elsewhere))}", err), err
 
 
 def test_fixed_class_order_numbers_labels_and_rejects_unknown(tmp_path):
