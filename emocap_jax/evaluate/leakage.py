@@ -7,8 +7,10 @@ inflates the number without measuring the features. Converted benchmarks do hold
 counts them by the records' `image_digest` (16-byte BLAKE2b of the encoded images) and says so:
 a warning, `train_test_copies` in the result and per fold, the summary line and the report's
 Notes. It does not refuse: the published splits are what papers report on, and the count lets a
-reader judge the number. Near copies (re-encoded, re-cropped) are not found here; see
-`bench/split_overlap.py`.
+reader judge the number. Cross-validation folds that this project draws itself do keep copies
+apart: by subject, or, where no record names one, by image digest (runner._fold_groups), so the
+count there is that of copies filed under two subjects. Near copies (re-encoded, re-cropped) are
+not found here; see `bench/split_overlap.py`.
 """
 from __future__ import annotations
 
