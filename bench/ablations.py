@@ -45,7 +45,8 @@ import sys
 import time
 
 import numpy as np
-from markdown_tables import begin_marker, mean_std_cell, write_table  # bench/ is sys.path[0]
+from bench_args import check_rendered, refuse_repeated_options  # bench/ is sys.path[0]
+from markdown_tables import begin_marker, mean_std_cell, write_table
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # emocap_jax of this checkout
@@ -114,6 +115,7 @@ def parse_args(argv=None):
     bad = [a for a in extra if not a.startswith("--config.")]
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
+    refuse_repeated_options(p, argv)
     # A repeated seed would reuse the finished run and count it twice in the mean and std.
     for name in ("seeds", "variants"):
         repeated = sorted({v for v in getattr(args, name) if getattr(args, name).count(v) > 1})
@@ -381,6 +383,8 @@ def main(argv=None):
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = [pool.submit(run_one, args, work, pre, v, s, train_dir) for v, s in jobs]
         results = [r for r in (f.result() for f in futures) if r is not None]
+    if args.render_only:
+        check_rendered(work, results, args.variants, args.seeds)
     with open(work / "results.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in results)
     command = "python bench/ablations.py " + shlex.join(

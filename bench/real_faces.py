@@ -28,7 +28,8 @@ import sys
 import time
 
 import numpy as np
-from markdown_tables import begin_marker, mean_std_cell, write_table  # bench/ is sys.path[0]
+from bench_args import check_rendered, refuse_repeated_options  # bench/ is sys.path[0]
+from markdown_tables import begin_marker, mean_std_cell, write_table
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -99,6 +100,7 @@ def parse_args(argv=None):
     bad = [a for a in extra if not a.startswith("--config.")]
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)} (only --config.* overrides pass through)")
+    refuse_repeated_options(p, argv)
     # A repeated seed would reuse the finished run and count it twice in the mean and std.
     for name in ("seeds", "variants"):
         repeated = sorted({v for v in getattr(args, name) if getattr(args, name).count(v) > 1})
@@ -108,20 +110,51 @@ def parse_args(argv=None):
     return args
 
 
-def convert(args, work: pathlib.Path) -> dict:
-    from data_prep.benchmarks import convert_benchmark
-    from emocap_jax.evaluate.runner import is_dataset
+def _data_dirs(work: pathlib.Path) -> dict:
+    return {"fer": work / "data" / "fer", "ck": work / "data" / "ckplus48"}
 
-    data = {"fer": work / "data" / "fer", "ck": work / "data" / "ckplus48"}
-    if not is_dataset(data["fer"] / "val"):
-        convert_benchmark("imagefolder", args.fer, data["fer"], val_fraction=args.val_fraction,
-                          near_copy_threshold=NEAR_COPY_THRESHOLD, overwrite=True,
-                          progress=False)
-    _check_split(data["fer"], args.val_fraction)
-    if not is_dataset(data["ck"] / "all"):
-        convert_benchmark("ckplus48", args.ckplus, data["ck"], overwrite=True, progress=False)
+
+def _data_paths(data: dict) -> dict:
     return {"fer_train": str(data["fer"] / "train"), "fer_val": str(data["fer"] / "val"),
             "ck": str(data["ck"] / "all")}
+
+
+def _convert_one(flag: str, name: str, root: str, output: pathlib.Path, **options) -> None:
+    """data_prep.benchmarks' conversion, its layout errors named by the option that gave root."""
+    from data_prep.benchmark_formats.common import LayoutError
+    from data_prep.benchmarks import convert_benchmark
+
+    try:
+        convert_benchmark(name, root, output, overwrite=True, progress=False, **options)
+    except LayoutError as e:
+        raise SystemExit(f"{flag} {root}: {e}") from None
+
+
+def convert(args, work: pathlib.Path) -> dict:
+    from emocap_jax.evaluate.runner import is_dataset
+
+    data = _data_dirs(work)
+    if not is_dataset(data["fer"] / "val"):
+        _convert_one("--fer", "imagefolder", args.fer, data["fer"], val_fraction=args.val_fraction,
+                     near_copy_threshold=NEAR_COPY_THRESHOLD)
+    _check_split(data["fer"], args.val_fraction)
+    if not is_dataset(data["ck"] / "all"):
+        _convert_one("--ckplus", "ckplus48", args.ckplus, data["ck"])
+    return _data_paths(data)
+
+
+def converted(args, work: pathlib.Path) -> dict:
+    """The data an earlier run of this command converted in --work (--render-only converts
+    nothing: a mistyped --work would otherwise be converted anew and get an empty table)."""
+    from emocap_jax.evaluate.runner import is_dataset
+
+    data = _data_dirs(work)
+    if not (is_dataset(data["fer"] / "val") and is_dataset(data["ck"] / "all")):
+        raise SystemExit(f"--work {work}: no converted data (data/fer, data/ckplus48), so no "
+                         "finished runs to render; --render-only reads the --work of an earlier "
+                         "run of this command")
+    _check_split(data["fer"], args.val_fraction)
+    return _data_paths(data)
 
 
 def _holdout(fer: pathlib.Path) -> dict:
@@ -294,12 +327,12 @@ def main(argv=None):
     args = parse_args(argv)
     work = pathlib.Path(args.work).absolute()
     work.mkdir(parents=True, exist_ok=True)
-    data = convert(args, work)
+    data = converted(args, work) if args.render_only else convert(args, work)
     pixels = None
-    if not args.skip_pixels:
-        cache = work / "pixels.json"
-        if not cache.exists():
-            cache.write_text(json.dumps(pixel_row(data)))
+    cache = work / "pixels.json"
+    if not args.skip_pixels and not cache.exists() and not args.render_only:
+        cache.write_text(json.dumps(pixel_row(data)))
+    if not args.skip_pixels and cache.exists():
         pixels = json.loads(cache.read_text())
         print(f"raw pixels: FER2013 val probe UAR {100 * pixels['fer_probe']:.1f}, CK+48 "
               f"{100 * pixels['ck_probe']:.1f}", flush=True)
@@ -311,6 +344,8 @@ def main(argv=None):
                 results.append(result)
             with open(work / "results.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in results)
+    if args.render_only:
+        check_rendered(work, results, args.variants, args.seeds)
     command = "python bench/real_faces.py " + shlex.join(
         a for a in (argv if argv is not None else sys.argv[1:]) if a != "--render-only")
     table = render(results, pixels, args, command, data)

@@ -177,3 +177,26 @@ def test_repeated_seeds_and_variants_are_refused(args, message, capsys):
         bench.parse_args(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--seeds", "0", "--seeds", "1"], "--seeds"),
+    (["--finetune-steps", "600", "--finetune-steps=900"], "--finetune-steps"),
+    (["--config.loss.mining.threshold=0.9", "--config.loss.mining.threshold=0.99"],
+     "--config.loss.mining.threshold"),
+])
+def test_an_option_given_twice_is_refused_by_name(capsys, argv, named):
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert named in error and "once" in error
+
+
+def test_render_only_without_finished_runs_keeps_the_table(tmp_path):
+    (tmp_path / "pretrain" / "export").mkdir(parents=True)
+    out = tmp_path / "ABLATIONS.md"
+    out.write_text("<!-- table: bench/ablations.py -->\nold table\n<!-- end of table -->\n")
+    with pytest.raises(SystemExit, match=r"no finished run.*summary_s0"):
+        bench.main(["--work", str(tmp_path), "--variants", "summary", "--seeds", "0",
+                    "--output", str(out), "--render-only"])
+    assert "old table" in out.read_text()

@@ -78,3 +78,47 @@ def test_numbers_out_of_range_are_refused_naming_the_option(args, message, capsy
         bench.parse_args(["--fer", "f", "--ckplus", "c", *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--seeds", "0", "--seeds", "1"], "--seeds"),  # meant 0 1; argparse kept only 1
+    (["--variants", "plain", "--variant", "labels"], "--variants"),  # abbreviated the second time
+    (["--output=a.md", "--output", "b.md"], "--output"),
+    (["--config.train.num_steps=4", "--config.train.num_steps=6000"],
+     "--config.train.num_steps"),
+])
+def test_an_option_given_twice_is_refused_by_name(tmp_path, capsys, argv, named):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--fer", "f", "--ckplus", "c", *argv])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert named in error and "once" in error
+
+
+@pytest.mark.parametrize("flag", ["--fer", "--ckplus"])
+def test_a_missing_dataset_is_named_by_its_option(tmp_path, flag):
+    fer, ck = _faces(tmp_path)
+    paths = {"--fer": fer, "--ckplus": ck, flag: tmp_path / "nowhere"}
+    args = bench.parse_args([a for k, v in paths.items() for a in (k, str(v))])
+    with pytest.raises(SystemExit, match=rf"^{flag} {tmp_path / 'nowhere'}: .*not a directory"):
+        bench.convert(args, tmp_path / "work")
+
+
+def test_render_only_on_a_work_folder_without_runs_converts_nothing_and_writes_nothing(tmp_path):
+    fer, ck = _faces(tmp_path)
+    out = tmp_path / "RESULTS.md"
+    out.write_text("prose\n<!-- table: bench/real_faces.py -->\nold table\n<!-- end of table -->\n")
+    wrong = tmp_path / "typo"
+    with pytest.raises(SystemExit, match=rf"--work {wrong}: no converted data"):
+        bench.main(["--fer", str(fer), "--ckplus", str(ck), "--work", str(wrong), "--seeds", "0",
+                    "--variants", "plain", "--output", str(out), "--render-only"])
+    assert not (wrong / "data").exists()  # nothing converted
+    assert "old table" in out.read_text()
+    # Converted, but no run of those asked for finished: the table is not replaced by an empty one.
+    bench.convert(bench.parse_args(["--fer", str(fer), "--ckplus", str(ck), "--val-fraction",
+                                    "0.25"]), wrong)
+    with pytest.raises(SystemExit, match=r"no finished run.*plain_s0/bench_result\.json"):
+        bench.main(["--fer", str(fer), "--ckplus", str(ck), "--work", str(wrong), "--seeds", "0",
+                    "--variants", "plain", "--output", str(out), "--render-only",
+                    "--val-fraction", "0.25"])
+    assert "old table" in out.read_text()
+    assert not (wrong / "pixels.json").exists()  # the raw-pixel probe is not fitted either
