@@ -31,7 +31,7 @@ def refuse_repeated_options(parser: argparse.ArgumentParser, argv) -> None:
     for key, given in seen.items():
         if len(given) > 1:
             nargs = next((a.nargs for a in parser._actions if key in a.option_strings), None)
-            hint = (f", with all its values after it" if nargs in ("+", "*") else "")
+            hint = (", with all its values after it" if nargs in ("+", "*") else "")
             parser.error(f"{key} given {len(given)} times ({', '.join(given)}): only the last "
                          f"would count; give it once{hint}")
 
@@ -46,3 +46,34 @@ def check_rendered(work: pathlib.Path, results: list, variants, seeds) -> None:
                          "the table is left as it is")
     if missing:
         print(f"not finished in {work}, left out of the table: {', '.join(missing)}", flush=True)
+
+
+def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace, datasets=(), files=(),
+                folders=()) -> None:
+    """parser.error naming the option whose path is not there, in one line: `datasets` name
+    converted dataset folders (metadata.json + shards), `files` plain files, `folders` run or
+    export folders. Each is an attribute of args (None: not given; a list: each of its paths)."""
+    import os
+
+    def given(name):
+        value = getattr(args, name)
+        return [] if value is None else value if isinstance(value, list) else [value]
+
+    flag = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}
+    for name in folders:
+        for path in given(name):
+            if "://" not in path and not os.path.exists(path):
+                parser.error(f"{flag[name]} {path}: no such file or folder")
+    for name in files:
+        for path in given(name):
+            if not os.path.isfile(path):
+                parser.error(f"{flag[name]} {path}: "
+                             + ("a folder, not a file" if os.path.isdir(path) else "no such file"))
+    for name in datasets:
+        for path in given(name):
+            from emocap_jax.data.shard_writer import load_metadata
+
+            try:
+                load_metadata(path)
+            except (FileNotFoundError, ValueError) as e:  # not there; damaged metadata
+                parser.error(f"{flag[name]}: {e}")

@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
 
 import emocap_jax  # noqa: E402
+from bench_args import check_paths, refuse_repeated_options  # noqa: E402  (bench/ is sys.path[0])
 from emocap_jax.cli_errors import entry_point  # noqa: E402
 
 
@@ -39,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--records", type=int, default=400,
                    help="the first this many records of --manifest are used (default: 400)")
     args = p.parse_args(argv)
+    refuse_repeated_options(p, argv)
+    check_paths(p, args, files=("manifest", "baseline"), folders=("checkpoint",))
     if args.records < 2:
         p.error(f"--records must be at least 2, got {args.records}")
     return args

@@ -32,6 +32,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from bench_args import refuse_repeated_options  # noqa: E402  (bench/ is sys.path[0])
 from emocap_jax.cli_errors import entry_point, non_negative_int, positive_int  # noqa: E402
 
 
@@ -61,6 +62,7 @@ def parse_args(argv=None):
                         help="untimed batches before timing (default: %(default)s)")
     parser.add_argument("--skip-tf", action="store_true", help="do not time tf.data")
     args = parser.parse_args(argv)
+    refuse_repeated_options(parser, argv)
     if args.data and not os.path.isfile(os.path.join(args.data, "metadata.json")):
         parser.error(f"--data {args.data} is not a dataset directory (no metadata.json)")
     return args

@@ -26,6 +26,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
 
 # Loads no JAX: the device count must be set (in main) before jax is imported.
+from bench_args import refuse_repeated_options  # noqa: E402  (bench/ is sys.path[0])
 from emocap_jax.cli_errors import entry_point, non_negative_int, positive_int  # noqa: E402
 
 MIB = 1024 * 1024
@@ -57,6 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--skip-single-above", type=non_negative_int, default=16384,
                         help="do not compile the single-device form above this N (default: %(default)s)")
     args = parser.parse_args(argv)
+    refuse_repeated_options(parser, argv)
     bad = [n for n in args.sizes if n % args.devices or n % args.chunk]
     if bad:
         parser.error(f"--sizes {bad} must be divisible by --devices {args.devices} and --chunk {args.chunk}")

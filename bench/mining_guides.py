@@ -43,6 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_j
 
 import emocap_jax  # noqa: E402
 from emocap_jax import mining  # noqa: E402
+from bench_args import check_paths, refuse_repeated_options  # noqa: E402  (bench/ is sys.path[0])
 from emocap_jax.cli_errors import entry_point, float_in, non_negative_int, positive_int  # noqa: E402
 from emocap_jax.data import label_captions  # noqa: E402
 from emocap_jax.data.example_codec import decode_record  # noqa: E402
@@ -104,6 +105,7 @@ def parse_args(argv=None):
     p.add_argument("--transitivity", action="store_true",
                    help="also print the transitivity of the pairs above each threshold (all pairs)")
     args = p.parse_args(argv)
+    refuse_repeated_options(p, argv)
     if args.batch < 2:
         p.error(f"--batch must be at least 2, got {args.batch}")
     if args.mutual and args.top_k == 0:
@@ -112,6 +114,7 @@ def parse_args(argv=None):
                 "top k; give --top-k > 0, or --no-mutual")
     if args.suggest is not None and not 0.0 < args.suggest <= 1.0:
         p.error(f"--suggest must be in (0, 1], got {args.suggest}")
+    check_paths(p, args, datasets=("data",), folders=("checkpoint",))
     return args
 
 

@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
 
 import emocap_jax  # noqa: E402
+from bench_args import check_paths, refuse_repeated_options  # noqa: E402  (bench/ is sys.path[0])
 from emocap_jax.cli_errors import entry_point  # noqa: E402
 from emocap_jax.evaluate.grounding import load_regions  # noqa: E402
 
@@ -42,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--per-region", type=int, default=60,
                    help="the first this many distinct sentences of each region (default: 60)")
     args = p.parse_args(argv)
+    refuse_repeated_options(p, argv)
+    check_paths(p, args, files=("regions",), folders=("checkpoint",))
     if len(args.region) < 2:
         p.error("--region needs at least two regions to compare")
     if args.per_region < 2:

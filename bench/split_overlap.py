@@ -25,6 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # emocap_jax of this checkout
 
+from bench_args import check_paths, refuse_repeated_options  # noqa: E402  (bench/ is sys.path[0])
 from emocap_jax.cli_errors import entry_point, float_in, int_in  # noqa: E402
 
 # A thumbnail of one pixel is flat once centred (every face left out); a correlation is in [-1, 1],
@@ -98,6 +99,8 @@ def main(argv=None):
                    help="correlations in [-1, 1) to count validation faces above "
                         "(default 0.99 0.95 0.93 0.9)")
     args = p.parse_args(argv)
+    refuse_repeated_options(p, argv)
+    check_paths(p, args, datasets=("train", "val"))
     try:
         r = overlap(args.train, args.val, args.side, args.thresholds)
     except EmptyDataset as e:

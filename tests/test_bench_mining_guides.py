@@ -180,8 +180,12 @@ def test_numbers_out_of_range_are_refused_naming_the_option(args, message, capsy
     assert message in capsys.readouterr().err
 
 
-def test_no_cap_without_the_mutual_cap_and_ranges_ends_are_accepted():
-    args = bench.parse_args(["--checkpoint", "c", "--data", "d", "--top-k", "0", "--no-mutual",
+def test_no_cap_without_the_mutual_cap_and_ranges_ends_are_accepted(tmp_path):
+    # parse_args checks that --checkpoint and --data are there.
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "metadata.json").write_text('{"schema_version": 1, "shards": []}')
+    c, d = str(tmp_path), str(tmp_path / "d")
+    args = bench.parse_args(["--checkpoint", c, "--data", d, "--top-k", "0", "--no-mutual",
                              "--threshold", "-1", "1", "--min-spread", "0",
                              "--relative-threshold", "-1.5", "--seed", "0"])
     assert (args.top_k, args.mutual, args.threshold) == (0, False, [-1.0, 1.0])
