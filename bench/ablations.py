@@ -25,9 +25,10 @@
    compound faces, AU-detection mean F1, image-to-caption R@1, and grounding where the protocol
    is available.
 Finished runs are reused, so an interrupted table resumes; per-run figures land in
-WORK/results.jsonl and the table (mean ± std over seeds, and per run) between the markers of
---output (a table of its own for each fine-tuning corpus and fine-tune length, so all fit in one
-file). Extra `--config.*` arguments go to every run (pretrain, fine-tuning corpus and
+WORK/VARIANT_sSEED/ablation_result.json (--render-only rebuilds from them and refuses a --work
+without any), WORK/results.jsonl and the table (mean ± std over seeds, and per run) between the
+markers of --output (a table of its own for each fine-tuning corpus and fine-tune length, so all
+fit in one file). Extra `--config.*` arguments go to every run (pretrain, fine-tuning corpus and
 fine-tunes); the table gets a marker of its own, and a finished run made with other overrides is
 refused, as is one of another corpus or length.
 """

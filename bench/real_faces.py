@@ -15,7 +15,13 @@ through the evaluation runner, exactly as `python -m emocap_jax.evaluate` does:
   CK+48         zero_shot and linear_probe over 10 subject-independent folds (fold mean).
 The end-of-training zero-shot printed by the training command must equal the runner's (checked:
 the script stops if they differ). Runs already finished in --work are reused, so an interrupted
-table resumes. Per-run results land in WORK/results.jsonl; the table is rebuilt from it.
+table resumes. Each run's figures land in WORK/VARIANT_sSEED/bench_result.json (and its
+evaluation files in WORK/VARIANT_sSEED/eval/); the table, and WORK/results.jsonl, are rebuilt from
+those of the --variants and --seeds asked for. The converted data (WORK/data/fer,
+WORK/data/ckplus48) and the raw-pixel row (WORK/pixels.json) are reused too, so several --work
+folders can share one converted copy through a link to one WORK/data. --render-only trains,
+converts and fits nothing: it rebuilds the table from the finished runs of an earlier run with
+the same --work, and refuses a --work without them.
 """
 from __future__ import annotations
 
