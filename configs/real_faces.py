@@ -65,9 +65,10 @@ def get_config():
     # Mining is off: with label positives on, mining from step 0 (guided by the summary
     # sentences, kept from merging the batch by a cap of 8 per row, a row-relative threshold 1.5
     # standard deviations above the row's mean and a spread gate; emocap_jax/mining.py) cost
-    # 1.5 points of zero-shot UAR, and without label positives it reached 2.5 points less than
-    # them (RESULTS.md); at 3de881c it reached 38.1 +- 0.6% (38.5 +- 1.2% with the mutual cap,
-    # `loss.mining.mutual`) against plain's 42.2 +- 1.3% (3 seeds each; "A mutual cap").
+    # 1.7 points of zero-shot UAR (39.4 +- 0.4 against 41.1 +- 0.7), and without label positives
+    # it reached 1.7 points less again (37.7 +- 0.6; RESULTS.md, the first, older table); at 3de881c
+    # it reached 38.1 +- 0.6% (38.5 +- 1.2% with the mutual cap, `loss.mining.mutual`) against
+    # plain's 42.2 +- 1.3% (3 seeds each; "A mutual cap").
     # Those runs mined in both contrastive terms; in the global term alone, the default's terms,
     # it reached 39.2 +- 0.8% (3 seeds; RESULTS.md, "Mining in the global term alone").
     # `--config.loss.mining.mode=text` switches it on with these settings.
