@@ -514,13 +514,16 @@ def _huge_pages_label() -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="ViT-B-16", help="architecture (open_clip name)")
-    parser.add_argument("--batch", type=positive_int, default=32, help="global batch size")
+    parser.add_argument("--model", default="ViT-B-16",
+                        help="architecture (open_clip name; default: ViT-B-16)")
+    parser.add_argument("--batch", type=positive_int, default=32,
+                        help="global batch size (default: 32)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="compute dtype (bf16: emocap_jax bfloat16 compute, open_clip torch "
                              "autocast; default: fp32)")
-    parser.add_argument("--steps", type=positive_int, default=3, help="timed steps")
-    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed steps first")
+    parser.add_argument("--steps", type=positive_int, default=3, help="timed steps (default: 3)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1,
+                        help="untimed steps first (default: 1)")
     parser.add_argument("--rounds", type=positive_int, default=1,
                         help="run every implementation this many times, alternating, each in a "
                              "fresh process; the table pools all timed steps")
