@@ -410,6 +410,8 @@ def load(path, source: str = "auto", image_size: Optional[int] = None,
     dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
     """
     path = storage.fspath(path)
+    if not storage.is_url(path):
+        path = os.path.expanduser(path)  # "~/ckpt", as a notebook user writes it
     export = None
     is_dir = storage.isdir(path)
     if source in ("auto", "emocap") and is_dir:

@@ -122,10 +122,11 @@ def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
 
 
 def preprocess_one(image: ImageLike, size: int, where: str = "image") -> np.ndarray:
-    """One image (a path, a PIL image or a uint8 array) -> [size, size, 3] uint8."""
+    """One image (a path, "~" expanded; a PIL image or a uint8 array) -> [size, size, 3] uint8."""
     if isinstance(image, (str, os.PathLike)):
-        array = np.asarray(read_image(image))
-        where = str(image)
+        path = os.path.expanduser(image)  # "~/faces/1.png" is in the home folder, as in a shell
+        array = np.asarray(read_image(path))
+        where = path
     elif isinstance(image, Image.Image):
         array = np.asarray(to_rgb(image))
     elif isinstance(image, np.ndarray):

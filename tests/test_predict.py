@@ -2,6 +2,8 @@
 reference, and the `python -m emocap_jax.predict` CLI as a user runs it."""
 import io
 import json
+import pathlib
+import re
 import subprocess
 import sys
 import warnings
@@ -298,6 +300,26 @@ def test_zero_shot_errors(model, faces):
         model.zero_shot([paths[0], paths[0].parent / "missing.png"], ["anger"])
     with pytest.warns(UserWarning, match="is cut"):
         model.zero_shot(paths[:1], ["a face " + "very " * 20 + "happy", "anger"])
+
+
+def test_paths_starting_with_a_tilde_are_the_home_folder(model, faces, export_dir, tmp_path,
+                                                         monkeypatch):
+    # A notebook user writes "~/ckpt" and "~/faces/1.png"; Python's open() would not expand "~".
+    import emocap_jax
+
+    _, paths = faces
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ckpt").symlink_to(export_dir)
+    (tmp_path / "face.png").symlink_to(paths[0])
+    expected = model.zero_shot(paths[:1], ["anger", "fear"])
+    for checkpoint in ("~/ckpt", pathlib.Path("~/ckpt")):
+        loaded = emocap_jax.load(checkpoint)
+        for image in ("~/face.png", ["~/face.png"], pathlib.Path("~/face.png")):
+            np.testing.assert_allclose(loaded.zero_shot(image, ["anger", "fear"]), expected,
+                                       atol=1e-6)
+    assert model.load_images("~/face.png").shape == (1, 32, 32, 3)
+    with pytest.raises(pp.ImageReadError, match=re.escape(f"{tmp_path}/gone.png: no such file")):
+        model.zero_shot("~/gone.png", ["anger"])
 
 
 # ----------------------------------------------------------------------------- the CLI
