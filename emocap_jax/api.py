@@ -42,6 +42,7 @@ from emocap_jax.models.config import CLIPConfig
 from emocap_jax.models.token_rows import check_token_rows
 from emocap_jax.params_io import find_export, load_params
 from emocap_jax.preprocess import load_images, preprocess
+from emocap_jax.prompt_templates import check_template
 from emocap_jax.tokenizers import tokenizer_from_config
 
 
@@ -353,9 +354,7 @@ def _check_labels(labels, templates, label_mode) -> tuple[tuple[str, ...], tuple
         raise ValueError("templates is empty: give at least one, e.g. "
                          "'a photo of a face showing {}.'")
     for template in templates:
-        if template.count("{}") != 1:
-            raise ValueError(f"template {template!r} must contain exactly one '{{}}' for the "
-                             f"class name")
+        check_template(template)
     return labels, templates
 
 

@@ -25,6 +25,7 @@ import emocap_jax.storage as storage
 from emocap_jax.preprocess import (ImageReadError, check_image_file, expand_image_paths,
                                    load_readable_images)
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
+from emocap_jax.prompt_templates import template_problem
 
 # The eight basic-emotion nouns the demo and the synthetic corpus use (in their label order).
 DEFAULT_LABELS = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger",
@@ -173,8 +174,9 @@ def _validate(args, parser, skipped: _Skipped) -> tuple[list, list[str]]:
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: must be at least 1")
     for template in args.templates or ():
-        if template.count("{}") != 1:
-            parser.error(f"--template {template!r}: must contain exactly one {{}}")
+        problem = template_problem(template)
+        if problem is not None:
+            parser.error(f"--template {template!r}: {problem}")
     if args.explain:
         if not args.output:
             parser.error("--explain needs --output DIR, the folder for the overlay PNGs")

@@ -302,6 +302,20 @@ def test_zero_shot_errors(model, faces):
         model.zero_shot(paths[:1], ["a face " + "very " * 20 + "happy", "anger"])
 
 
+def test_templates_are_read_as_str_format_reads_them(model, faces):
+    _, paths = faces
+    # A literal brace pair is written doubled, as str.format reads it; "{{}}" is no placeholder.
+    literal = model.zero_shot(paths[:1], ["anger", "fear"], templates=["a {{}} face of {}"])
+    as_given = model.zero_shot(paths[:1], ["a {} face of anger", "a {} face of fear"],
+                               label_mode="prompts")
+    np.testing.assert_allclose(literal, as_given, atol=1e-6)
+    for template, why in (("a {name} face", r"\{name\}"), ("a {} face {", r"Single '\{'"),
+                          ("a {0} face", r"\{0\}"), ("a {}{} face", "2 fields")):
+        with pytest.raises(ValueError, match=rf"template '{re.escape(template)}': .*{why}.*"
+                                             r"exactly one '\{\}'.*double"):
+            model.zero_shot(paths[:1], ["anger"], templates=[template])
+
+
 def test_paths_starting_with_a_tilde_are_the_home_folder(model, faces, export_dir, tmp_path,
                                                          monkeypatch):
     # A notebook user writes "~/ckpt" and "~/faces/1.png"; Python's open() would not expand "~".
@@ -382,6 +396,8 @@ def test_cli_bad_inputs_are_named(export_dir, faces, tmp_path):
     assert result.returncode == 2 and "no_model: no such file or directory" in result.stderr
     result = _predict("--checkpoint", export_dir, "--labels", "anger,,fear", paths[0])
     assert result.returncode == 2 and "empty label" in result.stderr
+    result = _predict("--checkpoint", export_dir, "--template", "a {name} face", paths[0])
+    assert result.returncode == 2 and "--template 'a {name} face': field {name}" in result.stderr
 
 
 def test_cli_skips_unreadable_images_names_them_and_exits_2(export_dir, faces, model, tmp_path,
