@@ -18,6 +18,7 @@ Where in each face a sentence points (the local loss's sentence-to-patch maps):
 """
 from __future__ import annotations
 
+import numbers
 import os
 import pathlib
 import posixpath
@@ -66,6 +67,18 @@ class EmoCapCLIP:
         self._patch_tokens = jax.jit(
             lambda p, x: module.apply({"params": p}, x, True, method=CLIP.encode_image)[1])
         self._logit_scale = float(module.apply({"params": self.params}, method=CLIP.logit_scale))
+
+    @property
+    def batch_size(self) -> int:
+        """Images or texts per encoder call (the last chunk is padded); bounds device memory."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+                or value < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {value!r}")
+        self._batch_size = int(value)
 
     @property
     def logit_scale(self) -> float:

@@ -316,6 +316,20 @@ def test_templates_are_read_as_str_format_reads_them(model, faces):
             model.zero_shot(paths[:1], ["anger"], templates=[template])
 
 
+def test_batch_size_that_does_not_divide_the_images_and_bad_batch_sizes(model, faces):
+    _, paths = faces  # 4 faces
+    expected = model.zero_shot(paths, ["anger", "fear"])
+    for bad in (0, -1, 2.5, "8", None):
+        with pytest.raises(ValueError, match=rf"batch_size must be a positive integer, got {bad!r}"):
+            model.batch_size = bad
+    assert model.batch_size == 256
+    try:
+        model.batch_size = 3
+        np.testing.assert_allclose(model.zero_shot(paths, ["anger", "fear"]), expected, atol=1e-6)
+    finally:
+        model.batch_size = 256
+
+
 def test_paths_starting_with_a_tilde_are_the_home_folder(model, faces, export_dir, tmp_path,
                                                          monkeypatch):
     # A notebook user writes "~/ckpt" and "~/faces/1.png"; Python's open() would not expand "~".
