@@ -42,7 +42,7 @@ from emocap_jax.models.clip import CLIP
 from emocap_jax.models.config import CLIPConfig
 from emocap_jax.models.token_rows import check_token_rows
 from emocap_jax.params_io import find_export, load_params
-from emocap_jax.preprocess import load_images, preprocess
+from emocap_jax.preprocess import channels_first_hint, load_images, preprocess
 from emocap_jax.prompt_templates import check_template
 from emocap_jax.tokenizers import tokenizer_from_config
 
@@ -111,7 +111,14 @@ class EmoCapCLIP:
         The raw encoder: a float batch is taken as it is (zero_shot and explain check its range)."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"encode_image expects NHWC images [B, H, W, 3], got {images.shape}")
+            hint = channels_first_hint(images.shape)
+            raise ValueError(f"encode_image expects NHWC images [B, H, W, 3], got {images.shape}"
+                             + (f": {hint}" if hint else ""))
+        size = self.image_size
+        if images.shape[1:3] != (size, size):
+            raise ValueError(f"encode_image takes images at the model's {size}x{size} input size, "
+                             f"got {images.shape}: model.preprocess(images) resizes and crops "
+                             f"uint8 pixels to it (zero_shot and explain take any size)")
         if images.dtype != np.uint8:
             images = images.astype(np.float32)
         return self._batched(self._encode_image, images)
@@ -160,10 +167,11 @@ class EmoCapCLIP:
                 return images
             if images.dtype != np.uint8:
                 if not at_size:
+                    hint = channels_first_hint(images.shape)
                     raise ValueError(
                         f"a float image batch must already be CLIP-normalised at the model's "
-                        f"size [N, {size}, {size}, 3], got {images.shape}; pass uint8 pixels to "
-                        f"have them resized and cropped")
+                        f"size [N, {size}, {size}, 3], got {images.shape}; "
+                        + (hint if hint else "pass uint8 pixels to have them resized and cropped"))
                 _check_normalised(images)
                 return images
         return self.preprocess(images)

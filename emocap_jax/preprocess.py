@@ -102,13 +102,52 @@ def read_image(path: PathLike) -> Image.Image:
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
 
 
+def _uint8_advice(array: np.ndarray) -> str:
+    """How to turn a non-uint8 image array into uint8 pixels, read from its values: [0, 1] floats
+    and 0..255 floats want different conversions, and negative values are no pixels at all."""
+    if array.dtype == np.bool_:
+        return "for a mask, convert with x.astype(np.uint8) * 255"
+    if array.size == 0 or not np.issubdtype(array.dtype, np.number):
+        return "convert to uint8 pixels (0..255)"
+    low, high = float(np.min(array)), float(np.max(array))
+    where = f"its values lie in [{low:.4g}, {high:.4g}]"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "it holds NaN or infinite values"
+    if low < 0:
+        return (f"{where}, negative: not pixels. CLIP-normalised images go in as one float batch "
+                f"[N, S, S, 3] at the model's input size S (zero_shot, explain, encode_image); "
+                f"pixels as uint8 (0..255)")
+    if high <= 1 and np.issubdtype(array.dtype, np.floating):
+        return f"{where}: for [0, 1] floats convert with np.clip(x * 255, 0, 255).round().astype(np.uint8)"
+    if high <= 255:
+        if np.issubdtype(array.dtype, np.integer):
+            return f"{where}: convert with x.astype(np.uint8)"
+        return f"{where}: convert with np.clip(x, 0, 255).round().astype(np.uint8)"
+    return (f"{where}, beyond 255: scale them to 0..255 first (16-bit pixels: "
+            f"(x // 257).astype(np.uint8))")
+
+
+def _layout_hint(shape: tuple) -> str:
+    """What an image array of an unusable shape probably is, and how to pass it."""
+    if len(shape) == 4:
+        return ("; it is a batch of images: pass the array itself, not inside a list (or join "
+                "several batches with np.concatenate)")
+    hints = []
+    if len(shape) == 3 and shape[0] in (1, 3, 4):
+        hints.append("it looks channels-first [C, H, W] (PyTorch's layout): pass "
+                     "x.transpose(1, 2, 0)")
+    if len(shape) == 3:
+        hints.append("for a stack of grayscale images [N, H, W] pass x[..., None]")
+    return "; " + "; ".join(hints) if hints else ""
+
+
 def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
     """[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] uint8 -> [H, W, 3] uint8 ([H, W, 4] is RGBA:
     composited onto white, as `to_rgb` does for an RGBA image)."""
     if array.dtype != np.uint8:
         raise ValueError(
-            f"{where}: image arrays must be uint8 pixels (0..255), got dtype {array.dtype}; "
-            "convert with np.clip(x * 255, 0, 255).round().astype(np.uint8) for [0, 1] floats")
+            f"{where}: image arrays must be uint8 pixels (0..255), got dtype {array.dtype} "
+            f"of shape {array.shape}; {_uint8_advice(array)}")
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 2:
@@ -118,7 +157,29 @@ def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] == 4:
         return np.asarray(to_rgb(Image.fromarray(np.ascontiguousarray(array))))  # RGBA
     raise ValueError(f"{where}: expected an image array [H, W], [H, W, 1], [H, W, 3] or "
-                     f"[H, W, 4], got shape {array.shape}")
+                     f"[H, W, 4], got shape {array.shape}{_layout_hint(array.shape)}")
+
+
+def channels_first_hint(shape: tuple) -> str:
+    """For a 4-D batch [N, C, H, W] (PyTorch's layout), how to make it [N, H, W, C]; else ""."""
+    if len(shape) == 4 and shape[1] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
+        return "it looks channels-first [N, C, H, W] (PyTorch's layout): pass x.transpose(0, 2, 3, 1)"
+    return ""
+
+
+def _is_array_like(x) -> bool:
+    """A jax.Array, a CPU torch tensor, ...: anything NumPy reads through __array__."""
+    return (hasattr(x, "__array__") and not isinstance(x, (np.ndarray, Image.Image, str, bytes))
+            and hasattr(x, "shape"))
+
+
+def _open_hint(x) -> str:
+    """For encoded image bytes or an open file, how to make it an image; else ""."""
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return " (encoded image bytes? decode with PIL.Image.open(io.BytesIO(data)))"
+    if hasattr(x, "read"):
+        return " (an open file? decode it with PIL.Image.open(f))"
+    return ""
 
 
 def preprocess_one(image: ImageLike, size: int, where: str = "image") -> np.ndarray:
@@ -129,11 +190,11 @@ def preprocess_one(image: ImageLike, size: int, where: str = "image") -> np.ndar
         where = path
     elif isinstance(image, Image.Image):
         array = np.asarray(to_rgb(image))
-    elif isinstance(image, np.ndarray):
-        array = _array_to_rgb(image, where)
+    elif isinstance(image, np.ndarray) or _is_array_like(image):
+        array = _array_to_rgb(np.asarray(image), where)  # a jax.Array is read as NumPy
     else:
         raise TypeError(f"{where}: expected a file path, a PIL image or a NumPy array, got "
-                        f"{type(image).__name__}")
+                        f"{type(image).__name__}{_open_hint(image)}")
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ValueError(f"{where}: empty image of shape {array.shape}")
     return resize_center_crop(np.ascontiguousarray(array), size)
@@ -145,16 +206,28 @@ def preprocess(images: Union[ImageLike, Sequence[ImageLike]], size: int) -> np.n
     uint8 array is a batch of [H, W, 3|4|1] images."""
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
+    if _is_array_like(images):
+        images = np.asarray(images)  # a jax.Array
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
     elif isinstance(images, np.ndarray):
         if images.ndim == 4:
+            hint = channels_first_hint(images.shape)
+            if hint:
+                raise ValueError(f"a batch of shape {images.shape}: {hint}")
             images = list(images)
         elif images.ndim in (2, 3):
             images = [images]
         else:
             raise ValueError(f"expected one image [H, W(, C)] or a batch [N, H, W, C], got an "
                              f"array of shape {images.shape}")
+    elif isinstance(images, (list, tuple)):
+        pass
+    elif isinstance(images, Iterable) and not _open_hint(images):
+        images = list(images)  # a generator, a map(...), a dict's values
+    else:
+        raise TypeError(f"expected an image (a file path, a PIL image or a NumPy array) or a "
+                        f"sequence of them, got {type(images).__name__}{_open_hint(images)}")
     out = np.empty((len(images), size, size, 3), np.uint8)
     for i, image in enumerate(images):
         out[i] = preprocess_one(image, size, where=f"image {i}")

@@ -103,6 +103,44 @@ def test_grayscale_alpha_palette_and_16_bit_inputs(tmp_path):
         pp.preprocess(np.zeros((32, 32, 2), np.uint8), 32)
 
 
+def test_images_in_the_containers_a_notebook_holds(faces):
+    import jax.numpy as jnp
+
+    _, paths = faces
+    expected = pp.preprocess([str(p) for p in paths], 32)
+    np.testing.assert_array_equal(pp.preprocess((p for p in paths), 32), expected)  # a generator
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    np.testing.assert_array_equal(pp.preprocess([jnp.asarray(a) for a in arrays], 32), expected)
+    data = paths[0].read_bytes()
+    for images, message in ((None, "got None"),
+                            (data, r"got bytes.*PIL.Image.open\(io.BytesIO\(data\)\)"),
+                            (io.BytesIO(data), r"got BytesIO.*PIL.Image.open\(f\)"),
+                            ([paths[0], io.BytesIO(data)], r"image 1: .*got BytesIO")):
+        with pytest.raises(TypeError, match=message):
+            pp.preprocess(images, 32)
+
+
+def test_arrays_in_another_layout_or_dtype_say_how_to_convert():
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    chw = rgb.transpose(2, 0, 1)
+    for images, message in (
+            (chw, r"image 0: .*shape \(3, 40, 48\).*channels-first.*x.transpose\(1, 2, 0\)"),
+            (np.stack([chw] * 2), r"batch of shape \(2, 3, 40, 48\): it looks channels-first.*"
+                                  r"x.transpose\(0, 2, 3, 1\)"),
+            ([np.stack([rgb] * 2)], r"image 0: .*shape \(2, 40, 48, 3\); it is a batch.*not inside"),
+            (np.zeros((5, 40, 48), np.uint8), r"grayscale images \[N, H, W\].*x\[\.\.\., None\]"),
+            (rgb / 255.0, r"float64 .*in \[0, 1\].*np.clip\(x \* 255, 0, 255\)"),
+            (rgb.astype(np.float32), r"float32 .*in \[0, 255\].*np.clip\(x, 0, 255\).round\(\)"),
+            (rgb.astype(np.int64), r"int64 .*in \[0, 255\].*x.astype\(np.uint8\)"),
+            (rgb.astype(np.uint16) * 257, r"uint16 .*beyond 255.*x // 257"),
+            (rgb > 100, r"bool.*x.astype\(np.uint8\) \* 255"),
+            (rgb / 127.5 - 1, r"negative.*CLIP-normalised.*\[N, S, S, 3\]")):
+        with pytest.raises(ValueError, match=message):
+            pp.preprocess(images, 32)
+    # Not taken for channels-first: a 3-pixel-high strip is an image like any other.
+    assert pp.preprocess(rgb[:3], 32).shape == (1, 32, 32, 3)
+
+
 def test_transparency_is_composited_on_white_as_the_training_converter_does(tmp_path):
     from emocap_jax.data.manifest import _to_rgb as converter_rgb
 
@@ -300,6 +338,25 @@ def test_zero_shot_errors(model, faces):
         model.zero_shot([paths[0], paths[0].parent / "missing.png"], ["anger"])
     with pytest.warns(UserWarning, match="is cut"):
         model.zero_shot(paths[:1], ["a face " + "very " * 20 + "happy", "anger"])
+
+
+def test_model_inputs_in_another_layout_or_size_say_how_to_convert(model, faces):
+    import jax.numpy as jnp
+
+    _, paths = faces
+    ready = model.load_images(paths[:2])  # [2, 32, 32, 3] uint8
+    expected = model.zero_shot(ready, ["anger", "fear"])
+    # jax arrays, alone or in a list, are read as NumPy arrays.
+    np.testing.assert_allclose(model.zero_shot([jnp.asarray(x) for x in ready], ["anger", "fear"]),
+                               expected, atol=1e-6)
+    nchw = r"\(2, 3, 32, 32\).*channels-first \[N, C, H, W\].*x.transpose\(0, 2, 3, 1\)"
+    for images in (ready.transpose(0, 3, 1, 2), ready.transpose(0, 3, 1, 2) / 255.0):
+        with pytest.raises(ValueError, match=nchw):
+            model.zero_shot(images, ["anger"])
+        with pytest.raises(ValueError, match=nchw):
+            model.encode_image(images)
+    with pytest.raises(ValueError, match=r"32x32 .*got \(1, 40, 40, 3\).*model.preprocess"):
+        model.encode_image(np.zeros((1, 40, 40, 3), np.uint8))
 
 
 def test_templates_are_read_as_str_format_reads_them(model, faces):
