@@ -127,9 +127,20 @@ class EmoCapCLIP:
         """token_ids: [B, T] integer ids, T <= the text tower's context length, each in the
         vocabulary; with `config.text.eot_token_id` set, every row must hold that end-of-text id
         (its pooling position), as `tokenize` gives."""
+        if isinstance(token_ids, str):
+            token_ids = [token_ids]
         token_ids = np.asarray(token_ids)
+        if token_ids.dtype.kind in "US" or (token_ids.dtype.kind == "O" and any(
+                isinstance(x, str) for x in token_ids.ravel())):
+            raise TypeError("encode_text takes token ids, not texts: "
+                            "model.encode_text(model.tokenize(texts))")
         if token_ids.ndim != 2:
             raise ValueError(f"encode_text expects token ids [B, T], got {token_ids.shape}")
+        if token_ids.dtype.kind == "f":
+            fractional = np.flatnonzero((token_ids != np.round(token_ids)).any(axis=-1))
+            if fractional.size:
+                raise ValueError(f"token ids must be whole numbers, got {token_ids.dtype} ids with "
+                                 f"a fractional part in row {int(fractional[0])}")
         check_token_rows(token_ids, self.config.text.vocab_size, self.config.text.eot_token_id)
         return self._batched(self._encode_text, token_ids.astype(np.int32))
 

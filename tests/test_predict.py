@@ -359,6 +359,17 @@ def test_model_inputs_in_another_layout_or_size_say_how_to_convert(model, faces)
         model.encode_image(np.zeros((1, 40, 40, 3), np.uint8))
 
 
+def test_encode_text_takes_whole_number_ids_and_says_to_tokenize_texts(model):
+    tokens = model.tokenize(["open mouth", "raised brows"])
+    expected = model.encode_text(tokens)
+    np.testing.assert_allclose(model.encode_text(tokens.astype(np.float32)), expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"token ids must be whole numbers, got float32 .*row 0"):
+        model.encode_text(tokens.astype(np.float32) + 0.5)  # was cut to the id below
+    for texts in (["open mouth"], [["open mouth"]], "open mouth"):
+        with pytest.raises(TypeError, match=r"model.encode_text\(model.tokenize\(texts\)\)"):
+            model.encode_text(texts)
+
+
 def test_templates_are_read_as_str_format_reads_them(model, faces):
     _, paths = faces
     # A literal brace pair is written doubled, as str.format reads it; "{{}}" is no placeholder.
