@@ -211,7 +211,16 @@ class EmoCapCLIP:
             groups.append((len(prompts), len(prompts) + len(texts)))
             prompts.extend(texts)
         self._warn_truncated(prompts)
-        emb = _unit(self.encode_text(self.tokenize(prompts)).astype(np.float64))
+        tokens = self.tokenize(prompts)
+        seen: dict = {}
+        for label, (a, b) in zip(labels, groups):
+            other = seen.setdefault(tokens[a:b].tobytes(), label)
+            if other != label:
+                raise ValueError(
+                    f"labels {other!r} and {label!r} are the same text to the tokenizer (CLIP's "
+                    f"lowercases, collapses whitespace and cuts long prompts): their columns would "
+                    f"be identical, sharing one class's probability; keep one of them")
+        emb = _unit(self.encode_text(tokens).astype(np.float64))
         classes = _unit(np.stack([emb[a:b].mean(axis=0) for a, b in groups]))
         classes = classes.astype(np.float32)
         classes.flags.writeable = False

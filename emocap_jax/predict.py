@@ -268,6 +268,10 @@ def run(args, parser) -> int:
         print(f"wrote {len(written)} overlays to {args.output}")
         return skipped.status(total)
     templates = tuple(args.templates) if args.templates else None
+    try:  # before any image is read; zero_shot reuses these (they are cached)
+        model.encode_labels(labels, templates, args.label_mode)
+    except ValueError as e:  # e.g. "sad,Sad": one text to the tokenizer
+        parser.error(f"--labels: {e}")
     rows = []
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]

@@ -370,6 +370,17 @@ def test_encode_text_takes_whole_number_ids_and_says_to_tokenize_texts(model):
             model.encode_text(texts)
 
 
+def test_labels_the_tokenizer_cannot_tell_apart_are_refused(model, faces):
+    _, paths = faces
+    # CLIP's tokenizer lowercases and collapses whitespace: such columns would be identical, each
+    # with half the probability of the one class they stand for.
+    for labels in (["sad", "Sad"], ["anger", "sad", "sad "], ["a sad face", "A  sad face"]):
+        with pytest.raises(ValueError, match=rf"labels {re.escape(repr(labels[-2]))} and "
+                                             rf"{re.escape(repr(labels[-1]))} are the same text"):
+            model.zero_shot(paths[:1], labels)
+    assert model.zero_shot(paths[:1], ["sad", "a sad face"]).shape == (1, 2)
+
+
 def test_templates_are_read_as_str_format_reads_them(model, faces):
     _, paths = faces
     # A literal brace pair is written doubled, as str.format reads it; "{{}}" is no placeholder.
@@ -551,6 +562,20 @@ def test_cli_checkpoint_on_a_bucket_reaches_load(model, faces, monkeypatch, caps
     assert exit_info.value.code == 2
     assert "memory://bucket/nothing: no such file or directory" in capsys.readouterr().err
     storage.rmtree("memory://bucket")
+
+
+def test_cli_labels_the_tokenizer_cannot_tell_apart_are_one_line(model, faces, monkeypatch,
+                                                                  capsys):
+    import emocap_jax
+    from emocap_jax import predict
+
+    _, paths = faces
+    monkeypatch.setattr(emocap_jax, "load", lambda path, source: model)
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--checkpoint", str(paths[0]), "--labels", "sad,Sad", str(paths[0])])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--labels: labels 'sad' and 'Sad' are the same text" in err and err.count("\n") == 1
 
 
 def test_cli_help_documents_every_option(capsys):
