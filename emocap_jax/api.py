@@ -58,7 +58,8 @@ class EmoCapCLIP:
         self.tokenizer = tokenizer
         self.description = description or {}
         self.batch_size = batch_size
-        self._label_cache: dict = {}  # (params, labels, templates, label_mode) -> [C, D]
+        self._label_cache: dict = {}  # (labels, templates, label_mode) -> [C, D]
+        self._label_cache_params = None  # the params the cached embeddings were computed with
         module = CLIP(config)
         self._encode_image = jax.jit(
             lambda p, x: module.apply({"params": p}, x, method=CLIP.encode_image))
@@ -197,8 +198,13 @@ class EmoCapCLIP:
         does); a full prompt is encoded as given. `label_mode` decides which labels are which: see
         `zero_shot`."""
         labels, templates = _check_labels(labels, templates, label_mode)
-        # id(params): a model whose params were swapped must not reuse the old embeddings.
-        key = (id(self.params), labels, templates, label_mode)
+        # A model whose params were swapped must not reuse the old embeddings. The cache belongs
+        # to one params object, held while it is cached (an id alone could be reused by a later
+        # object once the old one is freed), and is emptied when self.params is another.
+        if self._label_cache_params is not self.params:
+            self._label_cache.clear()
+            self._label_cache_params = self.params
+        key = (labels, templates, label_mode)
         cached = self._label_cache.get(key)
         if cached is not None:
             return cached

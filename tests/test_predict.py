@@ -293,6 +293,35 @@ def test_zero_shot_matches_numpy_reference(model, faces):
                                named, atol=1e-5)
 
 
+def test_label_embeddings_follow_swapped_params(export_dir):
+    """Label embeddings are cached per label set; parameters swapped in (another checkpoint's, a
+    fine-tuned copy) get embeddings of their own, never the old ones."""
+    import jax
+
+    import emocap_jax
+    from emocap_jax.evaluate.prompts import EMOTION_TEMPLATES
+
+    def by_hand(model, labels):  # CLIP's prompt ensembling, from encode_text
+        rows = []
+        for label in labels:
+            emb = model.encode_text(model.tokenize([t.format(label) for t in EMOTION_TEMPLATES]))
+            emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+            rows.append(emb.mean(axis=0) / np.linalg.norm(emb.mean(axis=0)))
+        return np.stack(rows)
+
+    model = emocap_jax.load(export_dir)
+    labels = ["happiness", "sadness"]
+    first = model.encode_labels(labels)
+    assert model.encode_labels(labels) is first  # cached
+    original = model.params
+    model.params = jax.tree_util.tree_map(lambda x: x * 1.5 if x.ndim == 2 else x, original)
+    swapped = model.encode_labels(labels)
+    np.testing.assert_allclose(swapped, by_hand(model, labels), atol=1e-5)
+    assert not np.allclose(swapped, first, atol=1e-3)
+    model.params = original
+    np.testing.assert_allclose(model.encode_labels(labels), first, atol=1e-6)
+
+
 def test_zero_shot_takes_paths_pil_arrays_and_batches(model, faces):
     _, paths = faces
     labels = ["neutral", "happiness"]
