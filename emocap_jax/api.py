@@ -67,7 +67,8 @@ class EmoCapCLIP:
             lambda p, t: module.apply({"params": p}, t, method=CLIP.encode_text))
         self._patch_tokens = jax.jit(
             lambda p, x: module.apply({"params": p}, x, True, method=CLIP.encode_image)[1])
-        self._logit_scale = float(module.apply({"params": self.params}, method=CLIP.logit_scale))
+        self._module = module
+        self._logit_scale_of = (None, None)  # (params, their logit scale)
 
     @property
     def batch_size(self) -> int:
@@ -83,7 +84,12 @@ class EmoCapCLIP:
 
     @property
     def logit_scale(self) -> float:
-        return self._logit_scale
+        """exp of the learnt temperature of the current params (recomputed after a swap)."""
+        params, scale = self._logit_scale_of
+        if params is not self.params:
+            scale = float(self._module.apply({"params": self.params}, method=CLIP.logit_scale))
+            self._logit_scale_of = (self.params, scale)
+        return scale
 
     @property
     def image_size(self) -> int:

@@ -295,7 +295,8 @@ def test_zero_shot_matches_numpy_reference(model, faces):
 
 def test_label_embeddings_follow_swapped_params(export_dir):
     """Label embeddings are cached per label set; parameters swapped in (another checkpoint's, a
-    fine-tuned copy) get embeddings of their own, never the old ones."""
+    fine-tuned copy) get embeddings and a logit scale of their own, never the old ones (the
+    scale was read once, when the model was loaded)."""
     import jax
 
     import emocap_jax
@@ -314,12 +315,16 @@ def test_label_embeddings_follow_swapped_params(export_dir):
     first = model.encode_labels(labels)
     assert model.encode_labels(labels) is first  # cached
     original = model.params
+    scale = model.logit_scale
     model.params = jax.tree_util.tree_map(lambda x: x * 1.5 if x.ndim == 2 else x, original)
+    model.params = {**model.params, "logit_scale": original["logit_scale"] - 1.0}
     swapped = model.encode_labels(labels)
     np.testing.assert_allclose(swapped, by_hand(model, labels), atol=1e-5)
     assert not np.allclose(swapped, first, atol=1e-3)
+    np.testing.assert_allclose(model.logit_scale, scale / np.e, rtol=1e-5)
     model.params = original
     np.testing.assert_allclose(model.encode_labels(labels), first, atol=1e-6)
+    assert model.logit_scale == scale
 
 
 def test_zero_shot_takes_paths_pil_arrays_and_batches(model, faces):
