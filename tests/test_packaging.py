@@ -70,13 +70,13 @@ def test_the_gpu_wheels_take_their_versions_from_requirements():
 
 # Every argparse command: the console scripts' modules (emocap_jax.main is absl's, whose flags
 # all take a help string), the converters emocap-prep dispatches to, the tokenizer trainer and
-# every bench script that parses arguments.
+# every bench script that parses arguments (not bench_args.py, a module the scripts import).
 ARGPARSE_COMMANDS = (
     ["emocap_jax.evaluate", "emocap_jax.predict", "emocap_jax.convert", "emocap_jax.tokenizers",
      "data_prep.benchmarks", "data_prep.captions", "data_prep.synthetic",
      "data_prep.synthetic_benchmarks"]
     + sorted(f"bench/{p.name}" for p in (REPO_ROOT / "bench").glob("*.py")
-             if "argparse" in p.read_text()))
+             if "argparse" in p.read_text() and 'if __name__ == "__main__":' in p.read_text()))
 
 # Runs each command with parse_args replaced by a listing of its options (and its sub-commands')
 # that carry no help text, so that nothing else of the command runs.
