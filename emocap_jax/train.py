@@ -15,6 +15,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import signal
 import time
 
@@ -82,12 +83,21 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
     corpus = workdir / "synthetic"
     if (corpus / "corpus.json").exists():
         _check_synthetic_corpus(corpus, syn)
+    elif corpus.exists():
+        raise UsageError(f"{corpus} holds no corpus.json: a synthetic corpus generation that was "
+                         f"interrupted; delete it to generate the corpus again")
     else:
+        # Into a folder of its own, renamed once complete: a run killed while it generates leaves
+        # only that folder, which the next run deletes (the generator refuses to write into a
+        # folder holding anything but a finished corpus).
+        partial = workdir / "synthetic.partial"
+        shutil.rmtree(partial, ignore_errors=True)
         log.info("generating %d synthetic faces into %s", syn.num, corpus)
-        generate_corpus(corpus, num=syn.num, seed=syn.seed, size=syn.size,
+        generate_corpus(partial, num=syn.num, seed=syn.seed, size=syn.size,
                         eval_per_class=syn.eval_per_class,
                         au_drop_probability=syn.au_drop_probability,
                         appearance_captions=syn.appearance_captions)
+        os.replace(partial, corpus)
     data = workdir / "data"
     corpus_info = json.loads((corpus / "corpus.json").read_text())
     classes = corpus_info["classes"]
