@@ -61,6 +61,8 @@ class TrainCheckpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._writing = None  # the step of the save that may still be in flight
+        self._failed = False  # a failed save was reported: closing does not raise it again
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -72,7 +74,12 @@ class TrainCheckpointer:
             config=ocp.args.JsonSave(json.loads(config_json)),
             **{DATA_FORMAT_ITEM: ocp.args.JsonSave(DATA_FORMAT)},
         )
-        saved = self.manager.save(step, args=args, force=force)
+        self._wait()  # Orbax's save waits for the previous one too; here its failure is named
+        self._writing = step
+        try:
+            saved = self.manager.save(step, args=args, force=force)
+        except Exception as e:
+            raise self._write_failure(step, e) from e
         if saved:
             log.info("checkpoint: saving step %d to %s", step, self.directory)
         return saved
@@ -82,9 +89,54 @@ class TrainCheckpointer:
         None where the step has none."""
         if not (self.directory / str(step) / "config").exists():
             return None
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore()))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                config=ocp.args.JsonRestore()))
+        except Exception as e:
+            raise self._read_failure(step, e) from e
         return restored["config"]
+
+    def check_step(self, step: int) -> None:
+        """A UsageError naming `step`'s folder when it has no train state (emptied, or a copy or
+        sync cut short): Orbax's own error is a KeyError traceback, raised only once the input
+        pipeline and the model are built. (Another missing item fails the restore, which
+        names the step too.)"""
+        step_dir = self.directory / str(step)
+        if not (step_dir / "state").exists():
+            raise UsageError(f"checkpoint step {step} ({step_dir}) lacks its state (a copy or "
+                             f"sync cut short, or a damaged disk); {self._fallback(step)}")
+
+    def _fallback(self, step: int) -> str:
+        """What to do with a damaged `step`: set it aside to resume from the one before."""
+        earlier = [s for s in self.manager.all_steps() if s < step]
+        where = f"resume from step {max(earlier)}" if earlier else "start the run again"
+        return f"move {self.directory / str(step)} out of {self.directory} to {where}"
+
+    def _read_failure(self, step: int, error: Exception) -> UsageError:
+        return UsageError(f"checkpoint step {step} ({self.directory / str(step)}) cannot be "
+                          f"read: {_first_line(error)}; if it is damaged (a copy cut short, a "
+                          f"full disk), {self._fallback(step)}")
+
+    def _write_failure(self, step, error: Exception) -> Exception:
+        """A save that the storage refused (a full disk, no permission, an unreachable bucket)
+        as one line naming the step and the newest complete one; any other error as it is."""
+        if not (isinstance(error, OSError)
+                or any(code in str(error) for code in _STORAGE_FAILURES)):
+            return error
+        self._failed = True
+        complete = [int(p.name) for p in self.directory.iterdir()
+                    if p.name.isdigit() and int(p.name) != step] if self.directory.exists() else []
+        newest = (f"step {max(complete)} is the newest complete checkpoint: free space (or give "
+                  f"the run access) and run the same command to resume from it" if complete else
+                  "no complete checkpoint was written yet")
+        return UsageError(f"checkpoint step {step} could not be written to {self.directory}: "
+                          f"{_first_line(error)}; {newest}")
+
+    def _wait(self):
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_failure(self._writing, e) from e
 
     def restore(self, step: int, abstract_state, data_iterator, local_batch_size: int):
         """Restores the train state (with the shardings of `abstract_state`) and sets
@@ -101,14 +153,17 @@ class TrainCheckpointer:
         control comes back here (closing the manager earlier or later changes nothing), and the
         restore's own error is still the one raised."""
         step_dir = self.directory / str(step)
-        if (step_dir / DATA_FORMAT_ITEM).exists():
+        try:
+            if (step_dir / DATA_FORMAT_ITEM).exists():
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=grain.checkpoint.CheckpointRestore(data_iterator),
+                ))
+                return restored["state"]
             restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(data_iterator),
-            ))
-            return restored["state"]
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
+                state=ocp.args.StandardRestore(abstract_state)))
+        except Exception as e:
+            raise self._read_failure(step, e) from e
         path = step_dir / "data" / (f"process_{jax.process_index()}-of-"
                                     f"{jax.process_count()}.json")
         try:
@@ -123,11 +178,33 @@ class TrainCheckpointer:
         return restored["state"]
 
     def wait(self):
-        self.manager.wait_until_finished()
+        self._wait()
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the last save and closes the manager. A save failure already reported (the
+        loop's next save raised it) is not raised again from the loop's `finally`."""
+        reported = self._failed
+        try:
+            self._wait()
+        except Exception:
+            if not reported:
+                self.manager.close()
+                raise
+        try:
+            self.manager.close()
+        except Exception:
+            if not reported:
+                raise
+
+
+# What TensorStore's errors (ValueError) say when the storage refused a write.
+_STORAGE_FAILURES = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE",
+                     "No space left on device")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def abstract_like(tree):

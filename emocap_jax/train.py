@@ -845,7 +845,16 @@ def _resume_decision(config, checkpointer, workdir: str, num_batch_shards: int):
     with `config` (another config, or local groups this mesh cannot hold)."""
     latest = checkpointer.latest_step()
     saved = None
-    if latest is not None:
+    if latest is None:
+        export = storage.join(workdir, "export")
+        if params_io.is_params_dir(export):
+            raise UsageError(
+                f"--workdir {workdir} holds an export ({export}) and no checkpoint to resume "
+                f"from: training would start again at step 0 and replace it and its "
+                f"metrics.jsonl. Evaluate it with --mode=eval, use a new --workdir, or move "
+                f"{export} away to train this workdir again")
+    else:
+        checkpointer.check_step(latest)
         saved = checkpointer.saved_config(latest)
         differences = resume_config_differences(saved, config) if saved else []
         if differences:
