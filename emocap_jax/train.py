@@ -813,6 +813,9 @@ def train_and_evaluate(config, workdir) -> dict:
     total_time = time.perf_counter() - t_start
     results = {"step": step, "train_seconds": total_time}
     if stop.requested:
+        if step >= num_steps:  # SIGTERM came during the last save: the loop had ended already
+            log.info("SIGTERM: training is complete and checkpointed at step %d; exiting before "
+                     "the export and evaluation, which the same command does", step)
         logger.close()
         return results
 
@@ -922,9 +925,11 @@ def _fault_injection_after_checkpoint(step: int, checkpointer, workdir: str):
     EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT=N kills this process with SIGKILL right after
     checkpoint N is complete. EMOCAP_FAULT_SIGSTOP_AFTER_CHECKPOINT=N stops it (SIGSTOP) once
     every process of the run has checkpoint N complete, so that a test can SIGKILL them all at
-    one point of the run."""
+    one point of the run. EMOCAP_FAULT_SIGTERM_AFTER_CHECKPOINT=N sends it SIGTERM there (a
+    preemption notice during that save)."""
     for name, sig in (("EMOCAP_FAULT_SIGKILL_AFTER_CHECKPOINT", signal.SIGKILL),
-                      ("EMOCAP_FAULT_SIGSTOP_AFTER_CHECKPOINT", signal.SIGSTOP)):
+                      ("EMOCAP_FAULT_SIGSTOP_AFTER_CHECKPOINT", signal.SIGSTOP),
+                      ("EMOCAP_FAULT_SIGTERM_AFTER_CHECKPOINT", signal.SIGTERM)):
         target = os.environ.get(name)
         if target and int(target) == step:
             checkpointer.wait()

@@ -176,6 +176,26 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path, datasets, cache_dir):
 
 
 @pytest.mark.slow
+def test_sigterm_during_the_last_save_says_so_and_the_same_command_finishes(
+        tmp_path, datasets, cache_dir):
+    """SIGTERM while the last step's checkpoint is written: the loop has ended, so no step says
+    "exiting"; the run stopped before its export without a word. It now says so, and the same
+    command exports from that checkpoint without training again."""
+    workdir = tmp_path / "preempted_last"
+    cmd = _command(workdir, datasets, cache_dir, "--config.train.num_steps=2",
+                   "--config.train.checkpoint_every=1")
+    result = _run(cmd, EMOCAP_FAULT_SIGTERM_AFTER_CHECKPOINT="2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("SIGTERM: training is complete and checkpointed at step 2; exiting before the "
+            "export and evaluation, which the same command does") in result.stderr
+    assert not (workdir / "export").exists()
+    result = _run(cmd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stderr and (workdir / "export").is_dir()
+    assert max(_train_losses(workdir)) == 2
+
+
+@pytest.mark.slow
 def test_a_nonfinite_loss_stops_the_run_at_the_next_log_not_the_next_checkpoint(
         tmp_path, datasets, cache_dir):
     """on_nonfinite=error: a learning rate of 1e38 makes step 2 non-finite; the run stops there
