@@ -550,10 +550,13 @@ class MetricsLogger:
     # uploaded whole, at most this often (and at every checkpoint and at the end).
     REMOTE_FLUSH_SECONDS = 60.0
 
-    def __init__(self, workdir: str, enabled: bool, start_step: int = 0):
+    def __init__(self, workdir: str, enabled: bool, start_step: int = 0,
+                 relogged_at_start: tuple[str, ...] = ()):
         """`start_step`: the step the run starts (or resumes) at. A resumed run continues the
         files, less what the killed run logged after that step (up to the next checkpoint),
-        which it logs again: one line per step and kind, and no second TensorBoard curve."""
+        which it logs again: one line per step and kind, and no second TensorBoard curve.
+        `relogged_at_start`: kinds the run logs again at `start_step` itself (the final
+        evaluation, when a finished training is run again), whose old lines are dropped too."""
         self.enabled = enabled
         self.remote = storage.is_url(workdir)
         self.path = storage.join(workdir, "metrics.jsonl")
@@ -564,7 +567,9 @@ class MetricsLogger:
         if enabled and storage.isfile(self.path):
             old = storage.read_text(self.path).splitlines(keepends=True)
             self.lines = [line if line.endswith("\n") else line + "\n" for line in old
-                          if _logged_step(line) <= start_step]
+                          if _logged_step(line) < start_step or (
+                              _logged_step(line) == start_step
+                              and _logged_kind(line) not in relogged_at_start)]
             self.dirty = self.lines != old
             if self.dirty and not self.remote:
                 storage.write_text(self.path, "".join(self.lines))
@@ -630,6 +635,14 @@ def _logged_step(line: str) -> float:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return float("inf")
+
+
+def _logged_kind(line: str):
+    """The kind of a metrics.jsonl record ("train", "perf", "zero_shot"), None if it has none."""
+    try:
+        return json.loads(line).get("kind")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _format_eta(seconds: float) -> str:
@@ -745,7 +758,10 @@ def train_and_evaluate(config, workdir) -> dict:
 
         # ----- the loop
         start_step = int(jax.device_get(state["step"]))
-        logger = MetricsLogger(workdir, is_main, start_step)
+        # A finished training run again (killed during its export or final evaluation) redoes
+        # the final evaluation at its last step: its earlier record there is replaced.
+        logger = MetricsLogger(workdir, is_main, start_step,
+                               relogged_at_start=("zero_shot",) if start_step >= num_steps else ())
     except BaseException:
         checkpointer.close()
         _close(data_iter)

@@ -843,6 +843,17 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     # A fresh run's logger leaves a file alone where nothing is past its start.
     MetricsLogger(str(tmp_path), True, start_step=4).close()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 6
+    # A finished run killed during its final evaluation, run again: the evaluation at its last
+    # step is logged again and replaces the first record there (there were two), not the step's
+    # training line.
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, "kind": "zero_shot", "uar": 0.5}) + "\n")
+    logger = MetricsLogger(str(tmp_path), True, start_step=4, relogged_at_start=("zero_shot",))
+    logger.write(4, {"uar": 0.6}, prefix="zero_shot")
+    logger.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["kind"]) for r in records][-2:] == [(4, "train"), (4, "zero_shot")]
+    assert [r["uar"] for r in records if r["kind"] == "zero_shot"] == [0.6]
 
 
 def test_a_frozen_towers_gradient_does_not_clip_the_trained_one():
