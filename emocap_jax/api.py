@@ -25,6 +25,7 @@ import posixpath
 import re
 import tempfile
 import warnings
+from collections.abc import Iterable
 from typing import Optional, Sequence
 
 import jax
@@ -152,6 +153,11 @@ class EmoCapCLIP:
         return self._batched(self._encode_text, token_ids.astype(np.int32))
 
     def tokenize(self, texts: Sequence[str] | str) -> np.ndarray:
+        """[N, context_length] token ids of one text or a sequence of texts."""
+        if not isinstance(texts, (str, Iterable)):  # None, a number: the tokenizer's own
+            # error ("'NoneType' object is not iterable") did not say what it wanted
+            raise TypeError(f"tokenize takes a text or a sequence of texts, got "
+                            f"{type(texts).__name__}")
         if self.tokenizer is None:
             raise ValueError(
                 "this model has no known tokenizer (its vocabulary is not CLIP BPE and its "

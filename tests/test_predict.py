@@ -293,6 +293,17 @@ def test_zero_shot_matches_numpy_reference(model, faces):
                                named, atol=1e-5)
 
 
+def test_tokenize_names_what_it_takes(model):
+    """None or a number: "'NoneType' object is not iterable" from inside the tokenizer said
+    nothing of what tokenize wants; one text, a list and a generator are all read."""
+    for bad, name in ((None, "NoneType"), (3, "int")):
+        with pytest.raises(TypeError, match=f"tokenize takes a text or a sequence of texts, got "
+                                            f"{name}"):
+            model.tokenize(bad)
+    assert model.tokenize("a face").shape[0] == 1
+    np.testing.assert_array_equal(model.tokenize(t for t in ["a", "b"]), model.tokenize(["a", "b"]))
+
+
 def test_label_embeddings_follow_swapped_params(export_dir):
     """Label embeddings are cached per label set; parameters swapped in (another checkpoint's, a
     fine-tuned copy) get embeddings and a logit scale of their own, never the old ones (the
