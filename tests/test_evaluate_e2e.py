@@ -323,6 +323,32 @@ def test_cli_names_the_bad_argument(tiny_export, bench, tmp_path, capsys, change
     assert message in capsys.readouterr().err
 
 
+def test_cli_templates_file_is_checked_as_str_format_reads_it(tiny_export, bench, tmp_path,
+                                                              capsys):
+    """A --templates line is filled with str.format: "{name}" passed the old "has {}" check and
+    ended the run in a KeyError after the checkpoint was loaded; it is named before, by line.
+    A literal brace pair is a usable template."""
+    from emocap_jax.evaluate import cli
+
+    args = ["--checkpoint", str(tiny_export), "--benchmark", "synthetic", "--data", str(bench),
+            "--protocol", "zero_shot", "--output", str(tmp_path / "o"), "--quiet"]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a photo of {}.\na {name} face showing {}.\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args + ["--templates", str(bad)])
+    assert exit_info.value.code == 2
+    assert (f"--templates {bad}: line 'a {{name}} face showing {{}}.': 2 fields"
+            in capsys.readouterr().err)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--templates", str(empty)])
+    assert "no template in the file" in capsys.readouterr().err
+    braces = tmp_path / "braces.txt"
+    braces.write_text("a {{posed}} face of {}.\n")
+    assert cli.main(args + ["--templates", str(braces)]) == 0
+
+
 def test_cli_missing_split_is_named(tiny_export, tmp_path, capsys):
     from emocap_jax.evaluate import cli
 

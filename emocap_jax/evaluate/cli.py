@@ -22,6 +22,7 @@ import emocap_jax.storage as storage
 from emocap_jax.cli_errors import (ArgumentParser, entry_point, float_in, int_in,
                                    mesh_axis_size, non_negative_int)
 from emocap_jax.evaluate import registry, report
+from emocap_jax.prompt_templates import template_problem
 
 EPILOG = """\
 protocols:
@@ -277,10 +278,15 @@ def options_from_args(args):
     if args.templates:
         templates = tuple(line.strip() for line in storage.read_text(args.templates).splitlines()
                           if line.strip())
-        bad = [t for t in templates if "{}" not in t]
-        if not templates or bad:
-            raise ValueError(f"--templates {args.templates}: every line needs '{{}}' for the "
-                             f"class word (bad: {bad[:3]})")
+        if not templates:
+            raise ValueError(f"--templates {args.templates}: no template in the file; every "
+                             f"line needs '{{}}' for the class word")
+        # The check zero_shot and predict make: a line is filled with str.format, so "{name}" or
+        # a lone "{" would end the run in a KeyError once the checkpoint is loaded.
+        for line in templates:
+            problem = template_problem(line)
+            if problem is not None:
+                raise ValueError(f"--templates {args.templates}: line {line!r}: {problem}")
     words = tuple(w.strip() for w in args.classes.split(",")) if args.classes else None
     return Options(batch_size=args.batch_size, frames=args.frames,
                    zero_shot_mode=args.zero_shot_mode, templates=templates, prompt_words=words,
