@@ -567,9 +567,7 @@ class MetricsLogger:
         if enabled and storage.isfile(self.path):
             old = storage.read_text(self.path).splitlines(keepends=True)
             self.lines = [line if line.endswith("\n") else line + "\n" for line in old
-                          if _logged_step(line) < start_step or (
-                              _logged_step(line) == start_step
-                              and _logged_kind(line) not in relogged_at_start)]
+                          if _kept(line, start_step, relogged_at_start)]
             self.dirty = self.lines != old
             if self.dirty and not self.remote:
                 storage.write_text(self.path, "".join(self.lines))
@@ -628,21 +626,17 @@ class MetricsLogger:
             self.tb.close()
 
 
-def _logged_step(line: str) -> float:
-    """The step of a metrics.jsonl line; a line that is not a record (a torn last line of a
-    killed run) counts as past every step, so that it is dropped."""
+def _kept(line: str, start_step: int, relogged_at_start: tuple[str, ...]) -> bool:
+    """Whether a resumed run keeps this metrics.jsonl line: a record before `start_step`, or at
+    it and of a kind not logged again there. A line that is not a record (a torn last line of a
+    killed run) is dropped."""
     try:
-        return int(json.loads(line)["step"])
+        record = json.loads(line)
+        step = int(record["step"])
     except (ValueError, KeyError, TypeError):
-        return float("inf")
-
-
-def _logged_kind(line: str):
-    """The kind of a metrics.jsonl record ("train", "perf", "zero_shot"), None if it has none."""
-    try:
-        return json.loads(line).get("kind")
-    except (ValueError, AttributeError):
-        return None
+        return False
+    return step < start_step or (step == start_step
+                                 and record.get("kind") not in relogged_at_start)
 
 
 def _format_eta(seconds: float) -> str:
