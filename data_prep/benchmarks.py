@@ -67,9 +67,8 @@ from data_prep.benchmark_formats import common, questions
 from data_prep.benchmark_formats.decode import DecodeEntry
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
 import emocap_jax.storage as storage
-from emocap_jax.data import pools
+from emocap_jax.data import pools, shard_writer
 from emocap_jax.data.manifest import JPEG_QUALITY
-from emocap_jax.data import shard_writer
 from emocap_jax.data.shard_writer import REJECTED_FILE, ShardedRecordWriter
 from emocap_jax.evaluate.registry import LAYOUTS, Layout
 

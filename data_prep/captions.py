@@ -18,8 +18,7 @@ import warnings
 
 import emocap_jax.storage as storage
 from emocap_jax.data.manifest import (IMAGE_NOT_FOUND, EmptyClassesWarning, convert_manifest,
-                                      require_utf8_path)
-from emocap_jax.data.manifest import wide_text_error
+                                      require_utf8_path, wide_text_error)
 from emocap_jax.data.shard_writer import REJECTED_FILE
 from emocap_jax.cli_errors import ArgumentParser, entry_point, report
 from emocap_jax.tokenizers import get_tokenizer

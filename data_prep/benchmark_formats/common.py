@@ -21,8 +21,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from emocap_jax.data.manifest import BAD_IMAGE, DUPLICATE_KEY, IMAGE_NOT_FOUND, NOT_UTF8, Rejection
-from emocap_jax.data.manifest import wide_text_error
+from emocap_jax.data.manifest import (BAD_IMAGE, DUPLICATE_KEY, IMAGE_NOT_FOUND, NOT_UTF8, Rejection,
+                                      wide_text_error)
 
 __all__ = [
     "BAD_IMAGE", "DUPLICATE_KEY", "IMAGE_NOT_FOUND", "NOT_UTF8", "Rejection", "SplitlessRejection", "Entry",
